@@ -1,0 +1,94 @@
+//! Host prerequisites: QEMU and a static busybox, installed from Debian's
+//! packages when missing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use crate::error::{Error, Result, run_cmd};
+
+/// The QEMU system emulator the harness runs.
+pub const QEMU: &str = "qemu-system-x86_64";
+/// The static busybox that becomes the guest's userland.
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// A Debian package the harness needs, and how to tell it is there.
+#[derive(Debug, Clone, Copy)]
+pub struct Package {
+    /// Debian package name.
+    pub name: &'static str,
+    /// A file the package provides; its presence means installed.
+    pub provides: &'static str,
+}
+
+/// What every VM run needs on the host.
+pub const VM_PACKAGES: &[Package] = &[
+    Package {
+        name: "qemu-system-x86",
+        provides: "/usr/bin/qemu-system-x86_64",
+    },
+    Package {
+        name: "busybox-static",
+        provides: "/usr/share/doc/busybox-static",
+    },
+];
+
+static APT_LOCK: Mutex<()> = Mutex::new(());
+
+/// Installs the packages that are missing, with apt-get (which needs root).
+pub fn ensure_packages(packages: &[Package]) -> Result<()> {
+    let _guard = APT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let missing: Vec<&str> = packages
+        .iter()
+        .filter(|p| !Path::new(p.provides).exists())
+        .map(|p| p.name)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    log::info!("installing {}", missing.join(" "));
+    let install = apt_update_once().and_then(|()| {
+        run_cmd(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    });
+    if let Err(e) = install {
+        return Err(Error::Missing(format!(
+            "Debian packages {} could not be installed ({e}); run as root, or `apt-get install {}`",
+            missing.join(", "),
+            missing.join(" ")
+        )));
+    }
+    for p in packages {
+        if !Path::new(p.provides).exists() {
+            return Err(Error::Missing(format!(
+                "package {} installed but {} is still absent",
+                p.name, p.provides
+            )));
+        }
+    }
+    Ok(())
+}
+
+static APT_UPDATED: Mutex<bool> = Mutex::new(false);
+
+/// Runs `apt-get update` at most once per process.
+pub fn apt_update_once() -> Result<()> {
+    let mut done = APT_UPDATED.lock().unwrap_or_else(|e| e.into_inner());
+    if !*done {
+        run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
+        *done = true;
+    }
+    Ok(())
+}
+
+/// Finds an executable on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}

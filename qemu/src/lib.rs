@@ -1,0 +1,40 @@
+//! Boots a QEMU guest with an emulated NVMe controller bound to vfio-pci and
+//! runs one command in it.
+//!
+//! The pieces, in the order a run uses them:
+//! - [`host`]: installs what the host is missing (QEMU, busybox) from Debian's packages.
+//! - [`kernel`]: the Debian guest kernel and the modules the guest loads, cached.
+//! - [`guest_build`]: the project's binaries, built static for the guest.
+//! - [`initramfs`]: the newc archives the guest boots from.
+//! - [`vm`]: the QEMU command line, the run and its outcome.
+//!
+//! The guest talks to the host over four serial ports: ttyS0 is the kernel
+//! console (kept in a log file), ttyS1 and ttyS2 carry the command's stdout
+//! and stderr, and ttyS3 carries its exit status.
+
+pub mod error;
+pub mod guest_build;
+pub mod host;
+pub mod initramfs;
+pub mod kernel;
+pub mod vm;
+
+pub use error::{Error, Result};
+pub use vm::{GuestDriver, GuestExit, NsDisk, OutputMode, VmConfig, VmRun};
+
+use std::path::PathBuf;
+
+/// The workspace root (the folder holding the top-level Cargo.toml).
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+/// Where cached guest assets live (kernel, modules, base initramfs).
+///
+/// `NVME_VM_CACHE` overrides the default `target/vm-cache` in the workspace.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("NVME_VM_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target").join("vm-cache"))
+}

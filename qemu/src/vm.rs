@@ -1,0 +1,662 @@
+//! One guest run: QEMU q35 with an emulated Intel IOMMU and an NVMe
+//! controller, a command run in it, and what came out.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::initramfs::Archive;
+use crate::kernel::{self, GuestKernel};
+use crate::{cache_dir, guest_build, host};
+
+/// The PCI address the first NVMe controller is pinned to in the guest.
+pub const NVME_BDF: &str = "0000:00:03.0";
+/// The default serial number the harness gives the controller.
+pub const DEFAULT_SERIAL: &str = "NVMEVFIO0001";
+
+/// nvme device properties that belong to a namespace (`nvme-ns`), not to
+/// the controller; `--nvme` routes them there.
+const NAMESPACE_PROPS: &[&str] = &[
+    "logical_block_size",
+    "physical_block_size",
+    "min_io_size",
+    "opt_io_size",
+    "discard_granularity",
+    "ms",
+    "mset",
+    "pi",
+    "pil",
+    "pif",
+    "eui64",
+    "uuid",
+    "nguid",
+    "mssrl",
+    "mcl",
+    "msrc",
+    "write-cache",
+];
+
+/// Which driver owns the NVMe controllers once the guest is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GuestDriver {
+    /// Bound to vfio-pci, for the project's driver.
+    #[default]
+    Vfio,
+    /// Left to the kernel's nvme driver, for comparisons.
+    Kernel,
+}
+
+/// Where the command's stdout and stderr go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputMode {
+    /// Captured into [`VmRun`].
+    #[default]
+    Capture,
+    /// Streamed to the host's stdout and stderr as they arrive (and captured).
+    Inherit,
+}
+
+/// What backs one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NsDisk {
+    /// A raw image file, created with the configured size if missing, kept.
+    File(PathBuf),
+    /// A fresh sparse temporary image, removed with the [`VmRun`].
+    Temp,
+    /// QEMU's null-co driver: no storage, reads return zeroes.
+    Null,
+}
+
+/// Everything about a guest run.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Backing of each namespace, nsid 1 first; missing ones are [`NsDisk::Temp`].
+    pub disks: Vec<NsDisk>,
+    /// Number of namespaces (at least the number of `disks`).
+    pub namespaces: u32,
+    /// Size in bytes of created images and null devices.
+    pub disk_size: u64,
+    /// Extra `nvme` device properties (`mdts=3`, `logical_block_size=4096`...).
+    pub nvme_props: Vec<(String, String)>,
+    /// The controller's serial number.
+    pub serial: String,
+    /// Host files put in the guest: (host path, guest path).
+    pub copies: Vec<(PathBuf, String)>,
+    /// Guest memory in MiB.
+    pub mem_mib: u32,
+    /// Guest vCPUs.
+    pub smp: u32,
+    /// Hard wall-clock limit for the whole run.
+    pub timeout: Duration,
+    /// Who owns the controllers.
+    pub driver: GuestDriver,
+    /// Use KVM instead of TCG.
+    pub kvm: bool,
+    /// 2 MiB huge pages to reserve in the guest.
+    pub hugepages: u32,
+    /// Extra kernel command line words.
+    pub kernel_args: Vec<String>,
+    /// Where to keep the guest console log (default: inside the run folder).
+    pub console_log: Option<PathBuf>,
+    /// Where the command's output goes.
+    pub output: OutputMode,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            disks: Vec::new(),
+            namespaces: 1,
+            disk_size: 1 << 30,
+            nvme_props: Vec::new(),
+            serial: DEFAULT_SERIAL.to_string(),
+            copies: Vec::new(),
+            mem_mib: 1024,
+            smp: 2,
+            timeout: Duration::from_secs(120),
+            driver: GuestDriver::Vfio,
+            kvm: false,
+            hugepages: 0,
+            kernel_args: Vec::new(),
+            console_log: None,
+            output: OutputMode::Capture,
+        }
+    }
+}
+
+/// How the guest ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestExit {
+    /// The command ran and exited with this status.
+    Exited(i32),
+    /// The wall-clock limit passed; QEMU was killed.
+    TimedOut(Duration),
+    /// The guest's init failed before the command ran.
+    SetupFailed(String),
+    /// QEMU ended without the guest reporting a status (panic, crash).
+    NoStatus(String),
+}
+
+/// The outcome of a run. Temporary disks live as long as this value.
+#[derive(Debug)]
+pub struct VmRun {
+    /// How the guest ended.
+    pub exit: GuestExit,
+    /// The command's stdout.
+    pub stdout: Vec<u8>,
+    /// The command's stderr.
+    pub stderr: Vec<u8>,
+    /// The guest console log file.
+    pub console_log: PathBuf,
+    /// The image behind each namespace (None for null-co).
+    pub disks: Vec<Option<PathBuf>>,
+    _dir: tempfile::TempDir,
+}
+
+impl VmRun {
+    /// The command's exit code, if it ran to the end.
+    pub fn code(&self) -> Option<i32> {
+        match self.exit {
+            GuestExit::Exited(code) => Some(code),
+            _ => None,
+        }
+    }
+
+    /// stdout as text (lossy).
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// stderr as text (lossy).
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+
+    /// The guest console log (lossy).
+    pub fn console(&self) -> String {
+        fs::read(&self.console_log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The image file of namespace `nsid` (1-based).
+    pub fn disk(&self, nsid: usize) -> Option<&Path> {
+        self.disks.get(nsid.checked_sub(1)?)?.as_deref()
+    }
+
+    /// A one-paragraph description for test failure messages.
+    pub fn describe(&self) -> String {
+        let console = self.console();
+        let tail: Vec<&str> = console.lines().rev().take(15).collect();
+        format!(
+            "guest exit: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}\n--- console (tail) ---\n{}",
+            self.exit,
+            self.stdout_text(),
+            self.stderr_text(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
+    }
+}
+
+impl VmConfig {
+    /// Installs what is missing, builds the guest binaries, boots the guest,
+    /// runs `cmd` in it and returns how it went.
+    pub fn run<S: AsRef<str>>(&self, cmd: &[S]) -> Result<VmRun> {
+        self.validate()?;
+        host::ensure_packages(host::VM_PACKAGES)?;
+        let cache = cache_dir();
+        let kernel = kernel::ensure_kernel(&cache)?;
+        let bins = guest_build::guest_bin_dir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("nvme-vm-")
+            .tempdir()
+            .map_err(|e| Error::io("creating temporary folder in", std::env::temp_dir(), e))?;
+        let run_dir = dir.path();
+
+        let initrd = run_dir.join("initrd.cpio");
+        self.write_initramfs(&initrd, &kernel, &bins, cmd)?;
+        let disks = self.prepare_disks(run_dir)?;
+
+        let console_log = self
+            .console_log
+            .clone()
+            .unwrap_or_else(|| run_dir.join("console.log"));
+        if let Some(parent) = console_log.parent() {
+            fs::create_dir_all(parent).map_err(|e| Error::io("creating", parent, e))?;
+        }
+        let stdout_path = run_dir.join("stdout");
+        let stderr_path = run_dir.join("stderr");
+        let status_path = run_dir.join("status");
+        for p in [&console_log, &stdout_path, &stderr_path, &status_path] {
+            File::create(p).map_err(|e| Error::io("creating", p, e))?;
+        }
+
+        let args = self.qemu_args(
+            &kernel,
+            &initrd,
+            &disks,
+            [&console_log, &stdout_path, &stderr_path, &status_path],
+        );
+        log::debug!("{} {}", host::QEMU, args.join(" "));
+        let qemu_log = run_dir.join("qemu.log");
+        let qemu_out = File::create(&qemu_log).map_err(|e| Error::io("creating", &qemu_log, e))?;
+        let qemu_err = qemu_out
+            .try_clone()
+            .map_err(|e| Error::io("opening", &qemu_log, e))?;
+        let start = Instant::now();
+        let mut child = Command::new(host::QEMU)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(qemu_out)
+            .stderr(qemu_err)
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                cmd: host::QEMU.into(),
+                source,
+            })?;
+
+        let done = Arc::new(AtomicBool::new(false));
+        let followers = match self.output {
+            OutputMode::Inherit => vec![
+                follow(
+                    stdout_path.clone(),
+                    done.clone(),
+                    Box::new(std::io::stdout()),
+                ),
+                follow(
+                    stderr_path.clone(),
+                    done.clone(),
+                    Box::new(std::io::stderr()),
+                ),
+            ],
+            OutputMode::Capture => Vec::new(),
+        };
+
+        let mut timed_out = false;
+        let qemu_status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if start.elapsed() >= self.timeout => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    timed_out = true;
+                    break None;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => return Err(Error::io("waiting for", host::QEMU, e)),
+            }
+        };
+        done.store(true, Ordering::Release);
+        for f in followers {
+            let _ = f.join();
+        }
+        log::debug!("guest ran {:.1?}", start.elapsed());
+
+        let read = |p: &Path| fs::read(p).map_err(|e| Error::io("reading", p, e));
+        let stdout = read(&stdout_path)?;
+        let stderr = read(&stderr_path)?;
+        let status = String::from_utf8_lossy(&read(&status_path)?).into_owned();
+        let exit = if timed_out {
+            GuestExit::TimedOut(self.timeout)
+        } else {
+            parse_status(&status).unwrap_or_else(|| {
+                let qemu_msg = fs::read_to_string(&qemu_log).unwrap_or_default();
+                GuestExit::NoStatus(format!(
+                    "QEMU exited ({}) without a status from the guest{}",
+                    qemu_status.map(|s| s.to_string()).unwrap_or_default(),
+                    if qemu_msg.trim().is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", qemu_msg.trim())
+                    }
+                ))
+            })
+        };
+        let exit = match exit {
+            GuestExit::SetupFailed(_) => {
+                GuestExit::SetupFailed(String::from_utf8_lossy(&stderr).trim().to_string())
+            }
+            other => other,
+        };
+        Ok(VmRun {
+            exit,
+            stdout,
+            stderr,
+            console_log,
+            disks,
+            _dir: dir,
+        })
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.namespaces == 0 {
+            return Err(Error::Config("at least one namespace is needed".into()));
+        }
+        if self.disks.len() > self.namespaces as usize {
+            return Err(Error::Config(format!(
+                "{} disks given for {} namespaces",
+                self.disks.len(),
+                self.namespaces
+            )));
+        }
+        if self.disk_size == 0 || self.disk_size % 4096 != 0 {
+            return Err(Error::Config(format!(
+                "disk size {} is not a positive multiple of 4096",
+                self.disk_size
+            )));
+        }
+        if self.serial.is_empty() || self.serial.len() > 20 || !self.serial.is_ascii() {
+            return Err(Error::Config(
+                "the serial must be 1 to 20 ASCII characters".into(),
+            ));
+        }
+        for (k, v) in &self.nvme_props {
+            if k.is_empty() || k.contains([',', '=']) || v.contains(',') {
+                return Err(Error::Config(format!("bad nvme property {k}={v}")));
+            }
+        }
+        if self.smp == 0 || self.mem_mib < 128 {
+            return Err(Error::Config("need at least 1 vCPU and 128 MiB".into()));
+        }
+        Ok(())
+    }
+
+    fn write_initramfs(
+        &self,
+        path: &Path,
+        kernel: &GuestKernel,
+        bins: &Path,
+        cmd: &[impl AsRef<str>],
+    ) -> Result<()> {
+        let mut a = Archive::create(path)?;
+        for d in [
+            "bin",
+            "sbin",
+            "dev",
+            "proc",
+            "sys",
+            "tmp",
+            "root",
+            "etc",
+            "opt/nvme/bin",
+        ] {
+            a.dir(d)?;
+        }
+        a.host_file("bin/busybox", Path::new(host::BUSYBOX))?;
+        a.file("init", 0o755, include_bytes!("../guest/init.sh"))?;
+
+        let modules: Vec<&str> = match self.driver {
+            GuestDriver::Vfio => kernel::VFIO_MODULES.to_vec(),
+            GuestDriver::Kernel => kernel::NVME_MODULES.to_vec(),
+        };
+        for m in &modules {
+            a.host_file(&format!("lib/modules/{m}.ko"), &kernel.module(m))?;
+        }
+        let bind = match self.driver {
+            GuestDriver::Vfio => "vfio",
+            GuestDriver::Kernel => "kernel",
+        };
+        let conf = format!(
+            "MODULES=\"{}\"\nBIND={bind}\nHUGEPAGES={}\n",
+            modules.join(" "),
+            if self.hugepages > 0 {
+                self.hugepages.to_string()
+            } else {
+                String::new()
+            }
+        );
+        a.file("etc/vm.conf", 0o644, conf.as_bytes())?;
+        let script: Vec<String> = cmd.iter().map(|s| shell_quote(s.as_ref())).collect();
+        a.file(
+            "etc/vm-cmd",
+            0o644,
+            format!("{}\n", script.join(" ")).as_bytes(),
+        )?;
+
+        for (_, name) in guest_build::GUEST_BINARIES {
+            let bin = bins.join(name);
+            if !bin.is_file() {
+                return Err(Error::Missing(format!("guest binary {}", bin.display())));
+            }
+            a.host_file(&format!("opt/nvme/bin/{name}"), &bin)?;
+        }
+        for (host_path, guest_path) in &self.copies {
+            a.host_file(guest_path, host_path)?;
+        }
+        a.finish()
+    }
+
+    fn prepare_disks(&self, run_dir: &Path) -> Result<Vec<Option<PathBuf>>> {
+        (0..self.namespaces as usize)
+            .map(|i| match self.disks.get(i).unwrap_or(&NsDisk::Temp) {
+                NsDisk::Null => Ok(None),
+                NsDisk::Temp => {
+                    let p = run_dir.join(format!("ns{}.img", i + 1));
+                    create_image(&p, self.disk_size)?;
+                    Ok(Some(p))
+                }
+                NsDisk::File(p) => {
+                    if !p.exists() {
+                        create_image(p, self.disk_size)?;
+                    }
+                    Ok(Some(p.clone()))
+                }
+            })
+            .collect()
+    }
+
+    fn qemu_args(
+        &self,
+        kernel: &GuestKernel,
+        initrd: &Path,
+        disks: &[Option<PathBuf>],
+        serials: [&Path; 4],
+    ) -> Vec<String> {
+        let mut append = vec![
+            "console=ttyS0",
+            "panic=-1",
+            "intel_iommu=on",
+            "tsc=reliable",
+            "quiet",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        append.extend(self.kernel_args.iter().cloned());
+        let mut args: Vec<String> = vec![
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-display".into(),
+            "none".into(),
+            "-no-reboot".into(),
+            "-accel".into(),
+            if self.kvm { "kvm" } else { "tcg" }.into(),
+            "-machine".into(),
+            "q35,kernel-irqchip=split".into(),
+            "-device".into(),
+            "intel-iommu,intremap=on".into(),
+            "-m".into(),
+            self.mem_mib.to_string(),
+            "-smp".into(),
+            self.smp.to_string(),
+            "-kernel".into(),
+            kernel.vmlinuz.display().to_string(),
+            "-initrd".into(),
+            initrd.display().to_string(),
+            "-append".into(),
+            append.join(" "),
+        ];
+        for s in serials {
+            args.push("-serial".into());
+            args.push(format!("file:{}", s.display()));
+        }
+        let (mut ns_props, ctrl_props): (Vec<_>, Vec<_>) = self
+            .nvme_props
+            .iter()
+            .cloned()
+            .partition(|(k, _)| NAMESPACE_PROPS.contains(&k.as_str()));
+        // QEMU refuses a logical block larger than the physical one, whose
+        // default is 512: follow the logical size unless both are given.
+        let lbs = ns_props
+            .iter()
+            .find(|(k, _)| k == "logical_block_size")
+            .map(|(_, v)| v.clone());
+        if let Some(lbs) = lbs
+            && !ns_props.iter().any(|(k, _)| k == "physical_block_size")
+        {
+            ns_props.push(("physical_block_size".into(), lbs));
+        }
+        let mut ctrl = format!("nvme,id=nvme0,serial={},addr=3", self.serial);
+        for (k, v) in ctrl_props {
+            ctrl.push_str(&format!(",{k}={v}"));
+        }
+        args.push("-device".into());
+        args.push(ctrl);
+        for (i, disk) in disks.iter().enumerate() {
+            let nsid = i + 1;
+            let drive = match disk {
+                Some(p) => format!(
+                    "file={},if=none,id=nvm{nsid},format=raw,cache=writeback",
+                    p.display()
+                ),
+                None => format!(
+                    "driver=null-co,size={},read-zeroes=on,if=none,id=nvm{nsid}",
+                    self.disk_size
+                ),
+            };
+            args.push("-drive".into());
+            args.push(drive);
+            let mut ns = format!("nvme-ns,drive=nvm{nsid},nsid={nsid},bus=nvme0");
+            for (k, v) in &ns_props {
+                ns.push_str(&format!(",{k}={v}"));
+            }
+            args.push("-device".into());
+            args.push(ns);
+        }
+        args
+    }
+}
+
+fn create_image(path: &Path, size: u64) -> Result<()> {
+    let f = File::create(path).map_err(|e| Error::io("creating", path, e))?;
+    f.set_len(size).map_err(|e| Error::io("sizing", path, e))
+}
+
+fn parse_status(status: &str) -> Option<GuestExit> {
+    let line = status.lines().map(str::trim).find(|l| !l.is_empty())?;
+    if line == "INIT-FAILED" {
+        return Some(GuestExit::SetupFailed(String::new()));
+    }
+    line.strip_prefix("EXIT ")?
+        .parse()
+        .ok()
+        .map(GuestExit::Exited)
+}
+
+/// Quotes one word for the guest's POSIX shell.
+fn shell_quote(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+/// Copies what is appended to `path` into `out` until `done` is set and
+/// nothing more arrives.
+fn follow(
+    path: PathBuf,
+    done: Arc<AtomicBool>,
+    mut out: Box<dyn Write + Send>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let Ok(mut f) = File::open(&path) else { return };
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let finished = done.load(Ordering::Acquire);
+            match f.read(&mut buf) {
+                Ok(0) if finished => break,
+                Ok(0) => std::thread::sleep(Duration::from_millis(20)),
+                Ok(n) => {
+                    let _ = out.write_all(&buf[..n]);
+                    let _ = out.flush();
+                }
+                Err(_) => break,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_shell_words() {
+        assert_eq!(shell_quote("nvmectl"), "nvmectl");
+        assert_eq!(shell_quote("--lba=5"), "--lba=5");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("$(x)"), "'$(x)'");
+    }
+
+    #[test]
+    fn parses_guest_status() {
+        assert_eq!(parse_status("EXIT 0\n"), Some(GuestExit::Exited(0)));
+        assert_eq!(parse_status("\nEXIT 3\n"), Some(GuestExit::Exited(3)));
+        assert_eq!(
+            parse_status("INIT-FAILED\n"),
+            Some(GuestExit::SetupFailed(String::new()))
+        );
+        assert_eq!(parse_status(""), None);
+        assert_eq!(parse_status("EXIT x"), None);
+    }
+
+    #[test]
+    fn routes_namespace_properties() {
+        let cfg = VmConfig {
+            nvme_props: vec![
+                ("mdts".into(), "3".into()),
+                ("logical_block_size".into(), "4096".into()),
+            ],
+            namespaces: 2,
+            ..VmConfig::default()
+        };
+        let kernel = GuestKernel {
+            package: "k".into(),
+            vmlinuz: "/k".into(),
+            modules: "/m".into(),
+        };
+        let p = Path::new("/x");
+        let args = cfg.qemu_args(&kernel, p, &[Some("/a.img".into()), None], [p, p, p, p]);
+        let devices: Vec<&String> = args
+            .iter()
+            .zip(args.iter().skip(1))
+            .filter(|(a, _)| *a == "-device")
+            .map(|(_, d)| d)
+            .collect();
+        assert!(
+            devices
+                .iter()
+                .any(|d| d.starts_with("nvme,") && d.ends_with(",mdts=3"))
+        );
+        let ns: Vec<_> = devices
+            .iter()
+            .filter(|d| d.starts_with("nvme-ns,"))
+            .collect();
+        assert_eq!(ns.len(), 2);
+        assert!(ns.iter().all(|d| d.contains("logical_block_size=4096")));
+        assert!(ns.iter().all(|d| d.contains("physical_block_size=4096")));
+        assert!(args.iter().any(|a| a.starts_with("driver=null-co,")));
+    }
+}

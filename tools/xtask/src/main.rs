@@ -1,0 +1,157 @@
+//! Project automation, run as `cargo xtask <command>`
+//! (see <https://github.com/matklad/cargo-xtask/>).
+//!
+//! - `vm [OPTIONS] -- CMD [ARGS...]`: boot a guest with an emulated NVMe
+//!   controller bound to vfio-pci, run CMD in it, exit with CMD's status.
+//! - `test`: unit tests and VM tests.
+//! - `bench`: the main job against the default emulated device.
+//! - `lint`: rustfmt and clippy, as CI runs them.
+//!
+//! Each installs what it is missing (Debian packages, the guest kernel).
+
+mod vm_args;
+
+use std::process::{Command, ExitCode};
+
+use clap::{Parser, Subcommand};
+use qemu_harness::{GuestExit, OutputMode, guest_build, workspace_root};
+
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask", about = "Project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Boot a guest with an emulated NVMe device bound to vfio-pci and run CMD in it.
+    Vm(vm_args::VmArgs),
+    /// Run the unit tests and the VM tests.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+        #[arg(last = true)]
+        rest: Vec<String>,
+    },
+    /// Run the main job against the default emulated device in a VM.
+    Bench,
+    /// rustfmt --check and clippy -D warnings over the workspace.
+    Lint,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp(None)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Vm(args) => vm(args),
+        Cmd::Test { rest } => test(&rest),
+        Cmd::Bench => bench(),
+        Cmd::Lint => lint(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn vm(args: vm_args::VmArgs) -> Result<ExitCode> {
+    let (mut config, cmd) = args.into_config()?;
+    config.output = OutputMode::Inherit;
+    let console = config.console_log.clone();
+    let run = config.run(&cmd)?;
+    let code = match &run.exit {
+        GuestExit::Exited(code) => return Ok(ExitCode::from((*code).clamp(0, 255) as u8)),
+        GuestExit::TimedOut(limit) => {
+            eprintln!("xtask vm: the guest was still running after {limit:?}; QEMU was killed");
+            124
+        }
+        GuestExit::SetupFailed(why) => {
+            eprintln!("xtask vm: guest setup failed: {why}");
+            125
+        }
+        GuestExit::NoStatus(why) => {
+            eprintln!("xtask vm: {why}");
+            125
+        }
+    };
+    eprintln!(
+        "xtask vm: guest console log: {}",
+        console.unwrap_or(run.console_log.clone()).display()
+    );
+    Ok(ExitCode::from(code))
+}
+
+/// Installs the VM prerequisites and builds the guest binaries once, so the
+/// VM tests find them through `NVME_GUEST_BIN_DIR`.
+fn prepare_guest() -> Result<std::path::PathBuf> {
+    qemu_harness::host::ensure_packages(qemu_harness::host::VM_PACKAGES)?;
+    qemu_harness::kernel::ensure_kernel(&qemu_harness::cache_dir())?;
+    Ok(guest_build::build()?)
+}
+
+fn test(rest: &[String]) -> Result<ExitCode> {
+    let bins = prepare_guest()?;
+    let status = Command::new(cargo())
+        .current_dir(workspace_root())
+        .args(["test", "--workspace", "--all-targets"])
+        .arg("--")
+        .args(rest)
+        .env(guest_build::BIN_DIR_ENV, &bins)
+        .status()?;
+    Ok(exit_code(status))
+}
+
+fn bench() -> Result<ExitCode> {
+    // Until nvme-bench exists, the main job shows the path end to end:
+    // identify, then a write and a read-back compared byte for byte.
+    let script = "set -e; nvmectl identify; \
+        dd if=/dev/urandom of=/tmp/pattern bs=4096 count=64 2>/dev/null; \
+        nvmectl write --lba 2048 --data /tmp/pattern; \
+        nvmectl read --lba 2048 --blocks 512 --output /tmp/back; \
+        cmp /tmp/pattern /tmp/back; \
+        echo 'read/write check: 256 KiB written and read back identical'";
+    let args = vm_args::VmArgs::default_with_cmd(vec!["sh".into(), "-c".into(), script.into()]);
+    vm(args)
+}
+
+fn lint() -> Result<ExitCode> {
+    let root = workspace_root();
+    let fmt = Command::new(cargo())
+        .current_dir(&root)
+        .args(["fmt", "--all", "--check"])
+        .status()?;
+    if !fmt.success() {
+        return Ok(exit_code(fmt));
+    }
+    let clippy = Command::new(cargo())
+        .current_dir(&root)
+        .args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .status()?;
+    Ok(exit_code(clippy))
+}
+
+fn cargo() -> std::ffi::OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(c) => ExitCode::from(c.clamp(1, 255) as u8),
+        None => ExitCode::FAILURE,
+    }
+}

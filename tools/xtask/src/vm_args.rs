@@ -1,0 +1,185 @@
+//! The options of `cargo xtask vm`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use qemu_harness::{GuestDriver, NsDisk, VmConfig, workspace_root};
+
+/// `cargo xtask vm [OPTIONS] -- CMD [ARGS...]`
+#[derive(Args, Debug, Default)]
+pub(crate) struct VmArgs {
+    /// Raw image backing a namespace, used and kept (created with --size if
+    /// missing); repeat for namespaces 2, 3... Default: a fresh temporary image.
+    #[arg(long, value_name = "PATH")]
+    disk: Vec<PathBuf>,
+    /// Size of created images and null devices (bytes, or with K/M/G suffix).
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    size: u64,
+    /// Extra nvme device property, e.g. mdts=3 or logical_block_size=4096 (repeatable).
+    #[arg(long = "nvme", value_name = "K=V", value_parser = parse_kv)]
+    nvme: Vec<(String, String)>,
+    /// Number of namespaces.
+    #[arg(long, default_value_t = 1)]
+    namespaces: u32,
+    /// Back the namespaces with QEMU's null-co driver (no storage, reads return zeroes).
+    #[arg(long)]
+    null: bool,
+    /// Put a host file in the guest (repeatable).
+    #[arg(long, value_name = "HOSTPATH:GUESTPATH", value_parser = parse_copy)]
+    copy: Vec<(PathBuf, String)>,
+    /// Guest memory (MiB, or with M/G suffix).
+    #[arg(long, default_value = "1024", value_parser = parse_mem)]
+    mem: u32,
+    /// Guest vCPUs.
+    #[arg(long, default_value_t = 2)]
+    smp: u32,
+    /// Hard wall-clock limit in seconds; a hung guest is killed and reported.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Leave the controller on the kernel's nvme driver (for comparisons).
+    #[arg(long)]
+    keep_kernel_driver: bool,
+    /// Use KVM instead of TCG (does not work on every machine).
+    #[arg(long)]
+    kvm: bool,
+    /// Serial number of the emulated controller.
+    #[arg(long, default_value = qemu_harness::vm::DEFAULT_SERIAL)]
+    serial: String,
+    /// 2 MiB huge pages to reserve in the guest.
+    #[arg(long, default_value_t = 0)]
+    hugepages: u32,
+    /// Extra guest kernel command line word (repeatable).
+    #[arg(long = "append", value_name = "ARG")]
+    kernel_args: Vec<String>,
+    /// Where to write the guest console log.
+    #[arg(long, value_name = "PATH")]
+    console_log: Option<PathBuf>,
+    /// The command to run in the guest.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    cmd: Vec<String>,
+}
+
+impl VmArgs {
+    /// The defaults, running `cmd`.
+    pub(crate) fn default_with_cmd(cmd: Vec<String>) -> Self {
+        VmArgs {
+            size: 1 << 30,
+            namespaces: 1,
+            mem: 1024,
+            smp: 2,
+            timeout: 300,
+            serial: qemu_harness::vm::DEFAULT_SERIAL.into(),
+            cmd,
+            ..VmArgs::default()
+        }
+    }
+
+    pub(crate) fn into_config(self) -> Result<(VmConfig, Vec<String>), String> {
+        if self.cmd.is_empty() {
+            return Err("no command given (cargo xtask vm [OPTIONS] -- CMD [ARGS...])".into());
+        }
+        let namespaces = self.namespaces.max(self.disk.len() as u32);
+        let disks = if self.null {
+            if !self.disk.is_empty() {
+                return Err("--null and --disk exclude each other".into());
+            }
+            vec![NsDisk::Null; namespaces as usize]
+        } else {
+            self.disk.into_iter().map(NsDisk::File).collect()
+        };
+        let config = VmConfig {
+            disks,
+            namespaces,
+            disk_size: self.size,
+            nvme_props: self.nvme,
+            serial: self.serial,
+            copies: self.copy,
+            mem_mib: self.mem,
+            smp: self.smp,
+            timeout: Duration::from_secs(self.timeout),
+            driver: if self.keep_kernel_driver {
+                GuestDriver::Kernel
+            } else {
+                GuestDriver::Vfio
+            },
+            kvm: self.kvm,
+            hugepages: self.hugepages,
+            kernel_args: self.kernel_args,
+            console_log: Some(
+                self.console_log
+                    .unwrap_or_else(|| workspace_root().join("target/vm/console.log")),
+            ),
+            ..VmConfig::default()
+        };
+        Ok((config, self.cmd))
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, shift) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 30),
+        Some((i, 'T' | 't')) => (&s[..i], 40),
+        _ => (s, 0),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("not a size: {s}"))?;
+    n.checked_shl(shift)
+        .filter(|v| v >> shift == n)
+        .ok_or_else(|| format!("size too large: {s}"))
+}
+
+fn parse_mem(s: &str) -> Result<u32, String> {
+    let bytes = if s.chars().all(|c| c.is_ascii_digit()) {
+        parse_size(&format!("{s}M"))?
+    } else {
+        parse_size(s)?
+    };
+    u32::try_from(bytes >> 20).map_err(|_| format!("memory too large: {s}"))
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected K=V, got {s}"))?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn parse_copy(s: &str) -> Result<(PathBuf, String), String> {
+    let (host, guest) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected HOSTPATH:GUESTPATH, got {s}"))?;
+    if !guest.starts_with('/') {
+        return Err(format!("guest path must be absolute: {guest}"));
+    }
+    Ok((PathBuf::from(host), guest.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("99999999999T").is_err());
+        assert_eq!(parse_mem("2048"), Ok(2048));
+        assert_eq!(parse_mem("2G"), Ok(2048));
+    }
+
+    #[test]
+    fn copies_and_props() {
+        assert_eq!(parse_kv("mdts=3"), Ok(("mdts".into(), "3".into())));
+        assert!(parse_kv("mdts").is_err());
+        assert_eq!(
+            parse_copy("a.bin:/root/a.bin"),
+            Ok(("a.bin".into(), "/root/a.bin".into()))
+        );
+        assert!(parse_copy("a.bin:root").is_err());
+    }
+}
