@@ -1,0 +1,187 @@
+//! Device-visible memory: anonymous mappings pinned and mapped into the
+//! IOMMU, accessed only through raw pointers.
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+
+/// Size of a 2 MiB huge page.
+pub(crate) const HUGE_PAGE: usize = 2 << 20;
+/// The page size the driver uses for queues, PRPs and buffers.
+pub(crate) const PAGE: usize = 4096;
+
+/// Maps host memory for device access (the IOMMU), choosing the IOVA.
+pub(crate) trait DmaMapper: Send + Sync + std::fmt::Debug {
+    /// Maps `len` bytes at `va` and returns the IOVA the device must use.
+    ///
+    /// # Safety
+    /// `va..va+len` must be a live, page-aligned mapping that stays mapped
+    /// until [`DmaMapper::unmap`] is called for the returned IOVA.
+    unsafe fn map(&self, va: *mut u8, len: usize) -> Result<u64>;
+    /// Removes the mapping made by `map`.
+    fn unmap(&self, iova: u64, len: usize) -> Result<()>;
+}
+
+/// A DMA-mapped region of host memory.
+#[derive(Debug)]
+pub(crate) struct DmaRegion {
+    ptr: NonNull<u8>,
+    len: usize,
+    iova: u64,
+    huge: bool,
+    mapper: Arc<dyn DmaMapper>,
+}
+
+// SAFETY: the region is owned memory reached only through raw pointers with
+// explicit copies; moving it between threads is fine.
+unsafe impl Send for DmaRegion {}
+// SAFETY: shared use only ever copies bytes in and out through raw
+// pointers; concurrent writers to the same bytes are a logic error the
+// queue code prevents (each slot has one owner), not a memory-safety issue.
+unsafe impl Sync for DmaRegion {}
+
+impl DmaRegion {
+    /// Allocates `len` bytes (rounded up to 4 KiB, or to 2 MiB huge pages
+    /// when `prefer_huge` and the system has them), zeroed, and maps them.
+    pub(crate) fn new(mapper: Arc<dyn DmaMapper>, len: usize, prefer_huge: bool) -> Result<DmaRegion> {
+        if len == 0 {
+            return Err(Error::BadBuffer("DMA region of 0 bytes".into()));
+        }
+        let (ptr, len, huge) = match prefer_huge.then(|| anon_mmap(round_up(len, HUGE_PAGE), true)) {
+            Some(Ok((p, l))) => (p, l, true),
+            _ => {
+                let (p, l) = anon_mmap(round_up(len, PAGE), false)?;
+                (p, l, false)
+            }
+        };
+        // SAFETY: ptr..ptr+len is the fresh page-aligned mapping made just
+        // above; it stays mapped until Drop, which unmaps the IOVA first.
+        let iova = match unsafe { mapper.map(ptr.as_ptr(), len) } {
+            Ok(iova) => iova,
+            Err(e) => {
+                // SAFETY: the mapping made above, not shared with anyone.
+                unsafe { libc::munmap(ptr.as_ptr().cast(), len) };
+                return Err(e);
+            }
+        };
+        Ok(DmaRegion {
+            ptr,
+            len,
+            iova,
+            huge,
+            mapper,
+        })
+    }
+
+    /// The device address of byte 0.
+    pub(crate) fn iova(&self) -> u64 {
+        self.iova
+    }
+
+    /// Whether the region is backed by huge pages.
+    pub(crate) fn is_huge(&self) -> bool {
+        self.huge
+    }
+
+    fn at(&self, offset: usize, size: usize, align: usize) -> Result<*mut u8> {
+        if offset % align != 0 || offset.checked_add(size).is_none_or(|end| end > self.len) {
+            return Err(Error::BadBuffer(format!(
+                "DMA access of {size} bytes at {offset:#x} outside a {:#x}-byte region",
+                self.len
+            )));
+        }
+        // SAFETY: offset + size <= len keeps the pointer inside the mapping.
+        Ok(unsafe { self.ptr.as_ptr().add(offset) })
+    }
+
+    /// Volatile 16-bit load (little-endian), e.g. a CQE status word.
+    pub(crate) fn read_u16(&self, offset: usize) -> Result<u16> {
+        let p = self.at(offset, 2, 2)?;
+        // SAFETY: in bounds and aligned (checked); volatile because the
+        // device may be writing this word.
+        Ok(u16::from_le(unsafe { p.cast::<u16>().read_volatile() }))
+    }
+
+    /// Volatile 64-bit store (little-endian), e.g. a PRP list entry.
+    pub(crate) fn write_u64(&self, offset: usize, value: u64) -> Result<()> {
+        let p = self.at(offset, 8, 8)?;
+        // SAFETY: in bounds and aligned (checked).
+        unsafe { p.cast::<u64>().write_volatile(value.to_le()) };
+        Ok(())
+    }
+
+    /// Copies `data` into the region at `offset`.
+    pub(crate) fn write_bytes(&self, offset: usize, data: &[u8]) -> Result<()> {
+        let p = self.at(offset, data.len(), 1)?;
+        // SAFETY: the destination range is inside the mapping (checked) and
+        // cannot overlap `data`, which is ordinary Rust memory.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
+        Ok(())
+    }
+
+    /// Copies bytes out of the region at `offset` into `out`.
+    pub(crate) fn read_bytes(&self, offset: usize, out: &mut [u8]) -> Result<()> {
+        let p = self.at(offset, out.len(), 1)?;
+        // SAFETY: the source range is inside the mapping (checked) and
+        // cannot overlap `out`. The caller only reads after the device has
+        // completed the command that wrote these bytes.
+        unsafe { std::ptr::copy_nonoverlapping(p, out.as_mut_ptr(), out.len()) };
+        Ok(())
+    }
+
+    /// Sets `len` bytes at `offset` to `byte`.
+    pub(crate) fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<()> {
+        let p = self.at(offset, len, 1)?;
+        // SAFETY: the range is inside the mapping (checked).
+        unsafe { std::ptr::write_bytes(p, byte, len) };
+        Ok(())
+    }
+}
+
+impl Drop for DmaRegion {
+    fn drop(&mut self) {
+        // The device must lose access before the memory goes back to the OS.
+        if let Err(e) = self.mapper.unmap(self.iova, self.len) {
+            // Leak the pages rather than let a still-mapped IOVA point at
+            // memory the allocator may hand out again.
+            log::error!("DMA unmap of {:#x}+{:#x} failed, leaking it: {e}", self.iova, self.len);
+            return;
+        }
+        // SAFETY: exactly the mapping made in `new`, no longer device-visible
+        // and with no pointers into it left (they never escape this type).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+fn round_up(n: usize, to: usize) -> usize {
+    n.div_ceil(to).saturating_mul(to)
+}
+
+/// A zeroed, populated, private anonymous mapping.
+fn anon_mmap(len: usize, huge: bool) -> Result<(NonNull<u8>, usize)> {
+    let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE;
+    if huge {
+        flags |= libc::MAP_HUGETLB;
+    }
+    // SAFETY: a fresh anonymous mapping at an address of the kernel's
+    // choosing; it aliases nothing.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(Error::os(
+            format!("mmap of {len} bytes of DMA memory{}", if huge { " (huge pages)" } else { "" }),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| Error::BadBuffer("mmap returned null".into()))?;
+    Ok((ptr, len))
+}

@@ -1,0 +1,39 @@
+//! A userspace NVMe driver over VFIO.
+//!
+//! Reading order for newcomers:
+//! - [`pci`]: finding NVMe functions in sysfs, binding them to vfio-pci.
+//! - `vfio` and `hw`: opening the device, mapping BAR0, DMA memory mapped
+//!   through the IOMMU. All of the crate's `unsafe` is in `hw`.
+//! - [`memory`]: the DMA buffer pool.
+//! - `queue` and `prp`: the submission/completion rings and the PRP lists
+//!   that describe data buffers to the controller.
+//! - [`Controller`]: bring-up, admin commands, I/O, shutdown.
+//!
+//! ```no_run
+//! use nvme_driver::{Controller, Options, pci};
+//! let f = pci::single_vfio_function()?;
+//! let mut ctrl = Controller::open(f.address, Options::default())?;
+//! let mut block = vec![0u8; 512];
+//! ctrl.read(1, 0, &mut block)?;
+//! # Ok::<(), nvme_driver::Error>(())
+//! ```
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+mod ctrl;
+mod error;
+mod hw;
+pub mod iova;
+pub mod memory;
+mod ns;
+pub mod pci;
+mod prp;
+mod queue;
+mod vfio;
+
+pub use ctrl::{Controller, DRIVER_MAX_TRANSFER, Options, PAGE_SIZE};
+pub use error::{Error, InitStep, Result};
+pub use memory::{DmaBuffer, DmaPool};
+pub use ns::Namespace;
+pub use nvme_spec;
+pub use pci::{PciAddress, PciFunction};

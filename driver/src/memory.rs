@@ -1,0 +1,202 @@
+//! The DMA buffer pool: memory the controller can reach, carved out of
+//! 2 MiB chunks that are mapped into the IOMMU once, so the I/O path never
+//! maps or unmaps (the emulated IOMMU makes each map expensive).
+//!
+//! A [`DmaBuffer`] is a run of 4 KiB pages inside one chunk; it goes back
+//! to the pool when dropped. Buffers larger than a chunk get a region of
+//! their own.
+
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::hw::dma::{DmaMapper, DmaRegion, HUGE_PAGE, PAGE};
+
+/// Bytes in one pool chunk.
+pub const CHUNK: usize = HUGE_PAGE;
+const PAGES_PER_CHUNK: usize = CHUNK / PAGE;
+
+#[derive(Debug)]
+struct Chunk {
+    region: Arc<DmaRegion>,
+    /// One flag per 4 KiB page: in use.
+    used: Vec<bool>,
+}
+
+#[derive(Debug)]
+struct PoolState {
+    chunks: Vec<Chunk>,
+}
+
+/// A pool of DMA-mapped memory.
+#[derive(Debug, Clone)]
+pub struct DmaPool {
+    mapper: Arc<dyn DmaMapper>,
+    state: Arc<Mutex<PoolState>>,
+    prefer_huge: bool,
+}
+
+impl DmaPool {
+    pub(crate) fn new(mapper: Arc<dyn DmaMapper>, prefer_huge: bool) -> Self {
+        DmaPool {
+            mapper,
+            state: Arc::new(Mutex::new(PoolState { chunks: Vec::new() })),
+            prefer_huge,
+        }
+    }
+
+    /// A zeroed buffer of at least `len` bytes, 4 KiB aligned.
+    pub fn alloc(&self, len: usize) -> Result<DmaBuffer> {
+        if len == 0 {
+            return Err(Error::BadBuffer("DMA buffer of 0 bytes".into()));
+        }
+        let pages = len.div_ceil(PAGE);
+        if pages > PAGES_PER_CHUNK {
+            let region = Arc::new(DmaRegion::new(self.mapper.clone(), len, self.prefer_huge)?);
+            return Ok(DmaBuffer {
+                region,
+                offset: 0,
+                len,
+                owner: None,
+            });
+        }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let found = state
+            .chunks
+            .iter()
+            .enumerate()
+            .find_map(|(i, c)| first_fit(&c.used, pages).map(|p| (i, p)));
+        let (index, page) = match found {
+            Some(hit) => hit,
+            None => {
+                let region = Arc::new(DmaRegion::new(self.mapper.clone(), CHUNK, self.prefer_huge)?);
+                log::debug!(
+                    "DMA pool: new chunk at IOVA {:#x}{}",
+                    region.iova(),
+                    if region.is_huge() { " (huge page)" } else { "" }
+                );
+                state.chunks.push(Chunk {
+                    region,
+                    used: vec![false; PAGES_PER_CHUNK],
+                });
+                (state.chunks.len() - 1, 0)
+            }
+        };
+        let chunk = &mut state.chunks[index];
+        chunk.used[page..page + pages].iter_mut().for_each(|u| *u = true);
+        let buf = DmaBuffer {
+            region: chunk.region.clone(),
+            offset: page * PAGE,
+            len,
+            owner: Some((self.state.clone(), index)),
+        };
+        drop(state);
+        buf.region.fill(buf.offset, pages * PAGE, 0)?;
+        Ok(buf)
+    }
+}
+
+fn first_fit(used: &[bool], pages: usize) -> Option<usize> {
+    let mut run = 0;
+    for (i, u) in used.iter().enumerate() {
+        run = if *u { 0 } else { run + 1 };
+        if run == pages {
+            return Some(i + 1 - pages);
+        }
+    }
+    None
+}
+
+/// A buffer the controller can read and write. CPU access is by copying
+/// in and out; no reference to its bytes is ever handed out, since the
+/// device may write them at any moment while a command is in flight.
+#[derive(Debug)]
+pub struct DmaBuffer {
+    region: Arc<DmaRegion>,
+    offset: usize,
+    len: usize,
+    owner: Option<(Arc<Mutex<PoolState>>, usize)>,
+}
+
+impl DmaBuffer {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the buffer is empty (never: allocation rejects 0).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The device address of byte 0 (4 KiB aligned).
+    pub fn iova(&self) -> u64 {
+        self.region.iova() + self.offset as u64
+    }
+
+    fn check(&self, offset: usize, len: usize) -> Result<usize> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(Error::BadBuffer(format!(
+                "{len} bytes at offset {offset} do not fit a {}-byte DMA buffer",
+                self.len
+            )));
+        }
+        Ok(self.offset + offset)
+    }
+
+    /// Copies `data` in at `offset`.
+    pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
+        let at = self.check(offset, data.len())?;
+        self.region.write_bytes(at, data)
+    }
+
+    /// Copies out `out.len()` bytes from `offset`.
+    pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<()> {
+        let at = self.check(offset, out.len())?;
+        self.region.read_bytes(at, out)
+    }
+
+    /// Sets `len` bytes from `offset` to `byte`.
+    pub fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<()> {
+        let at = self.check(offset, len)?;
+        self.region.fill(at, len, byte)
+    }
+
+    /// Stores a little-endian u64 at `offset` (8-byte aligned).
+    pub(crate) fn write_u64(&self, offset: usize, value: u64) -> Result<()> {
+        let at = self.check(offset, 8)?;
+        self.region.write_u64(at, value)
+    }
+
+    /// Volatile load of a little-endian u16 at `offset`.
+    pub(crate) fn read_u16(&self, offset: usize) -> Result<u16> {
+        let at = self.check(offset, 2)?;
+        self.region.read_u16(at)
+    }
+}
+
+impl Drop for DmaBuffer {
+    fn drop(&mut self) {
+        if let Some((state, index)) = &self.owner {
+            let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(chunk) = state.chunks.get_mut(*index) {
+                let first = self.offset / PAGE;
+                let pages = self.len.div_ceil(PAGE);
+                chunk.used[first..first + pages].iter_mut().for_each(|u| *u = false);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_fit_finds_runs() {
+        let used = [true, false, false, true, false, false, false];
+        assert_eq!(first_fit(&used, 1), Some(1));
+        assert_eq!(first_fit(&used, 2), Some(1));
+        assert_eq!(first_fit(&used, 3), Some(4));
+        assert_eq!(first_fit(&used, 4), None);
+    }
+}
