@@ -228,7 +228,13 @@ impl Error {
 
     pub(crate) fn at(self, step: InitStep) -> Self {
         match self {
-            e @ (Error::Timeout { .. } | Error::Init { .. }) => e,
+            // Already naming their step, or about the caller's input.
+            e @ (Error::Timeout { .. }
+            | Error::Init { .. }
+            | Error::NoSuchDevice { .. }
+            | Error::NotNvme { .. }
+            | Error::NotBoundToVfio { .. }
+            | Error::NoIommuGroup { .. }) => e,
             e => Error::Init {
                 step,
                 source: Box::new(e),

@@ -24,7 +24,8 @@ impl IovaAllocator {
         let mut a = IovaAllocator::default();
         for &(start, last) in ranges {
             let start = start.max(IOVA_FLOOR);
-            let Some(end) = last.checked_add(1) else { continue };
+            // An inclusive end of u64::MAX loses its last byte; no matter.
+            let end = last.saturating_add(1);
             if start < end {
                 a.free(start, end - start);
             }

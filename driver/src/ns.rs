@@ -72,7 +72,10 @@ impl Namespace {
 
     /// Checks that `blocks` blocks from `slba` lie inside the namespace.
     pub fn check_range(&self, slba: u64, blocks: u64) -> Result<()> {
-        if blocks == 0 || slba.checked_add(blocks).is_none_or(|end| end > self.blocks) {
+        if blocks == 0 {
+            return Err(Error::BadBuffer("a transfer of 0 blocks".into()));
+        }
+        if slba.checked_add(blocks).is_none_or(|end| end > self.blocks) {
             return Err(Error::LbaOutOfRange {
                 nsid: self.nsid,
                 slba,

@@ -97,6 +97,8 @@ pub struct VmConfig {
     pub driver: GuestDriver,
     /// Use KVM instead of TCG.
     pub kvm: bool,
+    /// Give the guest an IOMMU (vfio-pci needs one).
+    pub iommu: bool,
     /// 2 MiB huge pages to reserve in the guest.
     pub hugepages: u32,
     /// Extra kernel command line words.
@@ -121,6 +123,7 @@ impl Default for VmConfig {
             timeout: Duration::from_secs(120),
             driver: GuestDriver::Vfio,
             kvm: false,
+            iommu: true,
             hugepages: 0,
             kernel_args: Vec::new(),
             console_log: None,
@@ -390,9 +393,11 @@ impl VmConfig {
         a.host_file("bin/busybox", Path::new(host::BUSYBOX))?;
         a.file("init", 0o755, include_bytes!("../guest/init.sh"))?;
 
+        // With the kernel driver, vfio-pci is loaded too, so that a
+        // controller can be moved over with `nvmectl bind`.
         let modules: Vec<&str> = match self.driver {
             GuestDriver::Vfio => kernel::VFIO_MODULES.to_vec(),
-            GuestDriver::Kernel => kernel::NVME_MODULES.to_vec(),
+            GuestDriver::Kernel => [kernel::VFIO_MODULES, kernel::NVME_MODULES].concat(),
         };
         for m in &modules {
             a.host_file(&format!("lib/modules/{m}.ko"), &kernel.module(m))?;
@@ -460,7 +465,7 @@ impl VmConfig {
         let mut append = vec![
             "console=ttyS0",
             "panic=-1",
-            "intel_iommu=on",
+            if self.iommu { "intel_iommu=on" } else { "intel_iommu=off" },
             "tsc=reliable",
             "quiet",
         ]
@@ -478,8 +483,6 @@ impl VmConfig {
             if self.kvm { "kvm" } else { "tcg" }.into(),
             "-machine".into(),
             "q35,kernel-irqchip=split".into(),
-            "-device".into(),
-            "intel-iommu,intremap=on".into(),
             "-m".into(),
             self.mem_mib.to_string(),
             "-smp".into(),
@@ -491,6 +494,10 @@ impl VmConfig {
             "-append".into(),
             append.join(" "),
         ];
+        if self.iommu {
+            args.push("-device".into());
+            args.push("intel-iommu,intremap=on".into());
+        }
         for s in serials {
             args.push("-serial".into());
             args.push(format!("file:{}", s.display()));

@@ -100,7 +100,7 @@ fn test(rest: &[String]) -> Result<ExitCode> {
     let bins = prepare_guest()?;
     let status = Command::new(cargo())
         .current_dir(workspace_root())
-        .args(["test", "--workspace", "--all-targets"])
+        .args(["test", "--workspace", "--all-targets", "--no-fail-fast"])
         .arg("--")
         .args(rest)
         .env(guest_build::BIN_DIR_ENV, &bins)

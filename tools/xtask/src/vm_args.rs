@@ -43,6 +43,9 @@ pub(crate) struct VmArgs {
     /// Use KVM instead of TCG (does not work on every machine).
     #[arg(long)]
     kvm: bool,
+    /// Boot the guest without an IOMMU (vfio-pci then cannot be used).
+    #[arg(long)]
+    no_iommu: bool,
     /// Serial number of the emulated controller.
     #[arg(long, default_value = qemu_harness::vm::DEFAULT_SERIAL)]
     serial: String,
@@ -104,6 +107,7 @@ impl VmArgs {
                 GuestDriver::Vfio
             },
             kvm: self.kvm,
+            iommu: !self.no_iommu,
             hugepages: self.hugepages,
             kernel_args: self.kernel_args,
             console_log: Some(
