@@ -194,7 +194,11 @@ impl Controller {
 
     fn identify_controller(&mut self) -> Result<()> {
         let buf = self.pool.alloc(IDENTIFY_SIZE)?;
-        self.admin_data(admin::identify(Cns::Controller, 0, 0), &buf, "Identify Controller")?;
+        self.admin_data(
+            admin::identify(Cns::Controller, 0, 0),
+            &buf,
+            "Identify Controller",
+        )?;
         let id = read_struct::<IdentifyController>(&buf)?;
         if id.sqes_min() > 6 || id.sqes_max() < 6 || id.cqes_min() > 4 || id.cqes_max() < 4 {
             return Err(Error::Unsupported(format!(
@@ -204,7 +208,9 @@ impl Controller {
         }
         let mdts = id.max_transfer_bytes(self.cap.min_page_size());
         self.max_transfer = mdts
-            .map_or(DRIVER_MAX_TRANSFER, |m| m.min(DRIVER_MAX_TRANSFER as u64) as usize)
+            .map_or(DRIVER_MAX_TRANSFER, |m| {
+                m.min(DRIVER_MAX_TRANSFER as u64) as usize
+            })
             .max(PAGE_SIZE);
         log::debug!(
             "identify: model {:?} serial {:?} mdts {} -> max transfer {} bytes",
@@ -223,7 +229,9 @@ impl Controller {
             sq: u32::from(wanted),
             cq: u32::from(wanted),
         };
-        let cdw11 = req.to_cdw11().map_err(|e| Error::BadBuffer(e.to_string()))?;
+        let cdw11 = req
+            .to_cdw11()
+            .map_err(|e| Error::BadBuffer(e.to_string()))?;
         let cqe = self.admin_cmd(
             admin::set_features(FeatureId::NumberOfQueues as u8, cdw11, false),
             "Set Features (Number of Queues)",
@@ -273,7 +281,8 @@ impl Controller {
         let mut cq = admin::create_io_cq(qid, entries, None).map_err(range)?;
         cq.set_prps(q.cq_iova(), 0);
         self.admin_cmd(cq, &format!("Create I/O Completion Queue {qid}"))?;
-        let mut sq = admin::create_io_sq(qid, entries, qid, QueuePriority::Medium).map_err(range)?;
+        let mut sq =
+            admin::create_io_sq(qid, entries, qid, QueuePriority::Medium).map_err(range)?;
         sq.set_prps(q.sq_iova(), 0);
         self.admin_cmd(sq, &format!("Create I/O Submission Queue {qid}"))?;
         Ok(q)
@@ -330,7 +339,14 @@ impl Controller {
         self.dma_io(IoKind::Write, nsid, slba, buf, len)
     }
 
-    fn dma_io(&mut self, kind: IoKind, nsid: u32, slba: u64, buf: &DmaBuffer, len: usize) -> Result<()> {
+    fn dma_io(
+        &mut self,
+        kind: IoKind,
+        nsid: u32,
+        slba: u64,
+        buf: &DmaBuffer,
+        len: usize,
+    ) -> Result<()> {
         if len > buf.len() {
             return Err(Error::BadBuffer(format!(
                 "{len} bytes asked of a {}-byte DMA buffer",
@@ -362,7 +378,7 @@ impl Controller {
         let ns = self.namespace(nsid)?;
         let blocks = ns.blocks_in(len)?;
         ns.check_range(slba, blocks)?;
-        if self.max_transfer % ns.lba_size as usize != 0 {
+        if !self.max_transfer.is_multiple_of(ns.lba_size as usize) {
             return Err(Error::Unsupported(format!(
                 "max transfer {} is not a multiple of the LBA size {}",
                 self.max_transfer, ns.lba_size
@@ -371,7 +387,14 @@ impl Controller {
         Ok((ns.lba_size as usize, blocks))
     }
 
-    fn io_dma(&mut self, kind: IoKind, nsid: u32, slba: u64, buf: &DmaBuffer, len: usize) -> Result<()> {
+    fn io_dma(
+        &mut self,
+        kind: IoKind,
+        nsid: u32,
+        slba: u64,
+        buf: &DmaBuffer,
+        len: usize,
+    ) -> Result<()> {
         self.io_dma_at(kind, nsid, slba, buf, 0, len)
     }
 
@@ -386,8 +409,9 @@ impl Controller {
         len: usize,
     ) -> Result<()> {
         let lba_size = self.namespace(nsid)?.lba_size as usize;
-        let blocks = u32::try_from(len / lba_size)
-            .map_err(|_| Error::BadBuffer(format!("{len} bytes is too many blocks for one command")))?;
+        let blocks = u32::try_from(len / lba_size).map_err(|_| {
+            Error::BadBuffer(format!("{len} bytes is too many blocks for one command"))
+        })?;
         let range = |e: nvme_spec::RangeError| Error::BadBuffer(e.to_string());
         let mut sqe = match kind {
             IoKind::Read => nvm::read(nsid, slba, blocks).map_err(range)?,
@@ -465,7 +489,9 @@ fn check_cap(cap: Cap) -> Result<()> {
         });
     }
     if !cap.supports_nvm_command_set() {
-        return Err(Error::Unsupported("the NVM command set is not supported (CAP.CSS)".into()));
+        return Err(Error::Unsupported(
+            "the NVM command set is not supported (CAP.CSS)".into(),
+        ));
     }
     if !cap.supports_page_shift(12) {
         return Err(Error::Unsupported(format!(
@@ -475,7 +501,10 @@ fn check_cap(cap: Cap) -> Result<()> {
         )));
     }
     if cap.max_queue_entries() < 2 {
-        return Err(Error::BadDevice(format!("CAP.MQES {} allows no queue", cap.mqes_raw())));
+        return Err(Error::BadDevice(format!(
+            "CAP.MQES {} allows no queue",
+            cap.mqes_raw()
+        )));
     }
     Ok(())
 }

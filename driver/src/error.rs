@@ -76,7 +76,9 @@ pub enum Error {
         driver: Option<String>,
     },
     /// The function has no IOMMU group: no IOMMU, or it is off.
-    #[error("{bdf} has no IOMMU group: enable the IOMMU (intel_iommu=on / amd_iommu=on) so vfio-pci can be used")]
+    #[error(
+        "{bdf} has no IOMMU group: enable the IOMMU (intel_iommu=on / amd_iommu=on) so vfio-pci can be used"
+    )]
     NoIommuGroup {
         /// The address.
         bdf: String,
@@ -111,7 +113,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Pinning DMA memory failed for lack of locked-memory allowance.
-    #[error("cannot pin {bytes} bytes of DMA memory: {source} (raise RLIMIT_MEMLOCK, e.g. `ulimit -l unlimited`)")]
+    #[error(
+        "cannot pin {bytes} bytes of DMA memory: {source} (raise RLIMIT_MEMLOCK, e.g. `ulimit -l unlimited`)"
+    )]
     Memlock {
         /// The size asked for.
         bytes: usize,
@@ -201,7 +205,11 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn sysfs(what: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn sysfs(
+        what: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         Error::Sysfs {
             what,
             path: path.into(),

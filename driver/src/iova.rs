@@ -20,7 +20,11 @@ impl IovaAllocator {
     /// x86 IOMMU supports is assumed, minus the MSI window.
     pub fn new(ranges: &[(u64, u64)]) -> Self {
         let default = [(0, 0xfedf_ffff), (0xfef0_0000, (1 << 39) - 1)];
-        let ranges = if ranges.is_empty() { &default[..] } else { ranges };
+        let ranges = if ranges.is_empty() {
+            &default[..]
+        } else {
+            ranges
+        };
         let mut a = IovaAllocator::default();
         for &(start, last) in ranges {
             let start = start.max(IOVA_FLOOR);
@@ -54,7 +58,9 @@ impl IovaAllocator {
 
     /// Returns `len` bytes at `start` to the free set, merging neighbours.
     pub fn free(&mut self, start: u64, len: u64) {
-        let Some(mut end) = start.checked_add(len) else { return };
+        let Some(mut end) = start.checked_add(len) else {
+            return;
+        };
         let mut start = start;
         if let Some((&ps, &pe)) = self.free.range(..=start).next_back()
             && pe >= start

@@ -68,7 +68,11 @@ impl DmaPool {
         let (index, page) = match found {
             Some(hit) => hit,
             None => {
-                let region = Arc::new(DmaRegion::new(self.mapper.clone(), CHUNK, self.prefer_huge)?);
+                let region = Arc::new(DmaRegion::new(
+                    self.mapper.clone(),
+                    CHUNK,
+                    self.prefer_huge,
+                )?);
                 log::debug!(
                     "DMA pool: new chunk at IOVA {:#x}{}",
                     region.iova(),
@@ -82,7 +86,9 @@ impl DmaPool {
             }
         };
         let chunk = &mut state.chunks[index];
-        chunk.used[page..page + pages].iter_mut().for_each(|u| *u = true);
+        chunk.used[page..page + pages]
+            .iter_mut()
+            .for_each(|u| *u = true);
         let buf = DmaBuffer {
             region: chunk.region.clone(),
             offset: page * PAGE,
@@ -181,7 +187,9 @@ impl Drop for DmaBuffer {
             if let Some(chunk) = state.chunks.get_mut(*index) {
                 let first = self.offset / PAGE;
                 let pages = self.len.div_ceil(PAGE);
-                chunk.used[first..first + pages].iter_mut().for_each(|u| *u = false);
+                chunk.used[first..first + pages]
+                    .iter_mut()
+                    .for_each(|u| *u = false);
             }
         }
     }

@@ -89,7 +89,7 @@ impl Namespace {
     /// Number of blocks in `len` bytes, which must be a positive multiple of
     /// the LBA size.
     pub fn blocks_in(&self, len: usize) -> Result<u64> {
-        if len == 0 || len % self.lba_size as usize != 0 {
+        if len == 0 || !len.is_multiple_of(self.lba_size as usize) {
             return Err(Error::BadBuffer(format!(
                 "data length {len} is not a multiple of the {}-byte LBA size of namespace {}",
                 self.lba_size, self.nsid

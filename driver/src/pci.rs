@@ -256,7 +256,15 @@ mod tests {
         assert_eq!(a.to_string(), "0000:00:03.0");
         let b: PciAddress = "3a:1f.7".parse().unwrap();
         assert_eq!(b.to_string(), "0000:3a:1f.7");
-        for bad in ["", "00:03", "0000:00:20.0", "0000:00:03.8", "x:00:03.0", "00000:00:03.0", "0:0:0:0.0"] {
+        for bad in [
+            "",
+            "00:03",
+            "0000:00:20.0",
+            "0000:00:03.8",
+            "x:00:03.0",
+            "00000:00:03.0",
+            "0:0:0:0.0",
+        ] {
             assert!(bad.parse::<PciAddress>().is_err(), "{bad}");
         }
     }

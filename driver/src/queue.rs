@@ -46,9 +46,17 @@ pub(crate) struct QueuePair {
 
 impl QueuePair {
     /// Allocates the rings for queue `qid` with `entries` slots each.
-    pub(crate) fn new(qid: u16, entries: u16, dstrd: u8, bar: Arc<Bar>, pool: &DmaPool) -> Result<Self> {
+    pub(crate) fn new(
+        qid: u16,
+        entries: u16,
+        dstrd: u8,
+        bar: Arc<Bar>,
+        pool: &DmaPool,
+    ) -> Result<Self> {
         if entries < 2 {
-            return Err(Error::BadBuffer(format!("queue {qid}: {entries} entries (at least 2)")));
+            return Err(Error::BadBuffer(format!(
+                "queue {qid}: {entries} entries (at least 2)"
+            )));
         }
         let sq = pool.alloc(entries as usize * SQE_SIZE)?;
         let cq = pool.alloc(entries as usize * CQE_SIZE)?;
@@ -115,7 +123,8 @@ impl QueuePair {
             .ok_or(Error::QueueFull { qid: self.qid })?;
         self.next_cid = (cid + 1) % n;
         sqe.set_cid(cid);
-        self.sq.write(self.sq_tail as usize * SQE_SIZE, sqe.as_bytes())?;
+        self.sq
+            .write(self.sq_tail as usize * SQE_SIZE, sqe.as_bytes())?;
         self.in_flight[cid as usize] = true;
         self.sq_tail = self.next(self.sq_tail);
         Ok(cid)
@@ -195,7 +204,7 @@ impl QueuePair {
                 return Ok(cqe);
             }
             spins = spins.wrapping_add(1);
-            if spins % 1024 == 0 {
+            if spins.is_multiple_of(1024) {
                 let csts = Csts(self.bar.read32(regs::offset::CSTS)?);
                 if csts.fatal() || csts.is_all_ones() {
                     return Err(Error::ControllerFatal {

@@ -79,7 +79,12 @@ impl VfioNvme {
     pub(crate) fn config_read16(&self, reg: u64) -> Result<u16> {
         let mut b = [0u8; 2];
         vfio_sys::pread_exact(self.device.as_raw_fd(), &mut b, self.config_offset() + reg)
-            .map_err(|e| Error::os(format!("{}: config space read at {reg:#x}", self.address), e))?;
+            .map_err(|e| {
+                Error::os(
+                    format!("{}: config space read at {reg:#x}", self.address),
+                    e,
+                )
+            })?;
         Ok(u16::from_le_bytes(b))
     }
 
@@ -90,7 +95,12 @@ impl VfioNvme {
             &value.to_le_bytes(),
             self.config_offset() + reg,
         )
-        .map_err(|e| Error::os(format!("{}: config space write at {reg:#x}", self.address), e))
+        .map_err(|e| {
+            Error::os(
+                format!("{}: config space write at {reg:#x}", self.address),
+                e,
+            )
+        })
     }
 
     /// vfio-pci leaves bus mastering off: without it the first doorbell

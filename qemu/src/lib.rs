@@ -12,6 +12,8 @@
 //! console (kept in a log file), ttyS1 and ttyS2 carry the command's stdout
 //! and stderr, and ttyS3 carries its exit status.
 
+#![forbid(unsafe_code)]
+
 pub mod error;
 pub mod guest_build;
 pub mod host;

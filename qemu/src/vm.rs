@@ -347,7 +347,7 @@ impl VmConfig {
                 self.namespaces
             )));
         }
-        if self.disk_size == 0 || self.disk_size % 4096 != 0 {
+        if self.disk_size == 0 || !self.disk_size.is_multiple_of(4096) {
             return Err(Error::Config(format!(
                 "disk size {} is not a positive multiple of 4096",
                 self.disk_size
@@ -465,7 +465,11 @@ impl VmConfig {
         let mut append = vec![
             "console=ttyS0",
             "panic=-1",
-            if self.iommu { "intel_iommu=on" } else { "intel_iommu=off" },
+            if self.iommu {
+                "intel_iommu=on"
+            } else {
+                "intel_iommu=off"
+            },
             "tsc=reliable",
             "quiet",
         ]

@@ -6,6 +6,8 @@
 //! Nothing here skips: a missing prerequisite is installed by the harness
 //! or fails the test.
 
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -26,7 +28,12 @@ pub fn vm() -> VmConfig {
 /// exit 0, else the test fails with the guest's stdout, stderr and console.
 pub fn run_ok(config: &VmConfig, script: &str) -> VmRun {
     let run = run(config, script);
-    assert_eq!(run.code(), Some(0), "guest script failed\n{}", run.describe());
+    assert_eq!(
+        run.code(),
+        Some(0),
+        "guest script failed\n{}",
+        run.describe()
+    );
     run
 }
 
@@ -40,7 +47,8 @@ pub fn run(config: &VmConfig, script: &str) -> VmRun {
 /// Reads `len` bytes at `offset` of a raw image on the host.
 pub fn image_bytes(image: &Path, offset: u64, len: usize) -> Vec<u8> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(image).unwrap_or_else(|e| panic!("open {}: {e}", image.display()));
+    let mut f =
+        std::fs::File::open(image).unwrap_or_else(|e| panic!("open {}: {e}", image.display()));
     f.seek(SeekFrom::Start(offset)).expect("seek in image");
     let mut buf = vec![0u8; len];
     f.read_exact(&mut buf).expect("read image");

@@ -5,7 +5,10 @@ use vm_tests::{GuestDriver, VmRun, run, run_ok, vm};
 
 /// Runs `cases` (name, shell command) in one guest after writing a
 /// pattern, and returns each case's (exit status, combined output).
-fn run_cases(config: &vm_tests::VmConfig, cases: &[(&str, &str)]) -> (VmRun, Vec<(String, i32, String)>) {
+fn run_cases(
+    config: &vm_tests::VmConfig,
+    cases: &[(&str, &str)],
+) -> (VmRun, Vec<(String, i32, String)>) {
     let mut script = String::new();
     for (name, cmd) in cases {
         script.push_str(&format!("echo '== {name}'; {cmd} 2>&1; echo \"rc=$?\"\n"));
@@ -15,9 +18,16 @@ fn run_cases(config: &vm_tests::VmConfig, cases: &[(&str, &str)]) -> (VmRun, Vec
     let mut results = Vec::new();
     for section in out.split("== ").skip(1) {
         let (name, rest) = section.split_once('\n').unwrap_or((section, ""));
-        let rc_line = rest.lines().rfind(|l| l.starts_with("rc=")).unwrap_or("rc=-1");
+        let rc_line = rest
+            .lines()
+            .rfind(|l| l.starts_with("rc="))
+            .unwrap_or("rc=-1");
         let rc = rc_line[3..].trim().parse().unwrap_or(-1);
-        let text = rest.lines().filter(|l| !l.starts_with("rc=")).collect::<Vec<_>>().join("\n");
+        let text = rest
+            .lines()
+            .filter(|l| !l.starts_with("rc="))
+            .collect::<Vec<_>>()
+            .join("\n");
         results.push((name.to_string(), rc, text));
     }
     assert_eq!(results.len(), cases.len(), "{}", run.describe());
@@ -31,7 +41,10 @@ fn expect(results: &[(String, i32, String)], name: &str, rc: i32, message: &str)
         .unwrap_or_else(|| panic!("no result for {name}"));
     assert!(!text.contains("panicked"), "{name} panicked: {text}");
     assert_eq!(*got_rc, rc, "{name}: exit status, output: {text}");
-    assert!(text.contains(message), "{name}: expected `{message}` in: {text}");
+    assert!(
+        text.contains(message),
+        "{name}: expected `{message}` in: {text}"
+    );
     if rc == 1 {
         assert_eq!(text.lines().count(), 1, "{name}: one line expected: {text}");
         assert!(text.starts_with("nvmectl: "), "{name}: {text}");
@@ -42,33 +55,89 @@ fn expect(results: &[(String, i32, String)], name: &str, rc: i32, message: &str)
 fn bad_input_with_the_device_on_vfio() {
     let config = vm(); // 64 MiB: 131072 blocks of 512 bytes
     let cases = [
-        ("pattern", "dd if=/dev/urandom of=/root/p bs=512 count=8 2>/dev/null && nvmectl write --lba 100 --data /root/p"),
+        (
+            "pattern",
+            "dd if=/dev/urandom of=/root/p bs=512 count=8 2>/dev/null && nvmectl write --lba 100 --data /root/p",
+        ),
         ("no_such_device", "nvmectl identify 0000:00:09.0"),
         ("not_nvme", "nvmectl identify 0000:00:00.0"),
         ("bad_address", "nvmectl identify 00:zz.0"),
         ("read_past_end", "nvmectl read --lba 131071 --blocks 2"),
-        ("read_far_past_end", "nvmectl read --lba 18446744073709551615 --blocks 1"),
-        ("write_past_end", "head -c 1024 /dev/zero > /tmp/k && nvmectl write --lba 131071 --data /tmp/k"),
-        ("write_odd_length", "head -c 1000 /dev/zero > /tmp/odd && nvmectl write --lba 100 --data /tmp/odd"),
-        ("write_empty", ": > /tmp/empty && nvmectl write --lba 100 --data /tmp/empty"),
+        (
+            "read_far_past_end",
+            "nvmectl read --lba 18446744073709551615 --blocks 1",
+        ),
+        (
+            "write_past_end",
+            "head -c 1024 /dev/zero > /tmp/k && nvmectl write --lba 131071 --data /tmp/k",
+        ),
+        (
+            "write_odd_length",
+            "head -c 1000 /dev/zero > /tmp/odd && nvmectl write --lba 100 --data /tmp/odd",
+        ),
+        (
+            "write_empty",
+            ": > /tmp/empty && nvmectl write --lba 100 --data /tmp/empty",
+        ),
         ("read_zero_blocks", "nvmectl read --lba 0 --blocks 0"),
         ("no_namespace", "nvmectl read --nsid 7 --lba 0 --blocks 1"),
-        ("missing_file", "nvmectl write --lba 100 --data /nonexistent"),
-        ("intact", "nvmectl read --lba 100 --blocks 8 --output /tmp/back && cmp /root/p /tmp/back && echo intact"),
+        (
+            "missing_file",
+            "nvmectl write --lba 100 --data /nonexistent",
+        ),
+        (
+            "intact",
+            "nvmectl read --lba 100 --blocks 8 --output /tmp/back && cmp /root/p /tmp/back && echo intact",
+        ),
     ];
     let (run, results) = run_cases(&config, &cases);
     let _ = run;
     expect(&results, "pattern", 0, "");
     expect(&results, "no_such_device", 1, "no PCI device 0000:00:09.0");
-    expect(&results, "not_nvme", 1, "0000:00:00.0 is not an NVMe controller");
+    expect(
+        &results,
+        "not_nvme",
+        1,
+        "0000:00:00.0 is not an NVMe controller",
+    );
     expect(&results, "bad_address", 2, "is not a PCI address");
-    expect(&results, "read_past_end", 1, "LBA range 131071+2 is past the end of namespace 1 (131072 blocks)");
-    expect(&results, "read_far_past_end", 1, "past the end of namespace 1");
-    expect(&results, "write_past_end", 1, "LBA range 131071+2 is past the end");
-    expect(&results, "write_odd_length", 1, "data length 1000 is not a multiple of the 512-byte LBA size");
-    expect(&results, "write_empty", 1, "data length 0 is not a multiple");
+    expect(
+        &results,
+        "read_past_end",
+        1,
+        "LBA range 131071+2 is past the end of namespace 1 (131072 blocks)",
+    );
+    expect(
+        &results,
+        "read_far_past_end",
+        1,
+        "past the end of namespace 1",
+    );
+    expect(
+        &results,
+        "write_past_end",
+        1,
+        "LBA range 131071+2 is past the end",
+    );
+    expect(
+        &results,
+        "write_odd_length",
+        1,
+        "data length 1000 is not a multiple of the 512-byte LBA size",
+    );
+    expect(
+        &results,
+        "write_empty",
+        1,
+        "data length 0 is not a multiple",
+    );
     expect(&results, "read_zero_blocks", 1, "0 blocks");
-    expect(&results, "no_namespace", 1, "namespace 7 is not active on this controller (active: 1)");
+    expect(
+        &results,
+        "no_namespace",
+        1,
+        "namespace 7 is not active on this controller (active: 1)",
+    );
     expect(&results, "missing_file", 1, "reading /nonexistent");
     expect(&results, "intact", 0, "intact");
 }
@@ -99,8 +168,14 @@ fn bind_unbind_and_kernel_driver_errors() {
         out.contains("nvmectl: 0000:00:03.0 is bound to nvme, not vfio-pci; bind it first: nvmectl bind 0000:00:03.0\nrc=1"),
         "{out}"
     );
-    assert!(out.contains("0000:00:03.0 bound to vfio-pci (IOMMU group"), "{out}");
-    assert!(out.contains("0000:00:03.0 unbound from vfio-pci, now on nvme"), "{out}");
+    assert!(
+        out.contains("0000:00:03.0 bound to vfio-pci (IOMMU group"),
+        "{out}"
+    );
+    assert!(
+        out.contains("0000:00:03.0 unbound from vfio-pci, now on nvme"),
+        "{out}"
+    );
     assert!(out.contains("== kernel reads what we wrote"), "{out}");
 }
 
@@ -114,7 +189,10 @@ fn no_iommu_is_a_clear_error() {
         "nvmectl list; nvmectl bind 0000:00:03.0 2>&1 || echo rc=$?",
     );
     let out = run.stdout_text();
-    assert!(out.contains("0000:00:03.0  1b36:0010  nvme        -"), "{out}");
+    assert!(
+        out.contains("0000:00:03.0  1b36:0010  nvme        -"),
+        "{out}"
+    );
     assert!(
         out.contains("nvmectl: 0000:00:03.0 has no IOMMU group: enable the IOMMU (intel_iommu=on / amd_iommu=on) so vfio-pci can be used\nrc=1"),
         "{out}"

@@ -11,7 +11,10 @@ fn identify_shows_qemu_model_serial_and_namespaces() {
     let run = run_ok(&config, "nvmectl list && nvmectl identify");
     let out = run.stdout_text();
 
-    assert!(out.contains("0000:00:03.0  1b36:0010  vfio-pci"), "list:\n{out}");
+    assert!(
+        out.contains("0000:00:03.0  1b36:0010  vfio-pci"),
+        "list:\n{out}"
+    );
     assert_eq!(field(&out, "vid"), Some("0x1b36"));
     assert_eq!(field(&out, "mn"), Some("QEMU NVMe Ctrl"));
     assert_eq!(field(&out, "sn"), Some("VMTEST-SN-4242"));
@@ -41,5 +44,9 @@ fn identify_reports_4k_lba_format_and_mdts() {
     assert_eq!(field(&out, "mdts"), Some("3"));
     assert_eq!(field(&out, "max_xfer"), Some("32768"));
     assert!(out.contains("lbads:12 rp:0x0 (in use)"), "{out}");
-    assert_eq!(field(&out, "nsze"), Some("0x4000"), "64 MiB of 4 KiB blocks");
+    assert_eq!(
+        field(&out, "nsze"),
+        Some("0x4000"),
+        "64 MiB of 4 KiB blocks"
+    );
 }

@@ -2,7 +2,7 @@
 //! host that the raw image holds exactly those bytes, and nothing beside.
 
 use rand::RngCore;
-use vm_tests::{image_bytes, run_ok, vm, VmConfig};
+use vm_tests::{VmConfig, image_bytes, run_ok, vm};
 
 /// (first LBA, length in LBAs) of each case, chosen to need one PRP entry,
 /// two entries (crossing a 4 KiB page), a PRP list, and splitting by MDTS.
@@ -45,7 +45,11 @@ fn roundtrip(mut config: VmConfig, lba_size: usize) {
             data.len()
         );
         let after = image_bytes(image, at + data.len() as u64, lba_size);
-        assert!(after.iter().all(|&b| b == 0), "write past LBA {lba}+{}", data.len() / lba_size);
+        assert!(
+            after.iter().all(|&b| b == 0),
+            "write past LBA {lba}+{}",
+            data.len() / lba_size
+        );
         if *lba > 0 {
             let before = image_bytes(image, at - lba_size as u64, lba_size);
             assert!(before.iter().all(|&b| b == 0), "write before LBA {lba}");

@@ -23,6 +23,23 @@ pub(crate) trait DmaMapper: Send + Sync + std::fmt::Debug {
     fn unmap(&self, iova: u64, len: usize) -> Result<()>;
 }
 
+/// IOVA = VA: lets unit tests run the DMA, queue and PRP code on plain host
+/// memory, with no IOMMU.
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct IdentityMapper;
+
+#[cfg(test)]
+impl DmaMapper for IdentityMapper {
+    unsafe fn map(&self, va: *mut u8, _len: usize) -> Result<u64> {
+        Ok(va as u64)
+    }
+
+    fn unmap(&self, _iova: u64, _len: usize) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// A DMA-mapped region of host memory.
 #[derive(Debug)]
 pub(crate) struct DmaRegion {
@@ -44,11 +61,16 @@ unsafe impl Sync for DmaRegion {}
 impl DmaRegion {
     /// Allocates `len` bytes (rounded up to 4 KiB, or to 2 MiB huge pages
     /// when `prefer_huge` and the system has them), zeroed, and maps them.
-    pub(crate) fn new(mapper: Arc<dyn DmaMapper>, len: usize, prefer_huge: bool) -> Result<DmaRegion> {
+    pub(crate) fn new(
+        mapper: Arc<dyn DmaMapper>,
+        len: usize,
+        prefer_huge: bool,
+    ) -> Result<DmaRegion> {
         if len == 0 {
             return Err(Error::BadBuffer("DMA region of 0 bytes".into()));
         }
-        let (ptr, len, huge) = match prefer_huge.then(|| anon_mmap(round_up(len, HUGE_PAGE), true)) {
+        let (ptr, len, huge) = match prefer_huge.then(|| anon_mmap(round_up(len, HUGE_PAGE), true))
+        {
             Some(Ok((p, l))) => (p, l, true),
             _ => {
                 let (p, l) = anon_mmap(round_up(len, PAGE), false)?;
@@ -85,7 +107,9 @@ impl DmaRegion {
     }
 
     fn at(&self, offset: usize, size: usize, align: usize) -> Result<*mut u8> {
-        if offset % align != 0 || offset.checked_add(size).is_none_or(|end| end > self.len) {
+        if !offset.is_multiple_of(align)
+            || offset.checked_add(size).is_none_or(|end| end > self.len)
+        {
             return Err(Error::BadBuffer(format!(
                 "DMA access of {size} bytes at {offset:#x} outside a {:#x}-byte region",
                 self.len
@@ -145,7 +169,11 @@ impl Drop for DmaRegion {
         if let Err(e) = self.mapper.unmap(self.iova, self.len) {
             // Leak the pages rather than let a still-mapped IOVA point at
             // memory the allocator may hand out again.
-            log::error!("DMA unmap of {:#x}+{:#x} failed, leaking it: {e}", self.iova, self.len);
+            log::error!(
+                "DMA unmap of {:#x}+{:#x} failed, leaking it: {e}",
+                self.iova,
+                self.len
+            );
             return;
         }
         // SAFETY: exactly the mapping made in `new`, no longer device-visible
@@ -178,10 +206,14 @@ fn anon_mmap(len: usize, huge: bool) -> Result<(NonNull<u8>, usize)> {
     };
     if ptr == libc::MAP_FAILED {
         return Err(Error::os(
-            format!("mmap of {len} bytes of DMA memory{}", if huge { " (huge pages)" } else { "" }),
+            format!(
+                "mmap of {len} bytes of DMA memory{}",
+                if huge { " (huge pages)" } else { "" }
+            ),
             std::io::Error::last_os_error(),
         ));
     }
-    let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| Error::BadBuffer("mmap returned null".into()))?;
+    let ptr = NonNull::new(ptr.cast::<u8>())
+        .ok_or_else(|| Error::BadBuffer("mmap returned null".into()))?;
     Ok((ptr, len))
 }

@@ -56,7 +56,8 @@ impl Bar {
     }
 
     fn check(&self, offset: usize, size: usize) -> Result<*mut u8> {
-        if offset % size != 0 || offset.checked_add(size).is_none_or(|end| end > self.len) {
+        if !offset.is_multiple_of(size) || offset.checked_add(size).is_none_or(|end| end > self.len)
+        {
             return Err(Error::BadDevice(format!(
                 "register access of {size} bytes at {offset:#x} outside BAR0 ({:#x} bytes)",
                 self.len

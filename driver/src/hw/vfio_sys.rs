@@ -42,10 +42,17 @@ pub(crate) fn iommu_info(container: &VfioContainer) -> Result<IommuInfo> {
         // SAFETY: the buffer is `bytes` long, 8-aligned and writable, and
         // argsz tells the kernel exactly that size; the container fd is live.
         let rc = unsafe {
-            ioctl_with_mut_ptr(container, VFIO_IOMMU_GET_INFO(), buf.as_mut_ptr().cast::<u8>())
+            ioctl_with_mut_ptr(
+                container,
+                VFIO_IOMMU_GET_INFO(),
+                buf.as_mut_ptr().cast::<u8>(),
+            )
         };
         if rc < 0 {
-            return Err(Error::os("VFIO_IOMMU_GET_INFO", std::io::Error::last_os_error()));
+            return Err(Error::os(
+                "VFIO_IOMMU_GET_INFO",
+                std::io::Error::last_os_error(),
+            ));
         }
         let raw: Vec<u8> = buf.iter().flat_map(|w| w.to_le_bytes()).collect();
         let needed = le_u32(&raw, 0).unwrap_or(0) as usize;
@@ -55,15 +62,21 @@ pub(crate) fn iommu_info(container: &VfioContainer) -> Result<IommuInfo> {
         }
         return Ok(parse_iommu_info(&raw));
     }
-    Err(Error::BadDevice("VFIO_IOMMU_GET_INFO kept asking for a larger buffer".into()))
+    Err(Error::BadDevice(
+        "VFIO_IOMMU_GET_INFO kept asking for a larger buffer".into(),
+    ))
 }
 
 fn le_u32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 
 fn le_u64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at.checked_add(8)?)?.try_into().ok()?))
+    Some(u64::from_le_bytes(
+        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
 }
 
 /// Decodes a filled `vfio_iommu_type1_info` buffer; tolerant of junk.
@@ -165,19 +178,24 @@ impl VfioMapper {
 
 impl DmaMapper for VfioMapper {
     unsafe fn map(&self, va: *mut u8, len: usize) -> Result<u64> {
-        let align = if len % super::dma::HUGE_PAGE == 0 {
+        let align = if len.is_multiple_of(super::dma::HUGE_PAGE) {
             super::dma::HUGE_PAGE
         } else {
             super::dma::PAGE
         };
-        let iova = self.allocator().alloc(len as u64, align as u64).ok_or(Error::IovaExhausted(len))?;
+        let iova = self
+            .allocator()
+            .alloc(len as u64, align as u64)
+            .ok_or(Error::IovaExhausted(len))?;
         // SAFETY: the caller guarantees va..va+len is a live mapping that
         // stays mapped until unmap, and it is never turned into a reference.
         let mapped = unsafe { self.container.vfio_dma_map(iova, len, va) };
         if let Err(e) = mapped {
             self.allocator().free(iova, len as u64);
             return Err(match e {
-                VfioError::IommuDmaMap(ref err) if err.errno() == libc::ENOMEM || err.errno() == libc::EPERM => {
+                VfioError::IommuDmaMap(ref err)
+                    if err.errno() == libc::ENOMEM || err.errno() == libc::EPERM =>
+                {
                     Error::Memlock {
                         bytes: len,
                         source: std::io::Error::from_raw_os_error(err.errno()),
@@ -223,7 +241,10 @@ mod tests {
         }
         let info = parse_iommu_info(&raw);
         assert_eq!(info.page_sizes, 0x4020_1000);
-        assert_eq!(info.iova_ranges, vec![(0, 0xfedf_ffff), (0xfef0_0000, 0x7f_ffff_ffff)]);
+        assert_eq!(
+            info.iova_ranges,
+            vec![(0, 0xfedf_ffff), (0xfef0_0000, 0x7f_ffff_ffff)]
+        );
     }
 
     #[test]

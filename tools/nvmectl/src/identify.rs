@@ -86,7 +86,11 @@ pub(crate) fn print(out: &mut impl Write, ctrl: &Controller) -> Result<()> {
                 f.ms.get(),
                 f.lbads,
                 f.rp & 3,
-                if i == ns.lba_format as usize { " (in use)" } else { "" }
+                if i == ns.lba_format as usize {
+                    " (in use)"
+                } else {
+                    ""
+                }
             )?;
         }
     }

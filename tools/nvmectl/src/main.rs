@@ -1,6 +1,7 @@
 //! `nvmectl`: list NVMe controllers, bind them to vfio-pci and back, show
 //! Identify data, and read or write blocks through the userspace driver.
 #![allow(clippy::print_stdout)]
+#![forbid(unsafe_code)]
 
 mod identify;
 
@@ -12,7 +13,11 @@ use clap::{Args, Parser, Subcommand};
 use nvme_driver::{Controller, Error, Options, PciAddress, pci};
 
 #[derive(Parser, Debug)]
-#[command(name = "nvmectl", version, about = "Drive NVMe controllers from userspace through VFIO")]
+#[command(
+    name = "nvmectl",
+    version,
+    about = "Drive NVMe controllers from userspace through VFIO"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -137,7 +142,12 @@ fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::List => {
             let functions = pci::list()?;
-            writeln!(out, "{:<14}{:<11}{:<12}IOMMU-GROUP", "ADDRESS", "ID", "DRIVER").map_err(io)?;
+            writeln!(
+                out,
+                "{:<14}{:<11}{:<12}IOMMU-GROUP",
+                "ADDRESS", "ID", "DRIVER"
+            )
+            .map_err(io)?;
             for f in functions {
                 writeln!(
                     out,
@@ -152,11 +162,23 @@ fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Bind { device } => {
             let f = pci::bind_vfio(device)?;
-            writeln!(out, "{} bound to vfio-pci (IOMMU group {})", f.address, f.iommu_group.map_or("-".to_string(), |g| g.to_string())).map_err(io)?;
+            writeln!(
+                out,
+                "{} bound to vfio-pci (IOMMU group {})",
+                f.address,
+                f.iommu_group.map_or("-".to_string(), |g| g.to_string())
+            )
+            .map_err(io)?;
         }
         Command::Unbind { device } => {
             let f = pci::unbind_vfio(device)?;
-            writeln!(out, "{} unbound from vfio-pci, now on {}", f.address, f.driver.as_deref().unwrap_or("no driver")).map_err(io)?;
+            writeln!(
+                out,
+                "{} unbound from vfio-pci, now on {}",
+                f.address,
+                f.driver.as_deref().unwrap_or("no driver")
+            )
+            .map_err(io)?;
         }
         Command::Identify { target } => {
             let ctrl = target.open()?;
@@ -175,7 +197,9 @@ fn run(command: Command) -> Result<(), Failure> {
             let len = usize::try_from(blocks.saturating_mul(ns.lba_size as u64))
                 .ok()
                 .filter(|&l| l <= 1 << 30)
-                .ok_or_else(|| Failure::Message(format!("{blocks} blocks is more than 1 GiB; read in parts")))?;
+                .ok_or_else(|| {
+                    Failure::Message(format!("{blocks} blocks is more than 1 GiB; read in parts"))
+                })?;
             let mut data = vec![0u8; len];
             ctrl.read(nsid, lba, &mut data)?;
             match output {
@@ -213,7 +237,13 @@ fn hexdump(out: &mut impl Write, data: &[u8], base: u64) -> std::io::Result<()> 
         }
         let text: String = line
             .iter()
-            .map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '.' })
+            .map(|&b| {
+                if b.is_ascii_graphic() || b == b' ' {
+                    b as char
+                } else {
+                    '.'
+                }
+            })
             .collect();
         writeln!(out, "{:width$} {text}", "", width = (16 - line.len()) * 3)?;
     }

@@ -9,6 +9,8 @@
 //!
 //! Each installs what it is missing (Debian packages, the guest kernel).
 
+#![forbid(unsafe_code)]
+
 mod vm_args;
 
 use std::process::{Command, ExitCode};
