@@ -104,7 +104,8 @@ mod tests {
         loop {
             let off = (at - list.iova()) as usize;
             let mut e = [0u8; 8];
-            list.read(off, &mut e).expect("entry inside the list buffer");
+            list.read(off, &mut e)
+                .expect("entry inside the list buffer");
             let entry = u64::from_le_bytes(e);
             let last_slot = (at % page) == page - 8;
             if last_slot && left > PAGE_SIZE {
