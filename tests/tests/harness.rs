@@ -1,0 +1,69 @@
+//! The VM harness itself: exit status, separate stdout and stderr, the
+//! wall-clock limit, null-co namespaces, and a disk image kept across boots.
+
+use std::time::{Duration, Instant};
+
+use vm_tests::{GuestExit, NsDisk, run, run_ok, vm};
+
+#[test]
+fn exit_status_and_streams_come_back_separately() {
+    let mut config = vm();
+    config.disks = vec![NsDisk::Null];
+    let run = run(
+        &config,
+        "nvmectl read --lba 1000 --blocks 1 | head -n 2; printf 'to stderr\\n' >&2; exit 7",
+    );
+    assert_eq!(run.exit, GuestExit::Exited(7), "{}", run.describe());
+    assert_eq!(run.stderr_text(), "to stderr\n");
+    let zeros = "00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00";
+    assert_eq!(
+        run.stdout_text(),
+        format!(
+            "00000007d000: {zeros}  ................\n00000007d010: {zeros}  ................\n"
+        ),
+        "null-co reads zeroes, dumped at byte offset 1000 * 512"
+    );
+    assert!(run.disk(1).is_none(), "a null namespace has no image");
+}
+
+#[test]
+fn a_hung_guest_is_killed_at_the_limit() {
+    let mut config = vm();
+    config.timeout = Duration::from_secs(12);
+    let start = Instant::now();
+    let run = run(&config, "echo started; sleep 600");
+    assert_eq!(run.exit, GuestExit::TimedOut(Duration::from_secs(12)));
+    assert!(
+        start.elapsed() < Duration::from_secs(40),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        run.stdout_text(),
+        "started\n",
+        "output before the hang is kept"
+    );
+}
+
+#[test]
+fn a_named_disk_is_kept_between_boots() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let image = dir.path().join("ns1.img");
+    let mut config = vm();
+    config.disks = vec![NsDisk::File(image.clone())];
+    run_ok(
+        &config,
+        "printf 'kept across boots' > /tmp/m && head -c 512 /dev/zero >> /tmp/m && \
+         head -c 512 /tmp/m > /tmp/b && nvmectl write --lba 9 --data /tmp/b",
+    );
+    assert_eq!(
+        std::fs::metadata(&image).expect("image kept").len(),
+        config.disk_size,
+        "created at the configured size"
+    );
+    let run = run_ok(
+        &config,
+        "nvmectl read --lba 9 --blocks 1 --output /tmp/r && head -c 17 /tmp/r",
+    );
+    assert_eq!(run.stdout_text(), "kept across boots");
+}
