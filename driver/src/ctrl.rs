@@ -193,13 +193,8 @@ impl Controller {
     }
 
     fn identify_controller(&mut self) -> Result<()> {
-        let buf = self.pool.alloc(IDENTIFY_SIZE)?;
-        self.admin_data(
-            admin::identify(Cns::Controller, 0, 0),
-            &buf,
-            "Identify Controller",
-        )?;
-        let id = read_struct::<IdentifyController>(&buf)?;
+        let id: Box<IdentifyController> =
+            self.identify_data(Cns::Controller, 0, "Identify Controller")?;
         if id.sqes_min() > 6 || id.sqes_max() < 6 || id.cqes_min() > 4 || id.cqes_max() < 4 {
             return Err(Error::Unsupported(format!(
                 "queue entry sizes SQES {:#x} CQES {:#x} do not allow 64/16 bytes",
@@ -221,6 +216,13 @@ impl Controller {
         );
         self.identify = id;
         Ok(())
+    }
+
+    /// Runs Identify with `cns` for `nsid` and copies out the 4 KiB result.
+    fn identify_data<T: FromBytes>(&mut self, cns: Cns, nsid: u32, what: &str) -> Result<Box<T>> {
+        let buf = self.pool.alloc(IDENTIFY_SIZE)?;
+        self.admin_data(admin::identify(cns, nsid, 0), &buf, what)?;
+        read_struct::<T>(&buf)
     }
 
     /// Set Features (Number of Queues); returns the I/O queue pairs granted.
@@ -245,26 +247,19 @@ impl Controller {
     }
 
     fn identify_namespaces(&mut self) -> Result<()> {
-        let buf = self.pool.alloc(IDENTIFY_SIZE)?;
-        self.admin_data(
-            admin::identify(Cns::ActiveNamespaceList, 0, 0),
-            &buf,
+        let list: Box<ActiveNamespaceList> = self.identify_data(
+            Cns::ActiveNamespaceList,
+            0,
             "Identify (active namespace list)",
         )?;
-        let list = read_struct::<ActiveNamespaceList>(&buf)?;
         let nn = self.identify.nn();
         let mut ids: Vec<u32> = list.iter().collect();
         ids.retain(|&id| id != 0 && id <= nn.max(1) && id != u32::MAX);
         ids.sort_unstable();
         ids.dedup();
         for nsid in ids {
-            buf.fill(0, IDENTIFY_SIZE, 0)?;
-            self.admin_data(
-                admin::identify(Cns::Namespace, nsid, 0),
-                &buf,
-                &format!("Identify Namespace {nsid}"),
-            )?;
-            let id = read_struct::<IdentifyNamespace>(&buf)?;
+            let id: Box<IdentifyNamespace> =
+                self.identify_data(Cns::Namespace, nsid, &format!("Identify Namespace {nsid}"))?;
             match Namespace::from_identify(nsid, id) {
                 Ok(ns) => self.namespaces.push(ns),
                 Err(e) => log::warn!("skipping namespace {nsid}: {e}"),

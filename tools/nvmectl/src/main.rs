@@ -155,7 +155,7 @@ fn run(command: Command) -> Result<(), Failure> {
                     f.address.to_string(),
                     format!("{:04x}:{:04x}", f.vendor, f.device),
                     f.driver.as_deref().unwrap_or("-"),
-                    f.iommu_group.map_or("-".to_string(), |g| g.to_string())
+                    group(&f)
                 )
                 .map_err(io)?;
             }
@@ -166,7 +166,7 @@ fn run(command: Command) -> Result<(), Failure> {
                 out,
                 "{} bound to vfio-pci (IOMMU group {})",
                 f.address,
-                f.iommu_group.map_or("-".to_string(), |g| g.to_string())
+                group(&f)
             )
             .map_err(io)?;
         }
@@ -222,6 +222,10 @@ fn run(command: Command) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+fn group(f: &nvme_driver::PciFunction) -> String {
+    f.iommu_group.map_or("-".to_string(), |g| g.to_string())
 }
 
 fn ns_lba_size(ctrl: &Controller, nsid: u32) -> u64 {
