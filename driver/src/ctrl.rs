@@ -1,14 +1,15 @@
 //! The controller: bring-up as a sequence of named steps, each wait bounded
-//! by CAP.TO; admin commands; synchronous I/O; shutdown (CC.SHN) on drop.
+//! by CAP.TO; the admin queue (shared, behind a lock); I/O queue pairs handed
+//! out one per thread; shutdown (CC.SHN) when the last handle goes.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use nvme_spec::admin::{self, Cns, QueuePriority};
-use nvme_spec::io as nvm;
+use nvme_spec::admin::{self, Cns};
 use nvme_spec::{
-    ActiveNamespaceList, Aqa, Cap, Cc, Cqe, Csts, FeatureId, IdentifyController, IdentifyNamespace,
-    NumberOfQueues, ShutdownNotification, ShutdownStatus, Sqe, Vs, regs,
+    ActiveNamespaceList, Aqa, Cap, Cc, Cqe, Csts, ErrorLogEntry, FeatureId, FeatureSelect,
+    IdentifyController, IdentifyNamespace, LogPageId, NumberOfQueues, ShutdownNotification,
+    ShutdownStatus, SmartLog, Sqe, Vs, regs,
 };
 use zerocopy::{FromBytes, FromZeros};
 
@@ -18,13 +19,14 @@ use crate::memory::{DmaBuffer, DmaPool};
 use crate::ns::Namespace;
 use crate::pci::PciAddress;
 use crate::prp;
+use crate::qpair::IoQPair;
 use crate::queue::QueuePair;
 use crate::vfio::VfioNvme;
 
 /// The memory page size the driver programs (CC.MPS = 0).
 pub const PAGE_SIZE: usize = 4096;
-/// The largest transfer the driver issues as one command, whatever MDTS says.
-pub const DRIVER_MAX_TRANSFER: usize = 2 << 20;
+/// Transfer limit used when the controller reports none (MDTS = 0).
+pub const UNLIMITED_MDTS_TRANSFER: usize = 8 << 20;
 const IDENTIFY_SIZE: usize = 4096;
 
 /// Tunables for [`Controller::open`].
@@ -32,14 +34,22 @@ const IDENTIFY_SIZE: usize = 4096;
 pub struct Options {
     /// Admin queue entries (2..=4096, capped by CAP.MQES).
     pub admin_queue_entries: u16,
-    /// I/O queue entries (capped by CAP.MQES).
+    /// Entries of each I/O queue (capped by CAP.MQES).
     pub io_queue_entries: u16,
+    /// I/O queue pairs to ask for (Set Features, Number of Queues); the
+    /// controller may grant fewer.
+    pub io_queues: u16,
     /// Back DMA memory with 2 MiB huge pages when the system has them.
     pub prefer_huge_pages: bool,
+    /// Describe data with an SGL instead of PRPs when the controller
+    /// supports SGLs for I/O commands.
+    pub use_sgl: bool,
     /// Deadline for one admin command.
     pub admin_timeout: Duration,
     /// Deadline for one I/O command.
     pub io_timeout: Duration,
+    /// How often a command failing with a retryable status is sent again.
+    pub retries: u8,
 }
 
 impl Default for Options {
@@ -47,37 +57,50 @@ impl Default for Options {
         Options {
             admin_queue_entries: 32,
             io_queue_entries: 256,
+            io_queues: 64,
             prefer_huge_pages: true,
+            use_sgl: false,
             admin_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(30),
+            retries: 3,
         }
     }
 }
 
-/// An NVMe controller driven from userspace through VFIO.
+/// State shared by the controller handle and every queue pair.
 #[derive(Debug)]
-pub struct Controller {
-    // Field order is drop order: queues and DMA memory first, then the
-    // BAR mapping, and the VFIO device last (a live BAR mmap would keep
+pub(crate) struct Shared {
+    // Field order is drop order: the admin queue and DMA memory first, then
+    // the BAR mapping, and the VFIO device last (a live BAR mmap would keep
     // the device busy).
-    admin: QueuePair,
-    /// The I/O queue pair; None only while the controller is being opened.
-    io: Option<QueuePair>,
-    pool: DmaPool,
-    bar: Arc<Bar>,
-    cap: Cap,
+    admin: Mutex<QueuePair>,
+    pub(crate) pool: DmaPool,
+    pub(crate) bar: Arc<Bar>,
+    pub(crate) cap: Cap,
     vs: Vs,
     identify: Box<IdentifyController>,
-    namespaces: Vec<Namespace>,
-    max_transfer: usize,
-    options: Options,
+    pub(crate) namespaces: Vec<Namespace>,
+    pub(crate) max_transfer: usize,
+    pub(crate) sgl: bool,
+    pub(crate) options: Options,
+    /// Per I/O queue id - 1: in use by a queue pair. Its length is the
+    /// number of queue pairs the controller granted.
+    qids: Mutex<Vec<bool>>,
     vfio: VfioNvme,
+}
+
+/// An NVMe controller driven from userspace through VFIO. Cheap to clone;
+/// the controller is shut down when the last handle and the last queue
+/// pair are gone.
+#[derive(Debug, Clone)]
+pub struct Controller {
+    shared: Arc<Shared>,
 }
 
 impl Controller {
     /// Opens the controller at `address` (bound to vfio-pci), resets and
-    /// enables it, identifies it and its namespaces, and creates one I/O
-    /// queue pair.
+    /// enables it, identifies it and its namespaces, and negotiates the
+    /// number of I/O queues. Queue pairs come from [`Controller::io_qpair`].
     pub fn open(address: PciAddress, options: Options) -> Result<Controller> {
         let vfio = VfioNvme::open(address).map_err(|e| e.at(InitStep::OpenDevice))?;
         let bar = Arc::new(vfio.map_bar0().map_err(|e| e.at(InitStep::MapBar))?);
@@ -88,9 +111,10 @@ impl Controller {
         let pool = DmaPool::new(vfio.mapper.clone(), options.prefer_huge_pages);
 
         disable(&bar, cap).map_err(|e| e.at(InitStep::Disable))?;
-
-        let max_entries = u16::try_from(cap.max_queue_entries()).unwrap_or(u16::MAX);
-        let admin_entries = options.admin_queue_entries.clamp(2, 4096).min(max_entries);
+        let admin_entries = options
+            .admin_queue_entries
+            .clamp(2, 4096)
+            .min(max_entries(cap));
         let admin = QueuePair::new(0, admin_entries, cap.dstrd(), bar.clone(), &pool)
             .and_then(|q| {
                 bar.write32(regs::offset::AQA, Aqa::new(q.entries(), q.entries()).0)?;
@@ -99,22 +123,11 @@ impl Controller {
                 Ok(q)
             })
             .map_err(|e| e.at(InitStep::AdminQueues))?;
-
-        let cc = Cc(0)
-            .with_css(0)
-            .with_mps(0)
-            .with_ams(0)
-            .with_iosqes(6)
-            .with_iocqes(4)
-            .with_shn(ShutdownNotification::None)
-            .with_enable(true);
-        bar.write32(regs::offset::CC, cc.0)?;
-        wait_ready(&bar, cap, true, InitStep::Enable)?;
+        enable(&bar, cap)?;
         log::debug!("{address}: enabled");
 
-        let mut ctrl = Controller {
-            admin,
-            io: None,
+        let mut shared = Shared {
+            admin: Mutex::new(admin),
             pool,
             bar,
             cap,
@@ -122,51 +135,148 @@ impl Controller {
             identify: Box::new(IdentifyController::new_zeroed()),
             namespaces: Vec::new(),
             max_transfer: PAGE_SIZE,
+            sgl: false,
             options,
+            qids: Mutex::new(Vec::new()),
             vfio,
         };
-        ctrl.identify_controller()
+        shared
+            .identify_controller()
             .map_err(|e| e.at(InitStep::IdentifyController))?;
-        let granted = ctrl
-            .set_queue_count(1)
+        let granted = shared
+            .set_queue_count()
             .map_err(|e| e.at(InitStep::SetQueueCount))?;
-        log::debug!("{address}: {granted} I/O queue pairs granted");
-        ctrl.identify_namespaces()
+        shared.qids = Mutex::new(vec![false; granted as usize]);
+        shared
+            .identify_namespaces()
             .map_err(|e| e.at(InitStep::IdentifyNamespaces))?;
-        ctrl.io = Some(
-            ctrl.create_io_queue(1)
-                .map_err(|e| e.at(InitStep::CreateIoQueues))?,
-        );
-        Ok(ctrl)
+        Ok(Controller {
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// A new I/O queue pair, for the calling thread to own. Fails with
+    /// [`Error::QueuesExhausted`] when every granted queue is in use.
+    pub fn io_qpair(&self) -> Result<IoQPair> {
+        let qid = self.shared.take_qid()?;
+        match self.shared.create_io_queue(qid) {
+            Ok(q) => Ok(IoQPair::new(self.shared.clone(), q)),
+            Err(e) => {
+                self.shared.release_qid(qid);
+                Err(e.at(InitStep::CreateIoQueues))
+            }
+        }
     }
 
     /// The PCI address.
     pub fn address(&self) -> PciAddress {
-        self.vfio.address
+        self.shared.vfio.address
     }
 
     /// Controller capabilities.
     pub fn cap(&self) -> Cap {
-        self.cap
+        self.shared.cap
     }
 
     /// The NVMe version the controller implements.
     pub fn version(&self) -> Vs {
-        self.vs
+        self.shared.vs
     }
 
     /// Identify Controller data.
     pub fn identify(&self) -> &IdentifyController {
-        &self.identify
+        &self.shared.identify
     }
 
     /// The active namespaces, by id.
     pub fn namespaces(&self) -> &[Namespace] {
-        &self.namespaces
+        &self.shared.namespaces
     }
 
     /// One active namespace.
     pub fn namespace(&self, nsid: u32) -> Result<&Namespace> {
+        self.shared.namespace(nsid)
+    }
+
+    /// The largest transfer one command carries (MDTS).
+    pub fn max_transfer(&self) -> usize {
+        self.shared.max_transfer
+    }
+
+    /// Whether I/O data is described with SGLs (else PRPs).
+    pub fn uses_sgl(&self) -> bool {
+        self.shared.sgl
+    }
+
+    /// I/O queue pairs the controller granted.
+    pub fn io_queue_limit(&self) -> usize {
+        self.shared.lock_qids().len()
+    }
+
+    /// The pool DMA buffers come from.
+    pub fn dma_pool(&self) -> &DmaPool {
+        &self.shared.pool
+    }
+
+    /// Reads `len` bytes of log page `lid` (for namespace `nsid`, or
+    /// 0xffffffff for the controller).
+    pub fn get_log_page(&self, lid: u8, nsid: u32, len: usize) -> Result<Vec<u8>> {
+        if len == 0 || !len.is_multiple_of(4) || len > 1 << 20 {
+            return Err(Error::BadBuffer(format!(
+                "log page length {len} is not a positive multiple of 4 up to 1 MiB"
+            )));
+        }
+        let buf = self.shared.pool.alloc(len)?;
+        let sqe = admin::get_log_page(lid, nsid, (len / 4) as u32, 0, false)
+            .map_err(|e| Error::BadBuffer(e.to_string()))?;
+        self.shared
+            .admin_data(sqe, &buf, &format!("Get Log Page {lid:#04x}"))?;
+        let mut out = vec![0u8; len];
+        buf.read(0, &mut out)?;
+        Ok(out)
+    }
+
+    /// The SMART / Health Information log (controller-wide).
+    pub fn smart_log(&self) -> Result<SmartLog> {
+        let raw = self.get_log_page(LogPageId::SmartHealth as u8, u32::MAX, 512)?;
+        SmartLog::read_from_bytes(&raw).map_err(|_| Error::BadDevice("SMART log size".into()))
+    }
+
+    /// The valid entries of the Error Information log, newest first.
+    pub fn error_log(&self) -> Result<Vec<ErrorLogEntry>> {
+        // ELPE is 0's based; cap what we ask for at 256 entries (16 KiB).
+        let entries = (self.identify().elpe as usize + 1).min(256);
+        let raw = self.get_log_page(LogPageId::ErrorInformation as u8, u32::MAX, entries * 64)?;
+        Ok(raw
+            .chunks_exact(64)
+            .filter_map(|c| ErrorLogEntry::read_from_bytes(c).ok())
+            .filter(|e| e.is_valid())
+            .collect())
+    }
+
+    /// Get Features: the completion's dword 0.
+    pub fn get_features(&self, fid: u8, select: FeatureSelect, cdw11: u32) -> Result<u32> {
+        let name = FeatureId::try_from(fid).map_or("vendor specific", |f| f.name());
+        let cqe = self.shared.admin_cmd(
+            admin::get_features(fid, select, cdw11),
+            &format!("Get Features {fid:#04x} ({name})"),
+        )?;
+        Ok(cqe.result())
+    }
+
+    /// Set Features: the completion's dword 0.
+    pub fn set_features(&self, fid: u8, cdw11: u32) -> Result<u32> {
+        let name = FeatureId::try_from(fid).map_or("vendor specific", |f| f.name());
+        let cqe = self.shared.admin_cmd(
+            admin::set_features(fid, cdw11, false),
+            &format!("Set Features {fid:#04x} ({name})"),
+        )?;
+        Ok(cqe.result())
+    }
+}
+
+impl Shared {
+    pub(crate) fn namespace(&self, nsid: u32) -> Result<&Namespace> {
         self.namespaces
             .iter()
             .find(|n| n.nsid == nsid)
@@ -181,15 +291,34 @@ impl Controller {
             })
     }
 
-    /// The largest transfer one command carries here (MDTS, capped by the
-    /// driver's own limit).
-    pub fn max_transfer(&self) -> usize {
-        self.max_transfer
+    fn lock_admin(&self) -> MutexGuard<'_, QueuePair> {
+        self.admin.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The pool DMA buffers come from.
-    pub fn dma_pool(&self) -> &DmaPool {
-        &self.pool
+    fn lock_qids(&self) -> MutexGuard<'_, Vec<bool>> {
+        self.qids.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs an admin command without data.
+    pub(crate) fn admin_cmd(&self, sqe: Sqe, what: &str) -> Result<Cqe> {
+        let cqe = self.lock_admin().execute(sqe, self.options.admin_timeout)?;
+        check_status(cqe, what)
+    }
+
+    /// Runs an admin command that transfers `buf`.
+    pub(crate) fn admin_data(&self, mut sqe: Sqe, buf: &DmaBuffer, what: &str) -> Result<Cqe> {
+        let prps = prp::build(&self.pool, buf.iova(), buf.len())?;
+        sqe.set_prps(prps.prp1, prps.prp2);
+        let cqe = self.lock_admin().execute(sqe, self.options.admin_timeout)?;
+        drop(prps);
+        check_status(cqe, what)
+    }
+
+    /// Runs Identify with `cns` for `nsid` and copies out the 4 KiB result.
+    fn identify_data<T: FromBytes>(&self, cns: Cns, nsid: u32, what: &str) -> Result<Box<T>> {
+        let buf = self.pool.alloc(IDENTIFY_SIZE)?;
+        self.admin_data(admin::identify(cns, nsid, 0), &buf, what)?;
+        read_struct::<T>(&buf)
     }
 
     fn identify_controller(&mut self) -> Result<()> {
@@ -201,35 +330,35 @@ impl Controller {
                 id.sqes, id.cqes
             )));
         }
-        let mdts = id.max_transfer_bytes(self.cap.min_page_size());
-        self.max_transfer = mdts
-            .map_or(DRIVER_MAX_TRANSFER, |m| {
-                m.min(DRIVER_MAX_TRANSFER as u64) as usize
+        self.max_transfer = id
+            .max_transfer_bytes(self.cap.min_page_size())
+            .map_or(UNLIMITED_MDTS_TRANSFER, |m| {
+                usize::try_from(m).unwrap_or(usize::MAX).min(1 << 30)
             })
             .max(PAGE_SIZE);
+        self.sgl = self.options.use_sgl
+            && matches!(
+                id.sgl_support(),
+                nvme_spec::SglSupport::ByteAligned | nvme_spec::SglSupport::DwordAligned
+            );
         log::debug!(
-            "identify: model {:?} serial {:?} mdts {} -> max transfer {} bytes",
+            "identify: model {:?} serial {:?} mdts {} -> max transfer {} bytes, {}",
             id.model().to_string(),
             id.serial().to_string(),
             id.mdts,
-            self.max_transfer
+            self.max_transfer,
+            if self.sgl { "SGLs" } else { "PRPs" }
         );
         self.identify = id;
         Ok(())
     }
 
-    /// Runs Identify with `cns` for `nsid` and copies out the 4 KiB result.
-    fn identify_data<T: FromBytes>(&mut self, cns: Cns, nsid: u32, what: &str) -> Result<Box<T>> {
-        let buf = self.pool.alloc(IDENTIFY_SIZE)?;
-        self.admin_data(admin::identify(cns, nsid, 0), &buf, what)?;
-        read_struct::<T>(&buf)
-    }
-
     /// Set Features (Number of Queues); returns the I/O queue pairs granted.
-    fn set_queue_count(&mut self, wanted: u16) -> Result<u32> {
+    fn set_queue_count(&self) -> Result<u32> {
+        let wanted = u32::from(self.options.io_queues.max(1));
         let req = NumberOfQueues {
-            sq: u32::from(wanted),
-            cq: u32::from(wanted),
+            sq: wanted,
+            cq: wanted,
         };
         let cdw11 = req
             .to_cdw11()
@@ -239,9 +368,13 @@ impl Controller {
             "Set Features (Number of Queues)",
         )?;
         let got = NumberOfQueues::from_dw0(cqe.result());
-        let granted = got.sq.min(got.cq);
+        // The controller may grant more than asked; use no more than asked.
+        let granted = got.sq.min(got.cq).min(wanted);
         if granted == 0 {
             return Err(Error::BadDevice("controller granted no I/O queues".into()));
+        }
+        if granted < wanted {
+            log::info!("asked for {wanted} I/O queue pairs, the controller granted {granted}");
         }
         Ok(granted)
     }
@@ -268,179 +401,72 @@ impl Controller {
         Ok(())
     }
 
-    fn create_io_queue(&mut self, qid: u16) -> Result<QueuePair> {
-        let max_entries = u16::try_from(self.cap.max_queue_entries()).unwrap_or(u16::MAX);
-        let entries = self.options.io_queue_entries.clamp(2, max_entries.max(2));
+    fn take_qid(&self) -> Result<u16> {
+        let mut qids = self.lock_qids();
+        let index = qids
+            .iter()
+            .position(|used| !used)
+            .ok_or(Error::QueuesExhausted {
+                granted: qids.len(),
+            })?;
+        qids[index] = true;
+        u16::try_from(index + 1).map_err(|_| Error::QueuesExhausted { granted: index })
+    }
+
+    pub(crate) fn release_qid(&self, qid: u16) {
+        if let Some(used) = self.lock_qids().get_mut(usize::from(qid).wrapping_sub(1)) {
+            *used = false;
+        }
+    }
+
+    fn create_io_queue(&self, qid: u16) -> Result<QueuePair> {
+        let entries = self
+            .options
+            .io_queue_entries
+            .clamp(2, max_entries(self.cap));
         let q = QueuePair::new(qid, entries, self.cap.dstrd(), self.bar.clone(), &self.pool)?;
         let range = |e: nvme_spec::RangeError| Error::BadBuffer(e.to_string());
         let mut cq = admin::create_io_cq(qid, entries, None).map_err(range)?;
         cq.set_prps(q.cq_iova(), 0);
         self.admin_cmd(cq, &format!("Create I/O Completion Queue {qid}"))?;
         let mut sq =
-            admin::create_io_sq(qid, entries, qid, QueuePriority::Medium).map_err(range)?;
+            admin::create_io_sq(qid, entries, qid, admin::QueuePriority::Medium).map_err(range)?;
         sq.set_prps(q.sq_iova(), 0);
-        self.admin_cmd(sq, &format!("Create I/O Submission Queue {qid}"))?;
+        if let Err(e) = self.admin_cmd(sq, &format!("Create I/O Submission Queue {qid}")) {
+            let _ = self.admin_cmd(admin::delete_io_cq(qid), "Delete I/O Completion Queue");
+            return Err(e);
+        }
+        log::debug!("created I/O queue pair {qid} with {entries} entries");
         Ok(q)
     }
 
-    /// Runs an admin command without data.
-    pub(crate) fn admin_cmd(&mut self, sqe: Sqe, what: &str) -> Result<Cqe> {
-        let cqe = self.admin.execute(sqe, self.options.admin_timeout)?;
-        check_status(cqe, what)
-    }
-
-    /// Runs an admin command that transfers `buf`.
-    pub(crate) fn admin_data(&mut self, mut sqe: Sqe, buf: &DmaBuffer, what: &str) -> Result<Cqe> {
-        let prps = prp::build(&self.pool, buf.iova(), buf.len())?;
-        sqe.set_prps(prps.prp1, prps.prp2);
-        let cqe = self.admin.execute(sqe, self.options.admin_timeout)?;
-        drop(prps);
-        check_status(cqe, what)
-    }
-
-    /// Reads `buf.len()` bytes from `slba` of namespace `nsid`.
-    pub fn read(&mut self, nsid: u32, slba: u64, buf: &mut [u8]) -> Result<()> {
-        let (lba_size, _) = self.check_io(nsid, slba, buf.len())?;
-        let chunk = self.max_transfer.min(buf.len());
-        let bounce = self.pool.alloc(chunk)?;
-        for (i, part) in buf.chunks_mut(chunk).enumerate() {
-            let lba = slba + (i * chunk / lba_size) as u64;
-            self.io_dma(IoKind::Read, nsid, lba, &bounce, part.len())?;
-            bounce.read(0, part)?;
-        }
+    /// Deletes the controller's side of an I/O queue pair. The rings must
+    /// stay allocated until this returns.
+    pub(crate) fn delete_io_queue(&self, qid: u16) -> Result<()> {
+        self.admin_cmd(
+            admin::delete_io_sq(qid),
+            &format!("Delete I/O Submission Queue {qid}"),
+        )?;
+        self.admin_cmd(
+            admin::delete_io_cq(qid),
+            &format!("Delete I/O Completion Queue {qid}"),
+        )?;
         Ok(())
     }
 
-    /// Writes `data` at `slba` of namespace `nsid`.
-    pub fn write(&mut self, nsid: u32, slba: u64, data: &[u8]) -> Result<()> {
-        let (lba_size, _) = self.check_io(nsid, slba, data.len())?;
-        let chunk = self.max_transfer.min(data.len());
-        let bounce = self.pool.alloc(chunk)?;
-        for (i, part) in data.chunks(chunk).enumerate() {
-            let lba = slba + (i * chunk / lba_size) as u64;
-            bounce.write(0, part)?;
-            self.io_dma(IoKind::Write, nsid, lba, &bounce, part.len())?;
-        }
-        Ok(())
+    /// Reads CSTS.
+    pub(crate) fn csts(&self) -> Result<Csts> {
+        Ok(Csts(self.bar.read32(regs::offset::CSTS)?))
     }
 
-    /// Reads into a DMA buffer directly (no copy): `len` bytes from `slba`.
-    pub fn read_dma(&mut self, nsid: u32, slba: u64, buf: &DmaBuffer, len: usize) -> Result<()> {
-        self.dma_io(IoKind::Read, nsid, slba, buf, len)
-    }
-
-    /// Writes from a DMA buffer directly (no copy): `len` bytes at `slba`.
-    pub fn write_dma(&mut self, nsid: u32, slba: u64, buf: &DmaBuffer, len: usize) -> Result<()> {
-        self.dma_io(IoKind::Write, nsid, slba, buf, len)
-    }
-
-    fn dma_io(
-        &mut self,
-        kind: IoKind,
-        nsid: u32,
-        slba: u64,
-        buf: &DmaBuffer,
-        len: usize,
-    ) -> Result<()> {
-        if len > buf.len() {
-            return Err(Error::BadBuffer(format!(
-                "{len} bytes asked of a {}-byte DMA buffer",
-                buf.len()
-            )));
-        }
-        let (lba_size, _) = self.check_io(nsid, slba, len)?;
-        let chunk = self.max_transfer - self.max_transfer % lba_size;
-        let mut done = 0;
-        while done < len {
-            let n = chunk.min(len - done);
-            let lba = slba + (done / lba_size) as u64;
-            self.io_dma_at(kind, nsid, lba, buf, done, n)?;
-            done += n;
-        }
-        Ok(())
-    }
-
-    /// Flushes namespace `nsid`'s volatile write cache.
-    pub fn flush(&mut self, nsid: u32) -> Result<()> {
-        self.namespace(nsid)?;
-        let timeout = self.options.io_timeout;
-        let cqe = self.io_queue()?.execute(nvm::flush(nsid), timeout)?;
-        check_status(cqe, &format!("Flush nsid {nsid}")).map(|_| ())
-    }
-
-    /// Validates an I/O; returns (LBA size, blocks).
-    fn check_io(&self, nsid: u32, slba: u64, len: usize) -> Result<(usize, u64)> {
-        let ns = self.namespace(nsid)?;
-        let blocks = ns.blocks_in(len)?;
-        ns.check_range(slba, blocks)?;
-        if !self.max_transfer.is_multiple_of(ns.lba_size as usize) {
-            return Err(Error::Unsupported(format!(
-                "max transfer {} is not a multiple of the LBA size {}",
-                self.max_transfer, ns.lba_size
-            )));
-        }
-        Ok((ns.lba_size as usize, blocks))
-    }
-
-    fn io_dma(
-        &mut self,
-        kind: IoKind,
-        nsid: u32,
-        slba: u64,
-        buf: &DmaBuffer,
-        len: usize,
-    ) -> Result<()> {
-        self.io_dma_at(kind, nsid, slba, buf, 0, len)
-    }
-
-    /// One command: `len` bytes (at most max_transfer) at `offset` of `buf`.
-    fn io_dma_at(
-        &mut self,
-        kind: IoKind,
-        nsid: u32,
-        slba: u64,
-        buf: &DmaBuffer,
-        offset: usize,
-        len: usize,
-    ) -> Result<()> {
-        let lba_size = self.namespace(nsid)?.lba_size as usize;
-        let blocks = u32::try_from(len / lba_size).map_err(|_| {
-            Error::BadBuffer(format!("{len} bytes is too many blocks for one command"))
-        })?;
-        let range = |e: nvme_spec::RangeError| Error::BadBuffer(e.to_string());
-        let mut sqe = match kind {
-            IoKind::Read => nvm::read(nsid, slba, blocks).map_err(range)?,
-            IoKind::Write => nvm::write(nsid, slba, blocks).map_err(range)?,
-        };
-        let prps = prp::build(&self.pool, buf.iova() + offset as u64, len)?;
-        sqe.set_prps(prps.prp1, prps.prp2);
-        let timeout = self.options.io_timeout;
-        let cqe = self.io_queue()?.execute(sqe, timeout)?;
-        drop(prps);
-        check_status(cqe, &format!("{kind:?} nsid {nsid} lba {slba}+{blocks}")).map(|_| ())
-    }
-
-    fn io_queue(&mut self) -> Result<&mut QueuePair> {
-        self.io
-            .as_mut()
-            .ok_or_else(|| Error::Unsupported("the controller has no I/O queue".into()))
-    }
-
-    fn shutdown(&mut self) -> Result<()> {
-        if let Some(io) = self.io.take() {
-            // The rings stay allocated until the controller has let go of them.
-            let qid = io.qid();
-            self.admin_cmd(admin::delete_io_sq(qid), "Delete I/O Submission Queue")?;
-            self.admin_cmd(admin::delete_io_cq(qid), "Delete I/O Completion Queue")?;
-            drop(io);
-        }
+    fn shutdown(&self) -> Result<()> {
         let cc = Cc(self.bar.read32(regs::offset::CC)?).with_shn(ShutdownNotification::Normal);
         self.bar.write32(regs::offset::CC, cc.0)?;
         let rtd3e_ms = u64::from(self.identify.rtd3e.get()) / 1000;
         let limit = Duration::from_millis(rtd3e_ms.clamp(5_000, 60_000));
         let start = Instant::now();
         loop {
-            let csts = Csts(self.bar.read32(regs::offset::CSTS)?);
+            let csts = self.csts()?;
             if csts.is_all_ones() {
                 return Err(Error::ControllerFatal {
                     step: "shutdown".into(),
@@ -462,7 +488,7 @@ impl Controller {
     }
 }
 
-impl Drop for Controller {
+impl Drop for Shared {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
             log::warn!("{}: clean shutdown failed: {e}", self.vfio.address);
@@ -470,10 +496,8 @@ impl Drop for Controller {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum IoKind {
-    Read,
-    Write,
+fn max_entries(cap: Cap) -> u16 {
+    u16::try_from(cap.max_queue_entries()).unwrap_or(u16::MAX)
 }
 
 fn check_cap(cap: Cap) -> Result<()> {
@@ -526,6 +550,21 @@ fn disable(bar: &Bar, cap: Cap) -> Result<()> {
     wait_ready(bar, cap, false, InitStep::Disable).map(|_| ())
 }
 
+/// Sets CC (NVM command set, 4 KiB pages, 64/16-byte entries, EN) and waits
+/// for CSTS.RDY.
+fn enable(bar: &Bar, cap: Cap) -> Result<()> {
+    let cc = Cc(0)
+        .with_css(0)
+        .with_mps(0)
+        .with_ams(0)
+        .with_iosqes(6)
+        .with_iocqes(4)
+        .with_shn(ShutdownNotification::None)
+        .with_enable(true);
+    bar.write32(regs::offset::CC, cc.0)?;
+    wait_ready(bar, cap, true, InitStep::Enable).map(|_| ())
+}
+
 /// Polls CSTS.RDY until it equals `want`, CSTS reports failure, or CAP.TO
 /// passes.
 fn wait_ready(bar: &Bar, cap: Cap, want: bool, step: InitStep) -> Result<Csts> {
@@ -553,7 +592,7 @@ fn wait_ready(bar: &Bar, cap: Cap, want: bool, step: InitStep) -> Result<Csts> {
     }
 }
 
-fn check_status(cqe: Cqe, what: &str) -> Result<Cqe> {
+pub(crate) fn check_status(cqe: Cqe, what: &str) -> Result<Cqe> {
     let status = cqe.status();
     if status.is_success() {
         Ok(cqe)

@@ -173,6 +173,12 @@ pub enum Error {
         /// How long we waited.
         waited_ms: u64,
     },
+    /// Every I/O queue pair the controller granted is in use.
+    #[error("all {granted} I/O queue pairs the controller granted are in use; drop one first")]
+    QueuesExhausted {
+        /// How many the controller granted.
+        granted: usize,
+    },
     /// The submission queue is full.
     #[error("submission queue {qid} is full")]
     QueueFull {

@@ -7,14 +7,16 @@
 //! - [`memory`]: the DMA buffer pool.
 //! - `queue` and `prp`: the submission/completion rings and the PRP lists
 //!   that describe data buffers to the controller.
-//! - [`Controller`]: bring-up, admin commands, I/O, shutdown.
+//! - [`Controller`]: bring-up, admin commands, shutdown; hands out
+//!   [`IoQPair`]s, one per thread, for asynchronous I/O.
 //!
 //! ```no_run
 //! use nvme_driver::{Controller, Options, pci};
 //! let f = pci::single_vfio_function()?;
-//! let mut ctrl = Controller::open(f.address, Options::default())?;
+//! let ctrl = Controller::open(f.address, Options::default())?;
+//! let mut qpair = ctrl.io_qpair()?;
 //! let mut block = vec![0u8; 512];
-//! ctrl.read(1, 0, &mut block)?;
+//! qpair.read(1, 0, &mut block)?;
 //! # Ok::<(), nvme_driver::Error>(())
 //! ```
 #![deny(unsafe_code)]
@@ -28,12 +30,14 @@ pub mod memory;
 mod ns;
 pub mod pci;
 mod prp;
+mod qpair;
 mod queue;
 mod vfio;
 
-pub use ctrl::{Controller, DRIVER_MAX_TRANSFER, Options, PAGE_SIZE};
+pub use ctrl::{Controller, Options, PAGE_SIZE, UNLIMITED_MDTS_TRANSFER};
 pub use error::{Error, InitStep, Result};
 pub use memory::{DmaBuffer, DmaPool};
 pub use ns::Namespace;
 pub use nvme_spec;
 pub use pci::{PciAddress, PciFunction};
+pub use qpair::{IoCompletion, IoOp, IoQPair, IoRequest, Rejected};

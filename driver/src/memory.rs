@@ -167,6 +167,14 @@ impl DmaBuffer {
         self.region.fill(at, len, byte)
     }
 
+    /// Never gives this memory back, neither to the pool nor to the OS, and
+    /// keeps it mapped for the device: for buffers the device may still
+    /// write after we have stopped waiting for it.
+    pub(crate) fn leak(&mut self) {
+        self.owner = None;
+        std::mem::forget(self.region.clone());
+    }
+
     /// Stores a little-endian u64 at `offset` (8-byte aligned).
     pub(crate) fn write_u64(&self, offset: usize, value: u64) -> Result<()> {
         let at = self.check(offset, 8)?;

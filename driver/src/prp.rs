@@ -23,6 +23,25 @@ fn geometry() -> Result<PrpGeometry> {
 
 /// Describes `len` bytes at device address `iova`.
 pub(crate) fn build(pool: &DmaPool, iova: u64, len: usize) -> Result<Prps> {
+    let mut list = None;
+    let (prp1, prp2) = fill(pool, &mut list, iova, len)?;
+    Ok(Prps {
+        prp1,
+        prp2,
+        _list: list,
+    })
+}
+
+/// Returns (PRP1, PRP2) for `len` bytes at `iova`, writing any PRP list
+/// into `list`, which is allocated (or replaced by a larger one) from
+/// `pool` only when it is missing or too small: a queue keeps one per
+/// command slot, so the I/O path does not allocate.
+pub(crate) fn fill(
+    pool: &DmaPool,
+    list: &mut Option<DmaBuffer>,
+    iova: u64,
+    len: usize,
+) -> Result<(u64, u64)> {
     let geo = geometry()?;
     let bad =
         |e: nvme_spec::PrpError| Error::BadBuffer(format!("PRP for {len} bytes at {iova:#x}: {e}"));
@@ -30,27 +49,19 @@ pub(crate) fn build(pool: &DmaPool, iova: u64, len: usize) -> Result<Prps> {
     let mut pages = geo.page_addresses(iova, len).map_err(bad)?;
     let prp1 = pages.next().unwrap_or(iova);
     match layout {
-        PrpLayout::OneEntry => Ok(Prps {
-            prp1,
-            prp2: 0,
-            _list: None,
-        }),
-        PrpLayout::TwoEntries => Ok(Prps {
-            prp1,
-            prp2: pages.next().unwrap_or(0),
-            _list: None,
-        }),
+        PrpLayout::OneEntry => Ok((prp1, 0)),
+        PrpLayout::TwoEntries => Ok((prp1, pages.next().unwrap_or(0))),
         PrpLayout::List {
             entries,
             list_pages,
         } => {
-            let list = pool.alloc(list_pages * PAGE_SIZE)?;
-            fill_list(&list, geo.entries_per_list_page(), entries, pages)?;
-            Ok(Prps {
-                prp1,
-                prp2: list.iova(),
-                _list: Some(list),
-            })
+            let need = list_pages * PAGE_SIZE;
+            let buf = match list {
+                Some(b) if b.len() >= need => b,
+                _ => list.insert(pool.alloc(need)?),
+            };
+            fill_list(buf, geo.entries_per_list_page(), entries, pages)?;
+            Ok((prp1, buf.iova()))
         }
     }
 }

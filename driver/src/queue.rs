@@ -41,7 +41,9 @@ pub(crate) struct QueuePair {
     bar: Arc<Bar>,
     /// Per CID: a command is in flight with this id.
     in_flight: Vec<bool>,
-    next_cid: u16,
+    /// CIDs not in flight (a stack: the most recently freed is reused first,
+    /// which keeps the per-CID PRP list pages warm).
+    free_cids: Vec<u16>,
 }
 
 impl QueuePair {
@@ -82,8 +84,16 @@ impl QueuePair {
             cq_doorbell,
             bar,
             in_flight: vec![false; entries as usize],
-            next_cid: 0,
+            // One slot always stays empty (a full ring looks empty), so at
+            // most entries - 1 commands are in flight.
+            free_cids: (0..entries - 1).rev().collect(),
         })
+    }
+
+    /// Keeps the rings' memory forever (the device may still use it).
+    pub(crate) fn leak(&mut self) {
+        self.sq.leak();
+        self.cq.leak();
     }
 
     /// Queue id.
@@ -110,24 +120,45 @@ impl QueuePair {
         if i + 1 == self.entries { 0 } else { i + 1 }
     }
 
-    /// Writes `sqe` into the next SQ slot with a fresh CID (returned). The
-    /// device sees it after [`QueuePair::ring`].
-    pub(crate) fn post(&mut self, mut sqe: Sqe) -> Result<u16> {
+    /// Takes a free CID if the SQ has room for one more command.
+    pub(crate) fn reserve(&mut self) -> Option<u16> {
         if self.next(self.sq_tail) == self.sq_head {
-            return Err(Error::QueueFull { qid: self.qid });
+            return None;
         }
-        let n = self.entries;
-        let cid = (0..n)
-            .map(|i| (self.next_cid + i) % n)
-            .find(|&c| !self.in_flight[c as usize])
-            .ok_or(Error::QueueFull { qid: self.qid })?;
-        self.next_cid = (cid + 1) % n;
+        self.free_cids.pop()
+    }
+
+    /// Gives back a CID from [`QueuePair::reserve`] that was not posted.
+    pub(crate) fn unreserve(&mut self, cid: u16) {
+        self.free_cids.push(cid);
+    }
+
+    /// Writes `sqe` with a CID from [`QueuePair::reserve`] into the next SQ
+    /// slot. The device sees it after [`QueuePair::ring`].
+    pub(crate) fn post_reserved(&mut self, cid: u16, mut sqe: Sqe) -> Result<()> {
         sqe.set_cid(cid);
-        self.sq
-            .write(self.sq_tail as usize * SQE_SIZE, sqe.as_bytes())?;
+        if let Err(e) = self
+            .sq
+            .write(self.sq_tail as usize * SQE_SIZE, sqe.as_bytes())
+        {
+            self.free_cids.push(cid);
+            return Err(e);
+        }
         self.in_flight[cid as usize] = true;
         self.sq_tail = self.next(self.sq_tail);
+        Ok(())
+    }
+
+    /// Reserves a CID and posts `sqe` with it.
+    pub(crate) fn post(&mut self, sqe: Sqe) -> Result<u16> {
+        let cid = self.reserve().ok_or(Error::QueueFull { qid: self.qid })?;
+        self.post_reserved(cid, sqe)?;
         Ok(cid)
+    }
+
+    /// Commands in flight.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.entries as usize - 1 - self.free_cids.len()
     }
 
     /// Rings the SQ tail doorbell if anything was posted since the last ring.
@@ -175,6 +206,7 @@ impl QueuePair {
             )));
         }
         self.in_flight[cid as usize] = false;
+        self.free_cids.push(cid);
         self.sq_head = cqe.sq_head();
         Ok(Some(cqe))
     }

@@ -4,12 +4,14 @@
 #![forbid(unsafe_code)]
 
 mod identify;
+mod logs;
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use nvme_driver::nvme_spec::FeatureSelect;
 use nvme_driver::{Controller, Error, Options, PciAddress, pci};
 
 #[derive(Parser, Debug)]
@@ -58,6 +60,58 @@ enum Command {
         /// File to write the data to (default: a hex dump on stdout).
         #[arg(long)]
         output: Option<PathBuf>,
+    },
+    /// Write zeroes to a block range (no data transfer).
+    WriteZeroes {
+        #[command(flatten)]
+        target: Target,
+        /// Namespace id.
+        #[arg(long, default_value_t = 1)]
+        nsid: u32,
+        /// First logical block.
+        #[arg(long)]
+        lba: u64,
+        /// Number of logical blocks.
+        #[arg(long)]
+        blocks: u64,
+    },
+    /// Deallocate (trim) a block range.
+    Deallocate {
+        #[command(flatten)]
+        target: Target,
+        /// Namespace id.
+        #[arg(long, default_value_t = 1)]
+        nsid: u32,
+        /// First logical block.
+        #[arg(long)]
+        lba: u64,
+        /// Number of logical blocks.
+        #[arg(long)]
+        blocks: u64,
+    },
+    /// Show the SMART / Health Information log.
+    SmartLog {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show the valid entries of the Error Information log.
+    ErrorLog {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show a feature's value (Get Features).
+    GetFeature {
+        #[command(flatten)]
+        target: Target,
+        /// Feature identifier, e.g. 7 (Number of Queues) or 0x06.
+        #[arg(long, short = 'f', value_parser = parse_u8)]
+        feature_id: u8,
+        /// Which value: 0 current, 1 default, 2 saved, 3 supported capabilities.
+        #[arg(long, short = 's', default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=3))]
+        sel: u8,
+        /// Command dword 11 (some features take an argument there).
+        #[arg(long, default_value_t = 0)]
+        cdw11: u32,
     },
     /// Write a file's bytes at a logical block (length a multiple of the LBA size).
     Write {
@@ -191,7 +245,7 @@ fn run(command: Command) -> Result<(), Failure> {
             blocks,
             output,
         } => {
-            let mut ctrl = target.open()?;
+            let ctrl = target.open()?;
             let ns = ctrl.namespace(nsid)?;
             ns.check_range(lba, blocks)?;
             let len = usize::try_from(blocks.saturating_mul(ns.lba_size as u64))
@@ -201,7 +255,7 @@ fn run(command: Command) -> Result<(), Failure> {
                     Failure::Message(format!("{blocks} blocks is more than 1 GiB; read in parts"))
                 })?;
             let mut data = vec![0u8; len];
-            ctrl.read(nsid, lba, &mut data)?;
+            ctrl.io_qpair()?.read(nsid, lba, &mut data)?;
             match output {
                 Some(path) => std::fs::write(&path, &data)
                     .map_err(|e| Failure::Message(format!("writing {}: {e}", path.display())))?,
@@ -216,12 +270,70 @@ fn run(command: Command) -> Result<(), Failure> {
         } => {
             let bytes = std::fs::read(&data)
                 .map_err(|e| Failure::Message(format!("reading {}: {e}", data.display())))?;
-            let mut ctrl = target.open()?;
-            ctrl.write(nsid, lba, &bytes)?;
-            ctrl.flush(nsid)?;
+            let ctrl = target.open()?;
+            let mut qpair = ctrl.io_qpair()?;
+            qpair.write(nsid, lba, &bytes)?;
+            qpair.flush(nsid)?;
+        }
+        Command::WriteZeroes {
+            target,
+            nsid,
+            lba,
+            blocks,
+        } => {
+            let ctrl = target.open()?;
+            ctrl.io_qpair()?.write_zeroes(nsid, lba, blocks)?;
+        }
+        Command::Deallocate {
+            target,
+            nsid,
+            lba,
+            blocks,
+        } => {
+            let ctrl = target.open()?;
+            ctrl.io_qpair()?.deallocate(nsid, lba, blocks)?;
+        }
+        Command::SmartLog { target } => {
+            let ctrl = target.open()?;
+            let log = ctrl.smart_log()?;
+            logs::print_smart(&mut out, &ctrl, &log).map_err(io)?;
+        }
+        Command::ErrorLog { target } => {
+            let ctrl = target.open()?;
+            let entries = ctrl.error_log()?;
+            logs::print_errors(&mut out, &entries).map_err(io)?;
+        }
+        Command::GetFeature {
+            target,
+            feature_id,
+            sel,
+            cdw11,
+        } => {
+            let ctrl = target.open()?;
+            let select = match sel {
+                0 => FeatureSelect::Current,
+                1 => FeatureSelect::Default,
+                2 => FeatureSelect::Saved,
+                _ => FeatureSelect::SupportedCapabilities,
+            };
+            let value = ctrl.get_features(feature_id, select, cdw11)?;
+            writeln!(
+                out,
+                "get-feature:{feature_id:#04x} ({}), {select:?} value:{value:#010x}",
+                logs::feature_name(feature_id)
+            )
+            .map_err(io)?;
         }
     }
     Ok(())
+}
+
+fn parse_u8(s: &str) -> Result<u8, String> {
+    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u8::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    parsed.map_err(|_| format!("`{s}` is not a number from 0 to 255"))
 }
 
 fn group(f: &nvme_driver::PciFunction) -> String {

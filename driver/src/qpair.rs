@@ -1,0 +1,816 @@
+//! I/O queue pairs: one per thread, owned by it, with no locks on the
+//! submit and poll path.
+//!
+//! [`IoQPair::submit`] takes a request (and the ownership of its DMA
+//! buffer) and returns at once; [`IoQPair::poll`] reaps completions and
+//! hands back each request's buffer and result. A request larger than the
+//! controller's transfer limit (MDTS) is split into child commands that are
+//! issued as SQ slots free up, so splitting can neither run out of slots
+//! nor deadlock; the request completes once, with the first error.
+//!
+//! Doorbells are batched: `submit` only writes SQEs, and `poll` rings the
+//! SQ tail doorbell once for everything submitted since, and the CQ head
+//! doorbell once per reap.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nvme_spec::io as nvm;
+use nvme_spec::{Cqe, DsmAttributes, DsmRange, SglDescriptor, Sqe, admin};
+use zerocopy::IntoBytes;
+
+use crate::ctrl::{PAGE_SIZE, Shared};
+use crate::error::{Error, Result};
+use crate::memory::DmaBuffer;
+use crate::prp;
+use crate::queue::QueuePair;
+
+/// Most logical blocks one Read, Write or Write Zeroes command can carry.
+const MAX_NLB: u64 = 1 << 16;
+/// Empty polls between two looks at the clock and at CSTS.
+const HEALTH_CHECK_INTERVAL: u32 = 4096;
+/// How long an aborted command gets to come back before it is given up on.
+const ABORT_GRACE: Duration = Duration::from_secs(2);
+
+/// The operation of an [`IoRequest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoOp {
+    /// Read blocks into the request's buffer.
+    Read,
+    /// Write blocks from the request's buffer.
+    Write,
+    /// Flush the namespace's volatile write cache.
+    Flush,
+    /// Write zeroes to a block range, with no data transfer.
+    WriteZeroes,
+    /// Deallocate (trim) a block range (Dataset Management, AD).
+    Deallocate,
+}
+
+impl IoOp {
+    fn name(self) -> &'static str {
+        match self {
+            IoOp::Read => "Read",
+            IoOp::Write => "Write",
+            IoOp::Flush => "Flush",
+            IoOp::WriteZeroes => "Write Zeroes",
+            IoOp::Deallocate => "Deallocate",
+        }
+    }
+}
+
+/// One I/O request. Read and Write carry a DMA buffer, which the queue
+/// pair owns until the request completes.
+#[derive(Debug)]
+pub struct IoRequest {
+    /// What to do.
+    pub op: IoOp,
+    /// Namespace id.
+    pub nsid: u32,
+    /// First logical block.
+    pub slba: u64,
+    /// Number of logical blocks (0 for Flush).
+    pub blocks: u64,
+    /// The data buffer (Read and Write).
+    pub data: Option<DmaBuffer>,
+    /// Byte offset of the data in `data` (a multiple of 4).
+    pub offset: usize,
+    /// Caller's value, handed back in the completion.
+    pub tag: u64,
+}
+
+impl IoRequest {
+    fn new(op: IoOp, nsid: u32, slba: u64, blocks: u64, data: Option<DmaBuffer>) -> Self {
+        IoRequest {
+            op,
+            nsid,
+            slba,
+            blocks,
+            data,
+            offset: 0,
+            tag: 0,
+        }
+    }
+
+    /// Read `blocks` blocks from `slba` into `buf`.
+    pub fn read(nsid: u32, slba: u64, blocks: u64, buf: DmaBuffer) -> Self {
+        Self::new(IoOp::Read, nsid, slba, blocks, Some(buf))
+    }
+
+    /// Write `blocks` blocks from `buf` at `slba`.
+    pub fn write(nsid: u32, slba: u64, blocks: u64, buf: DmaBuffer) -> Self {
+        Self::new(IoOp::Write, nsid, slba, blocks, Some(buf))
+    }
+
+    /// Flush the namespace.
+    pub fn flush(nsid: u32) -> Self {
+        Self::new(IoOp::Flush, nsid, 0, 0, None)
+    }
+
+    /// Write zeroes to `blocks` blocks from `slba`.
+    pub fn write_zeroes(nsid: u32, slba: u64, blocks: u64) -> Self {
+        Self::new(IoOp::WriteZeroes, nsid, slba, blocks, None)
+    }
+
+    /// Deallocate `blocks` blocks from `slba`.
+    pub fn deallocate(nsid: u32, slba: u64, blocks: u64) -> Self {
+        Self::new(IoOp::Deallocate, nsid, slba, blocks, None)
+    }
+
+    /// Sets the tag handed back in the completion.
+    pub fn with_tag(mut self, tag: u64) -> Self {
+        self.tag = tag;
+        self
+    }
+
+    /// Sets the byte offset of the data in the buffer.
+    pub fn with_offset(mut self, offset: usize) -> Self {
+        self.offset = offset;
+        self
+    }
+
+    fn describe(&self) -> String {
+        match self.op {
+            IoOp::Flush => format!("Flush nsid {}", self.nsid),
+            op => format!(
+                "{} nsid {} lba {}+{}",
+                op.name(),
+                self.nsid,
+                self.slba,
+                self.blocks
+            ),
+        }
+    }
+}
+
+/// A finished request: its buffer comes back with the result.
+#[derive(Debug)]
+pub struct IoCompletion {
+    /// The request's tag.
+    pub tag: u64,
+    /// The request's operation.
+    pub op: IoOp,
+    /// The request's namespace.
+    pub nsid: u32,
+    /// The request's first block.
+    pub slba: u64,
+    /// The request's block count.
+    pub blocks: u64,
+    /// The data buffer, back to the caller. `None` only if the device may
+    /// still write into it (a command given up on after a timeout): then
+    /// the queue pair keeps it until the queue is deleted.
+    pub data: Option<DmaBuffer>,
+    /// Success, or the first error of the request's commands.
+    pub result: Result<()>,
+}
+
+/// A request that could not be accepted, handed back with the reason.
+#[derive(Debug)]
+pub struct Rejected {
+    /// The request, with its buffer.
+    pub request: IoRequest,
+    /// Why it was rejected.
+    pub error: Error,
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.request.describe(), self.error)
+    }
+}
+
+impl std::error::Error for Rejected {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// A submitted request and the progress of its commands.
+#[derive(Debug)]
+struct Parent {
+    req: IoRequest,
+    lba_size: u32,
+    /// Blocks per command.
+    per_cmd: u64,
+    /// Commands the request needs, and how many were issued.
+    total: u64,
+    issued: u64,
+    /// Commands in flight or waiting for a retry.
+    outstanding: u64,
+    error: Option<Error>,
+    /// A command of this request was given up on: the buffer stays here.
+    lost: bool,
+}
+
+impl Parent {
+    fn done(&self) -> bool {
+        self.outstanding == 0 && self.issued == self.total
+    }
+}
+
+/// One command of a request.
+#[derive(Debug, Clone, Copy)]
+struct Child {
+    parent: u32,
+    index: u64,
+    tries: u8,
+}
+
+/// Per CID: the command in flight and the memory reused for its data
+/// pointer (PRP list pages, DSM range).
+#[derive(Debug, Default)]
+struct Slot {
+    child: Option<Child>,
+    deadline: Option<Instant>,
+    prp_list: Option<DmaBuffer>,
+    dsm: Option<DmaBuffer>,
+}
+
+/// An I/O submission/completion queue pair, owned by one thread.
+#[derive(Debug)]
+pub struct IoQPair {
+    q: QueuePair,
+    slots: Vec<Slot>,
+    parents: Vec<Option<Parent>>,
+    free_parents: Vec<u32>,
+    /// Requests with commands still to issue, oldest first.
+    pending: VecDeque<u32>,
+    /// Commands to send again after a retryable error.
+    retry: VecDeque<Child>,
+    /// Completions finished by a blocking call, for the next poll.
+    stash: Vec<IoCompletion>,
+    /// Buffers the device may still write (commands given up on).
+    quarantine: Vec<DmaBuffer>,
+    /// CIDs of commands given up on: never reused while the queue lives.
+    lost_cids: usize,
+    idle_polls: u32,
+    next_tag: u64,
+    shared: Arc<Shared>,
+}
+
+impl IoQPair {
+    pub(crate) fn new(shared: Arc<Shared>, q: QueuePair) -> Self {
+        let slots = (0..q.entries()).map(|_| Slot::default()).collect();
+        IoQPair {
+            q,
+            slots,
+            parents: Vec::new(),
+            free_parents: Vec::new(),
+            pending: VecDeque::new(),
+            retry: VecDeque::new(),
+            stash: Vec::new(),
+            quarantine: Vec::new(),
+            lost_cids: 0,
+            idle_polls: 0,
+            next_tag: 1 << 63,
+            shared,
+        }
+    }
+
+    /// The queue id.
+    pub fn qid(&self) -> u16 {
+        self.q.qid()
+    }
+
+    /// Entries of the submission queue (at most one less are in flight).
+    pub fn depth(&self) -> usize {
+        self.q.entries() as usize
+    }
+
+    /// Requests submitted and not yet handed back.
+    pub fn outstanding(&self) -> usize {
+        self.parents.len() - self.free_parents.len() + self.stash.len()
+    }
+
+    /// Accepts a request. Its commands are written to the SQ as slots
+    /// allow; the doorbell is rung by the next [`IoQPair::poll`] (or
+    /// [`IoQPair::ring`]).
+    pub fn submit(&mut self, req: IoRequest) -> std::result::Result<(), Box<Rejected>> {
+        let (lba_size, per_cmd, total) = match self.plan(&req) {
+            Ok(plan) => plan,
+            Err(error) => {
+                return Err(Box::new(Rejected {
+                    request: req,
+                    error,
+                }));
+            }
+        };
+        let parent = Parent {
+            req,
+            lba_size,
+            per_cmd,
+            total,
+            issued: 0,
+            outstanding: 0,
+            error: None,
+            lost: false,
+        };
+        let id = match self.free_parents.pop() {
+            Some(id) => {
+                self.parents[id as usize] = Some(parent);
+                id
+            }
+            None => {
+                self.parents.push(Some(parent));
+                (self.parents.len() - 1) as u32
+            }
+        };
+        self.pending.push_back(id);
+        if let Err(error) = self.fill_sq() {
+            match self.unlink_unstarted(id) {
+                Some(request) => return Err(Box::new(Rejected { request, error })),
+                // Part of it is in flight: it completes, with this error.
+                None => self.fail_child_inner(id, error),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a parent none of whose commands were issued.
+    fn unlink_unstarted(&mut self, id: u32) -> Option<IoRequest> {
+        let started = self.parents[id as usize].as_ref()?.issued > 0;
+        if started {
+            return None;
+        }
+        self.pending.retain(|&p| p != id);
+        let parent = self.parents[id as usize].take()?;
+        self.free_parents.push(id);
+        Some(parent.req)
+    }
+
+    /// Validates a request; returns (LBA size, blocks per command, commands).
+    fn plan(&self, req: &IoRequest) -> Result<(u32, u64, u64)> {
+        let ns = self.shared.namespace(req.nsid)?;
+        let lba = ns.lba_size;
+        if req.op == IoOp::Flush {
+            return Ok((lba, 0, 1));
+        }
+        ns.check_range(req.slba, req.blocks)?;
+        let per_cmd = match req.op {
+            IoOp::Read | IoOp::Write => {
+                let per = (self.shared.max_transfer / lba as usize) as u64;
+                if per == 0 {
+                    return Err(Error::Unsupported(format!(
+                        "LBA size {lba} exceeds the transfer limit {}",
+                        self.shared.max_transfer
+                    )));
+                }
+                let buf = req.data.as_ref().ok_or_else(|| {
+                    Error::BadBuffer(format!("{} needs a data buffer", req.op.name()))
+                })?;
+                let need = req
+                    .blocks
+                    .checked_mul(lba as u64)
+                    .and_then(|b| b.checked_add(req.offset as u64));
+                if need.is_none_or(|n| n > buf.len() as u64) {
+                    return Err(Error::BadBuffer(format!(
+                        "{} blocks of {lba} bytes at offset {} do not fit a {}-byte buffer",
+                        req.blocks,
+                        req.offset,
+                        buf.len()
+                    )));
+                }
+                if !req.offset.is_multiple_of(4) {
+                    return Err(Error::BadBuffer(format!(
+                        "data offset {} is not a multiple of 4",
+                        req.offset
+                    )));
+                }
+                per.min(MAX_NLB)
+            }
+            IoOp::WriteZeroes => MAX_NLB,
+            IoOp::Deallocate => u64::from(u32::MAX),
+            IoOp::Flush => 1,
+        };
+        Ok((lba, per_cmd, req.blocks.div_ceil(per_cmd)))
+    }
+
+    /// Issues waiting commands (retries first) while the SQ has room.
+    fn fill_sq(&mut self) -> Result<()> {
+        loop {
+            let child = if let Some(c) = self.retry.front().copied() {
+                c
+            } else {
+                let Some(&id) = self.pending.front() else {
+                    return Ok(());
+                };
+                let Some(p) = self.parents[id as usize].as_ref() else {
+                    self.pending.pop_front();
+                    continue;
+                };
+                if p.issued >= p.total {
+                    self.pending.pop_front();
+                    continue;
+                }
+                Child {
+                    parent: id,
+                    index: p.issued,
+                    tries: 0,
+                }
+            };
+            let Some(cid) = self.q.reserve() else {
+                return Ok(());
+            };
+            match self.build(cid, child) {
+                Ok(sqe) => self.q.post_reserved(cid, sqe)?,
+                Err(e) => {
+                    self.q.unreserve(cid);
+                    // A command that cannot even be built fails its request.
+                    self.take_child_source(child);
+                    if child.tries > 0
+                        && let Some(p) = self.parents[child.parent as usize].as_mut()
+                    {
+                        p.outstanding = p.outstanding.saturating_sub(1);
+                    }
+                    self.fail_child(child, e);
+                    continue;
+                }
+            }
+            self.take_child_source(child);
+            let slot = &mut self.slots[cid as usize];
+            slot.child = Some(child);
+            slot.deadline = Some(Instant::now() + self.shared.options.io_timeout);
+            // A retried command was counted when it was queued for retry.
+            if child.tries == 0
+                && let Some(p) = self.parents[child.parent as usize].as_mut()
+            {
+                p.outstanding += 1;
+            }
+        }
+    }
+
+    /// Marks `child` as taken from the retry queue or its parent's cursor.
+    fn take_child_source(&mut self, child: Child) {
+        if child.tries > 0 {
+            self.retry.pop_front();
+        } else if let Some(p) = self.parents[child.parent as usize].as_mut() {
+            p.issued += 1;
+        }
+    }
+
+    /// The SQE of one command, with its data pointer.
+    fn build(&mut self, cid: u16, child: Child) -> Result<Sqe> {
+        let p = self.parents[child.parent as usize]
+            .as_ref()
+            .ok_or_else(|| Error::BadDevice("command of a finished request".into()))?;
+        let req = &p.req;
+        let first = child.index * p.per_cmd;
+        let slba = req.slba + first;
+        let blocks = (req.blocks - first).min(p.per_cmd);
+        let range = |e: nvme_spec::RangeError| Error::BadBuffer(e.to_string());
+        let slot = &mut self.slots[cid as usize];
+        let sqe = match req.op {
+            IoOp::Read | IoOp::Write => {
+                let nlb = blocks as u32;
+                let mut sqe = if req.op == IoOp::Read {
+                    nvm::read(req.nsid, slba, nlb)
+                } else {
+                    nvm::write(req.nsid, slba, nlb)
+                }
+                .map_err(range)?;
+                let buf = req
+                    .data
+                    .as_ref()
+                    .ok_or_else(|| Error::BadBuffer("no data buffer".into()))?;
+                let iova = buf.iova() + (req.offset as u64 + first * u64::from(p.lba_size));
+                let len = blocks as usize * p.lba_size as usize;
+                if self.shared.sgl {
+                    sqe.set_sgl1(SglDescriptor::data_block(iova, len as u32));
+                } else {
+                    let (prp1, prp2) = prp::fill(&self.shared.pool, &mut slot.prp_list, iova, len)?;
+                    sqe.set_prps(prp1, prp2);
+                }
+                sqe
+            }
+            IoOp::Flush => nvm::flush(req.nsid),
+            IoOp::WriteZeroes => {
+                nvm::write_zeroes(req.nsid, slba, blocks as u32, false).map_err(range)?
+            }
+            IoOp::Deallocate => {
+                if slot.dsm.is_none() {
+                    slot.dsm = Some(self.shared.pool.alloc(PAGE_SIZE)?);
+                }
+                let dsm = slot
+                    .dsm
+                    .as_ref()
+                    .ok_or_else(|| Error::BadBuffer("no DSM buffer".into()))?;
+                dsm.write(0, DsmRange::new(slba, blocks as u32).as_bytes())?;
+                let mut sqe =
+                    nvm::dataset_management(req.nsid, 1, DsmAttributes::AD).map_err(range)?;
+                sqe.set_prps(dsm.iova(), 0);
+                sqe
+            }
+        };
+        Ok(sqe)
+    }
+
+    /// Rings the SQ doorbell for everything submitted since the last ring.
+    pub fn ring(&mut self) -> Result<()> {
+        self.q.ring()
+    }
+
+    /// Rings the SQ doorbell, reaps completions, and appends the requests
+    /// that finished to `out`; returns how many it appended.
+    pub fn poll(&mut self, out: &mut Vec<IoCompletion>) -> Result<usize> {
+        let before = out.len();
+        out.append(&mut self.stash);
+        self.q.ring()?;
+        let mut reaped = 0usize;
+        loop {
+            match self.q.pop() {
+                Ok(Some(cqe)) => {
+                    reaped += 1;
+                    self.complete(cqe, out);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    if reaped > 0 {
+                        self.q.ring_cq()?;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        if reaped > 0 {
+            self.idle_polls = 0;
+            self.q.ring_cq()?;
+            self.fill_sq()?;
+            self.q.ring()?;
+        } else if self.q.in_flight() > self.lost_cids {
+            self.idle_polls = self.idle_polls.wrapping_add(1);
+            if self.idle_polls.is_multiple_of(HEALTH_CHECK_INTERVAL) {
+                self.check_health(out)?;
+            }
+        }
+        Ok(out.len() - before)
+    }
+
+    fn complete(&mut self, cqe: Cqe, out: &mut Vec<IoCompletion>) {
+        let cid = cqe.cid() as usize;
+        let Some(child) = self.slots.get_mut(cid).and_then(|s| s.child.take()) else {
+            log::warn!(
+                "queue {}: completion for CID {cid} with no command",
+                self.qid()
+            );
+            return;
+        };
+        self.slots[cid].deadline = None;
+        let status = cqe.status();
+        let Some(p) = self.parents[child.parent as usize].as_mut() else {
+            return;
+        };
+        p.outstanding = p.outstanding.saturating_sub(1);
+        if !status.is_success() {
+            if status.is_retryable() && child.tries < self.shared.options.retries {
+                log::debug!(
+                    "queue {}: retrying {} after {status}",
+                    self.q.qid(),
+                    p.req.describe()
+                );
+                p.outstanding += 1;
+                self.retry.push_back(Child {
+                    tries: child.tries + 1,
+                    ..child
+                });
+                return;
+            }
+            let e = Error::Command {
+                command: p.req.describe(),
+                status,
+            };
+            self.fail_child_inner(child.parent, e);
+        }
+        self.finish_if_done(child.parent, out);
+    }
+
+    /// Records `e` for the child's request and stops issuing its commands.
+    fn fail_child(&mut self, child: Child, e: Error) {
+        self.fail_child_inner(child.parent, e);
+        let mut out = Vec::new();
+        self.finish_if_done(child.parent, &mut out);
+        self.stash.append(&mut out);
+    }
+
+    fn fail_child_inner(&mut self, parent: u32, e: Error) {
+        if let Some(p) = self.parents[parent as usize].as_mut() {
+            if p.error.is_none() {
+                p.error = Some(e);
+            }
+            p.issued = p.total;
+        }
+    }
+
+    fn finish_if_done(&mut self, id: u32, out: &mut Vec<IoCompletion>) {
+        let done = self.parents[id as usize].as_ref().is_some_and(Parent::done);
+        if !done {
+            return;
+        }
+        let Some(mut p) = self.parents[id as usize].take() else {
+            return;
+        };
+        self.free_parents.push(id);
+        let data = if p.lost {
+            if let Some(buf) = p.req.data.take() {
+                self.quarantine.push(buf);
+            }
+            None
+        } else {
+            p.req.data.take()
+        };
+        out.push(IoCompletion {
+            tag: p.req.tag,
+            op: p.req.op,
+            nsid: p.req.nsid,
+            slba: p.req.slba,
+            blocks: p.req.blocks,
+            data,
+            result: p.error.map_or(Ok(()), Err),
+        });
+    }
+
+    /// On a long idle stretch with commands in flight: the controller's
+    /// status, then each command's deadline. A command past its deadline
+    /// is aborted; if it does not come back, it is given up on.
+    fn check_health(&mut self, out: &mut Vec<IoCompletion>) -> Result<()> {
+        let csts = self.shared.csts()?;
+        if csts.fatal() || csts.is_all_ones() {
+            let qid = self.q.qid();
+            let e = || Error::ControllerFatal {
+                step: format!("polling queue {qid}"),
+                csts,
+            };
+            self.give_up_all(out, e);
+            return Err(e());
+        }
+        let now = Instant::now();
+        let expired: Vec<u16> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.child.is_some() && s.deadline.is_some_and(|d| d <= now))
+            .map(|(cid, _)| cid as u16)
+            .collect();
+        for cid in expired {
+            self.abort(cid, out)?;
+        }
+        Ok(())
+    }
+
+    fn abort(&mut self, cid: u16, out: &mut Vec<IoCompletion>) -> Result<()> {
+        let qid = self.q.qid();
+        log::warn!("queue {qid}: command {cid} timed out; aborting it");
+        if let Err(e) = self.shared.admin_cmd(admin::abort(qid, cid), "Abort") {
+            log::warn!("queue {qid}: Abort of command {cid} failed: {e}");
+        }
+        let start = Instant::now();
+        while start.elapsed() < ABORT_GRACE {
+            while let Some(cqe) = self.q.pop()? {
+                self.complete(cqe, out);
+            }
+            self.q.ring_cq()?;
+            if self.slots[cid as usize].child.is_none() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        // Still not back: give up on it. Its CID stays taken and its buffer
+        // is kept, since the device may yet write to it.
+        if let Some(child) = self.slots[cid as usize].child.take() {
+            self.slots[cid as usize].deadline = None;
+            self.lost_cids += 1;
+            if let Some(p) = self.parents[child.parent as usize].as_mut() {
+                p.outstanding = p.outstanding.saturating_sub(1);
+                p.lost = true;
+                let waited = self.shared.options.io_timeout + ABORT_GRACE;
+                let e = Error::CommandTimeout {
+                    command: p.req.describe(),
+                    waited_ms: waited.as_millis() as u64,
+                };
+                self.fail_child_inner(child.parent, e);
+            }
+            self.finish_if_done(child.parent, out);
+        }
+        Ok(())
+    }
+
+    /// Fails every outstanding request (the controller is gone or fatal).
+    fn give_up_all(&mut self, out: &mut Vec<IoCompletion>, e: impl Fn() -> Error) {
+        for cid in 0..self.slots.len() {
+            if let Some(child) = self.slots[cid].child.take() {
+                self.slots[cid].deadline = None;
+                self.lost_cids += 1;
+                if let Some(p) = self.parents[child.parent as usize].as_mut() {
+                    p.outstanding = p.outstanding.saturating_sub(1);
+                    p.lost = true;
+                }
+            }
+        }
+        while let Some(child) = self.retry.pop_front() {
+            if let Some(p) = self.parents[child.parent as usize].as_mut() {
+                p.outstanding = p.outstanding.saturating_sub(1);
+            }
+        }
+        for id in 0..self.parents.len() as u32 {
+            if self.parents[id as usize].is_some() {
+                self.fail_child_inner(id, e());
+                self.finish_if_done(id, out);
+            }
+        }
+        self.pending.clear();
+    }
+
+    /// Submits `req` and polls until it completes; completions of other
+    /// requests met meanwhile are kept for the next [`IoQPair::poll`].
+    pub fn execute(&mut self, mut req: IoRequest) -> Result<IoCompletion> {
+        let tag = self.next_tag;
+        self.next_tag = self.next_tag.wrapping_add(1) | 1 << 63;
+        let user_tag = req.tag;
+        req.tag = tag;
+        self.submit(req).map_err(|r| r.error)?;
+        let mut got = Vec::new();
+        loop {
+            self.poll(&mut got)?;
+            if let Some(i) = got.iter().position(|c| c.tag == tag) {
+                let mut done = got.swap_remove(i);
+                self.stash.append(&mut got);
+                done.tag = user_tag;
+                return Ok(done);
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    fn execute_ok(&mut self, req: IoRequest) -> Result<Option<DmaBuffer>> {
+        let done = self.execute(req)?;
+        done.result?;
+        Ok(done.data)
+    }
+
+    fn blocks_of(&self, nsid: u32, len: usize) -> Result<u64> {
+        self.shared.namespace(nsid)?.blocks_in(len)
+    }
+
+    /// Reads `buf.len()` bytes (whole blocks) from `slba`.
+    pub fn read(&mut self, nsid: u32, slba: u64, buf: &mut [u8]) -> Result<()> {
+        let blocks = self.blocks_of(nsid, buf.len())?;
+        let dma = self.shared.pool.alloc(buf.len())?;
+        let dma = self
+            .execute_ok(IoRequest::read(nsid, slba, blocks, dma))?
+            .ok_or_else(|| Error::BadDevice("read buffer kept after a lost command".into()))?;
+        dma.read(0, buf)
+    }
+
+    /// Writes `data` (whole blocks) at `slba`.
+    pub fn write(&mut self, nsid: u32, slba: u64, data: &[u8]) -> Result<()> {
+        let blocks = self.blocks_of(nsid, data.len())?;
+        let dma = self.shared.pool.alloc(data.len())?;
+        dma.write(0, data)?;
+        self.execute_ok(IoRequest::write(nsid, slba, blocks, dma))
+            .map(drop)
+    }
+
+    /// Flushes the namespace's volatile write cache.
+    pub fn flush(&mut self, nsid: u32) -> Result<()> {
+        self.execute_ok(IoRequest::flush(nsid)).map(drop)
+    }
+
+    /// Writes zeroes to `blocks` blocks from `slba`.
+    pub fn write_zeroes(&mut self, nsid: u32, slba: u64, blocks: u64) -> Result<()> {
+        self.execute_ok(IoRequest::write_zeroes(nsid, slba, blocks))
+            .map(drop)
+    }
+
+    /// Deallocates `blocks` blocks from `slba`.
+    pub fn deallocate(&mut self, nsid: u32, slba: u64, blocks: u64) -> Result<()> {
+        self.execute_ok(IoRequest::deallocate(nsid, slba, blocks))
+            .map(drop)
+    }
+}
+
+impl Drop for IoQPair {
+    fn drop(&mut self) {
+        let qid = self.q.qid();
+        // Deleting the SQ makes the controller finish or drop what is in
+        // flight; only then may the rings and buffers be reused.
+        match self.shared.delete_io_queue(qid) {
+            Ok(()) => self.shared.release_qid(qid),
+            Err(e) => {
+                log::warn!("queue {qid}: delete failed ({e}); keeping its memory");
+                // The device may still write the rings and buffers: never
+                // give them back. The qid stays taken too.
+                self.q.leak();
+                for slot in &mut self.slots {
+                    slot.prp_list
+                        .iter_mut()
+                        .chain(slot.dsm.iter_mut())
+                        .for_each(DmaBuffer::leak);
+                }
+                for p in self.parents.iter_mut().flatten() {
+                    p.req.data.iter_mut().for_each(DmaBuffer::leak);
+                }
+                self.quarantine.iter_mut().for_each(DmaBuffer::leak);
+            }
+        }
+    }
+}
