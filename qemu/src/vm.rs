@@ -532,7 +532,7 @@ impl VmConfig {
             let nsid = i + 1;
             let drive = match disk {
                 Some(p) => format!(
-                    "file={},if=none,id=nvm{nsid},format=raw,cache=writeback",
+                    "file={},if=none,id=nvm{nsid},format=raw,cache=writeback,discard=unmap",
                     p.display()
                 ),
                 None => format!(

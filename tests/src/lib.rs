@@ -8,6 +8,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod pattern;
+
 use std::path::Path;
 use std::time::Duration;
 

@@ -1,0 +1,365 @@
+//! `guest-check`: scenarios the VM tests run inside the guest against the
+//! driver's API directly (threads, queue pairs, splitting). Each prints what
+//! it did and exits non-zero on the first wrong byte or unexpected error;
+//! the host side then checks the raw images with the same data pattern.
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stdout)]
+
+use std::process::ExitCode;
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use nvme_driver::{Controller, Error, IoCompletion, IoOp, IoQPair, IoRequest, Options, pci};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use vm_tests::pattern;
+
+#[derive(Parser, Debug)]
+struct Cli {
+    /// I/O queue entries to ask for.
+    #[arg(long, default_value_t = 256)]
+    entries: u16,
+    /// Use SGLs for data when the controller supports them.
+    #[arg(long)]
+    sgl: bool,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// Each thread takes its own queue pair, writes the pattern over its
+    /// own range in random-sized requests at a queue depth, flushes, and
+    /// reads everything back, checking every block.
+    Threads {
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        #[arg(long, default_value_t = 16)]
+        qd: usize,
+        /// Blocks per thread's range.
+        #[arg(long, default_value_t = 8192)]
+        region: u64,
+        /// Largest request in blocks.
+        #[arg(long, default_value_t = 256)]
+        max_blocks: u64,
+        #[arg(long, default_value_t = 1)]
+        nsid: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// More threads than granted queue pairs ask for one at once.
+    Queues {
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+    },
+    /// Many requests, each split into several commands, all submitted at
+    /// once to a small queue.
+    Split {
+        #[arg(long, default_value_t = 24)]
+        requests: u64,
+        /// Blocks per request.
+        #[arg(long, default_value_t = 512)]
+        blocks: u64,
+        #[arg(long, default_value_t = 3)]
+        seed: u64,
+    },
+    /// The same LBAs on every namespace hold different data.
+    Namespaces {
+        #[arg(long, default_value_t = 64)]
+        blocks: u64,
+    },
+    /// Write Zeroes and Deallocate read back as zeroes; the blocks around
+    /// them are untouched.
+    Ops,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("guest-check: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn open(cli: &Cli) -> Result<Controller> {
+    let f = pci::single_vfio_function()?;
+    let options = Options {
+        io_queue_entries: cli.entries,
+        use_sgl: cli.sgl,
+        ..Options::default()
+    };
+    let ctrl = Controller::open(f.address, options)?;
+    println!(
+        "controller {}: {} queue pairs granted, max transfer {} bytes, {}",
+        ctrl.address(),
+        ctrl.io_queue_limit(),
+        ctrl.max_transfer(),
+        if ctrl.uses_sgl() { "SGL" } else { "PRP" }
+    );
+    Ok(ctrl)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let ctrl = open(&cli)?;
+    match cli.scenario {
+        Scenario::Threads {
+            threads,
+            qd,
+            region,
+            max_blocks,
+            nsid,
+            seed,
+        } => {
+            let handles: Vec<_> = (0..threads as u64)
+                .map(|t| {
+                    let ctrl = ctrl.clone();
+                    std::thread::spawn(move || -> Result<String> {
+                        let mut q = ctrl.io_qpair()?;
+                        let first = t * region;
+                        let (w, r) = fill_and_verify(&ctrl, &mut q, nsid, first, region, qd, max_blocks, seed + t)?;
+                        Ok(format!(
+                            "thread {t}: queue {} wrote {w} requests, read back {r}, LBAs {first}..{} verified",
+                            q.qid(),
+                            first + region
+                        ))
+                    })
+                })
+                .collect();
+            for h in handles {
+                let line = h.join().map_err(|_| "a thread panicked")??;
+                println!("{line}");
+            }
+        }
+        Scenario::Queues { threads } => {
+            let barrier = Arc::new(Barrier::new(threads));
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    let ctrl = ctrl.clone();
+                    let barrier = barrier.clone();
+                    std::thread::spawn(move || {
+                        let got = ctrl.io_qpair();
+                        // Hold the queue pair until every thread has asked.
+                        barrier.wait();
+                        let outcome = match &got {
+                            Ok(q) => format!("ok qid {}", q.qid()),
+                            Err(e @ Error::QueuesExhausted { .. }) => format!("exhausted: {e}"),
+                            Err(e) => format!("error: {e}"),
+                        };
+                        let io = got.and_then(|mut q| {
+                            let mut b = vec![0u8; 512];
+                            q.read(1, 0, &mut b)
+                        });
+                        (outcome, io.is_ok())
+                    })
+                })
+                .collect();
+            let mut ok = 0;
+            for h in handles {
+                let (outcome, io_ok) = h.join().map_err(|_| "a thread panicked")?;
+                println!("{outcome}");
+                if outcome.starts_with("ok") {
+                    if !io_ok {
+                        return Err("I/O on a granted queue pair failed".into());
+                    }
+                    ok += 1;
+                }
+            }
+            println!("granted {ok} of {threads}");
+            let q = ctrl.io_qpair()?;
+            println!("after release: ok qid {}", q.qid());
+        }
+        Scenario::Split {
+            requests,
+            blocks,
+            seed,
+        } => {
+            let mut q = ctrl.io_qpair()?;
+            let lba = ctrl.namespace(1)?.lba_size as usize;
+            let len = blocks as usize * lba;
+            for (op, name) in [(IoOp::Write, "written"), (IoOp::Read, "read")] {
+                for i in 0..requests {
+                    let buf = ctrl.dma_pool().alloc(len)?;
+                    let slba = i * blocks;
+                    let req = if op == IoOp::Write {
+                        let mut data = vec![0u8; len];
+                        pattern::fill(seed, slba, lba, &mut data);
+                        buf.write(0, &data)?;
+                        IoRequest::write(1, slba, blocks, buf)
+                    } else {
+                        IoRequest::read(1, slba, blocks, buf)
+                    };
+                    q.submit(req.with_tag(i))?;
+                }
+                println!(
+                    "{requests} requests of {len} bytes outstanding on a {}-entry queue",
+                    q.depth()
+                );
+                let done = drain(&mut q, requests as usize)?;
+                for c in done {
+                    c.result.as_ref().map_err(|e| e.to_string())?;
+                    if op == IoOp::Read {
+                        check(&c, seed, lba)?;
+                    }
+                }
+                println!("all {requests} {name}");
+            }
+        }
+        Scenario::Namespaces { blocks } => {
+            let mut q = ctrl.io_qpair()?;
+            let nsids: Vec<(u32, usize)> = ctrl
+                .namespaces()
+                .iter()
+                .map(|n| (n.nsid, n.lba_size as usize))
+                .collect();
+            for &(nsid, lba) in &nsids {
+                let mut data = vec![0u8; blocks as usize * lba];
+                pattern::fill(u64::from(nsid) * 1000, 0, lba, &mut data);
+                q.write(nsid, 0, &data)?;
+            }
+            for &(nsid, lba) in &nsids {
+                let mut back = vec![0u8; blocks as usize * lba];
+                q.read(nsid, 0, &mut back)?;
+                if let Some(bad) = pattern::first_mismatch(u64::from(nsid) * 1000, 0, lba, &back) {
+                    return Err(
+                        format!("namespace {nsid}: LBA {bad} does not hold its data").into(),
+                    );
+                }
+                println!("namespace {nsid}: {blocks} blocks of {lba} bytes verified");
+            }
+        }
+        Scenario::Ops => {
+            let mut q = ctrl.io_qpair()?;
+            let ns = ctrl.namespace(1)?;
+            let lba = ns.lba_size as usize;
+            // DLFEAT bits 2:0 = 1: deallocated blocks read as zeroes.
+            let dealloc_zeroes = ns.identify.dlfeat & 7 == 1;
+            println!("dlfeat {:#x}", ns.identify.dlfeat);
+            let mut data = vec![0u8; 64 * lba];
+            pattern::fill(5, 0, lba, &mut data);
+            q.write(1, 0, &data)?;
+            q.write_zeroes(1, 8, 8)?;
+            q.deallocate(1, 32, 16)?;
+            q.flush(1)?;
+            let mut back = vec![0u8; 64 * lba];
+            q.read(1, 0, &mut back)?;
+            for (b, block) in back.chunks(lba).enumerate() {
+                let zero = (8..16).contains(&b) || (dealloc_zeroes && (32..48).contains(&b));
+                let is_zero = block.iter().all(|&x| x == 0);
+                let intact = pattern::first_mismatch(5, b as u64, lba, block).is_none();
+                if (zero && !is_zero) || (!zero && !intact) {
+                    return Err(format!(
+                        "LBA {b}: expected {}",
+                        if zero { "zeroes" } else { "the pattern" }
+                    )
+                    .into());
+                }
+            }
+            println!(
+                "write zeroes 8+8{} read back as zeroes; the rest intact",
+                if dealloc_zeroes {
+                    " and deallocate 32+16"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Writes the pattern over `region` blocks from `first`, then reads them
+/// back, both with random request sizes at queue depth `qd`. Returns the
+/// number of write and read requests.
+#[allow(clippy::too_many_arguments)]
+fn fill_and_verify(
+    ctrl: &Controller,
+    q: &mut IoQPair,
+    nsid: u32,
+    first: u64,
+    region: u64,
+    qd: usize,
+    max_blocks: u64,
+    seed: u64,
+) -> Result<(u64, u64)> {
+    let lba = ctrl.namespace(nsid)?.lba_size as usize;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut counts = [0u64; 2];
+    for (pass, op) in [IoOp::Write, IoOp::Read].into_iter().enumerate() {
+        let mut next = first;
+        let end = first + region;
+        let mut in_flight = 0usize;
+        let mut done = Vec::new();
+        while next < end || in_flight > 0 {
+            while next < end && in_flight < qd {
+                let blocks = rng.random_range(1..=max_blocks).min(end - next);
+                let buf = ctrl.dma_pool().alloc(blocks as usize * lba)?;
+                let req = if op == IoOp::Write {
+                    let mut data = vec![0u8; blocks as usize * lba];
+                    pattern::fill(seed, next, lba, &mut data);
+                    buf.write(0, &data)?;
+                    IoRequest::write(nsid, next, blocks, buf)
+                } else {
+                    IoRequest::read(nsid, next, blocks, buf)
+                };
+                q.submit(req)?;
+                counts[pass] += 1;
+                next += blocks;
+                in_flight += 1;
+            }
+            done.clear();
+            q.poll(&mut done)?;
+            for c in done.drain(..) {
+                in_flight -= 1;
+                if let Err(e) = &c.result {
+                    return Err(format!("{:?} lba {}+{}: {e}", c.op, c.slba, c.blocks).into());
+                }
+                if op == IoOp::Read {
+                    check(&c, seed, lba)?;
+                }
+            }
+        }
+        if op == IoOp::Write {
+            q.flush(nsid)?;
+        }
+    }
+    Ok((counts[0], counts[1]))
+}
+
+/// Checks a finished read against the pattern.
+fn check(c: &IoCompletion, seed: u64, lba: usize) -> Result<()> {
+    let buf = c
+        .data
+        .as_ref()
+        .ok_or("a read came back without its buffer")?;
+    let mut data = vec![0u8; c.blocks as usize * lba];
+    buf.read(0, &mut data)?;
+    match pattern::first_mismatch(seed, c.slba, lba, &data) {
+        None => Ok(()),
+        Some(bad) => Err(format!(
+            "read lba {}+{}: LBA {bad} holds wrong data",
+            c.slba, c.blocks
+        )
+        .into()),
+    }
+}
+
+/// Polls until `n` requests have completed (or a minute has passed).
+fn drain(q: &mut IoQPair, n: usize) -> Result<Vec<IoCompletion>> {
+    let mut done = Vec::new();
+    let start = std::time::Instant::now();
+    while done.len() < n {
+        q.poll(&mut done)?;
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(format!("only {} of {n} requests completed in 60 s", done.len()).into());
+        }
+    }
+    Ok(done)
+}
