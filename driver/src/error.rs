@@ -114,11 +114,14 @@ pub enum Error {
     },
     /// Pinning DMA memory failed for lack of locked-memory allowance.
     #[error(
-        "cannot pin {bytes} bytes of DMA memory: {source} (raise RLIMIT_MEMLOCK, e.g. `ulimit -l unlimited`)"
+        "cannot pin {bytes} bytes of DMA memory: {source} (RLIMIT_MEMLOCK is {}; raise it, e.g. `ulimit -l unlimited`, or run with CAP_IPC_LOCK)",
+        limit.map_or("unknown".to_string(), |l| format!("{l} bytes"))
     )]
     Memlock {
         /// The size asked for.
         bytes: usize,
+        /// The locked-memory limit in force, if known.
+        limit: Option<u64>,
         /// The error.
         source: std::io::Error,
     },

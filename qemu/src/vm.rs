@@ -416,6 +416,13 @@ impl VmConfig {
             }
         );
         a.file("etc/vm.conf", 0o644, conf.as_bytes())?;
+        // root, and an unprivileged user for tests that run without root.
+        a.file(
+            "etc/passwd",
+            0o644,
+            b"root:x:0:0:root:/root:/bin/sh\nnvme:x:1000:1000:nvme:/tmp:/bin/sh\n",
+        )?;
+        a.file("etc/group", 0o644, b"root:x:0:\nnvme:x:1000:\n")?;
         let script: Vec<String> = cmd.iter().map(|s| shell_quote(s.as_ref())).collect();
         a.file(
             "etc/vm-cmd",

@@ -198,3 +198,33 @@ fn no_iommu_is_a_clear_error() {
         "{out}"
     );
 }
+
+#[test]
+fn runs_as_a_non_root_user_and_says_when_memlock_is_too_small() {
+    let config = vm();
+    let run = run_ok(
+        &config,
+        "chown nvme /dev/vfio/[0-9]*
+         (ulimit -l 65536; su -s /bin/sh nvme -c 'id -u && guest-check threads --threads 2 --region 1024 --seed 61')
+         echo \"== rc=$?\"
+         (ulimit -l 64; su -s /bin/sh nvme -c 'nvmectl identify') 2>&1
+         echo \"== rc=$?\"",
+    );
+    let out = run.stdout_text();
+    assert!(out.starts_with("1000\n"), "ran as uid 1000: {out}");
+    assert!(out.contains("thread 1: queue"), "{out}");
+    assert!(out.contains("== rc=0"), "{out}");
+    assert!(
+        out.contains("cannot pin 2097152 bytes of DMA memory: Cannot allocate memory (os error 12) (RLIMIT_MEMLOCK is 65536 bytes; raise it"),
+        "{out}"
+    );
+    assert!(out.contains("== rc=1"), "{out}");
+    let image = run.disk(1).expect("image");
+    for t in 0..2u64 {
+        let data = vm_tests::image_bytes(image, t * 1024 * 512, 1024 * 512);
+        assert_eq!(
+            vm_tests::pattern::first_mismatch(61 + t, t * 1024, 512, &data),
+            None
+        );
+    }
+}

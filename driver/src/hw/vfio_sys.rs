@@ -198,6 +198,7 @@ impl DmaMapper for VfioMapper {
                 {
                     Error::Memlock {
                         bytes: len,
+                        limit: memlock_limit(),
                         source: std::io::Error::from_raw_os_error(err.errno()),
                     }
                 }
@@ -216,8 +217,36 @@ impl DmaMapper for VfioMapper {
     }
 }
 
+/// The soft RLIMIT_MEMLOCK in bytes, from /proc/self/limits (None when
+/// unknown or unlimited).
+fn memlock_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_memlock(&limits)
+}
+
+fn parse_memlock(limits: &str) -> Option<u64> {
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max locked memory"))?;
+    line["Max locked memory".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reads_the_memlock_limit() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max locked memory         65536                65536                bytes\n";
+        assert_eq!(super::parse_memlock(limits), Some(65536));
+        let unlimited =
+            "Max locked memory         unlimited            unlimited            bytes\n";
+        assert_eq!(super::parse_memlock(unlimited), None);
+    }
+
     use super::*;
 
     #[test]
