@@ -86,7 +86,10 @@ pub(crate) struct Shared {
     /// Per I/O queue id - 1: in use by a queue pair. Its length is the
     /// number of queue pairs the controller granted.
     qids: Mutex<Vec<bool>>,
-    vfio: VfioNvme,
+    address: PciAddress,
+    /// None for a mock controller (host memory, no device).
+    #[allow(dead_code, reason = "held so that the device is closed last")]
+    vfio: Option<VfioNvme>,
 }
 
 /// An NVMe controller driven from userspace through VFIO. Cheap to clone;
@@ -138,7 +141,8 @@ impl Controller {
             sgl: false,
             options,
             qids: Mutex::new(Vec::new()),
-            vfio,
+            address,
+            vfio: Some(vfio),
         };
         shared
             .identify_controller()
@@ -170,7 +174,7 @@ impl Controller {
 
     /// The PCI address.
     pub fn address(&self) -> PciAddress {
-        self.shared.vfio.address
+        self.shared.address
     }
 
     /// Controller capabilities.
@@ -474,7 +478,7 @@ impl Shared {
                 });
             }
             if csts.shutdown_status() == ShutdownStatus::Complete {
-                log::debug!("{}: shutdown complete", self.vfio.address);
+                log::debug!("{}: shutdown complete", self.address);
                 return Ok(());
             }
             if start.elapsed() > limit {
@@ -488,10 +492,70 @@ impl Shared {
     }
 }
 
+#[cfg(any(test, feature = "test-utils"))]
+impl Controller {
+    /// A controller handle over state built by [`Shared::for_mock`].
+    pub(crate) fn from_shared(shared: Shared) -> Controller {
+        Controller {
+            shared: Arc::new(shared),
+        }
+    }
+}
+
+#[cfg(any(test, feature = "test-utils"))]
+impl Shared {
+    /// State for a mock controller in host memory: no VFIO and no
+    /// bring-up. The admin queue is allocated from `pool` and programmed
+    /// into `bar` (AQA, ASQ, ACQ) as [`Controller::open`] does, so a mock
+    /// finds it where a device would; `io_queues` queue pairs may be
+    /// created (through the admin queue, as on a device).
+    pub(crate) fn for_mock(
+        bar: Arc<Bar>,
+        pool: DmaPool,
+        cap: Cap,
+        namespaces: Vec<Namespace>,
+        max_transfer: usize,
+        options: Options,
+        io_queues: usize,
+    ) -> Result<Shared> {
+        let admin_entries = options
+            .admin_queue_entries
+            .clamp(2, 4096)
+            .min(max_entries(cap));
+        let admin = QueuePair::new(0, admin_entries, cap.dstrd(), bar.clone(), &pool)?;
+        bar.write32(
+            regs::offset::AQA,
+            Aqa::new(admin.entries(), admin.entries()).0,
+        )?;
+        bar.write64(regs::offset::ASQ, admin.sq_iova())?;
+        bar.write64(regs::offset::ACQ, admin.cq_iova())?;
+        Ok(Shared {
+            admin: Mutex::new(admin),
+            pool,
+            vs: Vs(bar.read32(regs::offset::VS)?),
+            bar,
+            cap,
+            identify: Box::new(IdentifyController::new_zeroed()),
+            namespaces,
+            max_transfer: max_transfer.max(PAGE_SIZE),
+            sgl: options.use_sgl,
+            options,
+            qids: Mutex::new(vec![false; io_queues]),
+            address: PciAddress {
+                domain: 0xffff,
+                bus: 0xff,
+                device: 0x1f,
+                function: 7,
+            },
+            vfio: None,
+        })
+    }
+}
+
 impl Drop for Shared {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
-            log::warn!("{}: clean shutdown failed: {e}", self.vfio.address);
+            log::warn!("{}: clean shutdown failed: {e}", self.address);
         }
     }
 }

@@ -27,6 +27,8 @@ mod error;
 mod hw;
 pub mod iova;
 pub mod memory;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod mock;
 mod ns;
 pub mod pci;
 mod prp;

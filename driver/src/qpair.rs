@@ -511,46 +511,72 @@ impl IoQPair {
     }
 
     /// Rings the SQ doorbell, reaps completions, and appends the requests
-    /// that finished to `out`; returns how many it appended.
+    /// that finished to `out`; returns how many it appended. A poll that
+    /// fails appends nothing: what finished before the failure is handed
+    /// back by the next poll.
     pub fn poll(&mut self, out: &mut Vec<IoCompletion>) -> Result<usize> {
         let before = out.len();
-        out.append(&mut self.stash);
-        self.q.ring()?;
-        let mut reaped = 0usize;
-        loop {
-            match self.q.pop() {
-                Ok(Some(cqe)) => {
-                    reaped += 1;
-                    self.complete(cqe, out);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    if reaped > 0 {
-                        self.q.ring_cq()?;
-                    }
-                    return Err(e);
-                }
+        match self.poll_inner(out) {
+            Ok(()) => Ok(out.len() - before),
+            Err(e) => {
+                // A caller propagating the error with `?` must not lose
+                // requests that did finish.
+                self.stash.extend(out.drain(before..));
+                Err(e)
             }
         }
-        if reaped > 0 {
+    }
+
+    fn poll_inner(&mut self, out: &mut Vec<IoCompletion>) -> Result<()> {
+        out.append(&mut self.stash);
+        self.q.ring()?;
+        let reaped = self.reap(out);
+        // Use the slots freed by this reap, or by an earlier one that
+        // stopped at a bad entry, and issue retries: waiting requests must
+        // not depend on another completion coming to wake them.
+        self.fill_sq()?;
+        self.q.ring()?;
+        if reaped? > 0 {
             self.idle_polls = 0;
-            self.q.ring_cq()?;
-            self.fill_sq()?;
-            self.q.ring()?;
         } else if self.q.in_flight() > self.lost_cids {
             self.idle_polls = self.idle_polls.wrapping_add(1);
             if self.idle_polls.is_multiple_of(HEALTH_CHECK_INTERVAL) {
                 self.check_health(out)?;
             }
         }
-        Ok(out.len() - before)
+        Ok(())
+    }
+
+    /// Reaps every completion posted so far and rings the CQ head doorbell
+    /// for every entry consumed, a rejected one included: unacknowledged
+    /// bad entries would leave the device believing the CQ full.
+    fn reap(&mut self, out: &mut Vec<IoCompletion>) -> Result<usize> {
+        let mut reaped = 0usize;
+        let result = loop {
+            match self.q.pop() {
+                Ok(Some(cqe)) => {
+                    reaped += 1;
+                    self.complete(cqe, out);
+                }
+                Ok(None) => break Ok(reaped),
+                Err(e) => break Err(e),
+            }
+        };
+        if reaped > 0 || result.is_err() {
+            self.q.ring_cq()?;
+        }
+        result
     }
 
     fn complete(&mut self, cqe: Cqe, out: &mut Vec<IoCompletion>) {
         let cid = cqe.cid() as usize;
         let Some(child) = self.slots.get_mut(cid).and_then(|s| s.child.take()) else {
+            // The queue had the CID in flight, so this is a command given
+            // up on after a timeout, completing after all: the queue has
+            // freed its CID, which no longer counts as lost.
+            self.lost_cids = self.lost_cids.saturating_sub(1);
             log::warn!(
-                "queue {}: completion for CID {cid} with no command",
+                "queue {}: late completion for CID {cid}, given up on before",
                 self.qid()
             );
             return;
@@ -665,10 +691,7 @@ impl IoQPair {
         }
         let start = Instant::now();
         while start.elapsed() < ABORT_GRACE {
-            while let Some(cqe) = self.q.pop()? {
-                self.complete(cqe, out);
-            }
-            self.q.ring_cq()?;
+            self.reap(out)?;
             if self.slots[cid as usize].child.is_none() {
                 return Ok(());
             }
@@ -730,12 +753,21 @@ impl IoQPair {
         self.submit(req).map_err(|r| r.error)?;
         let mut got = Vec::new();
         loop {
-            self.poll(&mut got)?;
+            let polled = self.poll(&mut got);
+            if polled.is_err() {
+                // A failed poll keeps what finished in the stash.
+                got.append(&mut self.stash);
+            }
             if let Some(i) = got.iter().position(|c| c.tag == tag) {
                 let mut done = got.swap_remove(i);
                 self.stash.append(&mut got);
                 done.tag = user_tag;
                 return Ok(done);
+            }
+            if let Err(e) = polled {
+                // Other requests' completions stay for the next poll.
+                self.stash.append(&mut got);
+                return Err(e);
             }
             std::hint::spin_loop();
         }

@@ -44,6 +44,8 @@ pub(crate) struct QueuePair {
     /// CIDs not in flight (a stack: the most recently freed is reused first,
     /// which keeps the per-CID PRP list pages warm).
     free_cids: Vec<u16>,
+    /// Per CID: the SQ slot its command was written to.
+    sq_slot: Vec<u16>,
 }
 
 impl QueuePair {
@@ -87,6 +89,7 @@ impl QueuePair {
             // One slot always stays empty (a full ring looks empty), so at
             // most entries - 1 commands are in flight.
             free_cids: (0..entries - 1).rev().collect(),
+            sq_slot: vec![0; entries as usize],
         })
     }
 
@@ -145,6 +148,7 @@ impl QueuePair {
             return Err(e);
         }
         self.in_flight[cid as usize] = true;
+        self.sq_slot[cid as usize] = self.sq_tail;
         self.sq_tail = self.next(self.sq_tail);
         Ok(())
     }
@@ -207,8 +211,25 @@ impl QueuePair {
         }
         self.in_flight[cid as usize] = false;
         self.free_cids.push(cid);
-        self.sq_head = cqe.sq_head();
+        self.sq_head = self.advance_head(cqe.sq_head(), self.sq_slot[cid as usize]);
         Ok(Some(cqe))
+    }
+
+    /// The SQ head after the completion of the command written to `slot`
+    /// that reports `reported`. The device has consumed at least that
+    /// slot, and nothing past the tail last rung; between those bounds the
+    /// head only moves forward. A report outside them is not believed: a
+    /// head past the tail would make the SQ look full with nothing in
+    /// flight, and no completion would come to correct it.
+    fn advance_head(&self, reported: u16, slot: u16) -> u16 {
+        let entries = u32::from(self.entries);
+        let ahead = |to: u16| (u32::from(to) + entries - u32::from(self.sq_head)) % entries;
+        let limit = ahead(self.sq_tail_rung);
+        [self.next(slot), reported]
+            .into_iter()
+            .filter(|&h| ahead(h) <= limit)
+            .max_by_key(|&h| ahead(h))
+            .unwrap_or(self.sq_head)
     }
 
     /// Tells the device how far the CQ has been consumed.

@@ -40,6 +40,90 @@ impl DmaMapper for IdentityMapper {
     }
 }
 
+/// IOVA = VA, like [`IdentityMapper`], that also remembers every live
+/// mapping so a mock controller can play the device: it reads and writes
+/// host memory by IOVA, and only inside a region that is mapped at the
+/// time of the access (anything else is a DMA error, as an IOMMU would
+/// make it).
+#[cfg(any(test, feature = "test-utils"))]
+#[derive(Debug, Default)]
+pub(crate) struct HostMapper {
+    /// Start IOVA (= VA) -> length of each live mapping.
+    regions: std::sync::Mutex<std::collections::BTreeMap<u64, usize>>,
+}
+
+#[cfg(any(test, feature = "test-utils"))]
+impl HostMapper {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, usize>> {
+        self.regions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pointer for `len` bytes at `iova` if they lie inside one live
+    /// mapping. Only valid while `regions` stays locked by the caller.
+    fn resolve(
+        regions: &std::collections::BTreeMap<u64, usize>,
+        iova: u64,
+        len: usize,
+    ) -> Result<*mut u8> {
+        let end = iova.checked_add(len as u64);
+        match (regions.range(..=iova).next_back(), end) {
+            (Some((&start, &size)), Some(end))
+                if end <= start.saturating_add(size as u64) && len > 0 =>
+            {
+                // The address was exposed by `map` (IOVA = VA).
+                Ok(std::ptr::with_exposed_provenance_mut(iova as usize))
+            }
+            _ => Err(Error::BadBuffer(format!(
+                "device access of {len} bytes at IOVA {iova:#x} outside every DMA mapping"
+            ))),
+        }
+    }
+
+    /// Copies `out.len()` bytes of device-visible memory at `iova` into
+    /// `out`, as a device's DMA read would.
+    pub(crate) fn read(&self, iova: u64, out: &mut [u8]) -> Result<()> {
+        let regions = self.lock();
+        let p = Self::resolve(&regions, iova, out.len())?;
+        // SAFETY: p..p+len lies inside a mapping registered through `map`,
+        // whose contract keeps it live until `unmap`; `unmap` needs the
+        // lock held here, so the mapping cannot go away during the copy.
+        // `out` is ordinary Rust memory, never part of a DMA mapping.
+        unsafe { std::ptr::copy_nonoverlapping(p, out.as_mut_ptr(), out.len()) };
+        Ok(())
+    }
+
+    /// Copies `data` into device-visible memory at `iova`, as a device's
+    /// DMA write would.
+    pub(crate) fn write(&self, iova: u64, data: &[u8]) -> Result<()> {
+        let regions = self.lock();
+        let p = Self::resolve(&regions, iova, data.len())?;
+        // SAFETY: as in `read`: inside a live registered mapping, kept
+        // alive by the lock, and disjoint from `data`. No Rust reference
+        // to DMA memory exists (the crate's invariant), so none is
+        // invalidated by this write.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
+        Ok(())
+    }
+}
+
+#[cfg(any(test, feature = "test-utils"))]
+impl DmaMapper for HostMapper {
+    unsafe fn map(&self, va: *mut u8, len: usize) -> Result<u64> {
+        let iova = va.expose_provenance() as u64;
+        self.lock().insert(iova, len);
+        Ok(iova)
+    }
+
+    fn unmap(&self, iova: u64, _len: usize) -> Result<()> {
+        match self.lock().remove(&iova) {
+            Some(_) => Ok(()),
+            None => Err(Error::BadBuffer(format!(
+                "unmap of IOVA {iova:#x}, which is not mapped"
+            ))),
+        }
+    }
+}
+
 /// A DMA-mapped region of host memory.
 #[derive(Debug)]
 pub(crate) struct DmaRegion {
@@ -216,4 +300,38 @@ fn anon_mmap(len: usize, huge: bool) -> Result<(NonNull<u8>, usize)> {
     let ptr = NonNull::new(ptr.cast::<u8>())
         .ok_or_else(|| Error::BadBuffer("mmap returned null".into()))?;
     Ok((ptr, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_mapper_copies_only_inside_live_mappings() {
+        let mapper = Arc::new(HostMapper::default());
+        let region = DmaRegion::new(mapper.clone(), PAGE, false).expect("region");
+        let base = region.iova();
+        mapper.write(base + 8, &[1, 2, 3]).expect("inside");
+        let mut back = [0u8; 4];
+        region.read_bytes(7, &mut back).expect("read");
+        assert_eq!(back, [0, 1, 2, 3], "the device's write is in the region");
+        region.write_bytes(100, &[9; 4]).expect("write");
+        mapper.read(base + 100, &mut back).expect("inside");
+        assert_eq!(back, [9; 4]);
+        assert!(
+            mapper.read(base + PAGE as u64 - 2, &mut back).is_err(),
+            "straddles the end"
+        );
+        assert!(
+            mapper.read(base - 4, &mut back).is_err(),
+            "before the start"
+        );
+        assert!(mapper.write(u64::MAX - 1, &[0; 4]).is_err(), "wraps");
+        drop(region);
+        assert!(
+            mapper.read(base, &mut back).is_err(),
+            "unmapped with the region"
+        );
+        assert!(mapper.unmap(base, PAGE).is_err(), "already unmapped");
+    }
 }

@@ -9,6 +9,10 @@
 //!   only read and written through raw pointers (volatile, or bulk copies);
 //!   no Rust reference to device-visible memory is ever created, because the
 //!   device may write it at any time.
+//! - For tests and fuzzing only (`test-utils`): `mmio::Bar::anonymous`
+//!   stands in for BAR0 with host memory, and `dma::HostMapper` maps
+//!   IOVA = VA and lets a mock controller copy to and from live mappings
+//!   (and nowhere else), again only through raw pointers.
 //! - [`vfio_sys`] wraps the few VFIO ioctls and file operations that the
 //!   vfio-ioctls crate does not offer (IOMMU info, config space, BAR mmap).
 #![allow(unsafe_code)]

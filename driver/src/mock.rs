@@ -1,0 +1,2887 @@
+//! A mock NVMe controller in host memory: runs the queue-pair logic
+//! ([`IoQPair`]: splitting, PRP lists, SGLs, retries, timeouts and aborts)
+//! in unit tests and fuzzers, with no VFIO and no device.
+//!
+//! The mock plays the device over memory the driver already uses:
+//! - BAR0 is an anonymous mapping ([`MockController::new`] builds it);
+//!   doorbell writes land there and the mock reads them back.
+//! - DMA memory is mapped IOVA = VA by a mapper that remembers every live
+//!   mapping; the mock reads SQEs, PRP lists and data, and writes data and
+//!   CQEs, only inside those mappings. An access anywhere else is recorded
+//!   as a protocol violation ([`MockController::violations`]), as is any
+//!   other thing a real controller would reject or trip over (a CID reused
+//!   while in flight, a transfer past MDTS, a malformed PRP or SGL).
+//! - Admin commands are served synchronously, inside the doorbell write
+//!   (Create/Delete I/O queues, Abort, Get/Set Features), so the blocking
+//!   admin path works on one thread. CC.SHN is acknowledged the same way.
+//! - I/O queues are served when the test says so ([`MockController::process`]
+//!   between [`IoQPair::poll`] calls), which keeps every test deterministic;
+//!   [`MockController::set_auto`] serves them inside the doorbell write too,
+//!   for the blocking helpers ([`IoQPair::read`] and friends). The mock is
+//!   `Send` and `Sync`, so it may also be driven from another thread, as a
+//!   device would run beside the driver.
+//!
+//! Faults are injected per command, chosen when the mock fetches it:
+//! [`MockController::fail_next`] (a status, no data moved),
+//! [`MockController::hold_next`] (never completes until released: for
+//! timeouts), [`MockController::delay_next`]; completion order is
+//! [`MockController::set_order`]; raw completion entries are posted with
+//! [`MockController::post_raw_cqe`].
+//!
+//! [`run_cqe_stream`] is the property harness shared by the proptest in
+//! this module and the cargo-fuzz target in `driver/fuzz`.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use nvme_spec::status::{command_specific, generic};
+use nvme_spec::{
+    AdminOpcode, Aqa, Cap, Cc, Cqe, DoorbellKind, IdentifyNamespace, NvmOpcode, SglDescriptor,
+    ShutdownNotification, Sqe, Status, StatusCodeType, Vs, doorbell_offset, regs,
+};
+use zerocopy::little_endian::{U16, U32};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+use crate::ctrl::{Controller, Options, PAGE_SIZE, Shared};
+use crate::error::{Error, Result};
+use crate::hw::dma::HostMapper;
+use crate::hw::mmio::Bar;
+use crate::memory::DmaPool;
+use crate::ns::Namespace;
+use crate::qpair::{IoCompletion, IoQPair, IoRequest};
+
+const PAGE: u64 = PAGE_SIZE as u64;
+const SQE_BYTES: u64 = 64;
+const CQE_BYTES: u64 = 16;
+/// CAP.DSTRD of the mock (4-byte doorbell stride).
+const DSTRD: u8 = 0;
+/// The largest disk the mock agrees to hold in memory.
+const MAX_DISK_BYTES: u64 = 1 << 30;
+
+/// A namespace of the mock controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MockNamespace {
+    /// Namespace id.
+    pub nsid: u32,
+    /// Bytes per logical block (a power of two, 512..=65536).
+    pub lba_size: u32,
+    /// Size in logical blocks.
+    pub blocks: u64,
+}
+
+/// How a [`MockController`] is built.
+#[derive(Debug, Clone)]
+pub struct MockConfig {
+    /// The namespaces, each backed by a zeroed in-memory disk.
+    pub namespaces: Vec<MockNamespace>,
+    /// The transfer limit (MDTS) in bytes; larger commands are violations.
+    pub max_transfer: usize,
+    /// I/O queue pairs the controller grants.
+    pub io_queues: usize,
+    /// CAP.MQES + 1: the most entries a queue may have.
+    pub max_queue_entries: u16,
+    /// The driver's options (queue sizes, SGL, timeouts, retries).
+    pub options: Options,
+}
+
+impl MockConfig {
+    /// Namespaces given as `(nsid, lba_size, blocks)`, everything else
+    /// default.
+    pub fn new(namespaces: &[(u32, u32, u64)]) -> Self {
+        MockConfig {
+            namespaces: namespaces
+                .iter()
+                .map(|&(nsid, lba_size, blocks)| MockNamespace {
+                    nsid,
+                    lba_size,
+                    blocks,
+                })
+                .collect(),
+            ..MockConfig::default()
+        }
+    }
+
+    /// Sets the transfer limit.
+    pub fn max_transfer(mut self, bytes: usize) -> Self {
+        self.max_transfer = bytes;
+        self
+    }
+
+    /// Sets the driver options.
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+}
+
+impl Default for MockConfig {
+    /// Namespace 1 of 2048 512-byte blocks, 128 KiB MDTS, 4 I/O queues of
+    /// 64 entries, no huge pages.
+    fn default() -> Self {
+        MockConfig {
+            namespaces: vec![MockNamespace {
+                nsid: 1,
+                lba_size: 512,
+                blocks: 2048,
+            }],
+            max_transfer: 128 << 10,
+            io_queues: 4,
+            max_queue_entries: 1024,
+            options: Options {
+                admin_queue_entries: 8,
+                io_queue_entries: 64,
+                prefer_huge_pages: false,
+                ..Options::default()
+            },
+        }
+    }
+}
+
+/// Which commands a fault applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Match {
+    /// Every command.
+    Any,
+    /// Commands with this opcode.
+    Opcode(NvmOpcode),
+    /// Read, Write or Write Zeroes commands whose block range holds this LBA.
+    Lba(u64),
+    /// The n-th I/O command the mock fetches (0-based, over all queues).
+    Nth(u64),
+}
+
+/// The order in which ready commands complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    /// In the order they were fetched.
+    #[default]
+    Fifo,
+    /// Newest first.
+    Lifo,
+    /// Shuffled, from this seed.
+    Random(u64),
+}
+
+/// What the mock does with an Abort command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AbortPolicy {
+    /// Aborts the command if it is pending: it completes with Command Abort
+    /// Requested, and the Abort with DW0 bit 0 clear.
+    #[default]
+    Abort,
+    /// Completes the Abort with DW0 bit 0 set (not aborted) and leaves the
+    /// command alone.
+    Refuse,
+}
+
+/// How a command's data was described.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataPointer {
+    /// No data transfer (Flush, Write Zeroes, a failed command).
+    None,
+    /// PRP1 and possibly PRP2, with this many PRP list pages (0: no list).
+    Prp {
+        /// PRP list pages walked.
+        list_pages: usize,
+    },
+    /// One SGL Data Block descriptor.
+    Sgl,
+}
+
+/// A command the mock completed (or that a raw CQE completed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandRecord {
+    /// Submission queue.
+    pub qid: u16,
+    /// Command identifier.
+    pub cid: u16,
+    /// Opcode.
+    pub opcode: u8,
+    /// Namespace.
+    pub nsid: u32,
+    /// First LBA (block commands; else 0).
+    pub slba: u64,
+    /// Blocks (block commands; else 0).
+    pub blocks: u64,
+    /// Bytes moved.
+    pub bytes: usize,
+    /// The data pointer used.
+    pub data: DataPointer,
+    /// The status posted.
+    pub status: Status,
+}
+
+/// A command fetched and not yet completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingCommand {
+    /// Submission queue.
+    pub qid: u16,
+    /// Command identifier.
+    pub cid: u16,
+    /// Opcode.
+    pub opcode: u8,
+    /// First LBA (block commands).
+    pub slba: u64,
+    /// Held (by [`MockController::hold_next`] or a delay not yet run out).
+    pub held: bool,
+}
+
+/// What became of a raw completion entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawCqe {
+    /// Not written: the completion queue has no free slot (or older
+    /// completions are still waiting for one).
+    NoRoom,
+    /// Written with the phase the driver treats as old: invisible, and the
+    /// slot is overwritten by the next entry posted.
+    Invisible,
+    /// Posted; the driver must reject it (no such CID in flight, or an SQ
+    /// head past the ring).
+    Stray,
+    /// Posted with the CID of a pending command, which the driver takes as
+    /// that command's completion (no data was moved): the mock forgets it.
+    Completed(CommandRecord),
+}
+
+/// What the mock has seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MockStats {
+    /// I/O commands fetched.
+    pub fetched: u64,
+    /// I/O completions produced (not counting raw entries).
+    pub completed: u64,
+    /// Reads executed.
+    pub reads: u64,
+    /// Writes executed.
+    pub writes: u64,
+    /// Flushes executed.
+    pub flushes: u64,
+    /// Write Zeroes executed.
+    pub write_zeroes: u64,
+    /// Dataset Management commands executed.
+    pub dataset_management: u64,
+    /// Commands whose data used a PRP list.
+    pub prp_lists: u64,
+    /// Commands whose PRP list spanned more than one page (chained).
+    pub chained_prp_lists: u64,
+    /// Commands whose data used an SGL.
+    pub sgls: u64,
+    /// The largest data transfer of one command, in bytes.
+    pub max_command_bytes: usize,
+    /// Commands failed by [`MockController::fail_next`].
+    pub injected: u64,
+    /// Abort commands received.
+    pub aborts: u64,
+    /// Commands aborted by them.
+    pub aborted: u64,
+    /// Raw entries posted (visible ones).
+    pub raw_cqes: u64,
+    /// I/O queues created (SQs).
+    pub queues_created: u64,
+    /// I/O queues deleted (SQs).
+    pub queues_deleted: u64,
+    /// Shutdown notifications (CC.SHN) received.
+    pub shutdowns: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Fail(Status),
+    Hold,
+    Delay(u32),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Rule {
+    when: Match,
+    action: Action,
+    remaining: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    Ready,
+    Forever,
+    Passes(u32),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Cmd {
+    sqe: Sqe,
+    seq: u64,
+    fail: Option<Status>,
+    hold: Hold,
+}
+
+#[derive(Debug)]
+struct Sq {
+    base: u64,
+    entries: u16,
+    cqid: u16,
+    head: u16,
+    pending: Vec<Cmd>,
+}
+
+#[derive(Debug)]
+struct Cq {
+    base: u64,
+    entries: u16,
+    tail: u16,
+    phase: bool,
+    /// Completions waiting for a free slot, oldest first.
+    backlog: VecDeque<Cqe>,
+}
+
+#[derive(Debug)]
+struct Disk {
+    lba_size: u32,
+    blocks: u64,
+    data: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct AdminState {
+    sq_head: u16,
+    cq_tail: u16,
+    /// Phase of the next admin completion.
+    phase: bool,
+}
+
+#[derive(Debug)]
+struct State {
+    dma: Arc<HostMapper>,
+    max_entries: u32,
+    io_queues: usize,
+    max_transfer: usize,
+    disks: BTreeMap<u32, Disk>,
+    admin: AdminState,
+    sqs: BTreeMap<u16, Sq>,
+    cqs: BTreeMap<u16, Cq>,
+    rules: Vec<Rule>,
+    order: Order,
+    rng: u64,
+    abort_policy: AbortPolicy,
+    auto: bool,
+    seq: u64,
+    stats: MockStats,
+    violations: Vec<String>,
+    commands: Vec<CommandRecord>,
+    deallocated: Vec<(u32, u64, u64)>,
+}
+
+/// A status with DNR set: the mock's answer to a command it rejects.
+fn reject(sct: StatusCodeType, sc: u8) -> Status {
+    Status {
+        sct: sct.raw(),
+        sc,
+        crd: 0,
+        more: false,
+        dnr: true,
+    }
+}
+
+fn next(i: u16, entries: u16) -> u16 {
+    if i + 1 >= entries { 0 } else { i + 1 }
+}
+
+fn block_range(sqe: &Sqe) -> (u64, u64) {
+    let slba = u64::from(sqe.cdw10.get()) | u64::from(sqe.cdw11.get()) << 32;
+    (slba, u64::from(sqe.cdw12.get() & 0xffff) + 1)
+}
+
+fn is_block_command(opcode: u8) -> bool {
+    opcode == NvmOpcode::Read as u8
+        || opcode == NvmOpcode::Write as u8
+        || opcode == NvmOpcode::WriteZeroes as u8
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl State {
+    fn violation(&mut self, what: String) {
+        log::warn!("mock controller: {what}");
+        self.violations.push(what);
+    }
+
+    fn random(&mut self) -> u64 {
+        // xorshift64*
+        let mut x = self.rng.max(1);
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn matches(when: Match, sqe: &Sqe, seq: u64) -> bool {
+        match when {
+            Match::Any => true,
+            Match::Opcode(op) => sqe.opcode == op as u8,
+            Match::Nth(n) => seq == n,
+            Match::Lba(lba) => {
+                let (slba, blocks) = block_range(sqe);
+                is_block_command(sqe.opcode) && slba <= lba && lba - slba < blocks
+            }
+        }
+    }
+
+    /// The fault for a command just fetched: the first rule that matches.
+    fn fault_for(&mut self, sqe: &Sqe, seq: u64) -> (Option<Status>, Hold) {
+        let Some(rule) = self
+            .rules
+            .iter_mut()
+            .find(|r| r.remaining > 0 && Self::matches(r.when, sqe, seq))
+        else {
+            return (None, Hold::Ready);
+        };
+        rule.remaining -= 1;
+        let action = rule.action;
+        self.rules.retain(|r| r.remaining > 0);
+        match action {
+            Action::Fail(status) => (Some(status), Hold::Ready),
+            Action::Hold => (None, Hold::Forever),
+            Action::Delay(0) => (None, Hold::Ready),
+            Action::Delay(n) => (None, Hold::Passes(n)),
+        }
+    }
+
+    // ----- I/O queues -------------------------------------------------
+
+    /// Fetches the SQEs of `qid` up to its tail doorbell.
+    fn fetch(&mut self, bar: &Bar, qid: u16) -> Result<usize> {
+        let tail = bar.read32(doorbell_offset(qid, DoorbellKind::SqTail, DSTRD))?;
+        let Some(sq) = self.sqs.get_mut(&qid) else {
+            return Ok(0);
+        };
+        if tail >= u32::from(sq.entries) {
+            let entries = sq.entries;
+            self.violation(format!(
+                "SQ {qid}: tail doorbell {tail} past its {entries} entries"
+            ));
+            return Ok(0);
+        }
+        let mut raw = Vec::new();
+        let mut bad = None;
+        while sq.head != tail as u16 {
+            let mut bytes = [0u8; 64];
+            if let Err(e) = self
+                .dma
+                .read(sq.base + u64::from(sq.head) * SQE_BYTES, &mut bytes)
+            {
+                bad = Some(format!("SQ {qid}: fetching entry {}: {e}", sq.head));
+                break;
+            }
+            sq.head = next(sq.head, sq.entries);
+            raw.push(bytes);
+        }
+        if let Some(what) = bad {
+            self.violation(what);
+        }
+        let fetched = raw.len();
+        for bytes in raw {
+            let Ok(sqe) = Sqe::read_from_bytes(&bytes) else {
+                continue;
+            };
+            let seq = self.seq;
+            self.seq += 1;
+            self.stats.fetched += 1;
+            let (fail, hold) = self.fault_for(&sqe, seq);
+            let duplicate = self
+                .sqs
+                .get(&qid)
+                .is_some_and(|sq| sq.pending.iter().any(|c| c.sqe.cid() == sqe.cid()));
+            if duplicate {
+                self.violation(format!(
+                    "SQ {qid}: CID {} submitted while a command with it is in flight",
+                    sqe.cid()
+                ));
+            }
+            if let Some(sq) = self.sqs.get_mut(&qid) {
+                sq.pending.push(Cmd {
+                    sqe,
+                    seq,
+                    fail,
+                    hold,
+                });
+            }
+        }
+        Ok(fetched)
+    }
+
+    /// Counts down delays (one processing pass).
+    fn tick(&mut self) {
+        for sq in self.sqs.values_mut() {
+            for c in &mut sq.pending {
+                if let Hold::Passes(n) = c.hold {
+                    c.hold = if n <= 1 {
+                        Hold::Ready
+                    } else {
+                        Hold::Passes(n - 1)
+                    };
+                }
+            }
+        }
+    }
+
+    /// Completes up to `*budget` ready commands of `qid`, in the chosen
+    /// order; returns how many.
+    fn complete_ready(&mut self, bar: &Bar, qid: u16, budget: &mut usize) -> Result<usize> {
+        let Some(sq) = self.sqs.get(&qid) else {
+            return Ok(0);
+        };
+        let mut ready: Vec<u64> = sq
+            .pending
+            .iter()
+            .filter(|c| c.hold == Hold::Ready)
+            .map(|c| c.seq)
+            .collect();
+        match self.order {
+            Order::Fifo => {}
+            Order::Lifo => ready.reverse(),
+            Order::Random(seed) => {
+                if self.rng == 0 {
+                    self.rng = seed | 1;
+                }
+                for i in (1..ready.len()).rev() {
+                    let j = (self.random() % (i as u64 + 1)) as usize;
+                    ready.swap(i, j);
+                }
+            }
+        }
+        ready.truncate(*budget);
+        *budget -= ready.len();
+        let mut done = 0;
+        for seq in ready {
+            let Some(sq) = self.sqs.get_mut(&qid) else {
+                break;
+            };
+            let Some(i) = sq.pending.iter().position(|c| c.seq == seq) else {
+                continue;
+            };
+            let cmd = sq.pending.remove(i);
+            let (sq_head, cqid) = (sq.head, sq.cqid);
+            let status = self.execute(qid, &cmd);
+            self.stats.completed += 1;
+            self.post(
+                bar,
+                cqid,
+                completion(qid, cmd.sqe.cid(), sq_head, status, 0),
+            )?;
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    /// One processing pass over `qids`: count down delays, fetch, complete.
+    fn pass(&mut self, bar: &Bar, qids: &[u16], mut budget: usize) -> Result<usize> {
+        self.tick();
+        for &qid in qids {
+            self.fetch(bar, qid)?;
+        }
+        let mut done = 0;
+        for &qid in qids {
+            done += self.complete_ready(bar, qid, &mut budget)?;
+        }
+        Ok(done)
+    }
+
+    /// Queues `cqe` on `cqid` and posts what fits.
+    fn post(&mut self, bar: &Bar, cqid: u16, cqe: Cqe) -> Result<()> {
+        match self.cqs.get_mut(&cqid) {
+            Some(cq) => cq.backlog.push_back(cqe),
+            None => {
+                self.violation(format!("completion for CQ {cqid}, which does not exist"));
+                return Ok(());
+            }
+        }
+        self.flush_cq(bar, cqid)
+    }
+
+    /// Whether `cq` has a free slot given its head doorbell.
+    fn cq_room(bar: &Bar, cqid: u16, cq: &Cq) -> Result<std::result::Result<bool, String>> {
+        let head = bar.read32(doorbell_offset(cqid, DoorbellKind::CqHead, DSTRD))?;
+        if head >= u32::from(cq.entries) {
+            return Ok(Err(format!(
+                "CQ {cqid}: head doorbell {head} past its {} entries",
+                cq.entries
+            )));
+        }
+        Ok(Ok(next(cq.tail, cq.entries) != head as u16))
+    }
+
+    /// Posts waiting completions of `cqid` while the CQ has room.
+    fn flush_cq(&mut self, bar: &Bar, cqid: u16) -> Result<()> {
+        let dma = self.dma.clone();
+        let mut problem = None;
+        if let Some(cq) = self.cqs.get_mut(&cqid) {
+            while let Some(&cqe) = cq.backlog.front() {
+                match Self::cq_room(bar, cqid, cq)? {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(what) => {
+                        problem = Some(what);
+                        break;
+                    }
+                }
+                let mut cqe = cqe;
+                cqe.status = U16::new((cqe.status.get() & !1) | u16::from(cq.phase));
+                if let Err(e) = write_cqe(&dma, cq.base + u64::from(cq.tail) * CQE_BYTES, &cqe) {
+                    problem = Some(format!("CQ {cqid}: posting: {e}"));
+                    break;
+                }
+                cq.backlog.pop_front();
+                cq.tail = next(cq.tail, cq.entries);
+                if cq.tail == 0 {
+                    cq.phase = !cq.phase;
+                }
+            }
+        }
+        if let Some(what) = problem {
+            self.violation(what);
+        }
+        Ok(())
+    }
+
+    // ----- command execution -------------------------------------------
+
+    fn execute(&mut self, qid: u16, cmd: &Cmd) -> Status {
+        let sqe = cmd.sqe;
+        let mut record = CommandRecord {
+            qid,
+            cid: sqe.cid(),
+            opcode: sqe.opcode,
+            nsid: sqe.nsid.get(),
+            slba: 0,
+            blocks: 0,
+            bytes: 0,
+            data: DataPointer::None,
+            status: Status::SUCCESS,
+        };
+        if is_block_command(sqe.opcode) {
+            (record.slba, record.blocks) = block_range(&sqe);
+        }
+        let status = match cmd.fail {
+            Some(status) => {
+                self.stats.injected += 1;
+                status
+            }
+            None => match self.run(&sqe, &mut record) {
+                Ok(()) => Status::SUCCESS,
+                Err(status) => status,
+            },
+        };
+        record.status = status;
+        self.commands.push(record);
+        status
+    }
+
+    fn disk_range(
+        &self,
+        nsid: u32,
+        slba: u64,
+        blocks: u64,
+    ) -> std::result::Result<(usize, usize), Status> {
+        let disk = self.disks.get(&nsid).ok_or(reject(
+            StatusCodeType::Generic,
+            generic::INVALID_NAMESPACE_OR_FORMAT,
+        ))?;
+        if slba.checked_add(blocks).is_none_or(|end| end > disk.blocks) {
+            return Err(reject(StatusCodeType::Generic, generic::LBA_OUT_OF_RANGE));
+        }
+        let lba = u64::from(disk.lba_size);
+        Ok(((slba * lba) as usize, (blocks * lba) as usize))
+    }
+
+    fn run(&mut self, sqe: &Sqe, record: &mut CommandRecord) -> std::result::Result<(), Status> {
+        let nsid = sqe.nsid.get();
+        let op = NvmOpcode::from_raw(sqe.opcode);
+        match op {
+            Some(NvmOpcode::Flush) => {
+                if nsid != u32::MAX && !self.disks.contains_key(&nsid) {
+                    return Err(reject(
+                        StatusCodeType::Generic,
+                        generic::INVALID_NAMESPACE_OR_FORMAT,
+                    ));
+                }
+                self.stats.flushes += 1;
+                Ok(())
+            }
+            Some(NvmOpcode::Read | NvmOpcode::Write) => {
+                let (slba, blocks) = block_range(sqe);
+                let (at, len) = self.disk_range(nsid, slba, blocks)?;
+                if len > self.max_transfer {
+                    self.violation(format!(
+                        "{len}-byte transfer exceeds the {}-byte MDTS",
+                        self.max_transfer
+                    ));
+                    return Err(reject(StatusCodeType::Generic, generic::INVALID_FIELD));
+                }
+                let segments = self.data_segments(sqe, len, record)?;
+                let write = op == Some(NvmOpcode::Write);
+                self.transfer(nsid, at, &segments, write)?;
+                record.bytes = len;
+                self.stats.max_command_bytes = self.stats.max_command_bytes.max(len);
+                if write {
+                    self.stats.writes += 1;
+                } else {
+                    self.stats.reads += 1;
+                }
+                Ok(())
+            }
+            Some(NvmOpcode::WriteZeroes) => {
+                let (slba, blocks) = block_range(sqe);
+                let (at, len) = self.disk_range(nsid, slba, blocks)?;
+                if let Some(d) = self.disks.get_mut(&nsid) {
+                    d.data[at..at + len].fill(0);
+                }
+                self.stats.write_zeroes += 1;
+                Ok(())
+            }
+            Some(NvmOpcode::DatasetManagement) => {
+                let ranges = (sqe.cdw10.get() & 0xff) as usize + 1;
+                let deallocate = sqe.cdw11.get() & 4 != 0;
+                let segments = self.data_segments(sqe, ranges * 16, record)?;
+                let mut raw = vec![0u8; ranges * 16];
+                self.gather(&segments, &mut raw)?;
+                let parsed: Vec<(u64, u64)> = raw
+                    .chunks_exact(16)
+                    .filter_map(|c| nvme_spec::DsmRange::read_from_bytes(c).ok())
+                    .map(|r| (r.slba.get(), u64::from(r.length.get())))
+                    .collect();
+                for &(slba, blocks) in &parsed {
+                    if blocks == 0 {
+                        continue;
+                    }
+                    self.disk_range(nsid, slba, blocks)?;
+                }
+                if deallocate {
+                    for (slba, blocks) in parsed {
+                        if blocks == 0 {
+                            continue;
+                        }
+                        let (at, len) = self.disk_range(nsid, slba, blocks)?;
+                        if let Some(d) = self.disks.get_mut(&nsid) {
+                            d.data[at..at + len].fill(0);
+                        }
+                        self.deallocated.push((nsid, slba, blocks));
+                    }
+                }
+                self.stats.dataset_management += 1;
+                Ok(())
+            }
+            _ => Err(reject(StatusCodeType::Generic, generic::INVALID_OPCODE)),
+        }
+    }
+
+    /// The host memory a command's data pointer names, as (IOVA, length)
+    /// runs covering `len` bytes.
+    fn data_segments(
+        &mut self,
+        sqe: &Sqe,
+        len: usize,
+        record: &mut CommandRecord,
+    ) -> std::result::Result<Vec<(u64, usize)>, Status> {
+        match sqe.psdt() {
+            Sqe::PSDT_PRP => self.prp_segments(sqe, len, record),
+            Sqe::PSDT_SGL_MPTR_CONTIGUOUS => {
+                let mut bytes = [0u8; 16];
+                bytes[..8].copy_from_slice(&sqe.prp1.get().to_le_bytes());
+                bytes[8..].copy_from_slice(&sqe.prp2.get().to_le_bytes());
+                let sgl = SglDescriptor::read_from_bytes(&bytes[..]).unwrap_or_default();
+                if sgl.descriptor_type() != nvme_spec::sqe::sgl_type::DATA_BLOCK
+                    || sgl.subtype() != nvme_spec::sqe::sgl_subtype::ADDRESS
+                {
+                    self.violation(format!("SGL descriptor of id {:#04x}", sgl.sgl_id));
+                    return Err(reject(
+                        StatusCodeType::Generic,
+                        generic::SGL_DESCRIPTOR_TYPE_INVALID,
+                    ));
+                }
+                if sgl.length.get() as usize != len {
+                    self.violation(format!(
+                        "SGL of {} bytes for a {len}-byte transfer",
+                        sgl.length.get()
+                    ));
+                    return Err(reject(
+                        StatusCodeType::Generic,
+                        generic::DATA_SGL_LENGTH_INVALID,
+                    ));
+                }
+                if sgl.address.get() & 3 != 0 {
+                    self.violation(format!(
+                        "SGL address {:#x} not dword aligned",
+                        sgl.address.get()
+                    ));
+                    return Err(reject(StatusCodeType::Generic, generic::INVALID_FIELD));
+                }
+                record.data = DataPointer::Sgl;
+                self.stats.sgls += 1;
+                Ok(vec![(sgl.address.get(), len)])
+            }
+            psdt => {
+                self.violation(format!("PSDT {psdt}"));
+                Err(reject(StatusCodeType::Generic, generic::INVALID_FIELD))
+            }
+        }
+    }
+
+    fn prp_segments(
+        &mut self,
+        sqe: &Sqe,
+        len: usize,
+        record: &mut CommandRecord,
+    ) -> std::result::Result<Vec<(u64, usize)>, Status> {
+        let bad_offset = reject(StatusCodeType::Generic, generic::PRP_OFFSET_INVALID);
+        let prp1 = sqe.prp1.get();
+        if prp1 & 3 != 0 {
+            self.violation(format!("PRP1 {prp1:#x} not dword aligned"));
+            return Err(bad_offset);
+        }
+        let first = len.min((PAGE - prp1 % PAGE) as usize);
+        let mut segments = vec![(prp1, first)];
+        let mut left = len - first;
+        record.data = DataPointer::Prp { list_pages: 0 };
+        if left == 0 {
+            return Ok(segments);
+        }
+        let prp2 = sqe.prp2.get();
+        if left <= PAGE_SIZE {
+            if !prp2.is_multiple_of(PAGE) {
+                self.violation(format!("PRP2 {prp2:#x} has a page offset"));
+                return Err(bad_offset);
+            }
+            segments.push((prp2, left));
+            return Ok(segments);
+        }
+        if prp2 & 7 != 0 {
+            self.violation(format!("PRP list pointer {prp2:#x} not qword aligned"));
+            return Err(bad_offset);
+        }
+        let mut at = prp2;
+        let mut list_pages = 1usize;
+        let page_limit = len / PAGE_SIZE + 2;
+        while left > 0 {
+            let mut e = [0u8; 8];
+            if let Err(err) = self.dma.read(at, &mut e) {
+                self.violation(format!("reading PRP list entry at {at:#x}: {err}"));
+                return Err(reject(
+                    StatusCodeType::Generic,
+                    generic::DATA_TRANSFER_ERROR,
+                ));
+            }
+            let entry = u64::from_le_bytes(e);
+            if at % PAGE == PAGE - 8 && left > PAGE_SIZE {
+                // The last slot of a list page, with more than one page of
+                // data left: a pointer to the next list page.
+                list_pages += 1;
+                if entry & 7 != 0 || list_pages > page_limit {
+                    self.violation(format!("PRP list chain pointer {entry:#x}"));
+                    return Err(bad_offset);
+                }
+                at = entry;
+                continue;
+            }
+            if !entry.is_multiple_of(PAGE) {
+                self.violation(format!("PRP list entry {entry:#x} has a page offset"));
+                return Err(bad_offset);
+            }
+            let n = left.min(PAGE_SIZE);
+            segments.push((entry, n));
+            left -= n;
+            at += 8;
+        }
+        record.data = DataPointer::Prp { list_pages };
+        self.stats.prp_lists += 1;
+        if list_pages > 1 {
+            self.stats.chained_prp_lists += 1;
+        }
+        Ok(segments)
+    }
+
+    /// Copies host memory named by `segments` into `out`.
+    fn gather(
+        &mut self,
+        segments: &[(u64, usize)],
+        out: &mut [u8],
+    ) -> std::result::Result<(), Status> {
+        let mut off = 0;
+        for &(iova, n) in segments {
+            if let Err(e) = self.dma.read(iova, &mut out[off..off + n]) {
+                self.violation(format!("DMA read of {n} bytes at {iova:#x}: {e}"));
+                return Err(reject(
+                    StatusCodeType::Generic,
+                    generic::DATA_TRANSFER_ERROR,
+                ));
+            }
+            off += n;
+        }
+        Ok(())
+    }
+
+    /// Moves data between the disk at byte `at` and host memory.
+    fn transfer(
+        &mut self,
+        nsid: u32,
+        at: usize,
+        segments: &[(u64, usize)],
+        write: bool,
+    ) -> std::result::Result<(), Status> {
+        let len: usize = segments.iter().map(|s| s.1).sum();
+        if write {
+            let mut buf = vec![0u8; len];
+            self.gather(segments, &mut buf)?;
+            if let Some(d) = self.disks.get_mut(&nsid) {
+                d.data[at..at + len].copy_from_slice(&buf);
+            }
+            return Ok(());
+        }
+        let mut off = at;
+        let mut problem = None;
+        if let Some(d) = self.disks.get(&nsid) {
+            for &(iova, n) in segments {
+                if let Err(e) = self.dma.write(iova, &d.data[off..off + n]) {
+                    problem = Some(format!("DMA write of {n} bytes at {iova:#x}: {e}"));
+                    break;
+                }
+                off += n;
+            }
+        }
+        match problem {
+            None => Ok(()),
+            Some(what) => {
+                self.violation(what);
+                Err(reject(
+                    StatusCodeType::Generic,
+                    generic::DATA_TRANSFER_ERROR,
+                ))
+            }
+        }
+    }
+
+    // ----- admin queue ---------------------------------------------------
+
+    fn admin_doorbell(&mut self, bar: &Bar, tail: u64) -> Result<()> {
+        let aqa = Aqa(bar.read32(regs::offset::AQA)?);
+        let asq = bar.read64(regs::offset::ASQ)?;
+        let acq = bar.read64(regs::offset::ACQ)?;
+        let (sq_entries, cq_entries) = (aqa.sq_entries(), aqa.cq_entries());
+        if tail >= u64::from(sq_entries) {
+            self.violation(format!("admin SQ tail doorbell {tail} past {sq_entries}"));
+            return Ok(());
+        }
+        while u64::from(self.admin.sq_head) != tail {
+            let mut bytes = [0u8; 64];
+            let at = asq + u64::from(self.admin.sq_head) * SQE_BYTES;
+            self.admin.sq_head = next(self.admin.sq_head, sq_entries);
+            if let Err(e) = self.dma.read(at, &mut bytes) {
+                self.violation(format!("fetching an admin command: {e}"));
+                continue;
+            }
+            let Ok(sqe) = Sqe::read_from_bytes(&bytes) else {
+                continue;
+            };
+            let (status, dw0) = self.admin_command(bar, &sqe)?;
+            let mut cqe = completion(0, sqe.cid(), self.admin.sq_head, status, dw0);
+            let head = bar.read32(doorbell_offset(0, DoorbellKind::CqHead, DSTRD))?;
+            if next(self.admin.cq_tail, cq_entries) as u32 == head {
+                self.violation("admin CQ overflow".into());
+            }
+            cqe.status = U16::new(cqe.status.get() | u16::from(self.admin.phase));
+            let at = acq + u64::from(self.admin.cq_tail) * CQE_BYTES;
+            if let Err(e) = write_cqe(&self.dma, at, &cqe) {
+                self.violation(format!("posting an admin completion: {e}"));
+            }
+            self.admin.cq_tail = next(self.admin.cq_tail, cq_entries);
+            if self.admin.cq_tail == 0 {
+                self.admin.phase = !self.admin.phase;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one admin command: (status, DW0).
+    fn admin_command(&mut self, bar: &Bar, sqe: &Sqe) -> Result<(Status, u32)> {
+        let cdw10 = sqe.cdw10.get();
+        let cdw11 = sqe.cdw11.get();
+        let qid = (cdw10 & 0xffff) as u16;
+        let size = (cdw10 >> 16) + 1;
+        let queue_error = |sc| reject(StatusCodeType::CommandSpecific, sc);
+        let ok = (Status::SUCCESS, 0);
+        Ok(match AdminOpcode::from_raw(sqe.opcode) {
+            Some(AdminOpcode::CreateIoCq) => {
+                if qid == 0 || usize::from(qid) > self.io_queues || self.cqs.contains_key(&qid) {
+                    (queue_error(command_specific::INVALID_QUEUE_IDENTIFIER), 0)
+                } else if size < 2 || size > self.max_entries {
+                    (queue_error(command_specific::INVALID_QUEUE_SIZE), 0)
+                } else if cdw11 & 1 == 0 || !sqe.prp1.get().is_multiple_of(PAGE) {
+                    self.violation(format!("Create I/O CQ {qid}: not a contiguous page"));
+                    (reject(StatusCodeType::Generic, generic::INVALID_FIELD), 0)
+                } else {
+                    self.cqs.insert(
+                        qid,
+                        Cq {
+                            base: sqe.prp1.get(),
+                            entries: size as u16,
+                            tail: 0,
+                            phase: true,
+                            backlog: VecDeque::new(),
+                        },
+                    );
+                    ok
+                }
+            }
+            Some(AdminOpcode::CreateIoSq) => {
+                let cqid = (cdw11 >> 16) as u16;
+                if qid == 0 || usize::from(qid) > self.io_queues || self.sqs.contains_key(&qid) {
+                    (queue_error(command_specific::INVALID_QUEUE_IDENTIFIER), 0)
+                } else if !self.cqs.contains_key(&cqid) {
+                    (queue_error(command_specific::COMPLETION_QUEUE_INVALID), 0)
+                } else if size < 2 || size > self.max_entries {
+                    (queue_error(command_specific::INVALID_QUEUE_SIZE), 0)
+                } else if cdw11 & 1 == 0 || !sqe.prp1.get().is_multiple_of(PAGE) {
+                    self.violation(format!("Create I/O SQ {qid}: not a contiguous page"));
+                    (reject(StatusCodeType::Generic, generic::INVALID_FIELD), 0)
+                } else {
+                    self.sqs.insert(
+                        qid,
+                        Sq {
+                            base: sqe.prp1.get(),
+                            entries: size as u16,
+                            cqid,
+                            head: 0,
+                            pending: Vec::new(),
+                        },
+                    );
+                    self.stats.queues_created += 1;
+                    ok
+                }
+            }
+            Some(AdminOpcode::DeleteIoSq) => match self.sqs.remove(&qid) {
+                Some(_) => {
+                    self.stats.queues_deleted += 1;
+                    ok
+                }
+                None => (queue_error(command_specific::INVALID_QUEUE_IDENTIFIER), 0),
+            },
+            Some(AdminOpcode::DeleteIoCq) => {
+                if self.sqs.values().any(|sq| sq.cqid == qid) {
+                    (queue_error(command_specific::INVALID_QUEUE_DELETION), 0)
+                } else if self.cqs.remove(&qid).is_some() {
+                    ok
+                } else {
+                    (queue_error(command_specific::INVALID_QUEUE_IDENTIFIER), 0)
+                }
+            }
+            Some(AdminOpcode::Abort) => {
+                self.stats.aborts += 1;
+                let cid = (cdw10 >> 16) as u16;
+                (Status::SUCCESS, u32::from(!self.abort(bar, qid, cid)?))
+            }
+            Some(AdminOpcode::SetFeatures | AdminOpcode::GetFeatures) => {
+                let fid = cdw10 & 0xff;
+                if fid == nvme_spec::FeatureId::NumberOfQueues as u32 {
+                    let n = (self.io_queues.max(1) - 1) as u32 & 0xffff;
+                    (Status::SUCCESS, n | n << 16)
+                } else {
+                    ok
+                }
+            }
+            _ => (reject(StatusCodeType::Generic, generic::INVALID_OPCODE), 0),
+        })
+    }
+
+    /// Aborts command `cid` of SQ `qid` per the policy; whether it was.
+    fn abort(&mut self, bar: &Bar, qid: u16, cid: u16) -> Result<bool> {
+        if self.abort_policy == AbortPolicy::Refuse {
+            return Ok(false);
+        }
+        let Some(sq) = self.sqs.get_mut(&qid) else {
+            return Ok(false);
+        };
+        let Some(i) = sq.pending.iter().position(|c| c.sqe.cid() == cid) else {
+            return Ok(false);
+        };
+        let cmd = sq.pending.remove(i);
+        let (sq_head, cqid) = (sq.head, sq.cqid);
+        let status = Status::generic(generic::ABORT_REQUESTED);
+        self.commands.push(CommandRecord {
+            qid,
+            cid,
+            opcode: cmd.sqe.opcode,
+            nsid: cmd.sqe.nsid.get(),
+            slba: block_range(&cmd.sqe).0,
+            blocks: 0,
+            bytes: 0,
+            data: DataPointer::None,
+            status,
+        });
+        self.stats.aborted += 1;
+        self.post(bar, cqid, completion(qid, cid, sq_head, status, 0))?;
+        Ok(true)
+    }
+
+    /// A doorbell write (offset inside the doorbell area).
+    fn doorbell(&mut self, bar: &Bar, offset: usize, value: u64) -> Result<()> {
+        let index = (offset - regs::offset::DOORBELL_BASE) >> (2 + DSTRD);
+        let qid = (index / 2) as u16;
+        let cq_head = index % 2 == 1;
+        match (qid, cq_head) {
+            (0, false) => self.admin_doorbell(bar, value),
+            (0, true) => Ok(()),
+            (qid, false) if self.auto => self.pass(bar, &[qid], usize::MAX).map(drop),
+            (qid, true) if self.auto => self.flush_cq(bar, qid),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A completion entry (phase bit clear; set when posted).
+fn completion(qid: u16, cid: u16, sq_head: u16, status: Status, dw0: u32) -> Cqe {
+    Cqe {
+        dw0: U32::new(dw0),
+        dw1: U32::ZERO,
+        sq_head: U16::new(sq_head),
+        sq_id: U16::new(qid),
+        cid: U16::new(cid),
+        status: U16::new(status.to_cqe_status(false)),
+    }
+}
+
+/// Writes a CQE as a device would: the status word (with the phase) last.
+fn write_cqe(dma: &HostMapper, at: u64, cqe: &Cqe) -> Result<()> {
+    let bytes = cqe.as_bytes();
+    dma.write(at, &bytes[..14])?;
+    std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+    dma.write(at + 14, &bytes[14..])
+}
+
+/// Runs after every register write to the mock's BAR: acknowledges
+/// CC.EN and CC.SHN in CSTS, and serves doorbells.
+fn on_register_write(state: &Mutex<State>, bar: &Bar, offset: usize, value: u64) {
+    if offset == regs::offset::CC {
+        let cc = Cc(value as u32);
+        let Ok(csts) = bar.read32(regs::offset::CSTS) else {
+            return;
+        };
+        let mut csts = (csts & !1) | u32::from(cc.enabled());
+        if cc.shn() != ShutdownNotification::None {
+            csts = (csts & !0b1100) | 0b1000; // SHST: shutdown complete
+            lock(state).stats.shutdowns += 1;
+        }
+        // Re-enters this hook with the CSTS offset, which it ignores.
+        let _ = bar.write32(regs::offset::CSTS, csts);
+        return;
+    }
+    if offset < regs::offset::DOORBELL_BASE {
+        return;
+    }
+    let mut s = lock(state);
+    if let Err(e) = s.doorbell(bar, offset, value) {
+        s.violation(format!("serving doorbell {offset:#x}: {e}"));
+    }
+}
+
+/// A mock NVMe controller: BAR0 and in-memory disks, serving the admin
+/// queue synchronously and I/O queues when told to. See the module docs.
+#[derive(Debug)]
+pub struct MockController {
+    bar: Arc<Bar>,
+    pool: DmaPool,
+    state: Arc<Mutex<State>>,
+}
+
+impl MockController {
+    /// Builds the mock and a [`Controller`] driving it (no bring-up: the
+    /// namespaces, MDTS and queue count come from `config`). Queue pairs
+    /// come from [`Controller::io_qpair`], which creates them through the
+    /// admin queue as on a device.
+    pub fn new(config: MockConfig) -> Result<(MockController, Controller)> {
+        let mut disks = BTreeMap::new();
+        let mut namespaces = Vec::new();
+        for ns in &config.namespaces {
+            let bytes = ns.blocks.checked_mul(u64::from(ns.lba_size));
+            if !ns.lba_size.is_power_of_two() || bytes.is_none_or(|b| b > MAX_DISK_BYTES) {
+                return Err(Error::BadBuffer(format!(
+                    "mock namespace {}: {} blocks of {} bytes",
+                    ns.nsid, ns.blocks, ns.lba_size
+                )));
+            }
+            let mut id = IdentifyNamespace::new_zeroed();
+            id.nsze = ns.blocks.into();
+            id.ncap = ns.blocks.into();
+            id.nuse = ns.blocks.into();
+            id.lbaf[0].lbads = ns.lba_size.trailing_zeros() as u8;
+            namespaces.push(Namespace::from_identify(ns.nsid, Box::new(id))?);
+            disks.insert(
+                ns.nsid,
+                Disk {
+                    lba_size: ns.lba_size,
+                    blocks: ns.blocks,
+                    data: vec![0; bytes.unwrap_or(0) as usize],
+                },
+            );
+        }
+        let io_queues = config.io_queues.clamp(1, 1024);
+        let bar_len = (doorbell_offset(io_queues as u16, DoorbellKind::CqHead, DSTRD) + 4)
+            .next_multiple_of(PAGE_SIZE)
+            .max(0x2000);
+        let bar = Arc::new(Bar::anonymous(bar_len)?);
+        let mqes = u64::from(config.max_queue_entries.max(2) - 1);
+        // MQES, CQR, TO = 500 ms, DSTRD 0, CSS = NVM, MPSMIN = MPSMAX = 4 KiB.
+        let cap = Cap(mqes | 1 << 16 | 1 << 24 | 1 << 37);
+        bar.write64(regs::offset::CAP, cap.0)?;
+        bar.write32(regs::offset::VS, Vs::new(1, 4, 0).0)?;
+        let cc = Cc(0).with_iosqes(6).with_iocqes(4).with_enable(true);
+        bar.write32(regs::offset::CC, cc.0)?;
+        bar.write32(regs::offset::CSTS, 1)?;
+
+        let dma = Arc::new(HostMapper::default());
+        let state = Arc::new(Mutex::new(State {
+            dma: dma.clone(),
+            max_entries: cap.max_queue_entries(),
+            io_queues,
+            max_transfer: config.max_transfer.max(PAGE_SIZE),
+            disks,
+            admin: AdminState {
+                sq_head: 0,
+                cq_tail: 0,
+                phase: true,
+            },
+            sqs: BTreeMap::new(),
+            cqs: BTreeMap::new(),
+            rules: Vec::new(),
+            order: Order::Fifo,
+            rng: 0,
+            abort_policy: AbortPolicy::Abort,
+            auto: false,
+            seq: 0,
+            stats: MockStats::default(),
+            violations: Vec::new(),
+            commands: Vec::new(),
+            deallocated: Vec::new(),
+        }));
+        let hook_state = state.clone();
+        bar.set_write_hook(Box::new(move |bar: &Bar, offset: usize, value: u64| {
+            on_register_write(&hook_state, bar, offset, value)
+        }))?;
+        let pool = DmaPool::new(dma, false);
+        let shared = Shared::for_mock(
+            bar.clone(),
+            pool.clone(),
+            cap,
+            namespaces,
+            config.max_transfer,
+            config.options,
+            io_queues,
+        )?;
+        let mock = MockController { bar, pool, state };
+        Ok((mock, Controller::from_shared(shared)))
+    }
+
+    /// [`MockController::new`] and one queue pair (the controller handle
+    /// lives on inside it).
+    pub fn with_qpair(config: MockConfig) -> Result<(MockController, IoQPair)> {
+        let (mock, ctrl) = Self::new(config)?;
+        let qpair = ctrl.io_qpair()?;
+        Ok((mock, qpair))
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    fn qids(&self) -> Vec<u16> {
+        self.state().sqs.keys().copied().collect()
+    }
+
+    /// The pool of the controller's DMA memory, for request buffers.
+    pub fn pool(&self) -> &DmaPool {
+        &self.pool
+    }
+
+    /// One processing pass over every I/O queue: counts down delays,
+    /// fetches the commands rung since the last pass, and completes every
+    /// command that is not held. Returns the completions produced.
+    pub fn process(&self) -> Result<usize> {
+        self.process_limit(usize::MAX)
+    }
+
+    /// Like [`MockController::process`], completing at most `max`.
+    pub fn process_limit(&self, max: usize) -> Result<usize> {
+        let qids = self.qids();
+        self.state().pass(&self.bar, &qids, max)
+    }
+
+    /// Fetches the commands rung since the last pass, completing none.
+    pub fn fetch(&self) -> Result<usize> {
+        let qids = self.qids();
+        let mut s = self.state();
+        let mut n = 0;
+        for qid in qids {
+            n += s.fetch(&self.bar, qid)?;
+        }
+        Ok(n)
+    }
+
+    /// Serve I/O queues inside their doorbell writes, as well (for the
+    /// blocking helpers of [`IoQPair`]).
+    pub fn set_auto(&self, auto: bool) {
+        self.state().auto = auto;
+    }
+
+    /// The next `times` commands matching `when` complete with `status`,
+    /// moving no data.
+    pub fn fail_next(&self, when: Match, status: Status, times: u32) {
+        self.add_rule(when, Action::Fail(status), times);
+    }
+
+    /// The next `times` commands matching `when` are held: they complete
+    /// only after [`MockController::release_held`] (or an Abort).
+    pub fn hold_next(&self, when: Match, times: u32) {
+        self.add_rule(when, Action::Hold, times);
+    }
+
+    /// The next `times` commands matching `when` complete `passes`
+    /// processing passes after the one that fetched them.
+    pub fn delay_next(&self, when: Match, passes: u32, times: u32) {
+        self.add_rule(when, Action::Delay(passes), times);
+    }
+
+    fn add_rule(&self, when: Match, action: Action, times: u32) {
+        if times > 0 {
+            self.state().rules.push(Rule {
+                when,
+                action,
+                remaining: times,
+            });
+        }
+    }
+
+    /// Drops every fault rule not yet used up.
+    pub fn clear_faults(&self) {
+        self.state().rules.clear();
+    }
+
+    /// Makes every held or delayed command ready; returns how many.
+    pub fn release_held(&self) -> usize {
+        let mut s = self.state();
+        let mut n = 0;
+        for sq in s.sqs.values_mut() {
+            for c in &mut sq.pending {
+                if c.hold != Hold::Ready {
+                    c.hold = Hold::Ready;
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Sets the completion order.
+    pub fn set_order(&self, order: Order) {
+        let mut s = self.state();
+        s.order = order;
+        if let Order::Random(seed) = order {
+            s.rng = seed | 1;
+        }
+    }
+
+    /// Sets what Abort does.
+    pub fn set_abort_policy(&self, policy: AbortPolicy) {
+        self.state().abort_policy = policy;
+    }
+
+    /// Commands fetched and not completed.
+    pub fn pending(&self) -> Vec<PendingCommand> {
+        let s = self.state();
+        s.sqs
+            .iter()
+            .flat_map(|(&qid, sq)| {
+                sq.pending.iter().map(move |c| PendingCommand {
+                    qid,
+                    cid: c.sqe.cid(),
+                    opcode: c.sqe.opcode,
+                    slba: block_range(&c.sqe).0,
+                    held: c.hold != Hold::Ready,
+                })
+            })
+            .collect()
+    }
+
+    /// Posts 16 raw bytes as the next entry of completion queue `cqid`
+    /// (see [`RawCqe`]). Entries whose phase bit is the one the slot
+    /// expects are visible to the driver. A visible entry naming a pending
+    /// command (its CID, with an SQ head inside the ring) is what the
+    /// driver takes as that command's completion, so the mock forgets the
+    /// command: that mirrors the checks of the driver's completion path,
+    /// and assumes the mock has fetched every command the driver rang
+    /// (call [`IoQPair::ring`] and [`MockController::fetch`] first).
+    pub fn post_raw_cqe(&self, cqid: u16, raw: [u8; 16]) -> Result<RawCqe> {
+        let mut s = self.state();
+        let s = &mut *s;
+        let cq = s
+            .cqs
+            .get_mut(&cqid)
+            .ok_or_else(|| Error::BadBuffer(format!("mock: no completion queue {cqid}")))?;
+        if !cq.backlog.is_empty() || !State::cq_room(&self.bar, cqid, cq)?.unwrap_or(false) {
+            return Ok(RawCqe::NoRoom);
+        }
+        s.dma
+            .write(cq.base + u64::from(cq.tail) * CQE_BYTES, &raw)?;
+        if (raw[14] & 1 == 1) != cq.phase {
+            return Ok(RawCqe::Invisible);
+        }
+        cq.tail = next(cq.tail, cq.entries);
+        if cq.tail == 0 {
+            cq.phase = !cq.phase;
+        }
+        s.stats.raw_cqes += 1;
+        let Ok(cqe) = Cqe::read_from_bytes(&raw[..]) else {
+            return Ok(RawCqe::Stray);
+        };
+        let hit = s.sqs.iter_mut().find_map(|(&qid, sq)| {
+            let accepted = sq.cqid == cqid && cqe.sq_head() < sq.entries;
+            let i = sq
+                .pending
+                .iter()
+                .position(|c| accepted && c.sqe.cid() == cqe.cid())?;
+            Some((qid, sq.pending.remove(i)))
+        });
+        let Some((qid, cmd)) = hit else {
+            return Ok(RawCqe::Stray);
+        };
+        let (slba, blocks) = if is_block_command(cmd.sqe.opcode) {
+            block_range(&cmd.sqe)
+        } else {
+            (0, 0)
+        };
+        let record = CommandRecord {
+            qid,
+            cid: cqe.cid(),
+            opcode: cmd.sqe.opcode,
+            nsid: cmd.sqe.nsid.get(),
+            slba,
+            blocks,
+            bytes: 0,
+            data: DataPointer::None,
+            status: cqe.status(),
+        };
+        s.commands.push(record);
+        Ok(RawCqe::Completed(record))
+    }
+
+    /// Posts a well-formed completion entry with the phase the slot
+    /// expects (see [`MockController::post_raw_cqe`]).
+    pub fn post_cqe(&self, cqid: u16, cid: u16, sq_head: u16, status: Status) -> Result<RawCqe> {
+        let phase = self.state().cqs.get(&cqid).is_some_and(|cq| cq.phase);
+        let mut cqe = completion(cqid, cid, sq_head, status, 0);
+        cqe.status = U16::new(status.to_cqe_status(phase));
+        let mut raw = [0u8; 16];
+        raw.copy_from_slice(cqe.as_bytes());
+        self.post_raw_cqe(cqid, raw)
+    }
+
+    /// The SQ head the mock would report now for queue `qid`.
+    pub fn sq_head(&self, qid: u16) -> Option<u16> {
+        self.state().sqs.get(&qid).map(|sq| sq.head)
+    }
+
+    /// Reads `blocks` blocks of namespace `nsid` from the disk.
+    pub fn read_disk(&self, nsid: u32, slba: u64, blocks: u64) -> Result<Vec<u8>> {
+        let s = self.state();
+        let (at, len) = s.disk_range(nsid, slba, blocks).map_err(|_| {
+            Error::BadBuffer(format!(
+                "mock: no blocks {slba}+{blocks} in namespace {nsid}"
+            ))
+        })?;
+        Ok(s.disks
+            .get(&nsid)
+            .map(|d| d.data[at..at + len].to_vec())
+            .unwrap_or_default())
+    }
+
+    /// Writes whole blocks of namespace `nsid` on the disk directly.
+    pub fn write_disk(&self, nsid: u32, slba: u64, data: &[u8]) -> Result<()> {
+        let mut s = self.state();
+        let lba = s.disks.get(&nsid).map_or(512, |d| d.lba_size as usize);
+        let blocks = (data.len() / lba) as u64;
+        let (at, len) = s
+            .disk_range(nsid, slba, blocks)
+            .ok()
+            .filter(|&(_, len)| len == data.len())
+            .ok_or_else(|| {
+                Error::BadBuffer(format!(
+                    "mock: {} bytes at block {slba} of namespace {nsid}",
+                    data.len()
+                ))
+            })?;
+        if let Some(d) = s.disks.get_mut(&nsid) {
+            d.data[at..at + len].copy_from_slice(data);
+        }
+        Ok(())
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> MockStats {
+        self.state().stats.clone()
+    }
+
+    /// Every command completed so far, in completion order.
+    pub fn commands(&self) -> Vec<CommandRecord> {
+        self.state().commands.clone()
+    }
+
+    /// Ranges deallocated by Dataset Management: (nsid, slba, blocks).
+    pub fn deallocated(&self) -> Vec<(u32, u64, u64)> {
+        self.state().deallocated.clone()
+    }
+
+    /// Protocol violations seen: things a real controller would reject or
+    /// corrupt memory over. A correct driver leaves this empty.
+    pub fn violations(&self) -> Vec<String> {
+        self.state().violations.clone()
+    }
+
+    /// Sets CSTS (e.g. CFS, bit 1, to play a controller failure).
+    pub fn set_csts(&self, csts: u32) -> Result<()> {
+        self.bar.write32(regs::offset::CSTS, csts)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The completion-stream property harness
+// ---------------------------------------------------------------------------
+
+/// Blocks per LBA of the harness namespace, and its size.
+const STREAM_LBA: u64 = 512;
+const STREAM_BLOCKS: u64 = 256;
+const STREAM_MAX_REQUEST_BLOCKS: u64 = 40;
+const STREAM_MAX_OUTSTANDING: usize = 12;
+const STREAM_QUEUE_ENTRIES: u16 = 8;
+
+/// One step of [`run_cqe_stream`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamOp {
+    /// Submit a read or a write of `blocks % 40 + 1` blocks at `slba`
+    /// (wrapped into the namespace), unless it overlaps a request still
+    /// outstanding or 12 are.
+    Submit {
+        /// Write (else read).
+        write: bool,
+        /// First block, before wrapping.
+        slba: u16,
+        /// Block count, before wrapping.
+        blocks: u8,
+    },
+    /// Ring, let the mock fetch, post these bytes as the next completion
+    /// entry, and poll until the completion queue is drained.
+    Raw([u8; 16]),
+    /// Like [`StreamOp::Raw`], for a well-formed entry with the phase the
+    /// slot expects, CID `cid % 16`, SQ head `sq_head % 16` and this status
+    /// word: likely to name a command in flight.
+    Cqe {
+        /// CID, before wrapping.
+        cid: u8,
+        /// SQ head, before wrapping.
+        sq_head: u8,
+        /// Status word (bits 15:1 as in a CQE).
+        status: u16,
+    },
+    /// Let the mock complete up to this many commands properly, then poll.
+    Complete(u8),
+    /// The next command fetched fails with this status word (bits 15:1 as
+    /// in a CQE; a success status is ignored).
+    Fail(u16),
+    /// Poll until drained.
+    Poll,
+}
+
+impl StreamOp {
+    /// Decodes fuzzer bytes into steps. Every byte string decodes.
+    pub fn decode(bytes: &[u8]) -> Vec<StreamOp> {
+        let mut ops = Vec::new();
+        let mut it = bytes.iter().copied();
+        while let Some(tag) = it.next() {
+            let mut byte = || it.next().unwrap_or(0);
+            let op = match tag % 8 {
+                0 | 1 => StreamOp::Submit {
+                    write: tag & 0x80 != 0,
+                    slba: u16::from_le_bytes([byte(), byte()]),
+                    blocks: byte(),
+                },
+                2 => {
+                    let mut raw = [0u8; 16];
+                    raw.iter_mut().for_each(|b| *b = byte());
+                    StreamOp::Raw(raw)
+                }
+                3 => StreamOp::Cqe {
+                    cid: byte(),
+                    sq_head: byte(),
+                    status: u16::from_le_bytes([byte(), byte()]),
+                },
+                4 | 5 => StreamOp::Complete(byte()),
+                6 => StreamOp::Fail(u16::from_le_bytes([byte(), byte()])),
+                _ => StreamOp::Poll,
+            };
+            ops.push(op);
+        }
+        ops
+    }
+}
+
+/// What a [`run_cqe_stream`] run saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamReport {
+    /// Requests submitted.
+    pub submitted: usize,
+    /// Requests handed back by poll.
+    pub completed: usize,
+    /// Of those, with an error result.
+    pub failed: usize,
+    /// Polls that returned [`Error::BadDevice`].
+    pub bad_device: usize,
+    /// Raw entries the driver could see.
+    pub raw_visible: usize,
+    /// Raw entries that completed a pending command.
+    pub raw_completed: usize,
+    /// Requests whose data was checked against the disk.
+    pub data_checked: usize,
+}
+
+#[derive(Debug)]
+struct StreamRequest {
+    write: bool,
+    slba: u64,
+    blocks: u64,
+    /// A raw entry completed one of its commands: its data is not checked.
+    tainted: bool,
+}
+
+fn stream_pattern(tag: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (tag as u8).wrapping_mul(37) ^ (i as u8) ^ ((i >> 8) as u8).wrapping_mul(11))
+        .collect()
+}
+
+struct Stream {
+    mock: MockController,
+    qpair: IoQPair,
+    outstanding: BTreeMap<u64, StreamRequest>,
+    seen: HashSet<u64>,
+    next_tag: u64,
+    report: StreamReport,
+}
+
+type StreamResult<T> = std::result::Result<T, String>;
+
+impl Stream {
+    fn submit(&mut self, write: bool, slba: u16, blocks: u8) -> StreamResult<()> {
+        let blocks = u64::from(blocks) % STREAM_MAX_REQUEST_BLOCKS + 1;
+        let slba = u64::from(slba) % (STREAM_BLOCKS - blocks + 1);
+        let overlaps = self
+            .outstanding
+            .values()
+            .any(|r| r.slba < slba + blocks && slba < r.slba + r.blocks);
+        if overlaps || self.outstanding.len() >= STREAM_MAX_OUTSTANDING {
+            return Ok(());
+        }
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let len = (blocks * STREAM_LBA) as usize;
+        let buf = self.mock.pool().alloc(len).map_err(|e| e.to_string())?;
+        let req = if write {
+            buf.write(0, &stream_pattern(tag, len))
+                .map_err(|e| e.to_string())?;
+            IoRequest::write(1, slba, blocks, buf)
+        } else {
+            IoRequest::read(1, slba, blocks, buf)
+        };
+        self.qpair
+            .submit(req.with_tag(tag))
+            .map_err(|r| format!("request rejected: {r}"))?;
+        self.outstanding.insert(
+            tag,
+            StreamRequest {
+                write,
+                slba,
+                blocks,
+                tainted: false,
+            },
+        );
+        self.report.submitted += 1;
+        Ok(())
+    }
+
+    /// Polls until a poll succeeds (each failing one consumes an entry).
+    fn drain(&mut self) -> StreamResult<()> {
+        let limit = 4 * usize::from(STREAM_QUEUE_ENTRIES) + 8;
+        for _ in 0..limit {
+            let mut out = Vec::new();
+            let polled = self.qpair.poll(&mut out);
+            if polled.is_err() && !out.is_empty() {
+                return Err("poll failed but handed back completions".into());
+            }
+            for c in out {
+                self.check(c)?;
+            }
+            match polled {
+                Ok(_) => return Ok(()),
+                Err(Error::BadDevice(_)) => self.report.bad_device += 1,
+                Err(e) => return Err(format!("poll failed: {e}")),
+            }
+        }
+        Err("poll keeps failing".into())
+    }
+
+    fn check(&mut self, c: IoCompletion) -> StreamResult<()> {
+        if !self.seen.insert(c.tag) {
+            return Err(format!("request {} completed twice", c.tag));
+        }
+        let r = self
+            .outstanding
+            .remove(&c.tag)
+            .ok_or_else(|| format!("completion for unknown request {}", c.tag))?;
+        self.report.completed += 1;
+        let buf = c
+            .data
+            .ok_or_else(|| format!("request {} came back without its buffer", c.tag))?;
+        if c.result.is_err() {
+            self.report.failed += 1;
+            return Ok(());
+        }
+        if r.tainted {
+            return Ok(());
+        }
+        let disk = self
+            .mock
+            .read_disk(1, r.slba, r.blocks)
+            .map_err(|e| e.to_string())?;
+        let want = if r.write {
+            stream_pattern(c.tag, disk.len())
+        } else {
+            let mut got = vec![0u8; disk.len()];
+            buf.read(0, &mut got).map_err(|e| e.to_string())?;
+            got
+        };
+        if want != disk {
+            return Err(format!(
+                "{} {} blocks at {}: data differs from the disk",
+                if r.write { "write" } else { "read" },
+                r.blocks,
+                r.slba
+            ));
+        }
+        self.report.data_checked += 1;
+        Ok(())
+    }
+
+    fn raw(&mut self, raw: Option<[u8; 16]>, cqe: (u8, u8, u16)) -> StreamResult<()> {
+        self.qpair.ring().map_err(|e| e.to_string())?;
+        self.mock.fetch().map_err(|e| e.to_string())?;
+        let qid = self.qpair.qid();
+        let (cid, sq_head, word) = cqe;
+        let posted = match raw {
+            Some(raw) => self.mock.post_raw_cqe(qid, raw),
+            None => self.mock.post_cqe(
+                qid,
+                u16::from(cid % 16),
+                u16::from(sq_head % 16),
+                Status::from_cqe_status(word),
+            ),
+        };
+        match posted.map_err(|e| e.to_string())? {
+            RawCqe::NoRoom | RawCqe::Invisible => {}
+            RawCqe::Stray => self.report.raw_visible += 1,
+            RawCqe::Completed(cmd) => {
+                self.report.raw_visible += 1;
+                self.report.raw_completed += 1;
+                let owner = self
+                    .outstanding
+                    .values_mut()
+                    .find(|r| r.slba <= cmd.slba && cmd.slba < r.slba + r.blocks)
+                    .ok_or_else(|| {
+                        format!("raw entry completed a command of no request: {cmd:?}")
+                    })?;
+                owner.tainted = true;
+            }
+        }
+        self.drain()
+    }
+
+    fn step(&mut self, op: &StreamOp) -> StreamResult<()> {
+        match *op {
+            StreamOp::Submit {
+                write,
+                slba,
+                blocks,
+            } => self.submit(write, slba, blocks)?,
+            StreamOp::Raw(raw) => self.raw(Some(raw), (0, 0, 0))?,
+            StreamOp::Cqe {
+                cid,
+                sq_head,
+                status,
+            } => self.raw(None, (cid, sq_head, status))?,
+            StreamOp::Complete(n) => {
+                self.mock
+                    .process_limit(usize::from(n))
+                    .map_err(|e| e.to_string())?;
+                self.drain()?;
+            }
+            StreamOp::Fail(word) => {
+                let status = Status::from_cqe_status(word & !1);
+                if !status.is_success() {
+                    self.mock.fail_next(Match::Any, status, 1);
+                }
+            }
+            StreamOp::Poll => self.drain()?,
+        }
+        if self.qpair.outstanding() != self.outstanding.len() {
+            return Err(format!(
+                "queue pair reports {} outstanding, {} were submitted and not handed back",
+                self.qpair.outstanding(),
+                self.outstanding.len()
+            ));
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> StreamResult<()> {
+        self.mock.clear_faults();
+        for _ in 0..256 {
+            if self.outstanding.is_empty() {
+                break;
+            }
+            self.mock.release_held();
+            self.qpair.ring().map_err(|e| e.to_string())?;
+            self.mock.process().map_err(|e| e.to_string())?;
+            self.drain()?;
+        }
+        if !self.outstanding.is_empty() {
+            return Err(format!(
+                "{} requests never completed (queue pair: {} outstanding; mock: {} pending)",
+                self.outstanding.len(),
+                self.qpair.outstanding(),
+                self.mock.pending().len()
+            ));
+        }
+        let violations = self.mock.violations();
+        if !violations.is_empty() {
+            return Err(format!("protocol violations: {violations:?}"));
+        }
+        Ok(())
+    }
+}
+
+/// Runs `ops` against one queue pair of a fresh mock (one namespace of
+/// 256 512-byte blocks, 8 KiB MDTS, an 8-entry queue, 2 retries) and
+/// checks, after every step: poll hands back no request twice and none
+/// that was not submitted, [`IoQPair::outstanding`] equals what was
+/// submitted and not handed back, every completion carries its buffer, and
+/// the data of every successful request none of whose commands a raw entry
+/// completed matches the disk; and at the end, once the mock completes
+/// everything properly, that every request completes and the driver broke
+/// no protocol rule. Returns what it saw, or the first broken property.
+pub fn run_cqe_stream(ops: &[StreamOp]) -> std::result::Result<StreamReport, String> {
+    let config = MockConfig {
+        namespaces: vec![MockNamespace {
+            nsid: 1,
+            lba_size: STREAM_LBA as u32,
+            blocks: STREAM_BLOCKS,
+        }],
+        max_transfer: 8 << 10,
+        io_queues: 1,
+        options: Options {
+            admin_queue_entries: 4,
+            io_queue_entries: STREAM_QUEUE_ENTRIES,
+            prefer_huge_pages: false,
+            io_timeout: Duration::from_secs(3600),
+            retries: 2,
+            ..Options::default()
+        },
+        ..MockConfig::default()
+    };
+    let (mock, qpair) = MockController::with_qpair(config).map_err(|e| e.to_string())?;
+    let mut stream = Stream {
+        mock,
+        qpair,
+        outstanding: BTreeMap::new(),
+        seen: HashSet::new(),
+        next_tag: 0,
+        report: StreamReport::default(),
+    };
+    for op in ops {
+        stream.step(op)?;
+    }
+    stream.finish()?;
+    Ok(stream.report)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use nvme_spec::status::media;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::qpair::IoOp;
+
+    const NS: u32 = 1;
+    const LBA: usize = 512;
+
+    fn config(io_entries: u16, max_transfer: usize, blocks: u64) -> MockConfig {
+        MockConfig {
+            namespaces: vec![MockNamespace {
+                nsid: NS,
+                lba_size: LBA as u32,
+                blocks,
+            }],
+            max_transfer,
+            options: Options {
+                admin_queue_entries: 8,
+                io_queue_entries: io_entries,
+                prefer_huge_pages: false,
+                ..Options::default()
+            },
+            ..MockConfig::default()
+        }
+    }
+
+    fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// Polls, letting the mock process between polls, until `n` requests
+    /// have completed; fails the test if they do not.
+    fn complete(mock: &MockController, qp: &mut IoQPair, n: usize) -> Vec<IoCompletion> {
+        let mut out = Vec::new();
+        for _ in 0..100_000 {
+            qp.poll(&mut out).expect("poll");
+            if out.len() >= n {
+                break;
+            }
+            mock.process().expect("mock processing");
+        }
+        assert_eq!(out.len(), n, "requests completed");
+        out
+    }
+
+    fn write_request(mock: &MockController, slba: u64, data: &[u8], offset: usize) -> IoRequest {
+        let buf = mock.pool().alloc(offset + data.len()).expect("buffer");
+        buf.write(offset, data).expect("fill buffer");
+        IoRequest::write(NS, slba, (data.len() / LBA) as u64, buf).with_offset(offset)
+    }
+
+    fn read_request(mock: &MockController, slba: u64, len: usize, offset: usize) -> IoRequest {
+        let buf = mock.pool().alloc(offset + len).expect("buffer");
+        IoRequest::read(NS, slba, (len / LBA) as u64, buf).with_offset(offset)
+    }
+
+    /// Writes `data` at `slba`, reads it back through another buffer
+    /// offset, and returns what was read.
+    fn round_trip(
+        mock: &MockController,
+        qp: &mut IoQPair,
+        slba: u64,
+        data: &[u8],
+        offsets: (usize, usize),
+    ) -> Vec<u8> {
+        qp.submit(write_request(mock, slba, data, offsets.0).with_tag(1))
+            .expect("write accepted");
+        let w = complete(mock, qp, 1);
+        assert_eq!(w[0].tag, 1);
+        assert_eq!(w[0].op, IoOp::Write);
+        w[0].result.as_ref().expect("write succeeds");
+        assert!(w[0].data.is_some(), "buffer handed back");
+        qp.submit(read_request(mock, slba, data.len(), offsets.1).with_tag(2))
+            .expect("read accepted");
+        let mut r = complete(mock, qp, 1);
+        let r = r.pop().expect("one completion");
+        assert_eq!((r.tag, r.op, r.slba), (2, IoOp::Read, slba));
+        r.result.expect("read succeeds");
+        let mut back = vec![0u8; data.len()];
+        r.data
+            .expect("buffer handed back")
+            .read(offsets.1, &mut back)
+            .expect("copy out");
+        back
+    }
+
+    fn no_violations(mock: &MockController) {
+        assert_eq!(mock.violations(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn write_then_read_back_at_various_sizes_and_offsets() {
+        let (mock, mut qp) = MockController::with_qpair(config(16, 128 << 10, 4096)).expect("mock");
+        let cases = [
+            (0u64, 1usize, (0usize, 0usize)),
+            (1, 1, (4, 8)),
+            (7, 3, (512, 4092)),
+            (100, 8, (4092, 0)),
+            (33, 17, (2048, 1024)),
+            (500, 64, (0, 3000)),
+            (1000, 129, (8, 4)),
+            (2000, 256, (0, 0)),
+            (4095, 1, (4088, 12)),
+        ];
+        for (i, &(slba, blocks, offsets)) in cases.iter().enumerate() {
+            let data = random_bytes(i as u64 + 1, blocks * LBA);
+            let back = round_trip(&mock, &mut qp, slba, &data, offsets);
+            assert_eq!(
+                back, data,
+                "slba {slba} blocks {blocks} offsets {offsets:?}"
+            );
+            assert_eq!(
+                mock.read_disk(NS, slba, blocks as u64).expect("disk"),
+                data,
+                "disk at {slba}"
+            );
+        }
+        assert_eq!(qp.outstanding(), 0);
+        assert_eq!(mock.stats().writes, cases.len() as u64);
+        no_violations(&mock);
+    }
+
+    #[test]
+    fn blocking_helpers_work_when_the_mock_serves_doorbells() {
+        let (mock, mut qp) = MockController::with_qpair(config(8, 16 << 10, 1024)).expect("mock");
+        mock.set_auto(true);
+        let data = random_bytes(9, 40 * LBA);
+        qp.write(NS, 10, &data).expect("write");
+        let mut back = vec![0u8; data.len()];
+        qp.read(NS, 10, &mut back).expect("read");
+        assert_eq!(back, data);
+        qp.write_zeroes(NS, 12, 2).expect("write zeroes");
+        qp.deallocate(NS, 20, 3).expect("deallocate");
+        qp.flush(NS).expect("flush");
+        qp.read(NS, 10, &mut back).expect("read");
+        let mut want = data.clone();
+        want[2 * LBA..4 * LBA].fill(0);
+        want[10 * LBA..13 * LBA].fill(0);
+        assert_eq!(back, want);
+        let s = mock.stats();
+        assert_eq!((s.write_zeroes, s.dataset_management, s.flushes), (1, 1, 1));
+        // 40 blocks of 512 bytes with a 16 KiB limit: 2 commands each way.
+        assert_eq!((s.writes, s.reads), (2, 4));
+        no_violations(&mock);
+    }
+
+    #[test]
+    fn requests_larger_than_mdts_are_split_and_complete_once() {
+        let (mock, mut qp) = MockController::with_qpair(config(16, 8 << 10, 1024)).expect("mock");
+        let data = random_bytes(3, 200 * LBA);
+        qp.submit(write_request(&mock, 5, &data, 0).with_tag(7))
+            .expect("accepted");
+        let done = complete(&mock, &mut qp, 1);
+        assert_eq!(done[0].tag, 7);
+        done[0].result.as_ref().expect("write succeeds");
+        // Nothing else comes back, however long we poll.
+        let mut more = Vec::new();
+        for _ in 0..10 {
+            mock.process().expect("process");
+            qp.poll(&mut more).expect("poll");
+        }
+        assert!(more.is_empty(), "completed twice: {more:?}");
+        assert_eq!(qp.outstanding(), 0);
+        let cmds = mock.commands();
+        assert_eq!(cmds.len(), 13, "200 blocks in 16-block commands");
+        let mut next_lba = 5;
+        for c in &cmds {
+            assert_eq!(c.slba, next_lba, "commands cover the range in order");
+            assert!(c.blocks <= 16 && c.bytes <= 8 << 10, "{c:?}");
+            next_lba += c.blocks;
+        }
+        assert_eq!(next_lba, 205);
+        assert_eq!(mock.read_disk(NS, 5, 200).expect("disk"), data);
+        no_violations(&mock);
+    }
+
+    #[test]
+    fn tiny_queue_with_many_large_requests_does_not_deadlock() {
+        let (mock, mut qp) = MockController::with_qpair(config(4, 8 << 10, 4096)).expect("mock");
+        assert_eq!(qp.depth(), 4);
+        mock.set_order(Order::Random(42));
+        let n = 24u64;
+        let blocks = 128u64; // 64 KiB: 8 commands each
+        let data: Vec<Vec<u8>> = (0..n)
+            .map(|i| random_bytes(100 + i, blocks as usize * LBA))
+            .collect();
+        for (i, d) in data.iter().enumerate() {
+            let req = write_request(&mock, i as u64 * blocks, d, 4 * i);
+            qp.submit(req.with_tag(i as u64)).expect("accepted");
+        }
+        assert_eq!(qp.outstanding(), n as usize);
+        let mut done = complete(&mock, &mut qp, n as usize);
+        done.sort_by_key(|c| c.tag);
+        for (i, c) in done.iter().enumerate() {
+            assert_eq!(c.tag, i as u64);
+            c.result.as_ref().expect("write succeeds");
+        }
+        for i in 0..n {
+            qp.submit(read_request(&mock, i * blocks, blocks as usize * LBA, 0).with_tag(i))
+                .expect("accepted");
+        }
+        for c in complete(&mock, &mut qp, n as usize) {
+            let mut back = vec![0u8; blocks as usize * LBA];
+            c.data.expect("buffer").read(0, &mut back).expect("copy");
+            assert_eq!(back, data[c.tag as usize], "request {}", c.tag);
+        }
+        assert_eq!(mock.stats().writes, n * 8);
+        assert_eq!(qp.outstanding(), 0);
+        no_violations(&mock);
+    }
+
+    #[test]
+    fn prp_lists_describe_transfers_of_more_than_two_pages() {
+        let (mock, mut qp) = MockController::with_qpair(config(16, 128 << 10, 4096)).expect("mock");
+        for (i, &(blocks, offset)) in [(128usize, 0usize), (24, 512), (17, 4092)]
+            .iter()
+            .enumerate()
+        {
+            let data = random_bytes(40 + i as u64, blocks * LBA);
+            let back = round_trip(&mock, &mut qp, 64, &data, (offset, offset));
+            assert_eq!(back, data);
+        }
+        let cmds = mock.commands();
+        assert_eq!(cmds.len(), 6);
+        for c in &cmds {
+            assert_eq!(c.data, DataPointer::Prp { list_pages: 1 }, "{c:?}");
+        }
+        assert_eq!(mock.stats().prp_lists, 6);
+        assert_eq!(mock.stats().chained_prp_lists, 0);
+        no_violations(&mock);
+    }
+
+    #[test]
+    fn chained_prp_lists_carry_transfers_of_more_than_512_pages() {
+        let blocks = 16384; // 8 MiB
+        let (mock, mut qp) = MockController::with_qpair(config(16, 8 << 20, blocks)).expect("mock");
+        // 4 MiB + 1.5 KiB from a page offset: 1026 pages, 1025 list entries.
+        let data = random_bytes(77, (4 << 20) + 3 * LBA);
+        let back = round_trip(&mock, &mut qp, 1000, &data, (1024, 2048));
+        assert!(back == data, "data read back differs");
+        let cmds = mock.commands();
+        assert_eq!(cmds.len(), 2, "one command each way: {cmds:?}");
+        for c in &cmds {
+            assert_eq!(c.data, DataPointer::Prp { list_pages: 3 }, "{c:?}");
+            assert_eq!(c.bytes, data.len());
+        }
+        assert_eq!(mock.stats().chained_prp_lists, 2);
+        no_violations(&mock);
+    }
+
+    #[test]
+    fn sgl_mode_moves_the_same_data() {
+        let mut cfg = config(8, 16 << 10, 2048);
+        cfg.options.use_sgl = true;
+        let (mock, mut qp) = MockController::with_qpair(cfg).expect("mock");
+        for (i, &(blocks, offsets)) in
+            [(1usize, (0usize, 4usize)), (24, (512, 4092)), (100, (8, 0))]
+                .iter()
+                .enumerate()
+        {
+            let data = random_bytes(60 + i as u64, blocks * LBA);
+            assert_eq!(round_trip(&mock, &mut qp, 300, &data, offsets), data);
+        }
+        let s = mock.stats();
+        assert!(s.sgls > 0);
+        assert_eq!(s.sgls, s.reads + s.writes, "every transfer used an SGL");
+        assert_eq!(s.prp_lists, 0);
+        assert!(mock.commands().iter().all(|c| c.data == DataPointer::Sgl));
+        no_violations(&mock);
+    }
+
+    #[test]
+    fn retryable_status_is_retried_then_succeeds() {
+        let mut cfg = config(8, 128 << 10, 1024);
+        cfg.options.retries = 3;
+        let (mock, mut qp) = MockController::with_qpair(cfg).expect("mock");
+        let transient = Status::generic(generic::DATA_TRANSFER_ERROR);
+        assert!(transient.is_retryable());
+        mock.fail_next(Match::Opcode(NvmOpcode::Write), transient, 2);
+        let data = random_bytes(5, 8 * LBA);
+        assert_eq!(round_trip(&mock, &mut qp, 0, &data, (0, 0)), data);
+        let writes: Vec<Status> = mock
+            .commands()
+            .iter()
+            .filter(|c| c.opcode == NvmOpcode::Write as u8)
+            .map(|c| c.status)
+            .collect();
+        assert_eq!(writes, vec![transient, transient, Status::SUCCESS]);
+        no_violations(&mock);
+    }
+
+    #[test]
+    fn retries_stop_at_the_configured_count() {
+        let mut cfg = config(8, 128 << 10, 1024);
+        cfg.options.retries = 2;
+        let (mock, mut qp) = MockController::with_qpair(cfg).expect("mock");
+        let transient = Status::generic(generic::COMMAND_INTERRUPTED);
+        mock.fail_next(Match::Any, transient, 100);
+        qp.submit(read_request(&mock, 0, 4 * LBA, 0))
+            .expect("accepted");
+        let done = complete(&mock, &mut qp, 1);
+        match &done[0].result {
+            Err(Error::Command { status, .. }) => assert_eq!(*status, transient),
+            other => panic!("expected the transient status, got {other:?}"),
+        }
+        assert_eq!(mock.stats().injected, 3, "first try and two retries");
+        no_violations(&mock);
+    }
+
+    #[test]
+    fn a_fatal_error_fails_a_split_request_once_with_its_first_error() {
+        let (mock, mut qp) = MockController::with_qpair(config(16, 8 << 10, 1024)).expect("mock");
+        let unrecovered = reject(
+            StatusCodeType::MediaAndDataIntegrity,
+            media::UNRECOVERED_READ_ERROR,
+        );
+        let fault = reject(StatusCodeType::MediaAndDataIntegrity, media::WRITE_FAULT);
+        mock.fail_next(Match::Lba(20), unrecovered, 1);
+        mock.fail_next(Match::Lba(40), fault, 1);
+        // 64 blocks in 16-block commands: the 2nd and 3rd fail.
+        qp.submit(read_request(&mock, 0, 64 * LBA, 0).with_tag(3))
+            .expect("accepted");
+        let done = complete(&mock, &mut qp, 1);
+        assert_eq!(done[0].tag, 3);
+        match &done[0].result {
+            Err(Error::Command { status, command }) => {
+                assert_eq!(*status, unrecovered, "the first error wins");
+                assert!(command.contains("Read"), "{command}");
+            }
+            other => panic!("expected a media error, got {other:?}"),
+        }
+        assert!(done[0].data.is_some());
+        let mut more = Vec::new();
+        for _ in 0..10 {
+            mock.process().expect("process");
+            qp.poll(&mut more).expect("poll");
+        }
+        assert!(more.is_empty(), "completed twice: {more:?}");
+        assert_eq!(qp.outstanding(), 0);
+        // Media errors are not retried.
+        assert_eq!(mock.stats().injected, 2);
+        assert_eq!(
+            mock.commands().iter().filter(|c| c.slba == 16).count(),
+            1,
+            "no retry of the failed command"
+        );
+        no_violations(&mock);
+    }
+
+    #[test]
+    fn write_zeroes_and_deallocate_reach_the_disk_and_flush_completes() {
+        let mut cfg = config(16, 128 << 10, 1024);
+        cfg.namespaces.push(MockNamespace {
+            nsid: 2,
+            lba_size: 512,
+            blocks: 70_000,
+        });
+        let (mock, mut qp) = MockController::with_qpair(cfg).expect("mock");
+        let data = random_bytes(11, 64 * LBA);
+        qp.submit(write_request(&mock, 100, &data, 0))
+            .expect("accepted");
+        complete(&mock, &mut qp, 1)[0]
+            .result
+            .as_ref()
+            .expect("write");
+        mock.write_disk(2, 69_990, &[0xaa; 10 * LBA]).expect("disk");
+        for req in [
+            IoRequest::write_zeroes(NS, 110, 10).with_tag(1),
+            IoRequest::deallocate(NS, 130, 5).with_tag(2),
+            IoRequest::flush(NS).with_tag(3),
+            IoRequest::write_zeroes(2, 0, 70_000).with_tag(4),
+        ] {
+            qp.submit(req).expect("accepted");
+        }
+        let mut done = complete(&mock, &mut qp, 4);
+        done.sort_by_key(|c| c.tag);
+        for c in &done {
+            c.result.as_ref().expect("succeeds");
+            assert!(c.data.is_none(), "no buffer");
+        }
+        let mut want = data;
+        want[10 * LBA..20 * LBA].fill(0);
+        want[30 * LBA..35 * LBA].fill(0);
+        assert_eq!(mock.read_disk(NS, 100, 64).expect("disk"), want);
+        assert_eq!(mock.deallocated(), vec![(NS, 130, 5)]);
+        assert_eq!(
+            mock.read_disk(2, 69_990, 10).expect("disk"),
+            vec![0; 10 * LBA]
+        );
+        let s = mock.stats();
+        assert_eq!((s.flushes, s.dataset_management), (1, 1));
+        assert_eq!(s.write_zeroes, 3, "70000 blocks take two commands");
+        let big: Vec<(u64, u64)> = mock
+            .commands()
+            .iter()
+            .filter(|c| c.nsid == 2)
+            .map(|c| (c.slba, c.blocks))
+            .collect();
+        assert_eq!(big, vec![(0, 65_536), (65_536, 4_464)]);
+        no_violations(&mock);
+    }
+
+    #[test]
+    fn out_of_order_completions_reach_their_requests() {
+        let (mock, mut qp) = MockController::with_qpair(config(16, 128 << 10, 1024)).expect("mock");
+        for i in 0..5u64 {
+            mock.write_disk(NS, i * 8, &random_bytes(200 + i, 8 * LBA))
+                .expect("disk");
+            qp.submit(read_request(&mock, i * 8, 8 * LBA, 0).with_tag(i))
+                .expect("accepted");
+        }
+        mock.set_order(Order::Lifo);
+        let mut out = Vec::new();
+        qp.poll(&mut out).expect("poll rings");
+        assert_eq!(mock.process().expect("process"), 5);
+        qp.poll(&mut out).expect("poll");
+        let tags: Vec<u64> = out.iter().map(|c| c.tag).collect();
+        assert_eq!(tags, vec![4, 3, 2, 1, 0], "completed newest first");
+        for c in out {
+            let mut back = vec![0u8; 8 * LBA];
+            c.data.expect("buffer").read(0, &mut back).expect("copy");
+            assert_eq!(
+                back,
+                random_bytes(200 + c.tag, 8 * LBA),
+                "request {}",
+                c.tag
+            );
+        }
+        no_violations(&mock);
+    }
+
+    #[test]
+    fn delayed_commands_complete_after_their_passes() {
+        let (mock, mut qp) = MockController::with_qpair(config(16, 128 << 10, 1024)).expect("mock");
+        mock.delay_next(Match::Nth(0), 2, 1);
+        for i in 0..3u64 {
+            qp.submit(read_request(&mock, i, LBA, 0).with_tag(i))
+                .expect("accepted");
+        }
+        let mut out = Vec::new();
+        qp.poll(&mut out).expect("poll");
+        assert_eq!(mock.process().expect("pass 1"), 2);
+        assert_eq!(mock.process().expect("pass 2"), 0);
+        assert_eq!(mock.process().expect("pass 3"), 1);
+        qp.poll(&mut out).expect("poll");
+        let tags: Vec<u64> = out.iter().map(|c| c.tag).collect();
+        assert_eq!(tags, vec![1, 2, 0]);
+    }
+
+    #[test]
+    fn a_stray_cid_is_bad_device_and_the_queue_keeps_working() {
+        let (mock, mut qp) = MockController::with_qpair(config(8, 128 << 10, 1024)).expect("mock");
+        let qid = qp.qid();
+        for i in 0..2u64 {
+            mock.write_disk(NS, i, &[i as u8 + 1; LBA]).expect("disk");
+            qp.submit(read_request(&mock, i, LBA, 0).with_tag(i))
+                .expect("accepted");
+        }
+        let mut out = Vec::new();
+        qp.poll(&mut out).expect("poll rings");
+        assert_eq!(mock.process_limit(1).expect("first"), 1);
+        let head = mock.sq_head(qid).expect("queue");
+        assert_eq!(
+            mock.post_cqe(qid, 6, head, Status::SUCCESS).expect("post"),
+            RawCqe::Stray
+        );
+        assert_eq!(mock.process().expect("second"), 1);
+        match qp.poll(&mut out) {
+            Err(Error::BadDevice(what)) => assert!(what.contains("CID 6"), "{what}"),
+            other => panic!("expected BadDevice, got {other:?}"),
+        }
+        assert!(out.is_empty(), "a failed poll hands nothing back");
+        assert_eq!(qp.outstanding(), 2, "nothing lost");
+        assert_eq!(qp.poll(&mut out).expect("poll"), 2);
+        for c in &out {
+            let mut back = [0u8; LBA];
+            c.data
+                .as_ref()
+                .expect("buffer")
+                .read(0, &mut back)
+                .expect("copy");
+            assert_eq!(back, [c.tag as u8 + 1; LBA]);
+        }
+        // An SQ head past the ring is refused the same way, and the command
+        // it named still completes properly afterwards.
+        qp.submit(read_request(&mock, 0, LBA, 0).with_tag(9))
+            .expect("accepted");
+        qp.ring().expect("ring");
+        mock.fetch().expect("fetch");
+        let cid = mock.pending()[0].cid;
+        assert_eq!(
+            mock.post_cqe(qid, cid, 200, Status::SUCCESS).expect("post"),
+            RawCqe::Stray
+        );
+        assert!(matches!(qp.poll(&mut out), Err(Error::BadDevice(_))));
+        let done = complete(&mock, &mut qp, 1);
+        assert_eq!(done[0].tag, 9);
+        done[0].result.as_ref().expect("read");
+        no_violations(&mock);
+    }
+
+    #[test]
+    fn a_stray_entry_after_a_retryable_error_does_not_strand_the_retry() {
+        let (mock, mut qp) = MockController::with_qpair(config(4, 128 << 10, 1024)).expect("mock");
+        let qid = qp.qid();
+        mock.write_disk(NS, 3, &[7; LBA]).expect("disk");
+        mock.fail_next(Match::Any, Status::generic(generic::DATA_TRANSFER_ERROR), 1);
+        qp.submit(read_request(&mock, 3, LBA, 0).with_tag(1))
+            .expect("accepted");
+        let mut out = Vec::new();
+        qp.poll(&mut out).expect("poll rings");
+        assert_eq!(mock.process().expect("process"), 1);
+        let head = mock.sq_head(qid).expect("queue");
+        assert_eq!(
+            mock.post_cqe(qid, 3, head, Status::SUCCESS).expect("post"),
+            RawCqe::Stray
+        );
+        // Reaps the failed command (queuing its retry), then the stray.
+        assert!(matches!(qp.poll(&mut out), Err(Error::BadDevice(_))));
+        // Nothing is in flight now: only the poll itself can issue the retry.
+        let done = complete(&mock, &mut qp, 1);
+        done[0].result.as_ref().expect("the retry succeeds");
+        let mut back = [0u8; LBA];
+        done[0]
+            .data
+            .as_ref()
+            .expect("buffer")
+            .read(0, &mut back)
+            .expect("copy");
+        assert_eq!(back, [7; LBA]);
+        no_violations(&mock);
+    }
+
+    #[test]
+    fn a_blocking_call_failing_on_a_stray_entry_loses_no_other_request() {
+        let (mock, mut qp) = MockController::with_qpair(config(8, 128 << 10, 1024)).expect("mock");
+        let qid = qp.qid();
+        mock.set_auto(true);
+        qp.submit(read_request(&mock, 0, LBA, 0).with_tag(10))
+            .expect("accepted");
+        qp.ring().expect("ring: the mock completes it at once");
+        let head = mock.sq_head(qid).expect("queue");
+        assert_eq!(
+            mock.post_cqe(qid, 5, head, Status::SUCCESS).expect("post"),
+            RawCqe::Stray
+        );
+        // The blocking read reaps request 10, then meets the stray entry.
+        let mut block = vec![0u8; LBA];
+        assert!(matches!(
+            qp.read(NS, 1, &mut block),
+            Err(Error::BadDevice(_))
+        ));
+        let mut out = Vec::new();
+        qp.poll(&mut out).expect("poll");
+        let tags: Vec<u64> = out.iter().map(|c| c.tag).collect();
+        assert!(tags.contains(&10), "request 10 was handed back: {tags:?}");
+        assert_eq!(qp.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_wrong_sq_head_in_a_completion_does_not_wedge_the_queue() {
+        let (mock, mut qp) = MockController::with_qpair(config(4, 128 << 10, 1024)).expect("mock");
+        let qid = qp.qid();
+        qp.submit(read_request(&mock, 0, LBA, 0).with_tag(1))
+            .expect("accepted");
+        qp.ring().expect("ring");
+        mock.fetch().expect("fetch");
+        let cid = mock.pending()[0].cid;
+        // The device has consumed one entry (head 1) but reports head 2,
+        // one past the tail: taken at its word, the SQ would look full
+        // with nothing in flight.
+        assert_eq!(mock.sq_head(qid), Some(1));
+        assert!(matches!(
+            mock.post_cqe(qid, cid, 2, Status::SUCCESS).expect("post"),
+            RawCqe::Completed(_)
+        ));
+        let done = complete(&mock, &mut qp, 1);
+        assert_eq!(done[0].tag, 1);
+        for i in 0..4u64 {
+            qp.submit(read_request(&mock, i, LBA, 0).with_tag(10 + i))
+                .expect("accepted");
+        }
+        let done = complete(&mock, &mut qp, 4);
+        assert!(done.iter().all(|c| c.result.is_ok()));
+        no_violations(&mock);
+    }
+
+    #[test]
+    fn stray_entries_are_acknowledged_to_the_device() {
+        // Fill the whole CQ (3 usable slots of 4) with strays: the device may
+        // post nothing more until the driver writes the CQ head doorbell.
+        let (mock, mut qp) = MockController::with_qpair(config(4, 128 << 10, 1024)).expect("mock");
+        let qid = qp.qid();
+        for _ in 0..3 {
+            assert_eq!(
+                mock.post_cqe(qid, 2, 0, Status::SUCCESS).expect("post"),
+                RawCqe::Stray
+            );
+        }
+        assert_eq!(
+            mock.post_cqe(qid, 2, 0, Status::SUCCESS).expect("post"),
+            RawCqe::NoRoom
+        );
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            assert!(matches!(qp.poll(&mut out), Err(Error::BadDevice(_))));
+        }
+        qp.submit(read_request(&mock, 0, LBA, 0)).expect("accepted");
+        let done = complete(&mock, &mut qp, 1);
+        done[0].result.as_ref().expect("read");
+        no_violations(&mock);
+    }
+
+    fn timeout_config(policy: AbortPolicy) -> (MockController, IoQPair) {
+        let mut cfg = config(8, 128 << 10, 1024);
+        cfg.options.io_timeout = Duration::from_millis(50);
+        cfg.options.admin_timeout = Duration::from_secs(2);
+        let (mock, qp) = MockController::with_qpair(cfg).expect("mock");
+        mock.set_abort_policy(policy);
+        (mock, qp)
+    }
+
+    /// Polls (with the mock processing) until one request completes or
+    /// `limit` passes.
+    fn wait_one(mock: &MockController, qp: &mut IoQPair, limit: Duration) -> IoCompletion {
+        let start = Instant::now();
+        let mut out = Vec::new();
+        while out.is_empty() {
+            assert!(start.elapsed() < limit, "no completion within {limit:?}");
+            qp.poll(&mut out).expect("poll");
+            mock.process().expect("process");
+        }
+        assert_eq!(out.len(), 1);
+        out.remove(0)
+    }
+
+    #[test]
+    fn a_command_that_never_completes_is_aborted() {
+        let (mock, mut qp) = timeout_config(AbortPolicy::Abort);
+        mock.hold_next(Match::Any, 1);
+        let start = Instant::now();
+        qp.submit(read_request(&mock, 0, LBA, 0).with_tag(5))
+            .expect("accepted");
+        let done = wait_one(&mock, &mut qp, Duration::from_secs(10));
+        assert!(
+            start.elapsed() >= Duration::from_millis(50),
+            "not before the timeout"
+        );
+        assert_eq!(done.tag, 5);
+        match done.result {
+            Err(Error::Command { status, .. }) => {
+                assert_eq!((status.sct, status.sc), (0, generic::ABORT_REQUESTED))
+            }
+            other => panic!("expected Command Abort Requested, got {other:?}"),
+        }
+        assert!(
+            done.data.is_some(),
+            "an aborted command gives its buffer back"
+        );
+        let s = mock.stats();
+        assert_eq!((s.aborts, s.aborted), (1, 1));
+        // The queue pair goes on working.
+        let data = random_bytes(1, 2 * LBA);
+        assert_eq!(round_trip(&mock, &mut qp, 8, &data, (0, 0)), data);
+        no_violations(&mock);
+    }
+
+    #[test]
+    fn a_command_that_cannot_be_aborted_is_given_up_on() {
+        let (mock, mut qp) = timeout_config(AbortPolicy::Refuse);
+        mock.hold_next(Match::Any, 1);
+        qp.submit(read_request(&mock, 0, LBA, 0).with_tag(5))
+            .expect("accepted");
+        let done = wait_one(&mock, &mut qp, Duration::from_secs(10));
+        assert_eq!(done.tag, 5);
+        assert!(
+            matches!(done.result, Err(Error::CommandTimeout { .. })),
+            "{:?}",
+            done.result
+        );
+        assert!(done.data.is_none(), "the device may still write the buffer");
+        assert_eq!(qp.outstanding(), 0);
+        assert_eq!(mock.stats().aborts, 1);
+        // The lost command's CID is not reused while the device holds it
+        // (the mock flags a CID submitted twice).
+        let data = random_bytes(2, 4 * LBA);
+        assert_eq!(round_trip(&mock, &mut qp, 8, &data, (0, 0)), data);
+        no_violations(&mock);
+
+        // The lost command completes at last: its CID is free again, and
+        // timeouts are still detected for the commands that follow.
+        assert_eq!(mock.release_held(), 1);
+        mock.process().expect("late completion");
+        let mut out = Vec::new();
+        qp.poll(&mut out).expect("late completion is absorbed");
+        assert!(out.is_empty());
+        mock.set_abort_policy(AbortPolicy::Abort);
+        mock.hold_next(Match::Any, 1);
+        qp.submit(read_request(&mock, 0, LBA, 0).with_tag(6))
+            .expect("accepted");
+        let done = wait_one(&mock, &mut qp, Duration::from_secs(10));
+        assert_eq!(done.tag, 6);
+        assert!(
+            matches!(done.result, Err(Error::Command { status, .. }) if status.sc == generic::ABORT_REQUESTED),
+            "{:?}",
+            done.result
+        );
+        no_violations(&mock);
+    }
+
+    #[test]
+    fn a_fatal_controller_fails_what_is_in_flight() {
+        let (mock, mut qp) = timeout_config(AbortPolicy::Abort);
+        mock.hold_next(Match::Any, 1);
+        qp.submit(read_request(&mock, 0, LBA, 0).with_tag(5))
+            .expect("accepted");
+        let mut out = Vec::new();
+        qp.poll(&mut out).expect("poll");
+        mock.process().expect("fetch");
+        mock.set_csts(0b11).expect("CFS");
+        let mut fatal = false;
+        for _ in 0..100_000 {
+            match qp.poll(&mut out) {
+                Ok(_) => {}
+                Err(Error::ControllerFatal { csts, .. }) => {
+                    assert!(csts.fatal());
+                    fatal = true;
+                    break;
+                }
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        }
+        assert!(fatal, "the failure was noticed");
+        assert!(out.is_empty());
+        assert_eq!(qp.outstanding(), 1, "kept for the next poll");
+        let _ = qp.poll(&mut out);
+        assert_eq!(out.len(), 1);
+        assert!(matches!(out[0].result, Err(Error::ControllerFatal { .. })));
+        assert!(out[0].data.is_none());
+        assert_eq!(qp.outstanding(), 0);
+    }
+
+    #[test]
+    fn queues_are_created_and_deleted_and_the_controller_shut_down() {
+        let mut cfg = config(8, 128 << 10, 1024);
+        cfg.io_queues = 2;
+        let (mock, ctrl) = MockController::new(cfg).expect("mock");
+        assert_eq!(ctrl.io_queue_limit(), 2);
+        assert_eq!(ctrl.namespace(NS).expect("namespace").blocks, 1024);
+        let a = ctrl.io_qpair().expect("first queue pair");
+        let b = ctrl.io_qpair().expect("second queue pair");
+        assert_ne!(a.qid(), b.qid());
+        assert!(matches!(
+            ctrl.io_qpair(),
+            Err(Error::QueuesExhausted { granted: 2 })
+        ));
+        let qid = a.qid();
+        drop(a);
+        assert_eq!(ctrl.io_qpair().expect("reused").qid(), qid);
+        let s = mock.stats();
+        assert_eq!((s.queues_created, s.queues_deleted), (3, 2));
+        assert_eq!(s.shutdowns, 0);
+        drop(b);
+        drop(ctrl);
+        let s = mock.stats();
+        assert_eq!(s.queues_deleted, 3);
+        assert_eq!(s.shutdowns, 1, "shut down when the last handle went");
+        no_violations(&mock);
+    }
+
+    #[test]
+    fn the_mock_rejects_malformed_commands_and_reports_violations() {
+        let (mock, qp) = MockController::with_qpair(config(8, 8 << 10, 64)).expect("mock");
+        let qid = qp.qid();
+        let buf = mock.pool().alloc(16 << 10).expect("buffer");
+        let (dma, base) = {
+            let s = mock.state();
+            (s.dma.clone(), s.sqs[&qid].base)
+        };
+        // Plays the driver: writes SQEs into the ring and rings the doorbell.
+        let mut slot = 0u16;
+        let mut submit = |mut sqe: Sqe, cid: u16| {
+            sqe.set_cid(cid);
+            dma.write(base + u64::from(slot) * SQE_BYTES, sqe.as_bytes())
+                .expect("SQ slot");
+            slot += 1;
+            mock.bar
+                .write32(
+                    doorbell_offset(qid, DoorbellKind::SqTail, DSTRD),
+                    u32::from(slot),
+                )
+                .expect("doorbell");
+            mock.process().expect("process");
+            mock.commands().last().map(|c| c.status)
+        };
+        let read = |slba, nlb| nvme_spec::io::read(NS, slba, nlb).expect("read");
+        let mut unmapped = read(0, 1);
+        unmapped.set_prps(0x1000, 0);
+        let mut misaligned = read(0, 1);
+        misaligned.set_prps(buf.iova() + 2, 0);
+        let mut too_big = read(0, 32);
+        too_big.set_prps(buf.iova(), buf.iova() + 4096);
+        let mut past_end = read(60, 8);
+        past_end.set_prps(buf.iova(), buf.iova() + 4096);
+        let statuses = [
+            submit(unmapped, 0),
+            submit(misaligned, 1),
+            submit(too_big, 2),
+            submit(past_end, 3),
+        ];
+        let sc: Vec<u8> = statuses.iter().map(|s| s.map_or(0xff, |s| s.sc)).collect();
+        assert_eq!(
+            sc,
+            vec![
+                generic::DATA_TRANSFER_ERROR,
+                generic::PRP_OFFSET_INVALID,
+                generic::INVALID_FIELD,
+                generic::LBA_OUT_OF_RANGE,
+            ]
+        );
+        assert!(statuses.iter().all(|s| s.is_some_and(|s| s.dnr)));
+        // A range past the namespace is the caller's error, not a protocol
+        // violation; the other three are.
+        let v = mock.violations();
+        assert_eq!(v.len(), 3, "{v:?}");
+        assert!(v[0].contains("outside every DMA mapping"), "{}", v[0]);
+        assert!(v[1].contains("not dword aligned"), "{}", v[1]);
+        assert!(v[2].contains("MDTS"), "{}", v[2]);
+        // A CID reused while its command is in flight.
+        mock.hold_next(Match::Any, 1);
+        let mut ok = read(0, 1);
+        ok.set_prps(buf.iova(), 0);
+        submit(ok, 4);
+        submit(ok, 4);
+        let v = mock.violations();
+        assert!(v.last().is_some_and(|w| w.contains("CID 4")), "{v:?}");
+    }
+
+    fn plausible_cqe() -> impl Strategy<Value = [u8; 16]> {
+        (0u16..10, 0u16..10, any::<u16>(), any::<u32>()).prop_map(|(cid, head, status, dw0)| {
+            let mut raw = [0u8; 16];
+            raw[..4].copy_from_slice(&dw0.to_le_bytes());
+            raw[8..10].copy_from_slice(&head.to_le_bytes());
+            raw[10..12].copy_from_slice(&1u16.to_le_bytes());
+            raw[12..14].copy_from_slice(&cid.to_le_bytes());
+            raw[14..].copy_from_slice(&status.to_le_bytes());
+            raw
+        })
+    }
+
+    fn stream_op() -> impl Strategy<Value = StreamOp> {
+        prop_oneof![
+            4 => (any::<bool>(), any::<u16>(), any::<u8>())
+                .prop_map(|(write, slba, blocks)| StreamOp::Submit { write, slba, blocks }),
+            1 => any::<[u8; 16]>().prop_map(StreamOp::Raw),
+            1 => plausible_cqe().prop_map(StreamOp::Raw),
+            2 => (any::<u8>(), any::<u8>(), any::<u16>())
+                .prop_map(|(cid, sq_head, status)| StreamOp::Cqe { cid, sq_head, status }),
+            3 => (0u8..6).prop_map(StreamOp::Complete),
+            1 => any::<u16>().prop_map(StreamOp::Fail),
+            1 => Just(StreamOp::Poll),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_completion_streams_keep_the_queue_pair_sound(
+            ops in proptest::collection::vec(stream_op(), 0..80)
+        ) {
+            if let Err(e) = run_cqe_stream(&ops) {
+                prop_assert!(false, "{}", e);
+            }
+        }
+    }
+
+    #[test]
+    fn the_stream_harness_exercises_what_it_claims() {
+        // A long pseudo-random stream: the checks must have had something
+        // to check.
+        let bytes = random_bytes(2024, 6000);
+        let report = run_cqe_stream(&StreamOp::decode(&bytes)).expect("properties hold");
+        assert!(report.submitted > 50, "{report:?}");
+        assert_eq!(report.completed, report.submitted);
+        assert!(report.data_checked > 20, "{report:?}");
+        assert!(report.bad_device > 0, "{report:?}");
+        assert!(report.raw_completed > 0, "{report:?}");
+        assert!(report.failed > 0, "{report:?}");
+    }
+
+    #[test]
+    fn stream_regressions() {
+        // Found by the fuzz target before the fixes in `IoQPair::poll`: a
+        // stray entry ending a reap left the waiting requests unissued.
+        let ops = [
+            StreamOp::Submit {
+                write: false,
+                slba: 65535,
+                blocks: 255,
+            },
+            StreamOp::Poll,
+            StreamOp::Complete(0),
+            StreamOp::Complete(0),
+            StreamOp::Submit {
+                write: false,
+                slba: 72,
+                blocks: 33,
+            },
+            StreamOp::Submit {
+                write: false,
+                slba: 29940,
+                blocks: 116,
+            },
+            StreamOp::Cqe {
+                cid: 91,
+                sq_head: 0,
+                status: 0,
+            },
+        ];
+        let report = run_cqe_stream(&ops).expect("properties hold");
+        assert_eq!((report.submitted, report.completed), (3, 3));
+        assert_eq!(report.bad_device, 1);
+    }
+
+    #[test]
+    fn decoding_fuzz_bytes_is_total() {
+        assert_eq!(StreamOp::decode(&[]), vec![]);
+        assert_eq!(StreamOp::decode(&[7]), vec![StreamOp::Poll]);
+        assert_eq!(
+            StreamOp::decode(&[0x80, 1, 0, 3, 4]),
+            vec![
+                StreamOp::Submit {
+                    write: true,
+                    slba: 1,
+                    blocks: 3
+                },
+                StreamOp::Complete(0)
+            ]
+        );
+        assert!(
+            matches!(StreamOp::decode(&[2, 1])[0], StreamOp::Raw(r) if r[0] == 1 && r[1..] == [0; 15])
+        );
+        assert_eq!(
+            StreamOp::decode(&[3, 1, 2, 3, 4]),
+            vec![StreamOp::Cqe {
+                cid: 1,
+                sq_head: 2,
+                status: 0x0403
+            }]
+        );
+    }
+}
