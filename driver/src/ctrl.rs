@@ -2,6 +2,7 @@
 //! by CAP.TO; the admin queue (shared, behind a lock); I/O queue pairs handed
 //! out one per thread; shutdown (CC.SHN) when the last handle goes.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use nvme_spec::{
 };
 use zerocopy::{FromBytes, FromZeros};
 
+use crate::admin::AdminQueue;
 use crate::error::{Error, InitStep, Result};
 use crate::hw::mmio::Bar;
 use crate::memory::{DmaBuffer, DmaPool};
@@ -20,7 +22,7 @@ use crate::ns::Namespace;
 use crate::pci::PciAddress;
 use crate::prp;
 use crate::qpair::IoQPair;
-use crate::queue::QueuePair;
+use crate::queue::{QueuePair, ShadowDoorbells};
 use crate::vfio::VfioNvme;
 
 /// The memory page size the driver programs (CC.MPS = 0).
@@ -50,6 +52,13 @@ pub struct Options {
     pub io_timeout: Duration,
     /// How often a command failing with a retryable status is sent again.
     pub retries: u8,
+    /// Reset the controller when a timed-out command does not come back
+    /// after Abort (its commands are then resubmitted); false gives up on
+    /// the command instead.
+    pub reset_on_timeout: bool,
+    /// Use shadow doorbells (Doorbell Buffer Config) when the controller
+    /// supports them; false forces MMIO doorbells (for testing).
+    pub shadow_doorbells: bool,
 }
 
 impl Default for Options {
@@ -63,6 +72,8 @@ impl Default for Options {
             admin_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(30),
             retries: 3,
+            reset_on_timeout: true,
+            shadow_doorbells: true,
         }
     }
 }
@@ -73,7 +84,7 @@ pub(crate) struct Shared {
     // Field order is drop order: the admin queue and DMA memory first, then
     // the BAR mapping, and the VFIO device last (a live BAR mmap would keep
     // the device busy).
-    admin: Mutex<QueuePair>,
+    admin: Mutex<AdminQueue>,
     pub(crate) pool: DmaPool,
     pub(crate) bar: Arc<Bar>,
     pub(crate) cap: Cap,
@@ -83,6 +94,13 @@ pub(crate) struct Shared {
     pub(crate) max_transfer: usize,
     pub(crate) sgl: bool,
     pub(crate) options: Options,
+    /// Bumped by every controller reset: a queue pair that sees it change
+    /// re-creates its queues and resubmits what it had in flight.
+    generation: AtomicU64,
+    /// Shadow doorbell pages, when in use.
+    dbbuf: Option<Arc<ShadowDoorbells>>,
+    /// Asynchronous Event Requests kept outstanding.
+    aer_limit: usize,
     /// Per I/O queue id - 1: in use by a queue pair. Its length is the
     /// number of queue pairs the controller granted.
     qids: Mutex<Vec<bool>>,
@@ -130,7 +148,10 @@ impl Controller {
         log::debug!("{address}: enabled");
 
         let mut shared = Shared {
-            admin: Mutex::new(admin),
+            admin: Mutex::new(AdminQueue::new(admin)),
+            generation: AtomicU64::new(0),
+            dbbuf: None,
+            aer_limit: 0,
             pool,
             bar,
             cap,
@@ -147,13 +168,23 @@ impl Controller {
         shared
             .identify_controller()
             .map_err(|e| e.at(InitStep::IdentifyController))?;
+        shared
+            .setup_shadow_doorbells()
+            .map_err(|e| e.at(InitStep::ShadowDoorbells))?;
         let granted = shared
-            .set_queue_count()
+            .set_queue_count(&mut shared.lock_admin())
             .map_err(|e| e.at(InitStep::SetQueueCount))?;
         shared.qids = Mutex::new(vec![false; granted as usize]);
         shared
             .identify_namespaces()
             .map_err(|e| e.at(InitStep::IdentifyNamespaces))?;
+        // AERL is 0's based; a few outstanding are plenty.
+        shared.aer_limit = (usize::from(shared.identify.aerl) + 1).min(4);
+        shared
+            .lock_admin()
+            .enable_aers(shared.aer_limit)
+            .map_err(|e| e.at(InitStep::AsyncEvents))?;
+        shared.configure_async_events();
         Ok(Controller {
             shared: Arc::new(shared),
         })
@@ -163,13 +194,39 @@ impl Controller {
     /// [`Error::QueuesExhausted`] when every granted queue is in use.
     pub fn io_qpair(&self) -> Result<IoQPair> {
         let qid = self.shared.take_qid()?;
+        let generation = self.shared.generation();
         match self.shared.create_io_queue(qid) {
-            Ok(q) => Ok(IoQPair::new(self.shared.clone(), q)),
+            Ok(q) => Ok(IoQPair::new(self.shared.clone(), q, generation)),
             Err(e) => {
                 self.shared.release_qid(qid);
                 Err(e.at(InitStep::CreateIoQueues))
             }
         }
+    }
+
+    /// Resets the controller (CC.EN 0 then 1) and sets it up again. Queue
+    /// pairs notice on their next poll, re-create their queues and resubmit
+    /// the commands they had in flight.
+    pub fn reset(&self) -> Result<()> {
+        self.shared.reset_from(None)
+    }
+
+    /// Controller resets so far (each bumps this).
+    pub fn generation(&self) -> u64 {
+        self.shared.generation()
+    }
+
+    /// The asynchronous events the controller reported since the last call,
+    /// oldest first (Asynchronous Event Requests are kept outstanding).
+    pub fn async_events(&self) -> Result<Vec<nvme_spec::AsyncEvent>> {
+        let mut admin = self.shared.lock_admin();
+        admin.poll()?;
+        Ok(admin.take_events())
+    }
+
+    /// Whether shadow doorbells are in use.
+    pub fn uses_shadow_doorbells(&self) -> bool {
+        self.shared.dbbuf.is_some()
     }
 
     /// The PCI address.
@@ -295,7 +352,7 @@ impl Shared {
             })
     }
 
-    fn lock_admin(&self) -> MutexGuard<'_, QueuePair> {
+    fn lock_admin(&self) -> MutexGuard<'_, AdminQueue> {
         self.admin.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -305,8 +362,102 @@ impl Shared {
 
     /// Runs an admin command without data.
     pub(crate) fn admin_cmd(&self, sqe: Sqe, what: &str) -> Result<Cqe> {
-        let cqe = self.lock_admin().execute(sqe, self.options.admin_timeout)?;
+        self.run_admin(&mut self.lock_admin(), sqe, what)
+    }
+
+    /// Runs an admin command on an admin queue already locked.
+    fn run_admin(&self, admin: &mut AdminQueue, sqe: Sqe, what: &str) -> Result<Cqe> {
+        let cqe = admin.execute(sqe, self.options.admin_timeout)?;
         check_status(cqe, what)
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Doorbell Buffer Config, when wanted and supported: from then on every
+    /// queue's doorbells go through the shadow page.
+    fn setup_shadow_doorbells(&mut self) -> Result<()> {
+        let supported = self
+            .identify
+            .oacs()
+            .contains(nvme_spec::Oacs::DOORBELL_BUFFER_CONFIG);
+        if !self.options.shadow_doorbells || !supported {
+            return Ok(());
+        }
+        let dbbuf = Arc::new(ShadowDoorbells {
+            shadow: self.pool.alloc(PAGE_SIZE)?,
+            eventidx: self.pool.alloc(PAGE_SIZE)?,
+        });
+        self.send_dbbuf(&mut self.lock_admin(), &dbbuf)?;
+        self.dbbuf = Some(dbbuf);
+        log::debug!("{}: shadow doorbells on", self.address);
+        Ok(())
+    }
+
+    fn send_dbbuf(&self, admin: &mut AdminQueue, dbbuf: &Arc<ShadowDoorbells>) -> Result<()> {
+        dbbuf.shadow.fill(0, PAGE_SIZE, 0)?;
+        dbbuf.eventidx.fill(0, PAGE_SIZE, 0)?;
+        let mut sqe = admin::doorbell_buffer_config();
+        sqe.set_prps(dbbuf.shadow.iova(), dbbuf.eventidx.iova());
+        self.run_admin(admin, sqe, "Doorbell Buffer Config")?;
+        admin.q.set_shadow(Some(dbbuf.clone()))
+    }
+
+    /// Asks for the events the driver reports (Asynchronous Event
+    /// Configuration): every SMART/health critical warning, and the notices
+    /// the controller says it can send (OAES). A controller that refuses is
+    /// only logged: events are a diagnostic, not needed for I/O.
+    fn configure_async_events(&self) {
+        const SMART_WARNINGS: u32 = 0x3f;
+        let notices = self.identify.oaes.get() & 0xffff_ff00;
+        let aec = SMART_WARNINGS | notices;
+        let sqe = admin::set_features(FeatureId::AsyncEventConfiguration as u8, aec, false);
+        if let Err(e) = self.admin_cmd(sqe, "Set Features (Asynchronous Event Configuration)") {
+            log::warn!("{}: asynchronous events stay off: {e}", self.address);
+        }
+    }
+
+    /// Resets the controller unless it was already reset since generation
+    /// `seen` (another queue pair got there first).
+    pub(crate) fn reset_from(&self, seen: Option<u64>) -> Result<()> {
+        let mut admin = self.lock_admin();
+        if seen.is_some_and(|g| g != self.generation()) {
+            return Ok(());
+        }
+        log::warn!("{}: resetting the controller", self.address);
+        disable(&self.bar, self.cap).map_err(|e| e.at(InitStep::Disable))?;
+        // The controller has dropped every queue and stopped all DMA.
+        admin.q.reset_rings()?;
+        admin.forget_aers();
+        self.bar.write32(
+            regs::offset::AQA,
+            Aqa::new(admin.q.entries(), admin.q.entries()).0,
+        )?;
+        self.bar.write64(regs::offset::ASQ, admin.q.sq_iova())?;
+        self.bar.write64(regs::offset::ACQ, admin.q.cq_iova())?;
+        enable(&self.bar, self.cap)?;
+        if let Some(dbbuf) = &self.dbbuf {
+            self.send_dbbuf(&mut admin, dbbuf)
+                .map_err(|e| e.at(InitStep::ShadowDoorbells))?;
+        }
+        let granted = self
+            .set_queue_count(&mut admin)
+            .map_err(|e| e.at(InitStep::SetQueueCount))?;
+        let had = self.lock_qids().len();
+        if (granted as usize) < had {
+            log::warn!(
+                "after the reset the controller grants {granted} I/O queue pairs, not {had}"
+            );
+        }
+        admin
+            .enable_aers(self.aer_limit)
+            .map_err(|e| e.at(InitStep::AsyncEvents))?;
+        drop(admin);
+        self.configure_async_events();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        log::info!("{}: controller reset done", self.address);
+        Ok(())
     }
 
     /// Runs an admin command that transfers `buf`.
@@ -358,7 +509,7 @@ impl Shared {
     }
 
     /// Set Features (Number of Queues); returns the I/O queue pairs granted.
-    fn set_queue_count(&self) -> Result<u32> {
+    fn set_queue_count(&self, admin: &mut AdminQueue) -> Result<u32> {
         let wanted = u32::from(self.options.io_queues.max(1));
         let req = NumberOfQueues {
             sq: wanted,
@@ -367,7 +518,8 @@ impl Shared {
         let cdw11 = req
             .to_cdw11()
             .map_err(|e| Error::BadBuffer(e.to_string()))?;
-        let cqe = self.admin_cmd(
+        let cqe = self.run_admin(
+            admin,
             admin::set_features(FeatureId::NumberOfQueues as u8, cdw11, false),
             "Set Features (Number of Queues)",
         )?;
@@ -428,20 +580,42 @@ impl Shared {
             .options
             .io_queue_entries
             .clamp(2, max_entries(self.cap));
-        let q = QueuePair::new(qid, entries, self.cap.dstrd(), self.bar.clone(), &self.pool)?;
+        let mut q = QueuePair::new(qid, entries, self.cap.dstrd(), self.bar.clone(), &self.pool)?;
+        self.register_io_queue(&mut q)?;
+        log::debug!("created I/O queue pair {qid} with {entries} entries");
+        Ok(q)
+    }
+
+    /// Creates the controller's side (CQ, then SQ) of a queue pair whose
+    /// rings are empty: a new one, or one whose rings were reset.
+    pub(crate) fn register_io_queue(&self, q: &mut QueuePair) -> Result<()> {
+        let (qid, entries) = (q.qid(), q.entries());
+        q.set_shadow(self.dbbuf.clone())?;
         let range = |e: nvme_spec::RangeError| Error::BadBuffer(e.to_string());
+        let mut admin = self.lock_admin();
         let mut cq = admin::create_io_cq(qid, entries, None).map_err(range)?;
         cq.set_prps(q.cq_iova(), 0);
-        self.admin_cmd(cq, &format!("Create I/O Completion Queue {qid}"))?;
+        self.run_admin(
+            &mut admin,
+            cq,
+            &format!("Create I/O Completion Queue {qid}"),
+        )?;
         let mut sq =
             admin::create_io_sq(qid, entries, qid, admin::QueuePriority::Medium).map_err(range)?;
         sq.set_prps(q.sq_iova(), 0);
-        if let Err(e) = self.admin_cmd(sq, &format!("Create I/O Submission Queue {qid}")) {
-            let _ = self.admin_cmd(admin::delete_io_cq(qid), "Delete I/O Completion Queue");
+        if let Err(e) = self.run_admin(
+            &mut admin,
+            sq,
+            &format!("Create I/O Submission Queue {qid}"),
+        ) {
+            let _ = self.run_admin(
+                &mut admin,
+                admin::delete_io_cq(qid),
+                "Delete I/O Completion Queue",
+            );
             return Err(e);
         }
-        log::debug!("created I/O queue pair {qid} with {entries} entries");
-        Ok(q)
+        Ok(())
     }
 
     /// Deletes the controller's side of an I/O queue pair. The rings must
@@ -530,7 +704,10 @@ impl Shared {
         bar.write64(regs::offset::ASQ, admin.sq_iova())?;
         bar.write64(regs::offset::ACQ, admin.cq_iova())?;
         Ok(Shared {
-            admin: Mutex::new(admin),
+            admin: Mutex::new(AdminQueue::new(admin)),
+            generation: AtomicU64::new(0),
+            dbbuf: None,
+            aer_limit: 0,
             pool,
             vs: Vs(bar.read32(regs::offset::VS)?),
             bar,

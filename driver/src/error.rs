@@ -22,8 +22,12 @@ pub enum InitStep {
     Enable,
     /// Identify Controller.
     IdentifyController,
+    /// Doorbell Buffer Config (shadow doorbells).
+    ShadowDoorbells,
     /// Set Features (Number of Queues).
     SetQueueCount,
+    /// Posting Asynchronous Event Requests.
+    AsyncEvents,
     /// Identify of the active namespaces.
     IdentifyNamespaces,
     /// Creating an I/O completion/submission queue pair.
@@ -39,7 +43,9 @@ impl std::fmt::Display for InitStep {
             InitStep::AdminQueues => "set up admin queues",
             InitStep::Enable => "enable controller",
             InitStep::IdentifyController => "identify controller",
+            InitStep::ShadowDoorbells => "set up shadow doorbells",
             InitStep::SetQueueCount => "set number of queues",
+            InitStep::AsyncEvents => "post asynchronous event requests",
             InitStep::IdentifyNamespaces => "identify namespaces",
             InitStep::CreateIoQueues => "create I/O queues",
         })

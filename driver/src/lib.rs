@@ -22,6 +22,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod admin;
 mod ctrl;
 mod error;
 mod hw;

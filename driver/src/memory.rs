@@ -181,6 +181,18 @@ impl DmaBuffer {
         self.region.write_u64(at, value)
     }
 
+    /// Volatile load of a little-endian u32 at `offset` (4-byte aligned).
+    pub(crate) fn read_u32(&self, offset: usize) -> Result<u32> {
+        let at = self.check(offset, 4)?;
+        self.region.read_u32(at)
+    }
+
+    /// Volatile store of a little-endian u32 at `offset` (4-byte aligned).
+    pub(crate) fn write_u32(&self, offset: usize, value: u32) -> Result<()> {
+        let at = self.check(offset, 4)?;
+        self.region.write_u32(at, value)
+    }
+
     /// Volatile load of a little-endian u16 at `offset`.
     pub(crate) fn read_u16(&self, offset: usize) -> Result<u16> {
         let at = self.check(offset, 2)?;

@@ -132,6 +132,8 @@ impl Default for MockConfig {
                 admin_queue_entries: 8,
                 io_queue_entries: 64,
                 prefer_huge_pages: false,
+                // The mock does not emulate a controller reset.
+                reset_on_timeout: false,
                 ..Options::default()
             },
         }
@@ -2549,6 +2551,9 @@ mod tests {
         let mut cfg = config(8, 128 << 10, 1024);
         cfg.options.io_timeout = Duration::from_millis(50);
         cfg.options.admin_timeout = Duration::from_secs(2);
+        // The mock does not emulate a controller reset: these tests pin the
+        // give-up path (the reset escalation is shown in the VM tests).
+        cfg.options.reset_on_timeout = false;
         let (mock, qp) = MockController::with_qpair(cfg).expect("mock");
         mock.set_abort_policy(policy);
         (mock, qp)

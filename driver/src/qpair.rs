@@ -214,7 +214,10 @@ impl Parent {
 struct Child {
     parent: u32,
     index: u64,
+    /// Times sent again after a retryable status.
     tries: u8,
+    /// Times it ran past its deadline (a second time gives up on it).
+    timeouts: u8,
 }
 
 /// Per CID: the command in flight and the memory reused for its data
@@ -246,11 +249,13 @@ pub struct IoQPair {
     lost_cids: usize,
     idle_polls: u32,
     next_tag: u64,
+    /// The controller generation the queues were created in.
+    generation: u64,
     shared: Arc<Shared>,
 }
 
 impl IoQPair {
-    pub(crate) fn new(shared: Arc<Shared>, q: QueuePair) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, q: QueuePair, generation: u64) -> Self {
         let slots = (0..q.entries()).map(|_| Slot::default()).collect();
         IoQPair {
             q,
@@ -264,6 +269,7 @@ impl IoQPair {
             lost_cids: 0,
             idle_polls: 0,
             next_tag: 1 << 63,
+            generation,
             shared,
         }
     }
@@ -407,8 +413,12 @@ impl IoQPair {
                     parent: id,
                     index: p.issued,
                     tries: 0,
+                    timeouts: 0,
                 }
             };
+            // Commands from the retry queue were issued (and counted in
+            // `outstanding`) before; new ones come from their request.
+            let from_retry = !self.retry.is_empty();
             let Some(cid) = self.q.reserve() else {
                 return Ok(());
             };
@@ -417,32 +427,27 @@ impl IoQPair {
                 Err(e) => {
                     self.q.unreserve(cid);
                     // A command that cannot even be built fails its request.
-                    self.take_child_source(child);
-                    if child.tries > 0
-                        && let Some(p) = self.parents[child.parent as usize].as_mut()
-                    {
+                    self.take_child_source(from_retry, child);
+                    if from_retry && let Some(p) = self.parents[child.parent as usize].as_mut() {
                         p.outstanding = p.outstanding.saturating_sub(1);
                     }
                     self.fail_child(child, e);
                     continue;
                 }
             }
-            self.take_child_source(child);
+            self.take_child_source(from_retry, child);
             let slot = &mut self.slots[cid as usize];
             slot.child = Some(child);
             slot.deadline = Some(Instant::now() + self.shared.options.io_timeout);
-            // A retried command was counted when it was queued for retry.
-            if child.tries == 0
-                && let Some(p) = self.parents[child.parent as usize].as_mut()
-            {
+            if !from_retry && let Some(p) = self.parents[child.parent as usize].as_mut() {
                 p.outstanding += 1;
             }
         }
     }
 
     /// Marks `child` as taken from the retry queue or its parent's cursor.
-    fn take_child_source(&mut self, child: Child) {
-        if child.tries > 0 {
+    fn take_child_source(&mut self, from_retry: bool, child: Child) {
+        if from_retry {
             self.retry.pop_front();
         } else if let Some(p) = self.parents[child.parent as usize].as_mut() {
             p.issued += 1;
@@ -538,6 +543,8 @@ impl IoQPair {
         self.q.ring()?;
         if reaped? > 0 {
             self.idle_polls = 0;
+        } else if self.shared.generation() != self.generation {
+            self.recover(out)?;
         } else if self.q.in_flight() > self.lost_cids {
             self.idle_polls = self.idle_polls.wrapping_add(1);
             if self.idle_polls.is_multiple_of(HEALTH_CHECK_INTERVAL) {
@@ -655,6 +662,66 @@ impl IoQPair {
         });
     }
 
+    /// After a controller reset: start the rings over, create the queues
+    /// again, and resubmit every command that was in flight (first, before
+    /// anything not yet issued). Commands given up on before are forgotten
+    /// with their CIDs: the reset ended any DMA they could still do.
+    fn recover(&mut self, out: &mut Vec<IoCompletion>) -> Result<()> {
+        let generation = self.shared.generation();
+        let qid = self.q.qid();
+        self.q.reset_rings()?;
+        let mut again = Vec::new();
+        for slot in &mut self.slots {
+            if let Some(child) = slot.child.take() {
+                slot.deadline = None;
+                again.push(child);
+            }
+        }
+        let resent = again.len();
+        for child in again.into_iter().rev() {
+            // Still counted in its request's `outstanding`.
+            self.retry.push_front(child);
+        }
+        self.lost_cids = 0;
+        self.quarantine.clear();
+        if let Err(e) = self.shared.register_io_queue(&mut self.q) {
+            log::error!("queue {qid}: cannot be created again after a reset: {e}");
+            let msg = e.to_string();
+            self.give_up_all(out, &|| {
+                Error::Unsupported(format!(
+                    "queue {qid} could not be created again after a controller reset: {msg}"
+                ))
+            });
+            return Err(e);
+        }
+        self.generation = generation;
+        log::info!(
+            "queue {qid}: created again after a controller reset; {resent} commands resubmitted"
+        );
+        self.fill_sq()?;
+        self.q.ring()
+    }
+
+    /// Resets the controller (unless another queue pair just did) and
+    /// recovers; if the reset fails, every request fails with `e`.
+    fn reset_and_recover(
+        &mut self,
+        out: &mut Vec<IoCompletion>,
+        e: impl Fn() -> Error,
+    ) -> Result<()> {
+        match self.shared.reset_from(Some(self.generation)) {
+            Ok(()) => self.recover(out),
+            Err(reset_error) => {
+                log::error!(
+                    "queue {}: controller reset failed: {reset_error}",
+                    self.q.qid()
+                );
+                self.give_up_all(out, &e);
+                Err(e())
+            }
+        }
+    }
+
     /// On a long idle stretch with commands in flight: the controller's
     /// status, then each command's deadline. A command past its deadline
     /// is aborted; if it does not come back, it is given up on.
@@ -666,8 +733,9 @@ impl IoQPair {
                 step: format!("polling queue {qid}"),
                 csts,
             };
-            self.give_up_all(out, e);
-            return Err(e());
+            // A device that is gone cannot be reset: the reset fails at
+            // once and every request fails with this error.
+            return self.reset_and_recover(out, e);
         }
         let now = Instant::now();
         let expired: Vec<u16> = self
@@ -697,8 +765,27 @@ impl IoQPair {
             }
             std::thread::sleep(Duration::from_micros(100));
         }
-        // Still not back: give up on it. Its CID stays taken and its buffer
-        // is kept, since the device may yet write to it.
+        // Still not back. The first time, reset the controller: the command
+        // is resubmitted with the others. The second time, give up on it:
+        // its CID stays taken and its buffer is kept, since the device may
+        // yet write to it.
+        let first_timeout = self.slots[cid as usize]
+            .child
+            .as_ref()
+            .is_some_and(|c| c.timeouts == 0);
+        if first_timeout && self.shared.options.reset_on_timeout {
+            if let Some(c) = self.slots[cid as usize].child.as_mut() {
+                c.timeouts += 1;
+            }
+            log::warn!(
+                "queue {qid}: command {cid} did not come back after Abort; resetting the controller"
+            );
+            let waited = self.shared.options.io_timeout + ABORT_GRACE;
+            return self.reset_and_recover(out, || Error::CommandTimeout {
+                command: format!("command {cid} on queue {qid}"),
+                waited_ms: waited.as_millis() as u64,
+            });
+        }
         if let Some(child) = self.slots[cid as usize].child.take() {
             self.slots[cid as usize].deadline = None;
             self.lost_cids += 1;
@@ -718,7 +805,7 @@ impl IoQPair {
     }
 
     /// Fails every outstanding request (the controller is gone or fatal).
-    fn give_up_all(&mut self, out: &mut Vec<IoCompletion>, e: impl Fn() -> Error) {
+    fn give_up_all(&mut self, out: &mut Vec<IoCompletion>, e: &dyn Fn() -> Error) {
         for cid in 0..self.slots.len() {
             if let Some(child) = self.slots[cid].child.take() {
                 self.slots[cid].deadline = None;
@@ -823,6 +910,12 @@ impl IoQPair {
 impl Drop for IoQPair {
     fn drop(&mut self) {
         let qid = self.q.qid();
+        if self.shared.generation() != self.generation {
+            // A reset since this queue pair last looked: the controller has
+            // no such queues and does no DMA for them any more.
+            self.shared.release_qid(qid);
+            return;
+        }
         // Deleting the SQ makes the controller finish or drop what is in
         // flight; only then may the rings and buffers be reused.
         match self.shared.delete_io_queue(qid) {

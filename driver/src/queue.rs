@@ -7,9 +7,8 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
-use std::time::{Duration, Instant};
 
-use nvme_spec::{Cqe, Csts, DoorbellKind, Sqe, doorbell_offset, regs};
+use nvme_spec::{Cqe, DoorbellKind, Sqe, doorbell_offset};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::error::{Error, Result};
@@ -23,6 +22,21 @@ pub(crate) const CQE_SIZE: usize = 16;
 /// Offset of the status word (phase in bit 0) inside a CQE.
 const CQE_STATUS: usize = 14;
 
+/// The shadow doorbell and EventIdx pages (Doorbell Buffer Config): the
+/// host writes new tails and heads to the first, the controller says in
+/// the second up to where it has looked; an MMIO doorbell write is needed
+/// only when the new value passes that point (the event-index rule).
+#[derive(Debug)]
+pub(crate) struct ShadowDoorbells {
+    pub(crate) shadow: DmaBuffer,
+    pub(crate) eventidx: DmaBuffer,
+}
+
+/// Whether moving a doorbell from `old` to `new` passes `event_idx`.
+pub(crate) fn need_event(event_idx: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event_idx).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
 /// One SQ and its CQ.
 #[derive(Debug)]
 pub(crate) struct QueuePair {
@@ -35,6 +49,8 @@ pub(crate) struct QueuePair {
     sq_tail_rung: u16,
     sq_head: u16,
     cq_head: u16,
+    /// Head value last written to the CQ doorbell.
+    cq_head_rung: u16,
     phase: bool,
     sq_doorbell: usize,
     cq_doorbell: usize,
@@ -46,6 +62,8 @@ pub(crate) struct QueuePair {
     free_cids: Vec<u16>,
     /// Per CID: the SQ slot its command was written to.
     sq_slot: Vec<u16>,
+    /// Shadow doorbells, when the controller has them enabled.
+    shadow: Option<Arc<ShadowDoorbells>>,
 }
 
 impl QueuePair {
@@ -81,6 +99,7 @@ impl QueuePair {
             sq_tail_rung: 0,
             sq_head: 0,
             cq_head: 0,
+            cq_head_rung: 0,
             phase: true,
             sq_doorbell,
             cq_doorbell,
@@ -90,7 +109,59 @@ impl QueuePair {
             // most entries - 1 commands are in flight.
             free_cids: (0..entries - 1).rev().collect(),
             sq_slot: vec![0; entries as usize],
+            shadow: None,
         })
+    }
+
+    /// Uses shadow doorbells from now on (None: MMIO doorbells only). The
+    /// queue's shadow slots take the current tail and head.
+    pub(crate) fn set_shadow(&mut self, shadow: Option<Arc<ShadowDoorbells>>) -> Result<()> {
+        if let Some(s) = &shadow {
+            let (sq, cq) = self.shadow_offsets();
+            s.shadow.write_u32(sq, u32::from(self.sq_tail_rung))?;
+            s.shadow.write_u32(cq, u32::from(self.cq_head))?;
+        }
+        self.shadow = shadow;
+        Ok(())
+    }
+
+    /// Offsets of this queue's SQ tail and CQ head in the shadow pages: the
+    /// doorbell offsets relative to the first doorbell.
+    fn shadow_offsets(&self) -> (usize, usize) {
+        let base = nvme_spec::regs::offset::DOORBELL_BASE;
+        (self.sq_doorbell - base, self.cq_doorbell - base)
+    }
+
+    /// Writes a doorbell: through the shadow page (and MMIO only when the
+    /// event index says the controller is not looking), or MMIO.
+    fn write_doorbell(&self, mmio: usize, shadow_at: usize, new: u16, old: u16) -> Result<()> {
+        if let Some(s) = &self.shadow {
+            s.shadow.write_u32(shadow_at, u32::from(new))?;
+            // The shadow value must be visible before the EventIdx is read.
+            fence(Ordering::SeqCst);
+            let event_idx = s.eventidx.read_u32(shadow_at)? as u16;
+            if !need_event(event_idx, new, old) {
+                return Ok(());
+            }
+        }
+        self.bar.write32(mmio, u32::from(new))
+    }
+
+    /// Forgets every command and starts the rings over (empty, phase 1):
+    /// only while the controller has no such queue (after a reset).
+    pub(crate) fn reset_rings(&mut self) -> Result<()> {
+        self.cq.fill(0, self.entries as usize * CQE_SIZE, 0)?;
+        self.sq_tail = 0;
+        self.sq_tail_rung = 0;
+        self.sq_head = 0;
+        self.cq_head = 0;
+        self.cq_head_rung = 0;
+        self.phase = true;
+        self.in_flight.iter_mut().for_each(|f| *f = false);
+        self.free_cids = (0..self.entries - 1).rev().collect();
+        self.sq_slot.iter_mut().for_each(|s| *s = 0);
+        self.shadow = None;
+        Ok(())
     }
 
     /// Keeps the rings' memory forever (the device may still use it).
@@ -170,7 +241,8 @@ impl QueuePair {
         if self.sq_tail != self.sq_tail_rung {
             // The SQEs must be in memory before the device learns of them.
             fence(Ordering::SeqCst);
-            self.bar.write32(self.sq_doorbell, self.sq_tail as u32)?;
+            let (shadow_at, _) = self.shadow_offsets();
+            self.write_doorbell(self.sq_doorbell, shadow_at, self.sq_tail, self.sq_tail_rung)?;
             self.sq_tail_rung = self.sq_tail;
         }
         Ok(())
@@ -234,47 +306,33 @@ impl QueuePair {
 
     /// Tells the device how far the CQ has been consumed.
     pub(crate) fn ring_cq(&mut self) -> Result<()> {
-        self.bar.write32(self.cq_doorbell, self.cq_head as u32)
+        let (_, shadow_at) = self.shadow_offsets();
+        let old = self.cq_head_rung;
+        self.write_doorbell(self.cq_doorbell, shadow_at, self.cq_head, old)?;
+        self.cq_head_rung = self.cq_head;
+        Ok(())
     }
 
-    /// Posts `sqe`, rings, and polls until its completion arrives or
-    /// `timeout` passes. Only for queues with nothing else in flight.
-    pub(crate) fn execute(&mut self, sqe: Sqe, timeout: Duration) -> Result<Cqe> {
-        let cid = self.post(sqe)?;
-        self.ring()?;
-        let start = Instant::now();
-        let mut spins: u32 = 0;
-        loop {
-            if let Some(cqe) = self.pop()? {
-                self.ring_cq()?;
-                if cqe.cid() != cid {
-                    return Err(Error::BadDevice(format!(
-                        "queue {}: completion for CID {} while waiting for {cid}",
-                        self.qid,
-                        cqe.cid()
-                    )));
-                }
-                return Ok(cqe);
-            }
-            spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(1024) {
-                let csts = Csts(self.bar.read32(regs::offset::CSTS)?);
-                if csts.fatal() || csts.is_all_ones() {
-                    return Err(Error::ControllerFatal {
-                        step: format!("waiting on queue {}", self.qid),
-                        csts,
-                    });
-                }
-                if start.elapsed() >= timeout {
-                    // The CID stays marked in flight: the device may still
-                    // complete it, and its buffers must not be reused.
-                    return Err(Error::CommandTimeout {
-                        command: format!("opcode {:#04x} on queue {}", sqe.opcode, self.qid),
-                        waited_ms: timeout.as_millis() as u64,
-                    });
-                }
-            }
-            std::hint::spin_loop();
-        }
+    /// Reads a controller register (for status checks while waiting).
+    pub(crate) fn read_register(&self, offset: usize) -> Result<u32> {
+        self.bar.read32(offset)
+    }
+}
+
+#[cfg(test)]
+mod shadow_tests {
+    use super::need_event;
+
+    #[test]
+    fn event_index_rule() {
+        // The controller looked up to 5: moving 3 -> 8 passes it, 6 -> 8 does not.
+        assert!(need_event(5, 8, 3));
+        assert!(!need_event(5, 8, 6));
+        assert!(need_event(7, 8, 7), "exactly the next entry");
+        assert!(!need_event(8, 8, 7), "the controller is already past it");
+        // Across the u16 wrap.
+        assert!(need_event(0xfffe, 2, 0xfff0));
+        // Writing entry 2 when the controller waits for entry 2.
+        assert!(need_event(2, 3, 2));
     }
 }

@@ -228,6 +228,23 @@ impl DmaRegion {
         Ok(())
     }
 
+    /// Volatile 32-bit load (little-endian), e.g. a shadow doorbell EventIdx.
+    pub(crate) fn read_u32(&self, offset: usize) -> Result<u32> {
+        let p = self.at(offset, 4, 4)?;
+        // SAFETY: in bounds and aligned (checked); volatile because the
+        // device may be writing this word.
+        Ok(u32::from_le(unsafe { p.cast::<u32>().read_volatile() }))
+    }
+
+    /// Volatile 32-bit store (little-endian), e.g. a shadow doorbell.
+    pub(crate) fn write_u32(&self, offset: usize, value: u32) -> Result<()> {
+        let p = self.at(offset, 4, 4)?;
+        // SAFETY: in bounds and aligned (checked); volatile because the
+        // device may be reading this word.
+        unsafe { p.cast::<u32>().write_volatile(value.to_le()) };
+        Ok(())
+    }
+
     /// Copies bytes out of the region at `offset` into `out`.
     pub(crate) fn read_bytes(&self, offset: usize, out: &mut [u8]) -> Result<()> {
         let p = self.at(offset, out.len(), 1)?;

@@ -22,6 +22,9 @@ struct Cli {
     /// Use SGLs for data when the controller supports them.
     #[arg(long)]
     sgl: bool,
+    /// Use MMIO doorbells even if the controller has shadow doorbells.
+    #[arg(long)]
+    no_shadow: bool,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -71,6 +74,22 @@ enum Scenario {
     /// Write Zeroes and Deallocate read back as zeroes; the blocks around
     /// them are untouched.
     Ops,
+    /// Set the temperature threshold below the current temperature: the
+    /// controller reports a SMART/health asynchronous event.
+    Events,
+    /// Threads write and verify their ranges while the controller is reset
+    /// underneath them: every request completes correctly (resubmitted
+    /// after the reset) or fails with an error, and the data is right.
+    Reset {
+        #[arg(long, default_value_t = 3)]
+        threads: usize,
+        #[arg(long, default_value_t = 3)]
+        resets: usize,
+        #[arg(long, default_value_t = 8192)]
+        region: u64,
+        #[arg(long, default_value_t = 71)]
+        seed: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -94,15 +113,21 @@ fn open(cli: &Cli) -> Result<Controller> {
     let options = Options {
         io_queue_entries: cli.entries,
         use_sgl: cli.sgl,
+        shadow_doorbells: !cli.no_shadow,
         ..Options::default()
     };
     let ctrl = Controller::open(f.address, options)?;
     println!(
-        "controller {}: {} queue pairs granted, max transfer {} bytes, {}",
+        "controller {}: {} queue pairs granted, max transfer {} bytes, {}, {} doorbells",
         ctrl.address(),
         ctrl.io_queue_limit(),
         ctrl.max_transfer(),
-        if ctrl.uses_sgl() { "SGL" } else { "PRP" }
+        if ctrl.uses_sgl() { "SGL" } else { "PRP" },
+        if ctrl.uses_shadow_doorbells() {
+            "shadow"
+        } else {
+            "MMIO"
+        }
     );
     Ok(ctrl)
 }
@@ -234,6 +259,67 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 println!("namespace {nsid}: {blocks} blocks of {lba} bytes verified");
             }
+        }
+        Scenario::Reset {
+            threads,
+            resets,
+            region,
+            seed,
+        } => {
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let handles: Vec<_> = (0..threads as u64)
+                .map(|t| {
+                    let ctrl = ctrl.clone();
+                    let stop = stop.clone();
+                    std::thread::spawn(move || -> Result<String> {
+                        let mut q = ctrl.io_qpair()?;
+                        let first = t * region;
+                        let mut rounds = 0;
+                        // Keep the queue busy until the resets are over.
+                        while rounds == 0 || !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            fill_and_verify(&ctrl, &mut q, 1, first, region, 16, 128, seed + t)?;
+                            rounds += 1;
+                        }
+                        Ok(format!(
+                            "thread {t}: {rounds} rounds on queue {} verified",
+                            q.qid()
+                        ))
+                    })
+                })
+                .collect();
+            for i in 0..resets {
+                std::thread::sleep(Duration::from_millis(300));
+                ctrl.reset()?;
+                println!("reset {} done", i + 1);
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            for h in handles {
+                let line = h.join().map_err(|_| "a thread panicked")??;
+                println!("{line}");
+            }
+        }
+        Scenario::Events => {
+            println!("events before: {}", ctrl.async_events()?.len());
+            // Temperature Threshold, over-temperature, composite: 273 K.
+            ctrl.set_features(
+                nvme_driver::nvme_spec::FeatureId::TemperatureThreshold as u8,
+                273,
+            )?;
+            let start = std::time::Instant::now();
+            let mut events = Vec::new();
+            while events.is_empty() && start.elapsed() < Duration::from_secs(5) {
+                events = ctrl.async_events()?;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            for e in &events {
+                println!("event: {} (dw0 {:#010x})", e.description(), e.to_dw0());
+            }
+            if events.is_empty() {
+                return Err("no asynchronous event within 5 s".into());
+            }
+            // Reading the SMART log clears the event (RAE = 0).
+            let smart = ctrl.smart_log()?;
+            println!("critical warning {:#x}", smart.critical_warning);
         }
         Scenario::Ops => {
             let mut q = ctrl.io_qpair()?;

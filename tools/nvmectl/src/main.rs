@@ -113,6 +113,22 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         cdw11: u32,
     },
+    /// Set a feature's value (Set Features, not saved).
+    SetFeature {
+        #[command(flatten)]
+        target: Target,
+        /// Feature identifier.
+        #[arg(long, short = 'f', value_parser = parse_u8)]
+        feature_id: u8,
+        /// Command dword 11: the value.
+        #[arg(long, short = 'v', value_parser = parse_u32)]
+        value: u32,
+    },
+    /// Reset the controller (CC.EN off and on) and set it up again.
+    Reset {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Write a file's bytes at a logical block (length a multiple of the LBA size).
     Write {
         #[command(flatten)]
@@ -303,6 +319,25 @@ fn run(command: Command) -> Result<(), Failure> {
             let entries = ctrl.error_log()?;
             logs::print_errors(&mut out, &entries).map_err(io)?;
         }
+        Command::SetFeature {
+            target,
+            feature_id,
+            value,
+        } => {
+            let ctrl = target.open()?;
+            let result = ctrl.set_features(feature_id, value)?;
+            writeln!(
+                out,
+                "set-feature:{feature_id:#04x} ({}), value:{value:#010x}, dw0:{result:#010x}",
+                logs::feature_name(feature_id)
+            )
+            .map_err(io)?;
+        }
+        Command::Reset { target } => {
+            let ctrl = target.open()?;
+            ctrl.reset()?;
+            writeln!(out, "{}: controller reset", ctrl.address()).map_err(io)?;
+        }
         Command::GetFeature {
             target,
             feature_id,
@@ -334,6 +369,14 @@ fn parse_u8(s: &str) -> Result<u8, String> {
         None => s.parse(),
     };
     parsed.map_err(|_| format!("`{s}` is not a number from 0 to 255"))
+}
+
+fn parse_u32(s: &str) -> Result<u32, String> {
+    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    parsed.map_err(|_| format!("`{s}` is not a 32-bit number"))
 }
 
 fn group(f: &nvme_driver::PciFunction) -> String {
