@@ -425,7 +425,11 @@ impl Shared {
         if seen.is_some_and(|g| g != self.generation()) {
             return Ok(());
         }
-        log::warn!("{}: resetting the controller", self.address);
+        match seen {
+            // Asked for by the user.
+            None => log::info!("{}: resetting the controller", self.address),
+            Some(_) => log::warn!("{}: resetting the controller to recover", self.address),
+        }
         disable(&self.bar, self.cap).map_err(|e| e.at(InitStep::Disable))?;
         // The controller has dropped every queue and stopped all DMA.
         admin.q.reset_rings()?;

@@ -1,0 +1,133 @@
+//! Controller reset in the middle of I/O, asynchronous events, and shadow
+//! doorbells on and off, against QEMU's controller.
+
+use vm_tests::{image_bytes, pattern, run_ok, vm};
+
+#[test]
+fn reset_in_the_middle_of_io_loses_nothing() {
+    let config = vm();
+    let run = run_ok(
+        &config,
+        "RUST_LOG=nvme_driver=info guest-check reset --threads 3 --resets 3 --region 4096 --seed 71",
+    );
+    let out = run.stdout_text();
+    for i in 1..=3 {
+        assert!(out.contains(&format!("reset {i} done")), "{out}");
+    }
+    for t in 0..3 {
+        assert!(out.contains(&format!("thread {t}: ")), "{out}");
+    }
+    // The queue pairs really had commands in flight when the resets came.
+    let err = run.stderr_text();
+    let resubmitted: usize = err
+        .lines()
+        .filter_map(|l| {
+            l.split("; ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        resubmitted > 0,
+        "no command was resubmitted after a reset:\n{err}"
+    );
+    assert!(
+        err.contains("created again after a controller reset"),
+        "{err}"
+    );
+    let image = run.disk(1).expect("image");
+    for t in 0..3u64 {
+        let data = image_bytes(image, t * 4096 * 512, 4096 * 512);
+        assert_eq!(
+            pattern::first_mismatch(71 + t, t * 4096, 512, &data),
+            None,
+            "thread {t}"
+        );
+    }
+}
+
+#[test]
+fn nvmectl_reset_and_features() {
+    let config = vm();
+    let run = run_ok(
+        &config,
+        "nvmectl reset && nvmectl set-feature -f 0x06 -v 0 && nvmectl get-feature -f 0x06 \
+         && nvmectl get-feature -f 0x0b && nvmectl set-feature -f 0x08 -v 0x0a04; echo \"rc=$?\"; true \
+         && dd if=/dev/urandom of=/root/p bs=512 count=4 2>/dev/null \
+         && nvmectl write --lba 3 --data /root/p && nvmectl reset \
+         && nvmectl read --lba 3 --blocks 4 --output /tmp/b && cmp /root/p /tmp/b && echo same",
+    );
+    let out = run.stdout_text();
+    assert_eq!(
+        out.matches("0000:00:03.0: controller reset").count(),
+        2,
+        "{out}"
+    );
+    assert!(
+        out.contains("set-feature:0x06 (Volatile Write Cache), value:0x00000000"),
+        "{out}"
+    );
+    assert!(
+        out.contains("get-feature:0x06 (Volatile Write Cache), Current value:0x00000000"),
+        "{out}"
+    );
+    // The driver asked for SMART warnings and namespace notices at open.
+    assert!(
+        out.contains(
+            "get-feature:0x0b (Asynchronous Event Configuration), Current value:0x0000013f"
+        ),
+        "{out}"
+    );
+    // QEMU does not let interrupt coalescing be changed: a clear error.
+    assert!(out.contains("rc=1"), "{out}");
+    assert!(
+        run.stderr_text().contains(
+            "nvmectl: Set Features 0x08 (Interrupt Coalescing) failed: Feature Not Changeable (sct 0x1, sc 0x0e, dnr)"
+        ),
+        "{}",
+        run.stderr_text()
+    );
+    assert!(out.ends_with("same\n"), "{out}");
+}
+
+#[test]
+fn asynchronous_events_are_reported() {
+    let config = vm();
+    let run = run_ok(&config, "guest-check events");
+    let out = run.stdout_text();
+    assert!(out.contains("events before: 0"), "{out}");
+    assert!(
+        out.contains("event: Temperature Threshold (dw0 0x00020101)"),
+        "{out}"
+    );
+    assert!(out.contains("critical warning 0x2"), "{out}");
+}
+
+#[test]
+fn shadow_doorbells_on_and_off_move_the_same_data() {
+    let config = vm();
+    let run = run_ok(
+        &config,
+        "guest-check threads --threads 2 --region 2048 --seed 81 \
+         && guest-check --no-shadow threads --threads 2 --region 2048 --seed 91",
+    );
+    let out = run.stdout_text();
+    assert!(
+        out.contains("PRP, shadow doorbells"),
+        "QEMU 7.2 offers Doorbell Buffer Config: {out}"
+    );
+    assert!(out.contains("PRP, MMIO doorbells"), "{out}");
+    // The second run overwrote the same ranges with its own pattern.
+    let image = run.disk(1).expect("image");
+    for t in 0..2u64 {
+        let data = image_bytes(image, t * 2048 * 512, 2048 * 512);
+        assert_eq!(
+            pattern::first_mismatch(91 + t, t * 2048, 512, &data),
+            None,
+            "thread {t}"
+        );
+    }
+}
