@@ -101,12 +101,13 @@ pub(crate) struct Shared {
     dbbuf: Option<Arc<ShadowDoorbells>>,
     /// Asynchronous Event Requests kept outstanding.
     aer_limit: usize,
+    /// One eventfd per MSI-X vector, once interrupt mode was first asked for.
+    irqs: Mutex<Option<Vec<Arc<vmm_sys_util::eventfd::EventFd>>>>,
     /// Per I/O queue id - 1: in use by a queue pair. Its length is the
     /// number of queue pairs the controller granted.
     qids: Mutex<Vec<bool>>,
     address: PciAddress,
     /// None for a mock controller (host memory, no device).
-    #[allow(dead_code, reason = "held so that the device is closed last")]
     vfio: Option<VfioNvme>,
 }
 
@@ -152,6 +153,7 @@ impl Controller {
             generation: AtomicU64::new(0),
             dbbuf: None,
             aer_limit: 0,
+            irqs: Mutex::new(None),
             pool,
             bar,
             cap,
@@ -227,6 +229,22 @@ impl Controller {
     /// Whether shadow doorbells are in use.
     pub fn uses_shadow_doorbells(&self) -> bool {
         self.shared.dbbuf.is_some()
+    }
+
+    /// A new I/O queue pair whose completion queue raises an MSI-X
+    /// interrupt, so that [`IoQPair::wait`] can sleep instead of spinning
+    /// (for queues that are often idle). The vector is the queue id.
+    pub fn io_qpair_with_interrupts(&self) -> Result<IoQPair> {
+        let qid = self.shared.take_qid()?;
+        let result = self.shared.interrupt(qid).and_then(|irq| {
+            let generation = self.shared.generation();
+            let q = self.shared.create_io_queue_with(qid, Some(qid))?;
+            IoQPair::new(self.shared.clone(), q, generation).with_interrupt(irq)
+        });
+        if result.is_err() {
+            self.shared.release_qid(qid);
+        }
+        result.map_err(|e| e.at(InitStep::CreateIoQueues))
     }
 
     /// The PCI address.
@@ -579,12 +597,49 @@ impl Shared {
         }
     }
 
+    /// The eventfd of MSI-X vector `vector`, enabling MSI-X the first time.
+    fn interrupt(&self, vector: u16) -> Result<Arc<vmm_sys_util::eventfd::EventFd>> {
+        let vfio = self
+            .vfio
+            .as_ref()
+            .ok_or_else(|| Error::Unsupported("interrupts need a VFIO device".into()))?;
+        let mut irqs = self.irqs.lock().unwrap_or_else(|e| e.into_inner());
+        if irqs.is_none() {
+            // Vector 0 belongs to the admin queue; one more per I/O queue.
+            let granted = self.lock_qids().len() as u32;
+            let count = vfio.msix_vectors().min(granted + 1);
+            let fds = (0..count)
+                .map(|_| {
+                    vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
+                        .map(Arc::new)
+                        .map_err(|e| Error::os("creating an eventfd", e))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            vfio.enable_msix(&fds)?;
+            log::debug!("{}: MSI-X enabled with {count} vectors", self.address);
+            *irqs = Some(fds);
+        }
+        irqs.as_ref()
+            .and_then(|fds| fds.get(usize::from(vector)).cloned())
+            .ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "queue {vector} has no MSI-X vector (the controller has {})",
+                    vfio.msix_vectors()
+                ))
+            })
+    }
+
     fn create_io_queue(&self, qid: u16) -> Result<QueuePair> {
+        self.create_io_queue_with(qid, None)
+    }
+
+    fn create_io_queue_with(&self, qid: u16, vector: Option<u16>) -> Result<QueuePair> {
         let entries = self
             .options
             .io_queue_entries
             .clamp(2, max_entries(self.cap));
         let mut q = QueuePair::new(qid, entries, self.cap.dstrd(), self.bar.clone(), &self.pool)?;
+        q.set_irq_vector(vector);
         self.register_io_queue(&mut q)?;
         log::debug!("created I/O queue pair {qid} with {entries} entries");
         Ok(q)
@@ -597,7 +652,7 @@ impl Shared {
         q.set_shadow(self.dbbuf.clone())?;
         let range = |e: nvme_spec::RangeError| Error::BadBuffer(e.to_string());
         let mut admin = self.lock_admin();
-        let mut cq = admin::create_io_cq(qid, entries, None).map_err(range)?;
+        let mut cq = admin::create_io_cq(qid, entries, q.irq_vector()).map_err(range)?;
         cq.set_prps(q.cq_iova(), 0);
         self.run_admin(
             &mut admin,
@@ -712,6 +767,7 @@ impl Shared {
             generation: AtomicU64::new(0),
             dbbuf: None,
             aer_limit: 0,
+            irqs: Mutex::new(None),
             pool,
             vs: Vs(bar.read32(regs::offset::VS)?),
             bar,

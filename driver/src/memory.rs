@@ -44,6 +44,13 @@ impl DmaPool {
         }
     }
 
+    /// (chunks, of which on huge pages) the pool holds.
+    pub fn chunk_counts(&self) -> (usize, usize) {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let huge = state.chunks.iter().filter(|c| c.region.is_huge()).count();
+        (state.chunks.len(), huge)
+    }
+
     /// A zeroed buffer of at least `len` bytes, 4 KiB aligned.
     pub fn alloc(&self, len: usize) -> Result<DmaBuffer> {
         if len == 0 {

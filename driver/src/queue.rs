@@ -64,6 +64,8 @@ pub(crate) struct QueuePair {
     sq_slot: Vec<u16>,
     /// Shadow doorbells, when the controller has them enabled.
     shadow: Option<Arc<ShadowDoorbells>>,
+    /// The MSI-X vector of the CQ, for a queue in interrupt mode.
+    irq_vector: Option<u16>,
 }
 
 impl QueuePair {
@@ -110,7 +112,18 @@ impl QueuePair {
             free_cids: (0..entries - 1).rev().collect(),
             sq_slot: vec![0; entries as usize],
             shadow: None,
+            irq_vector: None,
         })
+    }
+
+    /// The MSI-X vector the CQ signals (None: polled only).
+    pub(crate) fn irq_vector(&self) -> Option<u16> {
+        self.irq_vector
+    }
+
+    /// Sets the vector the CQ will be created with.
+    pub(crate) fn set_irq_vector(&mut self, vector: Option<u16>) {
+        self.irq_vector = vector;
     }
 
     /// Uses shadow doorbells from now on (None: MMIO doorbells only). The

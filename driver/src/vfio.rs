@@ -4,8 +4,11 @@
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use vfio_bindings::bindings::vfio::{VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX};
+use vfio_bindings::bindings::vfio::{
+    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
+};
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioOps};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{Error, Result};
 use crate::hw::mmio::Bar;
@@ -112,6 +115,25 @@ impl VfioNvme {
             self.config_write16(PCI_COMMAND, want)?;
         }
         Ok(())
+    }
+
+    /// MSI-X vectors the function has.
+    pub(crate) fn msix_vectors(&self) -> u32 {
+        self.device
+            .get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX)
+            .map_or(0, |irq| irq.count)
+    }
+
+    /// Routes MSI-X vectors 0..fds.len() to the eventfds.
+    pub(crate) fn enable_msix(&self, fds: &[Arc<EventFd>]) -> Result<()> {
+        self.device
+            .enable_msix(fds.iter().map(|f| f.as_ref()).collect())
+            .map_err(|e| {
+                Error::vfio(
+                    format!("{}: enabling {} MSI-X vectors", self.address, fds.len()),
+                    e,
+                )
+            })
     }
 
     /// Maps BAR0 (the controller registers and doorbells).

@@ -101,6 +101,9 @@ pub struct VmConfig {
     pub iommu: bool,
     /// 2 MiB huge pages to reserve in the guest.
     pub hugepages: u32,
+    /// A blkdebug configuration (the text of its config file) put between
+    /// namespace 1 and its image, to make chosen I/O fail.
+    pub blkdebug: Option<String>,
     /// Extra kernel command line words.
     pub kernel_args: Vec<String>,
     /// Where to keep the guest console log (default: inside the run folder).
@@ -125,6 +128,7 @@ impl Default for VmConfig {
             kvm: false,
             iommu: true,
             hugepages: 0,
+            blkdebug: None,
             kernel_args: Vec::new(),
             console_log: None,
             output: OutputMode::Capture,
@@ -221,6 +225,14 @@ impl VmConfig {
             .map_err(|e| Error::io("creating temporary folder in", std::env::temp_dir(), e))?;
         let run_dir = dir.path();
 
+        let blkdebug_conf = match &self.blkdebug {
+            Some(text) => {
+                let p = run_dir.join("blkdebug.conf");
+                fs::write(&p, text).map_err(|e| Error::io("writing", &p, e))?;
+                Some(p)
+            }
+            None => None,
+        };
         let initrd = run_dir.join("initrd.cpio");
         self.write_initramfs(&initrd, &kernel, &bins, cmd)?;
         let disks = self.prepare_disks(run_dir)?;
@@ -244,6 +256,7 @@ impl VmConfig {
             &initrd,
             &disks,
             [&console_log, &stdout_path, &stderr_path, &status_path],
+            blkdebug_conf.as_deref(),
         );
         log::debug!("{} {}", host::QEMU, args.join(" "));
         let qemu_log = run_dir.join("qemu.log");
@@ -468,6 +481,7 @@ impl VmConfig {
         initrd: &Path,
         disks: &[Option<PathBuf>],
         serials: [&Path; 4],
+        blkdebug: Option<&Path>,
     ) -> Vec<String> {
         let mut append = vec![
             "console=ttyS0",
@@ -537,12 +551,19 @@ impl VmConfig {
         args.push(ctrl);
         for (i, disk) in disks.iter().enumerate() {
             let nsid = i + 1;
-            let drive = match disk {
-                Some(p) => format!(
+            let drive = match (disk, blkdebug) {
+                // Namespace 1 through blkdebug, which fails chosen I/O.
+                (Some(p), Some(conf)) if nsid == 1 => format!(
+                    "driver=raw,file.driver=blkdebug,file.config={},file.image.driver=file,\
+                     file.image.filename={},if=none,id=nvm{nsid},cache=writeback,discard=unmap",
+                    conf.display(),
+                    p.display()
+                ),
+                (Some(p), _) => format!(
                     "file={},if=none,id=nvm{nsid},format=raw,cache=writeback,discard=unmap",
                     p.display()
                 ),
-                None => format!(
+                (None, _) => format!(
                     "driver=null-co,size={},read-zeroes=on,if=none,id=nvm{nsid}",
                     self.disk_size
                 ),
@@ -656,7 +677,13 @@ mod tests {
             modules: "/m".into(),
         };
         let p = Path::new("/x");
-        let args = cfg.qemu_args(&kernel, p, &[Some("/a.img".into()), None], [p, p, p, p]);
+        let args = cfg.qemu_args(
+            &kernel,
+            p,
+            &[Some("/a.img".into()), None],
+            [p, p, p, p],
+            None,
+        );
         let devices: Vec<&String> = args
             .iter()
             .zip(args.iter().skip(1))

@@ -131,3 +131,99 @@ fn shadow_doorbells_on_and_off_move_the_same_data() {
         );
     }
 }
+
+#[test]
+fn device_errors_name_the_status_and_the_lba() {
+    let mut config = vm();
+    // Reads touching 512-byte sector 2048 of namespace 1 fail with EIO.
+    config.blkdebug = Some(
+        "[inject-error]\nevent = \"read_aio\"\nerrno = \"5\"\nsector = \"2048\"\nonce = \"off\"\n"
+            .into(),
+    );
+    let run = run_ok(
+        &config,
+        "nvmectl read --lba 2047 --blocks 2 > /dev/null 2>/tmp/err; echo \"rc=$?\"; cat /tmp/err
+         nvmectl read --lba 2040 --blocks 8 > /dev/null && echo before-ok
+         dd if=/dev/urandom of=/root/p bs=512 count=8 2>/dev/null
+         nvmectl write --lba 4096 --data /root/p && nvmectl read --lba 4096 --blocks 8 --output /tmp/b \
+           && cmp /root/p /tmp/b && echo elsewhere-ok",
+    );
+    let out = run.stdout_text();
+    assert!(out.contains("rc=1"), "{out}");
+    assert!(
+        out.contains(
+            "nvmectl: Read nsid 1 lba 2047+2 failed: Unrecovered Read Error (sct 0x2, sc 0x81)"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("before-ok") && out.contains("elsewhere-ok"),
+        "{out}"
+    );
+}
+
+#[test]
+fn dma_memory_comes_from_huge_pages_when_the_guest_has_them() {
+    let mut config = vm();
+    config.hugepages = 32;
+    let run = run_ok(
+        &config,
+        "guest-check threads --threads 2 --region 1024 --seed 101",
+    );
+    let out = run.stdout_text();
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("dma pool:"))
+        .unwrap_or_default();
+    let (chunks, huge) = line
+        .strip_prefix("dma pool: ")
+        .and_then(|r| {
+            let mut n = r
+                .split(|c: char| !c.is_ascii_digit())
+                .filter(|w| !w.is_empty());
+            Some((
+                n.next()?.parse::<usize>().ok()?,
+                n.nth(1)?.parse::<usize>().ok()?,
+            ))
+        })
+        .unwrap_or((0, 0));
+    assert!(
+        chunks > 0 && huge == chunks,
+        "every chunk on huge pages: {out}"
+    );
+}
+
+#[test]
+fn interrupt_mode_queues_sleep_and_are_woken_by_msix() {
+    let config = vm();
+    let run = run_ok(
+        &config,
+        "guest-check --interrupts threads --threads 2 --region 2048 --qd 4 --seed 111",
+    );
+    let out = run.stdout_text();
+    let wakeups: u64 = out
+        .lines()
+        .filter(|l| l.starts_with("thread "))
+        .filter_map(|l| {
+            l.rsplit(", ")
+                .next()?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        wakeups > 0,
+        "no thread was ever woken by its interrupt: {out}"
+    );
+    let image = run.disk(1).expect("image");
+    for t in 0..2u64 {
+        let data = image_bytes(image, t * 2048 * 512, 2048 * 512);
+        assert_eq!(
+            pattern::first_mismatch(111 + t, t * 2048, 512, &data),
+            None,
+            "thread {t}"
+        );
+    }
+}

@@ -25,6 +25,10 @@ struct Cli {
     /// Use MMIO doorbells even if the controller has shadow doorbells.
     #[arg(long)]
     no_shadow: bool,
+    /// Queue pairs in interrupt mode (MSI-X): threads sleep between
+    /// completions instead of spinning.
+    #[arg(long)]
+    interrupts: bool,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -143,17 +147,23 @@ fn run(cli: Cli) -> Result<()> {
             nsid,
             seed,
         } => {
+            let interrupts = cli.interrupts;
             let handles: Vec<_> = (0..threads as u64)
                 .map(|t| {
                     let ctrl = ctrl.clone();
                     std::thread::spawn(move || -> Result<String> {
-                        let mut q = ctrl.io_qpair()?;
+                        let mut q = if interrupts {
+                            ctrl.io_qpair_with_interrupts()?
+                        } else {
+                            ctrl.io_qpair()?
+                        };
                         let first = t * region;
                         let (w, r) = fill_and_verify(&ctrl, &mut q, nsid, first, region, qd, max_blocks, seed + t)?;
                         Ok(format!(
-                            "thread {t}: queue {} wrote {w} requests, read back {r}, LBAs {first}..{} verified",
+                            "thread {t}: queue {} wrote {w} requests, read back {r}, LBAs {first}..{} verified, {} interrupt wake-ups",
                             q.qid(),
-                            first + region
+                            first + region,
+                            q.interrupts()
                         ))
                     })
                 })
@@ -162,6 +172,8 @@ fn run(cli: Cli) -> Result<()> {
                 let line = h.join().map_err(|_| "a thread panicked")??;
                 println!("{line}");
             }
+            let (chunks, huge) = ctrl.dma_pool().chunk_counts();
+            println!("dma pool: {chunks} chunks of 2 MiB, {huge} on huge pages");
         }
         Scenario::Queues { threads } => {
             let barrier = Arc::new(Barrier::new(threads));
@@ -401,7 +413,8 @@ fn fill_and_verify(
                 in_flight += 1;
             }
             done.clear();
-            q.poll(&mut done)?;
+            // Spins in polled mode; sleeps on the interrupt in interrupt mode.
+            q.wait(&mut done, Duration::from_secs(1))?;
             for c in done.drain(..) {
                 in_flight -= 1;
                 if let Err(e) = &c.result {

@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Boot a guest with an emulated NVMe device bound to vfio-pci and run CMD in it.
-    Vm(vm_args::VmArgs),
+    Vm(Box<vm_args::VmArgs>),
     /// Run the unit tests and the VM tests.
     Test {
         /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Vm(args) => vm(args),
+        Cmd::Vm(args) => vm(*args),
         Cmd::Test { rest } => test(&rest),
         Cmd::Bench => bench(),
         Cmd::Lint => lint(),

@@ -52,6 +52,10 @@ pub(crate) struct VmArgs {
     /// 2 MiB huge pages to reserve in the guest.
     #[arg(long, default_value_t = 0)]
     hugepages: u32,
+    /// A blkdebug config file put between namespace 1 and its image (to
+    /// make chosen I/O fail).
+    #[arg(long, value_name = "FILE")]
+    blkdebug: Option<PathBuf>,
     /// Extra guest kernel command line word (repeatable).
     #[arg(long = "append", value_name = "ARG")]
     kernel_args: Vec<String>,
@@ -91,6 +95,12 @@ impl VmArgs {
         } else {
             self.disk.into_iter().map(NsDisk::File).collect()
         };
+        let blkdebug = match &self.blkdebug {
+            Some(p) => Some(
+                std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?,
+            ),
+            None => None,
+        };
         let config = VmConfig {
             disks,
             namespaces,
@@ -109,6 +119,7 @@ impl VmArgs {
             kvm: self.kvm,
             iommu: !self.no_iommu,
             hugepages: self.hugepages,
+            blkdebug,
             kernel_args: self.kernel_args,
             console_log: Some(
                 self.console_log
