@@ -3,8 +3,10 @@
 //! maps or unmaps (the emulated IOMMU makes each map expensive).
 //!
 //! A [`DmaBuffer`] is a run of 4 KiB pages inside one chunk; it goes back
-//! to the pool when dropped. Buffers larger than a chunk get a region of
-//! their own.
+//! to the pool when dropped. A chunk left with no buffer is unmapped and
+//! returned to the system, except one kept empty and warm so that a steady
+//! workload does not map and unmap. Buffers larger than a chunk get a
+//! region of their own, unmapped when they are dropped.
 
 use std::sync::{Arc, Mutex};
 
@@ -20,11 +22,40 @@ struct Chunk {
     region: Arc<DmaRegion>,
     /// One flag per 4 KiB page: in use.
     used: Vec<bool>,
+    /// Pages in use.
+    in_use: usize,
 }
 
 #[derive(Debug)]
 struct PoolState {
-    chunks: Vec<Chunk>,
+    /// Chunks by index (buffers name theirs); None once given back.
+    chunks: Vec<Option<Chunk>>,
+}
+
+impl PoolState {
+    /// Frees `pages` pages from `first` in chunk `index`, and gives the
+    /// chunk back if it is now empty and another empty one is kept.
+    fn release(&mut self, index: usize, first: usize, pages: usize) {
+        let Some(Some(chunk)) = self.chunks.get_mut(index) else {
+            return;
+        };
+        chunk.used[first..first + pages]
+            .iter_mut()
+            .for_each(|u| *u = false);
+        chunk.in_use = chunk.in_use.saturating_sub(pages);
+        if chunk.in_use > 0 {
+            return;
+        }
+        let other_empty = self
+            .chunks
+            .iter()
+            .enumerate()
+            .any(|(i, c)| i != index && c.as_ref().is_some_and(|c| c.in_use == 0));
+        if other_empty {
+            // Dropping the last reference unmaps it from the IOMMU.
+            self.chunks[index] = None;
+        }
+    }
 }
 
 /// A pool of DMA-mapped memory.
@@ -47,8 +78,9 @@ impl DmaPool {
     /// (chunks, of which on huge pages) the pool holds.
     pub fn chunk_counts(&self) -> (usize, usize) {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let huge = state.chunks.iter().filter(|c| c.region.is_huge()).count();
-        (state.chunks.len(), huge)
+        let live = state.chunks.iter().flatten();
+        let huge = live.clone().filter(|c| c.region.is_huge()).count();
+        (live.count(), huge)
     }
 
     /// A zeroed buffer of at least `len` bytes, 4 KiB aligned.
@@ -71,7 +103,7 @@ impl DmaPool {
             .chunks
             .iter()
             .enumerate()
-            .find_map(|(i, c)| first_fit(&c.used, pages).map(|p| (i, p)));
+            .find_map(|(i, c)| first_fit(&c.as_ref()?.used, pages).map(|p| (i, p)));
         let (index, page) = match found {
             Some(hit) => hit,
             None => {
@@ -85,17 +117,31 @@ impl DmaPool {
                     region.iova(),
                     if region.is_huge() { " (huge page)" } else { "" }
                 );
-                state.chunks.push(Chunk {
+                let chunk = Chunk {
                     region,
                     used: vec![false; PAGES_PER_CHUNK],
-                });
-                (state.chunks.len() - 1, 0)
+                    in_use: 0,
+                };
+                let index = match state.chunks.iter().position(Option::is_none) {
+                    Some(free) => {
+                        state.chunks[free] = Some(chunk);
+                        free
+                    }
+                    None => {
+                        state.chunks.push(Some(chunk));
+                        state.chunks.len() - 1
+                    }
+                };
+                (index, 0)
             }
         };
-        let chunk = &mut state.chunks[index];
+        let chunk = state.chunks[index]
+            .as_mut()
+            .ok_or_else(|| Error::BadBuffer("DMA pool chunk vanished".into()))?;
         chunk.used[page..page + pages]
             .iter_mut()
             .for_each(|u| *u = true);
+        chunk.in_use += pages;
         let buf = DmaBuffer {
             region: chunk.region.clone(),
             offset: page * PAGE,
@@ -211,13 +257,7 @@ impl Drop for DmaBuffer {
     fn drop(&mut self) {
         if let Some((state, index)) = &self.owner {
             let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(chunk) = state.chunks.get_mut(*index) {
-                let first = self.offset / PAGE;
-                let pages = self.len.div_ceil(PAGE);
-                chunk.used[first..first + pages]
-                    .iter_mut()
-                    .for_each(|u| *u = false);
-            }
+            state.release(*index, self.offset / PAGE, self.len.div_ceil(PAGE));
         }
     }
 }
@@ -225,6 +265,30 @@ impl Drop for DmaBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_chunks_are_given_back_but_one() {
+        let pool = DmaPool::new(Arc::new(crate::hw::dma::IdentityMapper), false);
+        // Three chunks' worth of 1 MiB buffers.
+        let bufs: Vec<DmaBuffer> = (0..6)
+            .map(|_| pool.alloc(1 << 20).expect("alloc"))
+            .collect();
+        assert_eq!(pool.chunk_counts().0, 3);
+        drop(bufs);
+        assert_eq!(pool.chunk_counts().0, 1, "one empty chunk stays warm");
+        // It is reused, and a new chunk takes a freed slot.
+        let a = pool.alloc(2 << 20).expect("alloc");
+        let b = pool.alloc(4096).expect("alloc");
+        assert_eq!(pool.chunk_counts().0, 2);
+        let mut leaked = pool.alloc(4096).expect("alloc");
+        leaked.leak();
+        drop((a, b, leaked));
+        assert_eq!(
+            pool.chunk_counts().0,
+            2,
+            "a chunk with leaked pages is never given back"
+        );
+    }
 
     #[test]
     fn first_fit_finds_runs() {
