@@ -138,12 +138,7 @@ impl Controller {
             .clamp(2, 4096)
             .min(max_entries(cap));
         let admin = QueuePair::new(0, admin_entries, cap.dstrd(), bar.clone(), &pool)
-            .and_then(|q| {
-                bar.write32(regs::offset::AQA, Aqa::new(q.entries(), q.entries()).0)?;
-                bar.write64(regs::offset::ASQ, q.sq_iova())?;
-                bar.write64(regs::offset::ACQ, q.cq_iova())?;
-                Ok(q)
-            })
+            .and_then(|q| program_admin_queue(&bar, &q).map(|()| q))
             .map_err(|e| e.at(InitStep::AdminQueues))?;
         enable(&bar, cap)?;
         log::debug!("{address}: enabled");
@@ -452,12 +447,7 @@ impl Shared {
         // The controller has dropped every queue and stopped all DMA.
         admin.q.reset_rings()?;
         admin.forget_aers();
-        self.bar.write32(
-            regs::offset::AQA,
-            Aqa::new(admin.q.entries(), admin.q.entries()).0,
-        )?;
-        self.bar.write64(regs::offset::ASQ, admin.q.sq_iova())?;
-        self.bar.write64(regs::offset::ACQ, admin.q.cq_iova())?;
+        program_admin_queue(&self.bar, &admin.q)?;
         enable(&self.bar, self.cap)?;
         if let Some(dbbuf) = &self.dbbuf {
             self.send_dbbuf(&mut admin, dbbuf)
@@ -756,12 +746,7 @@ impl Shared {
             .clamp(2, 4096)
             .min(max_entries(cap));
         let admin = QueuePair::new(0, admin_entries, cap.dstrd(), bar.clone(), &pool)?;
-        bar.write32(
-            regs::offset::AQA,
-            Aqa::new(admin.entries(), admin.entries()).0,
-        )?;
-        bar.write64(regs::offset::ASQ, admin.sq_iova())?;
-        bar.write64(regs::offset::ACQ, admin.cq_iova())?;
+        program_admin_queue(&bar, &admin)?;
         Ok(Shared {
             admin: Mutex::new(AdminQueue::new(admin)),
             generation: AtomicU64::new(0),
@@ -795,6 +780,13 @@ impl Drop for Shared {
             log::warn!("{}: clean shutdown failed: {e}", self.address);
         }
     }
+}
+
+/// Points the controller at the admin queue (AQA, ASQ, ACQ).
+fn program_admin_queue(bar: &Bar, q: &QueuePair) -> Result<()> {
+    bar.write32(regs::offset::AQA, Aqa::new(q.entries(), q.entries()).0)?;
+    bar.write64(regs::offset::ASQ, q.sq_iova())?;
+    bar.write64(regs::offset::ACQ, q.cq_iova())
 }
 
 fn max_entries(cap: Cap) -> u16 {

@@ -64,3 +64,18 @@ pub fn field<'a>(identify: &'a str, name: &str) -> Option<&'a str> {
         (k.trim() == name).then(|| v.trim())
     })
 }
+
+/// Checks that each guest-check thread's range of the image holds its
+/// pattern: thread t wrote blocks [t * region, (t + 1) * region) with seed
+/// `seed + t`.
+pub fn check_thread_ranges(image: &Path, threads: u64, region: u64, lba: usize, seed: u64) {
+    for t in 0..threads {
+        let first = t * region;
+        let data = image_bytes(image, first * lba as u64, region as usize * lba);
+        assert_eq!(
+            pattern::first_mismatch(seed + t, first, lba, &data),
+            None,
+            "thread {t}'s range in the image"
+        );
+    }
+}

@@ -219,12 +219,5 @@ fn runs_as_a_non_root_user_and_says_when_memlock_is_too_small() {
         "{out}"
     );
     assert!(out.contains("== rc=1"), "{out}");
-    let image = run.disk(1).expect("image");
-    for t in 0..2u64 {
-        let data = vm_tests::image_bytes(image, t * 1024 * 512, 1024 * 512);
-        assert_eq!(
-            vm_tests::pattern::first_mismatch(61 + t, t * 1024, 512, &data),
-            None
-        );
-    }
+    vm_tests::check_thread_ranges(run.disk(1).expect("image"), 2, 1024, 512, 61);
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use vm_tests::{VmConfig, field, image_bytes, pattern, run_ok, vm};
+use vm_tests::{VmConfig, check_thread_ranges, field, image_bytes, pattern, run_ok, vm};
 
 fn with_props(props: &[(&str, &str)]) -> VmConfig {
     let mut config = vm();
@@ -15,18 +15,10 @@ fn with_props(props: &[(&str, &str)]) -> VmConfig {
     config
 }
 
-/// Checks that thread t's range [t * region, (t + 1) * region) of the image
-/// holds the pattern of seed `seed + t`.
+/// Each thread's range holds its pattern, and nothing was written past
+/// the last one.
 fn check_threads_on_host(image: &Path, threads: u64, region: u64, lba: usize, seed: u64) {
-    for t in 0..threads {
-        let first = t * region;
-        let data = image_bytes(image, first * lba as u64, region as usize * lba);
-        assert_eq!(
-            pattern::first_mismatch(seed + t, first, lba, &data),
-            None,
-            "thread {t}'s range in the image"
-        );
-    }
+    check_thread_ranges(image, threads, region, lba, seed);
     let after = image_bytes(image, threads * region * lba as u64, lba);
     assert!(
         after.iter().all(|&b| b == 0),

@@ -1,7 +1,7 @@
 //! Controller reset in the middle of I/O, asynchronous events, and shadow
 //! doorbells on and off, against QEMU's controller.
 
-use vm_tests::{image_bytes, pattern, run_ok, vm};
+use vm_tests::{check_thread_ranges, run_ok, vm};
 
 #[test]
 fn reset_in_the_middle_of_io_loses_nothing() {
@@ -38,15 +38,7 @@ fn reset_in_the_middle_of_io_loses_nothing() {
         err.contains("created again after a controller reset"),
         "{err}"
     );
-    let image = run.disk(1).expect("image");
-    for t in 0..3u64 {
-        let data = image_bytes(image, t * 4096 * 512, 4096 * 512);
-        assert_eq!(
-            pattern::first_mismatch(71 + t, t * 4096, 512, &data),
-            None,
-            "thread {t}"
-        );
-    }
+    check_thread_ranges(run.disk(1).expect("image"), 3, 4096, 512, 71);
 }
 
 #[test]
@@ -121,15 +113,7 @@ fn shadow_doorbells_on_and_off_move_the_same_data() {
     );
     assert!(out.contains("PRP, MMIO doorbells"), "{out}");
     // The second run overwrote the same ranges with its own pattern.
-    let image = run.disk(1).expect("image");
-    for t in 0..2u64 {
-        let data = image_bytes(image, t * 2048 * 512, 2048 * 512);
-        assert_eq!(
-            pattern::first_mismatch(91 + t, t * 2048, 512, &data),
-            None,
-            "thread {t}"
-        );
-    }
+    check_thread_ranges(run.disk(1).expect("image"), 2, 2048, 512, 91);
 }
 
 #[test]
@@ -217,13 +201,5 @@ fn interrupt_mode_queues_sleep_and_are_woken_by_msix() {
         wakeups > 0,
         "no thread was ever woken by its interrupt: {out}"
     );
-    let image = run.disk(1).expect("image");
-    for t in 0..2u64 {
-        let data = image_bytes(image, t * 2048 * 512, 2048 * 512);
-        assert_eq!(
-            pattern::first_mismatch(111 + t, t * 2048, 512, &data),
-            None,
-            "thread {t}"
-        );
-    }
+    check_thread_ranges(run.disk(1).expect("image"), 2, 2048, 512, 111);
 }

@@ -48,15 +48,8 @@ enum Command {
     Read {
         #[command(flatten)]
         target: Target,
-        /// Namespace id.
-        #[arg(long, default_value_t = 1)]
-        nsid: u32,
-        /// First logical block.
-        #[arg(long)]
-        lba: u64,
-        /// Number of logical blocks.
-        #[arg(long)]
-        blocks: u64,
+        #[command(flatten)]
+        range: BlockRange,
         /// File to write the data to (default: a hex dump on stdout).
         #[arg(long)]
         output: Option<PathBuf>,
@@ -65,29 +58,15 @@ enum Command {
     WriteZeroes {
         #[command(flatten)]
         target: Target,
-        /// Namespace id.
-        #[arg(long, default_value_t = 1)]
-        nsid: u32,
-        /// First logical block.
-        #[arg(long)]
-        lba: u64,
-        /// Number of logical blocks.
-        #[arg(long)]
-        blocks: u64,
+        #[command(flatten)]
+        range: BlockRange,
     },
     /// Deallocate (trim) a block range.
     Deallocate {
         #[command(flatten)]
         target: Target,
-        /// Namespace id.
-        #[arg(long, default_value_t = 1)]
-        nsid: u32,
-        /// First logical block.
-        #[arg(long)]
-        lba: u64,
-        /// Number of logical blocks.
-        #[arg(long)]
-        blocks: u64,
+        #[command(flatten)]
+        range: BlockRange,
     },
     /// Show the SMART / Health Information log.
     SmartLog {
@@ -143,6 +122,20 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
     },
+}
+
+/// A block range on a namespace.
+#[derive(Args, Debug)]
+struct BlockRange {
+    /// Namespace id.
+    #[arg(long, default_value_t = 1)]
+    nsid: u32,
+    /// First logical block.
+    #[arg(long)]
+    lba: u64,
+    /// Number of logical blocks.
+    #[arg(long)]
+    blocks: u64,
 }
 
 #[derive(Args, Debug)]
@@ -256,9 +249,7 @@ fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Read {
             target,
-            nsid,
-            lba,
-            blocks,
+            range: BlockRange { nsid, lba, blocks },
             output,
         } => {
             let ctrl = target.open()?;
@@ -293,18 +284,14 @@ fn run(command: Command) -> Result<(), Failure> {
         }
         Command::WriteZeroes {
             target,
-            nsid,
-            lba,
-            blocks,
+            range: BlockRange { nsid, lba, blocks },
         } => {
             let ctrl = target.open()?;
             ctrl.io_qpair()?.write_zeroes(nsid, lba, blocks)?;
         }
         Command::Deallocate {
             target,
-            nsid,
-            lba,
-            blocks,
+            range: BlockRange { nsid, lba, blocks },
         } => {
             let ctrl = target.open()?;
             ctrl.io_qpair()?.deallocate(nsid, lba, blocks)?;
