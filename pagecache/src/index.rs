@@ -1,0 +1,113 @@
+//! The per-file index: page offset → folio (the kernel's `i_pages`
+//! xarray). Folios are aligned to their order and never overlap, so a page
+//! belongs to at most one folio.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use crate::error::{Error, Result};
+use crate::folio::{FolioOrder, FolioRef};
+
+/// The folios of one file, keyed by their first page index.
+#[derive(Debug, Default)]
+pub(crate) struct FileIndex {
+    folios: BTreeMap<u64, FolioRef>,
+}
+
+impl FileIndex {
+    /// The folio covering page `index`.
+    pub(crate) fn get(&self, index: u64) -> Option<&FolioRef> {
+        let (_, f) = self.folios.range(..=index).next_back()?;
+        f.pages().contains(&index).then_some(f)
+    }
+
+    /// Checks that a folio of `order` may be inserted at `index`: aligned,
+    /// and no page of it cached yet.
+    pub(crate) fn check_free(&self, index: u64, order: FolioOrder) -> Result<()> {
+        let pages = order.pages();
+        if !index.is_multiple_of(pages) {
+            return Err(Error::Misaligned {
+                index,
+                order: order.get(),
+            });
+        }
+        let end = index.checked_add(pages).ok_or(Error::Misaligned {
+            index,
+            order: order.get(),
+        })?;
+        if self.first_in(index..end).is_some() {
+            return Err(Error::Overlap { start: index, end });
+        }
+        Ok(())
+    }
+
+    /// Inserts a folio whose place was checked with [`Self::check_free`].
+    pub(crate) fn insert(&mut self, folio: FolioRef) {
+        self.folios.insert(folio.index(), folio);
+    }
+
+    /// Removes the folio starting at `index`.
+    pub(crate) fn remove(&mut self, index: u64) -> Option<FolioRef> {
+        self.folios.remove(&index)
+    }
+
+    /// The first folio overlapping `pages`.
+    fn first_in(&self, pages: Range<u64>) -> Option<&FolioRef> {
+        if pages.is_empty() {
+            return None;
+        }
+        if let Some(f) = self.get(pages.start) {
+            return Some(f);
+        }
+        self.folios.range(pages).next().map(|(_, f)| f)
+    }
+
+    /// Folios overlapping page range `pages`, ascending.
+    pub(crate) fn range(&self, pages: Range<u64>) -> impl Iterator<Item = &FolioRef> {
+        let head = self
+            .get(pages.start)
+            .filter(|f| f.index() < pages.start && !pages.is_empty());
+        let body = if pages.is_empty() {
+            self.folios.range(0..0)
+        } else {
+            self.folios.range(pages)
+        };
+        head.into_iter().chain(body.map(|(_, f)| f))
+    }
+
+    /// Page ranges in `pages` that no folio covers, ascending (what
+    /// readahead would have to allocate and read).
+    pub(crate) fn gaps(&self, pages: Range<u64>) -> Vec<Range<u64>> {
+        let mut out = Vec::new();
+        let mut pos = pages.start;
+        for f in self.range(pages.clone()) {
+            let fp = f.pages();
+            if fp.start > pos {
+                out.push(pos..fp.start.min(pages.end));
+            }
+            pos = pos.max(fp.end);
+        }
+        if pos < pages.end {
+            out.push(pos..pages.end);
+        }
+        out
+    }
+
+    /// The first page at or after `index`, and before `index + max`, that
+    /// is not cached (`page_cache_next_miss`).
+    pub(crate) fn next_miss(&self, index: u64, max: u64) -> Option<u64> {
+        self.gaps(index..index.saturating_add(max))
+            .first()
+            .map(|g| g.start)
+    }
+
+    /// Number of folios.
+    pub(crate) fn len(&self) -> usize {
+        self.folios.len()
+    }
+
+    /// All folios, ascending.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &FolioRef> {
+        self.folios.values()
+    }
+}
