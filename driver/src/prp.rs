@@ -66,6 +66,37 @@ pub(crate) fn fill(
     }
 }
 
+/// Returns (PRP1, PRP2) for a command whose PRP entries are `entries`
+/// (the first address, then one page address per page): like [`fill`],
+/// for data made of several pieces.
+pub(crate) fn fill_entries(
+    pool: &DmaPool,
+    list: &mut Option<DmaBuffer>,
+    entries: &[u64],
+) -> Result<(u64, u64)> {
+    match entries {
+        [] => Err(Error::BadBuffer("a transfer of no pages".into())),
+        [one] => Ok((*one, 0)),
+        [one, two] => Ok((*one, *two)),
+        [first, rest @ ..] => {
+            let geo = geometry()?;
+            let pages = geo.list_pages_needed(rest.len());
+            let need = pages * PAGE_SIZE;
+            let buf = match list {
+                Some(b) if b.len() >= need => b,
+                _ => list.insert(pool.alloc(need)?),
+            };
+            fill_list(
+                buf,
+                geo.entries_per_list_page(),
+                rest.len(),
+                rest.iter().copied(),
+            )?;
+            Ok((*first, buf.iova()))
+        }
+    }
+}
+
 /// Writes `entries` page addresses into consecutive list pages of `list`;
 /// the last slot of a full page points to the next page when more than one
 /// entry is left.

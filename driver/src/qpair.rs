@@ -66,8 +66,23 @@ impl IoOp {
     }
 }
 
-/// One I/O request. Read and Write carry a DMA buffer, which the queue
-/// pair owns until the request completes.
+/// Device-addressable memory that a request reads into or writes from
+/// without being one [`DmaBuffer`]: e.g. pieces of page-cache folios. The
+/// queue pair holds the value until the request completes, so whatever
+/// keeps the memory alive and IOMMU-mapped should live in it.
+///
+/// The pieces must make a legal PRP list: the first may start anywhere
+/// (4-byte aligned), every later one starts at a 4 KiB page boundary, and
+/// every one but the last ends at a page boundary. Wrong addresses cannot
+/// break memory safety (the device only reaches what the IOMMU maps, and
+/// the CPU never holds references to DMA memory), only the data.
+pub trait IoSegments: Send + std::fmt::Debug {
+    /// (device address, length in bytes) of each piece, in order.
+    fn segments(&self) -> &[(u64, usize)];
+}
+
+/// One I/O request. Read and Write carry a DMA buffer (or a list of
+/// segments), which the queue pair owns until the request completes.
 #[derive(Debug)]
 pub struct IoRequest {
     /// What to do.
@@ -80,8 +95,10 @@ pub struct IoRequest {
     pub blocks: u64,
     /// The data buffer (Read and Write).
     pub data: Option<DmaBuffer>,
-    /// Byte offset of the data in `data` (a multiple of 4).
+    /// Byte offset of the data in `data` or `segments` (a multiple of 4).
     pub offset: usize,
+    /// The data as a list of device-addressed pieces, instead of `data`.
+    pub segments: Option<Box<dyn IoSegments>>,
     /// Caller's value, handed back in the completion.
     pub tag: u64,
 }
@@ -95,6 +112,7 @@ impl IoRequest {
             blocks,
             data,
             offset: 0,
+            segments: None,
             tag: 0,
         }
     }
@@ -107,6 +125,27 @@ impl IoRequest {
     /// Write `blocks` blocks from `buf` at `slba`.
     pub fn write(nsid: u32, slba: u64, blocks: u64, buf: DmaBuffer) -> Self {
         Self::new(IoOp::Write, nsid, slba, blocks, Some(buf))
+    }
+
+    /// Read `blocks` blocks from `slba` into the pieces of `segments`.
+    pub fn read_segments(nsid: u32, slba: u64, blocks: u64, segments: Box<dyn IoSegments>) -> Self {
+        IoRequest {
+            segments: Some(segments),
+            ..Self::new(IoOp::Read, nsid, slba, blocks, None)
+        }
+    }
+
+    /// Write `blocks` blocks at `slba` from the pieces of `segments`.
+    pub fn write_segments(
+        nsid: u32,
+        slba: u64,
+        blocks: u64,
+        segments: Box<dyn IoSegments>,
+    ) -> Self {
+        IoRequest {
+            segments: Some(segments),
+            ..Self::new(IoOp::Write, nsid, slba, blocks, None)
+        }
     }
 
     /// Flush the namespace.
@@ -167,6 +206,8 @@ pub struct IoCompletion {
     /// still write into it (a command given up on after a timeout): then
     /// the queue pair keeps it until the queue is deleted.
     pub data: Option<DmaBuffer>,
+    /// The request's segments, back to the caller (same rule as `data`).
+    pub segments: Option<Box<dyn IoSegments>>,
     /// Success, or the first error of the request's commands.
     pub result: Result<()>,
 }
@@ -265,6 +306,9 @@ pub struct IoQPair {
     stash: Vec<IoCompletion>,
     /// Buffers the device may still write (commands given up on).
     quarantine: Vec<DmaBuffer>,
+    quarantine_segments: Vec<Box<dyn IoSegments>>,
+    /// Scratch list of PRP entries for segment requests.
+    prp_entries: Vec<u64>,
     /// CIDs of commands given up on: never reused while the queue lives.
     lost_cids: usize,
     idle_polls: u32,
@@ -292,6 +336,8 @@ impl IoQPair {
             retry: VecDeque::new(),
             stash: Vec::new(),
             quarantine: Vec::new(),
+            quarantine_segments: Vec::new(),
+            prp_entries: Vec::new(),
             lost_cids: 0,
             idle_polls: 0,
             next_tag: 1 << 63,
@@ -464,19 +510,24 @@ impl IoQPair {
                         self.shared.max_transfer
                     )));
                 }
-                let buf = req.data.as_ref().ok_or_else(|| {
-                    Error::BadBuffer(format!("{} needs a data buffer", req.op.name()))
-                })?;
+                let have = match (&req.data, &req.segments) {
+                    (Some(buf), None) => buf.len(),
+                    (None, Some(segs)) => check_segments(segs.segments())?,
+                    _ => {
+                        return Err(Error::BadBuffer(format!(
+                            "{} needs a data buffer or segments (one of them)",
+                            req.op.name()
+                        )));
+                    }
+                };
                 let need = req
                     .blocks
                     .checked_mul(lba as u64)
                     .and_then(|b| b.checked_add(req.offset as u64));
-                if need.is_none_or(|n| n > buf.len() as u64) {
+                if need.is_none_or(|n| n > have as u64) {
                     return Err(Error::BadBuffer(format!(
-                        "{} blocks of {lba} bytes at offset {} do not fit a {}-byte buffer",
-                        req.blocks,
-                        req.offset,
-                        buf.len()
+                        "{} blocks of {lba} bytes at offset {} do not fit {have} bytes of data",
+                        req.blocks, req.offset,
                     )));
                 }
                 if !req.offset.is_multiple_of(4) {
@@ -576,12 +627,26 @@ impl IoQPair {
                     nvm::write(req.nsid, slba, nlb)
                 }
                 .map_err(range)?;
+                let start = req.offset + (first * u64::from(p.lba_size)) as usize;
+                let len = blocks as usize * p.lba_size as usize;
+                if let Some(segs) = &req.segments {
+                    // Pieces of memory: PRP entries across them (SGL mode
+                    // would need a descriptor list; PRPs always fit, as
+                    // submit checked).
+                    segment_entries(segs.segments(), start, len, &mut self.prp_entries);
+                    let (prp1, prp2) = prp::fill_entries(
+                        &self.shared.pool,
+                        &mut slot.prp_list,
+                        &self.prp_entries,
+                    )?;
+                    sqe.set_prps(prp1, prp2);
+                    return Ok(sqe);
+                }
                 let buf = req
                     .data
                     .as_ref()
                     .ok_or_else(|| Error::BadBuffer("no data buffer".into()))?;
-                let iova = buf.iova() + (req.offset as u64 + first * u64::from(p.lba_size));
-                let len = blocks as usize * p.lba_size as usize;
+                let iova = buf.iova() + start as u64;
                 if self.shared.sgl {
                     sqe.set_sgl1(SglDescriptor::data_block(iova, len as u32));
                 } else {
@@ -745,13 +810,16 @@ impl IoQPair {
             return;
         };
         self.free_parents.push(id);
-        let data = if p.lost {
+        let (data, segments) = if p.lost {
             if let Some(buf) = p.req.data.take() {
                 self.quarantine.push(buf);
             }
-            None
+            if let Some(segs) = p.req.segments.take() {
+                self.quarantine_segments.push(segs);
+            }
+            (None, None)
         } else {
-            p.req.data.take()
+            (p.req.data.take(), p.req.segments.take())
         };
         out.push(IoCompletion {
             tag: p.req.tag,
@@ -760,6 +828,7 @@ impl IoQPair {
             slba: p.req.slba,
             blocks: p.req.blocks,
             data,
+            segments,
             result: p.error.map_or(Ok(()), Err),
         });
     }
@@ -786,6 +855,7 @@ impl IoQPair {
         }
         self.lost_cids = 0;
         self.quarantine.clear();
+        self.quarantine_segments.clear();
         if let Err(e) = self.shared.register_io_queue(&mut self.q) {
             log::error!("queue {qid}: cannot be created again after a reset: {e}");
             let msg = e.to_string();
@@ -1035,9 +1105,131 @@ impl Drop for IoQPair {
                 }
                 for p in self.parents.iter_mut().flatten() {
                     p.req.data.iter_mut().for_each(DmaBuffer::leak);
+                    // The device may still write this memory: never release it.
+                    if let Some(segs) = p.req.segments.take() {
+                        std::mem::forget(segs);
+                    }
+                }
+                for segs in self.quarantine_segments.drain(..) {
+                    std::mem::forget(segs);
                 }
                 self.quarantine.iter_mut().for_each(DmaBuffer::leak);
             }
         }
+    }
+}
+
+/// Checks that `segs` make a legal PRP list; returns their total length.
+fn check_segments(segs: &[(u64, usize)]) -> Result<usize> {
+    let page = PAGE_SIZE as u64;
+    let last = segs.len().saturating_sub(1);
+    let mut total = 0usize;
+    for (i, &(iova, len)) in segs.iter().enumerate() {
+        let bad = |why: &str| {
+            Err(Error::BadBuffer(format!(
+                "segment {i} ({len} bytes at {iova:#x}) {why}"
+            )))
+        };
+        if len == 0 {
+            return bad("is empty");
+        }
+        if i == 0 && iova % 4 != 0 {
+            return bad("does not start at a multiple of 4");
+        }
+        if i > 0 && iova % page != 0 {
+            return bad("is not the first and does not start at a page boundary");
+        }
+        if i < last && (iova + len as u64) % page != 0 {
+            return bad("is not the last and does not end at a page boundary");
+        }
+        total = total
+            .checked_add(len)
+            .ok_or_else(|| Error::BadBuffer("segments too long".into()))?;
+    }
+    if segs.is_empty() {
+        return Err(Error::BadBuffer("no segments".into()));
+    }
+    Ok(total)
+}
+
+/// The PRP entries for bytes `start..start + len` of the pieces `segs`
+/// (checked by [`check_segments`]): the first address as is, then every
+/// page the bytes touch.
+fn segment_entries(segs: &[(u64, usize)], start: usize, len: usize, out: &mut Vec<u64>) {
+    let page = PAGE_SIZE as u64;
+    out.clear();
+    let end = start + len;
+    let mut pos = 0usize;
+    for &(iova, seg_len) in segs {
+        let (seg_start, seg_end) = (pos, pos + seg_len);
+        pos = seg_end;
+        if seg_end <= start {
+            continue;
+        }
+        if seg_start >= end {
+            break;
+        }
+        let from = iova + (start.max(seg_start) - seg_start) as u64;
+        let to = iova + (end.min(seg_end) - seg_start) as u64;
+        out.push(from);
+        let mut next = (from & !(page - 1)) + page;
+        while next < to {
+            out.push(next);
+            next += page;
+        }
+    }
+}
+
+#[cfg(test)]
+mod segment_tests {
+    use super::*;
+
+    #[test]
+    fn prp_legality_of_segments() {
+        assert_eq!(
+            check_segments(&[(0x1000, 4096), (0x9000, 8192)]).ok(),
+            Some(12288)
+        );
+        assert!(
+            check_segments(&[(0x1200, 3584), (0x9000, 100)]).is_ok(),
+            "first may start mid-page"
+        );
+        assert!(
+            check_segments(&[(0x1000, 512), (0x9000, 100)]).is_err(),
+            "first ends mid-page"
+        );
+        assert!(
+            check_segments(&[(0x1000, 4096), (0x9200, 100)]).is_err(),
+            "second starts mid-page"
+        );
+        assert!(
+            check_segments(&[(0x1002, 4096)]).is_err(),
+            "not dword aligned"
+        );
+        assert!(check_segments(&[]).is_err());
+        assert!(check_segments(&[(0x1000, 0)]).is_err());
+    }
+
+    #[test]
+    fn entries_cover_a_window_across_segments() {
+        let segs = [
+            (0x10_0000u64, 8192usize),
+            (0x50_0000, 4096),
+            (0x90_0000, 12288),
+        ];
+        let mut out = Vec::new();
+        segment_entries(&segs, 0, 24576, &mut out);
+        assert_eq!(
+            out,
+            [
+                0x10_0000, 0x10_1000, 0x50_0000, 0x90_0000, 0x90_1000, 0x90_2000
+            ]
+        );
+        // A child window starting mid-page of the first piece, ending in the third.
+        segment_entries(&segs, 6144, 8192, &mut out);
+        assert_eq!(out, [0x10_1800, 0x50_0000, 0x90_0000]);
+        // Entirely inside the last piece.
+        segment_entries(&segs, 16384, 512, &mut out);
+        assert_eq!(out, [0x90_1000]);
     }
 }
