@@ -1133,13 +1133,13 @@ fn check_segments(segs: &[(u64, usize)]) -> Result<usize> {
         if len == 0 {
             return bad("is empty");
         }
-        if i == 0 && iova % 4 != 0 {
+        if i == 0 && !iova.is_multiple_of(4) {
             return bad("does not start at a multiple of 4");
         }
-        if i > 0 && iova % page != 0 {
+        if i > 0 && !iova.is_multiple_of(page) {
             return bad("is not the first and does not start at a page boundary");
         }
-        if i < last && (iova + len as u64) % page != 0 {
+        if i < last && !(iova + len as u64).is_multiple_of(page) {
             return bad("is not the last and does not end at a page boundary");
         }
         total = total
