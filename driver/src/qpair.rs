@@ -76,7 +76,7 @@ impl IoOp {
 /// every one but the last ends at a page boundary. Wrong addresses cannot
 /// break memory safety (the device only reaches what the IOMMU maps, and
 /// the CPU never holds references to DMA memory), only the data.
-pub trait IoSegments: Send + std::fmt::Debug {
+pub trait IoSegments: Send + Sync + std::fmt::Debug {
     /// (device address, length in bytes) of each piece, in order.
     fn segments(&self) -> &[(u64, usize)];
 }

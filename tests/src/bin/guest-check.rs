@@ -160,8 +160,9 @@ fn run(cli: Cli) -> Result<()> {
                         let first = t * region;
                         let (w, r) = fill_and_verify(&ctrl, &mut q, nsid, first, region, qd, max_blocks, seed + t)?;
                         Ok(format!(
-                            "thread {t}: queue {} wrote {w} requests, read back {r}, LBAs {first}..{} verified, {} interrupt wake-ups",
+                            "thread {t}: queue {} of {} entries wrote {w} requests, read back {r}, LBAs {first}..{} verified, {} interrupt wake-ups",
                             q.qid(),
+                            q.depth(),
                             first + region,
                             q.interrupts()
                         ))
