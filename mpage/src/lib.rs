@@ -1,0 +1,42 @@
+//! The mpage/iomap layer of the userspace NVMe storage stack: turns page
+//! cache folios into NVMe commands and back.
+//!
+//! Layers, as in iomap (style guide §8): a [`BlockMapper`] says what backs
+//! a file range ([`map`]), a [`MapIter`] walks it ([`iter`]), the engines
+//! ([`read`], [`writeback`], [`sync`]) act on each extent, and a
+//! [`BioBuilder`] ([`bio`]) accumulates pieces into commands with one
+//! merge predicate. Commands go to a [`BlockDevice`] ([`device`]); the
+//! [`RecordingDevice`] ([`recording`]) serves host tests. See
+//! `CONFORMANCE.md` for the rules of `docs/mpage-spec.md` and their tests.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod bio;
+pub mod device;
+pub mod error;
+pub mod inode;
+pub mod io;
+pub mod iter;
+pub mod map;
+#[cfg(feature = "nvme")]
+pub mod nvme;
+pub mod read;
+pub mod recording;
+pub mod sync;
+pub mod writeback;
+
+pub use bio::BioBuilder;
+pub use device::{
+    Bio, BioFlags, BioOp, BlockDevice, Completion, DEVICE_PAGE, DeviceError, EndIo, Geometry,
+    Segment,
+};
+pub use error::{Error, Result};
+pub use inode::Inode;
+pub use iter::MapIter;
+pub use map::{
+    BlockMapper, Extent, ExtentFlags, ExtentKind, ExtentMapper, IdentityMapper, MapError, MapIntent,
+};
+pub use read::{ReadaheadReport, read_folio, readahead};
+pub use recording::{Command, Fault, Order, RecordingDevice};
+pub use sync::{OpenFile, fsync};
+pub use writeback::{SyncMode, WritebackReport, writepages};

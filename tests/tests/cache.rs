@@ -1,0 +1,55 @@
+//! The page cache and the mpage layer over the NVMe driver, against QEMU's
+//! controller: folios live in DMA memory, writeback and readahead turn them
+//! into NVMe commands, fsync ends with a Flush. The host then checks the
+//! raw image.
+
+use vm_tests::{image_bytes, pattern, run_ok, vm};
+
+fn check_image(run: &vm_tests::VmRun, pages: usize, lba: usize, seed: u64) {
+    let data = image_bytes(run.disk(1).expect("image"), 0, pages * 4096);
+    assert_eq!(pattern::first_mismatch(seed, 0, lba, &data), None);
+    let after = image_bytes(run.disk(1).expect("image"), (pages * 4096) as u64, 4096);
+    assert!(
+        after.iter().all(|&b| b == 0),
+        "nothing written past the file"
+    );
+}
+
+#[test]
+fn write_fsync_and_readahead_through_the_page_cache() {
+    let config = vm();
+    let run = run_ok(&config, "guest-check cache --pages 1024 --seed 121");
+    let out = run.stdout_text();
+    assert!(
+        out.contains("cache: wrote 1024 pages through the page cache; fsync ok"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "cache: read 1024 pages back by readahead (1024 folios started), all verified"
+        ),
+        "{out}"
+    );
+    check_image(&run, 1024, 512, 121);
+}
+
+#[test]
+fn page_cache_on_4k_lbas_with_small_mdts() {
+    let mut config = vm();
+    config.nvme_props = vec![
+        ("mdts".into(), "3".into()),
+        ("logical_block_size".into(), "4096".into()),
+    ];
+    let run = run_ok(&config, "guest-check cache --pages 512 --seed 131");
+    assert!(
+        run.stdout_text().contains("max transfer 32768 bytes"),
+        "{}",
+        run.stdout_text()
+    );
+    assert!(
+        run.stdout_text().contains("all verified"),
+        "{}",
+        run.stdout_text()
+    );
+    check_image(&run, 512, 4096, 131);
+}
