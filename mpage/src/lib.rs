@@ -7,7 +7,7 @@
 //! [`BioBuilder`] ([`bio`]) accumulates pieces into commands with one
 //! merge predicate. Commands go to a [`BlockDevice`] ([`device`]); the
 //! [`RecordingDevice`] ([`recording`]) serves host tests. See
-//! `CONFORMANCE.md` for the rules of `docs/mpage-spec.md` and their tests.
+//! `docs/CONFORMANCE.md` (in the repository) maps the rules of the mpage spec to their tests.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
