@@ -32,6 +32,11 @@ use crate::queue::QueuePair;
 
 /// Most logical blocks one Read, Write or Write Zeroes command can carry.
 const MAX_NLB: u64 = 1 << 16;
+/// Empty polls with commands in flight after which doorbells kept in the
+/// shadow page are written by MMIO too (a few milliseconds): QEMU 7.2 was
+/// seen to miss a shadow update and stall a queue until the command
+/// timeout.
+const SHADOW_KICK_INTERVAL: u32 = 1 << 16;
 /// Empty polls between two looks at the clock and at CSTS.
 const HEALTH_CHECK_INTERVAL: u32 = 4096;
 /// Longest sleep of [`IoQPair::wait`] between two looks at deadlines.
@@ -714,6 +719,9 @@ impl IoQPair {
             self.recover(out)?;
         } else if self.q.in_flight() > self.lost_cids {
             self.idle_polls = self.idle_polls.wrapping_add(1);
+            if self.idle_polls.is_multiple_of(SHADOW_KICK_INTERVAL) && self.q.has_shadow() {
+                self.q.kick()?;
+            }
             if self.idle_polls.is_multiple_of(HEALTH_CHECK_INTERVAL) {
                 self.check_health(out)?;
             }

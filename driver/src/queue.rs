@@ -160,6 +160,24 @@ impl QueuePair {
         self.bar.write32(mmio, u32::from(new))
     }
 
+    /// Whether doorbells go through the shadow page.
+    pub(crate) fn has_shadow(&self) -> bool {
+        self.shadow.is_some()
+    }
+
+    /// Writes the current SQ tail and CQ head to the MMIO doorbells even
+    /// though the shadow page holds them: a controller that missed an
+    /// update of the shadow page (a race between its EventIdx write and our
+    /// shadow write) then sees them. Writing a doorbell's current value
+    /// again is harmless.
+    pub(crate) fn kick(&mut self) -> Result<()> {
+        fence(Ordering::SeqCst);
+        self.bar
+            .write32(self.sq_doorbell, u32::from(self.sq_tail_rung))?;
+        self.bar
+            .write32(self.cq_doorbell, u32::from(self.cq_head_rung))
+    }
+
     /// Forgets every command and starts the rings over (empty, phase 1):
     /// only while the controller has no such queue (after a reset).
     pub(crate) fn reset_rings(&mut self) -> Result<()> {

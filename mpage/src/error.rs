@@ -51,6 +51,10 @@ pub enum Error {
     /// writeback error seen by fsync, X1).
     #[error("I/O error {0}")]
     Io(Errno),
+    /// A request the API cannot take (a range outside one folio, a
+    /// position overflowing the file).
+    #[error("invalid request: {0}")]
+    Invalid(&'static str),
     /// Completions did not arrive in time.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
@@ -65,6 +69,18 @@ impl Error {
             Error::Io(e) => *e,
             _ => Errno::Io,
         }
+    }
+
+    /// Whether this is the page cache's [`pagecache::Error::CacheFull`]:
+    /// nothing could be evicted to make room (write back, then retry).
+    pub fn is_cache_full(&self) -> bool {
+        matches!(
+            self,
+            Error::Cache {
+                source: pagecache::Error::CacheFull { .. },
+                ..
+            }
+        )
     }
 
     pub(crate) fn cache(context: &'static str) -> impl FnOnce(pagecache::Error) -> Error {

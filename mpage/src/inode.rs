@@ -42,6 +42,12 @@ impl Inode {
         self.size.load(Ordering::Acquire)
     }
 
+    /// Raises the file size to `size` if it is smaller (a write ending
+    /// past EOF, R46); concurrent extenders keep the largest.
+    pub fn extend_size(&self, size: u64) {
+        self.size.fetch_max(size, Ordering::AcqRel);
+    }
+
     /// Sets the file size (the caller truncates the cache when shrinking).
     pub fn set_size(&self, size: u64) {
         self.size.store(size, Ordering::Release);

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use pagecache::{FolioRef, LockedFolio};
+use pagecache::{Folio, FolioFlags, FolioRef, LockedFolio};
 
 use crate::device::{Bio, BlockDevice, Completion, DeviceError};
 use crate::error::{Error, Result};
@@ -107,13 +107,48 @@ pub fn wait_until(
     Ok(())
 }
 
+/// Waits until `folio` has none of `flags` (LOCKED: a read in flight or
+/// another holder; WRITEBACK: writeback in flight). While this device has
+/// commands in flight it reaps them (the I/O may be its own); otherwise
+/// the I/O belongs to another queue (another thread's device, which that
+/// thread reaps) and it sleeps on the folio. Fails with
+/// [`Error::Timeout`] after [`DEFAULT_TIMEOUT`].
+pub fn wait_folio(
+    dev: &mut dyn BlockDevice,
+    folio: &Folio,
+    flags: FolioFlags,
+    what: &'static str,
+) -> Result<()> {
+    let deadline = Instant::now() + DEFAULT_TIMEOUT;
+    dev.commit().map_err(|source| Error::Device {
+        context: "commit",
+        source,
+    })?;
+    loop {
+        if !folio.flags().intersects(flags) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout(what));
+        }
+        if dev.in_flight() > 0 {
+            if reap(dev, Some(Duration::from_millis(1)))? == 0 {
+                std::thread::yield_now();
+            }
+        } else {
+            folio.wait_clear(flags, Duration::from_millis(5));
+        }
+    }
+}
+
 /// Locks `folio`, reaping completions while it is locked by I/O in
-/// flight (a read holds the lock until its commands complete).
+/// flight (a read holds the lock until its commands complete); see
+/// [`wait_folio`] for I/O of other queues.
 pub fn lock_folio(dev: &mut dyn BlockDevice, folio: &FolioRef) -> Result<LockedFolio> {
     loop {
         if let Some(l) = folio.try_lock() {
             return Ok(l);
         }
-        wait_until(dev, "folio lock", || !folio.is_locked())?;
+        wait_folio(dev, folio, FolioFlags::LOCKED, "folio lock")?;
     }
 }

@@ -6,14 +6,19 @@
 //! ([`read`], [`writeback`], [`sync`]) act on each extent, and a
 //! [`BioBuilder`] ([`bio`]) accumulates pieces into commands with one
 //! merge predicate. Commands go to a [`BlockDevice`] ([`device`]); the
-//! [`RecordingDevice`] ([`recording`]) serves host tests. See
-//! `docs/CONFORMANCE.md` (in the repository) maps the rules of the mpage spec to their tests.
+//! [`RecordingDevice`] ([`recording`]) serves host tests. The buffered
+//! write path is in [`write`]; applications use [`File`] ([`file`]) and a
+//! [`Flusher`] ([`flusher`]) for background writeback.
+//! `docs/CONFORMANCE.md` (in the repository) maps the rules of the mpage
+//! spec to their tests.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod bio;
 pub mod device;
 pub mod error;
+pub mod file;
+pub mod flusher;
 pub mod inode;
 pub mod io;
 pub mod iter;
@@ -23,6 +28,7 @@ pub mod nvme;
 pub mod read;
 pub mod recording;
 pub mod sync;
+pub mod write;
 pub mod writeback;
 
 pub use bio::BioBuilder;
@@ -31,6 +37,8 @@ pub use device::{
     Segment,
 };
 pub use error::{Error, Result};
+pub use file::{File, FolioView};
+pub use flusher::{FlushReport, Flusher, FlusherThread};
 pub use inode::Inode;
 pub use iter::MapIter;
 pub use map::{
@@ -39,4 +47,8 @@ pub use map::{
 pub use read::{ReadaheadReport, read_folio, readahead};
 pub use recording::{Command, Fault, Order, RecordingDevice};
 pub use sync::{OpenFile, fsync};
+pub use write::{
+    buffered_write, page_mkwrite, truncate_page, truncate_pagecache, write_begin, write_end,
+    zero_range,
+};
 pub use writeback::{SyncMode, WritebackReport, writepages};

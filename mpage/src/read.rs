@@ -57,7 +57,7 @@ struct ReadCtx<'a> {
     bio: BioBuilder,
 }
 
-fn check_block_size(ino: &Inode, geometry: &Geometry) -> Result<usize> {
+pub(crate) fn check_block_size(ino: &Inode, geometry: &Geometry) -> Result<usize> {
     let bs = ino
         .cache
         .block_size(ino.file)
@@ -72,7 +72,7 @@ fn check_block_size(ino: &Inode, geometry: &Geometry) -> Result<usize> {
     Ok(bs)
 }
 
-fn round_up(x: u64, to: u64) -> u64 {
+pub(crate) fn round_up(x: u64, to: u64) -> u64 {
     x.div_ceil(to) * to
 }
 

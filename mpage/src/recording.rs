@@ -11,8 +11,11 @@
 //! * Completion order ([`Order`]): in submission order, reversed per poll,
 //!   or held until [`RecordingDevice::release`].
 //! * Commands execute (data is copied) at submission; completion is what
-//!   is delayed. Clones share the same disk and record, so a test keeps a
-//!   clone to inspect what the engine, owning the other, did.
+//!   is delayed. Clones share the same disk, record and completion queue,
+//!   so a test keeps a clone to inspect what the engine, owning the other,
+//!   did. [`RecordingDevice::new_queue`] gives another queue on the same
+//!   namespace (disk, record, faults shared; completions not), as each
+//!   thread has its own queue pair on NVMe.
 //! * Bios are checked against the [`Geometry`] ([`Bio::check`]): a bio
 //!   that breaks the PRP rules or exceeds the max transfer is rejected,
 //!   so the tests also verify the builder. A command past the namespace
@@ -100,16 +103,23 @@ struct State {
     log: Vec<Command>,
     faults: Vec<Fault>,
     order: Order,
+    /// Rejects submissions with Busy while this many are in flight on a
+    /// queue.
+    queue_depth: Option<usize>,
+}
+
+/// One queue's completions.
+#[derive(Debug, Default)]
+struct Queue {
     ready: Vec<Completion>,
     held: Vec<Completion>,
-    /// Rejects submissions with Busy while this many are in flight.
-    queue_depth: Option<usize>,
 }
 
 /// The recording in-memory device. See the module documentation.
 #[derive(Debug, Clone)]
 pub struct RecordingDevice {
     state: Arc<Mutex<State>>,
+    queue: Arc<Mutex<Queue>>,
 }
 
 impl RecordingDevice {
@@ -125,15 +135,28 @@ impl RecordingDevice {
                 log: Vec::new(),
                 faults: Vec::new(),
                 order: Order::InOrder,
-                ready: Vec::new(),
-                held: Vec::new(),
                 queue_depth: None,
             })),
+            queue: Arc::new(Mutex::new(Queue::default())),
         })
+    }
+
+    /// Another queue on the same namespace: the disk, the record and the
+    /// faults are shared, completions are this queue's own (a thread's
+    /// own queue pair).
+    pub fn new_queue(&self) -> RecordingDevice {
+        RecordingDevice {
+            state: self.state.clone(),
+            queue: Arc::new(Mutex::new(Queue::default())),
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Every command accepted so far, in submission order.
@@ -176,11 +199,11 @@ impl RecordingDevice {
         self.state().order = order;
     }
 
-    /// Makes held completions available to the next poll.
+    /// Makes this queue's held completions available to the next poll.
     pub fn release(&self) {
-        let mut st = self.state();
-        let held = std::mem::take(&mut st.held);
-        st.ready.extend(held);
+        let mut q = self.queue();
+        let held = std::mem::take(&mut q.held);
+        q.ready.extend(held);
     }
 
     /// Limits the number of commands in flight (submit returns Busy).
@@ -239,8 +262,8 @@ impl RecordingDevice {
         Ok(())
     }
 
-    fn in_flight_locked(st: &State) -> usize {
-        st.ready.len() + st.held.len()
+    fn in_flight_locked(q: &Queue) -> usize {
+        q.ready.len() + q.held.len()
     }
 }
 
@@ -255,9 +278,10 @@ impl BlockDevice for RecordingDevice {
             log::error!("rejected {bio:?}: {e}");
             return Err((bio, e));
         }
+        let mut q = self.queue();
         if st
             .queue_depth
-            .is_some_and(|d| Self::in_flight_locked(&st) >= d)
+            .is_some_and(|d| Self::in_flight_locked(&q) >= d)
         {
             return Err((bio, DeviceError::Busy));
         }
@@ -274,16 +298,16 @@ impl BlockDevice for RecordingDevice {
         });
         let done = Completion { bio, result };
         match st.order {
-            Order::Held => st.held.push(done),
-            _ => st.ready.push(done),
+            Order::Held => q.held.push(done),
+            _ => q.ready.push(done),
         }
         Ok(())
     }
 
     fn poll(&mut self, done: &mut Vec<Completion>) -> Result<usize, DeviceError> {
-        let mut st = self.state();
-        let mut ready = std::mem::take(&mut st.ready);
-        if st.order == Order::Reversed {
+        let order = self.state().order;
+        let mut ready = std::mem::take(&mut self.queue().ready);
+        if order == Order::Reversed {
             ready.reverse();
         }
         let n = ready.len();
@@ -302,6 +326,6 @@ impl BlockDevice for RecordingDevice {
     }
 
     fn in_flight(&self) -> usize {
-        Self::in_flight_locked(&self.state())
+        Self::in_flight_locked(&self.queue())
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use pagecache::ErrSeqSample;
+use pagecache::{ErrSeqSample, FolioFlags};
 
 use crate::device::{Bio, BlockDevice, DeviceError};
 use crate::error::{Error, Result};
@@ -32,7 +32,9 @@ impl OpenFile {
     }
 }
 
-/// Waits until no folio of the file is under writeback.
+/// Waits until no folio of the file that was under writeback when called
+/// still is (also writeback another thread's queue carries, see
+/// [`io::wait_folio`]).
 pub fn wait_writeback(dev: &mut dyn BlockDevice, ino: &Inode) -> Result<()> {
     let busy: Vec<_> = ino
         .cache
@@ -41,7 +43,10 @@ pub fn wait_writeback(dev: &mut dyn BlockDevice, ino: &Inode) -> Result<()> {
         .into_iter()
         .filter(|f| f.is_writeback())
         .collect();
-    io::wait_until(dev, "writeback", || busy.iter().all(|f| !f.is_writeback()))
+    for f in &busy {
+        io::wait_folio(dev, f, FolioFlags::WRITEBACK, "writeback")?;
+    }
+    Ok(())
 }
 
 /// Sends an NVMe Flush and waits for it.

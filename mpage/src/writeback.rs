@@ -31,7 +31,7 @@
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use pagecache::{Errno, FolioRef, WritebackIo};
+use pagecache::{Errno, FolioFlags, FolioRef, WritebackIo};
 
 use crate::bio::BioBuilder;
 use crate::device::{Bio, BioFlags, BioOp, BlockDevice, DeviceError, Geometry, Segment};
@@ -282,7 +282,7 @@ impl WbCtx<'_> {
             if mode == SyncMode::None {
                 return Ok(());
             }
-            io::wait_until(self.dev, "folio writeback", || !folio.is_writeback())?;
+            io::wait_folio(self.dev, folio, FolioFlags::WRITEBACK, "folio writeback")?;
         }
         let locked = io::lock_folio(self.dev, folio)?;
         if !locked.is_dirty() {

@@ -11,6 +11,7 @@ use std::fmt;
 use std::ops::{Deref, Range};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bitflags::bitflags;
 
@@ -367,6 +368,26 @@ impl Folio {
         self.changed.notify_all();
     }
 
+    /// Waits until none of `flags` is set, or `timeout` passes; returns
+    /// whether they are clear. For waiters whose own device cannot end
+    /// the I/O holding the folio (another thread's queue owns it).
+    pub fn wait_clear(&self, flags: FolioFlags, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.state();
+        while st.flags.intersects(flags) {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            st = self
+                .changed
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+
     /// Waits until no writeback is in flight (`folio_wait_writeback`).
     pub fn wait_writeback(&self) {
         let mut st = self.state();
@@ -673,6 +694,16 @@ impl LockedFolio {
             return Err(f.bad(offset, 0, "outside the folio"));
         }
         f.backing.fill(offset, size - offset, 0)
+    }
+
+    /// Zeroes bytes `[offset, offset+len)` in the cached folio without
+    /// changing any state: the partial folio of a page cache truncation
+    /// (`truncate_inode_partial_folio`; R47, T21), whose bytes lie past
+    /// EOF.
+    pub fn zero_bytes(&self, offset: usize, len: usize) -> Result<()> {
+        let f = self.folio_ref();
+        f.touched_blocks(offset, len)?;
+        f.backing.fill(offset, len, 0)
     }
 
     /// Sets PG_readahead: the async readahead trigger (see

@@ -454,3 +454,36 @@ fn readahead_marker_is_tested_and_cleared_once() {
     assert!(folio.test_clear_readahead());
     assert!(!folio.test_clear_readahead());
 }
+
+#[test]
+fn wait_clear_times_out_while_locked_and_wakes_on_unlock() {
+    let c = cache();
+    let f = file(&c, 4096);
+    let l = new_folio(&c, f, 0, 0);
+    let r = l.folio();
+    assert!(!r.wait_clear(FolioFlags::LOCKED, Duration::from_millis(5)));
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        drop(l);
+    });
+    assert!(r.wait_clear(FolioFlags::LOCKED, Duration::from_secs(10)));
+    t.join().unwrap();
+}
+
+#[test]
+fn zero_bytes_zeroes_without_changing_state() {
+    let c = cache();
+    let f = file(&c, 1024);
+    let l = new_folio(&c, f, 0, 0);
+    l.write(0, &[0xAB; 4096]).unwrap();
+    let dirty = c.dirty_bytes();
+    l.zero_bytes(1500, 100).unwrap();
+    assert!(l.is_uptodate() && l.is_dirty());
+    assert_eq!(c.dirty_bytes(), dirty);
+    let mut out = vec![0; 4096];
+    l.read(0, &mut out).unwrap();
+    assert!(out[..1500].iter().all(|b| *b == 0xAB));
+    assert!(out[1500..1600].iter().all(|b| *b == 0));
+    assert!(out[1600..].iter().all(|b| *b == 0xAB));
+    assert!(l.zero_bytes(4000, 100).is_err(), "outside the folio");
+}

@@ -15,7 +15,11 @@ use crate::workspace_root;
 pub const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// The binaries put on the guest's PATH, by package and binary name.
-pub const GUEST_BINARIES: &[(&str, &str)] = &[("nvmectl", "nvmectl"), ("vm-tests", "guest-check")];
+pub const GUEST_BINARIES: &[(&str, &str)] = &[
+    ("nvmectl", "nvmectl"),
+    ("nvme-bench", "nvme-bench"),
+    ("vm-tests", "guest-check"),
+];
 
 /// Environment variable naming a folder of prebuilt guest binaries; when it
 /// is set nothing is built.

@@ -8,7 +8,7 @@
 
 #![forbid(unsafe_code)]
 
-pub mod pattern;
+pub use nvme_bench::pattern;
 
 use std::path::Path;
 use std::time::Duration;

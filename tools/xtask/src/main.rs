@@ -111,15 +111,27 @@ fn test(rest: &[String]) -> Result<ExitCode> {
 }
 
 fn bench() -> Result<ExitCode> {
-    // Until nvme-bench exists, the main job shows the path end to end:
-    // identify, then a write and a read-back compared byte for byte.
-    let script = "set -e; nvmectl identify; \
-        dd if=/dev/urandom of=/tmp/pattern bs=4096 count=64 2>/dev/null; \
-        nvmectl write --lba 2048 --data /tmp/pattern; \
-        nvmectl read --lba 2048 --blocks 512 --output /tmp/back; \
-        cmp /tmp/pattern /tmp/back; \
-        echo 'read/write check: 256 KiB written and read back identical'";
-    let args = vm_args::VmArgs::default_with_cmd(vec!["sh".into(), "-c".into(), script.into()]);
+    // The main job, our side of it: the device suite through the userspace
+    // driver against the default emulated controller (the side-by-side run
+    // with the kernel driver and fio comes with the comparison suite).
+    let jobs = [
+        "-w randread -o 4096 -q 1",
+        "-w randread -o 4096 -q 32",
+        "-w randwrite -o 4096 -q 32",
+        "-w read -o 128k -q 8",
+        "-w write -o 128k -q 8",
+    ];
+    let mut script = String::from(
+        "set -e; nvmectl identify | grep -E '^(mn|sn|fr|mdts|nn|nsze) '; \
+         nvme-bench -w randrw -M 70 -q 16 -t 3 --warmup 0 --verify --range-size 256M; ",
+    );
+    for job in jobs {
+        script.push_str(&format!(
+            "nvme-bench {job} -t 5 --warmup 1 --range-size 1G; "
+        ));
+    }
+    let mut args = vm_args::VmArgs::default_with_cmd(vec!["sh".into(), "-c".into(), script]);
+    args.set_size(2 << 30);
     vm(args)
 }
 

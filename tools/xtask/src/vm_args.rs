@@ -82,6 +82,11 @@ impl VmArgs {
         }
     }
 
+    /// Sets the size of created images.
+    pub(crate) fn set_size(&mut self, bytes: u64) {
+        self.size = bytes;
+    }
+
     pub(crate) fn into_config(self) -> Result<(VmConfig, Vec<String>), String> {
         if self.cmd.is_empty() {
             return Err("no command given (cargo xtask vm [OPTIONS] -- CMD [ARGS...])".into());

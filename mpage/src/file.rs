@@ -1,0 +1,544 @@
+//! [`File`]: the file API for applications: `read_at`, `write_at`,
+//! `set_len`, `fsync` and a zero-copy look at cached folios
+//! ([`File::folio`]), over one [`Inode`] and the engines of this crate.
+//!
+//! # Threads and devices
+//!
+//! A `File` is `Send + Sync`: share it (`Arc<File>`) or open more
+//! descriptions of the same inode ([`File::reopen`]). Every operation
+//! takes the calling thread's device (`dev: &mut dyn BlockDevice`): on
+//! NVMe one queue pair belongs to one thread ([`crate::nvme::NvmeDevice`]
+//! per thread), with the [`crate::RecordingDevice`] one
+//! [`crate::RecordingDevice::new_queue`] per thread. A thread that waits
+//! for a folio whose I/O another thread's queue carries sleeps on the
+//! folio ([`crate::io::wait_folio`]); every operation reaps its own
+//! queue before it returns, and waits for the reads and writebacks it
+//! needs. Only readahead runs ahead without waiting: its commands
+//! complete when the issuing thread next uses its device.
+//!
+//! # Semantics
+//!
+//! * `read_at` (filemap_read): short at EOF, 0 at or past it. A missing
+//!   page asks the file's readahead window ([`pagecache::RaState`]): a
+//!   sequential reader gets growing windows with the PG_readahead mark
+//!   triggering the next one asynchronously; a random read reads only
+//!   the pages it asked for. Nothing past EOF is read. Partially uptodate
+//!   folios serve the blocks they hold (R41); a folio whose readahead
+//!   failed is read again on demand and only that result counts (X4).
+//! * `write_at` (generic_perform_write): per folio write_begin /
+//!   write_end (R42–R47), after zeroing the gap between the old EOF and
+//!   the write (as filesystems do before an extending write). Writers of
+//!   one inode are serialized (the kernel's i_rwsem); readers are not.
+//!   Before each folio the writer checks the dirty limits: above the
+//!   background limit it wakes the [`Flusher`], above the hard limit it
+//!   writes back its own file and waits until dirty + writeback memory is
+//!   back under the limit (throttling; fails with [`Error::Timeout`] if
+//!   that never happens). A full cache ([`pagecache::Error::CacheFull`])
+//!   is handled the same way: write back, let the clock evict, retry.
+//! * `set_len`: growing zeroes `[old, new)` (R49 zero_range; holes and
+//!   unwritten extents cost nothing); shrinking zeroes the tail of the new
+//!   EOF block (truncate_page, R49), sets the size, zeroes the cached
+//!   folio's part past EOF and drops cached folios wholly past it, dirty
+//!   or not (waiting for their writeback).
+//! * `fsync`: [`crate::fsync`] (X2): writeback, wait, NVMe Flush, and the
+//!   newest writeback error since this description last looked, once per
+//!   description (X1). Every `File` value is one description: its errseq
+//!   sample is taken at open/reopen.
+
+use std::ops::Range;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use pagecache::{
+    BlockSize, DirtyPressure, FolioFlags, FolioOrder, FolioRef, Grab, PAGE_SHIFT, PAGE_SIZE,
+    PageCache, RaState,
+};
+
+use crate::device::BlockDevice;
+use crate::error::{Error, Result};
+use crate::flusher::Flusher;
+use crate::inode::Inode;
+use crate::io;
+use crate::map::BlockMapper;
+use crate::read::{read_folio, readahead};
+use crate::sync::{self, OpenFile};
+use crate::write;
+use crate::writeback::{SyncMode, writepages};
+
+const PAGE: u64 = PAGE_SIZE as u64;
+
+/// The inode's part shared by every description of it.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) ino: Inode,
+    /// Serializes writers and truncation (i_rwsem).
+    write_lock: Mutex<()>,
+    pub(crate) flusher: OnceLock<Arc<Flusher>>,
+}
+
+/// An open file: one description of an inode. See the module
+/// documentation.
+#[derive(Debug)]
+pub struct File {
+    shared: Arc<Shared>,
+    ra: Mutex<RaState>,
+    handle: Mutex<OpenFile>,
+}
+
+/// A pinned, uptodate folio of a file: the zero-copy look at cached data
+/// ([`File::folio`]). Reading copies straight from the folio's memory
+/// (the DMA buffer the device filled) into the caller's buffer. While the
+/// view lives the folio cannot be evicted; drop it soon.
+#[derive(Debug, Clone)]
+pub struct FolioView {
+    folio: FolioRef,
+    len: usize,
+}
+
+impl FolioView {
+    /// File offset of the folio's first byte.
+    pub fn pos(&self) -> u64 {
+        self.folio.pos()
+    }
+
+    /// Bytes of file data in the folio (less than its size for the folio
+    /// holding EOF).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the view holds no file data (never, for a returned view).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies `out.len()` bytes from `offset` (relative to the folio,
+    /// within [`FolioView::len`]) into `out`.
+    pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<()> {
+        if offset.checked_add(out.len()).is_none_or(|e| e > self.len) {
+            return Err(Error::Invalid("folio view read past the file data"));
+        }
+        self.folio
+            .read(offset, out)
+            .map_err(Error::cache("reading a folio view"))
+    }
+
+    /// The folio itself (flags, iova for DMA from it).
+    pub fn folio(&self) -> &FolioRef {
+        &self.folio
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl File {
+    /// Opens a new file of `size` bytes in `cache`, with `block`-byte
+    /// blocks, whose data `mapper` places on the device.
+    pub fn open(
+        cache: Arc<PageCache>,
+        mapper: Arc<dyn BlockMapper>,
+        block: BlockSize,
+        size: u64,
+    ) -> Result<File> {
+        let id = cache.add_file(block);
+        Self::from_inode(Inode::new(cache, id, mapper, size))
+    }
+
+    /// Opens a description of an existing inode.
+    pub fn from_inode(ino: Inode) -> Result<File> {
+        let handle = OpenFile::open(&ino)?;
+        Ok(File {
+            shared: Arc::new(Shared {
+                ino,
+                write_lock: Mutex::new(()),
+                flusher: OnceLock::new(),
+            }),
+            ra: Mutex::new(RaState::new(pagecache::readahead::DEFAULT_MAX_PAGES)),
+            handle: Mutex::new(handle),
+        })
+    }
+
+    /// Another open description of the same inode: its own readahead
+    /// window and its own errseq sample (taken now, X1).
+    pub fn reopen(&self) -> Result<File> {
+        Ok(File {
+            shared: self.shared.clone(),
+            ra: Mutex::new(RaState::new(lock(&self.ra).max_pages())),
+            handle: Mutex::new(OpenFile::open(&self.shared.ino)?),
+        })
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The inode (cache, file id, mapper, size).
+    pub fn inode(&self) -> &Inode {
+        &self.shared.ino
+    }
+
+    /// The file size.
+    pub fn size(&self) -> u64 {
+        self.shared.ino.size()
+    }
+
+    /// Sets this description's readahead maximum in pages (0 disables
+    /// readahead); resets the window.
+    pub fn set_readahead(&self, max_pages: u64) {
+        *lock(&self.ra) = RaState::new(max_pages);
+    }
+
+    /// The readahead window: (start, size, async_size) in pages.
+    pub fn readahead_window(&self) -> (u64, u64, u64) {
+        lock(&self.ra).window()
+    }
+
+    /// Reads up to `buf.len()` bytes at `pos`; returns how many (short at
+    /// EOF, 0 at or past it). A read error is returned if nothing was
+    /// read before it.
+    pub fn read_at(&self, dev: &mut dyn BlockDevice, pos: u64, buf: &mut [u8]) -> Result<usize> {
+        let size = self.size();
+        if pos >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let end = size.min(pos.saturating_add(buf.len() as u64));
+        let last = (end - 1) >> PAGE_SHIFT;
+        let mut at = pos;
+        let mut result = Ok(());
+        while at < end {
+            let index = at >> PAGE_SHIFT;
+            let folio = match self.get_folio(dev, index, last - index + 1, at..end, size) {
+                Ok(f) => f,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            let fpos = folio.pos();
+            let to = end.min(fpos + folio.size() as u64);
+            let out = &mut buf[(at - pos) as usize..(to - pos) as usize];
+            if let Err(e) = folio.read((at - fpos) as usize, out) {
+                result = Err(Error::cache("copying out of a folio")(e));
+                break;
+            }
+            at = to;
+        }
+        lock(&self.ra).record_read(at);
+        io::reap(dev, None)?;
+        match result {
+            Err(e) if at == pos => Err(e),
+            _ => Ok((at - pos) as usize),
+        }
+    }
+
+    /// The folio holding file offset `pos`, uptodate over its file data
+    /// and pinned: the zero-copy view (no readahead). `None` at or past
+    /// EOF.
+    pub fn folio(&self, dev: &mut dyn BlockDevice, pos: u64) -> Result<Option<FolioView>> {
+        let size = self.size();
+        if pos >= size {
+            return Ok(None);
+        }
+        let fstart = pos & !(PAGE - 1);
+        let want = fstart..size.min(fstart + PAGE);
+        let folio = self.get_folio(dev, pos >> PAGE_SHIFT, 0, want, size)?;
+        let len = (size - folio.pos()).min(folio.size() as u64) as usize;
+        if !folio.is_range_uptodate(0, len) {
+            // A larger folio than the page asked: read whatever it lacks.
+            return Err(Error::Io(folio.error().unwrap_or(pagecache::Errno::Io)));
+        }
+        Ok(Some(FolioView { folio, len }))
+    }
+
+    /// The folio covering page `index` with bytes `want` (file offsets)
+    /// uptodate (filemap_get_pages). `req` pages are being read from
+    /// `index` on (0: no readahead).
+    fn get_folio(
+        &self,
+        dev: &mut dyn BlockDevice,
+        index: u64,
+        req: u64,
+        want: Range<u64>,
+        size: u64,
+    ) -> Result<FolioRef> {
+        let ino = &self.shared.ino;
+        let ready = |f: &FolioRef| {
+            let fpos = f.pos();
+            let from = want.start.max(fpos);
+            let to = want.end.min(fpos + f.size() as u64);
+            f.is_range_uptodate((from - fpos) as usize, (to - from) as usize)
+        };
+        let deadline = Instant::now() + io::DEFAULT_TIMEOUT;
+        loop {
+            let cached = ino
+                .cache
+                .lookup(ino.file, index)
+                .map_err(Error::cache("lookup"))?;
+            let folio = match cached {
+                Some(f) => {
+                    if req > 0 && f.test_clear_readahead() {
+                        // page_cache_async_ra.
+                        let plan = lock(&self.ra).on_marker(index, req, size, |from, max| {
+                            ino.cache.next_miss(ino.file, from, max).ok().flatten()
+                        });
+                        if let Some(p) = plan {
+                            self.readahead(dev, p.pages, p.marker);
+                        }
+                    }
+                    f
+                }
+                None => {
+                    if req > 0 {
+                        // page_cache_sync_ra.
+                        let plan = lock(&self.ra).on_miss(index, req, size);
+                        if let Some(p) = plan {
+                            self.readahead(dev, p.pages, p.marker);
+                        }
+                    }
+                    let found = ino
+                        .cache
+                        .lookup(ino.file, index)
+                        .map_err(Error::cache("lookup"))?;
+                    match found {
+                        Some(f) => f,
+                        None => {
+                            // No readahead (random read, cache full):
+                            // read just this folio.
+                            match self.grab(dev, index, deadline)? {
+                                Grab::Created(l) => {
+                                    let f = l.folio();
+                                    read_folio(dev, ino, l)?;
+                                    f
+                                }
+                                Grab::Cached(f) => f,
+                            }
+                        }
+                    }
+                }
+            };
+            if ready(&folio) {
+                return Ok(folio);
+            }
+            io::wait_folio(dev, &folio, FolioFlags::LOCKED, "reading a folio")?;
+            if ready(&folio) {
+                return Ok(folio);
+            }
+            // Not uptodate and unlocked: its read failed (or it was a
+            // fresh folio of a failed write_begin). Read it on demand
+            // (X4) and take that result.
+            let locked = io::lock_folio(dev, &folio)?;
+            if ready(&locked.folio()) {
+                return Ok(folio);
+            }
+            let still = ino
+                .cache
+                .lookup(ino.file, index)
+                .map_err(Error::cache("lookup"))?
+                .is_some_and(|f| f.same(&folio));
+            if !still {
+                // Truncated away meanwhile: start over.
+                continue;
+            }
+            read_folio(dev, ino, locked)?;
+            io::wait_folio(dev, &folio, FolioFlags::LOCKED, "reading a folio")?;
+            if ready(&folio) {
+                return Ok(folio);
+            }
+            return Err(Error::Io(folio.error().unwrap_or(pagecache::Errno::Io)));
+        }
+    }
+
+    /// Best-effort readahead (errors are logged, R6/X4).
+    fn readahead(&self, dev: &mut dyn BlockDevice, pages: Range<u64>, marker: Option<u64>) {
+        let ino = &self.shared.ino;
+        match readahead(dev, ino, pages.clone(), marker) {
+            Ok(r) => log::trace!("readahead {pages:?} marker {marker:?}: {r:?}"),
+            Err(e) => log::debug!("readahead {pages:?} failed: {e}"),
+        }
+    }
+
+    /// `grab` with the full-cache handling of [`File::make_room`].
+    fn grab(&self, dev: &mut dyn BlockDevice, index: u64, deadline: Instant) -> Result<Grab> {
+        let ino = &self.shared.ino;
+        let order = FolioOrder::new(0).map_err(Error::cache("folio order"))?;
+        loop {
+            match ino.cache.grab(ino.file, index, order) {
+                Ok(g) => return Ok(g),
+                Err(e @ pagecache::Error::CacheFull { .. }) if Instant::now() >= deadline => {
+                    return Err(Error::cache("grabbing a folio")(e));
+                }
+                Err(pagecache::Error::CacheFull { .. }) => self.make_room(dev)?,
+                Err(e) => return Err(Error::cache("grabbing a folio")(e)),
+            }
+        }
+    }
+
+    /// The cache is full of folios that cannot be evicted: write back
+    /// this file's dirty folios and wait for them (they become
+    /// evictable), wake the flusher for the others, and give writeback
+    /// elsewhere a moment.
+    fn make_room(&self, dev: &mut dyn BlockDevice) -> Result<()> {
+        let written = self.writeback_own(dev)?;
+        if let Some(f) = self.shared.flusher.get() {
+            f.wake();
+        }
+        if written == 0 {
+            let cache = &self.shared.ino.cache;
+            cache.wait_dirty_below_hard(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// Writes back this file's dirty folios (WB_SYNC_NONE) and waits for
+    /// the writeback; returns how many folios were started. Writeback
+    /// errors go to the file's errseq (reported by fsync).
+    fn writeback_own(&self, dev: &mut dyn BlockDevice) -> Result<usize> {
+        let ino = &self.shared.ino;
+        let n = match writepages(dev, ino, 0..u64::MAX, SyncMode::None) {
+            Ok(r) => r.folios,
+            Err(Error::Map { .. } | Error::Io(_)) => 1,
+            Err(e) => return Err(e),
+        };
+        sync::wait_writeback(dev, ino)?;
+        Ok(n)
+    }
+
+    /// balance_dirty_pages: wake the flusher above the background limit;
+    /// above the hard limit, write back this file and wait until dirty +
+    /// writeback memory is at or under it.
+    fn balance_dirty(&self, dev: &mut dyn BlockDevice) -> Result<()> {
+        let cache = &self.shared.ino.cache;
+        let pressure = cache.dirty_pressure();
+        if pressure == DirtyPressure::Below {
+            return Ok(());
+        }
+        if let Some(f) = self.shared.flusher.get() {
+            f.wake();
+        }
+        if pressure != DirtyPressure::Throttle {
+            return Ok(());
+        }
+        let deadline = Instant::now() + io::DEFAULT_TIMEOUT;
+        loop {
+            let started = self.writeback_own(dev)?;
+            if cache.wait_dirty_below_hard(Duration::from_millis(if started > 0 { 0 } else { 10 }))
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout("dirty memory to fall under the hard limit"));
+            }
+        }
+    }
+
+    /// write_begin, retried while the cache is full.
+    fn write_begin(
+        &self,
+        dev: &mut dyn BlockDevice,
+        pos: u64,
+        len: usize,
+    ) -> Result<pagecache::LockedFolio> {
+        let deadline = Instant::now() + io::DEFAULT_TIMEOUT;
+        loop {
+            match write::write_begin(dev, &self.shared.ino, pos, len) {
+                Err(e) if e.is_cache_full() && Instant::now() < deadline => self.make_room(dev)?,
+                r => return r,
+            }
+        }
+    }
+
+    /// Zeroes `[start, end)` through the cache, throttled like a write.
+    fn zero(&self, dev: &mut dyn BlockDevice, start: u64, end: u64) -> Result<()> {
+        let ino = &self.shared.ino;
+        let mut at = start;
+        while at < end {
+            self.balance_dirty(dev)?;
+            let deadline = Instant::now() + io::DEFAULT_TIMEOUT;
+            at = loop {
+                match write::zero_segment(dev, ino, at, end) {
+                    Err(e) if e.is_cache_full() && Instant::now() < deadline => {
+                        self.make_room(dev)?
+                    }
+                    r => break r?,
+                }
+            };
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `pos` through the cache (buffered; dirty folios
+    /// reach the device by writeback, the flusher or fsync) and extends
+    /// the file if it ends past EOF. Returns the bytes written: short only
+    /// if an error stopped it after some were.
+    pub fn write_at(&self, dev: &mut dyn BlockDevice, pos: u64, data: &[u8]) -> Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        pos.checked_add(data.len() as u64)
+            .ok_or(Error::Invalid("write past the largest file offset"))?;
+        let _writer = lock(&self.shared.write_lock);
+        let ino = &self.shared.ino;
+        let size = ino.size();
+        if pos > size {
+            // Zero between the old EOF and the write: the old EOF block's
+            // tail and anything the device holds there.
+            self.zero(dev, size, pos)?;
+        }
+        let mut done = 0;
+        while done < data.len() {
+            if let Err(e) = self.balance_dirty(dev) {
+                if done > 0 {
+                    break;
+                }
+                return Err(e);
+            }
+            let at = pos + done as u64;
+            let n = (PAGE - at % PAGE).min((data.len() - done) as u64) as usize;
+            let folio = match self.write_begin(dev, at, n) {
+                Ok(f) => f,
+                Err(e) if done > 0 => {
+                    log::debug!("short write at {at}: {e}");
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            done += write::write_end(ino, folio, at, &data[done..done + n])?;
+        }
+        if ino.cache.dirty_pressure() != DirtyPressure::Below
+            && let Some(f) = self.shared.flusher.get()
+        {
+            f.wake();
+        }
+        io::reap(dev, None)?;
+        Ok(done)
+    }
+
+    /// Sets the file size (ftruncate). Growing reads as zeros; shrinking
+    /// drops the data past the new size from the cache.
+    pub fn set_len(&self, dev: &mut dyn BlockDevice, len: u64) -> Result<()> {
+        let _writer = lock(&self.shared.write_lock);
+        let ino = &self.shared.ino;
+        let old = ino.size();
+        if len > old {
+            self.zero(dev, old, len)?;
+            ino.set_size(len);
+        } else if len < old {
+            write::truncate_page(dev, ino, len)?;
+            ino.set_size(len);
+            write::truncate_pagecache(dev, ino, len, u64::MAX)?;
+        }
+        io::reap(dev, None)?;
+        Ok(())
+    }
+
+    /// fsync (X1, X2): writes back and waits for every dirty folio, sends
+    /// an NVMe Flush, and reports the newest writeback error this
+    /// description has not seen yet (once).
+    pub fn fsync(&self, dev: &mut dyn BlockDevice) -> Result<()> {
+        let mut handle = lock(&self.handle);
+        sync::fsync(dev, &self.shared.ino, &mut handle)
+    }
+}

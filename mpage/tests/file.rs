@@ -1,0 +1,345 @@
+//! The file API: read_at / write_at / set_len / fsync / folio views,
+//! readahead behaviour, throttling, the memory budget, the flusher and
+//! threads, on the recording device.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mpage::{
+    BioFlags, BioOp, BlockDevice, DeviceError, Fault, File, Flusher, Geometry, IdentityMapper,
+    RecordingDevice, device::status,
+};
+use pagecache::{BlockSize, DirtyLimits, Errno, PageCache, VecMemory};
+
+const P: usize = 4096;
+
+struct Setup {
+    dev: RecordingDevice,
+    cache: Arc<PageCache>,
+    file: File,
+}
+
+/// A 4 MiB namespace (512-byte LBAs) as a file of `size` bytes, in a cache
+/// of `budget` bytes with `limits`.
+fn setup(bs: usize, size: u64, budget: u64, limits: Option<DirtyLimits>) -> Setup {
+    let g = Geometry::new(512, 8192, 128 * 1024).unwrap();
+    let dev = RecordingDevice::new(g).unwrap();
+    let memory = Arc::new(VecMemory::new());
+    let cache = Arc::new(match limits {
+        Some(l) => PageCache::with_limits(memory, budget, l),
+        None => PageCache::new(memory, budget).unwrap(),
+    });
+    let mapper = Arc::new(IdentityMapper::namespace(&g));
+    let file = File::open(cache.clone(), mapper, BlockSize::new(bs).unwrap(), size).unwrap();
+    Setup { dev, cache, file }
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| seed.wrapping_add((i % 251) as u8))
+        .collect()
+}
+
+fn reads(dev: &RecordingDevice) -> Vec<(usize, BioFlags)> {
+    dev.commands()
+        .iter()
+        .filter(|c| c.op == BioOp::Read)
+        .map(|c| (c.bytes(), c.flags))
+        .collect()
+}
+
+#[test]
+fn file_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<File>();
+    check::<mpage::FolioView>();
+    check::<Flusher>();
+}
+
+#[test]
+fn sequential_reads_ramp_the_readahead_window_with_async_marks() {
+    let s = setup(4096, 1 << 20, 64 << 20, None);
+    s.dev.write_disk(0, &pattern(3, 1 << 20));
+    let mut d = s.dev.clone();
+    let mut buf = vec![0; P];
+    for i in 0..64u64 {
+        assert_eq!(s.file.read_at(&mut d, i * P as u64, &mut buf).unwrap(), P);
+        assert_eq!(buf, pattern(3, 1 << 20)[i as usize * P..][..P]);
+    }
+    let r = reads(&s.dev);
+    assert!(r.iter().all(|(_, f)| *f == BioFlags::READAHEAD), "{r:?}");
+    let sizes: Vec<usize> = r.iter().map(|x| x.0).collect();
+    // Initial window 4 pages (mark on page 1), then 8, 16, 32, 32 ...
+    assert_eq!(&sizes[..4], &[4 * P, 8 * P, 16 * P, 32 * P]);
+    assert!(sizes[4..].iter().all(|s| *s == 32 * P), "{sizes:?}");
+    let (start, size, async_size) = s.file.readahead_window();
+    assert_eq!((size, async_size), (32, 32));
+    assert!(start > 64, "the window ran ahead of the reader: {start}");
+}
+
+#[test]
+fn random_reads_read_only_what_was_asked() {
+    let s = setup(4096, 1 << 20, 64 << 20, None);
+    let mut d = s.dev.clone();
+    let mut buf = vec![0; 2 * P];
+    for page in [100u64, 37, 200, 5] {
+        s.file.read_at(&mut d, page * P as u64, &mut buf).unwrap();
+    }
+    let sizes: Vec<usize> = reads(&s.dev).iter().map(|x| x.0).collect();
+    assert_eq!(sizes, vec![2 * P; 4], "two pages each, no window");
+    assert_eq!(s.file.readahead_window(), (0, 0, 0));
+    assert_eq!(s.cache.nr_folios(s.file.inode().file).unwrap(), 8);
+}
+
+#[test]
+fn reads_stop_at_eof_and_readahead_never_passes_it() {
+    let size = 10_000u64;
+    let s = setup(1024, size, 64 << 20, None);
+    s.dev.write_disk(0, &pattern(9, 16384));
+    let mut d = s.dev.clone();
+    let mut buf = vec![0; P];
+    assert_eq!(s.file.read_at(&mut d, 0, &mut buf).unwrap(), P);
+    assert_eq!(s.file.read_at(&mut d, 9000, &mut buf).unwrap(), 1000);
+    assert_eq!(&buf[..1000], &pattern(9, 16384)[9000..10000]);
+    assert_eq!(s.file.read_at(&mut d, size, &mut buf).unwrap(), 0);
+    assert_eq!(s.file.read_at(&mut d, size + 5000, &mut buf).unwrap(), 0);
+    // No command reaches past the block holding EOF (LBA 20 = 10240 B).
+    for c in s.dev.commands() {
+        assert!(c.lba + c.blocks <= 20, "{c:?}");
+    }
+    assert!(s.cache.lookup(s.file.inode().file, 3).unwrap().is_none());
+}
+
+#[test]
+fn write_read_truncate_and_fsync() {
+    let s = setup(1024, 0, 64 << 20, None);
+    s.dev.write_disk(0, &[0xEE; 65536]);
+    let mut d = s.dev.clone();
+    let data = pattern(1, 5000);
+    assert_eq!(s.file.write_at(&mut d, 1000, &data).unwrap(), 5000);
+    assert_eq!(s.file.size(), 6000);
+    let mut buf = vec![0xFF; 8000];
+    assert_eq!(s.file.read_at(&mut d, 0, &mut buf).unwrap(), 6000);
+    assert_eq!(
+        &buf[..1000],
+        &[0; 1000][..],
+        "the gap before the write reads as zeros"
+    );
+    assert_eq!(&buf[1000..6000], &data[..]);
+
+    s.file.set_len(&mut d, 3000).unwrap();
+    assert_eq!(s.file.read_at(&mut d, 0, &mut buf).unwrap(), 3000);
+    s.file.set_len(&mut d, 9000).unwrap();
+    assert_eq!(s.file.read_at(&mut d, 0, &mut buf).unwrap(), 8000);
+    assert_eq!(&buf[1000..3000], &data[..2000]);
+    assert!(
+        buf[3000..8000].iter().all(|b| *b == 0),
+        "grown part is zeros"
+    );
+
+    s.file.fsync(&mut d).unwrap();
+    assert_eq!(s.dev.count(BioOp::Flush), 1);
+    let disk = s.dev.read_disk(0, 9000);
+    assert_eq!(&disk[..1000], &[0; 1000][..]);
+    assert_eq!(&disk[1000..3000], &data[..2000]);
+    assert!(disk[3000..].iter().all(|b| *b == 0));
+    assert!(s.cache.dirty_bytes() == 0 && s.cache.writeback_bytes() == 0);
+
+    // Shrinking drops cached folios past EOF, dirty ones included.
+    s.file.write_at(&mut d, 8000, &[7; 1000]).unwrap();
+    s.file.set_len(&mut d, 4096).unwrap();
+    assert!(s.cache.lookup(s.file.inode().file, 1).unwrap().is_none());
+    assert_eq!(s.cache.dirty_bytes(), 0);
+    s.file.set_len(&mut d, 8192).unwrap();
+    assert_eq!(s.file.read_at(&mut d, 4096, &mut buf).unwrap(), 4096);
+    assert!(buf[..4096].iter().all(|b| *b == 0));
+}
+
+#[test]
+fn fsync_reports_a_writeback_error_once_per_description() {
+    let s = setup(4096, 0, 64 << 20, None);
+    let mut d = s.dev.clone();
+    let a = &s.file;
+    let b = a.reopen().unwrap();
+    a.write_at(&mut d, 0, &[1; 8192]).unwrap();
+    s.dev.inject(Fault {
+        op: Some(BioOp::Write),
+        lbas: 0..8192,
+        error: DeviceError::Status {
+            status: status::INTERNAL,
+        },
+        times: Some(1),
+    });
+    let e = a.fsync(&mut d).unwrap_err();
+    assert_eq!(e.errno(), Errno::Io);
+    a.fsync(&mut d).unwrap();
+    let c = a.reopen().unwrap();
+    assert_eq!(b.fsync(&mut d).unwrap_err().errno(), Errno::Io);
+    b.fsync(&mut d).unwrap();
+    c.fsync(&mut d).unwrap();
+    assert_eq!(
+        s.dev.count(BioOp::Write),
+        1,
+        "the failed write is not retried"
+    );
+    // The data stays readable from the cache (R31).
+    let mut buf = vec![0; 8192];
+    a.read_at(&mut d, 0, &mut buf).unwrap();
+    assert_eq!(buf, vec![1; 8192]);
+}
+
+#[test]
+fn two_threads_write_disjoint_ranges() {
+    let s = setup(4096, 0, 64 << 20, None);
+    let file = Arc::new(s.file);
+    let region = 64 * P as u64;
+    let threads: Vec<_> = (0..2u8)
+        .map(|t| {
+            let file = file.clone();
+            let mut dev = s.dev.new_queue();
+            std::thread::spawn(move || {
+                let data = pattern(t * 50, region as usize);
+                for (i, chunk) in data.chunks(3000).enumerate() {
+                    let pos = u64::from(t) * region + (i * 3000) as u64;
+                    assert_eq!(file.write_at(&mut dev, pos, chunk).unwrap(), chunk.len());
+                }
+                let mut back = vec![0; region as usize];
+                file.read_at(&mut dev, u64::from(t) * region, &mut back)
+                    .unwrap();
+                assert_eq!(back, data);
+                assert_eq!(dev.in_flight(), 0);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut d = s.dev.new_queue();
+    file.fsync(&mut d).unwrap();
+    assert_eq!(file.size(), 2 * region);
+    for t in 0..2u8 {
+        assert_eq!(
+            s.dev.read_disk(u64::from(t) * region, region as usize),
+            pattern(t * 50, region as usize)
+        );
+    }
+}
+
+#[test]
+fn writers_are_throttled_and_the_budget_holds() {
+    let budget = 64 * 1024;
+    let limits = DirtyLimits::from_bytes(8 * 1024, 16 * 1024).unwrap();
+    let s = setup(4096, 0, budget, Some(limits));
+    let mut d = s.dev.clone();
+    let data = pattern(5, 1 << 20);
+    for (i, chunk) in data.chunks(P).enumerate() {
+        s.file.write_at(&mut d, (i * P) as u64, chunk).unwrap();
+        let dirty = s.cache.dirty_bytes() + s.cache.writeback_bytes();
+        assert!(
+            dirty <= limits.hard + P as u64,
+            "dirty {dirty} after page {i}"
+        );
+        assert!(s.cache.used() < budget + P as u64);
+    }
+    assert!(
+        s.dev.count(BioOp::Write) > 0,
+        "the writer wrote back itself"
+    );
+    let mut buf = vec![0; 3 * P];
+    for (i, want) in data.chunks(3 * P).enumerate() {
+        let n = s
+            .file
+            .read_at(&mut d, (i * 3 * P) as u64, &mut buf)
+            .unwrap();
+        assert_eq!(&buf[..n], want);
+        assert!(s.cache.used() < budget + P as u64);
+    }
+    s.file.fsync(&mut d).unwrap();
+    assert_eq!(s.dev.read_disk(0, 1 << 20), data);
+}
+
+#[test]
+fn a_full_cache_is_written_back_to_make_room() {
+    // Dirty limits as large as the budget: only CacheFull stops writers.
+    let budget = 32 * 1024;
+    let limits = DirtyLimits::from_bytes(budget, budget).unwrap();
+    let s = setup(4096, 0, budget, Some(limits));
+    let mut d = s.dev.clone();
+    let data = pattern(8, 256 * 1024);
+    s.file.write_at(&mut d, 0, &data).unwrap();
+    assert!(s.cache.used() <= budget);
+    s.file.fsync(&mut d).unwrap();
+    assert_eq!(s.dev.read_disk(0, data.len()), data);
+}
+
+#[test]
+fn the_flusher_writes_back_above_the_background_limit() {
+    let limits = DirtyLimits::from_bytes(16 * 1024, 1 << 20).unwrap();
+    let s = setup(4096, 0, 8 << 20, Some(limits));
+    let flusher = Flusher::new(s.cache.clone());
+    flusher.attach(&s.file).unwrap();
+    let thread = flusher
+        .spawn(Box::new(s.dev.new_queue()), Duration::from_millis(20))
+        .unwrap();
+    let mut d = s.dev.new_queue();
+    s.file.write_at(&mut d, 0, &pattern(2, 64 * P)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.cache.dirty_bytes() > limits.background {
+        assert!(Instant::now() < deadline, "flusher made no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    thread.stop();
+    let bg = s
+        .dev
+        .commands()
+        .iter()
+        .filter(|c| c.op == BioOp::Write && c.flags == BioFlags::BACKGROUND)
+        .count();
+    assert!(bg > 0, "background writeback commands");
+    assert!(flusher.attach(&s.file).is_err(), "one flusher per file");
+
+    // run_once on the caller's device, with nothing above the limit: nothing.
+    let mut d2 = s.dev.new_queue();
+    assert_eq!(flusher.run_once(&mut d2).unwrap().folios, 0);
+}
+
+#[test]
+fn folio_views_read_cached_data_without_a_bounce_buffer() {
+    let s = setup(1024, 0, 64 << 20, None);
+    let mut d = s.dev.clone();
+    s.file.write_at(&mut d, 0, &pattern(4, 6000)).unwrap();
+    let v = s.file.folio(&mut d, 5000).unwrap().expect("inside EOF");
+    assert_eq!((v.pos(), v.len()), (4096, 6000 - 4096));
+    let mut out = vec![0; 100];
+    v.read(904, &mut out).unwrap();
+    assert_eq!(out, pattern(4, 6000)[5000..5100]);
+    assert!(v.read(1900, &mut out).is_err(), "past the file data");
+    assert!(s.file.folio(&mut d, 6000).unwrap().is_none());
+    // A cold folio is read on demand, without readahead.
+    s.dev.write_disk(65536, &[9; 4096]);
+    s.file.set_len(&mut d, 1 << 20).unwrap();
+    s.file.fsync(&mut d).unwrap();
+    s.dev.write_disk(65536, &[9; 4096]);
+    s.cache.shrink(u64::MAX);
+    s.dev.clear_log();
+    let v = s.file.folio(&mut d, 65536 + 10).unwrap().unwrap();
+    assert_eq!(s.dev.io(), vec![(BioOp::Read, 128, 4096)]);
+    let mut out = vec![0; 4096];
+    v.read(0, &mut out).unwrap();
+    assert_eq!(out, vec![9; 4096]);
+}
+
+#[test]
+fn a_failed_readahead_is_retried_on_demand() {
+    let s = setup(4096, 64 * 1024, 64 << 20, None);
+    s.dev.write_disk(0, &[6; 65536]);
+    s.dev
+        .inject(Fault::status(BioOp::Read, 0..8, status::INTERNAL).times(1));
+    let mut d = s.dev.clone();
+    let mut buf = vec![0; P];
+    assert_eq!(s.file.read_at(&mut d, 0, &mut buf).unwrap(), P);
+    assert_eq!(buf, vec![6; P]);
+    let r = reads(&s.dev);
+    assert_eq!(r[0], (4 * P, BioFlags::READAHEAD));
+    assert_eq!(r[1], (P, BioFlags::empty()), "demand read without the hint");
+}

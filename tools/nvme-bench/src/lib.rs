@@ -1,0 +1,7 @@
+//! The pieces of `nvme-bench` that other crates reuse: the verifiable data
+//! pattern, the workload generators and the statistics.
+#![forbid(unsafe_code)]
+
+pub mod pattern;
+pub mod stats;
+pub mod workload;

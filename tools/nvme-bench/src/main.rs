@@ -1,0 +1,566 @@
+//! `nvme-bench`: load an NVMe namespace through the userspace driver and
+//! measure IOPS, bandwidth and latency (HDR histograms), per thread and in
+//! total. One I/O queue pair per thread; warm-up excluded; `--json` for
+//! machines; `--verify` writes a checkable pattern and checks every read.
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stdout)]
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use nvme_bench::pattern;
+use nvme_bench::stats::Stats;
+use nvme_bench::workload::{Generator, OffsetDist, Spec, Workload, parse_distribution};
+use nvme_driver::{
+    Controller, DmaBuffer, IoCompletion, IoQPair, IoRequest, Options, PciAddress, pci,
+};
+use serde_json::json;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "nvme-bench",
+    version,
+    about = "Benchmark an NVMe namespace through the userspace driver"
+)]
+struct Args {
+    /// PCI address; optional when exactly one controller is bound to vfio-pci.
+    device: Option<PciAddress>,
+    /// Queue depth per thread (I/Os kept in flight).
+    #[arg(short = 'q', long = "queue-depth", default_value_t = 32)]
+    qd: usize,
+    /// I/O size in bytes (K/M suffixes allowed).
+    #[arg(short = 'o', long = "io-size", default_value = "4096", value_parser = parse_bytes)]
+    io_size: u64,
+    /// Workload.
+    #[arg(short = 'w', long, value_enum, default_value_t = Workload::Randread)]
+    workload: Workload,
+    /// Read percentage for rw and randrw.
+    #[arg(short = 'M', long = "rwmixread", default_value_t = 50)]
+    mix: u8,
+    /// Measured run time in seconds (after the warm-up).
+    #[arg(short = 't', long = "time", default_value_t = 10.0)]
+    time: f64,
+    /// Stop each thread after this many measured I/Os instead.
+    #[arg(short = 'n', long = "io-count")]
+    io_count: Option<u64>,
+    /// Warm-up seconds, excluded from the results.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Threads, each with its own queue pair.
+    #[arg(short = 'j', long = "threads", default_value_t = 1)]
+    threads: usize,
+    /// Namespace id.
+    #[arg(long, default_value_t = 1)]
+    nsid: u32,
+    /// First LBA of the range used.
+    #[arg(long, default_value_t = 0)]
+    range_start: u64,
+    /// Bytes of the range used (default: to the end of the namespace).
+    #[arg(long, value_parser = parse_bytes)]
+    range_size: Option<u64>,
+    /// Offset alignment in bytes for random I/O (default: the I/O size).
+    #[arg(long, value_parser = parse_bytes)]
+    align: Option<u64>,
+    /// Offset distribution for random workloads: uniform or zipf:THETA.
+    #[arg(long, default_value = "uniform", value_parser = parse_distribution)]
+    dist: OffsetDist,
+    /// Write a pattern checkable per block (the range is filled first) and
+    /// check every block read.
+    #[arg(long)]
+    verify: bool,
+    /// Count errors and go on instead of stopping at the first.
+    #[arg(long)]
+    continue_on_error: bool,
+    /// Print the results as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// I/O queue entries to ask for.
+    #[arg(long, default_value_t = 1024)]
+    entries: u16,
+    /// Queue pairs in interrupt mode (sleep instead of spinning when idle).
+    #[arg(long)]
+    interrupts: bool,
+    /// MMIO doorbells only.
+    #[arg(long)]
+    no_shadow: bool,
+    /// SGL data pointers when the controller supports them.
+    #[arg(long)]
+    sgl: bool,
+    /// Seed of the random offsets and of the verify pattern.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// A label copied into the JSON.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let (num, shift) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 20),
+        Some((i, 'g' | 'G')) => (&s[..i], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("not a size: {s}"))?;
+    n.checked_shl(shift)
+        .filter(|v| v >> shift == n && *v > 0)
+        .ok_or_else(|| format!("bad size: {s}"))
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(2),
+        Err(e) => {
+            eprintln!("nvme-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The shape of the job, resolved against the namespace.
+#[derive(Debug, Clone)]
+struct Job {
+    args: Args,
+    lba_size: u64,
+    io_blocks: u64,
+    first: u64,
+    blocks: u64,
+}
+
+fn run(args: Args) -> Result<u64> {
+    if args.qd == 0 || args.threads == 0 {
+        return Err("queue depth and threads must be at least 1".into());
+    }
+    let address = match args.device {
+        Some(a) => a,
+        None => {
+            pci::single_vfio_function()
+                .map_err(|e| e.to_string())?
+                .address
+        }
+    };
+    let options = Options {
+        io_queue_entries: args.entries,
+        use_sgl: args.sgl,
+        shadow_doorbells: !args.no_shadow,
+        ..Options::default()
+    };
+    let ctrl = Controller::open(address, options).map_err(|e| e.to_string())?;
+    let ns = ctrl.namespace(args.nsid).map_err(|e| e.to_string())?;
+    let lba_size = u64::from(ns.lba_size);
+    if !args.io_size.is_multiple_of(lba_size) {
+        return Err(format!(
+            "I/O size {} is not a multiple of the {lba_size}-byte LBA size",
+            args.io_size
+        ));
+    }
+    let io_blocks = args.io_size / lba_size;
+    let end = ns.blocks;
+    let blocks = match args.range_size {
+        Some(bytes) => bytes / lba_size,
+        None => end.saturating_sub(args.range_start),
+    };
+    ns.check_range(args.range_start, blocks)
+        .map_err(|e| e.to_string())?;
+    let job = Job {
+        args: args.clone(),
+        lba_size,
+        io_blocks,
+        first: args.range_start,
+        blocks,
+    };
+    if args.verify {
+        prefill(&ctrl, &job)?;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress: Vec<Arc<AtomicU64>> = (0..args.threads)
+        .map(|_| Arc::new(AtomicU64::new(0)))
+        .collect();
+    let cpu_before = cpu_time();
+    let start = Instant::now();
+    let handles: Vec<_> = (0..args.threads)
+        .map(|t| {
+            let (ctrl, job, stop, done) =
+                (ctrl.clone(), job.clone(), stop.clone(), progress[t].clone());
+            std::thread::spawn(move || thread_main(&ctrl, &job, t, &stop, &done))
+        })
+        .collect();
+    let watcher = show_progress(&args, &progress, &stop);
+    let mut results = Vec::new();
+    let mut failure = None;
+    for h in handles {
+        match h.join() {
+            Ok(Ok(r)) => results.push(r),
+            Ok(Err(e)) => {
+                stop.store(true, Ordering::Relaxed);
+                failure.get_or_insert(e);
+            }
+            Err(_) => {
+                stop.store(true, Ordering::Relaxed);
+                failure.get_or_insert("a bench thread panicked".to_string());
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let wall = start.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu_before);
+    let mut total = Stats::new();
+    for r in &results {
+        total.merge(&r.stats);
+    }
+    report(&ctrl, &job, &results, &total, cpu, wall);
+    Ok(total.errors)
+}
+
+/// What one thread measured.
+struct ThreadResult {
+    qid: u16,
+    stats: Stats,
+}
+
+/// One in-flight I/O slot: its buffer and when it was submitted.
+struct Slot {
+    buf: Option<DmaBuffer>,
+    started: Instant,
+    read: bool,
+}
+
+fn thread_main(
+    ctrl: &Controller,
+    job: &Job,
+    t: usize,
+    stop: &AtomicBool,
+    done: &AtomicU64,
+) -> Result<ThreadResult> {
+    let a = &job.args;
+    let mut q = if a.interrupts {
+        ctrl.io_qpair_with_interrupts()
+    } else {
+        ctrl.io_qpair()
+    }
+    .map_err(|e| format!("thread {t}: {e}"))?;
+    // Sequential workloads give each thread its own part of the range;
+    // random ones share the whole range.
+    let (first, blocks) = if a.workload.is_random() {
+        (job.first, job.blocks)
+    } else {
+        let part = job.blocks / a.threads as u64;
+        (job.first + part * t as u64, part)
+    };
+    let align = a.align.map_or(job.io_blocks, |b| (b / job.lba_size).max(1));
+    let mut generator = Generator::new(&Spec {
+        workload: a.workload,
+        mix: a.mix,
+        dist: a.dist,
+        first,
+        blocks,
+        io_blocks: job.io_blocks,
+        align_blocks: align,
+        seed: a.seed + t as u64,
+    })?;
+    let io_bytes = a.io_size as usize;
+    let mut slots: Vec<Slot> = (0..a.qd)
+        .map(|_| {
+            ctrl.dma_pool()
+                .alloc(io_bytes)
+                .map(|b| Slot {
+                    buf: Some(b),
+                    started: Instant::now(),
+                    read: true,
+                })
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<_>>()?;
+    let mut stats = Stats::new();
+    let mut scratch = vec![0u8; io_bytes];
+    let mut completions: Vec<IoCompletion> = Vec::with_capacity(a.qd);
+    let warmup_end = Instant::now() + Duration::from_secs_f64(a.warmup.max(0.0));
+    let mut measuring = a.warmup <= 0.0;
+    let mut measure_start = Instant::now();
+    let run_for = Duration::from_secs_f64(a.time.max(0.0));
+    let mut in_flight = 0usize;
+    let mut finishing = false;
+    let mut since_report = 0u64;
+
+    // Fill the queue.
+    for (i, slot) in slots.iter_mut().enumerate() {
+        submit_one(&mut q, slot, i, &mut generator, job, &mut scratch)?;
+        in_flight += 1;
+    }
+    while in_flight > 0 {
+        completions.clear();
+        q.poll(&mut completions)
+            .map_err(|e| format!("thread {t}: {e}"))?;
+        let now = Instant::now();
+        if !measuring && now >= warmup_end {
+            measuring = true;
+            measure_start = now;
+            stats = Stats::new();
+        }
+        if !finishing
+            && (stop.load(Ordering::Relaxed)
+                || (measuring && a.io_count.is_none() && now - measure_start >= run_for)
+                || a.io_count
+                    .is_some_and(|n| measuring && stats.ios() + stats.errors >= n))
+        {
+            finishing = true;
+        }
+        for c in completions.drain(..) {
+            in_flight -= 1;
+            let i = c.tag as usize;
+            let slot = &mut slots[i];
+            slot.buf = c.data;
+            let latency = now - slot.started;
+            match &c.result {
+                Ok(()) => {
+                    if a.verify && slot.read {
+                        let buf = slot.buf.as_ref().ok_or("a read buffer did not come back")?;
+                        buf.read(0, &mut scratch).map_err(|e| e.to_string())?;
+                        if let Some(bad) =
+                            pattern::first_mismatch(a.seed, c.slba, job.lba_size as usize, &scratch)
+                        {
+                            return Err(format!(
+                                "verify: LBA {bad} (read at {}+{}) holds wrong data",
+                                c.slba, c.blocks
+                            ));
+                        }
+                    }
+                    if measuring {
+                        stats.record(slot.read, a.io_size, latency);
+                    }
+                }
+                Err(e) => {
+                    stats.errors += 1;
+                    if !a.continue_on_error {
+                        return Err(format!("thread {t}: {e}"));
+                    }
+                    log::warn!("thread {t}: {e}");
+                }
+            }
+            since_report += 1;
+            if since_report == 64 {
+                done.fetch_add(since_report, Ordering::Relaxed);
+                since_report = 0;
+            }
+            if !finishing && slot.buf.is_some() {
+                submit_one(&mut q, slot, i, &mut generator, job, &mut scratch)?;
+                in_flight += 1;
+            }
+        }
+    }
+    done.fetch_add(since_report, Ordering::Relaxed);
+    stats.elapsed = Instant::now().saturating_duration_since(measure_start);
+    Ok(ThreadResult {
+        qid: q.qid(),
+        stats,
+    })
+}
+
+fn submit_one(
+    q: &mut IoQPair,
+    slot: &mut Slot,
+    tag: usize,
+    generator: &mut Generator,
+    job: &Job,
+    scratch: &mut [u8],
+) -> Result<()> {
+    let io = generator.next_io();
+    let buf = slot.buf.take().ok_or("slot without a buffer")?;
+    let a = &job.args;
+    if !io.read && a.verify {
+        pattern::fill(a.seed, io.slba, job.lba_size as usize, scratch);
+        buf.write(0, scratch).map_err(|e| e.to_string())?;
+    }
+    let req = if io.read {
+        IoRequest::read(a.nsid, io.slba, job.io_blocks, buf)
+    } else {
+        IoRequest::write(a.nsid, io.slba, job.io_blocks, buf)
+    };
+    slot.read = io.read;
+    slot.started = Instant::now();
+    q.submit(req.with_tag(tag as u64))
+        .map_err(|r| r.to_string())
+}
+
+/// Writes the pattern over the whole range (sequential, queue depth 32) so
+/// that every later read can be checked.
+fn prefill(ctrl: &Controller, job: &Job) -> Result<()> {
+    let a = &job.args;
+    let mut q = ctrl.io_qpair().map_err(|e| e.to_string())?;
+    let chunk_blocks = (ctrl.max_transfer() as u64 / job.lba_size).clamp(1, 256);
+    let mut lba = job.first;
+    let end = job.first + job.blocks;
+    let mut data = Vec::new();
+    let mut done = Vec::new();
+    let mut in_flight = 0;
+    while lba < end || in_flight > 0 {
+        while lba < end && in_flight < 32 {
+            let n = chunk_blocks.min(end - lba);
+            data.resize((n * job.lba_size) as usize, 0);
+            pattern::fill(a.seed, lba, job.lba_size as usize, &mut data);
+            let buf = ctrl
+                .dma_pool()
+                .alloc(data.len())
+                .map_err(|e| e.to_string())?;
+            buf.write(0, &data).map_err(|e| e.to_string())?;
+            q.submit(IoRequest::write(a.nsid, lba, n, buf))
+                .map_err(|r| r.to_string())?;
+            lba += n;
+            in_flight += 1;
+        }
+        done.clear();
+        q.poll(&mut done).map_err(|e| e.to_string())?;
+        for c in done.drain(..) {
+            in_flight -= 1;
+            c.result.map_err(|e| format!("prefill: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// A live line on a terminal: I/Os so far and the current rate.
+fn show_progress(
+    args: &Args,
+    progress: &[Arc<AtomicU64>],
+    stop: &Arc<AtomicBool>,
+) -> Option<std::thread::JoinHandle<()>> {
+    if args.json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let counters: Vec<Arc<AtomicU64>> = progress.to_vec();
+    let stop = stop.clone();
+    Some(std::thread::spawn(move || {
+        let bar = indicatif::ProgressBar::new_spinner();
+        let mut last = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_secs(1));
+            let now: u64 = counters.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+            bar.set_message(format!("{now} I/Os, {} IOPS", now - last));
+            bar.tick();
+            last = now;
+        }
+        bar.finish_and_clear();
+    }))
+}
+
+/// CPU time of this process so far, threads that ended included: user +
+/// system time from /proc/self/stat (in USER_HZ ticks, 100 per second on
+/// Linux).
+fn cpu_time() -> Duration {
+    const TICKS_PER_SECOND: u64 = 100;
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name (which may contain spaces) end with ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line; `fields` starts at
+    // field 3 (state), so they are at 11 and 12.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND)
+}
+
+fn report(
+    ctrl: &Controller,
+    job: &Job,
+    results: &[ThreadResult],
+    total: &Stats,
+    cpu: Duration,
+    wall: Duration,
+) {
+    let a = &job.args;
+    if a.json {
+        let lat = |s: &Stats| serde_json::to_value(s.latency()).unwrap_or_default();
+        let threads: Vec<_> = results
+            .iter()
+            .enumerate()
+            .map(|(t, r)| {
+                json!({
+                    "thread": t, "qid": r.qid, "ios": r.stats.ios(), "reads": r.stats.reads,
+                    "writes": r.stats.writes, "errors": r.stats.errors, "iops": r.stats.iops(),
+                    "mbps": r.stats.mbps(), "seconds": r.stats.elapsed.as_secs_f64(), "latency": lat(&r.stats),
+                })
+            })
+            .collect();
+        let out = json!({
+            "label": a.label,
+            "job": {
+                "device": ctrl.address().to_string(), "nsid": a.nsid, "workload": a.workload,
+                "rwmixread": a.mix, "io_size": a.io_size, "queue_depth": a.qd, "threads": a.threads,
+                "time": a.time, "io_count": a.io_count, "warmup": a.warmup, "dist": format!("{:?}", a.dist),
+                "range_start": job.first, "range_blocks": job.blocks, "lba_size": job.lba_size,
+                "verify": a.verify, "interrupts": a.interrupts, "shadow_doorbells": ctrl.uses_shadow_doorbells(),
+                "sgl": ctrl.uses_sgl(), "max_transfer": ctrl.max_transfer(),
+            },
+            "total": {
+                "ios": total.ios(), "reads": total.reads, "writes": total.writes, "errors": total.errors,
+                "iops": total.iops(), "mbps": total.mbps(), "seconds": total.elapsed.as_secs_f64(),
+                "latency": lat(total), "cpu_seconds": cpu.as_secs_f64(), "wall_seconds": wall.as_secs_f64(),
+            },
+            "threads": threads,
+        });
+        println!("{out}");
+        return;
+    }
+    println!(
+        "{} nsid {} {:?} {}B qd {} x{} threads{}",
+        ctrl.address(),
+        a.nsid,
+        a.workload,
+        a.io_size,
+        a.qd,
+        a.threads,
+        if a.verify { ", verified" } else { "" }
+    );
+    println!(
+        "{:<8}{:>12}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>8}",
+        "", "IOPS", "MB/s", "min us", "mean us", "p50", "p99", "p99.9", "max us", "errors"
+    );
+    let row = |name: String, s: &Stats| {
+        let l = s.latency();
+        println!(
+            "{name:<8}{:>12.0}{:>10.1}{:>10.1}{:>10.1}{:>10.1}{:>10.1}{:>10.1}{:>10.1}{:>8}",
+            s.iops(),
+            s.mbps(),
+            l.min_us,
+            l.mean_us,
+            l.p50_us,
+            l.p99_us,
+            l.p999_us,
+            l.max_us,
+            s.errors
+        );
+    };
+    for (t, r) in results.iter().enumerate() {
+        row(format!("q{}#{t}", r.qid), &r.stats);
+    }
+    row("total".into(), total);
+    println!(
+        "cpu {:.2} s over {:.2} s wall ({:.0}% of one core)",
+        cpu.as_secs_f64(),
+        wall.as_secs_f64(),
+        100.0 * cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9)
+    );
+}

@@ -1,0 +1,170 @@
+//! What a run measured: counts and an HDR latency histogram per thread, and
+//! their sum.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Latency {
+    /// Minimum.
+    pub min_us: f64,
+    /// Mean.
+    pub mean_us: f64,
+    /// Median.
+    pub p50_us: f64,
+    /// 90th percentile.
+    pub p90_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Maximum.
+    pub max_us: f64,
+}
+
+/// One thread's (or the total) measurements over the measured window.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    /// Completion latencies in nanoseconds.
+    pub latency: Histogram<u64>,
+    /// Reads completed.
+    pub reads: u64,
+    /// Writes completed.
+    pub writes: u64,
+    /// Bytes moved.
+    pub bytes: u64,
+    /// Failed I/Os.
+    pub errors: u64,
+    /// Length of the measured window.
+    pub elapsed: Duration,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats::new()
+    }
+}
+
+impl Stats {
+    /// Empty stats (latencies from 1 ns to 100 s, 3 significant digits).
+    pub fn new() -> Self {
+        Stats {
+            latency: histogram(),
+            reads: 0,
+            writes: 0,
+            bytes: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    /// Records one completed I/O.
+    pub fn record(&mut self, read: bool, bytes: u64, latency: Duration) {
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.latency.saturating_record(ns);
+        if read {
+            self.reads += 1;
+        } else {
+            self.writes += 1;
+        }
+        self.bytes += bytes;
+    }
+
+    /// Adds another thread's stats (their windows overlap: the longest
+    /// counts).
+    pub fn merge(&mut self, other: &Stats) {
+        let _ = self.latency.add(&other.latency);
+        self.reads += other.reads;
+        self.writes += other.writes;
+        self.bytes += other.bytes;
+        self.errors += other.errors;
+        self.elapsed = self.elapsed.max(other.elapsed);
+    }
+
+    /// I/Os completed.
+    pub fn ios(&self) -> u64 {
+        self.reads + self.writes
+    }
+
+    /// I/Os per second over the window.
+    pub fn iops(&self) -> f64 {
+        per_second(self.ios() as f64, self.elapsed)
+    }
+
+    /// Megabytes (10^6) per second over the window.
+    pub fn mbps(&self) -> f64 {
+        per_second(self.bytes as f64 / 1e6, self.elapsed)
+    }
+
+    /// The latency summary (zeros when nothing completed).
+    pub fn latency(&self) -> Latency {
+        let h = &self.latency;
+        let us = |ns: u64| ns as f64 / 1000.0;
+        if h.is_empty() {
+            return Latency {
+                min_us: 0.0,
+                mean_us: 0.0,
+                p50_us: 0.0,
+                p90_us: 0.0,
+                p99_us: 0.0,
+                p999_us: 0.0,
+                max_us: 0.0,
+            };
+        }
+        Latency {
+            min_us: us(h.min()),
+            mean_us: h.mean() / 1000.0,
+            p50_us: us(h.value_at_quantile(0.50)),
+            p90_us: us(h.value_at_quantile(0.90)),
+            p99_us: us(h.value_at_quantile(0.99)),
+            p999_us: us(h.value_at_quantile(0.999)),
+            max_us: us(h.max()),
+        }
+    }
+}
+
+fn per_second(n: f64, elapsed: Duration) -> f64 {
+    let s = elapsed.as_secs_f64();
+    if s > 0.0 { n / s } else { 0.0 }
+}
+
+/// Latencies from 1 ns to 100 s at 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    match Histogram::new_with_bounds(1, 100_000_000_000, 3) {
+        Ok(h) => h,
+        // The bounds are constants the constructor accepts (low >= 1,
+        // high >= 2 * low, sigfig <= 5).
+        Err(e) => unreachable!("constant histogram bounds rejected: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_and_percentiles() {
+        let mut s = Stats::new();
+        for i in 1..=1000u64 {
+            s.record(i % 2 == 0, 4096, Duration::from_micros(i));
+        }
+        s.elapsed = Duration::from_secs(2);
+        assert_eq!(s.ios(), 1000);
+        assert_eq!((s.reads, s.writes), (500, 500));
+        assert!((s.iops() - 500.0).abs() < 1e-9);
+        assert!((s.mbps() - 2.048).abs() < 1e-9);
+        let l = s.latency();
+        assert!((l.min_us - 1.0).abs() < 0.01);
+        assert!((l.p50_us - 500.0).abs() < 1.0, "{l:?}");
+        assert!((l.p99_us - 990.0).abs() < 1.0, "{l:?}");
+        assert!((l.max_us - 1000.0).abs() < 1.0, "{l:?}");
+        let mut t = Stats::new();
+        t.merge(&s);
+        t.merge(&s);
+        assert_eq!(t.ios(), 2000);
+        assert_eq!(t.latency.len(), 2000);
+    }
+}

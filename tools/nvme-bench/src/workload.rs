@@ -1,0 +1,263 @@
+//! What a bench thread does next: which operation, at which LBA.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
+use serde::Serialize;
+
+/// The workloads, named as spdk_nvme_perf's `-w` and fio's `rw=` name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// Sequential reads.
+    Read,
+    /// Sequential writes.
+    Write,
+    /// Uniformly random (or zipf) reads.
+    Randread,
+    /// Random writes.
+    Randwrite,
+    /// Sequential mix of reads and writes (`-M` read percentage).
+    Rw,
+    /// Random mix of reads and writes.
+    Randrw,
+}
+
+impl Workload {
+    /// Whether offsets are random.
+    pub fn is_random(self) -> bool {
+        matches!(
+            self,
+            Workload::Randread | Workload::Randwrite | Workload::Randrw
+        )
+    }
+
+    /// Percentage of reads, given `-M` for the mixed workloads.
+    pub fn read_percent(self, mix: u8) -> u8 {
+        match self {
+            Workload::Read | Workload::Randread => 100,
+            Workload::Write | Workload::Randwrite => 0,
+            Workload::Rw | Workload::Randrw => mix.min(100),
+        }
+    }
+}
+
+/// How random offsets are spread.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub enum OffsetDist {
+    /// Every aligned offset equally likely.
+    Uniform,
+    /// Zipf with this exponent (hot spots).
+    Zipf(f64),
+}
+
+/// Parses `uniform` or `zipf:THETA`.
+pub fn parse_distribution(s: &str) -> Result<OffsetDist, String> {
+    if s == "uniform" {
+        return Ok(OffsetDist::Uniform);
+    }
+    let theta = s
+        .strip_prefix("zipf:")
+        .and_then(|t| t.parse::<f64>().ok())
+        .filter(|t| *t > 0.0 && t.is_finite())
+        .ok_or_else(|| format!("`{s}`: expected uniform or zipf:THETA (THETA > 0)"))?;
+    Ok(OffsetDist::Zipf(theta))
+}
+
+/// One I/O to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Io {
+    /// Read (else write).
+    pub read: bool,
+    /// First LBA.
+    pub slba: u64,
+}
+
+/// What a generator produces.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    /// The workload.
+    pub workload: Workload,
+    /// Read percentage for the mixed workloads.
+    pub mix: u8,
+    /// Spread of random offsets.
+    pub dist: OffsetDist,
+    /// First LBA of the range.
+    pub first: u64,
+    /// Blocks in the range.
+    pub blocks: u64,
+    /// Blocks per I/O.
+    pub io_blocks: u64,
+    /// Offsets are multiples of this many blocks (from `first`).
+    pub align_blocks: u64,
+    /// Seed of the random offsets.
+    pub seed: u64,
+}
+
+/// Generates a thread's I/Os over its part of the LBA range.
+#[derive(Debug)]
+pub struct Generator {
+    first: u64,
+    slots: u64,
+    step: u64,
+    random: bool,
+    read_percent: u8,
+    next_slot: u64,
+    zipf: Option<Zipf<f64>>,
+    rng: StdRng,
+}
+
+impl Generator {
+    /// I/Os as `spec` describes. Fails if not even one fits.
+    pub fn new(spec: &Spec) -> Result<Self, String> {
+        let Spec {
+            workload,
+            mix,
+            dist,
+            first,
+            blocks,
+            io_blocks,
+            align_blocks,
+            seed,
+        } = *spec;
+        let align = align_blocks.max(1);
+        if io_blocks == 0 || blocks < io_blocks {
+            return Err(format!(
+                "a range of {blocks} blocks cannot hold an I/O of {io_blocks} blocks"
+            ));
+        }
+        let slots = (blocks - io_blocks) / align + 1;
+        let zipf = match dist {
+            OffsetDist::Zipf(theta) if workload.is_random() => {
+                Some(Zipf::new(slots as f64, theta).map_err(|e| format!("zipf: {e}"))?)
+            }
+            _ => None,
+        };
+        Ok(Generator {
+            first,
+            slots,
+            step: align,
+            random: workload.is_random(),
+            read_percent: workload.read_percent(mix),
+            next_slot: 0,
+            zipf,
+            rng: StdRng::seed_from_u64(seed),
+        })
+    }
+
+    /// The next I/O.
+    pub fn next_io(&mut self) -> Io {
+        let slot = if !self.random {
+            let s = self.next_slot;
+            self.next_slot = (self.next_slot + 1) % self.slots;
+            s
+        } else if let Some(z) = &self.zipf {
+            // Rank 1 is the hottest; scatter ranks over the range so the hot
+            // spots are not all at its start.
+            let rank = (z.sample(&mut self.rng) as u64).clamp(1, self.slots) - 1;
+            rank.wrapping_mul(0x9e37_79b9_7f4a_7c15) % self.slots
+        } else {
+            self.rng.random_range(0..self.slots)
+        };
+        let read = match self.read_percent {
+            100 => true,
+            0 => false,
+            p => self.rng.random_range(0..100u8) < p,
+        };
+        Io {
+            read,
+            slba: self.first + slot * self.step,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequential_wraps_inside_the_range() {
+        let mut g = Generator::new(&Spec {
+            workload: Workload::Read,
+            mix: 0,
+            dist: OffsetDist::Uniform,
+            first: 100,
+            blocks: 32,
+            io_blocks: 8,
+            align_blocks: 8,
+            seed: 1,
+        })
+        .expect("fits");
+        let lbas: Vec<u64> = (0..6).map(|_| g.next_io().slba).collect();
+        assert_eq!(lbas, [100, 108, 116, 124, 100, 108]);
+    }
+
+    #[test]
+    fn random_stays_aligned_and_in_range() {
+        for dist in [OffsetDist::Uniform, OffsetDist::Zipf(1.2)] {
+            let mut g = Generator::new(&Spec {
+                workload: Workload::Randrw,
+                mix: 70,
+                dist,
+                first: 1000,
+                blocks: 4096,
+                io_blocks: 8,
+                align_blocks: 8,
+                seed: 7,
+            })
+            .expect("fits");
+            let mut reads = 0;
+            for _ in 0..10_000 {
+                let io = g.next_io();
+                assert!(io.slba >= 1000 && io.slba + 8 <= 1000 + 4096);
+                assert_eq!((io.slba - 1000) % 8, 0);
+                reads += u32::from(io.read);
+            }
+            assert!((6500..7500).contains(&reads), "about 70% reads: {reads}");
+        }
+    }
+
+    #[test]
+    fn zipf_has_hot_spots_and_uniform_does_not() {
+        let count_top = |dist| {
+            let mut g = Generator::new(&Spec {
+                workload: Workload::Randread,
+                mix: 0,
+                dist,
+                first: 0,
+                blocks: 1 << 20,
+                io_blocks: 8,
+                align_blocks: 8,
+                seed: 3,
+            })
+            .expect("fits");
+            let mut hits = std::collections::HashMap::new();
+            for _ in 0..20_000 {
+                *hits.entry(g.next_io().slba).or_insert(0u32) += 1;
+            }
+            hits.values().copied().max().unwrap_or(0)
+        };
+        assert!(count_top(OffsetDist::Zipf(1.2)) > 1000);
+        assert!(count_top(OffsetDist::Uniform) < 20);
+    }
+
+    #[test]
+    fn bad_requests() {
+        assert!(
+            Generator::new(&Spec {
+                workload: Workload::Read,
+                mix: 0,
+                dist: OffsetDist::Uniform,
+                first: 0,
+                blocks: 4,
+                io_blocks: 8,
+                align_blocks: 8,
+                seed: 1
+            })
+            .is_err()
+        );
+        assert!(parse_distribution("zipf:0").is_err());
+        assert!(parse_distribution("zipf:x").is_err());
+        assert_eq!(parse_distribution("zipf:1.1"), Ok(OffsetDist::Zipf(1.1)));
+    }
+}
