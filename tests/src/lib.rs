@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod model;
 pub use nvme_bench::pattern;
 
 use std::path::Path;

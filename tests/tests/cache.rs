@@ -53,3 +53,39 @@ fn page_cache_on_4k_lbas_with_small_mdts() {
     );
     check_image(&run, 512, 4096, 131);
 }
+
+/// Runs the model scenario in the guest, then replays it on the host and
+/// compares the image with the model's final bytes.
+fn file_model(config: &vm_tests::VmConfig, seed: u64) {
+    let run = run_ok(
+        config,
+        &format!(
+            "guest-check file-model --ops 400 --max-size 8388608 --cache 1048576 --seed {seed}"
+        ),
+    );
+    let out = run.stdout_text();
+    assert!(out.contains("file-model: 401 ops"), "{out}");
+    let model = vm_tests::model::Model::after(&vm_tests::model::ops(seed, 400, 8 << 20));
+    assert!(
+        out.contains(&format!("final size {}", model.bytes.len())),
+        "the guest's file ended at the model's size: {out}"
+    );
+    let image = image_bytes(run.disk(1).expect("image"), 0, model.bytes.len());
+    let first_diff = image.iter().zip(&model.bytes).position(|(a, b)| a != b);
+    assert_eq!(first_diff, None, "the image differs from the model");
+}
+
+#[test]
+fn random_file_operations_match_a_model_on_the_device() {
+    file_model(&vm(), 141);
+}
+
+#[test]
+fn random_file_operations_match_a_model_on_4k_lbas_with_small_mdts() {
+    let mut config = vm();
+    config.nvme_props = vec![
+        ("mdts".into(), "3".into()),
+        ("logical_block_size".into(), "4096".into()),
+    ];
+    file_model(&config, 151);
+}

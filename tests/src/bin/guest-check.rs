@@ -87,6 +87,19 @@ enum Scenario {
         #[arg(long, default_value_t = 121)]
         seed: u64,
     },
+    /// Random write_at / read_at / set_len / fsync on a page-cache File over
+    /// the NVMe device, with a small cache budget (so writeback and eviction
+    /// run), every read checked against an in-memory model.
+    FileModel {
+        #[arg(long, default_value_t = 400)]
+        ops: usize,
+        #[arg(long, default_value_t = 8 << 20)]
+        max_size: u64,
+        #[arg(long, default_value_t = 1 << 20)]
+        cache: u64,
+        #[arg(long, default_value_t = 141)]
+        seed: u64,
+    },
     /// Set the temperature threshold below the current temperature: the
     /// controller reports a SMART/health asynchronous event.
     Events,
@@ -321,6 +334,12 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Scenario::Cache { pages, seed } => cache_roundtrip(&ctrl, pages, seed)?,
+        Scenario::FileModel {
+            ops,
+            max_size,
+            cache,
+            seed,
+        } => file_model(&ctrl, ops, max_size, cache, seed)?,
         Scenario::Events => {
             println!("events before: {}", ctrl.async_events()?.len());
             // Temperature Threshold, over-temperature, composite: 273 K.
@@ -531,6 +550,69 @@ fn cache_roundtrip(ctrl: &Controller, pages: u64, seed: u64) -> Result<()> {
     println!(
         "cache: read {pages} pages back by readahead ({} folios started), all verified",
         report.started
+    );
+    Ok(())
+}
+
+/// The `file-model` scenario.
+fn file_model(ctrl: &Controller, n: usize, max_size: u64, budget: u64, seed: u64) -> Result<()> {
+    use mpage::nvme::{DmaFolioMemory, NvmeDevice};
+    use mpage::{BlockDevice, File, IdentityMapper};
+    use pagecache::{BlockSize, PageCache};
+    use vm_tests::model::{FileOp, Model, data};
+
+    let mut dev = NvmeDevice::new(ctrl, ctrl.io_qpair()?, 1)?;
+    let mapper = Arc::new(IdentityMapper::namespace(&dev.geometry()));
+    let memory = Arc::new(DmaFolioMemory::new(ctrl.dma_pool().clone()));
+    let cache = Arc::new(PageCache::new(memory, budget)?);
+    let file = File::open(cache.clone(), mapper, BlockSize::PAGE, 0)?;
+    let ops = vm_tests::model::ops(seed, n, max_size);
+    let mut model = Model::default();
+    let (mut reads, mut bytes_checked) = (0usize, 0usize);
+    for (i, op) in ops.iter().enumerate() {
+        let want = model.apply(op);
+        match *op {
+            FileOp::Write { pos, len, seed } => {
+                let written = file.write_at(&mut dev, pos, &data(seed, len))?;
+                if written != len {
+                    return Err(format!("op {i}: wrote {written} of {len} bytes").into());
+                }
+            }
+            FileOp::Read { pos, len } => {
+                let mut buf = vec![0u8; len];
+                let got = file.read_at(&mut dev, pos, &mut buf)?;
+                let want = want.unwrap_or_default();
+                if buf[..got] != want[..] {
+                    return Err(format!(
+                        "op {i}: read {got} bytes at {pos}; the model has {} different ones",
+                        want.len()
+                    )
+                    .into());
+                }
+                reads += 1;
+                bytes_checked += got;
+            }
+            FileOp::SetLen(len) => file.set_len(&mut dev, len)?,
+            FileOp::Fsync => file.fsync(&mut dev)?,
+        }
+        if file.size() != model.bytes.len() as u64 {
+            return Err(format!(
+                "op {i}: file size {} but the model has {}",
+                file.size(),
+                model.bytes.len()
+            )
+            .into());
+        }
+        if cache.used() > budget + 4096 {
+            return Err(
+                format!("op {i}: cache uses {} bytes, budget {budget}", cache.used()).into(),
+            );
+        }
+    }
+    println!(
+        "file-model: {} ops, {reads} reads ({bytes_checked} bytes) checked, final size {}, cache peak within {budget} bytes",
+        ops.len(),
+        model.bytes.len()
     );
     Ok(())
 }
