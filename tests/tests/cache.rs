@@ -89,3 +89,33 @@ fn random_file_operations_match_a_model_on_4k_lbas_with_small_mdts() {
     ];
     file_model(&config, 151);
 }
+
+/// T1/T12 on the device: a contiguous run of folios becomes the fewest
+/// commands the transfer limit allows, counted by the controller's own
+/// SMART host command counters.
+#[test]
+fn readahead_and_writeback_use_the_largest_legal_commands() {
+    let run = run_ok(&vm(), "guest-check commands --pages 64");
+    let out = run.stdout_text();
+    assert!(
+        out.contains("readahead of 64 pages: 1 read commands (expected 1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("writeback of 64 dirty pages: 1 write commands (expected 1)"),
+        "{out}"
+    );
+
+    let mut config = vm();
+    config.nvme_props = vec![("mdts".into(), "3".into())];
+    let run = run_ok(&config, "guest-check commands --pages 64");
+    let out = run.stdout_text();
+    assert!(
+        out.contains("readahead of 64 pages: 8 read commands (expected 8"),
+        "{out}"
+    );
+    assert!(
+        out.contains("writeback of 64 dirty pages: 8 write commands (expected 8)"),
+        "{out}"
+    );
+}

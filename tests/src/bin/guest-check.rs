@@ -100,6 +100,13 @@ enum Scenario {
         #[arg(long, default_value_t = 141)]
         seed: u64,
     },
+    /// Command counts on the device (SMART host read/write commands) for a
+    /// readahead of `pages` contiguous pages and the writeback of as many
+    /// dirty pages: the largest legal commands, as the spec asks (T1, T12).
+    Commands {
+        #[arg(long, default_value_t = 64)]
+        pages: u64,
+    },
     /// Set the temperature threshold below the current temperature: the
     /// controller reports a SMART/health asynchronous event.
     Events,
@@ -334,6 +341,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Scenario::Cache { pages, seed } => cache_roundtrip(&ctrl, pages, seed)?,
+        Scenario::Commands { pages } => command_counts(&ctrl, pages)?,
         Scenario::FileModel {
             ops,
             max_size,
@@ -615,4 +623,76 @@ fn file_model(ctrl: &Controller, n: usize, max_size: u64, budget: u64, seed: u64
         model.bytes.len()
     );
     Ok(())
+}
+
+/// The `commands` scenario.
+fn command_counts(ctrl: &Controller, pages: u64) -> Result<()> {
+    use mpage::nvme::{DmaFolioMemory, NvmeDevice};
+    use mpage::{BlockDevice, IdentityMapper, Inode, SyncMode};
+    use pagecache::{BlockSize, FolioOrder, Grab, PageCache};
+
+    let counts = || -> Result<(u128, u128)> {
+        let s = ctrl.smart_log()?;
+        Ok((s.host_read_commands(), s.host_write_commands()))
+    };
+    let mut dev = NvmeDevice::new(ctrl, ctrl.io_qpair()?, 1)?;
+    let mapper = Arc::new(IdentityMapper::namespace(&dev.geometry()));
+    let memory = Arc::new(DmaFolioMemory::new(ctrl.dma_pool().clone()));
+    let size = pages * 4096;
+    let expect = size.div_ceil(ctrl.max_transfer() as u64);
+
+    let cache = Arc::new(PageCache::new(memory.clone(), 64 << 20)?);
+    let file = cache.add_file(BlockSize::PAGE);
+    let ino = Inode::new(cache.clone(), file, mapper.clone(), size);
+    let before = counts()?;
+    mpage::readahead(&mut dev, &ino, 0..pages, None)?;
+    mpage::io::wait_until(&mut dev, "readahead", || {
+        dev_idle_and_uptodate(&cache, file, pages)
+    })?;
+    let after_read = counts()?;
+    println!(
+        "commands: readahead of {pages} pages: {} read commands (expected {expect} for max transfer {})",
+        after_read.0 - before.0,
+        ctrl.max_transfer()
+    );
+
+    for i in 0..pages {
+        let locked = match cache.grab(file, i, FolioOrder::new(0)?)? {
+            Grab::Created(l) => l,
+            Grab::Cached(f) => f.lock(),
+        };
+        locked.write(0, &[0xa5; 4096])?;
+    }
+    let before_write = counts()?;
+    mpage::writepages(&mut dev, &ino, 0..pages, SyncMode::All)?;
+    mpage::io::wait_until(&mut dev, "writeback", || {
+        (0..pages).all(|i| {
+            cache
+                .lookup(file, i)
+                .ok()
+                .flatten()
+                .is_some_and(|f| !f.is_writeback() && !f.is_dirty())
+        })
+    })?;
+    let after_write = counts()?;
+    println!(
+        "commands: writeback of {pages} dirty pages: {} write commands (expected {expect})",
+        after_write.1 - before_write.1
+    );
+    let _ = dev.in_flight();
+    Ok(())
+}
+
+fn dev_idle_and_uptodate(
+    cache: &pagecache::PageCache,
+    file: pagecache::FileId,
+    pages: u64,
+) -> bool {
+    (0..pages).all(|i| {
+        cache
+            .lookup(file, i)
+            .ok()
+            .flatten()
+            .is_some_and(|f| f.is_uptodate() && !f.is_locked())
+    })
 }
