@@ -364,17 +364,7 @@ pub fn writepages(
     mode: SyncMode,
 ) -> Result<WritebackReport> {
     let geometry = dev.geometry();
-    let bs = ino
-        .cache
-        .block_size(ino.file)
-        .map_err(Error::cache("block size"))?
-        .bytes();
-    if bs < geometry.lba_size as usize {
-        return Err(Error::BlockTooSmall {
-            block: bs,
-            lba: geometry.lba_size,
-        });
-    }
+    crate::read::check_block_size(ino, &geometry)?;
     let folios = ino
         .cache
         .dirty_folios(ino.file, pages)
