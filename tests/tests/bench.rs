@@ -42,3 +42,53 @@ fn bench_runs_verifies_and_reports_json() {
     }
     assert!(!json.contains("\"ios\":0,"), "{json}");
 }
+
+#[test]
+fn bench_cache_mode_cold_warm_and_verified_writes() {
+    let config = vm();
+    let run = run_ok(
+        &config,
+        "nvme-bench --mode cache -w randread -o 4k -t 1 --warmup 0 --range-size 8M --json --label warm \
+         && nvme-bench --mode cache -w read -o 64k -t 1 --warmup 0 --range-size 16M --cold --json --label cold \
+         && nvme-bench --mode cache -w randwrite -o 4k -t 1 --warmup 0 --range-size 8M --verify --json --label w",
+    );
+    let out = run.stdout_text();
+    let json = |label: &str| -> serde_json::Value {
+        let line = out
+            .lines()
+            .find(|l| l.contains(&format!("\"label\":\"{label}\"")))
+            .unwrap_or_else(|| panic!("no {label} run in {out}"));
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{label}: {e}: {line}"))
+    };
+    let device =
+        |v: &serde_json::Value, key: &str| v["cache"]["device"][key].as_u64().unwrap_or(u64::MAX);
+    for label in ["warm", "cold", "w"] {
+        let v = json(label);
+        assert_eq!(
+            v["job"]["mode"].as_str().or(v["mode"].as_str()),
+            Some("cache"),
+            "{v}"
+        );
+        assert_eq!(v["total"]["errors"], 0, "{label}: {v}");
+        assert!(v["total"]["ios"].as_u64().unwrap_or(0) > 0, "{label}: {v}");
+    }
+    // Warm: every read is served from the cache; cold: reads reach the device.
+    assert_eq!(
+        device(&json("warm"), "read_commands"),
+        0,
+        "{}",
+        json("warm")
+    );
+    let cold = device(&json("cold"), "read_commands");
+    assert!(cold > 0 && cold != u64::MAX, "{}", json("cold"));
+    // Buffered writes reach the device by writeback, and fsync flushes.
+    let w = json("w");
+    assert!(
+        device(&w, "write_commands") > 0 && device(&w, "write_commands") != u64::MAX,
+        "{w}"
+    );
+    assert!(
+        device(&w, "flushes") >= 1 && device(&w, "flushes") != u64::MAX,
+        "{w}"
+    );
+}

@@ -2,6 +2,8 @@
 //! measure IOPS, bandwidth and latency (HDR histograms), per thread and in
 //! total. One I/O queue pair per thread; warm-up excluded; `--json` for
 //! machines; `--verify` writes a checkable pattern and checks every read.
+//! `--mode cache` runs the same workloads as buffered I/O through the page
+//! cache (`pagecache` + `mpage`) instead: see [`cache_mode`].
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout)]
 
@@ -20,6 +22,19 @@ use nvme_driver::{
 };
 use serde_json::json;
 
+mod cache_mode;
+
+/// How the namespace is driven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    /// The driver's queue pairs directly, `-q` I/Os in flight per thread.
+    Raw,
+    /// Buffered `read_at`/`write_at` through one shared page cache
+    /// (pagecache + mpage), one synchronous call at a time per thread.
+    Cache,
+}
+
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "nvme-bench",
@@ -29,10 +44,17 @@ use serde_json::json;
 struct Args {
     /// PCI address; optional when exactly one controller is bound to vfio-pci.
     device: Option<PciAddress>,
-    /// Queue depth per thread (I/Os kept in flight).
+    /// raw: the driver's queue pairs directly; cache: buffered I/O through
+    /// the page cache (pagecache + mpage), see --cache-size, --cold, --warm.
+    #[arg(long, value_enum, default_value_t = Mode::Raw)]
+    mode: Mode,
+    /// Queue depth per thread (I/Os kept in flight). Ignored in cache
+    /// mode: each thread makes one synchronous read_at/write_at call at a
+    /// time (the cache's readahead and writeback issue the device I/O).
     #[arg(short = 'q', long = "queue-depth", default_value_t = 32)]
     qd: usize,
-    /// I/O size in bytes (K/M suffixes allowed).
+    /// I/O size in bytes (K/M suffixes allowed); in cache mode the size of
+    /// each read_at/write_at call (any size, page multiples are typical).
     #[arg(short = 'o', long = "io-size", default_value = "4096", value_parser = parse_bytes)]
     io_size: u64,
     /// Workload.
@@ -96,6 +118,28 @@ struct Args {
     /// A label copied into the JSON.
     #[arg(long, default_value = "")]
     label: String,
+    /// Cache mode: page cache budget in bytes (folio memory from the DMA
+    /// pool).
+    #[arg(long, default_value = "256M", value_parser = parse_bytes)]
+    cache_size: u64,
+    /// Cache mode: start the measured window with an empty cache (a fresh
+    /// page cache and file after the warm-up). Default for workloads that
+    /// write.
+    #[arg(long, conflicts_with = "warm")]
+    cold: bool,
+    /// Cache mode: read the whole range into the cache before the warm-up,
+    /// so the measured window starts with it cached (the range must fit
+    /// --cache-size). Default for read and randread.
+    #[arg(long)]
+    warm: bool,
+    /// Cache mode: readahead maximum per thread, in pages (0 disables
+    /// readahead; default: the page cache's default).
+    #[arg(long)]
+    readahead: Option<u64>,
+    /// Cache mode: no background flusher thread (writers then write back
+    /// only when throttled, and at fsync).
+    #[arg(long)]
+    no_flusher: bool,
 }
 
 fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
@@ -143,6 +187,9 @@ fn run(args: Args) -> Result<u64> {
     if args.qd == 0 || args.threads == 0 {
         return Err("queue depth and threads must be at least 1".into());
     }
+    if args.mode == Mode::Raw && (args.cold || args.warm || args.readahead.is_some()) {
+        return Err("--cold, --warm and --readahead need --mode cache".into());
+    }
     let address = match args.device {
         Some(a) => a,
         None => {
@@ -160,7 +207,7 @@ fn run(args: Args) -> Result<u64> {
     let ctrl = Controller::open(address, options).map_err(|e| e.to_string())?;
     let ns = ctrl.namespace(args.nsid).map_err(|e| e.to_string())?;
     let lba_size = u64::from(ns.lba_size);
-    if !args.io_size.is_multiple_of(lba_size) {
+    if args.mode == Mode::Raw && !args.io_size.is_multiple_of(lba_size) {
         return Err(format!(
             "I/O size {} is not a multiple of the {lba_size}-byte LBA size",
             args.io_size
@@ -181,6 +228,11 @@ fn run(args: Args) -> Result<u64> {
         first: args.range_start,
         blocks,
     };
+    // Checked before the prefill, which takes a while.
+    let plan = match args.mode {
+        Mode::Raw => None,
+        Mode::Cache => Some(cache_mode::plan(&job)?),
+    };
     if args.verify {
         prefill(&ctrl, &job)?;
     }
@@ -191,6 +243,35 @@ fn run(args: Args) -> Result<u64> {
         .collect();
     let cpu_before = cpu_time();
     let start = Instant::now();
+    let watcher = show_progress(&args, &progress, &stop);
+    let outcome = match &plan {
+        None => run_raw(&ctrl, &job, &stop, &progress).map(|r| (r, None)),
+        Some(plan) => cache_mode::run(&ctrl, &job, plan, &stop, &progress)
+            .map(|(r, summary)| (r, Some(summary))),
+    };
+    stop.store(true, Ordering::Relaxed);
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
+    let (results, summary) = outcome?;
+    let wall = start.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu_before);
+    let mut total = Stats::new();
+    for r in &results {
+        total.merge(&r.stats);
+    }
+    report(&ctrl, &job, &results, &total, summary.as_ref(), cpu, wall);
+    Ok(total.errors)
+}
+
+/// Raw mode: one queue pair per thread, `-q` I/Os in flight on each.
+fn run_raw(
+    ctrl: &Controller,
+    job: &Job,
+    stop: &Arc<AtomicBool>,
+    progress: &[Arc<AtomicU64>],
+) -> Result<Vec<ThreadResult>> {
+    let args = &job.args;
     let handles: Vec<_> = (0..args.threads)
         .map(|t| {
             let (ctrl, job, stop, done) =
@@ -198,7 +279,6 @@ fn run(args: Args) -> Result<u64> {
             std::thread::spawn(move || thread_main(&ctrl, &job, t, &stop, &done))
         })
         .collect();
-    let watcher = show_progress(&args, &progress, &stop);
     let mut results = Vec::new();
     let mut failure = None;
     for h in handles {
@@ -214,27 +294,18 @@ fn run(args: Args) -> Result<u64> {
             }
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    if let Some(w) = watcher {
-        let _ = w.join();
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(results),
     }
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    let wall = start.elapsed();
-    let cpu = cpu_time().saturating_sub(cpu_before);
-    let mut total = Stats::new();
-    for r in &results {
-        total.merge(&r.stats);
-    }
-    report(&ctrl, &job, &results, &total, cpu, wall);
-    Ok(total.errors)
 }
 
 /// What one thread measured.
 struct ThreadResult {
     qid: u16,
     stats: Stats,
+    /// Cache mode only.
+    cache: Option<cache_mode::ThreadExtra>,
 }
 
 /// One in-flight I/O slot: its buffer and when it was submitted.
@@ -372,6 +443,7 @@ fn thread_main(
     Ok(ThreadResult {
         qid: q.qid(),
         stats,
+        cache: None,
     })
 }
 
@@ -487,28 +559,36 @@ fn report(
     job: &Job,
     results: &[ThreadResult],
     total: &Stats,
+    cache: Option<&cache_mode::Summary>,
     cpu: Duration,
     wall: Duration,
 ) {
     let a = &job.args;
+    // Queue depth means nothing in cache mode (one call at a time).
+    let qd = (a.mode == Mode::Raw).then_some(a.qd);
     if a.json {
         let lat = |s: &Stats| serde_json::to_value(s.latency()).unwrap_or_default();
         let threads: Vec<_> = results
             .iter()
             .enumerate()
             .map(|(t, r)| {
-                json!({
+                let mut v = json!({
                     "thread": t, "qid": r.qid, "ios": r.stats.ios(), "reads": r.stats.reads,
                     "writes": r.stats.writes, "errors": r.stats.errors, "iops": r.stats.iops(),
                     "mbps": r.stats.mbps(), "seconds": r.stats.elapsed.as_secs_f64(), "latency": lat(&r.stats),
-                })
+                });
+                if let (Some(extra), Some(obj)) = (&r.cache, v.as_object_mut()) {
+                    obj.insert("cache".into(), extra.to_json());
+                }
+                v
             })
             .collect();
-        let out = json!({
+        let mut out = json!({
             "label": a.label,
+            "mode": a.mode,
             "job": {
                 "device": ctrl.address().to_string(), "nsid": a.nsid, "workload": a.workload,
-                "rwmixread": a.mix, "io_size": a.io_size, "queue_depth": a.qd, "threads": a.threads,
+                "rwmixread": a.mix, "io_size": a.io_size, "queue_depth": qd, "threads": a.threads,
                 "time": a.time, "io_count": a.io_count, "warmup": a.warmup, "dist": format!("{:?}", a.dist),
                 "range_start": job.first, "range_blocks": job.blocks, "lba_size": job.lba_size,
                 "verify": a.verify, "interrupts": a.interrupts, "shadow_doorbells": ctrl.uses_shadow_doorbells(),
@@ -521,19 +601,28 @@ fn report(
             },
             "threads": threads,
         });
+        if let (Some(c), Some(obj)) = (cache, out.as_object_mut()) {
+            obj.insert("cache".into(), c.to_json(results));
+        }
         println!("{out}");
         return;
     }
     println!(
-        "{} nsid {} {:?} {}B qd {} x{} threads{}",
+        "{} nsid {} {:?} {}B {} x{} threads{}",
         ctrl.address(),
         a.nsid,
         a.workload,
         a.io_size,
-        a.qd,
+        match qd {
+            Some(qd) => format!("qd {qd}"),
+            None => "cache".to_string(),
+        },
         a.threads,
         if a.verify { ", verified" } else { "" }
     );
+    if let Some(c) = cache {
+        println!("{}", c.describe());
+    }
     println!(
         "{:<8}{:>12}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>8}",
         "", "IOPS", "MB/s", "min us", "mean us", "p50", "p99", "p99.9", "max us", "errors"
@@ -557,6 +646,11 @@ fn report(
         row(format!("q{}#{t}", r.qid), &r.stats);
     }
     row("total".into(), total);
+    if let Some(c) = cache {
+        for line in c.traffic_lines(results) {
+            println!("{line}");
+        }
+    }
     println!(
         "cpu {:.2} s over {:.2} s wall ({:.0}% of one core)",
         cpu.as_secs_f64(),

@@ -1,0 +1,988 @@
+//! Cache mode (`--mode cache`): the workloads as buffered I/O through the
+//! page cache, to measure what the cache costs (or saves) against the raw
+//! driver.
+//!
+//! One [`PageCache`] (budget `--cache-size`, folios in DMA memory) holds
+//! one [`File`] whose bytes are the benchmark range of the namespace
+//! ([`IdentityMapper`]: file offset `o` is LBA `range_start + o /
+//! lba_size`). Each thread has its own [`NvmeDevice`] (its own queue pair)
+//! and its own open description of the file (its own readahead window),
+//! and makes one synchronous `read_at`/`write_at` call of `-o` bytes at a
+//! time: `-q` does not apply; the device I/O is what readahead and
+//! writeback make of the calls. A flusher thread (own queue pair) does
+//! background writeback unless `--no-flusher`.
+//!
+//! Phases, each run by every thread:
+//! 1. `--warm` (default for read and randread): preload, every thread
+//!    reads its share of the range once, so the whole range is cached
+//!    (it must fit the budget).
+//! 2. Warm-up (`--warmup` seconds): the workload, not measured; ends with
+//!    an fsync when the workload writes, so the measured window inherits
+//!    no dirty data.
+//! 3. `--cold` (default for workloads that write): the cache and the file
+//!    are dropped and opened afresh, so the measured window starts empty
+//!    and reads go to the device through readahead.
+//! 4. Measured window (`-t` seconds or `-n` calls per thread): latency of
+//!    every call; when the workload writes it ends with an fsync per
+//!    thread, inside the window (and reported on its own too).
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mpage::nvme::{DmaFolioMemory, NvmeDevice};
+use mpage::{Bio, BioOp, BlockDevice, Completion, DeviceError, File, Flusher, FlusherThread};
+use mpage::{Geometry, IdentityMapper};
+use nvme_bench::pattern;
+use nvme_bench::stats::Stats;
+use nvme_bench::workload::{Generator, Spec};
+use nvme_driver::Controller;
+use pagecache::{BlockSize, FolioMemory, PAGE_SIZE, PageCache};
+use serde_json::{Value, json};
+
+use crate::{Args, Job, Result, ThreadResult};
+
+const PAGE: u64 = PAGE_SIZE as u64;
+/// Size of the read_at calls that preload the range.
+const PRELOAD_CHUNK: u64 = 1 << 20;
+/// The flusher also looks at the cache this often when nobody wakes it.
+const FLUSHER_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a thread waits for its readahead still in flight at the end
+/// of a phase.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the cache holds when the measured window starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum CacheState {
+    /// Nothing: a fresh cache and file.
+    Cold,
+    /// The whole range, read in before the warm-up.
+    Warm,
+}
+
+/// The cache-mode job, checked against the namespace.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    state: CacheState,
+    /// Bytes of the file (= the benchmark range).
+    file_size: u64,
+    /// Random offsets are multiples of this many bytes.
+    align: u64,
+    /// Sequential shares of the threads start at multiples of this.
+    granule: u64,
+    /// Whether the workload writes (the measured window ends with fsync).
+    writes: bool,
+}
+
+/// Checks the cache-mode options against the range; fails with a message
+/// saying which option to change.
+pub(crate) fn plan(job: &Job) -> Result<Plan> {
+    plan_for(&job.args, job.lba_size, job.blocks)
+}
+
+fn plan_for(a: &Args, lba_size: u64, blocks: u64) -> Result<Plan> {
+    if lba_size == 0 || lba_size > PAGE {
+        return Err(format!(
+            "cache mode needs an LBA size of at most {PAGE} bytes (this namespace: {lba_size})"
+        ));
+    }
+    let file_size = blocks
+        .checked_mul(lba_size)
+        .ok_or("the range is too large")?;
+    let align = a.align.unwrap_or(a.io_size);
+    if a.verify && !(a.io_size.is_multiple_of(lba_size) && align.is_multiple_of(lba_size)) {
+        return Err(format!(
+            "--verify checks whole LBAs: the I/O size ({}) and the alignment ({align}) must be \
+             multiples of the {lba_size}-byte LBA size",
+            a.io_size
+        ));
+    }
+    // PAGE is a multiple of every LBA size up to a page: thread shares are
+    // then page- and LBA-aligned.
+    let granule = PAGE;
+    let span = if a.workload.is_random() {
+        file_size
+    } else {
+        share(file_size, a.threads, granule)
+    };
+    if span < a.io_size {
+        return Err(format!(
+            "a {}-byte call does not fit the {span} bytes each thread works on \
+             (range {file_size} bytes, {} threads)",
+            a.io_size, a.threads
+        ));
+    }
+    let read_only = a.workload.read_percent(a.mix) == 100;
+    let state = match (a.cold, a.warm) {
+        (true, _) => CacheState::Cold,
+        (_, true) => CacheState::Warm,
+        _ if read_only => CacheState::Warm,
+        _ => CacheState::Cold,
+    };
+    if state == CacheState::Warm && file_size > a.cache_size {
+        return Err(format!(
+            "{}: the range ({file_size} bytes) does not fit the {}-byte page cache; give a \
+             smaller --range-size, a larger --cache-size, or --cold",
+            if a.warm {
+                "--warm"
+            } else {
+                "a warm cache (the default for read workloads)"
+            },
+            a.cache_size
+        ));
+    }
+    Ok(Plan {
+        state,
+        file_size,
+        align,
+        granule,
+        writes: !read_only,
+    })
+}
+
+/// Bytes of the range each thread of a sequential workload works on:
+/// an equal share, rounded down to `granule`.
+fn share(file_size: u64, threads: usize, granule: u64) -> u64 {
+    let threads = (threads as u64).max(1);
+    file_size / threads / granule * granule
+}
+
+/// The part of the file thread `t` works on: the whole file for random
+/// workloads, its share for sequential ones (as in raw mode, what is left
+/// over after the shares is not used).
+fn thread_span(plan: &Plan, threads: usize, t: usize, random: bool) -> Range<u64> {
+    if random {
+        return 0..plan.file_size;
+    }
+    let part = share(plan.file_size, threads, plan.granule);
+    let start = part * t as u64;
+    start..start + part
+}
+
+/// The part of the file thread `t` preloads: its share, the last thread
+/// taking what is left over, so the whole file gets read.
+fn preload_span(file_size: u64, threads: usize, t: usize, granule: u64) -> Range<u64> {
+    let part = share(file_size, threads, granule);
+    let start = (part * t as u64).min(file_size);
+    if t + 1 >= threads {
+        start..file_size
+    } else {
+        start..(start + part).min(file_size)
+    }
+}
+
+/// The namespace LBA holding file offset `offset`.
+fn lba_of(range_start: u64, lba_size: u64, offset: u64) -> u64 {
+    range_start + offset / lba_size
+}
+
+/// Commands and bytes a device was asked for, counted as they are
+/// submitted (shared with the reporting side).
+#[derive(Debug, Default)]
+struct DevCounts {
+    reads: AtomicU64,
+    read_bytes: AtomicU64,
+    writes: AtomicU64,
+    write_bytes: AtomicU64,
+    flushes: AtomicU64,
+}
+
+impl DevCounts {
+    fn snapshot(&self) -> Traffic {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Traffic {
+            reads: get(&self.reads),
+            read_bytes: get(&self.read_bytes),
+            writes: get(&self.writes),
+            write_bytes: get(&self.write_bytes),
+            flushes: get(&self.flushes),
+        }
+    }
+}
+
+/// Device traffic over some time: NVMe commands and bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Traffic {
+    reads: u64,
+    read_bytes: u64,
+    writes: u64,
+    write_bytes: u64,
+    flushes: u64,
+}
+
+impl Traffic {
+    fn since(self, before: Traffic) -> Traffic {
+        Traffic {
+            reads: self.reads.saturating_sub(before.reads),
+            read_bytes: self.read_bytes.saturating_sub(before.read_bytes),
+            writes: self.writes.saturating_sub(before.writes),
+            write_bytes: self.write_bytes.saturating_sub(before.write_bytes),
+            flushes: self.flushes.saturating_sub(before.flushes),
+        }
+    }
+
+    fn add(self, o: Traffic) -> Traffic {
+        Traffic {
+            reads: self.reads + o.reads,
+            read_bytes: self.read_bytes + o.read_bytes,
+            writes: self.writes + o.writes,
+            write_bytes: self.write_bytes + o.write_bytes,
+            flushes: self.flushes + o.flushes,
+        }
+    }
+
+    fn to_json(self) -> Value {
+        json!({
+            "read_commands": self.reads, "read_bytes": self.read_bytes,
+            "write_commands": self.writes, "write_bytes": self.write_bytes,
+            "flushes": self.flushes,
+        })
+    }
+
+    fn describe(self) -> String {
+        format!(
+            "{} reads ({:.1} MB), {} writes ({:.1} MB), {} flushes",
+            self.reads,
+            self.read_bytes as f64 / 1e6,
+            self.writes,
+            self.write_bytes as f64 / 1e6,
+            self.flushes
+        )
+    }
+}
+
+/// An [`NvmeDevice`] that counts what is submitted to it.
+#[derive(Debug)]
+struct CountingDevice {
+    inner: NvmeDevice,
+    lba_size: u64,
+    counts: Arc<DevCounts>,
+}
+
+impl CountingDevice {
+    /// Namespace `nsid` through a new queue pair of `ctrl`; returns the
+    /// device and the queue id.
+    fn open(ctrl: &Controller, a: &Args, counts: Arc<DevCounts>) -> Result<(Self, u16)> {
+        let q = if a.interrupts {
+            ctrl.io_qpair_with_interrupts()
+        } else {
+            ctrl.io_qpair()
+        }
+        .map_err(|e| e.to_string())?;
+        let qid = q.qid();
+        let inner = NvmeDevice::new(ctrl, q, a.nsid).map_err(|e| e.to_string())?;
+        let lba_size = u64::from(inner.geometry().lba_size);
+        Ok((
+            CountingDevice {
+                inner,
+                lba_size,
+                counts,
+            },
+            qid,
+        ))
+    }
+}
+
+impl BlockDevice for CountingDevice {
+    fn geometry(&self) -> Geometry {
+        self.inner.geometry()
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn submit(&mut self, bio: Bio) -> std::result::Result<(), (Bio, DeviceError)> {
+        let (op, bytes) = (bio.op(), bio.blocks() * self.lba_size);
+        self.inner.submit(bio)?;
+        let c = &self.counts;
+        let (n, b) = match op {
+            BioOp::Read => (&c.reads, Some(&c.read_bytes)),
+            BioOp::Write => (&c.writes, Some(&c.write_bytes)),
+            BioOp::Flush => (&c.flushes, None),
+        };
+        n.fetch_add(1, Ordering::Relaxed);
+        if let Some(b) = b {
+            b.fetch_add(bytes, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> std::result::Result<(), DeviceError> {
+        self.inner.commit()
+    }
+
+    fn poll(&mut self, done: &mut Vec<Completion>) -> std::result::Result<usize, DeviceError> {
+        self.inner.poll(done)
+    }
+
+    fn wait(
+        &mut self,
+        done: &mut Vec<Completion>,
+        timeout: Duration,
+    ) -> std::result::Result<usize, DeviceError> {
+        self.inner.wait(done, timeout)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.inner.in_flight()
+    }
+}
+
+/// One bench thread's belongings, kept across the phases.
+#[derive(Debug)]
+struct Worker {
+    t: usize,
+    qid: u16,
+    dev: CountingDevice,
+    counts: Arc<DevCounts>,
+    generator: Generator,
+    buf: Vec<u8>,
+}
+
+impl Worker {
+    fn new(ctrl: &Controller, job: &Job, plan: &Plan, t: usize) -> Result<Worker> {
+        let a = &job.args;
+        let counts = Arc::new(DevCounts::default());
+        let (dev, qid) = CountingDevice::open(ctrl, a, counts.clone())
+            .map_err(|e| format!("thread {t}: {e}"))?;
+        // The generator counts in bytes of the file: "blocks" of one byte.
+        let span = thread_span(plan, a.threads, t, a.workload.is_random());
+        let generator = Generator::new(&Spec {
+            workload: a.workload,
+            mix: a.mix,
+            dist: a.dist,
+            first: span.start,
+            blocks: span.end - span.start,
+            io_blocks: a.io_size,
+            align_blocks: plan.align,
+            seed: a.seed + t as u64,
+        })?;
+        let len = usize::try_from(a.io_size).map_err(|_| "the I/O size is too large")?;
+        Ok(Worker {
+            t,
+            qid,
+            dev,
+            counts,
+            generator,
+            buf: vec![0u8; len],
+        })
+    }
+
+    /// Waits for this thread's readahead still in flight.
+    fn drain(&mut self) -> Result<()> {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while self.dev.in_flight() > 0 {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "thread {}: {} commands still in flight",
+                    self.t,
+                    self.dev.in_flight()
+                ));
+            }
+            mpage::io::reap(&mut self.dev, Some(Duration::from_millis(10)))
+                .map_err(|e| format!("thread {}: {e}", self.t))?;
+        }
+        Ok(())
+    }
+}
+
+/// What the workers share in a phase.
+#[derive(Debug, Clone, Copy)]
+struct Ctx<'a> {
+    job: &'a Job,
+    plan: &'a Plan,
+    stop: &'a AtomicBool,
+    progress: &'a [Arc<AtomicU64>],
+}
+
+/// The cache and the file over the range, with their flusher.
+#[derive(Debug)]
+struct Cached {
+    // Dropped first: the flusher thread stops before the file goes.
+    flusher: Option<FlusherThread>,
+    file: File,
+    cache: Arc<PageCache>,
+}
+
+impl Cached {
+    fn open(
+        ctrl: &Controller,
+        job: &Job,
+        plan: &Plan,
+        memory: &Arc<dyn FolioMemory>,
+        flusher_counts: &Arc<DevCounts>,
+    ) -> Result<Cached> {
+        let a = &job.args;
+        let cache = Arc::new(
+            PageCache::new(memory.clone(), a.cache_size).map_err(|e| format!("page cache: {e}"))?,
+        );
+        let lba_size = u32::try_from(job.lba_size).map_err(|_| "LBA size too large")?;
+        let mapper = Arc::new(IdentityMapper::new(job.first, job.blocks, lba_size));
+        let file = File::open(cache.clone(), mapper, BlockSize::PAGE, plan.file_size)
+            .map_err(|e| format!("opening the range as a file: {e}"))?;
+        if let Some(pages) = a.readahead {
+            // Descriptions opened from it (one per thread) take this too.
+            file.set_readahead(pages);
+        }
+        let flusher = if a.no_flusher {
+            None
+        } else {
+            let f = Flusher::new(cache.clone());
+            f.attach(&file).map_err(|e| format!("flusher: {e}"))?;
+            let (dev, _) = CountingDevice::open(ctrl, a, flusher_counts.clone())
+                .map_err(|e| format!("flusher: {e}"))?;
+            Some(
+                f.spawn(Box::new(dev), FLUSHER_INTERVAL)
+                    .map_err(|e| format!("flusher: {e}"))?,
+            )
+        };
+        Ok(Cached {
+            flusher,
+            file,
+            cache,
+        })
+    }
+
+    /// Bytes of the file in the cache.
+    fn resident(&self) -> u64 {
+        let ino = self.file.inode();
+        ino.cache.nr_folios(ino.file).map_or(0, |n| n as u64 * PAGE)
+    }
+}
+
+/// Per-thread cache-mode numbers of the measured window.
+#[derive(Debug, Clone)]
+pub(crate) struct ThreadExtra {
+    /// The closing fsync (workloads that write).
+    fsync: Option<Duration>,
+    /// What the thread's own queue pair carried.
+    traffic: Traffic,
+    /// Its readahead window at the end: (start, size, async size) pages.
+    readahead_window: (u64, u64, u64),
+}
+
+impl ThreadExtra {
+    pub(crate) fn to_json(&self) -> Value {
+        let (start, size, async_size) = self.readahead_window;
+        json!({
+            "fsync_seconds": self.fsync.map(|d| d.as_secs_f64()),
+            "device": self.traffic.to_json(),
+            "readahead_window": {"start": start, "pages": size, "async_pages": async_size},
+        })
+    }
+}
+
+/// Cache-mode numbers of the whole run.
+#[derive(Debug, Clone)]
+pub(crate) struct Summary {
+    state: CacheState,
+    budget: u64,
+    file_size: u64,
+    readahead_max: u64,
+    flusher: bool,
+    /// Preload (warm): seconds and the bytes of the file cached after it.
+    preload: Option<(Duration, u64)>,
+    /// What the flusher's queue pair carried in the measured window.
+    flusher_traffic: Traffic,
+    /// Cache memory in use at the end, and dirty.
+    used_end: u64,
+    dirty_end: u64,
+}
+
+fn extras(results: &[ThreadResult]) -> impl Iterator<Item = &ThreadExtra> {
+    results.iter().filter_map(|r| r.cache.as_ref())
+}
+
+impl Summary {
+    fn threads_traffic(results: &[ThreadResult]) -> Traffic {
+        extras(results).fold(Traffic::default(), |t, e| t.add(e.traffic))
+    }
+
+    fn fsync_max(results: &[ThreadResult]) -> Option<Duration> {
+        extras(results).filter_map(|e| e.fsync).max()
+    }
+
+    pub(crate) fn to_json(&self, results: &[ThreadResult]) -> Value {
+        let threads = Self::threads_traffic(results);
+        json!({
+            "state": self.state,
+            "cache_size": self.budget,
+            "file_size": self.file_size,
+            "readahead_max_pages": self.readahead_max,
+            "flusher": self.flusher,
+            "preload_seconds": self.preload.map(|(d, _)| d.as_secs_f64()),
+            "preload_resident_bytes": self.preload.map(|(_, b)| b),
+            "fsync_max_seconds": Self::fsync_max(results).map(|d| d.as_secs_f64()),
+            "device": threads.add(self.flusher_traffic).to_json(),
+            "device_threads": threads.to_json(),
+            "device_flusher": self.flusher_traffic.to_json(),
+            "used_bytes_end": self.used_end,
+            "dirty_bytes_end": self.dirty_end,
+        })
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        let mut s = format!(
+            "page cache {} MiB, {:?}, file {} MiB, readahead max {} pages, flusher {}",
+            self.budget >> 20,
+            self.state,
+            self.file_size >> 20,
+            self.readahead_max,
+            if self.flusher { "on" } else { "off" }
+        );
+        if let Some((d, bytes)) = self.preload {
+            s += &format!(
+                "; preloaded {} MiB in {:.2} s",
+                bytes >> 20,
+                d.as_secs_f64()
+            );
+        }
+        s
+    }
+
+    pub(crate) fn traffic_lines(&self, results: &[ThreadResult]) -> Vec<String> {
+        let mut lines = vec![format!(
+            "device (measured window): {}",
+            Self::threads_traffic(results)
+                .add(self.flusher_traffic)
+                .describe()
+        )];
+        if self.flusher {
+            lines.push(format!(
+                "  of which the flusher: {}",
+                self.flusher_traffic.describe()
+            ));
+        }
+        if let Some(max) = Self::fsync_max(results) {
+            let each: Vec<String> = extras(results)
+                .filter_map(|e| e.fsync)
+                .map(|d| format!("{:.1}", d.as_secs_f64() * 1e3))
+                .collect();
+            lines.push(format!(
+                "fsync at the end (in the window): {} ms per thread, max {:.1} ms",
+                each.join(" / "),
+                max.as_secs_f64() * 1e3
+            ));
+        }
+        lines.push(format!(
+            "cache at the end: {} MiB used, {} MiB dirty",
+            self.used_end >> 20,
+            self.dirty_end >> 20
+        ));
+        lines
+    }
+}
+
+/// Runs the cache-mode job (see the module documentation).
+pub(crate) fn run(
+    ctrl: &Controller,
+    job: &Job,
+    plan: &Plan,
+    stop: &AtomicBool,
+    progress: &[Arc<AtomicU64>],
+) -> Result<(Vec<ThreadResult>, Summary)> {
+    let a = &job.args;
+    let ctx = Ctx {
+        job,
+        plan,
+        stop,
+        progress,
+    };
+    let memory: Arc<dyn FolioMemory> = Arc::new(DmaFolioMemory::new(ctrl.dma_pool().clone()));
+    let mut workers = (0..a.threads)
+        .map(|t| Worker::new(ctrl, job, plan, t))
+        .collect::<Result<Vec<_>>>()?;
+    let flusher_counts = Arc::new(DevCounts::default());
+    let mut cached = Cached::open(ctrl, job, plan, &memory, &flusher_counts)?;
+
+    let mut preload_done = None;
+    if plan.state == CacheState::Warm {
+        let started = Instant::now();
+        run_phase(&mut workers, stop, |w| preload(w, ctx, &cached.file))?;
+        let resident = cached.resident();
+        if resident < plan.file_size {
+            log::warn!(
+                "after the preload {resident} of {} bytes are cached",
+                plan.file_size
+            );
+        }
+        preload_done = Some((started.elapsed(), resident));
+    }
+    if a.warmup > 0.0 {
+        run_phase(&mut workers, stop, |w| timed(w, ctx, &cached.file, false))?;
+    }
+    if plan.state == CacheState::Cold && a.warmup > 0.0 {
+        // The warm-up's data is on the device (fsync) and nothing is in
+        // flight: drop everything cached. (Without a warm-up the cache
+        // opened above is still empty.)
+        drop(cached);
+        cached = Cached::open(ctrl, job, plan, &memory, &flusher_counts)?;
+    }
+    let flusher_before = flusher_counts.snapshot();
+    let results = run_phase(&mut workers, stop, |w| timed(w, ctx, &cached.file, true))?;
+    let summary = Summary {
+        state: plan.state,
+        budget: cached.cache.budget(),
+        file_size: plan.file_size,
+        readahead_max: a
+            .readahead
+            .unwrap_or(pagecache::readahead::DEFAULT_MAX_PAGES),
+        flusher: cached.flusher.is_some(),
+        preload: preload_done,
+        flusher_traffic: flusher_counts.snapshot().since(flusher_before),
+        used_end: cached.cache.used(),
+        dirty_end: cached.cache.dirty_bytes(),
+    };
+    Ok((results, summary))
+}
+
+/// Runs `f` on every worker, each on its own thread; the first failure
+/// stops the others.
+fn run_phase<F>(workers: &mut [Worker], stop: &AtomicBool, f: F) -> Result<Vec<ThreadResult>>
+where
+    F: Fn(&mut Worker) -> Result<ThreadResult> + Sync,
+{
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = workers
+            .iter_mut()
+            .map(|w| {
+                s.spawn(move || {
+                    let r = f(w);
+                    if r.is_err() {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    r
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        let mut failure = None;
+        for h in handles {
+            match h.join() {
+                Ok(Ok(r)) => results.push(r),
+                Ok(Err(e)) => {
+                    failure.get_or_insert(e);
+                }
+                Err(_) => {
+                    stop.store(true, Ordering::Relaxed);
+                    failure.get_or_insert_with(|| "a bench thread panicked".to_string());
+                }
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(results),
+        }
+    })
+}
+
+/// Checks that `data`, read at file offset `pos`, holds the pattern.
+fn check(job: &Job, pos: u64, data: &[u8]) -> Result<()> {
+    let a = &job.args;
+    let lba = lba_of(job.first, job.lba_size, pos);
+    match pattern::first_mismatch(a.seed, lba, job.lba_size as usize, data) {
+        None => Ok(()),
+        Some(bad) => Err(format!(
+            "verify: LBA {bad} (read_at file offset {pos}, {} bytes) holds wrong data",
+            data.len()
+        )),
+    }
+}
+
+/// Reads the worker's share of the file once, in large calls.
+fn preload(w: &mut Worker, ctx: Ctx<'_>, file: &File) -> Result<ThreadResult> {
+    let (job, plan) = (ctx.job, ctx.plan);
+    let a = &job.args;
+    let desc = file.reopen().map_err(|e| e.to_string())?;
+    let span = preload_span(plan.file_size, a.threads, w.t, plan.granule);
+    let mut buf = vec![0u8; PRELOAD_CHUNK.min(span.end - span.start) as usize];
+    let mut stats = Stats::new();
+    let started = Instant::now();
+    let mut pos = span.start;
+    while pos < span.end && !ctx.stop.load(Ordering::Relaxed) {
+        let len = (span.end - pos).min(PRELOAD_CHUNK) as usize;
+        let chunk = &mut buf[..len];
+        let t0 = Instant::now();
+        let n = desc
+            .read_at(&mut w.dev, pos, chunk)
+            .map_err(|e| format!("thread {}: preload at {pos}: {e}", w.t))?;
+        if n != len {
+            return Err(format!(
+                "thread {}: preload at {pos}: read {n} of {len} bytes",
+                w.t
+            ));
+        }
+        stats.record(true, len as u64, t0.elapsed());
+        if a.verify {
+            check(job, pos, chunk)?;
+        }
+        pos += len as u64;
+    }
+    w.drain()?;
+    stats.elapsed = started.elapsed();
+    Ok(ThreadResult {
+        qid: w.qid,
+        stats,
+        cache: None,
+    })
+}
+
+/// The workload on the worker's part of the file: the warm-up (not
+/// `measured`: `--warmup` seconds) or the measured window (`-t` seconds or
+/// `-n` calls), then an fsync when the workload writes.
+fn timed(w: &mut Worker, ctx: Ctx<'_>, file: &File, measured: bool) -> Result<ThreadResult> {
+    let (job, plan) = (ctx.job, ctx.plan);
+    let a = &job.args;
+    let t = w.t;
+    let desc = file.reopen().map_err(|e| format!("thread {t}: {e}"))?;
+    let run_for = Duration::from_secs_f64(if measured { a.time } else { a.warmup }.max(0.0));
+    let count = if measured { a.io_count } else { None };
+    let done = ctx.progress.get(t);
+    let mut since_report = 0u64;
+    let mut stats = Stats::new();
+    let before = w.counts.snapshot();
+    let start = Instant::now();
+    let mut now = start;
+    loop {
+        if ctx.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let finished = match count {
+            Some(n) => stats.ios() + stats.errors >= n,
+            None => now - start >= run_for,
+        };
+        if finished {
+            break;
+        }
+        let io = w.generator.next_io();
+        let pos = io.slba;
+        let len = w.buf.len();
+        if !io.read && a.verify {
+            let lba = lba_of(job.first, job.lba_size, pos);
+            pattern::fill(a.seed, lba, job.lba_size as usize, &mut w.buf);
+        }
+        let t0 = Instant::now();
+        let r = if io.read {
+            desc.read_at(&mut w.dev, pos, &mut w.buf)
+        } else {
+            desc.write_at(&mut w.dev, pos, &w.buf)
+        };
+        now = Instant::now();
+        let what = if io.read { "read_at" } else { "write_at" };
+        let outcome = match r {
+            Ok(n) if n == len => {
+                if io.read && a.verify {
+                    check(job, pos, &w.buf)?;
+                }
+                Ok(())
+            }
+            Ok(n) => Err(format!("{what} at {pos}: {n} of {len} bytes")),
+            Err(e) => Err(format!("{what} at {pos}: {e}")),
+        };
+        match outcome {
+            Ok(()) => stats.record(io.read, len as u64, now - t0),
+            Err(e) => {
+                stats.errors += 1;
+                if !a.continue_on_error {
+                    return Err(format!("thread {t}: {e}"));
+                }
+                log::warn!("thread {t}: {e}");
+            }
+        }
+        since_report += 1;
+        if since_report == 64 {
+            if let Some(d) = done {
+                d.fetch_add(since_report, Ordering::Relaxed);
+            }
+            since_report = 0;
+        }
+    }
+    if let Some(d) = done {
+        d.fetch_add(since_report, Ordering::Relaxed);
+    }
+    let mut fsync = None;
+    if plan.writes {
+        let t0 = Instant::now();
+        if let Err(e) = desc.fsync(&mut w.dev) {
+            stats.errors += 1;
+            if !a.continue_on_error {
+                return Err(format!("thread {t}: fsync: {e}"));
+            }
+            log::warn!("thread {t}: fsync: {e}");
+        }
+        fsync = Some(t0.elapsed());
+    }
+    stats.elapsed = start.elapsed();
+    let traffic = w.counts.snapshot().since(before);
+    let readahead_window = desc.readahead_window();
+    // Readahead still in flight belongs to this phase (and, when cold,
+    // to the cache about to be dropped).
+    w.drain()?;
+    Ok(ThreadResult {
+        qid: w.qid,
+        stats,
+        cache: Some(ThreadExtra {
+            fsync,
+            traffic,
+            readahead_window,
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["nvme-bench", "--mode", "cache"];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v).expect("valid arguments")
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn cold_and_warm_defaults_and_flags() {
+        let blocks = 64 * MIB / 512;
+        let p = plan_for(&args(&["-w", "randread"]), 512, blocks).expect("fits");
+        assert_eq!(p.state, CacheState::Warm, "reads default to warm");
+        assert!(!p.writes);
+        let p = plan_for(&args(&["-w", "write"]), 512, blocks).expect("ok");
+        assert_eq!(p.state, CacheState::Cold, "writes default to cold");
+        assert!(p.writes);
+        let p = plan_for(&args(&["-w", "rw", "-M", "100"]), 512, blocks).expect("ok");
+        assert_eq!(p.state, CacheState::Warm, "rw with 100% reads only reads");
+        let p = plan_for(&args(&["-w", "randwrite", "--warm"]), 512, blocks).expect("ok");
+        assert_eq!(p.state, CacheState::Warm);
+        let p = plan_for(&args(&["-w", "read", "--cold"]), 512, blocks).expect("ok");
+        assert_eq!(p.state, CacheState::Cold);
+        assert_eq!(p.file_size, 64 * MIB);
+        assert!(
+            Args::try_parse_from(["nvme-bench", "--mode", "cache", "--cold", "--warm"]).is_err()
+        );
+    }
+
+    #[test]
+    fn warm_range_must_fit_the_cache() {
+        let blocks = 512 * MIB / 4096;
+        let e = plan_for(&args(&["--warm"]), 4096, blocks).expect_err("512M > 256M");
+        assert!(e.contains("--cache-size"), "{e}");
+        let e = plan_for(&args(&["-w", "read"]), 4096, blocks).expect_err("default warm");
+        assert!(e.contains("default"), "{e}");
+        assert!(plan_for(&args(&["--warm", "--cache-size", "512M"]), 4096, blocks).is_ok());
+        assert!(plan_for(&args(&["-w", "read", "--cold"]), 4096, blocks).is_ok());
+    }
+
+    #[test]
+    fn io_size_and_verify_checks() {
+        // Any call size without --verify.
+        assert!(plan_for(&args(&["-o", "1000", "--cold"]), 512, 1024).is_ok());
+        let e = plan_for(&args(&["-o", "1000", "--verify"]), 512, 1024).expect_err("not LBAs");
+        assert!(e.contains("multiples"), "{e}");
+        let e = plan_for(
+            &args(&["-o", "4096", "--align", "100", "--verify"]),
+            512,
+            1024,
+        )
+        .expect_err("alignment not LBAs");
+        assert!(e.contains("alignment"), "{e}");
+        assert!(plan_for(&args(&["-o", "4096", "--verify"]), 512, 1024).is_ok());
+        // Sequential: each of 4 threads gets 128K of a 512K range.
+        let e = plan_for(&args(&["-w", "read", "-j", "4", "-o", "256K"]), 512, 1024)
+            .expect_err("share too small");
+        assert!(e.contains("131072"), "{e}");
+        assert!(
+            plan_for(
+                &args(&["-w", "randread", "-j", "4", "-o", "256K"]),
+                512,
+                1024
+            )
+            .is_ok()
+        );
+        assert!(
+            plan_for(&args(&[]), 8192, 1024).is_err(),
+            "LBA larger than a page"
+        );
+    }
+
+    #[test]
+    fn offset_math() {
+        // File offset → LBA of the underlying namespace.
+        assert_eq!(lba_of(1000, 512, 0), 1000);
+        assert_eq!(lba_of(1000, 512, 511), 1000);
+        assert_eq!(lba_of(1000, 512, 4096), 1008);
+        assert_eq!(lba_of(7, 4096, 8192), 9);
+        // Sequential shares: page-aligned, disjoint, as in raw mode.
+        let p = plan_for(&args(&["-w", "read", "-j", "3", "--cold"]), 512, 100_000).expect("ok");
+        assert_eq!(p.file_size, 51_200_000);
+        let spans: Vec<_> = (0..3).map(|t| thread_span(&p, 3, t, false)).collect();
+        let part = 51_200_000 / 3 / 4096 * 4096;
+        assert_eq!(spans[0], 0..part);
+        assert_eq!(spans[1], part..2 * part);
+        assert_eq!(spans[2], 2 * part..3 * part);
+        assert!(spans.iter().all(|s| s.start % 4096 == 0));
+        assert_eq!(thread_span(&p, 3, 2, true), 0..51_200_000);
+        // The preload covers the whole file, the last thread the rest.
+        let pre: Vec<_> = (0..3)
+            .map(|t| preload_span(51_200_000, 3, t, 4096))
+            .collect();
+        assert_eq!(pre[0], spans[0]);
+        assert_eq!(pre[1], spans[1]);
+        assert_eq!(pre[2], 2 * part..51_200_000);
+        // A file smaller than a share per thread: the last thread reads it.
+        assert_eq!(preload_span(6000, 2, 0, 4096), 0..0);
+        assert_eq!(preload_span(6000, 2, 1, 4096), 0..6000);
+    }
+
+    #[test]
+    fn byte_generator_stays_in_the_span() {
+        let p = plan_for(
+            &args(&["-w", "randrw", "-o", "6000", "--align", "1000"]),
+            512,
+            2048,
+        )
+        .expect("ok");
+        let span = thread_span(&p, 1, 0, true);
+        let mut g = Generator::new(&Spec {
+            workload: nvme_bench::workload::Workload::Randrw,
+            mix: 50,
+            dist: nvme_bench::workload::OffsetDist::Uniform,
+            first: span.start,
+            blocks: span.end,
+            io_blocks: 6000,
+            align_blocks: p.align,
+            seed: 1,
+        })
+        .expect("fits");
+        for _ in 0..10_000 {
+            let io = g.next_io();
+            assert_eq!(io.slba % 1000, 0);
+            assert!(io.slba + 6000 <= p.file_size);
+        }
+    }
+
+    #[test]
+    fn traffic_deltas() {
+        let c = DevCounts::default();
+        c.reads.fetch_add(3, Ordering::Relaxed);
+        c.read_bytes.fetch_add(3 * 4096, Ordering::Relaxed);
+        let before = c.snapshot();
+        c.writes.fetch_add(2, Ordering::Relaxed);
+        c.write_bytes.fetch_add(8192, Ordering::Relaxed);
+        c.flushes.fetch_add(1, Ordering::Relaxed);
+        let d = c.snapshot().since(before);
+        assert_eq!(
+            d,
+            Traffic {
+                reads: 0,
+                read_bytes: 0,
+                writes: 2,
+                write_bytes: 8192,
+                flushes: 1
+            }
+        );
+        assert_eq!(d.add(before).reads, 3);
+    }
+}
