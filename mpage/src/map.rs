@@ -11,9 +11,11 @@
 //!   allocate-on-write from a simple block allocator.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use pagecache::Errno;
+
+use crate::inode::Inode;
 
 /// Why the caller maps (the iomap `flags` intent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +52,10 @@ bitflags::bitflags! {
         /// old contents are garbage and are never read (R36).
         const NEW = 1 << 0;
         /// The next extent's mapping needs metadata I/O: submit the run
-        /// once this extent is consumed to its end (R18, R29).
+        /// once this extent is consumed to its end (R18, R29); writeback
+        /// then also writes the metadata block right after the extent if
+        /// the filesystem's metadata cache holds it dirty
+        /// ([`BlockMapper::metadata_cache`]).
         const BOUNDARY = 1 << 1;
     }
 }
@@ -139,6 +144,25 @@ impl MapError {
     }
 }
 
+/// A finished writeback ioend chain, as the filesystem's completion work
+/// sees it ([`BlockMapper::end_io`]): file bytes `[offset, offset+size)`,
+/// `ioends` ioends merged on completion (R59: same status, both
+/// unwritten or both not, file-contiguous; the device ranges need not be
+/// contiguous).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoendCompletion {
+    /// File offset of the first byte.
+    pub offset: u64,
+    /// Bytes (the merged ioends' sizes added up).
+    pub size: u64,
+    /// Whether the range was written into unwritten extents.
+    pub unwritten: bool,
+    /// How many ioends were merged into this chain (≥ 1).
+    pub ioends: usize,
+    /// The chain's one status.
+    pub result: Result<(), Errno>,
+}
+
 /// The filesystem's mapping callback.
 pub trait BlockMapper: Send + Sync + std::fmt::Debug {
     /// The extent containing `pos`, considering at most `len` bytes from
@@ -151,6 +175,33 @@ pub trait BlockMapper: Send + Sync + std::fmt::Debug {
     /// convert them to mapped (iomap's ioend completion work, R54/R59).
     fn convert_unwritten(&self, _pos: u64, _len: u64) -> Result<(), MapError> {
         Ok(())
+    }
+
+    /// Writeback completion work for one (merged) ioend chain (R58, R59),
+    /// called once per chain before its folios end writeback. An error
+    /// returned here becomes the status of every folio of the chain (the
+    /// data is on the device but not reachable through the mapping).
+    /// Default: on success, converts unwritten extents
+    /// ([`BlockMapper::convert_unwritten`]) in one call for the whole
+    /// chain.
+    fn end_io(&self, done: &IoendCompletion) -> Result<(), MapError> {
+        if done.unwritten && done.result.is_ok() {
+            self.convert_unwritten(done.offset, done.size)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The filesystem's LBA-keyed metadata cache (the kernel's
+    /// block-device mapping), if it keeps one: an [`Inode`] over the whole
+    /// namespace whose file offset is the device byte address (an
+    /// [`IdentityMapper::namespace`] mapper). When writeback consumes a
+    /// [`ExtentFlags::BOUNDARY`] extent, it submits the data and then
+    /// writes the metadata block right after the extent if this cache
+    /// holds it dirty (R29 `write_boundary_block`, §5 item 14). Default:
+    /// none, so BOUNDARY only means "submit now".
+    fn metadata_cache(&self) -> Option<Arc<Inode>> {
+        None
     }
 }
 
@@ -220,6 +271,7 @@ struct ExtentState {
     end_free: u64,
     calls: usize,
     fail_at: Option<(u64, MapError)>,
+    metadata: Option<Arc<Inode>>,
 }
 
 /// A sparse file's extent map over fs blocks of `block` bytes, with a
@@ -244,6 +296,7 @@ impl ExtentMapper {
                 end_free: alloc.end,
                 calls: 0,
                 fail_at: None,
+                metadata: None,
             }),
         }
     }
@@ -284,6 +337,12 @@ impl ExtentMapper {
     /// `err` (once).
     pub fn fail_at(&self, lblk: u64, err: MapError) {
         self.state().fail_at = Some((lblk, err));
+    }
+
+    /// Sets the metadata cache ([`BlockMapper::metadata_cache`]) whose
+    /// dirty blocks right after BOUNDARY extents writeback writes (R29).
+    pub fn set_metadata_cache(&self, cache: Option<Arc<Inode>>) {
+        self.state().metadata = cache;
     }
 
     /// Number of `map` calls so far (the spec's GB count).
@@ -417,6 +476,10 @@ impl BlockMapper for ExtentMapper {
             lblk = run_end;
         }
         Ok(())
+    }
+
+    fn metadata_cache(&self) -> Option<Arc<Inode>> {
+        self.state().metadata.clone()
     }
 }
 

@@ -19,11 +19,24 @@
 //!    pieces join ioends: an ioend needs the same extent type and file
 //!    and device contiguity (R54); its commands are built by the
 //!    [`BioBuilder`] (max transfer, PRP rules) and each command that
-//!    fills up is submitted immediately (R55). The ioend completes once
-//!    all its commands have, with one combined status; on success its
-//!    unwritten extents are converted (R59's completion work).
-//! 5. Completion ends writeback per command; a failure records the errno
-//!    on the file (R31, R32) and never re-dirties the folio (R61).
+//!    fills up is submitted immediately (R55). A piece that consumes a
+//!    BOUNDARY extent to its end closes the ioend (its data is submitted
+//!    now), then the metadata block right after the extent is written if
+//!    the filesystem's metadata cache holds it dirty (R29,
+//!    [`BlockMapper::metadata_cache`]). Unlike the kernel, which looks at
+//!    the folio's last block only, the extent's end decides, as on the
+//!    read side (R18, §5 item 13); LBA 0 is a valid boundary block.
+//! 5. An ioend completes once all its commands have, with one combined
+//!    status (R55). The ioends of one call are finished together once the
+//!    call has submitted everything and the last of them completed:
+//!    sorted by file offset, file-contiguous neighbours with the same
+//!    status and kind merged (R59, device contiguity not needed), one
+//!    [`BlockMapper::end_io`] per merged chain (unwritten conversion),
+//!    then every folio of the chain ends writeback with the chain's
+//!    status: the ioend-level status of §5 item 9, so a folio whose own
+//!    command succeeded still fails if another command of its ioend did.
+//!    A failure records the errno on the file (R31, R32) and never
+//!    re-dirties the folio (R61).
 //!
 //! The open ioend is submitted before the call returns (R7). Writes are
 //! plain Writes with SYNC or BACKGROUND hints, never FUA (R6).
@@ -31,7 +44,7 @@
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use pagecache::{Errno, FolioFlags, FolioRef, WritebackIo};
+use pagecache::{Errno, FolioFlags, FolioRef, PAGE_SIZE, WritebackIo, WritebackPart};
 
 use crate::bio::BioBuilder;
 use crate::device::{Bio, BioFlags, BioOp, BlockDevice, DeviceError, Geometry, Segment};
@@ -39,7 +52,7 @@ use crate::error::{Error, Result};
 use crate::inode::Inode;
 use crate::io;
 use crate::iter::MapIter;
-use crate::map::{BlockMapper, Extent, ExtentKind, MapIntent};
+use crate::map::{BlockMapper, Extent, ExtentFlags, ExtentKind, IoendCompletion, MapIntent};
 
 /// Writeback mode (WB_SYNC_NONE / WB_SYNC_ALL).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,15 +79,21 @@ pub struct WritebackReport {
 struct IoendState {
     pending: usize,
     sealed: bool,
+    /// Handed to the batch (once).
+    completed: bool,
     error: Option<DeviceError>,
+    size: u64,
+    /// One part per piece of a folio in the ioend, completed with the
+    /// ioend's status when its (merged) chain finishes: the folios end
+    /// writeback only then, after the completion work (R58, R59).
+    parts: Vec<WritebackPart>,
 }
 
 #[derive(Debug)]
 struct IoendShared {
     offset: u64,
-    size: Mutex<u64>,
     unwritten: bool,
-    mapper: Arc<dyn BlockMapper>,
+    batch: Arc<Batch>,
     state: Mutex<IoendState>,
 }
 
@@ -90,39 +109,181 @@ impl IoendShared {
         if let Err(e) = result {
             st.error.get_or_insert_with(|| e.clone());
         }
-        if st.sealed && st.pending == 0 {
-            let error = st.error.clone();
-            drop(st);
-            self.finish(error);
-        }
+        self.complete_if_done(st);
     }
 
     /// No more commands will be added.
     fn seal(&self) {
         let mut st = self.lock();
         st.sealed = true;
-        if st.pending == 0 {
-            let error = st.error.clone();
-            drop(st);
-            self.finish(error);
+        self.complete_if_done(st);
+    }
+
+    /// The ioend failed without (all of) its I/O: a command could not be
+    /// built or queued.
+    fn fail(&self, err: Errno) {
+        self.lock().error.get_or_insert(DeviceError::Errno(err));
+    }
+
+    fn complete_if_done(&self, mut st: std::sync::MutexGuard<'_, IoendState>) {
+        if !st.sealed || st.pending != 0 || st.completed {
+            return;
+        }
+        st.completed = true;
+        let done = DoneIoend {
+            offset: self.offset,
+            size: st.size,
+            unwritten: self.unwritten,
+            error: st.error.take(),
+            parts: std::mem::take(&mut st.parts),
+        };
+        drop(st);
+        self.batch.ioend_done(done);
+    }
+}
+
+/// An ioend whose commands all completed, waiting for the completion
+/// work of its batch.
+#[derive(Debug)]
+struct DoneIoend {
+    offset: u64,
+    size: u64,
+    unwritten: bool,
+    error: Option<DeviceError>,
+    parts: Vec<WritebackPart>,
+}
+
+impl DoneIoend {
+    fn status(&self) -> Option<Errno> {
+        self.error.as_ref().map(DeviceError::errno)
+    }
+
+    /// R59 `iomap_ioend_can_merge`: same status (compared as the errno,
+    /// our `bi_status`), both unwritten or both not (no SHARED extents
+    /// here), file-contiguous. Device contiguity is not needed.
+    fn can_merge(&self, next: &DoneIoend) -> bool {
+        self.status() == next.status()
+            && self.unwritten == next.unwritten
+            && self.offset + self.size == next.offset
+    }
+}
+
+/// The completion side of one writepages call: its ioends complete in any
+/// order; once the call has submitted everything and the last of them has
+/// completed, they are sorted by file offset, file-contiguous neighbours
+/// with the same status and kind are merged (R59), and each merged chain
+/// gets one [`BlockMapper::end_io`] call (one unwritten conversion) before
+/// its folios end writeback with the chain's status.
+#[derive(Debug)]
+struct Batch {
+    mapper: Arc<dyn BlockMapper>,
+    state: Mutex<BatchState>,
+}
+
+#[derive(Debug, Default)]
+struct BatchState {
+    /// Ioends created and not yet completed.
+    outstanding: usize,
+    /// The writepages call has closed its last ioend.
+    sealed: bool,
+    done: Vec<DoneIoend>,
+}
+
+impl Batch {
+    fn new(mapper: Arc<dyn BlockMapper>) -> Arc<Self> {
+        Arc::new(Batch {
+            mapper,
+            state: Mutex::new(BatchState::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BatchState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ioend_started(&self) {
+        self.lock().outstanding += 1;
+    }
+
+    fn ioend_done(&self, done: DoneIoend) {
+        let mut st = self.lock();
+        st.outstanding -= 1;
+        st.done.push(done);
+        self.finish_if_done(st);
+    }
+
+    /// The writepages call will start no more ioends.
+    fn seal(&self) {
+        let mut st = self.lock();
+        st.sealed = true;
+        self.finish_if_done(st);
+    }
+
+    fn finish_if_done(&self, mut st: std::sync::MutexGuard<'_, BatchState>) {
+        if !st.sealed || st.outstanding != 0 || st.done.is_empty() {
+            return;
+        }
+        let done = std::mem::take(&mut st.done);
+        drop(st);
+        for chain in merge_ioends(done) {
+            self.finish_chain(chain);
         }
     }
 
-    fn finish(&self, error: Option<DeviceError>) {
-        let size = *self.size.lock().unwrap_or_else(|e| e.into_inner());
-        match error {
-            None if self.unwritten => {
-                if let Err(e) = self.mapper.convert_unwritten(self.offset, size) {
-                    log::error!("unwritten conversion of {}+{size} failed: {e}", self.offset);
-                }
-            }
-            None => {}
-            Some(e) => log::warn!(
+    /// `iomap_finish_ioends` for one merged chain.
+    fn finish_chain(&self, chain: Vec<DoneIoend>) {
+        let Some(first) = chain.first() else { return };
+        let size: u64 = chain.iter().map(|d| d.size).sum();
+        let mut completion = IoendCompletion {
+            offset: first.offset,
+            size,
+            unwritten: first.unwritten,
+            ioends: chain.len(),
+            result: first.status().map_or(Ok(()), Err),
+        };
+        if let Some(e) = &first.error {
+            log::warn!(
                 "writeback error on file offset {}+{size}: {e} ({})",
-                self.offset,
+                completion.offset,
                 e.errno()
-            ),
+            );
         }
+        if let Err(e) = self.mapper.end_io(&completion) {
+            log::error!(
+                "writeback completion work for {}+{size} failed: {e}",
+                completion.offset
+            );
+            completion.result = Err(e.errno());
+        }
+        for ioend in chain {
+            for part in ioend.parts {
+                part.complete(completion.result);
+            }
+        }
+    }
+}
+
+/// R59 `iomap_sort_ioends` + `iomap_ioend_try_merge`: sorts by file
+/// offset and groups each ioend with the following ones it can merge
+/// with.
+fn merge_ioends(mut done: Vec<DoneIoend>) -> Vec<Vec<DoneIoend>> {
+    done.sort_by_key(|d| d.offset);
+    let mut chains: Vec<Vec<DoneIoend>> = Vec::new();
+    for d in done {
+        match chains.last_mut() {
+            Some(chain) if chain.last().is_some_and(|last| last.can_merge(&d)) => chain.push(d),
+            _ => chains.push(vec![d]),
+        }
+    }
+    chains
+}
+
+/// Seals the batch when the writepages call ends, however it ends.
+struct BatchGuard(Arc<Batch>);
+
+impl Drop for BatchGuard {
+    fn drop(&mut self) {
+        self.0.seal();
     }
 }
 
@@ -143,6 +304,9 @@ struct Piece {
     len: usize,
     lba: u64,
     unwritten: bool,
+    /// The piece consumes a BOUNDARY extent to its end: the LBA right
+    /// after the extent (where the metadata block lives, R29).
+    boundary: Option<u64>,
 }
 
 struct WbCtx<'a> {
@@ -152,6 +316,7 @@ struct WbCtx<'a> {
     flags: BioFlags,
     iter: MapIter<'a>,
     ioend: Option<Ioend>,
+    batch: Arc<Batch>,
     report: WritebackReport,
 }
 
@@ -173,6 +338,9 @@ impl WbCtx<'_> {
             Ok(None) => Ok(()),
             Err(e) => Err(e.into()),
         };
+        if let Err(e) = &result {
+            ioend.shared.fail(e.errno());
+        }
         ioend.shared.seal();
         self.report.ioends += 1;
         result
@@ -212,6 +380,9 @@ impl WbCtx<'_> {
                     );
                 }
                 let unwritten = matches!(ext.kind, ExtentKind::Unwritten { .. });
+                let boundary = (ext.flags.contains(ExtentFlags::BOUNDARY) && end == ext.end())
+                    .then(|| ext.lba_at(end - 1, lba_size).map(|l| l + 1))
+                    .flatten();
                 if let Some(lba) = ext.lba_at(pos, lba_size) {
                     let blocks = (n / lba_size as usize) as u64;
                     if lba + blocks > self.geometry.capacity {
@@ -223,6 +394,7 @@ impl WbCtx<'_> {
                         len: n,
                         lba,
                         unwritten,
+                        boundary,
                     });
                 } else {
                     log::debug!("dirty blocks at {pos}+{n} over a hole are not written (R53)");
@@ -241,19 +413,22 @@ impl WbCtx<'_> {
         });
         if !joins {
             self.close_ioend()?;
+            self.batch.ioend_started();
             self.ioend = Some(Ioend {
                 end: pos,
                 unwritten: p.unwritten,
                 builder: BioBuilder::new(BioOp::Write, self.flags, self.geometry),
                 shared: Arc::new(IoendShared {
                     offset: pos,
-                    size: Mutex::new(0),
                     unwritten: p.unwritten,
-                    mapper: self.ino.mapper.clone(),
+                    batch: self.batch.clone(),
                     state: Mutex::new(IoendState {
                         pending: 0,
                         sealed: false,
+                        completed: false,
                         error: None,
+                        size: 0,
+                        parts: Vec::new(),
                     }),
                 }),
             });
@@ -261,18 +436,66 @@ impl WbCtx<'_> {
         let Some(ioend) = self.ioend.as_mut() else {
             return Ok(());
         };
+        let shared = ioend.shared.clone();
+        // The ioend's hold on the piece: the folio ends writeback only
+        // when the ioend's chain finishes, with its status (R55, R59).
+        let hold = wb
+            .part(p.off, p.len)
+            .map_err(Error::cache("writeback part"))?;
+        {
+            let mut st = shared.lock();
+            st.size += p.len as u64;
+            st.parts.push(hold);
+        }
         let closed = ioend.builder.add(p.lba, iova, p.len, |o, l| {
             wb.part(p.off + o, l)
                 .map(Segment::write)
                 .map_err(Error::cache("writeback part"))
-        })?;
+        });
         ioend.end = pos + p.len as u64;
-        *ioend.shared.size.lock().unwrap_or_else(|e| e.into_inner()) += p.len as u64;
-        let shared = ioend.shared.clone();
+        let closed = closed.inspect_err(|e| shared.fail(e.errno()))?;
         for bio in closed {
-            self.submit_bio(bio, &shared)?;
+            self.submit_bio(bio, &shared)
+                .inspect_err(|e| shared.fail(e.errno()))?;
+        }
+        if let Some(meta_lba) = p.boundary {
+            // R29: the BOUNDARY extent is consumed: submit its data now,
+            // then the dirty metadata block right after it.
+            self.close_ioend()?;
+            self.write_boundary_block(meta_lba);
         }
         Ok(())
+    }
+
+    /// R29 `write_boundary_block`: if the filesystem's metadata cache
+    /// holds the block at `lba` dirty, writes its folio back now (a
+    /// folio under writeback is left alone). Failures are logged; a
+    /// write error lands on the metadata file like any writeback error.
+    fn write_boundary_block(&mut self, lba: u64) {
+        let Some(meta) = self.ino.mapper.metadata_cache() else {
+            return;
+        };
+        if std::ptr::eq(meta.as_ref(), self.ino) {
+            return;
+        }
+        let byte = lba * u64::from(self.geometry.lba_size);
+        let index = byte / PAGE_SIZE as u64;
+        let folio = match meta.cache.lookup(meta.file, index) {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(e) => {
+                log::warn!("metadata cache lookup at LBA {lba}: {e}");
+                return;
+            }
+        };
+        let bs = folio.block_size().bytes() as u64;
+        let block = ((byte - folio.pos()) / bs) as usize;
+        if !folio.is_dirty() || !folio.dirty_blocks().get(block) {
+            return;
+        }
+        if let Err(e) = writepages(&mut *self.dev, &meta, folio.pages(), SyncMode::None) {
+            log::warn!("writing the metadata block at LBA {lba}: {e}");
+        }
     }
 
     /// Writes one folio back. `Err` = a mapping error (already recorded
@@ -379,8 +602,12 @@ pub fn writepages(
         },
         iter: MapIter::new(ino.mapper.as_ref(), MapIntent::Write, 0),
         ioend: None,
+        batch: Batch::new(ino.mapper.clone()),
         report: WritebackReport::default(),
     };
+    // Runs the batch's completion work once everything below is
+    // submitted (also on an early return).
+    let _seal = BatchGuard(ctx.batch.clone());
     let mut first_err = None;
     for folio in &folios {
         if let Err(e) = ctx.write_folio(folio, mode) {

@@ -16,6 +16,8 @@ use crate::{cache_dir, guest_build, host};
 
 /// The PCI address the first NVMe controller is pinned to in the guest.
 pub const NVME_BDF: &str = "0000:00:03.0";
+/// What the guest's init prints on the console first.
+const INIT_MARKER: &str = "vm-init: started";
 /// The default serial number the harness gives the controller.
 pub const DEFAULT_SERIAL: &str = "NVMEVFIO0001";
 
@@ -212,8 +214,22 @@ impl VmRun {
 
 impl VmConfig {
     /// Installs what is missing, builds the guest binaries, boots the guest,
-    /// runs `cmd` in it and returns how it went.
+    /// runs `cmd` in it and returns how it went. A guest that dies before
+    /// its init starts (a kernel that fails to boot, e.g. under heavy host
+    /// load) is booted once more; a command that ran is never run again.
     pub fn run<S: AsRef<str>>(&self, cmd: &[S]) -> Result<VmRun> {
+        let run = self.run_once(cmd)?;
+        if matches!(run.exit, GuestExit::NoStatus(_)) && !run.console().contains(INIT_MARKER) {
+            log::warn!(
+                "the guest died before its init started; booting again (console tail: {})",
+                run.console().lines().rev().take(3).collect::<Vec<_>>().join(" | ")
+            );
+            return self.run_once(cmd);
+        }
+        Ok(run)
+    }
+
+    fn run_once<S: AsRef<str>>(&self, cmd: &[S]) -> Result<VmRun> {
         self.validate()?;
         host::ensure_packages(host::VM_PACKAGES)?;
         let cache = cache_dir();
@@ -492,6 +508,10 @@ impl VmConfig {
                 "intel_iommu=off"
             },
             "tsc=reliable",
+            // Under TCG on a loaded host the boot-time check that the timer
+            // interrupt works can time out, and with interrupt remapping
+            // the kernel then panics; it is meant to be skipped in VMs.
+            "no_timer_check",
             "quiet",
         ]
         .into_iter()
