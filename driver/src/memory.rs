@@ -99,11 +99,14 @@ impl DmaPool {
             });
         }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let found = state
-            .chunks
-            .iter()
-            .enumerate()
-            .find_map(|(i, c)| first_fit(&c.as_ref()?.used, pages).map(|p| (i, p)));
+        let found = state.chunks.iter().enumerate().find_map(|(i, c)| {
+            let c = c.as_ref()?;
+            // A chunk without enough free pages is not searched.
+            if PAGES_PER_CHUNK - c.in_use < pages {
+                return None;
+            }
+            first_fit(&c.used, pages).map(|p| (i, p))
+        });
         let (index, page) = match found {
             Some(hit) => hit,
             None => {

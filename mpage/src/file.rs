@@ -25,6 +25,14 @@
 //!   the pages it asked for. Nothing past EOF is read. Partially uptodate
 //!   folios serve the blocks they hold (R41); a folio whose readahead
 //!   failed is read again on demand and only that result counts (X4).
+//! * Readahead windows are read into large folios (`page_cache_ra_order`:
+//!   a synchronous window uses order 0, each asynchronous one two orders
+//!   more than the marked folio's, up to [`RA_MAX_ORDER`]), so a window
+//!   costs a few allocations and lookups, and its commands are as large
+//!   as the device allows. Unless [`File::set_readahead`] chose one, the window's
+//!   maximum follows the device ([`pagecache::readahead::device_max_pages`]
+//!   of its largest command: 8 MiB for MDTS 512 KiB). A reader waits only
+//!   for the blocks it copies, not for the whole folio or window.
 //! * `write_at` (generic_perform_write): per folio write_begin /
 //!   write_end (R42–R47), after zeroing the gap between the old EOF and
 //!   the write (as filesystems do before an extending write). Writers of
@@ -60,12 +68,24 @@ use crate::flusher::Flusher;
 use crate::inode::Inode;
 use crate::io;
 use crate::map::BlockMapper;
-use crate::read::{read_folio, readahead};
+use crate::read::{read_folio, readahead_folios};
 use crate::sync::{self, OpenFile};
 use crate::write;
 use crate::writeback::{SyncMode, writepages};
 
 const PAGE: u64 = PAGE_SIZE as u64;
+
+/// Largest folio order readahead allocates: 2 MiB, pagecache's maximum.
+pub const RA_MAX_ORDER: u8 = pagecache::MAX_ORDER;
+
+/// A description's readahead window and whether its maximum is still the
+/// device-derived default.
+#[derive(Debug)]
+struct Ra {
+    state: RaState,
+    /// The maximum follows the device (set on the first read).
+    auto: bool,
+}
 
 /// The inode's part shared by every description of it.
 #[derive(Debug)]
@@ -81,7 +101,7 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub struct File {
     shared: Arc<Shared>,
-    ra: Mutex<RaState>,
+    ra: Mutex<Ra>,
     handle: Mutex<OpenFile>,
 }
 
@@ -155,7 +175,10 @@ impl File {
                 write_lock: Mutex::new(()),
                 flusher: OnceLock::new(),
             }),
-            ra: Mutex::new(RaState::new(pagecache::readahead::DEFAULT_MAX_PAGES)),
+            ra: Mutex::new(Ra {
+                state: RaState::new(pagecache::readahead::DEFAULT_MAX_PAGES),
+                auto: true,
+            }),
             handle: Mutex::new(handle),
         })
     }
@@ -165,7 +188,13 @@ impl File {
     pub fn reopen(&self) -> Result<File> {
         Ok(File {
             shared: self.shared.clone(),
-            ra: Mutex::new(RaState::new(lock(&self.ra).max_pages())),
+            ra: Mutex::new({
+                let ra = lock(&self.ra);
+                Ra {
+                    state: RaState::new(ra.state.max_pages()),
+                    auto: ra.auto,
+                }
+            }),
             handle: Mutex::new(OpenFile::open(&self.shared.ino)?),
         })
     }
@@ -185,14 +214,41 @@ impl File {
     }
 
     /// Sets this description's readahead maximum in pages (0 disables
-    /// readahead); resets the window.
+    /// readahead); resets the window. Without it the maximum follows the
+    /// device ([`pagecache::readahead::device_max_pages`]).
     pub fn set_readahead(&self, max_pages: u64) {
-        *lock(&self.ra) = RaState::new(max_pages);
+        *lock(&self.ra) = Ra {
+            state: RaState::new(max_pages),
+            auto: false,
+        };
+    }
+
+    /// The readahead maximum in pages (the device-derived one once a read
+    /// has seen the device).
+    pub fn readahead_max(&self) -> u64 {
+        lock(&self.ra).state.max_pages()
     }
 
     /// The readahead window: (start, size, async_size) in pages.
     pub fn readahead_window(&self) -> (u64, u64, u64) {
-        lock(&self.ra).window()
+        lock(&self.ra).state.window()
+    }
+
+    /// The window of this description, its maximum fitted to `dev` if it
+    /// still follows the device.
+    fn ra(&self, dev: &dyn BlockDevice) -> MutexGuard<'_, Ra> {
+        let mut ra = lock(&self.ra);
+        if ra.auto {
+            let io_pages = u64::from(dev.geometry().max_transfer) / PAGE;
+            // Growth past the kernel's default is capped at a quarter of
+            // the cache, so that a window never evicts its predecessor.
+            let cap = (self.shared.ino.cache.budget() / PAGE / 4)
+                .max(pagecache::readahead::DEFAULT_MAX_PAGES);
+            let max = pagecache::readahead::device_max_pages(io_pages).min(cap);
+            ra.state = RaState::new(max);
+            ra.auto = false;
+        }
+        ra
     }
 
     /// Reads up to `buf.len()` bytes at `pos`; returns how many (short at
@@ -225,7 +281,7 @@ impl File {
             }
             at = to;
         }
-        lock(&self.ra).record_read(at);
+        lock(&self.ra).state.record_read(at);
         io::reap(dev, None)?;
         match result {
             Err(e) if at == pos => Err(e),
@@ -280,11 +336,18 @@ impl File {
                 Some(f) => {
                     if req > 0 && f.test_clear_readahead() {
                         // page_cache_async_ra.
-                        let plan = lock(&self.ra).on_marker(index, req, size, |from, max| {
-                            ino.cache.next_miss(ino.file, from, max).ok().flatten()
-                        });
+                        let plan = self.ra(dev).state.on_folio_marker(
+                            f.pages(),
+                            index,
+                            req,
+                            size,
+                            |from, max| ino.cache.next_miss(ino.file, from, max).ok().flatten(),
+                        );
                         if let Some(p) = plan {
-                            self.readahead(dev, p.pages, p.marker);
+                            // page_cache_ra_order: two orders above the
+                            // marked folio's.
+                            let order = (f.order().get() + 2).min(RA_MAX_ORDER);
+                            self.readahead(dev, p.pages, p.marker, order);
                         }
                     }
                     f
@@ -292,9 +355,12 @@ impl File {
                 None => {
                     if req > 0 {
                         // page_cache_sync_ra.
-                        let plan = lock(&self.ra).on_miss(index, req, size);
+                        let plan = self.ra(dev).state.on_miss(index, req, size);
                         if let Some(p) = plan {
-                            self.readahead(dev, p.pages, p.marker);
+                            // A synchronous window starts the order ramp
+                            // at 0 (and a failed one is retried per page,
+                            // X4).
+                            self.readahead(dev, p.pages, p.marker, 0);
                         }
                     }
                     let found = ino
@@ -321,7 +387,10 @@ impl File {
             if ready(&folio) {
                 return Ok(folio);
             }
-            io::wait_folio(dev, &folio, FolioFlags::LOCKED, "reading a folio")?;
+            // Wait for the blocks wanted, not the whole (large) folio.
+            io::wait_folio_until(dev, &folio, FolioFlags::LOCKED, "reading a folio", || {
+                ready(&folio)
+            })?;
             if ready(&folio) {
                 return Ok(folio);
             }
@@ -350,10 +419,17 @@ impl File {
         }
     }
 
-    /// Best-effort readahead (errors are logged, R6/X4).
-    fn readahead(&self, dev: &mut dyn BlockDevice, pages: Range<u64>, marker: Option<u64>) {
+    /// Best-effort readahead (errors are logged, R6/X4) into folios of up
+    /// to `max_order`.
+    fn readahead(
+        &self,
+        dev: &mut dyn BlockDevice,
+        pages: Range<u64>,
+        marker: Option<u64>,
+        max_order: u8,
+    ) {
         let ino = &self.shared.ino;
-        match readahead(dev, ino, pages.clone(), marker) {
+        match readahead_folios(dev, ino, pages.clone(), marker, max_order) {
             Ok(r) => log::trace!("readahead {pages:?} marker {marker:?}: {r:?}"),
             Err(e) => log::debug!("readahead {pages:?} failed: {e}"),
         }
@@ -375,11 +451,14 @@ impl File {
         }
     }
 
-    /// The cache is full of folios that cannot be evicted: write back
-    /// this file's dirty folios and wait for them (they become
+    /// The cache is full of folios that cannot be evicted: end the reads
+    /// this queue finished, write back this file's dirty folios and wait for them (they become
     /// evictable), wake the flusher for the others, and give writeback
     /// elsewhere a moment.
     fn make_room(&self, dev: &mut dyn BlockDevice) -> Result<()> {
+        // Reads (readahead) of this queue that finished unlock their
+        // folios, which makes them evictable.
+        io::reap(dev, None)?;
         let written = self.writeback_own(dev)?;
         if let Some(f) = self.shared.flusher.get() {
             f.wake();

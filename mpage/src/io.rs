@@ -119,13 +119,28 @@ pub fn wait_folio(
     flags: FolioFlags,
     what: &'static str,
 ) -> Result<()> {
+    wait_folio_until(dev, folio, flags, what, || false)
+}
+
+/// [`wait_folio`] that also returns as soon as `done()` holds: a reader
+/// of a large folio under read waits for the blocks it needs
+/// ([`Folio::is_range_uptodate`]), not for the whole folio. With the I/O
+/// on another thread's queue, `done` is looked at every millisecond
+/// (block completions do not wake folio waiters).
+pub fn wait_folio_until(
+    dev: &mut dyn BlockDevice,
+    folio: &Folio,
+    flags: FolioFlags,
+    what: &'static str,
+    mut done: impl FnMut() -> bool,
+) -> Result<()> {
     let deadline = Instant::now() + DEFAULT_TIMEOUT;
     dev.commit().map_err(|source| Error::Device {
         context: "commit",
         source,
     })?;
     loop {
-        if !folio.flags().intersects(flags) {
+        if !folio.flags().intersects(flags) || done() {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -136,7 +151,7 @@ pub fn wait_folio(
                 std::thread::yield_now();
             }
         } else {
-            folio.wait_clear(flags, Duration::from_millis(5));
+            folio.wait_clear(flags, Duration::from_millis(1));
         }
     }
 }

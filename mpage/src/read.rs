@@ -27,7 +27,7 @@
 
 use std::ops::Range;
 
-use pagecache::{Errno, FolioOrder, Grab, LockedFolio, ReadIo};
+use pagecache::{Errno, FolioOrder, Grab, LockedFolio, PAGE_SIZE, ReadIo};
 
 use crate::bio::BioBuilder;
 use crate::device::{BioFlags, BioOp, BlockDevice, Geometry, Segment};
@@ -235,34 +235,103 @@ pub fn readahead(
     pages: Range<u64>,
     marker: Option<u64>,
 ) -> Result<ReadaheadReport> {
-    let page = pagecache::PAGE_SIZE as u64;
-    let mut ctx = ReadCtx::new(dev, ino, BioFlags::READAHEAD, pages.end * page)?;
+    readahead_folios(dev, ino, pages, marker, 0)
+}
+
+/// [`readahead`] with folios of up to `max_order` (`page_cache_ra_order`):
+/// each uncached run of `pages` is filled with the largest folios its
+/// alignment and end allow ([`pagecache::readahead::folio_order`]); the
+/// marker goes on the folio holding page `marker`. A folio is handed to
+/// the device as soon as its commands are built (the doorbell rings per
+/// folio), so the device works on the start of the window while the rest
+/// is being allocated. Its blocks become uptodate command by command, so
+/// a reader may use the first part of a large folio before the rest
+/// arrives.
+pub fn readahead_folios(
+    dev: &mut dyn BlockDevice,
+    ino: &Inode,
+    pages: Range<u64>,
+    marker: Option<u64>,
+    max_order: u8,
+) -> Result<ReadaheadReport> {
+    let page = PAGE_SIZE as u64;
     let mut report = ReadaheadReport::default();
-    let order = FolioOrder::new(0).map_err(Error::cache("folio order"))?;
-    for index in pages {
-        let locked = match ino.cache.grab(ino.file, index, order) {
-            Ok(Grab::Created(l)) => l,
-            Ok(Grab::Cached(_)) => {
-                report.cached += 1;
-                continue;
+    if pages.is_empty() {
+        return Ok(report);
+    }
+    // A large folio is optional: none larger than a sixteenth of the
+    // cache, and none that would push the cache past its budget
+    // ([`pagecache::PageCache::grab_within_budget`]); smaller ones then.
+    let mut max_order = max_order.min(pagecache::MAX_ORDER);
+    while max_order > 0 && (PAGE_SIZE << max_order) as u64 > ino.cache.budget() / 16 {
+        max_order -= 1;
+    }
+    let mut ctx = ReadCtx::new(dev, ino, BioFlags::READAHEAD, pages.end * page)?;
+    let gaps = if max_order == 0 {
+        vec![pages.clone()]
+    } else {
+        ino.cache
+            .gaps(ino.file, pages.clone())
+            .map_err(Error::cache("readahead gaps"))?
+    };
+    report.cached = (pages.end - pages.start) as usize
+        - gaps
+            .iter()
+            .map(|g| (g.end - g.start) as usize)
+            .sum::<usize>();
+    'gaps: for gap in gaps {
+        let mut index = gap.start;
+        while index < gap.end {
+            let mut order = pagecache::readahead::folio_order(index, gap.end, max_order);
+            let locked =
+                loop {
+                    let o = FolioOrder::new(order).map_err(Error::cache("folio order"))?;
+                    let grabbed = if order > 0 {
+                        ino.cache.grab_within_budget(ino.file, index, o)
+                    } else {
+                        ino.cache.grab(ino.file, index, o)
+                    };
+                    match grabbed {
+                        Ok(Grab::Created(l)) => break Some(l),
+                        Ok(Grab::Cached(f)) => {
+                            // Cached meanwhile (another reader).
+                            let skip = f.pages().end.max(index + 1) - index;
+                            report.cached += skip.min(gap.end - index) as usize;
+                            index += skip;
+                            break None;
+                        }
+                        // Part of it cached meanwhile, or no room: smaller.
+                        Err(
+                            pagecache::Error::Overlap { .. } | pagecache::Error::CacheFull { .. },
+                        ) if order > 0 => order -= 1,
+                        Err(e) => {
+                            // Readahead is best effort (R6: fail fast, no error).
+                            log::debug!("readahead stops at page {index}: {e}");
+                            break 'gaps;
+                        }
+                    }
+                };
+            let Some(locked) = locked else { continue };
+            let fpages = locked.folio().pages();
+            if marker.is_some_and(|m| fpages.contains(&m)) {
+                locked.set_readahead_marker();
             }
-            Err(e) => {
-                // Readahead is best effort (R6: fail fast, no error).
-                log::debug!("readahead stops at page {index}: {e}");
-                break;
+            index = fpages.end;
+            report.started += 1;
+            match ctx.read_one(locked) {
+                Ok(()) => {}
+                Err(e @ Error::Map { .. }) => {
+                    report.stopped = Some(e.errno());
+                    break 'gaps;
+                }
+                Err(e) => return Err(e),
             }
-        };
-        if marker == Some(index) {
-            locked.set_readahead_marker();
-        }
-        report.started += 1;
-        match ctx.read_one(locked) {
-            Ok(()) => {}
-            Err(e @ Error::Map { .. }) => {
-                report.stopped = Some(e.errno());
-                break;
+            if max_order > 0 && ctx.dev.in_flight() > 0 {
+                ctx.dev.commit().map_err(|source| Error::Device {
+                    context: "commit",
+                    source,
+                })?;
             }
-            Err(e) => return Err(e),
         }
     }
     ctx.submit_open()?;

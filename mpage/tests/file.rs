@@ -59,6 +59,8 @@ fn file_is_send_and_sync() {
 #[test]
 fn sequential_reads_ramp_the_readahead_window_with_async_marks() {
     let s = setup(4096, 1 << 20, 64 << 20, None);
+    // The kernel's default maximum (the device-derived one: below).
+    s.file.set_readahead(32);
     s.dev.write_disk(0, &pattern(3, 1 << 20));
     let mut d = s.dev.clone();
     let mut buf = vec![0; P];
@@ -75,6 +77,84 @@ fn sequential_reads_ramp_the_readahead_window_with_async_marks() {
     let (start, size, async_size) = s.file.readahead_window();
     assert_eq!((size, async_size), (32, 32));
     assert!(start > 64, "the window ran ahead of the reader: {start}");
+}
+
+/// Without `set_readahead` the maximum follows the device: 16 commands
+/// of its largest size (here 128 KiB: 2 MiB). A sequential 128 KiB reader
+/// ramps the window up to it, the marks on large folios trigger each
+/// next window, the windows live in large folios (orders ramping by two
+/// per window, up to 2 MiB) and are read with max-transfer commands.
+#[test]
+fn the_default_window_follows_the_device_and_uses_large_folios() {
+    let size = 4u64 << 20;
+    let s = setup(4096, size, 64 << 20, None);
+    let data = pattern(7, size as usize);
+    s.dev.write_disk(0, &data);
+    let mut d = s.dev.clone();
+    let mut buf = vec![0; 32 * P];
+    let mut largest = 0;
+    for pos in (0..size).step_by(buf.len()) {
+        assert_eq!(s.file.read_at(&mut d, pos, &mut buf).unwrap(), buf.len());
+        assert_eq!(buf, data[pos as usize..][..buf.len()]);
+        largest = largest.max(s.file.readahead_window().1);
+    }
+    assert_eq!(s.file.readahead_max(), 512);
+    assert_eq!(largest, 512, "the window reached the maximum");
+    let r = reads(&s.dev);
+    assert!(r.iter().all(|(_, f)| *f == BioFlags::READAHEAD), "{r:?}");
+    assert!(
+        r.iter().all(|(n, _)| *n == 32 * P),
+        "max-transfer commands: {r:?}"
+    );
+    assert_eq!(
+        r.len(),
+        (size / (32 * P as u64)) as usize,
+        "each byte read once"
+    );
+    let ino = s.file.inode();
+    // Windows 0..64, 64..192, 192..448, 448..1024 (the last two merged
+    // up to EOF): orders 0, 2, 4, 6 (two more than the marked folio's,
+    // page_cache_ra_order).
+    let orders: Vec<u8> = [0u64, 100, 300, 1000]
+        .iter()
+        .map(|&i| s.cache.lookup(ino.file, i).unwrap().unwrap().order().get())
+        .collect();
+    assert_eq!(orders, vec![0, 2, 4, 6]);
+    assert!(s.cache.nr_folios(ino.file).unwrap() < 200, "few folios");
+}
+
+/// A window is issued as a whole: every command of it is in flight before
+/// the first completes (queue depth), one folio's commands included.
+#[test]
+fn a_window_is_in_flight_at_once() {
+    let s = setup(4096, 4 << 20, 64 << 20, None);
+    s.dev.write_disk(0, &pattern(1, 4 << 20));
+    s.dev.set_order(mpage::Order::Held);
+    let mut d = s.dev.clone();
+    let ino = s.file.inode();
+    let rep = mpage::read::readahead_folios(&mut d, ino, 0..1024, Some(512), 9).unwrap();
+    assert_eq!(rep.started, 2, "two 2 MiB folios");
+    assert_eq!(d.in_flight(), 32, "4 MiB as 32 commands of 128 KiB");
+    let marked = s.cache.lookup(ino.file, 700).unwrap().unwrap();
+    assert!(marked.is_locked());
+    assert!(
+        marked.test_clear_readahead(),
+        "the mark is on the folio holding page 512"
+    );
+    s.dev.release();
+    mpage::io::wait_until(&mut d, "window", || d_idle(&s)).unwrap();
+    let mut buf = vec![0; P];
+    assert_eq!(s.file.read_at(&mut d, 3 << 20, &mut buf).unwrap(), P);
+    assert_eq!(buf, pattern(1, 4 << 20)[3 << 20..][..P]);
+}
+
+fn d_idle(s: &Setup) -> bool {
+    let ino = s.file.inode();
+    s.cache
+        .all_folios(ino.file)
+        .unwrap()
+        .iter()
+        .all(|f| f.is_uptodate() && !f.is_locked())
 }
 
 #[test]

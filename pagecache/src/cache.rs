@@ -24,7 +24,7 @@ use crate::errseq::ErrSeq;
 use crate::folio::{BlockSize, Folio, FolioOrder, FolioParts, FolioRef, LockedFolio};
 use crate::index::FileIndex;
 use crate::lru::{Clock, Slot, Verdict};
-use crate::memory::FolioMemory;
+use crate::memory::{FolioBacking, FolioMemory};
 
 /// Result of [`PageCache::grab`].
 #[derive(Debug)]
@@ -163,6 +163,34 @@ impl PageCache {
     /// pages cached) (`__filemap_get_folio(FGP_CREAT | FGP_LOCK)` minus the
     /// locking of a cached folio: lock it with [`FolioRef::lock`]).
     pub fn grab(&self, file: FileId, index: u64, order: FolioOrder) -> Result<Grab> {
+        self.grab_inner(file, index, order, false)
+    }
+
+    /// [`PageCache::grab`] for readahead: never lets usage pass the
+    /// budget (fails with [`Error::CacheFull`] if the folio does not fit
+    /// after eviction, for optional large folios: the caller retries with
+    /// a smaller order, like a large folio allocation that fails without
+    /// reclaim effort), and may give the new folio the memory of a folio
+    /// of the same order it evicted, without zeroing it (no allocation,
+    /// no clearing of megabytes the device is about to overwrite).
+    ///
+    /// The new folio's bytes are therefore unspecified: the caller must
+    /// read or zero every block before it becomes uptodate, as a read
+    /// does (R35: every non-uptodate block is read, zeroed or failed).
+    /// Bytes of blocks that are not uptodate are never handed out
+    /// ([`crate::Folio::read`] and writeback look at uptodate or dirty
+    /// blocks only).
+    pub fn grab_within_budget(&self, file: FileId, index: u64, order: FolioOrder) -> Result<Grab> {
+        self.grab_inner(file, index, order, true)
+    }
+
+    fn grab_inner(
+        &self,
+        file: FileId,
+        index: u64,
+        order: FolioOrder,
+        strict: bool,
+    ) -> Result<Grab> {
         let mut inner = self.inner();
         let entry = inner.file(file)?;
         if let Some(f) = entry.index.get(index) {
@@ -173,15 +201,19 @@ impl PageCache {
         let block = entry.block;
         let wb_err = entry.wb_err.clone();
         let size = order.size() as u64;
-        self.make_room(&mut inner, size);
+        let mut recycled = None;
+        self.make_room(&mut inner, size, strict.then_some((order, &mut recycled)));
         let used = self.used();
-        if used + size > self.budget && used >= self.budget {
+        if used + size > self.budget && (strict || used >= self.budget) {
             return Err(Error::CacheFull {
                 used,
                 budget: self.budget,
             });
         }
-        let backing = self.memory.alloc(order)?;
+        let backing = match recycled {
+            Some(b) => b,
+            None => self.memory.alloc(order)?,
+        };
         self.counters.used.fetch_add(size, Ordering::AcqRel);
         let id = self.next_folio.fetch_add(1, Ordering::Relaxed);
         let locked = Folio::new_locked(FolioParts {
@@ -200,20 +232,33 @@ impl PageCache {
     }
 
     /// Evicts until `size` more bytes fit the budget or nothing more can
-    /// go.
-    fn make_room(&self, inner: &mut Inner, size: u64) {
+    /// go; with `recycle`, keeps the memory of the first evicted folio of
+    /// that order there.
+    fn make_room(
+        &self,
+        inner: &mut Inner,
+        size: u64,
+        recycle: Option<(FolioOrder, &mut Option<Box<dyn FolioBacking>>)>,
+    ) {
         if self.used() + size <= self.budget {
             return;
         }
         let budget = self.budget;
-        let n = self.sweep(inner, || self.used() + size <= budget);
+        let n = self.sweep(inner, || self.used() + size <= budget, recycle);
         if n > 0 {
             log::trace!("evicted {n} folios to make room for {size} bytes");
         }
     }
 
-    /// Runs the clock until `done`; returns how many folios went.
-    fn sweep(&self, inner: &mut Inner, done: impl FnMut() -> bool) -> usize {
+    /// Runs the clock until `done`; returns how many folios went. With
+    /// `recycle`, the memory of the first evicted folio of that order is
+    /// kept there instead of being freed.
+    fn sweep(
+        &self,
+        inner: &mut Inner,
+        done: impl FnMut() -> bool,
+        mut recycle: Option<(FolioOrder, &mut Option<Box<dyn FolioBacking>>)>,
+    ) -> usize {
         let Inner { files, clock, .. } = inner;
         let n = clock.sweep(
             |slot| {
@@ -235,7 +280,15 @@ impl PageCache {
                 if f.take_referenced() {
                     return Verdict::SecondChance;
                 }
-                entry.index.remove(slot.index);
+                let evicted = entry.index.remove(slot.index);
+                if let (Some(f), Some((order, slot))) = (evicted, recycle.as_mut())
+                    && slot.is_none()
+                    && f.order() == *order
+                {
+                    // The only reference: nobody can take a new one while
+                    // we hold the cache lock.
+                    **slot = f.into_backing().ok();
+                }
                 Verdict::Evicted
             },
             done,
@@ -265,7 +318,7 @@ impl PageCache {
         let mut inner = self.inner();
         let before = self.used();
         let target = before.saturating_sub(bytes);
-        self.sweep(&mut inner, || self.used() <= target);
+        self.sweep(&mut inner, || self.used() <= target, None);
         before.saturating_sub(self.used())
     }
 
@@ -384,5 +437,45 @@ impl PageCache {
     /// are.
     pub fn wait_dirty_below_hard(&self, timeout: Duration) -> bool {
         self.counters.wait_below(self.limits.hard, timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::VecMemory;
+
+    fn clean(c: &PageCache, f: FileId, index: u64, order: u8) -> FolioRef {
+        let Grab::Created(l) = c.grab(f, index, FolioOrder::new(order).unwrap()).unwrap() else {
+            panic!("cached");
+        };
+        l.zero_blocks(0, l.size()).unwrap();
+        l.folio()
+    }
+
+    /// Readahead's grab reuses the memory of the folio it evicts (same
+    /// order) and never passes the budget.
+    #[test]
+    fn grab_within_budget_recycles_evicted_memory_and_keeps_the_budget() {
+        let c = PageCache::new(Arc::new(VecMemory::new()), 8 * 4096).unwrap();
+        let f = c.add_file(BlockSize::PAGE);
+        let a = clean(&c, f, 0, 2).iova();
+        drop(clean(&c, f, 4, 2));
+        // Both are unreferenced since creation: the clock gives each a
+        // second chance, then evicts the oldest.
+        let o2 = FolioOrder::new(2).unwrap();
+        let Grab::Created(l) = c.grab_within_budget(f, 8, o2).unwrap() else {
+            panic!("cached");
+        };
+        assert_eq!(l.iova(), a, "the evicted folio's memory");
+        assert_eq!(c.used(), 8 * 4096);
+        // Everything pinned: a strict grab fails instead of overshooting.
+        let pin = c.lookup(f, 4).unwrap().unwrap();
+        let o1 = FolioOrder::new(1).unwrap();
+        assert!(matches!(
+            c.grab_within_budget(f, 12, o1),
+            Err(Error::CacheFull { .. })
+        ));
+        drop((l, pin));
     }
 }

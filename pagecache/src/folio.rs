@@ -583,6 +583,56 @@ impl FolioRef {
     pub(crate) fn refs(&self) -> usize {
         Arc::strong_count(&self.0)
     }
+
+    /// The memory of an evicted folio nobody else references, for a new
+    /// folio of the same order (its bytes are stale: see
+    /// [`crate::PageCache::grab_within_budget`]). The folio's accounting
+    /// ends as if it had been dropped. `Err(self)` if it is still
+    /// referenced elsewhere.
+    pub(crate) fn into_backing(self) -> std::result::Result<Box<dyn FolioBacking>, FolioRef> {
+        let mut folio = Arc::try_unwrap(self.0).map_err(FolioRef)?;
+        Ok(std::mem::replace(&mut folio.backing, Box::new(Recycled)))
+    }
+}
+
+/// What an evicted folio holds once its memory went to a new folio.
+#[derive(Debug)]
+struct Recycled;
+
+impl FolioBacking for Recycled {
+    fn len(&self) -> usize {
+        0
+    }
+
+    fn iova(&self) -> u64 {
+        0
+    }
+
+    fn read(&self, offset: usize, out: &mut [u8]) -> Result<()> {
+        Err(Error::Memory(
+            format!(
+                "read of {} bytes at {offset} from recycled folio memory",
+                out.len()
+            )
+            .into(),
+        ))
+    }
+
+    fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
+        Err(Error::Memory(
+            format!(
+                "write of {} bytes at {offset} to recycled folio memory",
+                data.len()
+            )
+            .into(),
+        ))
+    }
+
+    fn fill(&self, offset: usize, len: usize, _byte: u8) -> Result<()> {
+        Err(Error::Memory(
+            format!("fill of {len} bytes at {offset} of recycled folio memory").into(),
+        ))
+    }
 }
 
 /// The folio lock, held. Dropping it unlocks the folio.

@@ -27,17 +27,57 @@
 //! * nothing at or past EOF is ever planned, the window never exceeds the
 //!   configured maximum, and a maximum of 0 disables readahead.
 //!
+//! * a mark on a large folio is hit by whichever page of the folio the
+//!   reader reaches first ([`RaState::on_folio_marker`]): the expected
+//!   mark is rounded down to the folio, as `page_cache_async_ra` does;
+//! * folios for a window are as large as alignment and the window allow
+//!   ([`folio_order`], the loop of `page_cache_ra_order`).
+//!
 //! Not reproduced: `try_context_readahead` (interleaved-stream detection
 //! from cache history) and the bump of the maximum to the device's optimal
-//! I/O size for oversized reads; large-folio orders are the caller's
-//! choice.
+//! I/O size for oversized reads; the caller picks a maximum for its device
+//! instead ([`device_max_pages`]).
 
 use std::ops::Range;
 
-use crate::folio::PAGE_SHIFT;
+use crate::folio::{MAX_ORDER, PAGE_SHIFT};
 
 /// Default maximum window: 128 KiB (`VM_READAHEAD_PAGES`).
 pub const DEFAULT_MAX_PAGES: u64 = 32;
+
+/// Largest window [`device_max_pages`] picks: 8 MiB.
+pub const DEVICE_MAX_PAGES: u64 = 2048;
+
+/// Commands of the largest size one window of [`device_max_pages`] holds.
+pub const WINDOW_COMMANDS: u64 = 16;
+
+/// A readahead maximum for a device whose largest command moves
+/// `io_pages` pages (max_sectors / MDTS): [`WINDOW_COMMANDS`] such
+/// commands, so that one window keeps the device's queue busy, at least
+/// [`DEFAULT_MAX_PAGES`] and at most [`DEVICE_MAX_PAGES`]. (The kernel
+/// raises `ra_pages` to twice the optimal I/O size and reads up to
+/// `io_pages` per oversized request; a userspace stack that polls one
+/// queue needs a deeper window to hide its per-call costs.)
+pub fn device_max_pages(io_pages: u64) -> u64 {
+    io_pages
+        .saturating_mul(WINDOW_COMMANDS)
+        .clamp(DEFAULT_MAX_PAGES, DEVICE_MAX_PAGES)
+}
+
+/// Order of the folio to allocate at page `index` for a window ending
+/// (exclusive) at page `end`: the largest order up to `max_order` (and
+/// [`MAX_ORDER`]) that `index` is aligned to and that does not reach
+/// past `end` (`page_cache_ra_order`'s loop). 0 if `index >= end`.
+pub fn folio_order(index: u64, end: u64, max_order: u8) -> u8 {
+    let mut order = max_order.min(MAX_ORDER);
+    if index != 0 {
+        order = order.min(index.trailing_zeros().min(u32::from(MAX_ORDER)) as u8);
+    }
+    while order > 0 && index.saturating_add(1 << order) > end {
+        order -= 1;
+    }
+    order
+}
 
 /// What to read now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +182,31 @@ impl RaState {
         next_miss: impl FnOnce(u64, u64) -> Option<u64>,
     ) -> Option<RaPlan> {
         self.ondemand(index, req.max(1), i_size, Some(next_miss))
+    }
+
+    /// [`RaState::on_marker`] for a marked folio covering `folio` pages
+    /// that the reader entered at page `index` (any page of the folio),
+    /// reading `req` pages from `index` on: the expected mark counts as
+    /// hit if it lies in the folio (`page_cache_async_ra` rounds it down
+    /// to the folio).
+    pub fn on_folio_marker(
+        &mut self,
+        folio: Range<u64>,
+        index: u64,
+        req: u64,
+        i_size: u64,
+        next_miss: impl FnOnce(u64, u64) -> Option<u64>,
+    ) -> Option<RaPlan> {
+        let expected = self.start + self.size - self.async_size;
+        let at = if folio.contains(&expected) {
+            expected
+        } else if folio.contains(&(self.start + self.size)) {
+            self.start + self.size
+        } else {
+            index
+        };
+        let req = (index + req.max(1)).saturating_sub(at);
+        self.on_marker(at, req, i_size, next_miss)
     }
 
     fn ondemand(
@@ -409,5 +474,56 @@ mod tests {
         // Too far ahead: nothing.
         let mut ra = RaState::new(32);
         assert_eq!(ra.on_marker(50, 1, 1 << 30, |_, _| Some(200)), None);
+    }
+
+    #[test]
+    fn folio_orders_follow_alignment_and_the_window_end() {
+        assert_eq!(folio_order(0, 4, 9), 2);
+        assert_eq!(folio_order(0, 3, 9), 1);
+        assert_eq!(folio_order(4, 12, 9), 2);
+        assert_eq!(folio_order(384, 6016, 9), 7);
+        assert_eq!(folio_order(512, 6016, 9), 9);
+        assert_eq!(folio_order(1024, 1 << 20, 4), 4, "capped by the caller");
+        assert_eq!(folio_order(0, 1 << 20, 30), MAX_ORDER);
+        assert_eq!(folio_order(5, 4, 9), 0, "past the end");
+    }
+
+    #[test]
+    fn device_maximum_is_sixteen_largest_commands_within_bounds() {
+        assert_eq!(device_max_pages(128), 2048, "MDTS 512 KiB: 8 MiB");
+        assert_eq!(device_max_pages(32), 512);
+        assert_eq!(device_max_pages(1), DEFAULT_MAX_PAGES);
+        assert_eq!(device_max_pages(1 << 20), DEVICE_MAX_PAGES);
+    }
+
+    /// A mark on a large folio counts when the reader enters the folio at
+    /// any page; the window ramps up to the maximum as with small ones.
+    #[test]
+    fn marker_on_a_large_folio_is_hit_from_any_of_its_pages() {
+        let mut ra = RaState::new(2048);
+        let i_size = 1 << 40;
+        let plan = ra.on_miss(0, 32, i_size).unwrap();
+        assert_eq!(
+            plan,
+            RaPlan {
+                pages: 0..128,
+                marker: Some(32)
+            }
+        );
+        let mut mark = plan.marker.unwrap();
+        let mut sizes = vec![];
+        for _ in 0..6 {
+            // The mark's folio is 512 pages (aligned); the reader enters
+            // it 8 pages in.
+            let folio = (mark & !511)..(mark & !511) + 512;
+            let entered = folio.start + 8;
+            let plan = ra
+                .on_folio_marker(folio, entered, 32, i_size, |_, _| panic!("not foreign"))
+                .unwrap();
+            sizes.push(plan.pages.end - plan.pages.start);
+            mark = plan.marker.unwrap();
+        }
+        assert_eq!(sizes, vec![256, 512, 1024, 2048, 2048, 2048]);
+        assert_eq!(ra.window().1, 2048, "the window reached the maximum");
     }
 }

@@ -222,7 +222,12 @@ impl VmConfig {
         if matches!(run.exit, GuestExit::NoStatus(_)) && !run.console().contains(INIT_MARKER) {
             log::warn!(
                 "the guest died before its init started; booting again (console tail: {})",
-                run.console().lines().rev().take(3).collect::<Vec<_>>().join(" | ")
+                run.console()
+                    .lines()
+                    .rev()
+                    .take(3)
+                    .collect::<Vec<_>>()
+                    .join(" | ")
             );
             return self.run_once(cmd);
         }

@@ -624,9 +624,8 @@ pub(crate) fn run(
         state: plan.state,
         budget: cached.cache.budget(),
         file_size: plan.file_size,
-        readahead_max: a
-            .readahead
-            .unwrap_or(pagecache::readahead::DEFAULT_MAX_PAGES),
+        // What the file used: set by --readahead, or sized from the device.
+        readahead_max: cached.file.readahead_max(),
         flusher: cached.flusher.is_some(),
         preload: preload_done,
         flusher_traffic: flusher_counts.snapshot().since(flusher_before),
