@@ -459,6 +459,8 @@ pub(crate) struct ThreadExtra {
     traffic: Traffic,
     /// Its readahead window at the end: (start, size, async size) pages.
     readahead_window: (u64, u64, u64),
+    /// Its readahead maximum in pages (set, or sized from the device).
+    readahead_max: u64,
 }
 
 impl ThreadExtra {
@@ -468,6 +470,7 @@ impl ThreadExtra {
             "fsync_seconds": self.fsync.map(|d| d.as_secs_f64()),
             "device": self.traffic.to_json(),
             "readahead_window": {"start": start, "pages": size, "async_pages": async_size},
+            "readahead_max_pages": self.readahead_max,
         })
     }
 }
@@ -624,8 +627,13 @@ pub(crate) fn run(
         state: plan.state,
         budget: cached.cache.budget(),
         file_size: plan.file_size,
-        // What the file used: set by --readahead, or sized from the device.
-        readahead_max: cached.file.readahead_max(),
+        // What the threads' handles used: set by --readahead, or sized
+        // from the device.
+        readahead_max: results
+            .iter()
+            .filter_map(|r| r.cache.as_ref().map(|c| c.readahead_max))
+            .max()
+            .unwrap_or_else(|| cached.file.readahead_max()),
         flusher: cached.flusher.is_some(),
         preload: preload_done,
         flusher_traffic: flusher_counts.snapshot().since(flusher_before),
@@ -815,6 +823,7 @@ fn timed(w: &mut Worker, ctx: Ctx<'_>, file: &File, measured: bool) -> Result<Th
     stats.elapsed = start.elapsed();
     let traffic = w.counts.snapshot().since(before);
     let readahead_window = desc.readahead_window();
+    let readahead_max = desc.readahead_max();
     // Readahead still in flight belongs to this phase (and, when cold,
     // to the cache about to be dropped).
     w.drain()?;
@@ -825,6 +834,7 @@ fn timed(w: &mut Worker, ctx: Ctx<'_>, file: &File, measured: bool) -> Result<Th
             fsync,
             traffic,
             readahead_window,
+            readahead_max,
         }),
     })
 }
