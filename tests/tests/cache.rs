@@ -119,3 +119,37 @@ fn readahead_and_writeback_use_the_largest_legal_commands() {
         "{out}"
     );
 }
+
+/// T16, X1 and T11 on the device: blkdebug makes writes at byte 1 MiB and
+/// reads at byte 2 MiB fail.
+#[test]
+fn device_errors_through_the_page_cache() {
+    let mut config = vm();
+    config.blkdebug = Some(
+        "[inject-error]\nevent = \"write_aio\"\nerrno = \"5\"\nsector = \"2048\"\nonce = \"off\"\n\n\
+         [inject-error]\nevent = \"read_aio\"\nerrno = \"5\"\nsector = \"4096\"\nonce = \"off\"\n"
+            .into(),
+    );
+    let run = run_ok(&config, "guest-check cache-errors");
+    let out = run.stdout_text();
+    // The write error reaches fsync once per open file, also one opened
+    // before it; a file opened after does not see it.
+    for line in [
+        "fsync A: error: I/O error ENODATA",
+        "fsync A again: ok",
+        "fsync B (opened before): error: I/O error ENODATA",
+        "fsync B again: ok",
+        "fsync C (opened after): ok",
+        // The folio keeps its data and its error, and is not re-dirtied.
+        "page 256: dirty false, writeback false, error Some(NoData), uptodate true",
+        "read at 3 MiB: ok 4096 bytes",
+    ] {
+        assert!(out.contains(line), "missing `{line}` in:\n{out}");
+    }
+    // A failed read is not cached as failed: the next one asks the device again.
+    let again = out
+        .lines()
+        .find(|l| l.starts_with("read page 512 again: error"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(!again.contains("(0 read commands sent)"), "{again}");
+}
