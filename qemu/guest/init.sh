@@ -3,7 +3,7 @@
 # Serial ports: ttyS0 kernel console, ttyS1 the command's stdout,
 # ttyS2 its stderr, ttyS3 the exit status ("EXIT <n>") for the host.
 /bin/busybox --install -s /bin
-export PATH=/opt/nvme/bin:/bin:/sbin
+export PATH=/opt/nvme/bin:/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev

@@ -92,3 +92,76 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
 }
+
+/// Debian packages of the host tools the harness knows how to install.
+const TOOL_PACKAGES: &[(&str, Package)] = &[(
+    "fio",
+    Package {
+        name: "fio",
+        provides: "/usr/bin/fio",
+    },
+)];
+
+/// The path of host executable `name`, installing its package if the
+/// harness knows it and it is missing.
+pub fn host_tool(name: &str) -> Result<PathBuf> {
+    if let Some((_, package)) = TOOL_PACKAGES.iter().find(|(n, _)| *n == name) {
+        ensure_packages(std::slice::from_ref(package))?;
+    }
+    which(name).ok_or_else(|| Error::Missing(format!("host tool `{name}` is not on PATH")))
+}
+
+/// The shared libraries (and the loader) an executable needs, from `ldd`.
+pub fn shared_libs(exe: &Path) -> Result<Vec<PathBuf>> {
+    let out = run_cmd(std::process::Command::new("ldd").arg(exe))?;
+    parse_ldd(&out)
+        .map_err(|lib| Error::Missing(format!("{}: shared library {lib} not found", exe.display())))
+}
+
+/// Paths from `ldd` output; Err(name) for a library it could not find.
+fn parse_ldd(out: &str) -> std::result::Result<Vec<PathBuf>, String> {
+    let mut libs = Vec::new();
+    for line in out.lines().map(str::trim) {
+        let target = match line.split_once("=>") {
+            Some((name, rest)) => {
+                let rest = rest.trim();
+                if rest.starts_with("not found") {
+                    return Err(name.trim().to_string());
+                }
+                rest.split_whitespace().next().unwrap_or("")
+            }
+            None => line.split_whitespace().next().unwrap_or(""),
+        };
+        if target.starts_with('/') {
+            libs.push(PathBuf::from(target));
+        }
+    }
+    libs.sort();
+    libs.dedup();
+    Ok(libs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ldd() {
+        let out = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+                   \tlibaio.so.1 => /lib/x86_64-linux-gnu/libaio.so.1 (0x00007f63)\n\
+                   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f63)\n\
+                   \t/lib64/ld-linux-x86-64.so.2 (0x00007f63)\n";
+        assert_eq!(
+            parse_ldd(out),
+            Ok(vec![
+                PathBuf::from("/lib/x86_64-linux-gnu/libaio.so.1"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+            ])
+        );
+        assert_eq!(
+            parse_ldd("\tlibgone.so.1 => not found\n"),
+            Err("libgone.so.1".to_string())
+        );
+    }
+}

@@ -103,6 +103,10 @@ pub struct VmConfig {
     pub iommu: bool,
     /// 2 MiB huge pages to reserve in the guest.
     pub hugepages: u32,
+    /// Host executables put in the guest at the same paths, with the shared
+    /// libraries `ldd` lists (e.g. `fio`, for the kernel-driver side of a
+    /// comparison). Installed from Debian's packages when missing.
+    pub host_tools: Vec<String>,
     /// A blkdebug configuration (the text of its config file) put between
     /// namespace 1 and its image, to make chosen I/O fail.
     pub blkdebug: Option<String>,
@@ -130,6 +134,7 @@ impl Default for VmConfig {
             kvm: false,
             iommu: true,
             hugepages: 0,
+            host_tools: Vec::new(),
             blkdebug: None,
             kernel_args: Vec::new(),
             console_log: None,
@@ -473,6 +478,13 @@ impl VmConfig {
         }
         for (host_path, guest_path) in &self.copies {
             a.host_file(guest_path, host_path)?;
+        }
+        for tool in &self.host_tools {
+            let path = host::host_tool(tool)?;
+            for file in std::iter::once(path.clone()).chain(host::shared_libs(&path)?) {
+                let guest_path = file.to_string_lossy().into_owned();
+                a.host_file(&guest_path, &file)?;
+            }
         }
         a.finish()
     }

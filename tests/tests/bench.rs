@@ -92,3 +92,23 @@ fn bench_cache_mode_cold_warm_and_verified_writes() {
         "{w}"
     );
 }
+
+/// The kernel side of the comparison: fio (carried from the host with its
+/// libraries) runs against the kernel's nvme driver in the guest.
+#[test]
+fn fio_runs_against_the_kernel_driver_in_the_guest() {
+    let mut config = vm();
+    config.driver = vm_tests::GuestDriver::Kernel;
+    config.host_tools = vec!["fio".into()];
+    let run = run_ok(
+        &config,
+        "fio --name=k --filename=/dev/nvme0n1 --rw=randread --bs=4k --iodepth=16 --ioengine=io_uring \
+         --direct=1 --runtime=1 --time_based --eta=never --output-format=json",
+    );
+    let v: serde_json::Value = serde_json::from_slice(&run.stdout)
+        .unwrap_or_else(|e| panic!("fio JSON: {e}\n{}", run.describe()));
+    let job = &v["jobs"][0];
+    assert_eq!(job["error"], 0, "{job}");
+    let iops = job["read"]["iops"].as_f64().unwrap_or(0.0);
+    assert!(iops > 0.0, "{job}");
+}

@@ -52,6 +52,10 @@ pub(crate) struct VmArgs {
     /// 2 MiB huge pages to reserve in the guest.
     #[arg(long, default_value_t = 0)]
     hugepages: u32,
+    /// A host executable to put in the guest with its shared libraries,
+    /// e.g. fio (repeatable).
+    #[arg(long = "host-tool", value_name = "NAME")]
+    host_tools: Vec<String>,
     /// A blkdebug config file put between namespace 1 and its image (to
     /// make chosen I/O fail).
     #[arg(long, value_name = "FILE")]
@@ -124,6 +128,7 @@ impl VmArgs {
             kvm: self.kvm,
             iommu: !self.no_iommu,
             hugepages: self.hugepages,
+            host_tools: self.host_tools,
             blkdebug,
             kernel_args: self.kernel_args,
             console_log: Some(
