@@ -288,7 +288,7 @@ fn round_up(n: usize, to: usize) -> usize {
 }
 
 /// A zeroed, populated, private anonymous mapping.
-fn anon_mmap(len: usize, huge: bool) -> Result<(NonNull<u8>, usize)> {
+pub(super) fn anon_mmap(len: usize, huge: bool) -> Result<(NonNull<u8>, usize)> {
     let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE;
     if huge {
         flags |= libc::MAP_HUGETLB;

@@ -66,12 +66,17 @@ impl Bar {
         }
         let base = NonNull::new(ptr.cast::<u8>())
             .ok_or_else(|| Error::BadDevice("mmap returned null".into()))?;
-        Ok(Bar {
+        Ok(Bar::from_mapping(base, len))
+    }
+
+    /// Takes ownership of a live mapping of `len` bytes at `base`.
+    fn from_mapping(base: NonNull<u8>, len: usize) -> Bar {
+        Bar {
             base,
             len,
             #[cfg(any(test, feature = "test-utils"))]
             hook: std::sync::OnceLock::new(),
-        })
+        }
     }
 
     /// A stand-in for BAR0 in host memory: `len` zeroed bytes of a private
@@ -82,31 +87,9 @@ impl Bar {
         if len == 0 {
             return Err(Error::BadBuffer("anonymous BAR of 0 bytes".into()));
         }
-        // SAFETY: a fresh private anonymous mapping at an address of the
-        // kernel's choosing; it aliases no Rust memory.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(Error::os(
-                format!("mmap of an anonymous BAR ({len} bytes)"),
-                std::io::Error::last_os_error(),
-            ));
-        }
-        let base = NonNull::new(ptr.cast::<u8>())
-            .ok_or_else(|| Error::BadDevice("mmap returned null".into()))?;
-        Ok(Bar {
-            base,
-            len,
-            hook: std::sync::OnceLock::new(),
-        })
+        // The same zeroed private anonymous mapping DMA memory uses.
+        let (base, len) = super::dma::anon_mmap(len, false)?;
+        Ok(Bar::from_mapping(base, len))
     }
 
     /// Installs the function run after every register write (once; a mock
