@@ -75,6 +75,14 @@ pub fn reap(dev: &mut dyn BlockDevice, wait: Option<Duration>) -> Result<usize> 
 }
 
 /// Reaps completions until `done()` holds; fails with
+/// Makes what was submitted to `dev` visible to it (one doorbell write).
+pub fn commit(dev: &mut dyn BlockDevice) -> Result<()> {
+    dev.commit().map_err(|source| Error::Device {
+        context: "commit",
+        source,
+    })
+}
+
 /// [`Error::Timeout`] if it does not within [`DEFAULT_TIMEOUT`] or no
 /// completion can arrive any more.
 pub fn wait_until(
@@ -83,10 +91,7 @@ pub fn wait_until(
     mut done: impl FnMut() -> bool,
 ) -> Result<()> {
     let deadline = Instant::now() + DEFAULT_TIMEOUT;
-    dev.commit().map_err(|source| Error::Device {
-        context: "commit",
-        source,
-    })?;
+    crate::io::commit(dev)?;
     while !done() {
         let now = Instant::now();
         if now >= deadline {
@@ -135,10 +140,7 @@ pub fn wait_folio_until(
     mut done: impl FnMut() -> bool,
 ) -> Result<()> {
     let deadline = Instant::now() + DEFAULT_TIMEOUT;
-    dev.commit().map_err(|source| Error::Device {
-        context: "commit",
-        source,
-    })?;
+    crate::io::commit(dev)?;
     loop {
         if !folio.flags().intersects(flags) || done() {
             return Ok(());

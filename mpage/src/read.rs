@@ -220,10 +220,7 @@ pub fn read_folio(dev: &mut dyn BlockDevice, ino: &Inode, folio: LockedFolio) ->
         Err(e) => return Err(e),
     }
     ctx.submit_open()?;
-    ctx.dev.commit().map_err(|source| Error::Device {
-        context: "commit",
-        source,
-    })
+    crate::io::commit(ctx.dev)
 }
 
 /// Readahead of page range `pages` (order-0 folios for the pages not
@@ -327,17 +324,11 @@ pub fn readahead_folios(
                 Err(e) => return Err(e),
             }
             if max_order > 0 && ctx.dev.in_flight() > 0 {
-                ctx.dev.commit().map_err(|source| Error::Device {
-                    context: "commit",
-                    source,
-                })?;
+                crate::io::commit(ctx.dev)?;
             }
         }
     }
     ctx.submit_open()?;
-    ctx.dev.commit().map_err(|source| Error::Device {
-        context: "commit",
-        source,
-    })?;
+    crate::io::commit(ctx.dev)?;
     Ok(report)
 }

@@ -619,10 +619,7 @@ pub fn writepages(
         }
     }
     let closed = ctx.close_ioend();
-    let committed = ctx.dev.commit().map_err(|source| Error::Device {
-        context: "commit",
-        source,
-    });
+    let committed = crate::io::commit(ctx.dev);
     if let Some(e) = first_err {
         return Err(e);
     }
