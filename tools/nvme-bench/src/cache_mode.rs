@@ -41,7 +41,7 @@ use nvme_driver::Controller;
 use pagecache::{BlockSize, FolioMemory, PAGE_SIZE, PageCache};
 use serde_json::{Value, json};
 
-use crate::{Args, Job, Result, ThreadResult};
+use crate::{Args, Job, Result, Tally, ThreadResult, count_error};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 /// Size of the read_at calls that preload the range.
@@ -745,8 +745,7 @@ fn timed(w: &mut Worker, ctx: Ctx<'_>, file: &File, measured: bool) -> Result<Th
     let desc = file.reopen().map_err(|e| format!("thread {t}: {e}"))?;
     let run_for = Duration::from_secs_f64(if measured { a.time } else { a.warmup }.max(0.0));
     let count = if measured { a.io_count } else { None };
-    let done = ctx.progress.get(t);
-    let mut since_report = 0u64;
+    let mut tally = Tally::new(ctx.progress.get(t).map(|c| &**c));
     let mut stats = Stats::new();
     let before = w.counts.snapshot();
     let start = Instant::now();
@@ -789,34 +788,16 @@ fn timed(w: &mut Worker, ctx: Ctx<'_>, file: &File, measured: bool) -> Result<Th
         };
         match outcome {
             Ok(()) => stats.record(io.read, len as u64, now - t0),
-            Err(e) => {
-                stats.errors += 1;
-                if !a.continue_on_error {
-                    return Err(format!("thread {t}: {e}"));
-                }
-                log::warn!("thread {t}: {e}");
-            }
+            Err(e) => count_error(&mut stats, a, t, e)?,
         }
-        since_report += 1;
-        if since_report == 64 {
-            if let Some(d) = done {
-                d.fetch_add(since_report, Ordering::Relaxed);
-            }
-            since_report = 0;
-        }
+        tally.tick();
     }
-    if let Some(d) = done {
-        d.fetch_add(since_report, Ordering::Relaxed);
-    }
+    tally.flush();
     let mut fsync = None;
     if plan.writes {
         let t0 = Instant::now();
         if let Err(e) = desc.fsync(&mut w.dev) {
-            stats.errors += 1;
-            if !a.continue_on_error {
-                return Err(format!("thread {t}: fsync: {e}"));
-            }
-            log::warn!("thread {t}: fsync: {e}");
+            count_error(&mut stats, a, t, format!("fsync: {e}"))?;
         }
         fsync = Some(t0.elapsed());
     }

@@ -370,7 +370,7 @@ fn thread_main(
     let run_for = Duration::from_secs_f64(a.time.max(0.0));
     let mut in_flight = 0usize;
     let mut finishing = false;
-    let mut since_report = 0u64;
+    let mut tally = Tally::new(Some(done));
 
     // Fill the queue.
     for (i, slot) in slots.iter_mut().enumerate() {
@@ -419,32 +419,62 @@ fn thread_main(
                         stats.record(slot.read, a.io_size, latency);
                     }
                 }
-                Err(e) => {
-                    stats.errors += 1;
-                    if !a.continue_on_error {
-                        return Err(format!("thread {t}: {e}"));
-                    }
-                    log::warn!("thread {t}: {e}");
-                }
+                Err(e) => count_error(&mut stats, a, t, e)?,
             }
-            since_report += 1;
-            if since_report == 64 {
-                done.fetch_add(since_report, Ordering::Relaxed);
-                since_report = 0;
-            }
+            tally.tick();
             if !finishing && slot.buf.is_some() {
                 submit_one(&mut q, slot, i, &mut generator, job, &mut scratch)?;
                 in_flight += 1;
             }
         }
     }
-    done.fetch_add(since_report, Ordering::Relaxed);
+    tally.flush();
     stats.elapsed = Instant::now().saturating_duration_since(measure_start);
     Ok(ThreadResult {
         qid: q.qid(),
         stats,
         cache: None,
     })
+}
+
+/// Counts a failed I/O; the run stops at it unless `--continue-on-error`.
+fn count_error(stats: &mut Stats, args: &Args, t: usize, e: impl std::fmt::Display) -> Result<()> {
+    stats.errors += 1;
+    if !args.continue_on_error {
+        return Err(format!("thread {t}: {e}"));
+    }
+    log::warn!("thread {t}: {e}");
+    Ok(())
+}
+
+/// Feeds a thread's progress counter (the live line) every 64 I/Os, so the
+/// I/O loop does not touch a shared atomic on every completion.
+struct Tally<'a> {
+    counter: Option<&'a AtomicU64>,
+    pending: u64,
+}
+
+impl<'a> Tally<'a> {
+    fn new(counter: Option<&'a AtomicU64>) -> Self {
+        Tally {
+            counter,
+            pending: 0,
+        }
+    }
+
+    fn tick(&mut self) {
+        self.pending += 1;
+        if self.pending == 64 {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some(c) = self.counter {
+            c.fetch_add(self.pending, Ordering::Relaxed);
+        }
+        self.pending = 0;
+    }
 }
 
 fn submit_one(
