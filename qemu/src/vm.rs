@@ -61,6 +61,10 @@ pub enum OutputMode {
     Capture,
     /// Streamed to the host's stdout and stderr as they arrive (and captured).
     Inherit,
+    /// Stderr streamed to the host's stderr as it arrives; stdout only
+    /// captured (a guest job that reports progress on stderr and results
+    /// on stdout).
+    StreamStderr,
 }
 
 /// What backs one namespace.
@@ -303,6 +307,13 @@ impl VmConfig {
             })?;
 
         let done = Arc::new(AtomicBool::new(false));
+        let follow_stderr = || {
+            follow(
+                stderr_path.clone(),
+                done.clone(),
+                Box::new(std::io::stderr()),
+            )
+        };
         let followers = match self.output {
             OutputMode::Inherit => vec![
                 follow(
@@ -310,12 +321,9 @@ impl VmConfig {
                     done.clone(),
                     Box::new(std::io::stdout()),
                 ),
-                follow(
-                    stderr_path.clone(),
-                    done.clone(),
-                    Box::new(std::io::stderr()),
-                ),
+                follow_stderr(),
             ],
+            OutputMode::StreamStderr => vec![follow_stderr()],
             OutputMode::Capture => Vec::new(),
         };
 

@@ -11,6 +11,8 @@
 
 #![forbid(unsafe_code)]
 
+mod bench;
+mod chart;
 mod vm_args;
 
 use std::process::{Command, ExitCode};
@@ -35,8 +37,9 @@ enum Cmd {
         #[arg(last = true)]
         rest: Vec<String>,
     },
-    /// Run the main job against the default emulated device in a VM.
-    Bench,
+    /// The main job: the benchmark suite on the default emulated device,
+    /// our driver and the kernel's (fio) side by side in one VM boot.
+    Bench(Box<bench::BenchArgs>),
     /// rustfmt --check and clippy -D warnings over the workspace.
     Lint,
 }
@@ -49,7 +52,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Vm(args) => vm(*args),
         Cmd::Test { rest } => test(&rest),
-        Cmd::Bench => bench(),
+        Cmd::Bench(args) => bench::run(*args),
         Cmd::Lint => lint(),
     };
     match result {
@@ -108,31 +111,6 @@ fn test(rest: &[String]) -> Result<ExitCode> {
         .env(guest_build::BIN_DIR_ENV, &bins)
         .status()?;
     Ok(exit_code(status))
-}
-
-fn bench() -> Result<ExitCode> {
-    // The main job, our side of it: the device suite through the userspace
-    // driver against the default emulated controller (the side-by-side run
-    // with the kernel driver and fio comes with the comparison suite).
-    let jobs = [
-        "-w randread -o 4096 -q 1",
-        "-w randread -o 4096 -q 32",
-        "-w randwrite -o 4096 -q 32",
-        "-w read -o 128k -q 8",
-        "-w write -o 128k -q 8",
-    ];
-    let mut script = String::from(
-        "set -e; nvmectl identify | grep -E '^(mn|sn|fr|mdts|nn|nsze) '; \
-         nvme-bench -w randrw -M 70 -q 16 -t 3 --warmup 0 --verify --range-size 256M; ",
-    );
-    for job in jobs {
-        script.push_str(&format!(
-            "nvme-bench {job} -t 5 --warmup 1 --range-size 1G; "
-        ));
-    }
-    let mut args = vm_args::VmArgs::default_with_cmd(vec!["sh".into(), "-c".into(), script]);
-    args.set_size(2 << 30);
-    vm(args)
 }
 
 fn lint() -> Result<ExitCode> {

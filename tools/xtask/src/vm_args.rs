@@ -72,25 +72,6 @@ pub(crate) struct VmArgs {
 }
 
 impl VmArgs {
-    /// The defaults, running `cmd`.
-    pub(crate) fn default_with_cmd(cmd: Vec<String>) -> Self {
-        VmArgs {
-            size: 1 << 30,
-            namespaces: 1,
-            mem: 1024,
-            smp: 2,
-            timeout: 300,
-            serial: qemu_harness::vm::DEFAULT_SERIAL.into(),
-            cmd,
-            ..VmArgs::default()
-        }
-    }
-
-    /// Sets the size of created images.
-    pub(crate) fn set_size(&mut self, bytes: u64) {
-        self.size = bytes;
-    }
-
     pub(crate) fn into_config(self) -> Result<(VmConfig, Vec<String>), String> {
         if self.cmd.is_empty() {
             return Err("no command given (cargo xtask vm [OPTIONS] -- CMD [ARGS...])".into());

@@ -1,0 +1,485 @@
+//! What the guest printed, turned into figures: one [`Run`] per JSON line
+//! (nvme-bench's or fio's), then the median and spread of each job and
+//! variant over the rounds ([`Cell`]), the table and the targets.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::suite::{Job, Metric, Variant, parse_label};
+
+/// Latency summary in µs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub(crate) struct Latency {
+    pub min: f64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    /// The percentiles charted, with their names.
+    pub(crate) fn percentiles(&self) -> [(&'static str, f64); 4] {
+        [
+            ("p50", self.p50),
+            ("p90", self.p90),
+            ("p99", self.p99),
+            ("p99.9", self.p999),
+        ]
+    }
+}
+
+/// The figures of one run (reads and writes together).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub(crate) struct Figures {
+    pub iops: f64,
+    /// 10^6 bytes per second.
+    pub mbps: f64,
+    pub latency: Latency,
+    /// CPU seconds the benchmark process used (user + system).
+    pub cpu_seconds: Option<f64>,
+    pub errors: u64,
+}
+
+impl Figures {
+    pub(crate) fn metric(&self, m: Metric) -> f64 {
+        match m {
+            Metric::Iops => self.iops,
+            Metric::Mbps => self.mbps,
+            Metric::MeanLatency => self.latency.mean,
+        }
+    }
+}
+
+/// One measured run.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Run {
+    pub variant: Variant,
+    pub job: &'static str,
+    pub round: u32,
+    pub figures: Figures,
+}
+
+/// Everything the guest reported.
+#[derive(Debug, Default)]
+pub(crate) struct Output {
+    pub runs: Vec<Run>,
+    /// nvme-bench's JSON documents, as printed.
+    pub ours: Vec<Value>,
+    /// fio's JSON documents, as printed.
+    pub kernel: Vec<Value>,
+    /// Runs that failed, with the reason the guest gave.
+    pub failures: Vec<String>,
+    /// `@@key value` lines: the run's conditions (guest kernel, fio, ...).
+    pub conditions: BTreeMap<String, String>,
+}
+
+/// Parses the guest's stdout.
+pub(crate) fn parse(stdout: &str) -> Output {
+    let mut out = Output::default();
+    for line in stdout.lines() {
+        if let Some(rest) = line.strip_prefix("@@failed ") {
+            out.failures.push(rest.to_string());
+        } else if let Some(rest) = line.strip_prefix("@@") {
+            let (k, v) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.conditions
+                .entry(k.to_string())
+                .and_modify(|old| {
+                    old.push_str("; ");
+                    old.push_str(v);
+                })
+                .or_insert_with(|| v.to_string());
+        } else if line.starts_with('{') {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                out.failures
+                    .push(format!("unparsable result line: {line:.200}"));
+                continue;
+            };
+            let parsed = if v.get("fio version").is_some() {
+                let r = from_fio(&v);
+                out.kernel.push(v);
+                r
+            } else {
+                let r = from_ours(&v);
+                out.ours.push(v);
+                r
+            };
+            match parsed {
+                Ok(run) => out.runs.push(run),
+                Err(why) => out.failures.push(why),
+            }
+        }
+    }
+    out
+}
+
+fn num(v: &Value) -> f64 {
+    v.as_f64().filter(|x| x.is_finite()).unwrap_or(0.0)
+}
+
+fn labelled(label: &str) -> Result<(Variant, Job, u32), String> {
+    parse_label(label).ok_or_else(|| format!("result with an unknown label {label:?}"))
+}
+
+/// nvme-bench's `--json` document.
+fn from_ours(v: &Value) -> Result<Run, String> {
+    let (variant, job, round) = labelled(v["label"].as_str().unwrap_or(""))?;
+    let t = &v["total"];
+    let l = &t["latency"];
+    let figures = Figures {
+        iops: num(&t["iops"]),
+        mbps: num(&t["mbps"]),
+        latency: Latency {
+            min: num(&l["min_us"]),
+            mean: num(&l["mean_us"]),
+            p50: num(&l["p50_us"]),
+            p90: num(&l["p90_us"]),
+            p99: num(&l["p99_us"]),
+            p999: num(&l["p999_us"]),
+            max: num(&l["max_us"]),
+        },
+        cpu_seconds: t["cpu_seconds"].as_f64(),
+        errors: t["errors"].as_u64().unwrap_or(0),
+    };
+    Ok(Run {
+        variant,
+        job: job.name,
+        round,
+        figures,
+    })
+}
+
+/// fio's JSON document (one job; reads and writes summed).
+fn from_fio(v: &Value) -> Result<Run, String> {
+    let j = &v["jobs"][0];
+    let (variant, job, round) = labelled(j["jobname"].as_str().unwrap_or(""))?;
+    if j["error"].as_u64().unwrap_or(0) != 0 {
+        return Err(format!(
+            "{}: fio error {}",
+            j["jobname"].as_str().unwrap_or(""),
+            j["error"]
+        ));
+    }
+    let sides = [&j["read"], &j["write"]];
+    let ios = |s: &Value| num(&s["total_ios"]);
+    let iops: f64 = sides.iter().map(|s| num(&s["iops"])).sum();
+    let mbps: f64 = sides.iter().map(|s| num(&s["bw_bytes"])).sum::<f64>() / 1e6;
+    // The side that did the I/O carries the latency (mixed jobs are not
+    // in the suite; the busier side is taken).
+    let busy = if ios(&j["write"]) > ios(&j["read"]) {
+        &j["write"]
+    } else {
+        &j["read"]
+    };
+    let l = &busy["lat_ns"];
+    let pct = |p: &str| num(&l["percentile"][p]) / 1000.0;
+    let runtime = num(&j["job_runtime"]) / 1000.0;
+    let cpu = (num(&j["usr_cpu"]) + num(&j["sys_cpu"])) / 100.0 * runtime;
+    let figures = Figures {
+        iops,
+        mbps,
+        latency: Latency {
+            min: num(&l["min"]) / 1000.0,
+            mean: num(&l["mean"]) / 1000.0,
+            p50: pct("50.000000"),
+            p90: pct("90.000000"),
+            p99: pct("99.000000"),
+            p999: pct("99.900000"),
+            max: num(&l["max"]) / 1000.0,
+        },
+        cpu_seconds: Some(cpu),
+        errors: 0,
+    };
+    Ok(Run {
+        variant,
+        job: job.name,
+        round,
+        figures,
+    })
+}
+
+/// One job on one variant over the rounds.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Cell {
+    pub job: &'static str,
+    pub variant: Variant,
+    /// Rounds measured.
+    pub runs: usize,
+    /// The job's metric: median, lowest, highest.
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    /// Medians of every figure over the rounds.
+    pub figures: Figures,
+}
+
+impl Cell {
+    /// (max − min) / median, in percent.
+    pub(crate) fn spread_pct(&self) -> f64 {
+        if self.median > 0.0 {
+            (self.max - self.min) / self.median * 100.0
+        } else {
+            0.0
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The cell of every (job, variant) that has runs.
+pub(crate) fn cells(runs: &[Run], jobs: &[Job]) -> Vec<Cell> {
+    let mut out = Vec::new();
+    for job in jobs {
+        for &variant in Variant::ALL.iter() {
+            let rs: Vec<&Figures> = runs
+                .iter()
+                .filter(|r| r.job == job.name && r.variant == variant)
+                .map(|r| &r.figures)
+                .collect();
+            if rs.is_empty() {
+                continue;
+            }
+            let m = |f: &dyn Fn(&Figures) -> f64| median(rs.iter().map(|x| f(x)).collect());
+            let metric: Vec<f64> = rs.iter().map(|f| f.metric(job.metric)).collect();
+            let cpu: Vec<f64> = rs.iter().filter_map(|f| f.cpu_seconds).collect();
+            out.push(Cell {
+                job: job.name,
+                variant,
+                runs: rs.len(),
+                median: median(metric.clone()),
+                min: metric.iter().copied().fold(f64::INFINITY, f64::min),
+                max: metric.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                figures: Figures {
+                    iops: m(&|f| f.iops),
+                    mbps: m(&|f| f.mbps),
+                    latency: Latency {
+                        min: m(&|f| f.latency.min),
+                        mean: m(&|f| f.latency.mean),
+                        p50: m(&|f| f.latency.p50),
+                        p90: m(&|f| f.latency.p90),
+                        p99: m(&|f| f.latency.p99),
+                        p999: m(&|f| f.latency.p999),
+                        max: m(&|f| f.latency.max),
+                    },
+                    cpu_seconds: (!cpu.is_empty()).then(|| median(cpu)),
+                    errors: rs.iter().map(|f| f.errors).sum(),
+                },
+            });
+        }
+    }
+    out
+}
+
+fn cell<'a>(cells: &'a [Cell], job: &str, v: Variant) -> Option<&'a Cell> {
+    cells.iter().find(|c| c.job == job && c.variant == v)
+}
+
+/// Our figure over the kernel's best for `job` (for latency, ours over the
+/// kernel's lowest: below 1 is better), with the kernel variant it is
+/// compared to.
+pub(crate) fn ratio_to_best_kernel(cells: &[Cell], job: &Job) -> Option<(f64, Variant)> {
+    let ours = cell(cells, job.name, Variant::Ours)?;
+    let kernel = cells
+        .iter()
+        .filter(|c| c.job == job.name && c.variant.is_kernel() && c.median > 0.0);
+    let best = if job.metric.higher_is_better() {
+        kernel.max_by(|a, b| a.median.total_cmp(&b.median))
+    } else {
+        kernel.min_by(|a, b| a.median.total_cmp(&b.median))
+    }?;
+    Some((ours.median / best.median, best.variant))
+}
+
+/// Compact figure: 29.6k, 1.23M, 51.2.
+pub(crate) fn compact(x: f64) -> String {
+    let a = x.abs();
+    if a >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if a >= 1e4 {
+        format!("{:.1}k", x / 1e3)
+    } else if a >= 100.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+/// The table: one row per job, the job's metric per variant (median ±
+/// spread over the rounds), and ours against the best kernel figure.
+pub(crate) fn table(cells: &[Cell], jobs: &[Job]) -> String {
+    let mut s = String::new();
+    let _ = write!(s, "{:<24} {:<8}", "job", "metric");
+    for v in Variant::ALL {
+        let _ = write!(s, " {:>16}", v.name());
+    }
+    let _ = writeln!(s, "  ours/best kernel");
+    for job in jobs {
+        let _ = write!(s, "{:<24} {:<8}", job.name, job.metric.unit());
+        for v in Variant::ALL {
+            let text = match cell(cells, job.name, v) {
+                Some(c) => format!("{} ±{:.0}%", compact(c.median), c.spread_pct()),
+                None => "-".into(),
+            };
+            let _ = write!(s, " {text:>16}");
+        }
+        match ratio_to_best_kernel(cells, job) {
+            Some((r, v)) => {
+                let _ = writeln!(s, "  {r:.2}x ({})", v.name());
+            }
+            None => {
+                let _ = writeln!(s, "  -");
+            }
+        }
+    }
+    s
+}
+
+/// One of the issue's targets, checked against the cells.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Target {
+    pub what: String,
+    pub ratio: f64,
+    pub goal: String,
+    pub met: bool,
+}
+
+/// The targets that the measured jobs allow checking.
+pub(crate) fn targets(cells: &[Cell]) -> Vec<Target> {
+    let mut out = Vec::new();
+    let get = |job: &str, v: Variant| cell(cells, job, v).map(|c| c.median);
+    let mut at_least = |what: &str, ours: Option<f64>, other: Option<f64>, goal: f64| {
+        if let (Some(o), Some(k)) = (ours, other)
+            && k > 0.0
+        {
+            out.push(Target {
+                what: what.into(),
+                ratio: o / k,
+                goal: format!("≥ {goal}x"),
+                met: o / k >= goal,
+            });
+        }
+    };
+    let ours = |job: &str| get(job, Variant::Ours);
+    at_least(
+        "4K randread QD32 IOPS vs io_uring polled",
+        ours("randread-4k-qd32"),
+        get("randread-4k-qd32", Variant::IoUringPolled),
+        1.5,
+    );
+    at_least(
+        "4K randread QD32 IOPS vs io_uring interrupts",
+        ours("randread-4k-qd32"),
+        get("randread-4k-qd32", Variant::IoUring),
+        2.0,
+    );
+    for job in ["read-128k-qd8", "write-128k-qd8"] {
+        let best = Variant::ALL
+            .iter()
+            .filter(|v| v.is_kernel())
+            .filter_map(|&v| get(job, v))
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+        at_least(
+            &format!("{job} MB/s vs the best kernel engine"),
+            ours(job),
+            best,
+            1.0,
+        );
+    }
+    at_least(
+        "page-cache cold sequential read vs our raw 128K read",
+        ours("cache-read-128k-cold"),
+        ours("read-128k-qd8"),
+        0.9,
+    );
+    at_least(
+        "warm page-cache 4K re-read IOPS vs our raw 4K QD32 IOPS",
+        ours("cache-randread-4k-warm"),
+        ours("randread-4k-qd32"),
+        2.0,
+    );
+    if let (Some(o), Some(k)) = (
+        ours("randread-4k-qd1"),
+        get("randread-4k-qd1", Variant::IoUringPolled),
+    ) && k > 0.0
+    {
+        out.push(Target {
+            what: "4K randread QD1 mean latency vs io_uring polled".into(),
+            ratio: o / k,
+            goal: "≤ 0.8x".into(),
+            met: o / k <= 0.8,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::suite::JOBS;
+
+    const OURS: &str = r#"{"label":"ours|randread-4k-qd32|1","mode":"raw","total":{"ios":100,"iops":30000.0,"mbps":122.9,"errors":0,"cpu_seconds":2.9,"latency":{"min_us":20.0,"mean_us":1000.0,"p50_us":900.0,"p90_us":1200.0,"p99_us":1500.0,"p999_us":2000.0,"max_us":3000.0}}}"#;
+    const FIO: &str = r#"{"fio version":"fio-3.33","jobs":[{"jobname":"io_uring-polled|randread-4k-qd32|1","error":0,"job_runtime":3000,"usr_cpu":10.0,"sys_cpu":40.0,"read":{"iops":15000.0,"bw_bytes":61440000,"total_ios":45000,"lat_ns":{"min":10000,"max":900000,"mean":2000000.0,"percentile":{"50.000000":1900000,"90.000000":2500000,"99.000000":3000000,"99.900000":4000000}}},"write":{"iops":0.0,"bw_bytes":0,"total_ios":0,"lat_ns":{"min":0,"max":0,"mean":0.0}}}]}"#;
+
+    #[test]
+    fn both_sides_parse_into_runs() {
+        let text = format!(
+            "@@kernel 6.1.0\n{OURS}\n{FIO}\n@@failed libaio|randread-4k-qd32|1: fio: bad\nnoise\n"
+        );
+        let out = parse(&text);
+        assert_eq!(out.failures.len(), 1);
+        assert_eq!(out.conditions["kernel"], "6.1.0");
+        assert_eq!(out.runs.len(), 2);
+        let (o, k) = (&out.runs[0].figures, &out.runs[1].figures);
+        assert_eq!((o.iops, o.latency.p999), (30000.0, 2000.0));
+        assert_eq!(out.runs[1].variant, Variant::IoUringPolled);
+        assert_eq!((k.iops, k.mbps), (15000.0, 61.44));
+        assert_eq!((k.latency.mean, k.latency.p99), (2000.0, 3000.0));
+        assert_eq!(k.cpu_seconds, Some(1.5));
+        let cells = cells(&out.runs, &JOBS);
+        let job = Job::by_name("randread-4k-qd32").unwrap();
+        let (r, v) = ratio_to_best_kernel(&cells, &job).unwrap();
+        assert_eq!((r, v), (2.0, Variant::IoUringPolled));
+        let t = targets(&cells);
+        assert!(t[0].met && t[0].ratio == 2.0, "{t:?}");
+        assert!(table(&cells, &JOBS).contains("2.00x (io_uring-polled)"));
+    }
+
+    #[test]
+    fn medians_and_spread_over_rounds() {
+        let run = |round, iops| Run {
+            variant: Variant::Ours,
+            job: "randread-4k-qd32",
+            round,
+            figures: Figures {
+                iops,
+                ..Figures::default()
+            },
+        };
+        let runs = vec![run(1, 100.0), run(2, 120.0), run(3, 90.0)];
+        let c = &cells(&runs, &JOBS)[0];
+        assert_eq!((c.median, c.min, c.max, c.runs), (100.0, 90.0, 120.0, 3));
+        assert!((c.spread_pct() - 30.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn bad_lines_are_failures_not_panics() {
+        let out = parse("{not json\n{\"label\":\"x|y|1\"}\n{\"fio version\":1,\"jobs\":[]}\n");
+        assert_eq!(out.runs.len(), 0);
+        assert_eq!(out.failures.len(), 3);
+        assert_eq!(compact(29612.0), "29.6k");
+        assert_eq!(compact(1_480_000.0), "1.48M");
+        assert_eq!(compact(50.94), "50.9");
+    }
+}
