@@ -30,9 +30,25 @@ struct Chunk {
 struct PoolState {
     /// Chunks by index (buffers name theirs); None once given back.
     chunks: Vec<Option<Chunk>>,
+    /// Chunks kept mapped even when empty ([`DmaPool::reserve`]).
+    reserved: usize,
 }
 
 impl PoolState {
+    /// Puts `chunk` in a free slot; returns its index.
+    fn insert(&mut self, chunk: Chunk) -> usize {
+        match self.chunks.iter().position(Option::is_none) {
+            Some(free) => {
+                self.chunks[free] = Some(chunk);
+                free
+            }
+            None => {
+                self.chunks.push(Some(chunk));
+                self.chunks.len() - 1
+            }
+        }
+    }
+
     /// Frees `pages` pages from `first` in chunk `index`, and gives the
     /// chunk back if it is now empty and another empty one is kept.
     fn release(&mut self, index: usize, first: usize, pages: usize) {
@@ -51,7 +67,8 @@ impl PoolState {
             .iter()
             .enumerate()
             .any(|(i, c)| i != index && c.as_ref().is_some_and(|c| c.in_use == 0));
-        if other_empty {
+        let live = self.chunks.iter().flatten().count();
+        if other_empty && live > self.reserved {
             // Dropping the last reference unmaps it from the IOMMU.
             self.chunks[index] = None;
         }
@@ -70,7 +87,10 @@ impl DmaPool {
     pub(crate) fn new(mapper: Arc<dyn DmaMapper>, prefer_huge: bool) -> Self {
         DmaPool {
             mapper,
-            state: Arc::new(Mutex::new(PoolState { chunks: Vec::new() })),
+            state: Arc::new(Mutex::new(PoolState {
+                chunks: Vec::new(),
+                reserved: 0,
+            })),
             prefer_huge,
         }
     }
@@ -83,8 +103,58 @@ impl DmaPool {
         (live.count(), huge)
     }
 
+    /// Maps chunks until the pool holds at least `bytes` and keeps that
+    /// many mapped even when they empty, so that a user with a known
+    /// working set (a page cache's budget) pays for mapping and pinning
+    /// up front instead of on its I/O path. Reservations do not add up:
+    /// the largest one holds.
+    pub fn reserve(&self, bytes: usize) -> Result<()> {
+        let want = bytes.div_ceil(CHUNK);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.reserved = state.reserved.max(want);
+        while state.chunks.iter().flatten().count() < want {
+            let chunk = self.new_chunk()?;
+            state.insert(chunk);
+        }
+        log::debug!("DMA pool: {want} chunks reserved");
+        Ok(())
+    }
+
+    fn new_chunk(&self) -> Result<Chunk> {
+        let region = Arc::new(DmaRegion::new(
+            self.mapper.clone(),
+            CHUNK,
+            self.prefer_huge,
+        )?);
+        log::debug!(
+            "DMA pool: new chunk at IOVA {:#x}{}",
+            region.iova(),
+            if region.is_huge() { " (huge page)" } else { "" }
+        );
+        Ok(Chunk {
+            region,
+            used: vec![false; PAGES_PER_CHUNK],
+            in_use: 0,
+        })
+    }
+
     /// A zeroed buffer of at least `len` bytes, 4 KiB aligned.
     pub fn alloc(&self, len: usize) -> Result<DmaBuffer> {
+        let buf = self.alloc_uninit(len)?;
+        // A region of its own is fresh from mmap, hence zero already.
+        if buf.owner.is_some() {
+            buf.region
+                .fill(buf.offset, buf.len.next_multiple_of(PAGE), 0)?;
+        }
+        Ok(buf)
+    }
+
+    /// A buffer of at least `len` bytes, 4 KiB aligned, whose contents are
+    /// whatever the memory held (data of this process's earlier buffers, or
+    /// zeroes when fresh from the system): for buffers the device is about
+    /// to fill, such as page cache folios, where zeroing would cost as much
+    /// as a copy.
+    pub fn alloc_uninit(&self, len: usize) -> Result<DmaBuffer> {
         if len == 0 {
             return Err(Error::BadBuffer("DMA buffer of 0 bytes".into()));
         }
@@ -110,32 +180,8 @@ impl DmaPool {
         let (index, page) = match found {
             Some(hit) => hit,
             None => {
-                let region = Arc::new(DmaRegion::new(
-                    self.mapper.clone(),
-                    CHUNK,
-                    self.prefer_huge,
-                )?);
-                log::debug!(
-                    "DMA pool: new chunk at IOVA {:#x}{}",
-                    region.iova(),
-                    if region.is_huge() { " (huge page)" } else { "" }
-                );
-                let chunk = Chunk {
-                    region,
-                    used: vec![false; PAGES_PER_CHUNK],
-                    in_use: 0,
-                };
-                let index = match state.chunks.iter().position(Option::is_none) {
-                    Some(free) => {
-                        state.chunks[free] = Some(chunk);
-                        free
-                    }
-                    None => {
-                        state.chunks.push(Some(chunk));
-                        state.chunks.len() - 1
-                    }
-                };
-                (index, 0)
+                let chunk = self.new_chunk()?;
+                (state.insert(chunk), 0)
             }
         };
         let chunk = state.chunks[index]
@@ -152,7 +198,6 @@ impl DmaPool {
             owner: Some((self.state.clone(), index)),
         };
         drop(state);
-        buf.region.fill(buf.offset, pages * PAGE, 0)?;
         Ok(buf)
     }
 }
@@ -291,6 +336,43 @@ mod tests {
             2,
             "a chunk with leaked pages is never given back"
         );
+    }
+
+    #[test]
+    fn alloc_zeroes_reused_pages_and_alloc_uninit_does_not() {
+        let pool = DmaPool::new(Arc::new(crate::hw::dma::IdentityMapper), false);
+        let keep = pool.alloc(4096).expect("alloc");
+        let a = pool.alloc(8192).expect("alloc");
+        a.fill(0, 8192, 0xEE).expect("fill");
+        drop(a);
+        let b = pool.alloc(8192).expect("alloc");
+        let mut out = [1u8; 8192];
+        b.read(0, &mut out).expect("read");
+        assert!(out.iter().all(|&x| x == 0), "alloc zeroes");
+        b.fill(0, 8192, 0xEE).expect("fill");
+        drop(b);
+        let c = pool.alloc_uninit(8192).expect("alloc");
+        c.read(0, &mut out).expect("read");
+        assert!(
+            out.iter().all(|&x| x == 0xEE),
+            "alloc_uninit leaves old data"
+        );
+        drop((keep, c));
+    }
+
+    #[test]
+    fn reserved_chunks_stay_mapped_when_empty() {
+        let pool = DmaPool::new(Arc::new(crate::hw::dma::IdentityMapper), false);
+        pool.reserve(3 * CHUNK - 1).expect("reserve");
+        assert_eq!(pool.chunk_counts().0, 3);
+        let bufs: Vec<DmaBuffer> = (0..5)
+            .map(|_| pool.alloc_uninit(CHUNK).expect("alloc"))
+            .collect();
+        assert_eq!(pool.chunk_counts().0, 5, "reserved chunks are used first");
+        drop(bufs);
+        assert_eq!(pool.chunk_counts().0, 3, "back down to the reservation");
+        pool.reserve(CHUNK).expect("reserve");
+        assert_eq!(pool.chunk_counts().0, 3, "the largest reservation holds");
     }
 
     #[test]

@@ -138,6 +138,13 @@ impl FolioView {
         if offset.checked_add(out.len()).is_none_or(|e| e > self.len) {
             return Err(Error::Invalid("folio view read past the file data"));
         }
+        // A view from `File::read_folios` is uptodate over the range that
+        // was asked, not necessarily over the whole folio.
+        if !self.folio.is_range_uptodate(offset, out.len()) {
+            return Err(Error::Invalid(
+                "folio view read of bytes that are not uptodate",
+            ));
+        }
         self.folio
             .read(offset, out)
             .map_err(Error::cache("reading a folio view"))
@@ -286,6 +293,53 @@ impl File {
         match result {
             Err(e) if at == pos => Err(e),
             _ => Ok((at - pos) as usize),
+        }
+    }
+
+    /// The zero-copy read: views of the folios holding `[pos, pos + len)`
+    /// (clipped at EOF), uptodate over that range and pinned, after the
+    /// same readahead as a [`File::read_at`] of the range (the device
+    /// fills the folios; nothing is copied). Empty at or past EOF. A read
+    /// error is returned if no folio was ready before it; otherwise the
+    /// views before it are.
+    pub fn read_folios(
+        &self,
+        dev: &mut dyn BlockDevice,
+        pos: u64,
+        len: usize,
+    ) -> Result<Vec<FolioView>> {
+        let size = self.size();
+        let mut views = Vec::new();
+        if pos >= size || len == 0 {
+            return Ok(views);
+        }
+        let end = size.min(pos.saturating_add(len as u64));
+        let last = (end - 1) >> PAGE_SHIFT;
+        let mut at = pos;
+        let mut result = Ok(());
+        while at < end {
+            let index = at >> PAGE_SHIFT;
+            match self.get_folio(dev, index, last - index + 1, at..end, size) {
+                Ok(folio) => {
+                    let fpos = folio.pos();
+                    let fend = size.min(fpos + folio.size() as u64);
+                    at = end.min(fend);
+                    views.push(FolioView {
+                        len: (fend - fpos) as usize,
+                        folio,
+                    });
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        lock(&self.ra).state.record_read(at);
+        io::reap(dev, None)?;
+        match result {
+            Err(e) if views.is_empty() => Err(e),
+            _ => Ok(views),
         }
     }
 

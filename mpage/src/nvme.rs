@@ -189,9 +189,16 @@ impl FolioMemory for DmaFolioMemory {
     fn alloc(&self, order: FolioOrder) -> pagecache::Result<Box<dyn FolioBacking>> {
         let buf = self
             .pool
-            .alloc(order.size())
+            .alloc_uninit(order.size())
             .map_err(|e| pagecache::Error::Memory(Box::new(e)))?;
         Ok(Box::new(DmaFolio(buf)))
+    }
+
+    fn reserve(&self, bytes: u64) -> pagecache::Result<()> {
+        let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        self.pool
+            .reserve(bytes)
+            .map_err(|e| pagecache::Error::Memory(Box::new(e)))
     }
 }
 

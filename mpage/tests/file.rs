@@ -423,3 +423,60 @@ fn a_failed_readahead_is_retried_on_demand() {
     assert_eq!(r[0], (4 * P, BioFlags::READAHEAD));
     assert_eq!(r[1], (P, BioFlags::empty()), "demand read without the hint");
 }
+
+#[test]
+fn zero_copy_reads_return_views_after_the_same_readahead_as_read_at() {
+    let size = 1 << 20;
+    let data = pattern(3, size);
+    let mut streams = Vec::new();
+    for zero_copy in [false, true] {
+        let s = setup(4096, size as u64, 64 << 20, None);
+        s.dev.write_disk(0, &data);
+        let mut d = s.dev.clone();
+        let mut got = Vec::new();
+        let mut pos = 0;
+        while pos < size {
+            if zero_copy {
+                let views = s.file.read_folios(&mut d, pos as u64, 128 << 10).unwrap();
+                let end = size.min(pos + (128 << 10));
+                for v in &views {
+                    let from = pos.max(v.pos() as usize);
+                    let to = end.min(v.pos() as usize + v.len());
+                    let mut out = vec![0; to - from];
+                    v.read(from - v.pos() as usize, &mut out).unwrap();
+                    got.extend_from_slice(&out);
+                    pos = to;
+                }
+            } else {
+                let mut buf = vec![0; 128 << 10];
+                let n = s.file.read_at(&mut d, pos as u64, &mut buf).unwrap();
+                got.extend_from_slice(&buf[..n]);
+                pos += n;
+            }
+        }
+        assert!(got == data, "zero_copy {zero_copy}: data differs");
+        assert!(
+            s.file
+                .read_folios(&mut d, size as u64, 10)
+                .unwrap()
+                .is_empty()
+        );
+        streams.push(reads(&s.dev));
+    }
+    assert_eq!(streams[0], streams[1], "the same commands");
+    assert!(streams[1].iter().any(|r| r.1 == BioFlags::READAHEAD));
+}
+
+#[test]
+fn a_view_refuses_bytes_that_are_not_uptodate() {
+    let s = setup(1024, 1 << 20, 64 << 20, None);
+    let mut d = s.dev.clone();
+    // 1 KiB blocks: a write of one block leaves the rest of the page not
+    // uptodate, and a zero-copy read of that block does not read them.
+    s.file.write_at(&mut d, 0, &[7; 1024]).unwrap();
+    let views = s.file.read_folios(&mut d, 0, 1024).unwrap();
+    let mut out = vec![0; 1024];
+    views[0].read(0, &mut out).unwrap();
+    assert_eq!(out, vec![7; 1024]);
+    assert!(views[0].read(1024, &mut out).is_err());
+}

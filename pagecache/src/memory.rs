@@ -35,19 +35,36 @@ pub trait FolioBacking: Send + Sync + fmt::Debug {
 
 /// A source of folio memory.
 pub trait FolioMemory: Send + Sync + fmt::Debug {
-    /// A zeroed backing of `order.size()` bytes, 4 KiB aligned in device
-    /// address space.
+    /// A backing of `order.size()` bytes, 4 KiB aligned in device address
+    /// space. Its contents are unspecified (old data of the same process,
+    /// like a kernel page): the cache exposes only bytes that were read
+    /// from the device, written, or zeroed explicitly, so it never pays
+    /// for zeroing memory the device is about to fill.
     fn alloc(&self, order: FolioOrder) -> Result<Box<dyn FolioBacking>>;
+
+    /// Prepares `bytes` of folio memory ahead of use (maps and pins it, for
+    /// device memory), so that allocations within it cost little: call it
+    /// with the cache's budget before the I/O starts. A hint; the default
+    /// does nothing.
+    fn reserve(&self, bytes: u64) -> Result<()> {
+        let _ = bytes;
+        Ok(())
+    }
 }
 
 /// Folio memory on the heap, for tests and for running without a device.
-/// Device addresses are fake but unique and 4 KiB aligned.
+/// Device addresses are fake but unique and 4 KiB aligned. New folios are
+/// filled with [`VecMemory::POISON`], so a test sees any byte the cache
+/// exposes without having read, written or zeroed it.
 #[derive(Debug)]
 pub struct VecMemory {
     next_iova: AtomicU64,
 }
 
 impl VecMemory {
+    /// The byte new folios are filled with.
+    pub const POISON: u8 = 0xA5;
+
     /// A provider whose first folio sits at fake device address 1 MiB.
     pub fn new() -> Self {
         VecMemory {
@@ -68,7 +85,7 @@ impl FolioMemory for VecMemory {
         let iova = self.next_iova.fetch_add(len as u64, Ordering::Relaxed);
         Ok(Box::new(VecBacking {
             iova,
-            bytes: Mutex::new(vec![0; len]),
+            bytes: Mutex::new(vec![Self::POISON; len]),
         }))
     }
 }
@@ -133,7 +150,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn vec_memory_gives_unique_aligned_zeroed_folios() {
+    fn vec_memory_gives_unique_aligned_poisoned_folios() {
         let mem = VecMemory::new();
         let a = mem.alloc(FolioOrder::new(0).unwrap()).unwrap();
         let b = mem.alloc(FolioOrder::new(2).unwrap()).unwrap();
@@ -144,7 +161,7 @@ mod tests {
         assert!(b.iova() >= a.iova() + 4096, "ranges must not overlap");
         let mut out = [1u8; 16];
         b.read(16368, &mut out).unwrap();
-        assert_eq!(out, [0; 16]);
+        assert_eq!(out, [VecMemory::POISON; 16]);
     }
 
     #[test]
@@ -155,7 +172,7 @@ mod tests {
         a.fill(13, 2, 0x55).unwrap();
         let mut out = [0u8; 6];
         a.read(9, &mut out).unwrap();
-        assert_eq!(&out, b"\0abcUU");
+        assert_eq!(&out, b"\xA5abcUU");
         assert!(a.write(4095, b"xy").is_err());
         assert!(a.fill(usize::MAX, 2, 0).is_err());
         assert!(a.read(4097, &mut []).is_err());

@@ -413,6 +413,11 @@ impl Cached {
         flusher_counts: &Arc<DevCounts>,
     ) -> Result<Cached> {
         let a = &job.args;
+        // Map the budget's memory now, not on the measured I/O path (the
+        // DMA pool keeps it across the cold start's fresh cache).
+        memory
+            .reserve(a.cache_size)
+            .map_err(|e| format!("reserving the cache's memory: {e}"))?;
         let cache = Arc::new(
             PageCache::new(memory.clone(), a.cache_size).map_err(|e| format!("page cache: {e}"))?,
         );
@@ -443,10 +448,12 @@ impl Cached {
         })
     }
 
-    /// Bytes of the file in the cache.
+    /// Bytes of the file in the cache (folios of any size).
     fn resident(&self) -> u64 {
         let ino = self.file.inode();
-        ino.cache.nr_folios(ino.file).map_or(0, |n| n as u64 * PAGE)
+        ino.cache
+            .all_folios(ino.file)
+            .map_or(0, |f| f.iter().map(|f| f.size() as u64).sum())
     }
 }
 
@@ -769,13 +776,19 @@ fn timed(w: &mut Worker, ctx: Ctx<'_>, file: &File, measured: bool) -> Result<Th
             pattern::fill(a.seed, lba, job.lba_size as usize, &mut w.buf);
         }
         let t0 = Instant::now();
-        let r = if io.read {
+        let r = if io.read && a.zero_copy {
+            read_views(&desc, &mut w.dev, pos, &mut w.buf, a.verify)
+        } else if io.read {
             desc.read_at(&mut w.dev, pos, &mut w.buf)
         } else {
             desc.write_at(&mut w.dev, pos, &w.buf)
         };
         now = Instant::now();
-        let what = if io.read { "read_at" } else { "write_at" };
+        let what = match (io.read, a.zero_copy) {
+            (true, true) => "read_folios",
+            (true, false) => "read_at",
+            (false, _) => "write_at",
+        };
         let outcome = match r {
             Ok(n) if n == len => {
                 if io.read && a.verify {
@@ -818,6 +831,30 @@ fn timed(w: &mut Worker, ctx: Ctx<'_>, file: &File, measured: bool) -> Result<Th
             readahead_max,
         }),
     })
+}
+
+/// A zero-copy read of `buf.len()` bytes at `pos`: views of the folios
+/// (the device filled them; nothing is copied), dropped at once. With
+/// `copy` (for --verify) the bytes are copied out of the views into `buf`.
+/// Returns the bytes the views cover.
+fn read_views(
+    file: &File,
+    dev: &mut dyn BlockDevice,
+    pos: u64,
+    buf: &mut [u8],
+    copy: bool,
+) -> mpage::Result<usize> {
+    let end = pos + buf.len() as u64;
+    let mut at = pos;
+    for v in file.read_folios(dev, pos, buf.len())? {
+        let to = end.min(v.pos() + v.len() as u64);
+        if copy {
+            let out = &mut buf[(at - pos) as usize..(to - pos) as usize];
+            v.read((at - v.pos()) as usize, out)?;
+        }
+        at = to;
+    }
+    Ok((at - pos) as usize)
 }
 
 #[cfg(test)]

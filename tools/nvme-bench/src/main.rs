@@ -140,6 +140,11 @@ struct Args {
     /// only when throttled, and at fsync).
     #[arg(long)]
     no_flusher: bool,
+    /// Cache mode: reads look at the cached folios through views
+    /// (`File::read_folios`) instead of copying into a buffer, as raw mode
+    /// never touches the data either (--verify still copies to check).
+    #[arg(long)]
+    zero_copy: bool,
 }
 
 fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
@@ -187,8 +192,10 @@ fn run(args: Args) -> Result<u64> {
     if args.qd == 0 || args.threads == 0 {
         return Err("queue depth and threads must be at least 1".into());
     }
-    if args.mode == Mode::Raw && (args.cold || args.warm || args.readahead.is_some()) {
-        return Err("--cold, --warm and --readahead need --mode cache".into());
+    if args.mode == Mode::Raw
+        && (args.cold || args.warm || args.readahead.is_some() || args.zero_copy)
+    {
+        return Err("--cold, --warm, --readahead and --zero-copy need --mode cache".into());
     }
     let address = match args.device {
         Some(a) => a,
@@ -621,7 +628,7 @@ fn report(
                 "rwmixread": a.mix, "io_size": a.io_size, "queue_depth": qd, "threads": a.threads,
                 "time": a.time, "io_count": a.io_count, "warmup": a.warmup, "dist": format!("{:?}", a.dist),
                 "range_start": job.first, "range_blocks": job.blocks, "lba_size": job.lba_size,
-                "verify": a.verify, "interrupts": a.interrupts, "shadow_doorbells": ctrl.uses_shadow_doorbells(),
+                "verify": a.verify, "zero_copy": a.zero_copy, "interrupts": a.interrupts, "shadow_doorbells": ctrl.uses_shadow_doorbells(),
                 "sgl": ctrl.uses_sgl(), "max_transfer": ctrl.max_transfer(),
             },
             "total": {

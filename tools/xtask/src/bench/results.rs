@@ -398,10 +398,22 @@ pub(crate) fn targets(cells: &[Cell]) -> Vec<Target> {
         );
     }
     at_least(
-        "page-cache cold sequential read vs our raw 128K read",
+        "page-cache cold sequential read (zero-copy) vs our raw 128K read",
+        ours("cache-read-128k-cold-zc"),
+        ours("read-128k-qd8"),
+        0.9,
+    );
+    at_least(
+        "page-cache cold sequential read (copying) vs our raw 128K read",
         ours("cache-read-128k-cold"),
         ours("read-128k-qd8"),
         0.9,
+    );
+    at_least(
+        "page-cache cold sequential read (copying) vs the kernel's",
+        ours("cache-read-128k-cold"),
+        get("cache-read-128k-cold", Variant::KernelCache),
+        1.0,
     );
     at_least(
         "warm page-cache 4K re-read IOPS vs our raw 4K QD32 IOPS",

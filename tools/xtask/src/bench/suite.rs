@@ -77,6 +77,9 @@ pub(crate) enum Kind {
     /// Buffered sequential read of the whole range once, from an empty
     /// cache (readahead).
     CacheCold,
+    /// [`Kind::CacheCold`] through zero-copy folio views (our side only:
+    /// the data is not copied, as in the raw jobs).
+    CacheColdViews,
     /// Buffered random reads of a range read into the cache first.
     CacheWarm,
 }
@@ -122,7 +125,7 @@ pub(crate) struct Job {
 }
 
 /// The standard suite.
-pub(crate) const JOBS: [Job; 7] = [
+pub(crate) const JOBS: [Job; 8] = [
     Job {
         name: "randread-4k-qd1",
         kind: Kind::Device,
@@ -172,6 +175,14 @@ pub(crate) const JOBS: [Job; 7] = [
         metric: Metric::Mbps,
     },
     Job {
+        name: "cache-read-128k-cold-zc",
+        kind: Kind::CacheColdViews,
+        rw: "read",
+        bs: 128 << 10,
+        qd: 1,
+        metric: Metric::Mbps,
+    },
+    Job {
         name: "cache-randread-4k-warm",
         kind: Kind::CacheWarm,
         rw: "randread",
@@ -196,6 +207,7 @@ impl Job {
                 Variant::Libaio,
             ],
             Kind::CacheCold | Kind::CacheWarm => &[Variant::Ours, Variant::KernelCache],
+            Kind::CacheColdViews => &[Variant::Ours],
         }
     }
 }
@@ -232,11 +244,16 @@ fn ours_args(job: &Job, t: Timing) -> String {
         ),
         // One pass over the range from an empty cache, no warm-up: the
         // same bytes the kernel side reads.
-        Kind::CacheCold => format!(
-            "--mode cache --cold -w {} -o {} -n {} --warmup 0 --range-size {RANGE} --cache-size {CACHE_BUDGET}",
+        Kind::CacheCold | Kind::CacheColdViews => format!(
+            "--mode cache --cold -w {} -o {} -n {} --warmup 0 --range-size {RANGE} --cache-size {CACHE_BUDGET}{}",
             job.rw,
             job.bs,
-            RANGE / job.bs
+            RANGE / job.bs,
+            if job.kind == Kind::CacheColdViews {
+                " --zero-copy"
+            } else {
+                ""
+            }
         ),
         Kind::CacheWarm => format!(
             "--mode cache --warm -w {} -o {} -t {} --warmup {} --range-size {WARM_RANGE} --cache-size {CACHE_BUDGET}",
@@ -480,10 +497,12 @@ mod tests {
     #[test]
     fn the_default_suite_runs_every_variant_each_round() {
         let p = plan();
-        // 5 device jobs × 4 variants + 2 cache jobs × 2 variants, 3 rounds.
-        assert_eq!(p.run_count(), (5 * 4 + 2 * 2) * 3);
+        // 5 device jobs × 4 variants + 2 cache jobs × 2 variants + the
+        // zero-copy job, 3 rounds.
+        assert_eq!(p.run_count(), (5 * 4 + 2 * 2 + 1) * 3);
         let s = p.script();
-        assert_eq!(s.matches("\nours '").count(), 7 * 3);
+        assert_eq!(s.matches("\nours '").count(), 8 * 3);
+        assert_eq!(s.matches(" --zero-copy\n").count(), 3);
         assert_eq!(s.matches("\nkern '").count(), 17 * 3);
         assert_eq!(s.matches("to_nvme\n").count(), 3);
         assert!(s.contains("--hipri=1"));
