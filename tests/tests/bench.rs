@@ -50,7 +50,8 @@ fn bench_cache_mode_cold_warm_and_verified_writes() {
         &config,
         "nvme-bench --mode cache -w randread -o 4k -t 1 --warmup 0 --range-size 8M --json --label warm \
          && nvme-bench --mode cache -w read -o 64k -t 1 --warmup 0 --range-size 16M --cold --json --label cold \
-         && nvme-bench --mode cache -w randwrite -o 4k -t 1 --warmup 0 --range-size 8M --verify --json --label w",
+         && nvme-bench --mode cache -w randwrite -o 4k -t 1 --warmup 0 --range-size 8M --verify --json --label w \
+         && nvme-bench --mode cache -w read -o 128k -n 128 --warmup 0 --range-size 16M --cold --zero-copy --verify --json --label zc",
     );
     let out = run.stdout_text();
     let json = |label: &str| -> serde_json::Value {
@@ -62,7 +63,7 @@ fn bench_cache_mode_cold_warm_and_verified_writes() {
     };
     let device =
         |v: &serde_json::Value, key: &str| v["cache"]["device"][key].as_u64().unwrap_or(u64::MAX);
-    for label in ["warm", "cold", "w"] {
+    for label in ["warm", "cold", "w", "zc"] {
         let v = json(label);
         assert_eq!(
             v["job"]["mode"].as_str().or(v["mode"].as_str()),
@@ -81,6 +82,16 @@ fn bench_cache_mode_cold_warm_and_verified_writes() {
     );
     let cold = device(&json("cold"), "read_commands");
     assert!(cold > 0 && cold != u64::MAX, "{}", json("cold"));
+    // Zero-copy views after readahead: the pattern checked in every block
+    // (--verify), read from the device in readahead-sized commands.
+    let zc = json("zc");
+    assert_eq!(zc["job"]["zero_copy"], true, "{zc}");
+    assert_eq!(zc["total"]["reads"], 128, "{zc}");
+    let zc_commands = device(&zc, "read_commands");
+    assert!(
+        zc_commands > 0 && zc_commands < 128,
+        "readahead makes fewer, larger commands than calls: {zc}"
+    );
     // Buffered writes reach the device by writeback, and fsync flushes.
     let w = json("w");
     assert!(
