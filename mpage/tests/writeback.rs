@@ -494,7 +494,7 @@ fn t24_merged_chain_status_reaches_every_folio_of_every_ioend() {
         env.dev
             .commands()
             .iter()
-            .map(|c| (c.lba, c.result.is_ok()))
+            .map(|c| (c.lba, c.result == Some(Ok(()))))
             .collect::<Vec<_>>(),
         vec![
             (800, false),
