@@ -11,9 +11,9 @@
 //!   [`ensure_eq!`] macros: a scenario returns its first failed check
 //!   instead of panicking, so a runner reports every scenario.
 //! * [`rig`]: the [`Rig`] a scenario runs on, and the [`RecordingRig`].
-//! * [`env`]: one scenario's page cache, file, tapped device and helpers;
+//! * [`mod@env`]: one scenario's page cache, file, tapped device and helpers;
 //!   the scenarios speak 512-byte sectors, as the spec does.
-//! * [`read`], [`writeback`], [`write`]: the scenarios.
+//! * [`read`], [`writeback`], [`mod@write`]: the scenarios.
 //!
 //! [`all`] lists them with the fs block size each uses: a
 //! scenario runs on devices whose LBA size is at most its block size
