@@ -607,3 +607,35 @@ pub trait BlockDevice: Send + fmt::Debug {
     /// Commands submitted and not yet handed back.
     fn in_flight(&self) -> usize;
 }
+
+/// A boxed device is a device (e.g. `Box<dyn BlockDevice>` behind a
+/// [`Tap`](crate::Tap)).
+impl<D: BlockDevice + ?Sized> BlockDevice for Box<D> {
+    fn geometry(&self) -> Geometry {
+        (**self).geometry()
+    }
+
+    fn submit(&mut self, bio: Bio) -> Result<(), (Bio, DeviceError)> {
+        (**self).submit(bio)
+    }
+
+    fn commit(&mut self) -> Result<(), DeviceError> {
+        (**self).commit()
+    }
+
+    fn poll(&mut self, done: &mut Vec<Completion>) -> Result<usize, DeviceError> {
+        (**self).poll(done)
+    }
+
+    fn wait(
+        &mut self,
+        done: &mut Vec<Completion>,
+        timeout: Duration,
+    ) -> Result<usize, DeviceError> {
+        (**self).wait(done, timeout)
+    }
+
+    fn in_flight(&self) -> usize {
+        (**self).in_flight()
+    }
+}

@@ -6,7 +6,8 @@
 //! ([`read`], [`writeback`], [`sync`]) act on each extent, and a
 //! [`BioBuilder`] ([`bio`]) accumulates pieces into commands with one
 //! merge predicate. Commands go to a [`BlockDevice`] ([`device`]); the
-//! [`RecordingDevice`] ([`recording`]) serves host tests. The buffered
+//! [`RecordingDevice`] ([`recording`]) serves host tests, and a [`Tap`]
+//! ([`tap`]) records the commands of any device. The buffered
 //! write path is in [`write`]; applications use [`File`] ([`file`]) and a
 //! [`Flusher`] ([`flusher`]) for background writeback.
 //! `docs/CONFORMANCE.md` (in the repository) maps the rules of the mpage
@@ -28,6 +29,7 @@ pub mod nvme;
 pub mod read;
 pub mod recording;
 pub mod sync;
+pub mod tap;
 pub mod write;
 pub mod writeback;
 
@@ -45,8 +47,9 @@ pub use map::{
     BlockMapper, Extent, ExtentFlags, ExtentKind, ExtentMapper, IdentityMapper, MapError, MapIntent,
 };
 pub use read::{ReadaheadReport, read_folio, readahead};
-pub use recording::{Command, Fault, Order, RecordingDevice};
+pub use recording::{Fault, Order, RecordingDevice};
 pub use sync::{OpenFile, fsync};
+pub use tap::{Command, CommandLog, Tap};
 pub use write::{
     buffered_write, page_mkwrite, truncate_page, truncate_pagecache, write_begin, write_end,
     zero_range,

@@ -25,33 +25,9 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::device::{Bio, BioFlags, BioOp, BlockDevice, Completion, DeviceError, Geometry, status};
-
-/// One recorded command.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Command {
-    /// Operation.
-    pub op: BioOp,
-    /// First LBA.
-    pub lba: u64,
-    /// Number of LBAs.
-    pub blocks: u64,
-    /// Hints.
-    pub flags: BioFlags,
-    /// Data as `(iova, len)`, iova-contiguous neighbours merged.
-    pub dma: Vec<(u64, usize)>,
-    /// Number of segments before merging.
-    pub segments: usize,
-    /// The outcome the device gave.
-    pub result: Result<(), DeviceError>,
-}
-
-impl Command {
-    /// Data length in bytes.
-    pub fn bytes(&self) -> usize {
-        self.dma.iter().map(|d| d.1).sum()
-    }
-}
+use crate::device::{Bio, BioOp, BlockDevice, Completion, DeviceError, Geometry, status};
+pub use crate::tap::Command;
+use crate::tap::CommandLog;
 
 /// A fault to inject.
 #[derive(Debug, Clone)]
@@ -100,7 +76,6 @@ pub enum Order {
 struct State {
     geometry: Geometry,
     disk: Vec<u8>,
-    log: Vec<Command>,
     faults: Vec<Fault>,
     order: Order,
     /// Rejects submissions with Busy while this many are in flight on a
@@ -119,6 +94,7 @@ struct Queue {
 #[derive(Debug, Clone)]
 pub struct RecordingDevice {
     state: Arc<Mutex<State>>,
+    log: CommandLog,
     queue: Arc<Mutex<Queue>>,
 }
 
@@ -132,11 +108,11 @@ impl RecordingDevice {
             state: Arc::new(Mutex::new(State {
                 geometry,
                 disk: vec![0; size],
-                log: Vec::new(),
                 faults: Vec::new(),
                 order: Order::InOrder,
                 queue_depth: None,
             })),
+            log: CommandLog::new(),
             queue: Arc::new(Mutex::new(Queue::default())),
         })
     }
@@ -147,6 +123,7 @@ impl RecordingDevice {
     pub fn new_queue(&self) -> RecordingDevice {
         RecordingDevice {
             state: self.state.clone(),
+            log: self.log.clone(),
             queue: Arc::new(Mutex::new(Queue::default())),
         }
     }
@@ -161,27 +138,22 @@ impl RecordingDevice {
 
     /// Every command accepted so far, in submission order.
     pub fn commands(&self) -> Vec<Command> {
-        self.state().log.clone()
+        self.log.commands()
     }
 
     /// Read and write commands only, as `(op, lba, bytes)`.
     pub fn io(&self) -> Vec<(BioOp, u64, usize)> {
-        self.state()
-            .log
-            .iter()
-            .filter(|c| c.op != BioOp::Flush)
-            .map(|c| (c.op, c.lba, c.bytes()))
-            .collect()
+        self.log.io()
     }
 
     /// Number of recorded commands of `op`.
     pub fn count(&self, op: BioOp) -> usize {
-        self.state().log.iter().filter(|c| c.op == op).count()
+        self.log.count(op)
     }
 
     /// Forgets the record (not the disk).
     pub fn clear_log(&self) {
-        self.state().log.clear();
+        self.log.clear();
     }
 
     /// Adds a fault.
@@ -287,15 +259,7 @@ impl BlockDevice for RecordingDevice {
         }
         let result = Self::execute(&mut st, &bio);
         log::trace!("{bio:?} -> {result:?}");
-        st.log.push(Command {
-            op: bio.op(),
-            lba: bio.lba(),
-            blocks: bio.blocks(),
-            flags: bio.flags(),
-            dma: bio.dma_ranges(),
-            segments: bio.segments().len(),
-            result: result.clone(),
-        });
+        self.log.push(Command::of(&bio, Some(result.clone())));
         let done = Completion { bio, result };
         match st.order {
             Order::Held => q.held.push(done),

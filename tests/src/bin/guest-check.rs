@@ -112,6 +112,12 @@ enum Scenario {
     /// a write error once per open file, the folio is not re-dirtied; a
     /// failed read is retried by the next read (spec T16, T11, X1).
     CacheErrors,
+    /// The mpage spec's scenarios (T1–T28, the mpage-conformance crate)
+    /// on namespace 1 through the page cache, the same code and checks as
+    /// the host tests run on the recording device: one line per scenario,
+    /// `ok` or `FAILED` with the failed check; exits non-zero if any
+    /// failed. Needs a transfer limit of at least 1 MiB (mdts=8).
+    Conformance,
     /// Set the temperature threshold below the current temperature: the
     /// controller reports a SMART/health asynchronous event.
     Events,
@@ -347,6 +353,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Scenario::Cache { pages, seed } => cache_roundtrip(&ctrl, pages, seed)?,
         Scenario::CacheErrors => cache_errors(&ctrl)?,
+        Scenario::Conformance => conformance(&ctrl)?,
         Scenario::Commands { pages } => command_counts(&ctrl, pages)?,
         Scenario::FileModel {
             ops,
@@ -741,16 +748,14 @@ fn cache_errors(ctrl: &Controller) -> Result<()> {
     );
 
     // T11: page 512 (byte 2 MiB) fails to read; a failed read is not cached
-    // as failed: the next read goes to the device again.
-    let mut counted = Counting {
-        inner: dev,
-        reads: 0,
-    };
+    // as failed: the next one goes to the device again.
+    let mut tapped = mpage::Tap::new(dev);
+    let log = tapped.log();
     let mut buf = vec![0u8; 4096];
     for attempt in ["read page 512", "read page 512 again"] {
-        let before = counted.reads;
-        let r = a.read_at(&mut counted, 512 * 4096, &mut buf);
-        let sent = counted.reads - before;
+        let before = log.count(mpage::BioOp::Read);
+        let r = a.read_at(&mut tapped, 512 * 4096, &mut buf);
+        let sent = log.count(mpage::BioOp::Read) - before;
         println!(
             "{attempt}: {} ({sent} read commands sent)",
             match &r {
@@ -760,53 +765,25 @@ fn cache_errors(ctrl: &Controller) -> Result<()> {
         );
     }
     // Elsewhere the file reads fine.
-    let n = a.read_at(&mut counted, 1024 * 1024 * 3, &mut buf)?;
+    let n = a.read_at(&mut tapped, 1024 * 1024 * 3, &mut buf)?;
     println!("read at 3 MiB: ok {n} bytes");
     Ok(())
 }
 
-/// A device that counts the read commands submitted through it.
-#[derive(Debug)]
-struct Counting<D> {
-    inner: D,
-    reads: u64,
-}
+/// The `conformance` scenario.
+fn conformance(ctrl: &Controller) -> Result<()> {
+    use mpage_conformance::{Rig, nvme::NvmeRig};
 
-impl<D: mpage::BlockDevice> mpage::BlockDevice for Counting<D> {
-    fn geometry(&self) -> mpage::Geometry {
-        self.inner.geometry()
+    let mut rig = NvmeRig::open(ctrl, 1).map_err(|e| e.to_string())?;
+    println!("conformance: on {}", rig.name());
+    let (passed, failed) = mpage_conformance::run_all(&mut rig, |s, outcome| match outcome {
+        Ok(()) => println!("conformance: {}: ok", s.name),
+        Err(e) => println!("conformance: {}: FAILED: {e}", s.name),
+    });
+    let lba = rig.lba_size();
+    println!("conformance: {passed} passed, {failed} failed at {lba}-byte LBAs");
+    if failed > 0 {
+        return Err(format!("{failed} scenarios failed").into());
     }
-
-    fn submit(
-        &mut self,
-        bio: mpage::Bio,
-    ) -> std::result::Result<(), (mpage::Bio, mpage::DeviceError)> {
-        let read = bio.op() == mpage::BioOp::Read;
-        self.inner.submit(bio)?;
-        self.reads += u64::from(read);
-        Ok(())
-    }
-
-    fn commit(&mut self) -> std::result::Result<(), mpage::DeviceError> {
-        self.inner.commit()
-    }
-
-    fn poll(
-        &mut self,
-        done: &mut Vec<mpage::Completion>,
-    ) -> std::result::Result<usize, mpage::DeviceError> {
-        self.inner.poll(done)
-    }
-
-    fn wait(
-        &mut self,
-        done: &mut Vec<mpage::Completion>,
-        timeout: Duration,
-    ) -> std::result::Result<usize, mpage::DeviceError> {
-        self.inner.wait(done, timeout)
-    }
-
-    fn in_flight(&self) -> usize {
-        self.inner.in_flight()
-    }
+    Ok(())
 }
