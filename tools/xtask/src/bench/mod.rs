@@ -189,6 +189,14 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
         "smp": args.smp,
         "mem_mib": args.mem,
         "accel": "tcg",
+        "qemu": host_fact(qemu_harness::host::QEMU, &["--version"]),
+        "host_cpu": std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        }),
+        "host_cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
         "guest": output.conditions,
         "wall_seconds": elapsed.as_secs_f64(),
     });
@@ -252,6 +260,13 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The first line a host command prints, if it runs.
+fn host_fact(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(cmd).args(args).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().next().map(|l| l.trim().to_string())
 }
 
 fn render_chart(cells: &[Cell], jobs: &[Job], args: &BenchArgs, output: &Output) -> String {
@@ -333,7 +348,7 @@ fn render_chart(cells: &[Cell], jobs: &[Job], args: &BenchArgs, output: &Output)
                 })
                 .collect(),
             spread: Vec::new(),
-            log_scale: false,
+            log_scale: true,
         });
     }
     let subtitle = format!(

@@ -23,8 +23,9 @@ const WARM_RANGE: u64 = 128 << 20;
 /// Our page cache budget in the cache jobs.
 const CACHE_BUDGET: &str = "256M";
 
-/// Who runs a job.
+/// Who runs a job (serialized by [`Variant::name`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(into = "&'static str")]
 pub(crate) enum Variant {
     /// nvme-bench through our driver (raw queue pairs, or our page cache).
     Ours,
@@ -36,6 +37,12 @@ pub(crate) enum Variant {
     Libaio,
     /// fio, psync, buffered: the kernel's page cache.
     KernelCache,
+}
+
+impl From<Variant> for &'static str {
+    fn from(v: Variant) -> Self {
+        v.name()
+    }
 }
 
 impl Variant {
