@@ -363,8 +363,8 @@ impl Plan {
                 s,
                 "say 'precondition: writing the {} MiB range once'\n\
                  nvmectl bind {DEVICE} > /dev/null || exit 1\n\
-                 nvme-bench -w write -o 1M -q 8 -n {} --warmup 0 --range-size {RANGE} > /dev/null \
-                 || {{ echo 'precondition failed' >&2; exit 1; }}",
+                 nvme-bench -w write -o 1M -q 8 -n {} --warmup 0 --range-size {RANGE} > /dev/null 2> /tmp/run.err \
+                 || {{ echo \"@@failed precondition: $(tr '\\n' ' ' < /tmp/run.err)\"; exit 1; }}",
                 RANGE >> 20,
                 RANGE >> 20
             );
