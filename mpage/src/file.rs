@@ -262,38 +262,14 @@ impl File {
     /// EOF, 0 at or past it). A read error is returned if nothing was
     /// read before it.
     pub fn read_at(&self, dev: &mut dyn BlockDevice, pos: u64, buf: &mut [u8]) -> Result<usize> {
-        let size = self.size();
-        if pos >= size || buf.is_empty() {
-            return Ok(0);
-        }
-        let end = size.min(pos.saturating_add(buf.len() as u64));
-        let last = (end - 1) >> PAGE_SHIFT;
-        let mut at = pos;
-        let mut result = Ok(());
-        while at < end {
-            let index = at >> PAGE_SHIFT;
-            let folio = match self.get_folio(dev, index, last - index + 1, at..end, size) {
-                Ok(f) => f,
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            };
+        let read = self.walk(dev, pos, buf.len(), |folio, at, to| {
             let fpos = folio.pos();
-            let to = end.min(fpos + folio.size() as u64);
             let out = &mut buf[(at - pos) as usize..(to - pos) as usize];
-            if let Err(e) = folio.read((at - fpos) as usize, out) {
-                result = Err(Error::cache("copying out of a folio")(e));
-                break;
-            }
-            at = to;
-        }
-        lock(&self.ra).state.record_read(at);
-        io::reap(dev, None)?;
-        match result {
-            Err(e) if at == pos => Err(e),
-            _ => Ok((at - pos) as usize),
-        }
+            folio
+                .read((at - fpos) as usize, out)
+                .map_err(Error::cache("copying out of a folio"))
+        })?;
+        Ok((read - pos) as usize)
     }
 
     /// The zero-copy read: views of the folios holding `[pos, pos + len)`
@@ -310,8 +286,33 @@ impl File {
     ) -> Result<Vec<FolioView>> {
         let size = self.size();
         let mut views = Vec::new();
+        self.walk(dev, pos, len, |folio, _, _| {
+            let fpos = folio.pos();
+            let fend = size.min(fpos + folio.size() as u64);
+            views.push(FolioView {
+                len: (fend - fpos) as usize,
+                folio: folio.clone(),
+            });
+            Ok(())
+        })?;
+        Ok(views)
+    }
+
+    /// The read path shared by [`File::read_at`] and
+    /// [`File::read_folios`] (filemap_read): each folio of `[pos, pos +
+    /// len)` (clipped at EOF), brought uptodate with readahead, is handed
+    /// to `take` with the file range `at..to` it covers. Returns the file
+    /// offset reached; an error is returned only if nothing was taken.
+    fn walk(
+        &self,
+        dev: &mut dyn BlockDevice,
+        pos: u64,
+        len: usize,
+        mut take: impl FnMut(&FolioRef, u64, u64) -> Result<()>,
+    ) -> Result<u64> {
+        let size = self.size();
         if pos >= size || len == 0 {
-            return Ok(views);
+            return Ok(pos);
         }
         let end = size.min(pos.saturating_add(len as u64));
         let last = (end - 1) >> PAGE_SHIFT;
@@ -319,16 +320,14 @@ impl File {
         let mut result = Ok(());
         while at < end {
             let index = at >> PAGE_SHIFT;
-            match self.get_folio(dev, index, last - index + 1, at..end, size) {
-                Ok(folio) => {
-                    let fpos = folio.pos();
-                    let fend = size.min(fpos + folio.size() as u64);
-                    at = end.min(fend);
-                    views.push(FolioView {
-                        len: (fend - fpos) as usize,
-                        folio,
-                    });
-                }
+            let taken = self
+                .get_folio(dev, index, last - index + 1, at..end, size)
+                .and_then(|folio| {
+                    let to = end.min(folio.pos() + folio.size() as u64);
+                    take(&folio, at, to).map(|()| to)
+                });
+            match taken {
+                Ok(to) => at = to,
                 Err(e) => {
                     result = Err(e);
                     break;
@@ -338,8 +337,8 @@ impl File {
         lock(&self.ra).state.record_read(at);
         io::reap(dev, None)?;
         match result {
-            Err(e) if views.is_empty() => Err(e),
-            _ => Ok(views),
+            Err(e) if at == pos => Err(e),
+            _ => Ok(at),
         }
     }
 
