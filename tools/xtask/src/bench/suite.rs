@@ -357,12 +357,12 @@ impl Plan {
     pub(crate) fn script(&self) -> String {
         let mut s = format!("DEV={DEVICE}\n");
         s.push_str(SCRIPT_PRELUDE);
-        let _ = writeln!(s, "conditions");
+        // Identify needs the controller on vfio-pci.
+        let _ = writeln!(s, "to_vfio\nconditions");
         if self.precondition {
             let _ = writeln!(
                 s,
                 "say 'precondition: writing the {} MiB range once'\n\
-                 nvmectl bind {DEVICE} > /dev/null || exit 1\n\
                  nvme-bench -w write -o 1M -q 8 -n {} --warmup 0 --range-size {RANGE} > /dev/null 2> /tmp/run.err \
                  || {{ echo \"@@failed precondition: $(tr '\\n' ' ' < /tmp/run.err)\"; exit 1; }}",
                 RANGE >> 20,
