@@ -9,7 +9,9 @@ fn bench_runs_verifies_and_reports_json() {
     let run = run_ok(
         &config,
         "nvme-bench -w randrw -M 70 -q 16 -j 2 -t 2 --warmup 0 --verify --range-size 16M \
-         && nvme-bench -w read -o 64k -q 4 -t 1 --warmup 0 --json --label smoke",
+         && nvme-bench -w read -o 64k -q 4 -t 1 --warmup 0 --json --label smoke \
+         && nvme-bench -c 0x3 -w randread -q 4 -t 1 -a 0 --json --label pinned \
+         && ! nvme-bench -c 0x4 -w randread -t 1 -a 0 2> /tmp/mask.err && cat /tmp/mask.err",
     );
     let out = run.stdout_text();
     assert!(
@@ -41,6 +43,20 @@ fn bench_runs_verifies_and_reports_json() {
         assert!(json.contains(key), "{key} missing in {json}");
     }
     assert!(!json.contains("\"ios\":0,"), "{json}");
+    // spdk_nvme_perf's -c: one thread per CPU of the mask, pinned; a CPU
+    // the guest does not have is a clear error.
+    let pinned = out
+        .lines()
+        .find(|l| l.contains("\"label\":\"pinned\""))
+        .unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(pinned).unwrap_or_default();
+    assert_eq!(v["job"]["threads"], 2, "{pinned}");
+    assert_eq!(v["job"]["core_mask"], "0x3", "{pinned}");
+    assert_eq!(v["threads"].as_array().map(Vec::len), Some(2), "{pinned}");
+    assert!(
+        out.contains("pinning thread 0 to CPU 2"),
+        "bad mask error in {out}"
+    );
 }
 
 #[test]

@@ -608,7 +608,9 @@ pub(crate) fn run(
     let mut preload_done = None;
     if plan.state == CacheState::Warm {
         let started = Instant::now();
-        run_phase(&mut workers, stop, |w| preload(w, ctx, &cached.file))?;
+        run_phase(&mut workers, stop, &job.args, |w| {
+            preload(w, ctx, &cached.file)
+        })?;
         let resident = cached.resident();
         if resident < plan.file_size {
             log::warn!(
@@ -619,7 +621,9 @@ pub(crate) fn run(
         preload_done = Some((started.elapsed(), resident));
     }
     if a.warmup > 0.0 {
-        run_phase(&mut workers, stop, |w| timed(w, ctx, &cached.file, false))?;
+        run_phase(&mut workers, stop, &job.args, |w| {
+            timed(w, ctx, &cached.file, false)
+        })?;
     }
     if plan.state == CacheState::Cold && a.warmup > 0.0 {
         // The warm-up's data is on the device (fsync) and nothing is in
@@ -629,7 +633,9 @@ pub(crate) fn run(
         cached = Cached::open(ctrl, job, plan, &memory, &flusher_counts)?;
     }
     let flusher_before = flusher_counts.snapshot();
-    let results = run_phase(&mut workers, stop, |w| timed(w, ctx, &cached.file, true))?;
+    let results = run_phase(&mut workers, stop, &job.args, |w| {
+        timed(w, ctx, &cached.file, true)
+    })?;
     let summary = Summary {
         state: plan.state,
         budget: cached.cache.budget(),
@@ -652,7 +658,12 @@ pub(crate) fn run(
 
 /// Runs `f` on every worker, each on its own thread; the first failure
 /// stops the others.
-fn run_phase<F>(workers: &mut [Worker], stop: &AtomicBool, f: F) -> Result<Vec<ThreadResult>>
+fn run_phase<F>(
+    workers: &mut [Worker],
+    stop: &AtomicBool,
+    args: &Args,
+    f: F,
+) -> Result<Vec<ThreadResult>>
 where
     F: Fn(&mut Worker) -> Result<ThreadResult> + Sync,
 {
@@ -662,7 +673,7 @@ where
             .iter_mut()
             .map(|w| {
                 s.spawn(move || {
-                    let r = f(w);
+                    let r = crate::pin_thread(args, w.t).and_then(|()| f(w));
                     if r.is_err() {
                         stop.store(true, Ordering::Relaxed);
                     }

@@ -69,12 +69,23 @@ struct Args {
     /// Stop each thread after this many measured I/Os instead.
     #[arg(short = 'n', long = "io-count")]
     io_count: Option<u64>,
-    /// Warm-up seconds, excluded from the results.
-    #[arg(long, default_value_t = 1.0)]
+    /// Warm-up seconds, excluded from the results (`-a`, as
+    /// spdk_nvme_perf's warm-up time).
+    #[arg(short = 'a', long, default_value_t = 1.0)]
     warmup: f64,
-    /// Threads, each with its own queue pair.
-    #[arg(short = 'j', long = "threads", default_value_t = 1)]
+    /// Threads, each with its own queue pair (`-P`, as spdk_nvme_perf's
+    /// queue pairs per namespace).
+    #[arg(
+        short = 'j',
+        long = "threads",
+        visible_short_alias = 'P',
+        default_value_t = 1
+    )]
     threads: usize,
+    /// CPU mask (hex, e.g. 0x3): one thread per CPU in the mask, each
+    /// pinned to its CPU (spdk_nvme_perf's -c); sets the thread count.
+    #[arg(short = 'c', long = "core-mask", value_parser = parse_mask, conflicts_with = "threads")]
+    core_mask: Option<u64>,
     /// Namespace id.
     #[arg(long, default_value_t = 1)]
     nsid: u32,
@@ -161,6 +172,32 @@ fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
         .ok_or_else(|| format!("bad size: {s}"))
 }
 
+fn parse_mask(s: &str) -> std::result::Result<u64, String> {
+    let hex = s.trim().trim_start_matches("0x").trim_start_matches("0X");
+    match u64::from_str_radix(hex, 16) {
+        Ok(0) => Err("the core mask names no CPU".into()),
+        Ok(m) => Ok(m),
+        Err(_) => Err(format!("not a hex CPU mask: {s}")),
+    }
+}
+
+/// The CPU thread `t` runs on under `--core-mask`: the mask's `t`-th set bit.
+fn mask_cpu(mask: u64, t: usize) -> Option<usize> {
+    (0..64).filter(|b| mask >> b & 1 == 1).nth(t)
+}
+
+/// Pins the calling thread (bench thread `t`) to its CPU of the core mask.
+pub(crate) fn pin_thread(args: &Args, t: usize) -> Result<()> {
+    let Some(mask) = args.core_mask else {
+        return Ok(());
+    };
+    let cpu = mask_cpu(mask, t).ok_or_else(|| format!("thread {t} has no CPU in the mask"))?;
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)
+        .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set))
+        .map_err(|e| format!("pinning thread {t} to CPU {cpu}: {e}"))
+}
+
 type Result<T> = std::result::Result<T, String>;
 
 fn main() -> ExitCode {
@@ -188,7 +225,10 @@ struct Job {
     blocks: u64,
 }
 
-fn run(args: Args) -> Result<u64> {
+fn run(mut args: Args) -> Result<u64> {
+    if let Some(mask) = args.core_mask {
+        args.threads = mask.count_ones() as usize;
+    }
     if args.qd == 0 || args.threads == 0 {
         return Err("queue depth and threads must be at least 1".into());
     }
@@ -330,6 +370,7 @@ fn thread_main(
     done: &AtomicU64,
 ) -> Result<ThreadResult> {
     let a = &job.args;
+    pin_thread(a, t)?;
     let mut q = if a.interrupts {
         ctrl.io_qpair_with_interrupts()
     } else {
@@ -626,6 +667,7 @@ fn report(
             "job": {
                 "device": ctrl.address().to_string(), "nsid": a.nsid, "workload": a.workload,
                 "rwmixread": a.mix, "io_size": a.io_size, "queue_depth": qd, "threads": a.threads,
+                "core_mask": a.core_mask.map(|m| format!("{m:#x}")),
                 "time": a.time, "io_count": a.io_count, "warmup": a.warmup, "dist": format!("{:?}", a.dist),
                 "range_start": job.first, "range_blocks": job.blocks, "lba_size": job.lba_size,
                 "verify": a.verify, "zero_copy": a.zero_copy, "interrupts": a.interrupts, "shadow_doorbells": ctrl.uses_shadow_doorbells(),
@@ -694,4 +736,19 @@ fn report(
         wall.as_secs_f64(),
         100.0 * cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9)
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_masks() {
+        assert_eq!(parse_mask("0x5"), Ok(5));
+        assert_eq!(parse_mask("f"), Ok(15));
+        assert!(parse_mask("0").is_err() && parse_mask("0xg").is_err());
+        assert_eq!(mask_cpu(0b1010, 0), Some(1));
+        assert_eq!(mask_cpu(0b1010, 1), Some(3));
+        assert_eq!(mask_cpu(0b1010, 2), None);
+    }
 }
