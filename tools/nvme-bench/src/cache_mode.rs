@@ -681,24 +681,7 @@ where
                 })
             })
             .collect();
-        let mut results = Vec::new();
-        let mut failure = None;
-        for h in handles {
-            match h.join() {
-                Ok(Ok(r)) => results.push(r),
-                Ok(Err(e)) => {
-                    failure.get_or_insert(e);
-                }
-                Err(_) => {
-                    stop.store(true, Ordering::Relaxed);
-                    failure.get_or_insert_with(|| "a bench thread panicked".to_string());
-                }
-            }
-        }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(results),
-        }
+        crate::collect_threads(handles.into_iter().map(|h| h.join()), stop)
     })
 }
 

@@ -326,10 +326,19 @@ fn run_raw(
             std::thread::spawn(move || thread_main(&ctrl, &job, t, &stop, &done))
         })
         .collect();
+    collect_threads(handles.into_iter().map(|h| h.join()), stop)
+}
+
+/// The results of the bench threads, joined in order: the first failure
+/// (an error, or a panic) is the outcome and stops the others.
+pub(crate) fn collect_threads(
+    joined: impl Iterator<Item = std::thread::Result<Result<ThreadResult>>>,
+    stop: &AtomicBool,
+) -> Result<Vec<ThreadResult>> {
     let mut results = Vec::new();
     let mut failure = None;
-    for h in handles {
-        match h.join() {
+    for outcome in joined {
+        match outcome {
             Ok(Ok(r)) => results.push(r),
             Ok(Err(e)) => {
                 stop.store(true, Ordering::Relaxed);
@@ -337,7 +346,7 @@ fn run_raw(
             }
             Err(_) => {
                 stop.store(true, Ordering::Relaxed);
-                failure.get_or_insert("a bench thread panicked".to_string());
+                failure.get_or_insert_with(|| "a bench thread panicked".to_string());
             }
         }
     }
