@@ -43,4 +43,6 @@ pub use memory::{DmaBuffer, DmaPool};
 pub use ns::Namespace;
 pub use nvme_spec;
 pub use pci::{PciAddress, PciFunction};
-pub use qpair::{IoCompletion, IoOp, IoQPair, IoRequest, IoSegments, Rejected};
+pub use qpair::{
+    FloorJob, FloorResult, IoCompletion, IoOp, IoQPair, IoRequest, IoSegments, Rejected,
+};

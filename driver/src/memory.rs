@@ -282,6 +282,12 @@ impl DmaBuffer {
         self.region.write_u64(at, value)
     }
 
+    /// Volatile load of a little-endian u64 at `offset` (8-byte aligned).
+    pub(crate) fn read_u64(&self, offset: usize) -> Result<u64> {
+        let at = self.check(offset, 8)?;
+        self.region.read_u64(at)
+    }
+
     /// Volatile load of a little-endian u32 at `offset` (4-byte aligned).
     pub(crate) fn read_u32(&self, offset: usize) -> Result<u32> {
         let at = self.check(offset, 4)?;

@@ -2118,7 +2118,7 @@ mod tests {
         assert!(
             rejected
                 .to_string()
-                .contains("does not end at a page boundary"),
+                .contains("a gap is only legal between page boundaries"),
             "{rejected}"
         );
         assert!(rejected.request.segments.is_some());

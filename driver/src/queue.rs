@@ -21,6 +21,8 @@ pub(crate) const SQE_SIZE: usize = 64;
 pub(crate) const CQE_SIZE: usize = 16;
 /// Offset of the status word (phase in bit 0) inside a CQE.
 const CQE_STATUS: usize = 14;
+/// Offset of the command identifier inside a CQE.
+const CQE_CID: usize = 12;
 
 /// The shadow doorbell and EventIdx pages (Doorbell Buffer Config): the
 /// host writes new tails and heads to the first, the controller says in
@@ -316,6 +318,43 @@ impl QueuePair {
         self.free_cids.push(cid);
         self.sq_head = self.advance_head(cqe.sq_head(), self.sq_slot[cid as usize]);
         Ok(Some(cqe))
+    }
+
+    /// Writes `sqe` (its CID set by the caller) to the next SQ slot with no
+    /// CID bookkeeping: for the floor loop, which owns every CID while it
+    /// runs and never has more than `entries - 1` commands in flight (so
+    /// the ring cannot overflow: a command completes only after the device
+    /// has fetched it and every entry before it).
+    pub(crate) fn push_untracked(&mut self, sqe: &Sqe) -> Result<()> {
+        self.sq
+            .write(self.sq_tail as usize * SQE_SIZE, sqe.as_bytes())?;
+        self.sq_tail = self.next(self.sq_tail);
+        Ok(())
+    }
+
+    /// The next completion's CID and status word (phase in bit 0), if the
+    /// device has posted one, with no CID bookkeeping (see
+    /// [`QueuePair::push_untracked`]); the caller checks the CID.
+    pub(crate) fn pop_untracked(&mut self) -> Result<Option<(u16, u16)>> {
+        let slot = self.cq_head as usize * CQE_SIZE;
+        let status = self.cq.read_u16(slot + CQE_STATUS)?;
+        if (status & 1 == 1) != self.phase {
+            return Ok(None);
+        }
+        // The CID only after seeing the phase flip.
+        fence(Ordering::Acquire);
+        let cid = self.cq.read_u16(slot + CQE_CID)?;
+        self.cq_head = self.next(self.cq_head);
+        if self.cq_head == 0 {
+            self.phase = !self.phase;
+        }
+        Ok(Some((cid, status)))
+    }
+
+    /// Ends untracked use: nothing is in flight, so the device has
+    /// consumed the SQ up to the tail.
+    pub(crate) fn settle_untracked(&mut self) {
+        self.sq_head = self.sq_tail;
     }
 
     /// The SQ head after the completion of the command written to `slot`

@@ -66,10 +66,8 @@ impl BioBuilder {
     /// join the open bio? (False when none is open.)
     pub fn can_merge(&self, lba: u64, iova: u64, len: usize) -> bool {
         let Some(o) = &self.open else { return false };
-        let page = u64::from(self.geometry.page_size);
         let contiguous_lba = self.end_lba() == Some(lba);
-        let prp_ok =
-            iova == o.iova_end || (o.iova_end.is_multiple_of(page) && iova.is_multiple_of(page));
+        let prp_ok = nvme_spec::prp::may_follow(o.iova_end, iova, self.geometry.page_size as usize);
         let fits = o.bytes + len <= self.geometry.max_transfer as usize;
         contiguous_lba && prp_ok && fits
     }

@@ -464,20 +464,11 @@ impl Bio {
     }
 
     /// Whether the data satisfies the PRP rules (R4) for `page_size`
-    /// pages: first range 4-byte aligned, later ranges page aligned, all
-    /// but the last ending on a page boundary.
+    /// pages (`nvme_spec::prp::check_pieces`, the rule the driver applies):
+    /// first range 4-byte aligned, later ranges page aligned, all but the
+    /// last ending on a page boundary.
     pub fn is_prp_legal(&self, page_size: usize) -> bool {
-        let ranges = self.dma_ranges();
-        let n = ranges.len();
-        ranges.iter().enumerate().all(|(i, &(iova, len))| {
-            let start_ok = if i == 0 {
-                iova.is_multiple_of(4)
-            } else {
-                iova.is_multiple_of(page_size as u64)
-            };
-            let end_ok = i + 1 == n || (iova + len as u64).is_multiple_of(page_size as u64);
-            start_ok && end_ok && len > 0
-        })
+        nvme_spec::prp::check_pieces(&self.dma_ranges(), page_size).is_ok()
     }
 
     /// Checks the bio against `geometry`: whole LBAs, PRP rules, at most

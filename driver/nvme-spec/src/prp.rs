@@ -346,6 +346,145 @@ pub const fn max_transfer_for_list_pages(n: usize, page_size: usize) -> Result<u
     }
 }
 
+/// Whether memory starting at `next` may follow memory ending at
+/// `prev_end` in the data of one PRP-described command: it continues it
+/// exactly, or both sit on a page boundary (every PRP entry after the first
+/// names a whole page from its start, so a gap is only legal between
+/// pages). This is the one rule both a driver checking a request's pieces
+/// and a page cache building commands out of folios apply.
+#[must_use]
+pub const fn may_follow(prev_end: u64, next: u64, page_size: usize) -> bool {
+    let mask = page_size as u64 - 1;
+    next == prev_end || (prev_end & mask == 0 && next & mask == 0)
+}
+
+/// Why a list of memory pieces cannot be one command's data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PieceError {
+    /// No pieces at all.
+    Empty,
+    /// Piece `index` has no bytes.
+    EmptyPiece {
+        /// Position in the list.
+        index: usize,
+    },
+    /// The first piece does not start on a dword.
+    Misaligned {
+        /// Its address.
+        address: u64,
+    },
+    /// Piece `index` may not follow the one before it ([`may_follow`]).
+    Gap {
+        /// Position in the list.
+        index: usize,
+        /// Where the previous piece ends.
+        prev_end: u64,
+        /// Where this piece starts.
+        start: u64,
+    },
+    /// The pieces wrap the address space or their total overflows.
+    Overflow,
+}
+
+impl fmt::Display for PieceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => f.write_str("no data pieces"),
+            Self::EmptyPiece { index } => write!(f, "data piece {index} is empty"),
+            Self::Misaligned { address } => {
+                write!(f, "data piece 0 at {address:#x} does not start on a dword")
+            }
+            Self::Gap {
+                index,
+                prev_end,
+                start,
+            } => write!(
+                f,
+                "data piece {index} at {start:#x} cannot follow the piece ending at \
+                 {prev_end:#x} (a gap is only legal between page boundaries)"
+            ),
+            Self::Overflow => f.write_str("data pieces overflow the address space"),
+        }
+    }
+}
+
+impl core::error::Error for PieceError {}
+
+/// Checks that `pieces` (address, length) can be one command's data
+/// under PRPs of `page_size` (a power of two); returns their total length.
+///
+/// # Errors
+///
+/// The first rule broken, as a [`PieceError`].
+pub fn check_pieces(pieces: &[(u64, usize)], page_size: usize) -> Result<usize, PieceError> {
+    let Some(&(first, _)) = pieces.first() else {
+        return Err(PieceError::Empty);
+    };
+    if first % 4 != 0 {
+        return Err(PieceError::Misaligned { address: first });
+    }
+    let mut total = 0usize;
+    let mut prev_end = None;
+    for (index, &(start, len)) in pieces.iter().enumerate() {
+        if len == 0 {
+            return Err(PieceError::EmptyPiece { index });
+        }
+        if let Some(prev_end) = prev_end
+            && !may_follow(prev_end, start, page_size)
+        {
+            return Err(PieceError::Gap {
+                index,
+                prev_end,
+                start,
+            });
+        }
+        let end = start.checked_add(len as u64).ok_or(PieceError::Overflow)?;
+        prev_end = Some(end);
+        total = total.checked_add(len).ok_or(PieceError::Overflow)?;
+    }
+    Ok(total)
+}
+
+/// Calls `entry` with the PRP entries of bytes `start..start + len` of
+/// the data made of `pieces` (checked by [`check_pieces`]): the first
+/// byte's address, then the start of every further page the bytes touch,
+/// each page once even when pieces continue each other inside it.
+pub fn piece_entries(
+    pieces: &[(u64, usize)],
+    start: usize,
+    len: usize,
+    page_size: usize,
+    mut entry: impl FnMut(u64),
+) {
+    let page = page_size as u64;
+    let end = start.saturating_add(len);
+    let mut pos = 0usize;
+    let mut last_page = None;
+    for &(address, piece_len) in pieces {
+        let (piece_start, piece_end) = (pos, pos.saturating_add(piece_len));
+        pos = piece_end;
+        if piece_end <= start {
+            continue;
+        }
+        if piece_start >= end {
+            break;
+        }
+        let from = address + (start.max(piece_start) - piece_start) as u64;
+        let to = address + (end.min(piece_end) - piece_start) as u64;
+        let mut at = from & !(page - 1);
+        if last_page != Some(at) {
+            entry(if last_page.is_none() { from } else { at });
+        }
+        last_page = Some(at);
+        at += page;
+        while at < to {
+            entry(at);
+            last_page = Some(at);
+            at += page;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -590,5 +729,121 @@ mod tests {
         assert_eq!(it.collect::<Vec<_>>(), [0x1008, 0x2000, 0x3000, 0x4000]);
         assert_eq!(G.page_base(0x1234), 0x1000);
         assert_eq!(G.page_offset(0x1234), 0x234);
+    }
+
+    #[test]
+    fn piece_rules() {
+        const P: usize = 4096;
+        assert_eq!(
+            check_pieces(&[(0x1000, 4096), (0x9000, 8192)], P),
+            Ok(12288)
+        );
+        assert!(
+            check_pieces(&[(0x1200, 3584), (0x9000, 100)], P).is_ok(),
+            "the first may start mid-page"
+        );
+        assert!(
+            check_pieces(&[(0x1000, 0x200), (0x1200, 0x100)], P).is_ok(),
+            "a piece continuing the previous one exactly"
+        );
+        assert_eq!(
+            check_pieces(&[(0x1000, 512), (0x9000, 100)], P),
+            Err(PieceError::Gap {
+                index: 1,
+                prev_end: 0x1200,
+                start: 0x9000
+            }),
+            "the first ends mid-page and the next is elsewhere"
+        );
+        assert!(
+            check_pieces(&[(0x1000, 4096), (0x9200, 100)], P).is_err(),
+            "the second starts mid-page elsewhere"
+        );
+        assert_eq!(
+            check_pieces(&[(0x1002, 4096)], P),
+            Err(PieceError::Misaligned { address: 0x1002 })
+        );
+        assert_eq!(check_pieces(&[], P), Err(PieceError::Empty));
+        assert_eq!(
+            check_pieces(&[(0x1000, 0)], P),
+            Err(PieceError::EmptyPiece { index: 0 })
+        );
+        assert_eq!(
+            check_pieces(&[(u64::MAX - 3, 8)], P),
+            Err(PieceError::Overflow)
+        );
+        assert!(may_follow(0x2000, 0x7000, P) && may_follow(0x2200, 0x2200, P));
+        assert!(!may_follow(0x2200, 0x3000, P) && !may_follow(0x2000, 0x3200, P));
+    }
+
+    fn entries(pieces: &[(u64, usize)], start: usize, len: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        piece_entries(pieces, start, len, 4096, |e| out.push(e));
+        out
+    }
+
+    #[test]
+    fn piece_entries_cover_a_window() {
+        let pieces = [
+            (0x10_0000u64, 8192usize),
+            (0x50_0000, 4096),
+            (0x90_0000, 12288),
+        ];
+        assert_eq!(
+            entries(&pieces, 0, 24576),
+            [
+                0x10_0000, 0x10_1000, 0x50_0000, 0x90_0000, 0x90_1000, 0x90_2000
+            ]
+        );
+        // A window starting mid-page of the first piece, ending in the third.
+        assert_eq!(
+            entries(&pieces, 6144, 8192),
+            [0x10_1800, 0x50_0000, 0x90_0000]
+        );
+        // Entirely inside the last piece.
+        assert_eq!(entries(&pieces, 16384, 512), [0x90_1000]);
+        // Pieces continuing each other inside a page name the page once.
+        let joined = [
+            (0x10_0200u64, 0x200usize),
+            (0x10_0400, 0xc00),
+            (0x10_1000, 0x1000),
+        ];
+        assert_eq!(entries(&joined, 0, 0x1e00), [0x10_0200, 0x10_1000]);
+    }
+
+    proptest::proptest! {
+        /// The entries of checked pieces name the same pages as the bytes
+        /// they hold, in order: the first byte's address, then each further
+        /// page once.
+        #[test]
+        fn piece_entries_match_the_bytes(
+            pages in proptest::collection::vec((0u64..64, 1usize..3), 1..6),
+            head in 0usize..1024,
+            cut in 0usize..4096,
+        ) {
+            const P: u64 = 4096;
+            // Whole-page pieces at scattered pages; the first starts at a
+            // dword offset, the last may end mid-page.
+            let mut pieces: std::vec::Vec<(u64, usize)> = pages
+                .iter()
+                .enumerate()
+                .map(|(i, &(page, n))| ((i as u64 * 128 + page) * P, n * P as usize))
+                .collect();
+            let head = head * 4;
+            pieces[0].0 += head as u64;
+            pieces[0].1 -= head;
+            let last = pieces.len() - 1;
+            pieces[last].1 = pieces[last].1.saturating_sub(cut).max(1);
+            let total = check_pieces(&pieces, P as usize).expect("legal pieces");
+            let mut want = std::vec::Vec::new();
+            for &(a, l) in &pieces {
+                for b in [a].into_iter().chain((a / P + 1..(a + l as u64).div_ceil(P)).map(|p| p * P)) {
+                    if want.last().is_none_or(|&w: &u64| w / P != b / P) {
+                        want.push(if want.is_empty() { b } else { b / P * P });
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(entries(&pieces, 0, total), want);
+        }
     }
 }

@@ -211,6 +211,14 @@ impl DmaRegion {
         Ok(u16::from_le(unsafe { p.cast::<u16>().read_volatile() }))
     }
 
+    /// Volatile 64-bit load (little-endian), e.g. the second half of a CQE.
+    pub(crate) fn read_u64(&self, offset: usize) -> Result<u64> {
+        let p = self.at(offset, 8, 8)?;
+        // SAFETY: in bounds and aligned (checked); volatile because the
+        // device may be writing these bytes.
+        Ok(u64::from_le(unsafe { p.cast::<u64>().read_volatile() }))
+    }
+
     /// Volatile 64-bit store (little-endian), e.g. a PRP list entry.
     pub(crate) fn write_u64(&self, offset: usize, value: u64) -> Result<()> {
         let p = self.at(offset, 8, 8)?;

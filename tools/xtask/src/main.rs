@@ -6,6 +6,7 @@
 //! - `test`: unit tests and VM tests.
 //! - `bench`: the main job against the default emulated device.
 //! - `lint`: rustfmt and clippy, as CI runs them.
+//! - `instructions`: the driver's instructions per I/O (callgrind, mock).
 //!
 //! Each installs what it is missing (Debian packages, the guest kernel).
 
@@ -13,6 +14,7 @@
 
 mod bench;
 mod chart;
+mod instructions;
 mod vm_args;
 
 use std::process::{Command, ExitCode};
@@ -42,6 +44,13 @@ enum Cmd {
     Bench(Box<bench::BenchArgs>),
     /// rustfmt --check and clippy -D warnings over the workspace.
     Lint,
+    /// The driver's instructions per I/O (full path and floor loop), counted
+    /// by valgrind's callgrind against the mock controller.
+    Instructions {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +63,7 @@ fn main() -> ExitCode {
         Cmd::Test { rest } => test(&rest),
         Cmd::Bench(args) => bench::run(*args),
         Cmd::Lint => lint(),
+        Cmd::Instructions { json } => instructions::run(json),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,134 @@
+//! Blocking helpers over the asynchronous path: wait, execute, and
+//! read/write/flush/... that return when their request is done.
+
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::epoll::EpollEvent;
+
+use super::{INTERRUPT_TICK, IoCompletion, IoQPair, IoRequest};
+use crate::error::{Error, Result};
+use crate::memory::DmaBuffer;
+
+impl IoQPair {
+    /// Polls; if nothing finished, waits up to `timeout` for something to
+    /// finish: asleep on the queue's interrupt in interrupt mode, spinning
+    /// otherwise. Returns how many requests it appended to `out` (0 when
+    /// the time ran out or nothing is outstanding).
+    pub fn wait(&mut self, out: &mut Vec<IoCompletion>, timeout: Duration) -> Result<usize> {
+        let start = Instant::now();
+        loop {
+            let n = self.poll(out)?;
+            if n > 0 || self.outstanding() == 0 {
+                return Ok(n);
+            }
+            let elapsed = start.elapsed();
+            if elapsed >= timeout {
+                return Ok(0);
+            }
+            let Some(irq) = &self.irq else {
+                std::hint::spin_loop();
+                continue;
+            };
+            // Sleep at most a tick, so that deadlines are checked on time
+            // even when no interrupt comes.
+            let nap = (timeout - elapsed).min(INTERRUPT_TICK);
+            let mut events = [EpollEvent::default()];
+            let woke = irq
+                .epoll
+                .wait(nap.as_millis().max(1) as i32, &mut events)
+                .map_err(|e| Error::os("epoll_wait", e))?;
+            if woke > 0 {
+                // Non-blocking: clears the counter; an interrupt after this
+                // read leaves the eventfd readable, so none is lost.
+                let _ = irq.fd.read();
+                self.interrupts += 1;
+            }
+            if self.last_health_check.elapsed() >= INTERRUPT_TICK {
+                self.last_health_check = Instant::now();
+                let mut done = Vec::new();
+                self.check_health(&mut done)?;
+                let n = done.len();
+                out.append(&mut done);
+                if n > 0 {
+                    return Ok(n);
+                }
+            }
+        }
+    }
+
+    /// Submits `req` and polls until it completes; completions of other
+    /// requests met meanwhile are kept for the next [`IoQPair::poll`].
+    pub fn execute(&mut self, mut req: IoRequest) -> Result<IoCompletion> {
+        let tag = self.next_tag;
+        self.next_tag = self.next_tag.wrapping_add(1) | 1 << 63;
+        let user_tag = req.tag;
+        req.tag = tag;
+        self.submit(req).map_err(|r| r.error)?;
+        let mut got = Vec::new();
+        loop {
+            // Spins, or sleeps on the interrupt in interrupt mode.
+            let polled = self.wait(&mut got, INTERRUPT_TICK);
+            if polled.is_err() {
+                // A failed poll keeps what finished in the stash.
+                got.append(&mut self.stash);
+            }
+            if let Some(i) = got.iter().position(|c| c.tag == tag) {
+                let mut done = got.swap_remove(i);
+                self.stash.append(&mut got);
+                done.tag = user_tag;
+                return Ok(done);
+            }
+            if let Err(e) = polled {
+                // Other requests' completions stay for the next poll.
+                self.stash.append(&mut got);
+                return Err(e);
+            }
+        }
+    }
+
+    pub(super) fn execute_ok(&mut self, req: IoRequest) -> Result<Option<DmaBuffer>> {
+        let done = self.execute(req)?;
+        done.result?;
+        Ok(done.data)
+    }
+
+    pub(super) fn blocks_of(&self, nsid: u32, len: usize) -> Result<u64> {
+        self.shared.namespace(nsid)?.blocks_in(len)
+    }
+
+    /// Reads `buf.len()` bytes (whole blocks) from `slba`.
+    pub fn read(&mut self, nsid: u32, slba: u64, buf: &mut [u8]) -> Result<()> {
+        let blocks = self.blocks_of(nsid, buf.len())?;
+        let dma = self.shared.pool.alloc(buf.len())?;
+        let dma = self
+            .execute_ok(IoRequest::read(nsid, slba, blocks, dma))?
+            .ok_or_else(|| Error::BadDevice("read buffer kept after a lost command".into()))?;
+        dma.read(0, buf)
+    }
+
+    /// Writes `data` (whole blocks) at `slba`.
+    pub fn write(&mut self, nsid: u32, slba: u64, data: &[u8]) -> Result<()> {
+        let blocks = self.blocks_of(nsid, data.len())?;
+        let dma = self.shared.pool.alloc(data.len())?;
+        dma.write(0, data)?;
+        self.execute_ok(IoRequest::write(nsid, slba, blocks, dma))
+            .map(drop)
+    }
+
+    /// Flushes the namespace's volatile write cache.
+    pub fn flush(&mut self, nsid: u32) -> Result<()> {
+        self.execute_ok(IoRequest::flush(nsid)).map(drop)
+    }
+
+    /// Writes zeroes to `blocks` blocks from `slba`.
+    pub fn write_zeroes(&mut self, nsid: u32, slba: u64, blocks: u64) -> Result<()> {
+        self.execute_ok(IoRequest::write_zeroes(nsid, slba, blocks))
+            .map(drop)
+    }
+
+    /// Deallocates `blocks` blocks from `slba`.
+    pub fn deallocate(&mut self, nsid: u32, slba: u64, blocks: u64) -> Result<()> {
+        self.execute_ok(IoRequest::deallocate(nsid, slba, blocks))
+            .map(drop)
+    }
+}

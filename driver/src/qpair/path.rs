@@ -1,0 +1,430 @@
+//! The I/O path: accepting a request, issuing its commands as SQ slots
+//! allow, reaping completions and handing requests back.
+
+use std::time::Instant;
+
+use nvme_spec::io as nvm;
+use nvme_spec::{Cqe, DsmAttributes, DsmRange, SglDescriptor, Sqe};
+use zerocopy::IntoBytes;
+
+use super::{
+    Child, HEALTH_CHECK_INTERVAL, IoCompletion, IoOp, IoQPair, IoRequest, MAX_NLB, Parent,
+    Rejected, SHADOW_KICK_INTERVAL,
+};
+use crate::ctrl::PAGE_SIZE;
+use crate::error::{Error, Result};
+use crate::prp;
+
+impl IoQPair {
+    /// Accepts a request. Its commands are written to the SQ as slots
+    /// allow; the doorbell is rung by the next [`IoQPair::poll`] (or
+    /// [`IoQPair::ring`]).
+    pub fn submit(&mut self, req: IoRequest) -> std::result::Result<(), Box<Rejected>> {
+        let (lba_size, per_cmd, total) = match self.plan(&req) {
+            Ok(plan) => plan,
+            Err(error) => {
+                return Err(Box::new(Rejected {
+                    request: req,
+                    error,
+                }));
+            }
+        };
+        let parent = Parent {
+            req,
+            lba_size,
+            per_cmd,
+            total,
+            issued: 0,
+            outstanding: 0,
+            error: None,
+            lost: false,
+        };
+        let id = match self.free_parents.pop() {
+            Some(id) => {
+                self.parents[id as usize] = Some(parent);
+                id
+            }
+            None => {
+                self.parents.push(Some(parent));
+                (self.parents.len() - 1) as u32
+            }
+        };
+        self.pending.push_back(id);
+        if let Err(error) = self.fill_sq() {
+            match self.unlink_unstarted(id) {
+                Some(request) => return Err(Box::new(Rejected { request, error })),
+                // Part of it is in flight: it completes, with this error.
+                None => self.fail_child_inner(id, error),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a parent none of whose commands were issued.
+    pub(super) fn unlink_unstarted(&mut self, id: u32) -> Option<IoRequest> {
+        let started = self.parents[id as usize].as_ref()?.issued > 0;
+        if started {
+            return None;
+        }
+        self.pending.retain(|&p| p != id);
+        let parent = self.parents[id as usize].take()?;
+        self.free_parents.push(id);
+        Some(parent.req)
+    }
+
+    /// Validates a request; returns (LBA size, blocks per command, commands).
+    pub(super) fn plan(&self, req: &IoRequest) -> Result<(u32, u64, u64)> {
+        let ns = self.shared.namespace(req.nsid)?;
+        let lba = ns.lba_size;
+        if req.op == IoOp::Flush {
+            return Ok((lba, 0, 1));
+        }
+        ns.check_range(req.slba, req.blocks)?;
+        let per_cmd = match req.op {
+            IoOp::Read | IoOp::Write => {
+                let per = (self.shared.max_transfer / lba as usize) as u64;
+                if per == 0 {
+                    return Err(Error::Unsupported(format!(
+                        "LBA size {lba} exceeds the transfer limit {}",
+                        self.shared.max_transfer
+                    )));
+                }
+                let have = match (&req.data, &req.segments) {
+                    (Some(buf), None) => buf.len(),
+                    (None, Some(segs)) => check_segments(segs.segments())?,
+                    _ => {
+                        return Err(Error::BadBuffer(format!(
+                            "{} needs a data buffer or segments (one of them)",
+                            req.op.name()
+                        )));
+                    }
+                };
+                let need = req
+                    .blocks
+                    .checked_mul(lba as u64)
+                    .and_then(|b| b.checked_add(req.offset as u64));
+                if need.is_none_or(|n| n > have as u64) {
+                    return Err(Error::BadBuffer(format!(
+                        "{} blocks of {lba} bytes at offset {} do not fit {have} bytes of data",
+                        req.blocks, req.offset,
+                    )));
+                }
+                if !req.offset.is_multiple_of(4) {
+                    return Err(Error::BadBuffer(format!(
+                        "data offset {} is not a multiple of 4",
+                        req.offset
+                    )));
+                }
+                per.min(MAX_NLB)
+            }
+            IoOp::WriteZeroes => MAX_NLB,
+            IoOp::Deallocate => u64::from(u32::MAX),
+            IoOp::Flush => 1,
+        };
+        Ok((lba, per_cmd, req.blocks.div_ceil(per_cmd)))
+    }
+
+    /// Issues waiting commands (retries first) while the SQ has room.
+    pub(super) fn fill_sq(&mut self) -> Result<()> {
+        loop {
+            let child = if let Some(c) = self.retry.front().copied() {
+                c
+            } else {
+                let Some(&id) = self.pending.front() else {
+                    return Ok(());
+                };
+                let Some(p) = self.parents[id as usize].as_ref() else {
+                    self.pending.pop_front();
+                    continue;
+                };
+                if p.issued >= p.total {
+                    self.pending.pop_front();
+                    continue;
+                }
+                Child {
+                    parent: id,
+                    index: p.issued,
+                    tries: 0,
+                    timeouts: 0,
+                }
+            };
+            // Commands from the retry queue were issued (and counted in
+            // `outstanding`) before; new ones come from their request.
+            let from_retry = !self.retry.is_empty();
+            let Some(cid) = self.q.reserve() else {
+                return Ok(());
+            };
+            match self.build(cid, child) {
+                Ok(sqe) => self.q.post_reserved(cid, sqe)?,
+                Err(e) => {
+                    self.q.unreserve(cid);
+                    // A command that cannot even be built fails its request.
+                    self.take_child_source(from_retry, child);
+                    if from_retry && let Some(p) = self.parents[child.parent as usize].as_mut() {
+                        p.outstanding = p.outstanding.saturating_sub(1);
+                    }
+                    self.fail_child(child, e);
+                    continue;
+                }
+            }
+            self.take_child_source(from_retry, child);
+            let slot = &mut self.slots[cid as usize];
+            slot.child = Some(child);
+            slot.deadline = Some(Instant::now() + self.shared.options.io_timeout);
+            if !from_retry && let Some(p) = self.parents[child.parent as usize].as_mut() {
+                p.outstanding += 1;
+            }
+        }
+    }
+
+    /// Marks `child` as taken from the retry queue or its parent's cursor.
+    pub(super) fn take_child_source(&mut self, from_retry: bool, child: Child) {
+        if from_retry {
+            self.retry.pop_front();
+        } else if let Some(p) = self.parents[child.parent as usize].as_mut() {
+            p.issued += 1;
+        }
+    }
+
+    /// The SQE of one command, with its data pointer.
+    pub(super) fn build(&mut self, cid: u16, child: Child) -> Result<Sqe> {
+        let p = self.parents[child.parent as usize]
+            .as_ref()
+            .ok_or_else(|| Error::BadDevice("command of a finished request".into()))?;
+        let req = &p.req;
+        let first = child.index * p.per_cmd;
+        let slba = req.slba + first;
+        let blocks = (req.blocks - first).min(p.per_cmd);
+        let range = |e: nvme_spec::RangeError| Error::BadBuffer(e.to_string());
+        let slot = &mut self.slots[cid as usize];
+        let sqe = match req.op {
+            IoOp::Read | IoOp::Write => {
+                let nlb = blocks as u32;
+                let mut sqe = if req.op == IoOp::Read {
+                    nvm::read(req.nsid, slba, nlb)
+                } else {
+                    nvm::write(req.nsid, slba, nlb)
+                }
+                .map_err(range)?;
+                let start = req.offset + (first * u64::from(p.lba_size)) as usize;
+                let len = blocks as usize * p.lba_size as usize;
+                if let Some(segs) = &req.segments {
+                    // Pieces of memory: PRP entries across them (SGL mode
+                    // would need a descriptor list; PRPs always fit, as
+                    // submit checked).
+                    segment_entries(segs.segments(), start, len, &mut self.prp_entries);
+                    let (prp1, prp2) = prp::fill_entries(
+                        &self.shared.pool,
+                        &mut slot.prp_list,
+                        &self.prp_entries,
+                    )?;
+                    sqe.set_prps(prp1, prp2);
+                    return Ok(sqe);
+                }
+                let buf = req
+                    .data
+                    .as_ref()
+                    .ok_or_else(|| Error::BadBuffer("no data buffer".into()))?;
+                let iova = buf.iova() + start as u64;
+                if self.shared.sgl {
+                    sqe.set_sgl1(SglDescriptor::data_block(iova, len as u32));
+                } else {
+                    let (prp1, prp2) = prp::fill(&self.shared.pool, &mut slot.prp_list, iova, len)?;
+                    sqe.set_prps(prp1, prp2);
+                }
+                sqe
+            }
+            IoOp::Flush => nvm::flush(req.nsid),
+            IoOp::WriteZeroes => {
+                nvm::write_zeroes(req.nsid, slba, blocks as u32, false).map_err(range)?
+            }
+            IoOp::Deallocate => {
+                if slot.dsm.is_none() {
+                    slot.dsm = Some(self.shared.pool.alloc(PAGE_SIZE)?);
+                }
+                let dsm = slot
+                    .dsm
+                    .as_ref()
+                    .ok_or_else(|| Error::BadBuffer("no DSM buffer".into()))?;
+                dsm.write(0, DsmRange::new(slba, blocks as u32).as_bytes())?;
+                let mut sqe =
+                    nvm::dataset_management(req.nsid, 1, DsmAttributes::AD).map_err(range)?;
+                sqe.set_prps(dsm.iova(), 0);
+                sqe
+            }
+        };
+        Ok(sqe)
+    }
+
+    /// Rings the SQ doorbell for everything submitted since the last ring.
+    pub fn ring(&mut self) -> Result<()> {
+        self.q.ring()
+    }
+
+    /// Rings the SQ doorbell, reaps completions, and appends the requests
+    /// that finished to `out`; returns how many it appended. A poll that
+    /// fails appends nothing: what finished before the failure is handed
+    /// back by the next poll.
+    pub fn poll(&mut self, out: &mut Vec<IoCompletion>) -> Result<usize> {
+        let before = out.len();
+        match self.poll_inner(out) {
+            Ok(()) => Ok(out.len() - before),
+            Err(e) => {
+                // A caller propagating the error with `?` must not lose
+                // requests that did finish.
+                self.stash.extend(out.drain(before..));
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) fn poll_inner(&mut self, out: &mut Vec<IoCompletion>) -> Result<()> {
+        out.append(&mut self.stash);
+        self.q.ring()?;
+        let reaped = self.reap(out);
+        // Use the slots freed by this reap, or by an earlier one that
+        // stopped at a bad entry, and issue retries: waiting requests must
+        // not depend on another completion coming to wake them.
+        self.fill_sq()?;
+        self.q.ring()?;
+        if reaped? > 0 {
+            self.idle_polls = 0;
+        } else if self.shared.generation() != self.generation {
+            self.recover(out)?;
+        } else if self.q.in_flight() > self.lost_cids {
+            self.idle_polls = self.idle_polls.wrapping_add(1);
+            if self.idle_polls.is_multiple_of(SHADOW_KICK_INTERVAL) && self.q.has_shadow() {
+                self.q.kick()?;
+            }
+            if self.idle_polls.is_multiple_of(HEALTH_CHECK_INTERVAL) {
+                self.check_health(out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reaps every completion posted so far and rings the CQ head doorbell
+    /// for every entry consumed, a rejected one included: unacknowledged
+    /// bad entries would leave the device believing the CQ full.
+    pub(super) fn reap(&mut self, out: &mut Vec<IoCompletion>) -> Result<usize> {
+        let mut reaped = 0usize;
+        let result = loop {
+            match self.q.pop() {
+                Ok(Some(cqe)) => {
+                    reaped += 1;
+                    self.complete(cqe, out);
+                }
+                Ok(None) => break Ok(reaped),
+                Err(e) => break Err(e),
+            }
+        };
+        if reaped > 0 || result.is_err() {
+            self.q.ring_cq()?;
+        }
+        result
+    }
+
+    pub(super) fn complete(&mut self, cqe: Cqe, out: &mut Vec<IoCompletion>) {
+        let cid = cqe.cid() as usize;
+        let Some(child) = self.slots.get_mut(cid).and_then(|s| s.child.take()) else {
+            // The queue had the CID in flight, so this is a command given
+            // up on after a timeout, completing after all: the queue has
+            // freed its CID, which no longer counts as lost.
+            self.lost_cids = self.lost_cids.saturating_sub(1);
+            log::warn!(
+                "queue {}: late completion for CID {cid}, given up on before",
+                self.qid()
+            );
+            return;
+        };
+        self.slots[cid].deadline = None;
+        let status = cqe.status();
+        let Some(p) = self.parents[child.parent as usize].as_mut() else {
+            return;
+        };
+        p.outstanding = p.outstanding.saturating_sub(1);
+        if !status.is_success() {
+            if status.is_retryable() && child.tries < self.shared.options.retries {
+                log::debug!(
+                    "queue {}: retrying {} after {status}",
+                    self.q.qid(),
+                    p.req.describe()
+                );
+                p.outstanding += 1;
+                self.retry.push_back(Child {
+                    tries: child.tries + 1,
+                    ..child
+                });
+                return;
+            }
+            let e = Error::Command {
+                command: p.req.describe(),
+                status,
+            };
+            self.fail_child_inner(child.parent, e);
+        }
+        self.finish_if_done(child.parent, out);
+    }
+
+    /// Records `e` for the child's request and stops issuing its commands.
+    pub(super) fn fail_child(&mut self, child: Child, e: Error) {
+        self.fail_child_inner(child.parent, e);
+        let mut out = Vec::new();
+        self.finish_if_done(child.parent, &mut out);
+        self.stash.append(&mut out);
+    }
+
+    pub(super) fn fail_child_inner(&mut self, parent: u32, e: Error) {
+        if let Some(p) = self.parents[parent as usize].as_mut() {
+            if p.error.is_none() {
+                p.error = Some(e);
+            }
+            p.issued = p.total;
+        }
+    }
+
+    pub(super) fn finish_if_done(&mut self, id: u32, out: &mut Vec<IoCompletion>) {
+        let done = self.parents[id as usize].as_ref().is_some_and(Parent::done);
+        if !done {
+            return;
+        }
+        let Some(mut p) = self.parents[id as usize].take() else {
+            return;
+        };
+        self.free_parents.push(id);
+        let (data, segments) = if p.lost {
+            if let Some(buf) = p.req.data.take() {
+                self.quarantine.push(buf);
+            }
+            if let Some(segs) = p.req.segments.take() {
+                self.quarantine_segments.push(segs);
+            }
+            (None, None)
+        } else {
+            (p.req.data.take(), p.req.segments.take())
+        };
+        out.push(IoCompletion {
+            tag: p.req.tag,
+            op: p.req.op,
+            nsid: p.req.nsid,
+            slba: p.req.slba,
+            blocks: p.req.blocks,
+            data,
+            segments,
+            result: p.error.map_or(Ok(()), Err),
+        });
+    }
+}
+
+/// Checks that `segs` can be one command's data (`nvme_spec::prp`'s rule);
+/// returns their total length.
+fn check_segments(segs: &[(u64, usize)]) -> Result<usize> {
+    nvme_spec::prp::check_pieces(segs, PAGE_SIZE).map_err(|e| Error::BadBuffer(e.to_string()))
+}
+
+/// The PRP entries for bytes `start..start + len` of the pieces `segs`
+/// (checked by [`check_segments`]), into `out`.
+fn segment_entries(segs: &[(u64, usize)], start: usize, len: usize, out: &mut Vec<u64>) {
+    out.clear();
+    nvme_spec::prp::piece_entries(segs, start, len, PAGE_SIZE, |e| out.push(e));
+}

@@ -1,0 +1,199 @@
+//! Requests, completions and rejections: what a caller hands a queue pair
+//! and gets back.
+
+use crate::error::{Error, Result};
+use crate::memory::DmaBuffer;
+
+/// The operation of an [`IoRequest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoOp {
+    /// Read blocks into the request's buffer.
+    Read,
+    /// Write blocks from the request's buffer.
+    Write,
+    /// Flush the namespace's volatile write cache.
+    Flush,
+    /// Write zeroes to a block range, with no data transfer.
+    WriteZeroes,
+    /// Deallocate (trim) a block range (Dataset Management, AD).
+    Deallocate,
+}
+
+impl IoOp {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            IoOp::Read => "Read",
+            IoOp::Write => "Write",
+            IoOp::Flush => "Flush",
+            IoOp::WriteZeroes => "Write Zeroes",
+            IoOp::Deallocate => "Deallocate",
+        }
+    }
+}
+
+/// Device-addressable memory that a request reads into or writes from
+/// without being one [`DmaBuffer`]: e.g. pieces of page-cache folios. The
+/// queue pair holds the value until the request completes, so whatever
+/// keeps the memory alive and IOMMU-mapped should live in it.
+///
+/// The pieces must make a legal PRP list: the first may start anywhere
+/// (4-byte aligned), every later one starts at a 4 KiB page boundary, and
+/// every one but the last ends at a page boundary. Wrong addresses cannot
+/// break memory safety (the device only reaches what the IOMMU maps, and
+/// the CPU never holds references to DMA memory), only the data.
+pub trait IoSegments: Send + Sync + std::fmt::Debug {
+    /// (device address, length in bytes) of each piece, in order.
+    fn segments(&self) -> &[(u64, usize)];
+}
+
+/// One I/O request. Read and Write carry a DMA buffer (or a list of
+/// segments), which the queue pair owns until the request completes.
+#[derive(Debug)]
+pub struct IoRequest {
+    /// What to do.
+    pub op: IoOp,
+    /// Namespace id.
+    pub nsid: u32,
+    /// First logical block.
+    pub slba: u64,
+    /// Number of logical blocks (0 for Flush).
+    pub blocks: u64,
+    /// The data buffer (Read and Write).
+    pub data: Option<DmaBuffer>,
+    /// Byte offset of the data in `data` or `segments` (a multiple of 4).
+    pub offset: usize,
+    /// The data as a list of device-addressed pieces, instead of `data`.
+    pub segments: Option<Box<dyn IoSegments>>,
+    /// Caller's value, handed back in the completion.
+    pub tag: u64,
+}
+
+impl IoRequest {
+    fn new(op: IoOp, nsid: u32, slba: u64, blocks: u64, data: Option<DmaBuffer>) -> Self {
+        IoRequest {
+            op,
+            nsid,
+            slba,
+            blocks,
+            data,
+            offset: 0,
+            segments: None,
+            tag: 0,
+        }
+    }
+
+    /// Read `blocks` blocks from `slba` into `buf`.
+    pub fn read(nsid: u32, slba: u64, blocks: u64, buf: DmaBuffer) -> Self {
+        Self::new(IoOp::Read, nsid, slba, blocks, Some(buf))
+    }
+
+    /// Write `blocks` blocks from `buf` at `slba`.
+    pub fn write(nsid: u32, slba: u64, blocks: u64, buf: DmaBuffer) -> Self {
+        Self::new(IoOp::Write, nsid, slba, blocks, Some(buf))
+    }
+
+    /// Read `blocks` blocks from `slba` into the pieces of `segments`.
+    pub fn read_segments(nsid: u32, slba: u64, blocks: u64, segments: Box<dyn IoSegments>) -> Self {
+        IoRequest {
+            segments: Some(segments),
+            ..Self::new(IoOp::Read, nsid, slba, blocks, None)
+        }
+    }
+
+    /// Write `blocks` blocks at `slba` from the pieces of `segments`.
+    pub fn write_segments(
+        nsid: u32,
+        slba: u64,
+        blocks: u64,
+        segments: Box<dyn IoSegments>,
+    ) -> Self {
+        IoRequest {
+            segments: Some(segments),
+            ..Self::new(IoOp::Write, nsid, slba, blocks, None)
+        }
+    }
+
+    /// Flush the namespace.
+    pub fn flush(nsid: u32) -> Self {
+        Self::new(IoOp::Flush, nsid, 0, 0, None)
+    }
+
+    /// Write zeroes to `blocks` blocks from `slba`.
+    pub fn write_zeroes(nsid: u32, slba: u64, blocks: u64) -> Self {
+        Self::new(IoOp::WriteZeroes, nsid, slba, blocks, None)
+    }
+
+    /// Deallocate `blocks` blocks from `slba`.
+    pub fn deallocate(nsid: u32, slba: u64, blocks: u64) -> Self {
+        Self::new(IoOp::Deallocate, nsid, slba, blocks, None)
+    }
+
+    /// Sets the tag handed back in the completion.
+    pub fn with_tag(mut self, tag: u64) -> Self {
+        self.tag = tag;
+        self
+    }
+
+    /// Sets the byte offset of the data in the buffer.
+    pub fn with_offset(mut self, offset: usize) -> Self {
+        self.offset = offset;
+        self
+    }
+
+    pub(super) fn describe(&self) -> String {
+        match self.op {
+            IoOp::Flush => format!("Flush nsid {}", self.nsid),
+            op => format!(
+                "{} nsid {} lba {}+{}",
+                op.name(),
+                self.nsid,
+                self.slba,
+                self.blocks
+            ),
+        }
+    }
+}
+
+/// A finished request: its buffer comes back with the result.
+#[derive(Debug)]
+pub struct IoCompletion {
+    /// The request's tag.
+    pub tag: u64,
+    /// The request's operation.
+    pub op: IoOp,
+    /// The request's namespace.
+    pub nsid: u32,
+    /// The request's first block.
+    pub slba: u64,
+    /// The request's block count.
+    pub blocks: u64,
+    /// The data buffer, back to the caller. `None` only if the device may
+    /// still write into it (a command given up on after a timeout): then
+    /// the queue pair keeps it until the queue is deleted.
+    pub data: Option<DmaBuffer>,
+    /// The request's segments, back to the caller (same rule as `data`).
+    pub segments: Option<Box<dyn IoSegments>>,
+    /// Success, or the first error of the request's commands.
+    pub result: Result<()>,
+}
+
+/// A request that could not be accepted, handed back with the reason.
+#[derive(Debug)]
+pub struct Rejected {
+    /// The request, with its buffer.
+    pub request: IoRequest,
+    /// Why it was rejected.
+    pub error: Error,
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.request.describe(), self.error)
+    }
+}
+
+impl std::error::Error for Rejected {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
