@@ -42,6 +42,19 @@ pub(crate) fn fill(
     iova: u64,
     len: usize,
 ) -> Result<(u64, u64)> {
+    // One or two pages (a 4 KiB I/O, aligned or not): no geometry, no list.
+    let page = PAGE_SIZE as u64;
+    if len > 0 && iova.is_multiple_of(4) {
+        let in_first = page - (iova & (page - 1));
+        if len as u64 <= in_first {
+            return Ok((iova, 0));
+        }
+        if len as u64 - in_first <= page
+            && let Some(second) = (iova & !(page - 1)).checked_add(page)
+        {
+            return Ok((iova, second));
+        }
+    }
     let geo = geometry()?;
     let bad =
         |e: nvme_spec::PrpError| Error::BadBuffer(format!("PRP for {len} bytes at {iova:#x}: {e}"));

@@ -291,8 +291,11 @@ impl QueuePair {
         }
         // Read the rest of the entry only after seeing the phase flip.
         fence(Ordering::Acquire);
+        let low = self.cq.read_u64(slot)?;
+        let high = self.cq.read_u64(slot + 8)?;
         let mut raw = [0u8; CQE_SIZE];
-        self.cq.read(slot, &mut raw)?;
+        raw[..8].copy_from_slice(&low.to_le_bytes());
+        raw[8..].copy_from_slice(&high.to_le_bytes());
         let cqe = Cqe::read_from_bytes(&raw)
             .map_err(|_| Error::BadDevice("completion entry of the wrong size".into()))?;
         self.cq_head = self.next(self.cq_head);
@@ -357,6 +360,16 @@ impl QueuePair {
         self.sq_head = self.sq_tail;
     }
 
+    /// How far `to` is ahead of the SQ head, around the ring.
+    fn ahead(&self, to: u16) -> u32 {
+        let (to, head) = (u32::from(to), u32::from(self.sq_head));
+        if to >= head {
+            to - head
+        } else {
+            to + u32::from(self.entries) - head
+        }
+    }
+
     /// The SQ head after the completion of the command written to `slot`
     /// that reports `reported`. The device has consumed at least that
     /// slot, and nothing past the tail last rung; between those bounds the
@@ -364,14 +377,15 @@ impl QueuePair {
     /// head past the tail would make the SQ look full with nothing in
     /// flight, and no completion would come to correct it.
     fn advance_head(&self, reported: u16, slot: u16) -> u16 {
-        let entries = u32::from(self.entries);
-        let ahead = |to: u16| (u32::from(to) + entries - u32::from(self.sq_head)) % entries;
-        let limit = ahead(self.sq_tail_rung);
-        [self.next(slot), reported]
-            .into_iter()
-            .filter(|&h| ahead(h) <= limit)
-            .max_by_key(|&h| ahead(h))
-            .unwrap_or(self.sq_head)
+        let limit = self.ahead(self.sq_tail_rung);
+        let consumed = self.next(slot);
+        let (a, b) = (self.ahead(consumed), self.ahead(reported));
+        match (a <= limit, b <= limit) {
+            (true, true) if b > a => reported,
+            (true, _) => consumed,
+            (false, true) => reported,
+            (false, false) => self.sq_head,
+        }
     }
 
     /// Tells the device how far the CQ has been consumed.

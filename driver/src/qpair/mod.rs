@@ -33,8 +33,11 @@ const MAX_NLB: u64 = 1 << 16;
 /// seen to miss a shadow update and stall a queue until the command
 /// timeout.
 const SHADOW_KICK_INTERVAL: u32 = 1 << 16;
-/// Empty polls between two looks at the clock and at CSTS.
+/// Empty polls between two looks at CSTS.
 const HEALTH_CHECK_INTERVAL: u32 = 4096;
+/// Polls between two looks at the clock (for command deadlines): the I/O
+/// path reads no clock per command.
+const CLOCK_POLLS: u32 = 64;
 /// Longest sleep of [`IoQPair::wait`] between two looks at deadlines.
 const INTERRUPT_TICK: Duration = Duration::from_millis(100);
 /// How long an aborted command gets to come back before it is given up on.
@@ -102,7 +105,14 @@ impl std::fmt::Debug for Interrupt {
 #[derive(Debug, Default)]
 struct Slot {
     child: Option<Child>,
-    deadline: Option<Instant>,
+    /// A request of one command on the fast path, waiting here instead of
+    /// in `parents` (see [`IoQPair::promote`]).
+    single: Option<IoRequest>,
+    /// When a deadline scan first saw the command in flight (None: not
+    /// yet). Stamping at the scan instead of at submission keeps clock
+    /// reads off the I/O path; a command stamped late is timed out late,
+    /// never early.
+    since: Option<Instant>,
     prp_list: Option<DmaBuffer>,
     dsm: Option<DmaBuffer>,
 }
@@ -113,6 +123,8 @@ pub struct IoQPair {
     q: QueuePair,
     slots: Vec<Slot>,
     parents: Vec<Option<Parent>>,
+    /// Requests in flight on the fast path (in `Slot::single`).
+    singles: usize,
     free_parents: Vec<u32>,
     /// Requests with commands still to issue, oldest first.
     pending: VecDeque<u32>,
@@ -137,6 +149,10 @@ pub struct IoQPair {
     interrupts: u64,
     /// When deadlines were last checked by [`IoQPair::wait`].
     last_health_check: Instant,
+    /// Polls since the clock was last read.
+    polls_since_clock: u32,
+    /// When the deadlines were last scanned.
+    last_scan: Instant,
     shared: Arc<Shared>,
 }
 
@@ -147,6 +163,7 @@ impl IoQPair {
             q,
             slots,
             parents: Vec::new(),
+            singles: 0,
             free_parents: Vec::new(),
             pending: VecDeque::new(),
             retry: VecDeque::new(),
@@ -161,6 +178,8 @@ impl IoQPair {
             irq: None,
             interrupts: 0,
             last_health_check: Instant::now(),
+            polls_since_clock: 0,
+            last_scan: Instant::now(),
             shared,
         }
     }
@@ -204,7 +223,7 @@ impl IoQPair {
 
     /// Requests submitted and not yet handed back.
     pub fn outstanding(&self) -> usize {
-        self.parents.len() - self.free_parents.len() + self.stash.len()
+        self.parents.len() - self.free_parents.len() + self.singles + self.stash.len()
     }
 }
 
@@ -231,6 +250,12 @@ impl Drop for IoQPair {
                         .iter_mut()
                         .chain(slot.dsm.iter_mut())
                         .for_each(DmaBuffer::leak);
+                }
+                for req in self.slots.iter_mut().filter_map(|s| s.single.as_mut()) {
+                    req.data.iter_mut().for_each(DmaBuffer::leak);
+                    if let Some(segs) = req.segments.take() {
+                        std::mem::forget(segs);
+                    }
                 }
                 for p in self.parents.iter_mut().flatten() {
                     p.req.data.iter_mut().for_each(DmaBuffer::leak);

@@ -1,17 +1,15 @@
 //! The I/O path: accepting a request, issuing its commands as SQ slots
 //! allow, reaping completions and handing requests back.
 
-use std::time::Instant;
-
 use nvme_spec::io as nvm;
 use nvme_spec::{Cqe, DsmAttributes, DsmRange, SglDescriptor, Sqe};
 use zerocopy::IntoBytes;
 
 use super::{
-    Child, HEALTH_CHECK_INTERVAL, IoCompletion, IoOp, IoQPair, IoRequest, MAX_NLB, Parent,
-    Rejected, SHADOW_KICK_INTERVAL,
+    CLOCK_POLLS, Child, HEALTH_CHECK_INTERVAL, IoCompletion, IoOp, IoQPair, IoRequest, MAX_NLB,
+    Parent, Rejected, SHADOW_KICK_INTERVAL, Slot,
 };
-use crate::ctrl::PAGE_SIZE;
+use crate::ctrl::{PAGE_SIZE, Shared};
 use crate::error::{Error, Result};
 use crate::prp;
 
@@ -29,7 +27,44 @@ impl IoQPair {
                 }));
             }
         };
-        let parent = Parent {
+        // The fast path: a request of one command, with nothing waiting
+        // before it, goes straight to the SQ and waits in its slot (no
+        // parent, no trip through `pending`).
+        if total == 1
+            && self.pending.is_empty()
+            && self.retry.is_empty()
+            && let Some(cid) = self.q.reserve()
+        {
+            let built = command(
+                &self.shared,
+                &mut self.slots[cid as usize],
+                &mut self.prp_entries,
+                &req,
+                lba_size,
+                0,
+                req.blocks,
+            );
+            let posted = match built {
+                Ok(sqe) => self.q.post_reserved(cid, sqe),
+                Err(e) => {
+                    self.q.unreserve(cid);
+                    Err(e)
+                }
+            };
+            if let Err(error) = posted {
+                return Err(Box::new(Rejected {
+                    request: req,
+                    error,
+                }));
+            }
+            let slot = &mut self.slots[cid as usize];
+            slot.single = Some(req);
+            // Stamped by the next deadline scan: no clock read per command.
+            slot.since = None;
+            self.singles += 1;
+            return Ok(());
+        }
+        let id = self.store_parent(Parent {
             req,
             lba_size,
             per_cmd,
@@ -38,17 +73,7 @@ impl IoQPair {
             outstanding: 0,
             error: None,
             lost: false,
-        };
-        let id = match self.free_parents.pop() {
-            Some(id) => {
-                self.parents[id as usize] = Some(parent);
-                id
-            }
-            None => {
-                self.parents.push(Some(parent));
-                (self.parents.len() - 1) as u32
-            }
-        };
+        });
         self.pending.push_back(id);
         if let Err(error) = self.fill_sq() {
             match self.unlink_unstarted(id) {
@@ -58,6 +83,62 @@ impl IoQPair {
             }
         }
         Ok(())
+    }
+
+    /// Keeps `parent` until its request completes; returns its id.
+    fn store_parent(&mut self, parent: Parent) -> u32 {
+        match self.free_parents.pop() {
+            Some(id) => {
+                self.parents[id as usize] = Some(parent);
+                id
+            }
+            None => {
+                self.parents.push(Some(parent));
+                (self.parents.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Turns the single-command request waiting in slot `cid` (the fast
+    /// path) into a parent with one child in flight, for the paths that
+    /// need the bookkeeping: a retry, an abort, a reset, giving up.
+    pub(super) fn promote(&mut self, cid: usize) {
+        let Some(req) = self.slots.get_mut(cid).and_then(|s| s.single.take()) else {
+            return;
+        };
+        self.singles -= 1;
+        // The namespace was found at submission; namespaces do not go away.
+        let lba_size = self
+            .shared
+            .namespace(req.nsid)
+            .map_or(PAGE_SIZE as u32, |n| n.lba_size);
+        let per_cmd = req.blocks;
+        let id = self.store_parent(Parent {
+            req,
+            lba_size,
+            per_cmd,
+            total: 1,
+            issued: 1,
+            outstanding: 1,
+            error: None,
+            lost: false,
+        });
+        self.slots[cid].child = Some(Child {
+            parent: id,
+            index: 0,
+            tries: 0,
+            timeouts: 0,
+        });
+    }
+
+    /// [`IoQPair::promote`] for every single-command request in flight.
+    pub(super) fn promote_all(&mut self) {
+        if self.singles == 0 {
+            return;
+        }
+        for cid in 0..self.slots.len() {
+            self.promote(cid);
+        }
     }
 
     /// Removes a parent none of whose commands were issued.
@@ -154,27 +235,36 @@ impl IoQPair {
             let Some(cid) = self.q.reserve() else {
                 return Ok(());
             };
-            match self.build(cid, child) {
-                Ok(sqe) => self.q.post_reserved(cid, sqe)?,
-                Err(e) => {
-                    self.q.unreserve(cid);
-                    // A command that cannot even be built fails its request.
-                    self.take_child_source(from_retry, child);
-                    if from_retry && let Some(p) = self.parents[child.parent as usize].as_mut() {
-                        p.outstanding = p.outstanding.saturating_sub(1);
-                    }
-                    self.fail_child(child, e);
-                    continue;
+            self.issue(cid, child, from_retry)?;
+        }
+    }
+
+    /// Builds and posts `child` under the reserved `cid`, and records it in
+    /// flight. A command that cannot be built fails its request (which is
+    /// not an error of this call); an error means the SQ entry could not be
+    /// written, and the command is still waiting where it came from.
+    pub(super) fn issue(&mut self, cid: u16, child: Child, from_retry: bool) -> Result<()> {
+        match self.build(cid, child) {
+            Ok(sqe) => self.q.post_reserved(cid, sqe)?,
+            Err(e) => {
+                self.q.unreserve(cid);
+                self.take_child_source(from_retry, child);
+                if from_retry && let Some(p) = self.parents[child.parent as usize].as_mut() {
+                    p.outstanding = p.outstanding.saturating_sub(1);
                 }
-            }
-            self.take_child_source(from_retry, child);
-            let slot = &mut self.slots[cid as usize];
-            slot.child = Some(child);
-            slot.deadline = Some(Instant::now() + self.shared.options.io_timeout);
-            if !from_retry && let Some(p) = self.parents[child.parent as usize].as_mut() {
-                p.outstanding += 1;
+                self.fail_child(child, e);
+                return Ok(());
             }
         }
+        self.take_child_source(from_retry, child);
+        let slot = &mut self.slots[cid as usize];
+        slot.child = Some(child);
+        // Stamped by the next deadline scan: no clock read per command.
+        slot.since = None;
+        if !from_retry && let Some(p) = self.parents[child.parent as usize].as_mut() {
+            p.outstanding += 1;
+        }
+        Ok(())
     }
 
     /// Marks `child` as taken from the retry queue or its parent's cursor.
@@ -186,74 +276,22 @@ impl IoQPair {
         }
     }
 
-    /// The SQE of one command, with its data pointer.
+    /// The SQE of one command of a split or retried request.
     pub(super) fn build(&mut self, cid: u16, child: Child) -> Result<Sqe> {
         let p = self.parents[child.parent as usize]
             .as_ref()
             .ok_or_else(|| Error::BadDevice("command of a finished request".into()))?;
-        let req = &p.req;
         let first = child.index * p.per_cmd;
-        let slba = req.slba + first;
-        let blocks = (req.blocks - first).min(p.per_cmd);
-        let range = |e: nvme_spec::RangeError| Error::BadBuffer(e.to_string());
-        let slot = &mut self.slots[cid as usize];
-        let sqe = match req.op {
-            IoOp::Read | IoOp::Write => {
-                let nlb = blocks as u32;
-                let mut sqe = if req.op == IoOp::Read {
-                    nvm::read(req.nsid, slba, nlb)
-                } else {
-                    nvm::write(req.nsid, slba, nlb)
-                }
-                .map_err(range)?;
-                let start = req.offset + (first * u64::from(p.lba_size)) as usize;
-                let len = blocks as usize * p.lba_size as usize;
-                if let Some(segs) = &req.segments {
-                    // Pieces of memory: PRP entries across them (SGL mode
-                    // would need a descriptor list; PRPs always fit, as
-                    // submit checked).
-                    segment_entries(segs.segments(), start, len, &mut self.prp_entries);
-                    let (prp1, prp2) = prp::fill_entries(
-                        &self.shared.pool,
-                        &mut slot.prp_list,
-                        &self.prp_entries,
-                    )?;
-                    sqe.set_prps(prp1, prp2);
-                    return Ok(sqe);
-                }
-                let buf = req
-                    .data
-                    .as_ref()
-                    .ok_or_else(|| Error::BadBuffer("no data buffer".into()))?;
-                let iova = buf.iova() + start as u64;
-                if self.shared.sgl {
-                    sqe.set_sgl1(SglDescriptor::data_block(iova, len as u32));
-                } else {
-                    let (prp1, prp2) = prp::fill(&self.shared.pool, &mut slot.prp_list, iova, len)?;
-                    sqe.set_prps(prp1, prp2);
-                }
-                sqe
-            }
-            IoOp::Flush => nvm::flush(req.nsid),
-            IoOp::WriteZeroes => {
-                nvm::write_zeroes(req.nsid, slba, blocks as u32, false).map_err(range)?
-            }
-            IoOp::Deallocate => {
-                if slot.dsm.is_none() {
-                    slot.dsm = Some(self.shared.pool.alloc(PAGE_SIZE)?);
-                }
-                let dsm = slot
-                    .dsm
-                    .as_ref()
-                    .ok_or_else(|| Error::BadBuffer("no DSM buffer".into()))?;
-                dsm.write(0, DsmRange::new(slba, blocks as u32).as_bytes())?;
-                let mut sqe =
-                    nvm::dataset_management(req.nsid, 1, DsmAttributes::AD).map_err(range)?;
-                sqe.set_prps(dsm.iova(), 0);
-                sqe
-            }
-        };
-        Ok(sqe)
+        let blocks = (p.req.blocks - first).min(p.per_cmd);
+        command(
+            &self.shared,
+            &mut self.slots[cid as usize],
+            &mut self.prp_entries,
+            &p.req,
+            p.lba_size,
+            first,
+            blocks,
+        )
     }
 
     /// Rings the SQ doorbell for everything submitted since the last ring.
@@ -279,14 +317,23 @@ impl IoQPair {
     }
 
     pub(super) fn poll_inner(&mut self, out: &mut Vec<IoCompletion>) -> Result<()> {
-        out.append(&mut self.stash);
+        if !self.stash.is_empty() {
+            out.append(&mut self.stash);
+        }
         self.q.ring()?;
         let reaped = self.reap(out);
         // Use the slots freed by this reap, or by an earlier one that
         // stopped at a bad entry, and issue retries: waiting requests must
         // not depend on another completion coming to wake them.
-        self.fill_sq()?;
-        self.q.ring()?;
+        if !self.pending.is_empty() || !self.retry.is_empty() {
+            self.fill_sq()?;
+            self.q.ring()?;
+        }
+        self.polls_since_clock += 1;
+        if self.polls_since_clock >= CLOCK_POLLS {
+            self.polls_since_clock = 0;
+            self.tick(out)?;
+        }
         if reaped? > 0 {
             self.idle_polls = 0;
         } else if self.shared.generation() != self.generation {
@@ -326,6 +373,38 @@ impl IoQPair {
 
     pub(super) fn complete(&mut self, cqe: Cqe, out: &mut Vec<IoCompletion>) {
         let cid = cqe.cid() as usize;
+        let status = cqe.status();
+        if let Some(slot) = self.slots.get_mut(cid)
+            && slot.single.is_some()
+        {
+            let retry =
+                !status.is_success() && status.is_retryable() && self.shared.options.retries > 0;
+            if !retry && let Some(req) = slot.single.take() {
+                // The fast path's end: straight back to the caller.
+                slot.since = None;
+                self.singles -= 1;
+                let result = if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(Error::Command {
+                        command: req.describe(),
+                        status,
+                    })
+                };
+                out.push(IoCompletion {
+                    tag: req.tag,
+                    op: req.op,
+                    nsid: req.nsid,
+                    slba: req.slba,
+                    blocks: req.blocks,
+                    data: req.data,
+                    segments: req.segments,
+                    result,
+                });
+                return;
+            }
+            self.promote(cid);
+        }
         let Some(child) = self.slots.get_mut(cid).and_then(|s| s.child.take()) else {
             // The queue had the CID in flight, so this is a command given
             // up on after a timeout, completing after all: the queue has
@@ -337,8 +416,7 @@ impl IoQPair {
             );
             return;
         };
-        self.slots[cid].deadline = None;
-        let status = cqe.status();
+        self.slots[cid].since = None;
         let Some(p) = self.parents[child.parent as usize].as_mut() else {
             return;
         };
@@ -427,4 +505,73 @@ fn check_segments(segs: &[(u64, usize)]) -> Result<usize> {
 fn segment_entries(segs: &[(u64, usize)], start: usize, len: usize, out: &mut Vec<u64>) {
     out.clear();
     nvme_spec::prp::piece_entries(segs, start, len, PAGE_SIZE, |e| out.push(e));
+}
+
+/// The SQE of the command carrying `blocks` blocks of `req` from its block
+/// `first`, with its data pointer (PRP list pages and DSM ranges go in
+/// `slot`'s reused buffers).
+fn command(
+    shared: &Shared,
+    slot: &mut Slot,
+    prp_entries: &mut Vec<u64>,
+    req: &IoRequest,
+    lba_size: u32,
+    first: u64,
+    blocks: u64,
+) -> Result<Sqe> {
+    let slba = req.slba + first;
+    let range = |e: nvme_spec::RangeError| Error::BadBuffer(e.to_string());
+    let sqe = match req.op {
+        IoOp::Read | IoOp::Write => {
+            let nlb = blocks as u32;
+            let mut sqe = if req.op == IoOp::Read {
+                nvm::read(req.nsid, slba, nlb)
+            } else {
+                nvm::write(req.nsid, slba, nlb)
+            }
+            .map_err(range)?;
+            let start = req.offset + (first * u64::from(lba_size)) as usize;
+            let len = blocks as usize * lba_size as usize;
+            if let Some(segs) = &req.segments {
+                // Pieces of memory: PRP entries across them (SGL mode would
+                // need a descriptor list; PRPs always fit, as submit
+                // checked).
+                segment_entries(segs.segments(), start, len, prp_entries);
+                let (prp1, prp2) =
+                    prp::fill_entries(&shared.pool, &mut slot.prp_list, prp_entries)?;
+                sqe.set_prps(prp1, prp2);
+                return Ok(sqe);
+            }
+            let buf = req
+                .data
+                .as_ref()
+                .ok_or_else(|| Error::BadBuffer("no data buffer".into()))?;
+            let iova = buf.iova() + start as u64;
+            if shared.sgl {
+                sqe.set_sgl1(SglDescriptor::data_block(iova, len as u32));
+            } else {
+                let (prp1, prp2) = prp::fill(&shared.pool, &mut slot.prp_list, iova, len)?;
+                sqe.set_prps(prp1, prp2);
+            }
+            sqe
+        }
+        IoOp::Flush => nvm::flush(req.nsid),
+        IoOp::WriteZeroes => {
+            nvm::write_zeroes(req.nsid, slba, blocks as u32, false).map_err(range)?
+        }
+        IoOp::Deallocate => {
+            if slot.dsm.is_none() {
+                slot.dsm = Some(shared.pool.alloc(PAGE_SIZE)?);
+            }
+            let dsm = slot
+                .dsm
+                .as_ref()
+                .ok_or_else(|| Error::BadBuffer("no DSM buffer".into()))?;
+            dsm.write(0, DsmRange::new(slba, blocks as u32).as_bytes())?;
+            let mut sqe = nvm::dataset_management(req.nsid, 1, DsmAttributes::AD).map_err(range)?;
+            sqe.set_prps(dsm.iova(), 0);
+            sqe
+        }
+    };
+    Ok(sqe)
 }

@@ -16,11 +16,12 @@ impl IoQPair {
     pub(super) fn recover(&mut self, out: &mut Vec<IoCompletion>) -> Result<()> {
         let generation = self.shared.generation();
         let qid = self.q.qid();
+        self.promote_all();
         self.q.reset_rings()?;
         let mut again = Vec::new();
         for slot in &mut self.slots {
             if let Some(child) = slot.child.take() {
-                slot.deadline = None;
+                slot.since = None;
                 again.push(child);
             }
         }
@@ -85,14 +86,44 @@ impl IoQPair {
             // once and every request fails with this error.
             return self.reset_and_recover(out, e);
         }
+        self.last_scan = Instant::now();
+        self.scan_deadlines(self.last_scan, out)
+    }
+
+    /// At most every [`IoQPair::scan_interval`], from the poll path (which
+    /// reads the clock every few polls): scans the deadlines.
+    pub(super) fn tick(&mut self, out: &mut Vec<IoCompletion>) -> Result<()> {
         let now = Instant::now();
-        let expired: Vec<u16> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.child.is_some() && s.deadline.is_some_and(|d| d <= now))
-            .map(|(cid, _)| cid as u16)
-            .collect();
+        if now.saturating_duration_since(self.last_scan) < self.scan_interval() {
+            return Ok(());
+        }
+        self.last_scan = now;
+        self.scan_deadlines(now, out)
+    }
+
+    /// Time between two deadline scans: an eighth of the I/O timeout,
+    /// within 1 ms..=1 s. A command is stamped by the first scan that sees
+    /// it, so it times out between one and two intervals (plus the time
+    /// between polls) after the timeout.
+    fn scan_interval(&self) -> Duration {
+        (self.shared.options.io_timeout / 8).clamp(Duration::from_millis(1), Duration::from_secs(1))
+    }
+
+    /// Stamps the commands in flight not yet seen, and aborts those in
+    /// flight for longer than the I/O timeout.
+    fn scan_deadlines(&mut self, now: Instant, out: &mut Vec<IoCompletion>) -> Result<()> {
+        let timeout = self.shared.options.io_timeout;
+        let mut expired = Vec::new();
+        for (cid, slot) in self.slots.iter_mut().enumerate() {
+            if slot.child.is_none() && slot.single.is_none() {
+                continue;
+            }
+            match slot.since {
+                None => slot.since = Some(now),
+                Some(t) if now.saturating_duration_since(t) >= timeout => expired.push(cid as u16),
+                Some(_) => {}
+            }
+        }
         for cid in expired {
             self.abort(cid, out)?;
         }
@@ -101,6 +132,7 @@ impl IoQPair {
 
     pub(super) fn abort(&mut self, cid: u16, out: &mut Vec<IoCompletion>) -> Result<()> {
         let qid = self.q.qid();
+        self.promote(cid as usize);
         log::warn!("queue {qid}: command {cid} timed out; aborting it");
         if let Err(e) = self.shared.admin_cmd(admin::abort(qid, cid), "Abort") {
             log::warn!("queue {qid}: Abort of command {cid} failed: {e}");
@@ -135,7 +167,7 @@ impl IoQPair {
             });
         }
         if let Some(child) = self.slots[cid as usize].child.take() {
-            self.slots[cid as usize].deadline = None;
+            self.slots[cid as usize].since = None;
             self.lost_cids += 1;
             if let Some(p) = self.parents[child.parent as usize].as_mut() {
                 p.outstanding = p.outstanding.saturating_sub(1);
@@ -154,9 +186,10 @@ impl IoQPair {
 
     /// Fails every outstanding request (the controller is gone or fatal).
     pub(super) fn give_up_all(&mut self, out: &mut Vec<IoCompletion>, e: &dyn Fn() -> Error) {
+        self.promote_all();
         for cid in 0..self.slots.len() {
             if let Some(child) = self.slots[cid].child.take() {
-                self.slots[cid].deadline = None;
+                self.slots[cid].since = None;
                 self.lost_cids += 1;
                 if let Some(p) = self.parents[child.parent as usize].as_mut() {
                     p.outstanding = p.outstanding.saturating_sub(1);

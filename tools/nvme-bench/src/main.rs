@@ -18,7 +18,7 @@ use nvme_bench::pattern;
 use nvme_bench::stats::Stats;
 use nvme_bench::workload::{Generator, OffsetDist, Spec, Workload, parse_distribution};
 use nvme_driver::{
-    Controller, DmaBuffer, IoCompletion, IoQPair, IoRequest, Options, PciAddress, pci,
+    Controller, DmaBuffer, FloorJob, IoCompletion, IoQPair, IoRequest, Options, PciAddress, pci,
 };
 use serde_json::json;
 
@@ -156,6 +156,13 @@ struct Args {
     /// never touches the data either (--verify still copies to check).
     #[arg(long)]
     zero_copy: bool,
+    /// Raw mode: run the floor loop instead of the full path: one queue pair
+    /// per thread driven at the queue level (SQEs built once, only the LBA
+    /// changes, no splitting, no latency record, a count only), to measure
+    /// what the device and the machine allow any driver. The mean latency
+    /// reported is Little's law's (depth / IOPS).
+    #[arg(long)]
+    floor: bool,
 }
 
 fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
@@ -236,6 +243,20 @@ fn run(mut args: Args) -> Result<u64> {
         && (args.cold || args.warm || args.readahead.is_some() || args.zero_copy)
     {
         return Err("--cold, --warm, --readahead and --zero-copy need --mode cache".into());
+    }
+    if args.floor && (args.mode != Mode::Raw || args.verify || args.interrupts) {
+        return Err("--floor runs in raw mode, without --verify and --interrupts".into());
+    }
+    if args.floor
+        && !matches!(
+            args.workload,
+            Workload::Randread | Workload::Randwrite | Workload::Read | Workload::Write
+        )
+    {
+        return Err("--floor runs read, write, randread or randwrite, not a mix".into());
+    }
+    if args.floor && args.dist != OffsetDist::Uniform {
+        return Err("--floor draws uniform offsets only".into());
     }
     let address = match args.device {
         Some(a) => a,
@@ -364,6 +385,9 @@ struct ThreadResult {
     cache: Option<cache_mode::ThreadExtra>,
 }
 
+/// Empty polls between two clock reads while nothing completes.
+const EMPTY_POLLS_PER_CLOCK: u32 = 256;
+
 /// One in-flight I/O slot: its buffer and when it was submitted.
 struct Slot {
     buf: Option<DmaBuffer>,
@@ -394,6 +418,9 @@ fn thread_main(
         let part = job.blocks / a.threads as u64;
         (job.first + part * t as u64, part)
     };
+    if a.floor {
+        return floor_thread(&mut q, job, t, first, blocks, done);
+    }
     let align = a.align.map_or(job.io_blocks, |b| (b / job.lba_size).max(1));
     let mut generator = Generator::new(&Spec {
         workload: a.workload,
@@ -430,14 +457,27 @@ fn thread_main(
     let mut tally = Tally::new(Some(done));
 
     // Fill the queue.
+    let now = Instant::now();
     for (i, slot) in slots.iter_mut().enumerate() {
-        submit_one(&mut q, slot, i, &mut generator, job, &mut scratch)?;
+        submit_one(&mut q, slot, i, &mut generator, job, &mut scratch, now)?;
         in_flight += 1;
     }
+    // The clock is read once per poll that completes something (that time
+    // is every completion's end and every resubmission's start: latencies
+    // include the batch's own processing, never less than the truth), and
+    // every few empty polls to notice the end of the run.
+    let mut empty_polls = 0u32;
     while in_flight > 0 {
         completions.clear();
         q.poll(&mut completions)
             .map_err(|e| format!("thread {t}: {e}"))?;
+        if completions.is_empty() {
+            empty_polls += 1;
+            if empty_polls < EMPTY_POLLS_PER_CLOCK {
+                continue;
+            }
+        }
+        empty_polls = 0;
         let now = Instant::now();
         if !measuring && now >= warmup_end {
             measuring = true;
@@ -480,13 +520,68 @@ fn thread_main(
             }
             tally.tick();
             if !finishing && slot.buf.is_some() {
-                submit_one(&mut q, slot, i, &mut generator, job, &mut scratch)?;
+                submit_one(&mut q, slot, i, &mut generator, job, &mut scratch, now)?;
                 in_flight += 1;
             }
         }
     }
     tally.flush();
     stats.elapsed = Instant::now().saturating_duration_since(measure_start);
+    Ok(ThreadResult {
+        qid: q.qid(),
+        stats,
+        cache: None,
+    })
+}
+
+/// `--floor`: the driver's floor loop on this thread's queue pair.
+fn floor_thread(
+    q: &mut IoQPair,
+    job: &Job,
+    t: usize,
+    first: u64,
+    blocks: u64,
+    done: &AtomicU64,
+) -> Result<ThreadResult> {
+    let a = &job.args;
+    let write = matches!(a.workload, Workload::Write | Workload::Randwrite);
+    let result = q
+        .floor(&FloorJob {
+            nsid: a.nsid,
+            write,
+            first_lba: first,
+            blocks,
+            io_blocks: u32::try_from(job.io_blocks)
+                .map_err(|_| format!("{} blocks per I/O", job.io_blocks))?,
+            depth: a.qd,
+            random: a.workload.is_random(),
+            seed: a.seed + t as u64,
+            warmup: Duration::from_secs_f64(a.warmup.max(0.0)),
+            time: Duration::from_secs_f64(a.time.max(0.0)),
+            count: a.io_count,
+        })
+        .map_err(|e| format!("thread {t}: {e}"))?;
+    done.fetch_add(result.ios + result.errors, Ordering::Relaxed);
+    if let Some(status) = result.first_error {
+        let e = format!(
+            "floor loop: {} commands failed, the first with {status}",
+            result.errors
+        );
+        if !a.continue_on_error {
+            return Err(format!("thread {t}: {e}"));
+        }
+        log::warn!("thread {t}: {e}");
+    }
+    let mut stats = Stats::new();
+    if write {
+        stats.writes = result.ios;
+    } else {
+        stats.reads = result.ios;
+    }
+    stats.bytes = result.ios * a.io_size;
+    stats.errors = result.errors;
+    stats.elapsed = result.elapsed;
+    stats.depth = Some(a.qd as u64);
     Ok(ThreadResult {
         qid: q.qid(),
         stats,
@@ -541,6 +636,7 @@ fn submit_one(
     generator: &mut Generator,
     job: &Job,
     scratch: &mut [u8],
+    now: Instant,
 ) -> Result<()> {
     let io = generator.next_io();
     let buf = slot.buf.take().ok_or("slot without a buffer")?;
@@ -555,7 +651,7 @@ fn submit_one(
         IoRequest::write(a.nsid, io.slba, job.io_blocks, buf)
     };
     slot.read = io.read;
-    slot.started = Instant::now();
+    slot.started = now;
     q.submit(req.with_tag(tag as u64))
         .map_err(|r| r.to_string())
 }
@@ -679,7 +775,7 @@ fn report(
                 "core_mask": a.core_mask.map(|m| format!("{m:#x}")),
                 "time": a.time, "io_count": a.io_count, "warmup": a.warmup, "dist": format!("{:?}", a.dist),
                 "range_start": job.first, "range_blocks": job.blocks, "lba_size": job.lba_size,
-                "verify": a.verify, "zero_copy": a.zero_copy, "interrupts": a.interrupts, "shadow_doorbells": ctrl.uses_shadow_doorbells(),
+                "verify": a.verify, "zero_copy": a.zero_copy, "floor": a.floor, "interrupts": a.interrupts, "shadow_doorbells": ctrl.uses_shadow_doorbells(),
                 "sgl": ctrl.uses_sgl(), "max_transfer": ctrl.max_transfer(),
             },
             "total": {
@@ -706,7 +802,13 @@ fn report(
             None => "cache".to_string(),
         },
         a.threads,
-        if a.verify { ", verified" } else { "" }
+        if a.verify {
+            ", verified"
+        } else if a.floor {
+            ", floor loop (mean latency by Little's law)"
+        } else {
+            ""
+        }
     );
     if let Some(c) = cache {
         println!("{}", c.describe());
