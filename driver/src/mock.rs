@@ -2056,19 +2056,6 @@ mod tests {
         no_violations(&mock);
     }
 
-    /// Pieces of separate DMA buffers, as the page cache hands folios over.
-    #[derive(Debug)]
-    struct Pieces {
-        _bufs: Vec<crate::DmaBuffer>,
-        segs: Vec<(u64, usize)>,
-    }
-
-    impl crate::qpair::IoSegments for Pieces {
-        fn segments(&self) -> &[(u64, usize)] {
-            &self.segs
-        }
-    }
-
     #[test]
     fn segment_requests_move_data_between_separate_buffers() {
         // MDTS 16 KiB: the 28 KiB write is split, and children start and
@@ -2095,7 +2082,8 @@ mod tests {
             at += len;
         }
         let blocks = (data.len() / LBA) as u64;
-        let pieces = Box::new(Pieces { _bufs: bufs, segs });
+        // Pieces of separate DMA buffers, as the page cache hands folios over.
+        let pieces = crate::IoSegments::with_owner(segs, bufs);
         qp.submit(IoRequest::write_segments(NS, 40, blocks, pieces).with_tag(5))
             .expect("accepted");
         let mut done = complete(&mock, &mut qp, 1);
@@ -2108,10 +2096,7 @@ mod tests {
 
         // Illegal pieces are refused at submit, with the request handed back.
         let b = mock.pool().alloc(8192).expect("alloc");
-        let bad = Box::new(Pieces {
-            segs: vec![(b.iova(), 512), (b.iova() + 4096, 512)],
-            _bufs: vec![b],
-        });
+        let bad = crate::IoSegments::with_owner(vec![(b.iova(), 512), (b.iova() + 4096, 512)], b);
         let rejected = qp
             .submit(IoRequest::read_segments(NS, 0, 2, bad))
             .expect_err("first piece ends mid-page");

@@ -453,14 +453,20 @@ impl Bio {
     /// The data as `(iova, len)` pairs with iova-contiguous neighbours
     /// merged: what a PRP builder walks.
     pub fn dma_ranges(&self) -> Vec<(u64, usize)> {
-        let mut out: Vec<(u64, usize)> = Vec::with_capacity(self.segments.len());
+        let mut out = Vec::with_capacity(self.segments.len());
+        self.dma_ranges_into(&mut out);
+        out
+    }
+
+    /// [`Bio::dma_ranges`] into `out` (cleared first), reusing its memory.
+    pub fn dma_ranges_into(&self, out: &mut Vec<(u64, usize)>) {
+        out.clear();
         for s in &self.segments {
             match out.last_mut() {
                 Some((iova, len)) if *iova + *len as u64 == s.iova() => *len += s.len(),
                 _ => out.push((s.iova(), s.len())),
             }
         }
-        out
     }
 
     /// Whether the data satisfies the PRP rules (R4) for `page_size`

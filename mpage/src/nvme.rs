@@ -4,8 +4,9 @@
 //! page cache itself (zero copy).
 //!
 //! A bio's segments are pieces of folios; their device addresses become the
-//! request's PRP entries ([`nvme_driver::IoSegments`]). The bio itself
-//! stays here until its request completes, and it keeps the folios alive.
+//! request's PRP entries ([`nvme_driver::IoSegments`], whose lists are
+//! reused from one request to the next). The bio itself stays here until
+//! its request completes, and it keeps the folios alive.
 
 use std::time::Duration;
 
@@ -13,16 +14,6 @@ use nvme_driver::{Controller, DmaBuffer, DmaPool, IoCompletion, IoQPair, IoReque
 use pagecache::{FolioBacking, FolioMemory, FolioOrder};
 
 use crate::device::{Bio, BioOp, BlockDevice, Completion, DeviceError, Geometry};
-
-/// The device addresses of a bio's data, in order.
-#[derive(Debug)]
-struct Ranges(Vec<(u64, usize)>);
-
-impl IoSegments for Ranges {
-    fn segments(&self) -> &[(u64, usize)] {
-        &self.0
-    }
-}
 
 /// One namespace of a controller, through one I/O queue pair (owned: use
 /// one `NvmeDevice` per thread).
@@ -35,6 +26,8 @@ pub struct NvmeDevice {
     bios: Vec<Option<Bio>>,
     free: Vec<usize>,
     done: Vec<IoCompletion>,
+    /// Address lists of completed requests, for the next ones.
+    spare: Vec<Vec<(u64, usize)>>,
 }
 
 impl NvmeDevice {
@@ -53,6 +46,7 @@ impl NvmeDevice {
             bios: Vec::new(),
             free: Vec::new(),
             done: Vec::new(),
+            spare: Vec::new(),
         })
     }
 
@@ -78,12 +72,20 @@ impl NvmeDevice {
 
     fn collect(&mut self, done: &mut Vec<Completion>) -> usize {
         let mut n = 0;
-        for c in std::mem::take(&mut self.done) {
+        let mut completed = std::mem::take(&mut self.done);
+        for mut c in completed.drain(..) {
+            // The driver gave up on a command it keeps the data pointer of.
+            let lost = c.op != IoOp::Flush && c.segments.is_none() && c.result.is_err();
+            if let Some(segments) = c.segments.take() {
+                let mut pieces = segments.into_pieces();
+                pieces.clear();
+                self.spare.push(pieces);
+            }
             let Some(bio) = self.unpark(c.tag) else {
                 log::warn!("nvme device: completion for unknown tag {}", c.tag);
                 continue;
             };
-            if c.op != IoOp::Flush && c.segments.is_none() && c.result.is_err() {
+            if lost {
                 // The driver gave up on the command and keeps its data
                 // pointer: the device may still write there.
                 log::error!(
@@ -99,6 +101,7 @@ impl NvmeDevice {
             });
             n += 1;
         }
+        self.done = completed;
         n
     }
 }
@@ -115,16 +118,27 @@ impl BlockDevice for NvmeDevice {
             return Err((bio, e));
         }
         let (op, lba, blocks) = (bio.op(), bio.lba(), bio.blocks());
-        let ranges = Box::new(Ranges(bio.dma_ranges()));
-        let tag = self.park(bio) as u64;
+        let segments = |bio: &Bio, spare: &mut Vec<Vec<(u64, usize)>>| {
+            let mut pieces = spare.pop().unwrap_or_default();
+            bio.dma_ranges_into(&mut pieces);
+            IoSegments::new(pieces)
+        };
         let req = match op {
-            BioOp::Read => IoRequest::read_segments(self.nsid, lba, blocks, ranges),
-            BioOp::Write => IoRequest::write_segments(self.nsid, lba, blocks, ranges),
+            BioOp::Read => {
+                IoRequest::read_segments(self.nsid, lba, blocks, segments(&bio, &mut self.spare))
+            }
+            BioOp::Write => {
+                IoRequest::write_segments(self.nsid, lba, blocks, segments(&bio, &mut self.spare))
+            }
             BioOp::Flush => IoRequest::flush(self.nsid),
         };
+        let tag = self.park(bio) as u64;
         match self.qpair.submit(req.with_tag(tag)) {
             Ok(()) => Ok(()),
-            Err(rejected) => {
+            Err(mut rejected) => {
+                if let Some(segments) = rejected.request.segments.take() {
+                    self.spare.push(segments.into_pieces());
+                }
                 let error = driver_error(rejected.error);
                 match self.unpark(tag) {
                     Some(bio) => Err((bio, error)),

@@ -134,7 +134,7 @@ pub struct IoQPair {
     stash: Vec<IoCompletion>,
     /// Buffers the device may still write (commands given up on).
     quarantine: Vec<DmaBuffer>,
-    quarantine_segments: Vec<Box<dyn IoSegments>>,
+    quarantine_segments: Vec<IoSegments>,
     /// Scratch list of PRP entries for segment requests.
     prp_entries: Vec<u64>,
     /// CIDs of commands given up on: never reused while the queue lives.

@@ -172,7 +172,7 @@ impl IoQPair {
                 }
                 let have = match (&req.data, &req.segments) {
                     (Some(buf), None) => buf.len(),
-                    (None, Some(segs)) => check_segments(segs.segments())?,
+                    (None, Some(segs)) => check_segments(segs.pieces())?,
                     _ => {
                         return Err(Error::BadBuffer(format!(
                             "{} needs a data buffer or segments (one of them)",
@@ -536,7 +536,7 @@ fn command(
                 // Pieces of memory: PRP entries across them (SGL mode would
                 // need a descriptor list; PRPs always fit, as submit
                 // checked).
-                segment_entries(segs.segments(), start, len, prp_entries);
+                segment_entries(segs.pieces(), start, len, prp_entries);
                 let (prp1, prp2) =
                     prp::fill_entries(&shared.pool, &mut slot.prp_list, prp_entries)?;
                 sqe.set_prps(prp1, prp2);

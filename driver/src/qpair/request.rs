@@ -32,18 +32,54 @@ impl IoOp {
 }
 
 /// Device-addressable memory that a request reads into or writes from
-/// without being one [`DmaBuffer`]: e.g. pieces of page-cache folios. The
-/// queue pair holds the value until the request completes, so whatever
-/// keeps the memory alive and IOMMU-mapped should live in it.
+/// without being one [`DmaBuffer`]: e.g. pieces of page-cache folios, as
+/// (device address, length) pairs in order. The queue pair holds the value
+/// until the request completes and hands it back in the
+/// [`IoCompletion`], so a caller can refill the same list for its next
+/// request (no allocation per I/O). Whatever keeps the memory alive and
+/// IOMMU-mapped may travel inside as the owner, or stay with the caller
+/// until the completion.
 ///
-/// The pieces must make a legal PRP list: the first may start anywhere
-/// (4-byte aligned), every later one starts at a 4 KiB page boundary, and
-/// every one but the last ends at a page boundary. Wrong addresses cannot
-/// break memory safety (the device only reaches what the IOMMU maps, and
-/// the CPU never holds references to DMA memory), only the data.
-pub trait IoSegments: Send + Sync + std::fmt::Debug {
-    /// (device address, length in bytes) of each piece, in order.
-    fn segments(&self) -> &[(u64, usize)];
+/// The pieces must make legal PRPs ([`nvme_spec::prp::check_pieces`]):
+/// the first starts on a dword, and a piece either continues the one
+/// before it or both meet on page boundaries. Wrong addresses cannot break
+/// memory safety (the device only reaches what the IOMMU maps, and the CPU
+/// never holds references to DMA memory), only the data.
+#[derive(Debug, Default)]
+pub struct IoSegments {
+    pieces: Vec<(u64, usize)>,
+    /// Kept for its drop: what keeps the pieces alive, if the caller
+    /// handed it over.
+    _owner: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl IoSegments {
+    /// Pieces whose memory the caller keeps alive until the completion.
+    pub fn new(pieces: Vec<(u64, usize)>) -> Self {
+        IoSegments {
+            pieces,
+            _owner: None,
+        }
+    }
+
+    /// Pieces and the value that keeps their memory alive (dropped with
+    /// the segments; never, if the device may still write there).
+    pub fn with_owner(pieces: Vec<(u64, usize)>, owner: impl std::any::Any + Send + Sync) -> Self {
+        IoSegments {
+            pieces,
+            _owner: Some(Box::new(owner)),
+        }
+    }
+
+    /// (device address, length) of each piece, in order.
+    pub fn pieces(&self) -> &[(u64, usize)] {
+        &self.pieces
+    }
+
+    /// The list of pieces, for reuse (its allocation with it).
+    pub fn into_pieces(self) -> Vec<(u64, usize)> {
+        self.pieces
+    }
 }
 
 /// One I/O request. Read and Write carry a DMA buffer (or a list of
@@ -63,7 +99,7 @@ pub struct IoRequest {
     /// Byte offset of the data in `data` or `segments` (a multiple of 4).
     pub offset: usize,
     /// The data as a list of device-addressed pieces, instead of `data`.
-    pub segments: Option<Box<dyn IoSegments>>,
+    pub segments: Option<IoSegments>,
     /// Caller's value, handed back in the completion.
     pub tag: u64,
 }
@@ -93,7 +129,7 @@ impl IoRequest {
     }
 
     /// Read `blocks` blocks from `slba` into the pieces of `segments`.
-    pub fn read_segments(nsid: u32, slba: u64, blocks: u64, segments: Box<dyn IoSegments>) -> Self {
+    pub fn read_segments(nsid: u32, slba: u64, blocks: u64, segments: IoSegments) -> Self {
         IoRequest {
             segments: Some(segments),
             ..Self::new(IoOp::Read, nsid, slba, blocks, None)
@@ -101,12 +137,7 @@ impl IoRequest {
     }
 
     /// Write `blocks` blocks at `slba` from the pieces of `segments`.
-    pub fn write_segments(
-        nsid: u32,
-        slba: u64,
-        blocks: u64,
-        segments: Box<dyn IoSegments>,
-    ) -> Self {
+    pub fn write_segments(nsid: u32, slba: u64, blocks: u64, segments: IoSegments) -> Self {
         IoRequest {
             segments: Some(segments),
             ..Self::new(IoOp::Write, nsid, slba, blocks, None)
@@ -172,7 +203,7 @@ pub struct IoCompletion {
     /// the queue pair keeps it until the queue is deleted.
     pub data: Option<DmaBuffer>,
     /// The request's segments, back to the caller (same rule as `data`).
-    pub segments: Option<Box<dyn IoSegments>>,
+    pub segments: Option<IoSegments>,
     /// Success, or the first error of the request's commands.
     pub result: Result<()>,
 }
