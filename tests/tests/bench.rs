@@ -139,3 +139,76 @@ fn fio_runs_against_the_kernel_driver_in_the_guest() {
     let iops = job["read"]["iops"].as_f64().unwrap_or(0.0);
     assert!(iops > 0.0, "{job}");
 }
+
+/// `host_read_commands` / `host_write_commands` from `nvmectl smart-log`
+/// output that follows `marker` in `out`.
+fn smart_counter(out: &str, marker: &str, field: &str) -> u64 {
+    out.split(marker)
+        .nth(1)
+        .and_then(|rest| rest.lines().find(|l| l.starts_with(field)))
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} after {marker} in {out}"))
+}
+
+/// The floor loop (`--floor`) counts commands the device really completed:
+/// the controller's own command counters move by the count (plus at most
+/// the commands in flight when the loop stopped counting), for reads and
+/// writes; its mean latency follows from the depth; what it cannot do is
+/// refused with a clear error.
+#[test]
+fn floor_loop_counts_what_the_device_completed() {
+    let config = vm();
+    let run = run_ok(
+        &config,
+        "echo BEFORE && nvmectl smart-log \
+         && nvme-bench --floor -w randread -q 8 -n 20000 -a 0 --range-size 32M --json --label fr \
+         && echo MIDDLE && nvmectl smart-log \
+         && nvme-bench --floor -w write -o 16k -q 4 -n 3000 -a 0 --range-size 32M --json --label fw \
+         && echo AFTER && nvmectl smart-log \
+         && ! nvme-bench --floor -w randrw -n 10 2> /tmp/mix.err && cat /tmp/mix.err \
+         && ! nvme-bench --floor -o 4M -n 10 2> /tmp/big.err && cat /tmp/big.err \
+         && ! nvme-bench --floor --verify -n 10 2> /tmp/verify.err && cat /tmp/verify.err",
+    );
+    let out = run.stdout_text();
+    let json = |label: &str| -> serde_json::Value {
+        let line = out
+            .lines()
+            .find(|l| l.contains(&format!("\"label\":\"{label}\"")))
+            .unwrap_or_else(|| panic!("no {label} run in {out}"));
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{label}: {e}: {line}"))
+    };
+    let (fr, fw) = (json("fr"), json("fw"));
+    assert_eq!(fr["job"]["floor"], true, "{fr}");
+    let reads = fr["total"]["reads"].as_u64().unwrap_or(0);
+    let writes = fw["total"]["writes"].as_u64().unwrap_or(0);
+    assert!(reads >= 20_000, "{fr}");
+    assert!(writes >= 3_000, "{fw}");
+    assert_eq!(fr["total"]["errors"], 0, "{fr}");
+    let device_reads = smart_counter(&out, "MIDDLE", "host_read_commands")
+        - smart_counter(&out, "BEFORE", "host_read_commands");
+    let device_writes = smart_counter(&out, "AFTER", "host_write_commands")
+        - smart_counter(&out, "MIDDLE", "host_write_commands");
+    assert!(
+        (reads..=reads + 8).contains(&device_reads),
+        "floor counted {reads} reads, the device completed {device_reads}"
+    );
+    assert!(
+        (writes..=writes + 4).contains(&device_writes),
+        "floor counted {writes} writes, the device completed {device_writes}"
+    );
+    // Little's law: 8 in flight at the measured rate.
+    let iops = fr["total"]["iops"].as_f64().unwrap_or(0.0);
+    let mean = fr["total"]["latency"]["mean_us"].as_f64().unwrap_or(0.0);
+    assert!(
+        iops > 0.0 && (mean - 8.0 / iops * 1e6).abs() < 1.0,
+        "{fr}"
+    );
+    for want in [
+        "--floor runs read, write, randread or randwrite, not a mix",
+        "the floor loop does not split",
+        "--floor runs in raw mode, without --verify and --interrupts",
+    ] {
+        assert!(out.contains(want), "{want:?} missing in {out}");
+    }
+}
