@@ -4,6 +4,8 @@
 
 use nvme_spec::prp::{PrpGeometry, PrpLayout};
 
+use zerocopy::IntoBytes;
+
 use crate::ctrl::PAGE_SIZE;
 use crate::error::{Error, Result};
 use crate::memory::{DmaBuffer, DmaPool};
@@ -24,7 +26,7 @@ fn geometry() -> Result<PrpGeometry> {
 /// Describes `len` bytes at device address `iova`.
 pub(crate) fn build(pool: &DmaPool, iova: u64, len: usize) -> Result<Prps> {
     let mut list = None;
-    let (prp1, prp2) = fill(pool, &mut list, iova, len)?;
+    let (prp1, prp2) = fill(pool, &mut list, iova, len, &mut Vec::new())?;
     Ok(Prps {
         prp1,
         prp2,
@@ -35,12 +37,14 @@ pub(crate) fn build(pool: &DmaPool, iova: u64, len: usize) -> Result<Prps> {
 /// Returns (PRP1, PRP2) for `len` bytes at `iova`, writing any PRP list
 /// into `list`, which is allocated (or replaced by a larger one) from
 /// `pool` only when it is missing or too small: a queue keeps one per
-/// command slot, so the I/O path does not allocate.
+/// command slot, so the I/O path does not allocate. `scratch` holds the
+/// list's entries on their way (a caller's reused vector).
 pub(crate) fn fill(
     pool: &DmaPool,
     list: &mut Option<DmaBuffer>,
     iova: u64,
     len: usize,
+    scratch: &mut Vec<u64>,
 ) -> Result<(u64, u64)> {
     // One or two pages (a 4 KiB I/O, aligned or not): no geometry, no list.
     let page = PAGE_SIZE as u64;
@@ -73,7 +77,9 @@ pub(crate) fn fill(
                 Some(b) if b.len() >= need => b,
                 _ => list.insert(pool.alloc(need)?),
             };
-            fill_list(buf, geo.entries_per_list_page(), entries, pages)?;
+            scratch.clear();
+            scratch.extend(pages.take(entries));
+            write_list(buf, scratch)?;
             Ok((prp1, buf.iova()))
         }
     }
@@ -99,38 +105,34 @@ pub(crate) fn fill_entries(
                 Some(b) if b.len() >= need => b,
                 _ => list.insert(pool.alloc(need)?),
             };
-            fill_list(
-                buf,
-                geo.entries_per_list_page(),
-                rest.len(),
-                rest.iter().copied(),
-            )?;
+            write_list(buf, rest)?;
             Ok((*first, buf.iova()))
         }
     }
 }
 
-/// Writes `entries` page addresses into consecutive list pages of `list`;
-/// the last slot of a full page points to the next page when more than one
-/// entry is left.
-fn fill_list(
-    list: &DmaBuffer,
-    per_page: usize,
-    entries: usize,
-    pages: impl Iterator<Item = u64>,
-) -> Result<()> {
-    let mut slot = 0usize;
-    for (i, addr) in pages.enumerate() {
-        let left = entries - i;
-        if slot % per_page == per_page - 1 && left > 1 {
-            let next_page = (slot / per_page + 1) * PAGE_SIZE;
-            list.write_u64(slot * 8, list.iova() + next_page as u64)?;
-            slot += 1;
-        }
-        list.write_u64(slot * 8, addr)?;
-        slot += 1;
+/// Entries of one list page (4 KiB pages of 8-byte entries).
+const PER_PAGE: usize = PAGE_SIZE / 8;
+
+/// Writes the page addresses `entries` into consecutive list pages of
+/// `list` (which has room: [`nvme_spec::prp::PrpGeometry::list_pages_needed`]):
+/// a page's last slot points to the next page when more entries follow
+/// than fit. One copy per list page, not one checked store per entry.
+fn write_list(list: &DmaBuffer, entries: &[u64]) -> Result<()> {
+    // PRP entries are little-endian, as is every target this driver
+    // builds for (x86_64): the slice's bytes are the entries.
+    const _: () = assert!(cfg!(target_endian = "little"));
+    let mut at = 0usize;
+    let mut page = 0usize;
+    while entries.len() - at > PER_PAGE {
+        let offset = page * PAGE_SIZE;
+        list.write(offset, entries[at..at + PER_PAGE - 1].as_bytes())?;
+        let next = list.iova() + (offset + PAGE_SIZE) as u64;
+        list.write_u64(offset + (PER_PAGE - 1) * 8, next)?;
+        at += PER_PAGE - 1;
+        page += 1;
     }
-    Ok(())
+    list.write(page * PAGE_SIZE, entries[at..].as_bytes())
 }
 
 #[cfg(test)]

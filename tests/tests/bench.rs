@@ -200,10 +200,7 @@ fn floor_loop_counts_what_the_device_completed() {
     // Little's law: 8 in flight at the measured rate.
     let iops = fr["total"]["iops"].as_f64().unwrap_or(0.0);
     let mean = fr["total"]["latency"]["mean_us"].as_f64().unwrap_or(0.0);
-    assert!(
-        iops > 0.0 && (mean - 8.0 / iops * 1e6).abs() < 1.0,
-        "{fr}"
-    );
+    assert!(iops > 0.0 && (mean - 8.0 / iops * 1e6).abs() < 1.0, "{fr}");
     for want in [
         "--floor runs read, write, randread or randwrite, not a mix",
         "the floor loop does not split",

@@ -144,7 +144,13 @@ impl IoQPair {
         for cid in 0..job.depth {
             let buf = self.shared.pool.alloc(bytes)?;
             let mut list = None;
-            let (prp1, prp2) = prp::fill(&self.shared.pool, &mut list, buf.iova(), bytes)?;
+            let (prp1, prp2) = prp::fill(
+                &self.shared.pool,
+                &mut list,
+                buf.iova(),
+                bytes,
+                &mut Vec::new(),
+            )?;
             let mut sqe = if job.write {
                 nvm::write(job.nsid, job.first_lba, job.io_blocks)
             } else {

@@ -550,7 +550,8 @@ fn command(
             if shared.sgl {
                 sqe.set_sgl1(SglDescriptor::data_block(iova, len as u32));
             } else {
-                let (prp1, prp2) = prp::fill(&shared.pool, &mut slot.prp_list, iova, len)?;
+                let (prp1, prp2) =
+                    prp::fill(&shared.pool, &mut slot.prp_list, iova, len, prp_entries)?;
                 sqe.set_prps(prp1, prp2);
             }
             sqe
