@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let bytes: usize = got.iter().map(|v| v.len()).sum();
         views += got.len();
         // Like the bench: the views are looked at, then dropped.
-        pos += (bytes as u64).min(128 << 10).max(1);
+        pos += (bytes as u64).clamp(1, 128 << 10);
     }
     println!("read {size} bytes through {views} views");
     Ok(())
