@@ -2942,4 +2942,82 @@ mod tests {
             }]
         );
     }
+
+    fn floor_job(write: bool, depth: usize, io_blocks: u32, count: u64) -> crate::FloorJob {
+        crate::FloorJob {
+            nsid: NS,
+            write,
+            first_lba: 0,
+            blocks: 1024,
+            io_blocks,
+            depth,
+            random: !write,
+            seed: 3,
+            warmup: Duration::ZERO,
+            time: Duration::from_secs(3600),
+            count: Some(count),
+        }
+    }
+
+    #[test]
+    fn the_floor_loop_counts_what_the_mock_served_and_leaves_the_queue_working() {
+        let (mock, mut qp) = MockController::with_qpair(config(64, 128 << 10, 1024)).expect("mock");
+        mock.set_auto(true);
+        // 64 KiB reads: PRP lists built once per CID.
+        let r = qp.floor(&floor_job(false, 8, 128, 2000)).expect("floor");
+        assert!(r.ios >= 2000 && r.errors == 0, "{r:?}");
+        let s = mock.stats();
+        assert!(
+            (r.ios..=r.ios + 8).contains(&s.reads),
+            "counted {} reads, the mock served {}",
+            r.ios,
+            s.reads
+        );
+        let w = qp.floor(&floor_job(true, 3, 1, 500)).expect("floor");
+        assert!(w.ios >= 500 && mock.stats().writes >= w.ios, "{w:?}");
+        no_violations(&mock);
+        // The queue pair goes on with the full path afterwards.
+        let data = random_bytes(9, 4 * LBA);
+        mock.set_auto(false);
+        assert_eq!(round_trip(&mock, &mut qp, 16, &data, (0, 0)), data);
+        no_violations(&mock);
+        // What the floor cannot do is refused.
+        assert!(
+            qp.floor(&floor_job(false, 64, 1, 10)).is_err(),
+            "depth past entries - 1"
+        );
+        assert!(
+            qp.floor(&floor_job(false, 4, 512, 10)).is_err(),
+            "past the transfer limit"
+        );
+        mock.fail_next(Match::Any, Status::generic(generic::DATA_TRANSFER_ERROR), 3);
+        mock.set_auto(true);
+        let e = qp.floor(&floor_job(false, 4, 1, 100)).expect("floor");
+        assert_eq!(e.errors, 3, "{e:?}");
+        assert_eq!(
+            e.first_error.map(|s| s.sc),
+            Some(generic::DATA_TRANSFER_ERROR)
+        );
+    }
+
+    #[test]
+    fn a_floor_loop_on_a_hung_command_times_out_instead_of_spinning() {
+        let (mock, mut qp) = timeout_config(AbortPolicy::Abort);
+        mock.set_auto(true);
+        mock.hold_next(Match::Any, 1);
+        let start = Instant::now();
+        let e = qp
+            .floor(&floor_job(false, 2, 1, 100))
+            .expect_err("the held command never completes");
+        assert!(e.to_string().contains("floor loop on queue"), "{e}");
+        assert!(
+            start.elapsed() >= Duration::from_millis(50),
+            "not before the timeout"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            start.elapsed()
+        );
+    }
 }

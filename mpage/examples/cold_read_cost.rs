@@ -17,7 +17,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let size = file_mib << 20;
     let g = Geometry::new(512, size / 512, 512 * 1024)?;
     let mut dev = RecordingDevice::new(g)?;
-    let cache = Arc::new(PageCache::new(Arc::new(VecMemory::new()), budget_mib << 20)?);
+    let cache = Arc::new(PageCache::new(
+        Arc::new(VecMemory::new()),
+        budget_mib << 20,
+    )?);
     let mapper = Arc::new(IdentityMapper::namespace(&g));
     let file = File::open(cache, mapper, BlockSize::PAGE, size)?;
     let mut pos = 0u64;

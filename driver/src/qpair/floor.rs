@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use nvme_spec::Status;
 use nvme_spec::io as nvm;
 
-use super::IoQPair;
+use super::{IoQPair, SHADOW_KICK_INTERVAL};
 use crate::error::{Error, Result};
 use crate::memory::DmaBuffer;
 use crate::prp;
@@ -192,8 +192,12 @@ impl IoQPair {
         let start = Instant::now();
         let mut counting_since = (job.warmup.is_zero()).then_some(start);
         let mut since_clock = 0u64;
+        // Empty polls in a row, and what the last look at the clock during
+        // such a stretch saw: completions so far, and since when that
+        // number has not moved.
         let mut idle = 0u64;
-        let mut last_progress = start;
+        let mut completed = 0u64;
+        let mut seen = (0u64, start);
         let mut stopping = false;
         while in_flight > 0 {
             let mut reaped = 0u64;
@@ -227,18 +231,28 @@ impl IoQPair {
             }
             if reaped == 0 {
                 idle += 1;
-                if idle.is_multiple_of(IDLE_CLOCK_EVERY)
-                    && last_progress.elapsed() > self.shared.options.io_timeout
-                {
-                    self.q.settle_untracked();
-                    let e = Error::CommandTimeout {
-                        command: format!("floor loop on queue {}", self.q.qid()),
-                        waited_ms: self.shared.options.io_timeout.as_millis() as u64,
-                    };
-                    return self.floor_abandon(e);
+                // The same mitigation as the full path's for a controller
+                // that missed a shadow doorbell update.
+                if idle.is_multiple_of(u64::from(SHADOW_KICK_INTERVAL)) && self.q.has_shadow() {
+                    self.q.kick()?;
+                }
+                if idle.is_multiple_of(IDLE_CLOCK_EVERY) {
+                    let now = Instant::now();
+                    if seen.0 != completed {
+                        seen = (completed, now);
+                    } else if now - seen.1 > self.shared.options.io_timeout {
+                        self.q.settle_untracked();
+                        let e = Error::CommandTimeout {
+                            command: format!("floor loop on queue {}", self.q.qid()),
+                            waited_ms: self.shared.options.io_timeout.as_millis() as u64,
+                        };
+                        return self.floor_abandon(e);
+                    }
                 }
                 continue;
             }
+            idle = 0;
+            completed += reaped;
             self.q.ring_cq()?;
             self.q.ring()?;
             since_clock += reaped;
@@ -247,7 +261,6 @@ impl IoQPair {
             }
             since_clock = 0;
             let now = Instant::now();
-            last_progress = now;
             match counting_since {
                 None if now - start >= job.warmup => counting_since = Some(now),
                 Some(t0) if !stopping => {
