@@ -53,7 +53,7 @@ pub(crate) struct BenchArgs {
     /// Jobs to run, comma-separated (default: the whole suite; see --list).
     #[arg(long, value_delimiter = ',')]
     jobs: Vec<String>,
-    /// Variants to run, comma-separated (default: all; see --list).
+    /// Variants to run, comma-separated (default: all but libaio; see --list).
     #[arg(long, value_delimiter = ',')]
     variants: Vec<String>,
     /// How the guest kernel uses the IOMMU: pt (passthrough for kernel
@@ -89,7 +89,7 @@ impl BenchArgs {
                 .collect::<std::result::Result<_, _>>()?
         };
         let variants = if self.variants.is_empty() {
-            Variant::all().collect()
+            Variant::defaults().collect()
         } else {
             self.variants
                 .iter()
@@ -126,8 +126,21 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
     if args.list {
+        println!(
+            "job, its metric, the variants that run it (in parentheses: only when --variants names it)"
+        );
         for j in JOBS {
-            let vs: Vec<&str> = j.variants().iter().map(|v| v.name()).collect();
+            let vs: Vec<String> = j
+                .variants()
+                .iter()
+                .map(|v| {
+                    if v.def().by_default {
+                        v.name().to_string()
+                    } else {
+                        format!("({})", v.name())
+                    }
+                })
+                .collect();
             println!("{:<26} {:<8} {}", j.name, j.metric.unit(), vs.join(", "));
         }
         return Ok(ExitCode::SUCCESS);
