@@ -651,7 +651,7 @@ conditions() {
     command -v fio > /dev/null && echo "@@fio $(fio --version)"
     nvmectl identify 2> /dev/null | grep -E '^(mn|fr|mdts|nsze|lbaf) ' | sed 's/^/@@identify /'
     echo "@@cpu_model $(grep -m1 '^model name' /proc/cpuinfo | sed 's/.*: //')"
-    echo "@@cpu_flags $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -xE 'sse4_2|avx|avx2|avx512f|la57' | tr '\n' ' ')"
+    echo "@@cpu_flags $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -xE 'sse4_2|avx|avx2|avx512f|erms|fsrm|la57' | tr '\n' ' ')"
     echo "@@iommu_domain $(dmesg | grep -m1 'Default domain type' | sed 's/.*type: //')"
 }
 # Our readahead maximum: a short cold read through our page cache reports
