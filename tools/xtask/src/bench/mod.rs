@@ -361,7 +361,7 @@ fn header(args: &BenchArgs, output: &Output, elapsed: Duration) -> String {
         (None, None) => "readahead: no cache job".into(),
     };
     format!(
-        "QEMU {} TCG -cpu {} ({}), {} vCPUs, {} MiB, {:?} backend; guest {}, iommu {} ({})\n\
+        "QEMU {} TCG -cpu {} ({}), {} vCPUs, {} MiB, {:?} backend; guest {}, iommu {} ({}; {})\n\
          kernel nvme queues {}; {readahead}\n\
          {} rounds of {} s (+{} s warm-up); wall {:.1} min",
         host_fact(qemu_harness::host::QEMU, &["--version"])
@@ -376,6 +376,7 @@ fn header(args: &BenchArgs, output: &Output, elapsed: Duration) -> String {
         c("kernel"),
         args.iommu.name(),
         c("iommu_domain"),
+        c("iommu_invalidation"),
         c("queues"),
         args.repeat,
         args.runtime,
@@ -529,7 +530,7 @@ mod tests {
         let h = header(&strict, &output, Duration::from_secs(60));
         for part in [
             "-cpu qemu64",
-            "iommu strict (Passthrough)",
+            "iommu strict (Passthrough; ?)",
             "kernel read_ahead_kb 8192, ours readahead max 2048 pages (8192 KiB)",
             "2/0/2 default/read/poll queues",
         ] {
