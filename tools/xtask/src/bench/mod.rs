@@ -348,6 +348,13 @@ fn ours_readahead(output: &Output) -> Option<u64> {
 /// The conditions a table is read with, one line each.
 fn header(args: &BenchArgs, output: &Output, elapsed: Duration) -> String {
     let c = |k: &str| output.conditions.get(k).map_or("?", |s| s.as_str());
+    let iommu = ["iommu_domain", "iommu_invalidation"]
+        .iter()
+        .filter_map(|k| output.conditions.get(*k))
+        .filter(|v| !v.is_empty())
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
     let readahead = match (
         output.conditions.get("read_ahead_kb"),
         ours_readahead(output),
@@ -361,7 +368,7 @@ fn header(args: &BenchArgs, output: &Output, elapsed: Duration) -> String {
         (None, None) => "readahead: no cache job".into(),
     };
     format!(
-        "QEMU {} TCG -cpu {} ({}), {} vCPUs, {} MiB, {:?} backend; guest {}, iommu {} ({}; {})\n\
+        "QEMU {} TCG -cpu {} ({}), {} vCPUs, {} MiB, {:?} backend; guest {}, iommu {} ({})\n\
          kernel nvme queues {}; {readahead}\n\
          {} rounds of {} s (+{} s warm-up); wall {:.1} min",
         host_fact(qemu_harness::host::QEMU, &["--version"])
@@ -375,8 +382,7 @@ fn header(args: &BenchArgs, output: &Output, elapsed: Duration) -> String {
         args.backend,
         c("kernel"),
         args.iommu.name(),
-        c("iommu_domain"),
-        c("iommu_invalidation"),
+        iommu,
         c("queues"),
         args.repeat,
         args.runtime,
@@ -530,7 +536,7 @@ mod tests {
         let h = header(&strict, &output, Duration::from_secs(60));
         for part in [
             "-cpu qemu64",
-            "iommu strict (Passthrough; ?)",
+            "iommu strict (Passthrough)",
             "kernel read_ahead_kb 8192, ours readahead max 2048 pages (8192 KiB)",
             "2/0/2 default/read/poll queues",
         ] {

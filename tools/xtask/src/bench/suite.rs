@@ -652,8 +652,8 @@ conditions() {
     nvmectl identify 2> /dev/null | grep -E '^(mn|fr|mdts|nsze|lbaf) ' | sed 's/^/@@identify /'
     echo "@@cpu_model $(grep -m1 '^model name' /proc/cpuinfo | sed 's/.*: //')"
     echo "@@cpu_flags $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -xE 'sse4_2|avx|avx2|avx512f|erms|fsrm|la57' | tr '\n' ' ')"
-    echo "@@iommu_domain $(dmesg | grep -m1 'Default domain type' | sed 's/.*type: //')"
-    echo "@@iommu_invalidation $(dmesg | grep -m1 'TLB invalidation policy' | sed 's/.*policy: //')"
+    echo "@@iommu_domain $(dmesg | grep -m1 'Default domain type' | sed 's/.*type: //; s/ *$//')"
+    echo "@@iommu_invalidation $(dmesg | grep -m1 'TLB invalidation policy' | sed 's/.*policy: //; s/ *$//')"
 }
 # Our readahead maximum: a short cold read through our page cache reports
 # the window it used (sized from the device); the kernel's page cache of
