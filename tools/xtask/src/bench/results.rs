@@ -337,7 +337,8 @@ fn figure(c: &Cell) -> String {
 
 /// The table: `header` (the run's conditions), one row per job (the job's
 /// metric for ours and for the best kernel variant, median ± spread over
-/// the rounds, and their ratio), then every kernel variant per job.
+/// the rounds, and their ratio), then every other variant per job (the
+/// kernel's, and any other of ours).
 pub(crate) fn table(cells: &[Cell], jobs: &[Job], header: &str) -> String {
     let mut s = String::new();
     for line in header.lines() {
@@ -368,10 +369,10 @@ pub(crate) fn table(cells: &[Cell], jobs: &[Job], header: &str) -> String {
             }
         }
     }
-    let _ = writeln!(s, "\nevery kernel variant (median ±spread):");
+    let _ = writeln!(s, "\nevery other variant (median ±spread):");
     for job in jobs {
         let all: Vec<String> = Variant::all()
-            .filter(|v| v.is_kernel())
+            .filter(|&v| v != Variant::OURS)
             .filter_map(|v| cell(cells, job.name, v))
             .map(|c| format!("{} {}", c.variant.name(), figure(c)))
             .collect();

@@ -55,14 +55,25 @@ const ALL_KINDS: &[Kind] = &[
     Kind::CacheWarm,
 ];
 
+/// Which side runs a variant, with what options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// nvme-bench through our driver, with these extra arguments (a
+    /// second ours-side figure beside the main one is a variant with its
+    /// own arguments; the table compares only [`Variant::OURS`] with the
+    /// kernel).
+    Ours(&'static str),
+    /// fio through the kernel's nvme driver, with these engine options.
+    Kernel(&'static str),
+}
+
 /// One way of running jobs: ours (nvme-bench) or a kernel configuration
 /// under fio.
 #[derive(Debug)]
 pub(crate) struct VariantDef {
     /// Column heading and label in the results.
     pub name: &'static str,
-    /// fio's engine options; None for ours (nvme-bench).
-    pub fio: Option<&'static str>,
+    pub side: Side,
     /// The job kinds it runs.
     pub kinds: &'static [Kind],
     /// Batched submission and completion (`iodepth_batch_submit`,
@@ -83,7 +94,7 @@ pub(crate) struct VariantDef {
 pub(crate) const VARIANTS: &[VariantDef] = &[
     VariantDef {
         name: "ours",
-        fio: None,
+        side: Side::Ours(""),
         kinds: ALL_KINDS,
         batched: false,
         always: true,
@@ -91,7 +102,7 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
     },
     VariantDef {
         name: "io_uring",
-        fio: Some("--ioengine=io_uring --fixedbufs=1 --registerfiles=1"),
+        side: Side::Kernel("--ioengine=io_uring --fixedbufs=1 --registerfiles=1"),
         kinds: DEVICE_KINDS,
         batched: false,
         always: false,
@@ -99,7 +110,7 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
     },
     VariantDef {
         name: "io_uring-batch",
-        fio: Some("--ioengine=io_uring --fixedbufs=1 --registerfiles=1"),
+        side: Side::Kernel("--ioengine=io_uring --fixedbufs=1 --registerfiles=1"),
         kinds: DEVICE_KINDS,
         batched: true,
         always: false,
@@ -107,7 +118,7 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
     },
     VariantDef {
         name: "io_uring-polled",
-        fio: Some("--ioengine=io_uring --hipri=1 --fixedbufs=1 --registerfiles=1"),
+        side: Side::Kernel("--ioengine=io_uring --hipri=1 --fixedbufs=1 --registerfiles=1"),
         kinds: DEVICE_KINDS,
         batched: false,
         always: true,
@@ -115,7 +126,7 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
     },
     VariantDef {
         name: "io_uring-polled-batch",
-        fio: Some("--ioengine=io_uring --hipri=1 --fixedbufs=1 --registerfiles=1"),
+        side: Side::Kernel("--ioengine=io_uring --hipri=1 --fixedbufs=1 --registerfiles=1"),
         kinds: DEVICE_KINDS,
         batched: true,
         always: true,
@@ -123,7 +134,7 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
     },
     VariantDef {
         name: "libaio",
-        fio: Some("--ioengine=libaio"),
+        side: Side::Kernel("--ioengine=libaio"),
         kinds: DEVICE_KINDS,
         batched: false,
         always: false,
@@ -131,7 +142,7 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
     },
     VariantDef {
         name: "kernel-cache",
-        fio: Some("--ioengine=psync"),
+        side: Side::Kernel("--ioengine=psync"),
         kinds: &[Kind::CacheCold, Kind::CacheWarm],
         batched: false,
         always: true,
@@ -139,7 +150,7 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
     },
     VariantDef {
         name: "kernel-cache-mmap",
-        fio: Some("--ioengine=mmap"),
+        side: Side::Kernel("--ioengine=mmap"),
         kinds: &[Kind::CacheWarm],
         batched: false,
         always: true,
@@ -192,7 +203,7 @@ impl Variant {
 
     /// The kernel side.
     pub(crate) fn is_kernel(self) -> bool {
-        self.def().fio.is_some()
+        matches!(self.def().side, Side::Kernel(_))
     }
 
     /// Whether this variant runs `job`.
@@ -399,8 +410,8 @@ pub(crate) fn parse_label(s: &str) -> Option<(Variant, Job, u32)> {
     it.next().is_none().then_some((variant, job, round))
 }
 
-/// nvme-bench's arguments for our side of `job`.
-fn ours_args(job: &Job, t: Timing) -> String {
+/// nvme-bench's arguments for `variant` (an ours-side one) of `job`.
+fn ours_args(job: &Job, variant: Variant, t: Timing) -> String {
     let mut a = match job.kind {
         Kind::Device => format!(
             "-w {} -o {} -q {} -t {} --warmup {} --range-size {RANGE}",
@@ -431,6 +442,11 @@ fn ours_args(job: &Job, t: Timing) -> String {
         // One thread per vCPU, pinned (spdk_nvme_perf's -c).
         let _ = write!(a, " -c {:#x}", core_mask(job.threads));
     }
+    if let Side::Ours(extra) = variant.def().side
+        && !extra.is_empty()
+    {
+        let _ = write!(a, " {extra}");
+    }
     a
 }
 
@@ -456,7 +472,9 @@ fn fio_args(job: &Job, variant: Variant, t: Timing) -> Option<String> {
     if !variant.runs(job) {
         return None;
     }
-    let engine = variant.def().fio?;
+    let Side::Kernel(engine) = variant.def().side else {
+        return None;
+    };
     // fio takes whole units: milliseconds keep fractional seconds.
     let ms = |s: f64| (s * 1000.0).round() as u64;
     let timed = format!(
@@ -598,7 +616,7 @@ impl Plan {
                     label(v, &job, round),
                     v.name(),
                     job.name,
-                    ours_args(&job, self.timing)
+                    ours_args(&job, v, self.timing)
                 );
             }
             let kernel: Vec<_> = self.runs(true).collect();
@@ -834,8 +852,8 @@ mod tests {
         ] {
             assert!(two.contains(opt), "{opt} missing in {two}");
         }
-        assert!(ours_args(&job("randread-4k-qd32-2t"), t).ends_with(" -c 0x3"));
-        assert!(!ours_args(&job("randread-4k-qd32"), t).contains(" -c "));
+        assert!(ours_args(&job("randread-4k-qd32-2t"), Variant::OURS, t).ends_with(" -c 0x3"));
+        assert!(!ours_args(&job("randread-4k-qd32"), Variant::OURS, t).contains(" -c "));
         let lba4k = job("randread-4k-qd32-lba4k");
         assert_eq!(lba4k.nsid(), 2);
         assert!(
@@ -843,7 +861,7 @@ mod tests {
                 .unwrap()
                 .contains("--filename=/dev/nvme0n2 ")
         );
-        assert!(ours_args(&lba4k, t).ends_with(" --nsid 2"));
+        assert!(ours_args(&lba4k, Variant::OURS, t).ends_with(" --nsid 2"));
         let mmap = fio_args(&job("cache-randread-4k-warm"), v("kernel-cache-mmap"), t).unwrap();
         for opt in [
             "--ioengine=mmap",
