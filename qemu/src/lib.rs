@@ -22,7 +22,7 @@ pub mod kernel;
 pub mod vm;
 
 pub use error::{Error, Result};
-pub use vm::{GuestDriver, GuestExit, NsDisk, OutputMode, VmConfig, VmRun};
+pub use vm::{GuestDriver, GuestExit, IommuMode, NsDisk, OutputMode, VmConfig, VmRun};
 
 use std::path::PathBuf;
 

@@ -53,6 +53,33 @@ pub enum GuestDriver {
     Kernel,
 }
 
+/// How the guest kernel uses the emulated IOMMU for the devices its own
+/// drivers own (vfio-pci always gets a translated domain of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IommuMode {
+    /// The kernel's default: DMA through translated domains (each I/O of
+    /// a kernel driver is mapped and unmapped; invalidation as the kernel
+    /// is configured, lazy on Debian's).
+    #[default]
+    Translated,
+    /// `iommu.strict=1`: translated, every unmap invalidated at once.
+    Strict,
+    /// `iommu=pt`: kernel drivers get an identity domain and map nothing
+    /// per I/O; devices given to vfio-pci still get their own domain.
+    Passthrough,
+}
+
+impl IommuMode {
+    /// The kernel command line word that selects this mode, if any.
+    pub fn kernel_arg(self) -> Option<&'static str> {
+        match self {
+            IommuMode::Translated => None,
+            IommuMode::Strict => Some("iommu.strict=1"),
+            IommuMode::Passthrough => Some("iommu=pt"),
+        }
+    }
+}
+
 /// Where the command's stdout and stderr go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutputMode {
@@ -89,6 +116,10 @@ pub struct VmConfig {
     pub disk_size: u64,
     /// Extra `nvme` device properties (`mdts=3`, `logical_block_size=4096`...).
     pub nvme_props: Vec<(String, String)>,
+    /// Extra properties of single namespaces, index 0 for nsid 1 (after
+    /// the namespace properties of `nvme_props`, so they win), e.g. 4096-byte
+    /// LBAs on namespace 2 only.
+    pub ns_props: Vec<Vec<(String, String)>>,
     /// The controller's serial number.
     pub serial: String,
     /// Host files put in the guest: (host path, guest path).
@@ -105,6 +136,11 @@ pub struct VmConfig {
     pub kvm: bool,
     /// Give the guest an IOMMU (vfio-pci needs one).
     pub iommu: bool,
+    /// How the guest kernel uses it (with `iommu`).
+    pub iommu_mode: IommuMode,
+    /// The vCPU model (`-cpu`); None: QEMU's default (qemu64 under TCG,
+    /// which lacks SSE4.2 and AVX; `max` has them).
+    pub cpu: Option<String>,
     /// 2 MiB huge pages to reserve in the guest.
     pub hugepages: u32,
     /// Host executables put in the guest at the same paths, with the shared
@@ -129,6 +165,7 @@ impl Default for VmConfig {
             namespaces: 1,
             disk_size: 1 << 30,
             nvme_props: Vec::new(),
+            ns_props: Vec::new(),
             serial: DEFAULT_SERIAL.to_string(),
             copies: Vec::new(),
             mem_mib: 1024,
@@ -137,6 +174,8 @@ impl Default for VmConfig {
             driver: GuestDriver::Vfio,
             kvm: false,
             iommu: true,
+            iommu_mode: IommuMode::default(),
+            cpu: None,
             hugepages: 0,
             host_tools: Vec::new(),
             blkdebug: None,
@@ -405,10 +444,22 @@ impl VmConfig {
                 "the serial must be 1 to 20 ASCII characters".into(),
             ));
         }
-        for (k, v) in &self.nvme_props {
+        for (k, v) in self.nvme_props.iter().chain(self.ns_props.iter().flatten()) {
             if k.is_empty() || k.contains([',', '=']) || v.contains(',') {
                 return Err(Error::Config(format!("bad nvme property {k}={v}")));
             }
+        }
+        if self.ns_props.len() > self.namespaces as usize {
+            return Err(Error::Config(format!(
+                "properties given for {} namespaces of {}",
+                self.ns_props.len(),
+                self.namespaces
+            )));
+        }
+        if let Some(cpu) = &self.cpu
+            && (cpu.is_empty() || cpu.starts_with('-') || cpu.contains(char::is_whitespace))
+        {
+            return Err(Error::Config(format!("bad CPU model {cpu:?}")));
         }
         if self.smp == 0 || self.mem_mib < 128 {
             return Err(Error::Config("need at least 1 vCPU and 128 MiB".into()));
@@ -542,6 +593,11 @@ impl VmConfig {
         .into_iter()
         .map(String::from)
         .collect::<Vec<_>>();
+        if self.iommu
+            && let Some(arg) = self.iommu_mode.kernel_arg()
+        {
+            append.push(arg.into());
+        }
         append.extend(self.kernel_args.iter().cloned());
         let mut args: Vec<String> = vec![
             "-nodefaults".into(),
@@ -557,13 +613,19 @@ impl VmConfig {
             self.mem_mib.to_string(),
             "-smp".into(),
             self.smp.to_string(),
+        ];
+        if let Some(cpu) = &self.cpu {
+            args.push("-cpu".into());
+            args.push(cpu.clone());
+        }
+        args.extend([
             "-kernel".into(),
             kernel.vmlinuz.display().to_string(),
             "-initrd".into(),
             initrd.display().to_string(),
             "-append".into(),
             append.join(" "),
-        ];
+        ]);
         if self.iommu {
             args.push("-device".into());
             args.push("intel-iommu,intremap=on".into());
@@ -572,22 +634,11 @@ impl VmConfig {
             args.push("-serial".into());
             args.push(format!("file:{}", s.display()));
         }
-        let (mut ns_props, ctrl_props): (Vec<_>, Vec<_>) = self
+        let (ns_common, ctrl_props): (Vec<_>, Vec<_>) = self
             .nvme_props
             .iter()
             .cloned()
             .partition(|(k, _)| NAMESPACE_PROPS.contains(&k.as_str()));
-        // QEMU refuses a logical block larger than the physical one, whose
-        // default is 512: follow the logical size unless both are given.
-        let lbs = ns_props
-            .iter()
-            .find(|(k, _)| k == "logical_block_size")
-            .map(|(_, v)| v.clone());
-        if let Some(lbs) = lbs
-            && !ns_props.iter().any(|(k, _)| k == "physical_block_size")
-        {
-            ns_props.push(("physical_block_size".into(), lbs));
-        }
         let mut ctrl = format!("nvme,id=nvme0,serial={},addr=3", self.serial);
         for (k, v) in ctrl_props {
             ctrl.push_str(&format!(",{k}={v}"));
@@ -616,7 +667,7 @@ impl VmConfig {
             args.push("-drive".into());
             args.push(drive);
             let mut ns = format!("nvme-ns,drive=nvm{nsid},nsid={nsid},bus=nvme0");
-            for (k, v) in &ns_props {
+            for (k, v) in namespace_props(&ns_common, self.ns_props.get(i)) {
                 ns.push_str(&format!(",{k}={v}"));
             }
             args.push("-device".into());
@@ -624,6 +675,33 @@ impl VmConfig {
         }
         args
     }
+}
+
+/// The properties of one namespace: the common ones, then its own (a
+/// property given in both takes its own value).
+fn namespace_props(
+    common: &[(String, String)],
+    own: Option<&Vec<(String, String)>>,
+) -> Vec<(String, String)> {
+    let own = own.map(Vec::as_slice).unwrap_or_default();
+    let mut props: Vec<(String, String)> = common
+        .iter()
+        .filter(|(k, _)| !own.iter().any(|(o, _)| o == k))
+        .chain(own)
+        .cloned()
+        .collect();
+    // QEMU refuses a logical block larger than the physical one, whose
+    // default is 512: follow the logical size unless both are given.
+    let lbs = props
+        .iter()
+        .find(|(k, _)| k == "logical_block_size")
+        .map(|(_, v)| v.clone());
+    if let Some(lbs) = lbs
+        && !props.iter().any(|(k, _)| k == "physical_block_size")
+    {
+        props.push(("physical_block_size".into(), lbs));
+    }
+    props
 }
 
 fn create_image(path: &Path, size: u64) -> Result<()> {
@@ -748,5 +826,53 @@ mod tests {
         assert!(ns.iter().all(|d| d.contains("logical_block_size=4096")));
         assert!(ns.iter().all(|d| d.contains("physical_block_size=4096")));
         assert!(args.iter().any(|a| a.starts_with("driver=null-co,")));
+    }
+
+    #[test]
+    fn per_namespace_props_cpu_and_iommu_mode() {
+        let cfg = VmConfig {
+            nvme_props: vec![("mssrl".into(), "8".into())],
+            ns_props: vec![
+                Vec::new(),
+                vec![("logical_block_size".into(), "4096".into())],
+            ],
+            namespaces: 2,
+            cpu: Some("max".into()),
+            iommu_mode: IommuMode::Passthrough,
+            ..VmConfig::default()
+        };
+        cfg.validate().expect("valid");
+        let kernel = GuestKernel {
+            package: "k".into(),
+            vmlinuz: "/k".into(),
+            modules: "/m".into(),
+        };
+        let p = Path::new("/x");
+        let args = cfg.qemu_args(&kernel, p, &[None, None], [p, p, p, p], None);
+        let ns: Vec<&String> = args.iter().filter(|a| a.starts_with("nvme-ns,")).collect();
+        assert_eq!(ns.len(), 2);
+        assert!(ns[0].ends_with(",mssrl=8"), "{}", ns[0]);
+        assert!(
+            ns[1].ends_with(",mssrl=8,logical_block_size=4096,physical_block_size=4096"),
+            "{}",
+            ns[1]
+        );
+        let pos = args.iter().position(|a| a == "-cpu").expect("-cpu");
+        assert_eq!(args[pos + 1], "max");
+        let append = &args[args.iter().position(|a| a == "-append").expect("-append") + 1];
+        assert!(append.contains(" iommu=pt"), "{append}");
+        // The default: QEMU's CPU model, the kernel's own IOMMU mode.
+        let plain = VmConfig::default().qemu_args(&kernel, p, &[None], [p, p, p, p], None);
+        assert!(!plain.iter().any(|a| a == "-cpu" || a.contains("iommu=pt")));
+        let bad = VmConfig {
+            cpu: Some("max -foo".into()),
+            ..VmConfig::default()
+        };
+        assert!(bad.validate().is_err());
+        let too_many = VmConfig {
+            ns_props: vec![Vec::new(), Vec::new()],
+            ..VmConfig::default()
+        };
+        assert!(too_many.validate().is_err());
     }
 }

@@ -14,7 +14,7 @@ pub use nvme_bench::pattern;
 use std::path::Path;
 use std::time::Duration;
 
-pub use qemu_harness::{GuestDriver, GuestExit, NsDisk, VmConfig, VmRun};
+pub use qemu_harness::{GuestDriver, GuestExit, IommuMode, NsDisk, VmConfig, VmRun};
 
 /// Guest settings for tests: a small disk and a generous time limit
 /// (TCG on two shared cores).

@@ -1,9 +1,10 @@
 //! The VM harness itself: exit status, separate stdout and stderr, the
-//! wall-clock limit, null-co namespaces, and a disk image kept across boots.
+//! wall-clock limit, null-co namespaces, a disk image kept across boots,
+//! the CPU model, the IOMMU mode and per-namespace properties.
 
 use std::time::{Duration, Instant};
 
-use vm_tests::{GuestExit, NsDisk, run, run_ok, vm};
+use vm_tests::{GuestExit, IommuMode, NsDisk, run, run_ok, vm};
 
 #[test]
 fn exit_status_and_streams_come_back_separately() {
@@ -66,4 +67,37 @@ fn a_named_disk_is_kept_between_boots() {
         "nvmectl read --lba 9 --blocks 1 --output /tmp/r && head -c 17 /tmp/r",
     );
     assert_eq!(run.stdout_text(), "kept across boots");
+}
+
+/// `-cpu max` gives the guest SSE4.2 (TCG's default qemu64 lacks it);
+/// `iommu=pt` puts kernel drivers in passthrough while vfio-pci still
+/// works (the device gets its own domain); namespace 2 alone has
+/// 4096-byte LBAs.
+#[test]
+fn cpu_model_iommu_mode_and_namespace_properties_reach_the_guest() {
+    let mut config = vm();
+    config.namespaces = 2;
+    config.disks = vec![NsDisk::Null, NsDisk::Null];
+    config.ns_props = vec![
+        Vec::new(),
+        vec![("logical_block_size".into(), "4096".into())],
+    ];
+    config.cpu = Some("max".into());
+    config.iommu_mode = IommuMode::Passthrough;
+    let run = run_ok(
+        &config,
+        "grep -c -w sse4_2 /proc/cpuinfo; cat /proc/cmdline; dmesg | grep -m1 'Default domain type'; \
+         nvmectl read --nsid 1 --lba 0 --blocks 1 | wc -l; nvmectl read --nsid 2 --lba 0 --blocks 1 | wc -l",
+    );
+    let out = run.stdout_text();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    assert_eq!(lines[0], "2", "every vCPU has SSE4.2: {out}");
+    assert!(
+        lines[1].split_whitespace().any(|w| w == "iommu=pt"),
+        "{out}"
+    );
+    assert!(lines[2].contains("Passthrough"), "{out}");
+    // 16 bytes per dump line: one 512-byte block, one 4096-byte block.
+    assert_eq!((lines[3], lines[4]), ("32", "256"), "{out}");
 }

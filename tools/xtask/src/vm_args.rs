@@ -3,8 +3,44 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
-use qemu_harness::{GuestDriver, NsDisk, VmConfig, workspace_root};
+use clap::{Args, ValueEnum};
+use qemu_harness::{GuestDriver, IommuMode, NsDisk, VmConfig, workspace_root};
+
+/// `--iommu`: how the guest kernel uses the emulated IOMMU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum IommuArg {
+    /// The kernel's default: translated DMA (lazy invalidation on Debian's
+    /// kernel), every I/O of a kernel driver mapped and unmapped.
+    #[default]
+    Translated,
+    /// Translated, every unmap invalidated at once (`iommu.strict=1`).
+    Strict,
+    /// Passthrough for kernel drivers (`iommu=pt`); vfio-pci still gets a
+    /// translated domain of its own.
+    Pt,
+}
+
+impl IommuArg {
+    /// The option's value, as given on the command line.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            IommuArg::Translated => "translated",
+            IommuArg::Strict => "strict",
+            IommuArg::Pt => "pt",
+        }
+    }
+}
+
+impl From<IommuArg> for IommuMode {
+    fn from(a: IommuArg) -> IommuMode {
+        match a {
+            IommuArg::Translated => IommuMode::Translated,
+            IommuArg::Strict => IommuMode::Strict,
+            IommuArg::Pt => IommuMode::Passthrough,
+        }
+    }
+}
 
 /// `cargo xtask vm [OPTIONS] -- CMD [ARGS...]`
 #[derive(Args, Debug, Default)]
@@ -46,6 +82,14 @@ pub(crate) struct VmArgs {
     /// Boot the guest without an IOMMU (vfio-pci then cannot be used).
     #[arg(long)]
     no_iommu: bool,
+    /// How the guest kernel uses the IOMMU: translated (its default),
+    /// strict, or pt (passthrough for kernel drivers).
+    #[arg(long, value_enum, default_value_t = IommuArg::Translated)]
+    iommu: IommuArg,
+    /// vCPU model (QEMU's -cpu), e.g. max; default: QEMU's (qemu64 under
+    /// TCG, without SSE4.2).
+    #[arg(long, value_name = "MODEL")]
+    cpu: Option<String>,
     /// Serial number of the emulated controller.
     #[arg(long, default_value = qemu_harness::vm::DEFAULT_SERIAL)]
     serial: String,
@@ -108,6 +152,8 @@ impl VmArgs {
             },
             kvm: self.kvm,
             iommu: !self.no_iommu,
+            iommu_mode: self.iommu.into(),
+            cpu: self.cpu,
             hugepages: self.hugepages,
             host_tools: self.host_tools,
             blkdebug,

@@ -19,8 +19,9 @@ use qemu_harness::{GuestDriver, GuestExit, NsDisk, OutputMode, VmConfig, workspa
 use serde_json::json;
 
 use crate::chart;
+use crate::vm_args::IommuArg;
 use results::{Cell, Output};
-use suite::{JOBS, Job, Plan, Timing, Variant};
+use suite::{JOBS, Job, NAMESPACE_LBAS, Plan, Timing, Variant};
 
 /// What backs the emulated namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -32,6 +33,9 @@ pub(crate) enum Backend {
     /// QEMU's null-co driver: no storage, the emulated device's own ceiling.
     Null,
 }
+
+/// The guest's vCPU model unless `--cpu` says otherwise.
+const DEFAULT_CPU: &str = "max,erms=off,fsrm=off";
 
 /// `cargo xtask bench [OPTIONS]`
 #[derive(Args, Debug)]
@@ -52,10 +56,21 @@ pub(crate) struct BenchArgs {
     /// Jobs to run, comma-separated (default: the whole suite; see --list).
     #[arg(long, value_delimiter = ',')]
     jobs: Vec<String>,
-    /// Variants to run, comma-separated: ours, io_uring, io_uring-polled,
-    /// libaio, kernel-cache (default: all).
+    /// Variants to run, comma-separated (default: all but libaio; see --list).
     #[arg(long, value_delimiter = ',')]
     variants: Vec<String>,
+    /// How the guest kernel uses the IOMMU: pt (passthrough for kernel
+    /// drivers: the nvme driver maps nothing per I/O; vfio-pci keeps its
+    /// own translated domain), translated (the kernel's default), strict.
+    #[arg(long, value_enum, default_value_t = IommuArg::Pt)]
+    iommu: IommuArg,
+    /// vCPU model of the guest (QEMU's -cpu); both sides share it. The
+    /// default is TCG's most complete model (SSE4.2, AVX2) without ERMS
+    /// and FSRM: with them glibc's memcpy and the kernel's copy_to_user
+    /// use `rep movsb`, which made large copies 2.5 to 3.5 times slower
+    /// on both sides under TCG.
+    #[arg(long, value_name = "MODEL", default_value = DEFAULT_CPU)]
+    cpu: String,
     /// Guest vCPUs (both sides share the guest).
     #[arg(long, default_value_t = 2)]
     smp: u32,
@@ -81,7 +96,7 @@ impl BenchArgs {
                 .collect::<std::result::Result<_, _>>()?
         };
         let variants = if self.variants.is_empty() {
-            Variant::ALL.to_vec()
+            Variant::defaults().collect()
         } else {
             self.variants
                 .iter()
@@ -118,9 +133,22 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
     if args.list {
+        println!(
+            "job, its metric, the variants that run it (in parentheses: only when --variants names it)"
+        );
         for j in JOBS {
-            let vs: Vec<&str> = j.variants().iter().map(|v| v.name()).collect();
-            println!("{:<24} {:<8} {}", j.name, j.metric.unit(), vs.join(", "));
+            let vs: Vec<String> = j
+                .variants()
+                .iter()
+                .map(|v| {
+                    if v.def().by_default {
+                        v.name().to_string()
+                    } else {
+                        format!("({})", v.name())
+                    }
+                })
+                .collect();
+            println!("{:<26} {:<8} {}", j.name, j.metric.unit(), vs.join(", "));
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -139,11 +167,27 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
         estimate / 60.0,
         args.backend
     );
+    let namespaces = plan.namespaces();
     let config = VmConfig {
-        disks: vec![match args.backend {
-            Backend::Image => NsDisk::Temp,
-            Backend::Null => NsDisk::Null,
-        }],
+        disks: vec![
+            match args.backend {
+                Backend::Image => NsDisk::Temp,
+                Backend::Null => NsDisk::Null,
+            };
+            namespaces as usize
+        ],
+        namespaces,
+        ns_props: NAMESPACE_LBAS[..namespaces as usize]
+            .iter()
+            .map(|lba| {
+                vec![
+                    ("logical_block_size".into(), lba.to_string()),
+                    ("physical_block_size".into(), lba.to_string()),
+                ]
+            })
+            .collect(),
+        iommu_mode: args.iommu.into(),
+        cpu: Some(args.cpu.clone()),
         disk_size: 2 * suite::RANGE,
         mem_mib: args.mem,
         smp: args.smp,
@@ -167,7 +211,8 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
     std::fs::write(out_dir.join("guest-stdout.txt"), stdout.as_bytes())?;
     let output = results::parse(&stdout);
     let cells = results::cells(&output.runs, &plan.jobs);
-    let table = results::table(&cells, &plan.jobs);
+    let header = header(&args, &output, elapsed);
+    let table = results::table(&cells, &plan.jobs, &header);
     let targets = results::targets(&cells);
 
     println!();
@@ -181,25 +226,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
             if t.met { "met" } else { "NOT met" }
         );
     }
-    let conditions = json!({
-        "backend": args.backend,
-        "runtime": args.runtime,
-        "warmup": args.warmup,
-        "rounds": args.repeat,
-        "smp": args.smp,
-        "mem_mib": args.mem,
-        "accel": "tcg",
-        "qemu": host_fact(qemu_harness::host::QEMU, &["--version"]),
-        "host_cpu": std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        }),
-        "host_cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
-        "guest": output.conditions,
-        "wall_seconds": elapsed.as_secs_f64(),
-    });
+    let conditions = conditions(&args, &output, elapsed, namespaces);
     std::fs::write(out_dir.join("table.txt"), &table)?;
     let doc = json!({
         "conditions": conditions,
@@ -262,6 +289,108 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
     })
 }
 
+/// The run's conditions for results.json: what was asked, and what the
+/// guest reported (`@@key value` lines).
+fn conditions(
+    args: &BenchArgs,
+    output: &Output,
+    elapsed: Duration,
+    namespaces: u32,
+) -> serde_json::Value {
+    json!({
+        "backend": args.backend,
+        "runtime": args.runtime,
+        "warmup": args.warmup,
+        "rounds": args.repeat,
+        "smp": args.smp,
+        "mem_mib": args.mem,
+        "accel": "tcg",
+        "cpu": args.cpu,
+        "iommu": args.iommu,
+        "namespaces": NAMESPACE_LBAS[..namespaces as usize]
+            .iter()
+            .enumerate()
+            .map(|(i, lba)| json!({"nsid": i + 1, "lba_size": lba}))
+            .collect::<Vec<_>>(),
+        // The kernel page cache's readahead (set to ours) and what ours
+        // used in its cache runs.
+        "kernel_read_ahead_kb": output.conditions.get("read_ahead_kb").and_then(|v| v.parse::<u64>().ok()),
+        "ours_readahead_max_pages": ours_readahead(output),
+        "qemu": host_fact(qemu_harness::host::QEMU, &["--version"]),
+        "host_cpu": std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        }),
+        "host_cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "guest": output.conditions,
+        "wall_seconds": elapsed.as_secs_f64(),
+    })
+}
+
+/// Our readahead maximum in pages: the largest that the probe and our
+/// cache runs reported (a warm run never reads the device, so it reports
+/// the starting maximum, not the device-sized one).
+fn ours_readahead(output: &Output) -> Option<u64> {
+    let probe = output
+        .conditions
+        .get("readahead_max_pages")
+        .and_then(|v| v.parse().ok());
+    output
+        .ours
+        .iter()
+        .filter_map(|v| v["cache"]["readahead_max_pages"].as_u64())
+        .chain(probe)
+        .max()
+}
+
+/// The conditions a table is read with, one line each.
+fn header(args: &BenchArgs, output: &Output, elapsed: Duration) -> String {
+    let c = |k: &str| output.conditions.get(k).map_or("?", |s| s.as_str());
+    let iommu = ["iommu_domain", "iommu_invalidation"]
+        .iter()
+        .filter_map(|k| output.conditions.get(*k))
+        .filter(|v| !v.is_empty())
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    let readahead = match (
+        output.conditions.get("read_ahead_kb"),
+        ours_readahead(output),
+    ) {
+        (Some(kb), Some(pages)) => format!(
+            "kernel read_ahead_kb {kb}, ours readahead max {pages} pages ({} KiB)",
+            pages * 4
+        ),
+        (Some(kb), None) => format!("kernel read_ahead_kb {kb}"),
+        (None, Some(pages)) => format!("ours readahead max {pages} pages"),
+        (None, None) => "readahead: no cache job".into(),
+    };
+    format!(
+        "QEMU {} TCG -cpu {} ({}), {} vCPUs, {} MiB, {:?} backend; guest {}, iommu {} ({})\n\
+         kernel nvme queues {}; {readahead}\n\
+         {} rounds of {} s (+{} s warm-up); wall {:.1} min",
+        host_fact(qemu_harness::host::QEMU, &["--version"])
+            .as_deref()
+            .and_then(|v| v.split_whitespace().nth(3))
+            .unwrap_or("?"),
+        args.cpu,
+        c("cpu_flags").trim(),
+        args.smp,
+        args.mem,
+        args.backend,
+        c("kernel"),
+        args.iommu.name(),
+        iommu,
+        c("queues"),
+        args.repeat,
+        args.runtime,
+        args.warmup,
+        elapsed.as_secs_f64() / 60.0,
+    )
+}
+
 /// The first line a host command prints, if it runs.
 fn host_fact(cmd: &str, args: &[&str]) -> Option<String> {
     let out = std::process::Command::new(cmd).args(args).output().ok()?;
@@ -270,8 +399,7 @@ fn host_fact(cmd: &str, args: &[&str]) -> Option<String> {
 }
 
 fn render_chart(cells: &[Cell], jobs: &[Job], args: &BenchArgs, output: &Output) -> String {
-    let variants: Vec<Variant> = Variant::ALL
-        .into_iter()
+    let variants: Vec<Variant> = Variant::all()
         .filter(|v| cells.iter().any(|c| c.variant == *v))
         .collect();
     let get = |job: &Job, v: Variant| cells.iter().find(|c| c.job == job.name && c.variant == v);
@@ -352,10 +480,12 @@ fn render_chart(cells: &[Cell], jobs: &[Job], args: &BenchArgs, output: &Output)
         });
     }
     let subtitle = format!(
-        "QEMU emulated NVMe ({:?} backend), TCG, {} vCPUs, {} MiB; {} rounds of {} s (+{} s warm-up); guest {}",
+        "QEMU emulated NVMe ({:?} backend), TCG -cpu {}, {} vCPUs, {} MiB, iommu {}; {} rounds of {} s (+{} s warm-up); guest {}",
         args.backend,
+        args.cpu,
         args.smp,
         args.mem,
+        args.iommu.name(),
         args.repeat,
         args.runtime,
         args.warmup,
@@ -366,4 +496,81 @@ fn render_chart(cells: &[Cell], jobs: &[Job], args: &BenchArgs, output: &Output)
         &subtitle,
         &panels,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn args(argv: &[&str]) -> BenchArgs {
+        Cli::try_parse_from(std::iter::once("bench").chain(argv.iter().copied()))
+            .expect("valid arguments")
+            .bench
+    }
+
+    #[test]
+    fn the_kernel_gets_its_best_by_default_and_the_conditions_say_so() {
+        let a = args(&[]);
+        assert_eq!((a.iommu, a.cpu.as_str()), (IommuArg::Pt, DEFAULT_CPU));
+        let strict = args(&["--iommu", "strict", "--cpu", "qemu64"]);
+        assert_eq!(strict.iommu, IommuArg::Strict);
+        let guest = "@@kernel 6.1.0\n@@read_ahead_kb 8192\n@@readahead_max_pages 2048\n\
+                     @@iommu_domain Passthrough\n@@queues 2/0/2 default/read/poll queues\n\
+                     {\"label\":\"ours|cache-randread-4k-warm|1\",\"cache\":{\"readahead_max_pages\":32},\"total\":{}}\n";
+        let output = results::parse(guest);
+        assert_eq!(ours_readahead(&output), Some(2048));
+        let c = conditions(&a, &output, Duration::from_secs(60), 2);
+        assert_eq!(c["iommu"], "pt");
+        assert_eq!(c["cpu"], DEFAULT_CPU);
+        assert_eq!(c["kernel_read_ahead_kb"], 8192);
+        assert_eq!(c["ours_readahead_max_pages"], 2048);
+        assert_eq!(c["namespaces"][1]["lba_size"], 4096);
+        assert_eq!(c["guest"]["iommu_domain"], "Passthrough");
+        let h = header(&strict, &output, Duration::from_secs(60));
+        for part in [
+            "-cpu qemu64",
+            "iommu strict (Passthrough)",
+            "kernel read_ahead_kb 8192, ours readahead max 2048 pages (8192 KiB)",
+            "2/0/2 default/read/poll queues",
+        ] {
+            assert!(h.contains(part), "{part} missing in {h}");
+        }
+    }
+
+    #[test]
+    fn plans_reject_what_cannot_run() {
+        assert!(args(&["--jobs", "nope"]).plan().is_err());
+        assert!(args(&["--variants", "nope"]).plan().is_err());
+        assert!(args(&["--repeat", "0"]).plan().is_err());
+        let ci = args(&[
+            "--repeat",
+            "1",
+            "--runtime",
+            "0.5",
+            "--warmup",
+            "0",
+            "--jobs",
+            "randread-4k-qd1,cache-randread-4k-warm",
+        ])
+        .plan()
+        .expect("the CI's subset");
+        assert_eq!(ci.namespaces(), 1);
+        assert!(
+            args(&[
+                "--jobs",
+                "cache-read-128k-cold-zc",
+                "--variants",
+                "io_uring"
+            ])
+            .plan()
+            .is_err()
+        );
+    }
 }

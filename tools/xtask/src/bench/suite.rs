@@ -3,18 +3,21 @@
 //!
 //! Every job has our command (nvme-bench through the userspace driver, the
 //! controller bound to vfio-pci) and its kernel counterparts (fio against
-//! /dev/nvme0n1, the controller bound to the kernel's nvme driver with one
-//! poll queue). The script runs the suite in rounds; each round runs every
-//! job once on our side, rebinds the controller to nvme, runs every kernel
-//! variant once, and rebinds it back, so slow drift of the host affects
-//! both sides alike and the repeats show the spread.
+//! the namespace's block device, the controller bound to the kernel's nvme
+//! driver with a poll queue per vCPU). The script runs the suite in
+//! rounds; each round runs every job once on our side, rebinds the
+//! controller to nvme, runs every kernel variant once, and rebinds it
+//! back, so slow drift of the host affects both sides alike and the
+//! repeats show the spread.
+//!
+//! The suite is two tables: [`JOBS`] (what is measured) and [`VARIANTS`]
+//! (who measures it, and on which jobs). Adding a job or a variant is one
+//! entry in one of them.
 
 use std::fmt::Write as _;
 
 /// The controller's PCI address in the guest (the harness pins it).
 pub(crate) const DEVICE: &str = "0000:00:03.0";
-/// The guest block device of namespace 1 under the kernel driver.
-const BLOCK_DEVICE: &str = "/dev/nvme0n1";
 /// Bytes of the namespace the device jobs use (from LBA 0).
 pub(crate) const RANGE: u64 = 1 << 30;
 /// Bytes the warm-cache job reads at random (cached whole first; fits our
@@ -22,59 +25,12 @@ pub(crate) const RANGE: u64 = 1 << 30;
 const WARM_RANGE: u64 = 128 << 20;
 /// Our page cache budget in the cache jobs.
 const CACHE_BUDGET: &str = "256M";
-
-/// Who runs a job (serialized by [`Variant::name`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(into = "&'static str")]
-pub(crate) enum Variant {
-    /// nvme-bench through our driver (raw queue pairs, or our page cache).
-    Ours,
-    /// fio, io_uring, interrupts.
-    IoUring,
-    /// fio, io_uring with hipri on the poll queue (no interrupts).
-    IoUringPolled,
-    /// fio, libaio, interrupts.
-    Libaio,
-    /// fio, psync, buffered: the kernel's page cache.
-    KernelCache,
-}
-
-impl From<Variant> for &'static str {
-    fn from(v: Variant) -> Self {
-        v.name()
-    }
-}
-
-impl Variant {
-    /// Every variant, in table order.
-    pub(crate) const ALL: [Variant; 5] = [
-        Variant::Ours,
-        Variant::IoUring,
-        Variant::IoUringPolled,
-        Variant::Libaio,
-        Variant::KernelCache,
-    ];
-
-    /// Column heading and label in the results.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Variant::Ours => "ours",
-            Variant::IoUring => "io_uring",
-            Variant::IoUringPolled => "io_uring-polled",
-            Variant::Libaio => "libaio",
-            Variant::KernelCache => "kernel-cache",
-        }
-    }
-
-    pub(crate) fn from_name(s: &str) -> Option<Variant> {
-        Variant::ALL.into_iter().find(|v| v.name() == s)
-    }
-
-    /// The kernel side.
-    pub(crate) fn is_kernel(self) -> bool {
-        self != Variant::Ours
-    }
-}
+/// The LBA size of each namespace, nsid 1 first: the device jobs choose
+/// theirs by [`Job::lba`].
+pub(crate) const NAMESPACE_LBAS: [u32; 2] = [512, 4096];
+/// The block device holding the cache jobs' range (namespace 1), whose
+/// `read_ahead_kb` the script sets to our readahead maximum.
+const CACHE_NS: u32 = 1;
 
 /// What a job measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -89,6 +45,172 @@ pub(crate) enum Kind {
     CacheColdViews,
     /// Buffered random reads of a range read into the cache first.
     CacheWarm,
+}
+
+const DEVICE_KINDS: &[Kind] = &[Kind::Device];
+const ALL_KINDS: &[Kind] = &[
+    Kind::Device,
+    Kind::CacheCold,
+    Kind::CacheColdViews,
+    Kind::CacheWarm,
+];
+
+/// Which side runs a variant, with what options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// nvme-bench through our driver, with these extra arguments (a
+    /// second ours-side figure beside the main one is a variant with its
+    /// own arguments; the table compares only [`Variant::OURS`] with the
+    /// kernel).
+    Ours(&'static str),
+    /// fio through the kernel's nvme driver, with these engine options.
+    Kernel(&'static str),
+}
+
+/// One way of running jobs: ours (nvme-bench) or a kernel configuration
+/// under fio.
+#[derive(Debug)]
+pub(crate) struct VariantDef {
+    /// Column heading and label in the results.
+    pub name: &'static str,
+    pub side: Side,
+    /// The job kinds it runs.
+    pub kinds: &'static [Kind],
+    /// Batched submission and completion (`iodepth_batch_submit`,
+    /// `iodepth_batch_complete_min/max`, sized from the job's queue
+    /// depth): only on jobs deeper than 1, where it differs from unbatched.
+    pub batched: bool,
+    /// Runs on every job of its kinds; otherwise only on the jobs marked
+    /// [`Job::all_variants`] (the kernel's best variants run everywhere,
+    /// the others where the full comparison is shown).
+    pub always: bool,
+    /// In the default run; otherwise only when `--variants` names it (a
+    /// configuration that has never been the kernel's best here, kept to
+    /// check that it still is not).
+    pub by_default: bool,
+}
+
+/// Every variant, in table order; ours first.
+pub(crate) const VARIANTS: &[VariantDef] = &[
+    VariantDef {
+        name: "ours",
+        side: Side::Ours(""),
+        kinds: ALL_KINDS,
+        batched: false,
+        always: true,
+        by_default: true,
+    },
+    VariantDef {
+        name: "io_uring",
+        side: Side::Kernel("--ioengine=io_uring --fixedbufs=1 --registerfiles=1"),
+        kinds: DEVICE_KINDS,
+        batched: false,
+        always: false,
+        by_default: true,
+    },
+    VariantDef {
+        name: "io_uring-batch",
+        side: Side::Kernel("--ioengine=io_uring --fixedbufs=1 --registerfiles=1"),
+        kinds: DEVICE_KINDS,
+        batched: true,
+        always: false,
+        by_default: true,
+    },
+    VariantDef {
+        name: "io_uring-polled",
+        side: Side::Kernel("--ioengine=io_uring --hipri=1 --fixedbufs=1 --registerfiles=1"),
+        kinds: DEVICE_KINDS,
+        batched: false,
+        always: true,
+        by_default: true,
+    },
+    VariantDef {
+        name: "io_uring-polled-batch",
+        side: Side::Kernel("--ioengine=io_uring --hipri=1 --fixedbufs=1 --registerfiles=1"),
+        kinds: DEVICE_KINDS,
+        batched: true,
+        always: true,
+        by_default: true,
+    },
+    VariantDef {
+        name: "libaio",
+        side: Side::Kernel("--ioengine=libaio"),
+        kinds: DEVICE_KINDS,
+        batched: false,
+        always: false,
+        by_default: false,
+    },
+    VariantDef {
+        name: "kernel-cache",
+        side: Side::Kernel("--ioengine=psync"),
+        kinds: &[Kind::CacheCold, Kind::CacheWarm],
+        batched: false,
+        always: true,
+        by_default: true,
+    },
+    VariantDef {
+        name: "kernel-cache-mmap",
+        side: Side::Kernel("--ioengine=mmap"),
+        kinds: &[Kind::CacheWarm],
+        batched: false,
+        always: true,
+        by_default: true,
+    },
+];
+
+/// A variant: an entry of [`VARIANTS`] (serialized by its name).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Variant(usize);
+
+impl std::fmt::Debug for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl serde::Serialize for Variant {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl Variant {
+    /// Our side.
+    pub(crate) const OURS: Variant = Variant(0);
+
+    /// Every variant, in table order.
+    pub(crate) fn all() -> impl Iterator<Item = Variant> {
+        (0..VARIANTS.len()).map(Variant)
+    }
+
+    /// The variants of the default run.
+    pub(crate) fn defaults() -> impl Iterator<Item = Variant> {
+        Variant::all().filter(|v| v.def().by_default)
+    }
+
+    pub(crate) fn def(self) -> &'static VariantDef {
+        &VARIANTS[self.0]
+    }
+
+    /// Column heading and label in the results.
+    pub(crate) fn name(self) -> &'static str {
+        self.def().name
+    }
+
+    pub(crate) fn from_name(s: &str) -> Option<Variant> {
+        Variant::all().find(|v| v.name() == s)
+    }
+
+    /// The kernel side.
+    pub(crate) fn is_kernel(self) -> bool {
+        matches!(self.def().side, Side::Kernel(_))
+    }
+
+    /// Whether this variant runs `job`.
+    pub(crate) fn runs(self, job: &Job) -> bool {
+        let d = self.def();
+        d.kinds.contains(&job.kind) && (d.always || job.all_variants) && (!d.batched || job.qd > 1)
+    }
 }
 
 /// The figure a job is judged by.
@@ -126,97 +248,143 @@ pub(crate) struct Job {
     pub rw: &'static str,
     /// Bytes per I/O.
     pub bs: u64,
-    /// Queue depth (1 for the buffered jobs: one synchronous call at a time).
+    /// Queue depth per thread (1 for the buffered jobs: one synchronous
+    /// call at a time).
     pub qd: u32,
+    /// Threads, each with its own queue pair on its own vCPU (ours:
+    /// nvme-bench's core mask; fio: numjobs pinned one per CPU, reported
+    /// as a group).
+    pub threads: u32,
+    /// LBA size of the namespace it runs on (one of [`NAMESPACE_LBAS`]).
+    pub lba: u32,
     pub metric: Metric,
+    /// Run by every variant of its kind, not only those marked
+    /// [`VariantDef::always`].
+    pub all_variants: bool,
 }
 
+impl Job {
+    /// A device job on namespace 1 (512-byte LBAs), one thread, every variant.
+    const fn device(name: &'static str, rw: &'static str, bs: u64, qd: u32, metric: Metric) -> Job {
+        Job {
+            name,
+            kind: Kind::Device,
+            rw,
+            bs,
+            qd,
+            threads: 1,
+            lba: NAMESPACE_LBAS[0],
+            metric,
+            all_variants: true,
+        }
+    }
+
+    /// A buffered job on namespace 1 through the page cache.
+    const fn cache(
+        name: &'static str,
+        kind: Kind,
+        rw: &'static str,
+        bs: u64,
+        metric: Metric,
+    ) -> Job {
+        Job {
+            kind,
+            ..Job::device(name, rw, bs, 1, metric)
+        }
+    }
+
+    /// The same job at `lba`-byte LBAs (its own namespace), with the
+    /// kernel's best variants only.
+    const fn at_lba(self, name: &'static str, lba: u32) -> Job {
+        Job {
+            name,
+            lba,
+            all_variants: false,
+            ..self
+        }
+    }
+
+    /// The same job on `threads` threads, with the kernel's best variants only.
+    const fn on_threads(self, name: &'static str, threads: u32) -> Job {
+        Job {
+            name,
+            threads,
+            all_variants: false,
+            ..self
+        }
+    }
+}
+
+const RANDREAD_4K_QD1: Job =
+    Job::device("randread-4k-qd1", "randread", 4096, 1, Metric::MeanLatency);
+const RANDREAD_4K_QD32: Job = Job::device("randread-4k-qd32", "randread", 4096, 32, Metric::Iops);
+const READ_128K_QD8: Job = Job::device("read-128k-qd8", "read", 128 << 10, 8, Metric::Mbps);
+
 /// The standard suite.
-pub(crate) const JOBS: [Job; 8] = [
-    Job {
-        name: "randread-4k-qd1",
-        kind: Kind::Device,
-        rw: "randread",
-        bs: 4096,
-        qd: 1,
-        metric: Metric::MeanLatency,
-    },
-    Job {
-        name: "randread-4k-qd32",
-        kind: Kind::Device,
-        rw: "randread",
-        bs: 4096,
-        qd: 32,
-        metric: Metric::Iops,
-    },
-    Job {
-        name: "randwrite-4k-qd32",
-        kind: Kind::Device,
-        rw: "randwrite",
-        bs: 4096,
-        qd: 32,
-        metric: Metric::Iops,
-    },
-    Job {
-        name: "read-128k-qd8",
-        kind: Kind::Device,
-        rw: "read",
-        bs: 128 << 10,
-        qd: 8,
-        metric: Metric::Mbps,
-    },
-    Job {
-        name: "write-128k-qd8",
-        kind: Kind::Device,
-        rw: "write",
-        bs: 128 << 10,
-        qd: 8,
-        metric: Metric::Mbps,
-    },
-    Job {
-        name: "cache-read-128k-cold",
-        kind: Kind::CacheCold,
-        rw: "read",
-        bs: 128 << 10,
-        qd: 1,
-        metric: Metric::Mbps,
-    },
-    Job {
-        name: "cache-read-128k-cold-zc",
-        kind: Kind::CacheColdViews,
-        rw: "read",
-        bs: 128 << 10,
-        qd: 1,
-        metric: Metric::Mbps,
-    },
-    Job {
-        name: "cache-randread-4k-warm",
-        kind: Kind::CacheWarm,
-        rw: "randread",
-        bs: 4096,
-        qd: 1,
-        metric: Metric::Iops,
-    },
+pub(crate) const JOBS: &[Job] = &[
+    RANDREAD_4K_QD1,
+    RANDREAD_4K_QD32,
+    Job::device("randwrite-4k-qd32", "randwrite", 4096, 32, Metric::Iops),
+    READ_128K_QD8,
+    Job::device("write-128k-qd8", "write", 128 << 10, 8, Metric::Mbps),
+    RANDREAD_4K_QD32.on_threads("randread-4k-qd32-2t", 2),
+    RANDREAD_4K_QD1.at_lba("randread-4k-qd1-lba4k", 4096),
+    RANDREAD_4K_QD32.at_lba("randread-4k-qd32-lba4k", 4096),
+    READ_128K_QD8.at_lba("read-128k-qd8-lba4k", 4096),
+    Job::cache(
+        "cache-read-128k-cold",
+        Kind::CacheCold,
+        "read",
+        128 << 10,
+        Metric::Mbps,
+    ),
+    Job::cache(
+        "cache-read-128k-cold-zc",
+        Kind::CacheColdViews,
+        "read",
+        128 << 10,
+        Metric::Mbps,
+    ),
+    Job::cache(
+        "cache-randread-4k-warm",
+        Kind::CacheWarm,
+        "randread",
+        4096,
+        Metric::Iops,
+    ),
 ];
 
 impl Job {
     pub(crate) fn by_name(name: &str) -> Option<Job> {
-        JOBS.into_iter().find(|j| j.name == name)
+        JOBS.iter().copied().find(|j| j.name == name)
     }
 
     /// The variants that run this job.
-    pub(crate) fn variants(&self) -> &'static [Variant] {
-        match self.kind {
-            Kind::Device => &[
-                Variant::Ours,
-                Variant::IoUring,
-                Variant::IoUringPolled,
-                Variant::Libaio,
-            ],
-            Kind::CacheCold | Kind::CacheWarm => &[Variant::Ours, Variant::KernelCache],
-            Kind::CacheColdViews => &[Variant::Ours],
-        }
+    pub(crate) fn variants(&self) -> Vec<Variant> {
+        Variant::all().filter(|v| v.runs(self)).collect()
     }
+
+    /// The namespace it runs on.
+    pub(crate) fn nsid(&self) -> u32 {
+        nsid_of(self.lba)
+    }
+
+    /// The guest block device of its namespace under the kernel driver.
+    fn block_device(&self) -> String {
+        block_device(self.nsid())
+    }
+}
+
+/// The namespace with `lba`-byte LBAs (namespace 1 for an unknown size).
+fn nsid_of(lba: u32) -> u32 {
+    NAMESPACE_LBAS
+        .iter()
+        .position(|&l| l == lba)
+        .map_or(1, |i| i as u32 + 1)
+}
+
+fn block_device(nsid: u32) -> String {
+    format!("/dev/nvme0n{nsid}")
 }
 
 /// How long each run lasts.
@@ -242,9 +410,9 @@ pub(crate) fn parse_label(s: &str) -> Option<(Variant, Job, u32)> {
     it.next().is_none().then_some((variant, job, round))
 }
 
-/// nvme-bench's arguments for our side of `job`.
-fn ours_args(job: &Job, t: Timing) -> String {
-    match job.kind {
+/// nvme-bench's arguments for `variant` (an ours-side one) of `job`.
+fn ours_args(job: &Job, variant: Variant, t: Timing) -> String {
+    let mut a = match job.kind {
         Kind::Device => format!(
             "-w {} -o {} -q {} -t {} --warmup {} --range-size {RANGE}",
             job.rw, job.bs, job.qd, t.runtime, t.warmup
@@ -266,11 +434,47 @@ fn ours_args(job: &Job, t: Timing) -> String {
             "--mode cache --warm -w {} -o {} -t {} --warmup {} --range-size {WARM_RANGE} --cache-size {CACHE_BUDGET}",
             job.rw, job.bs, t.runtime, t.warmup
         ),
+    };
+    if job.nsid() != 1 {
+        let _ = write!(a, " --nsid {}", job.nsid());
     }
+    if job.threads > 1 {
+        // One thread per vCPU, pinned (spdk_nvme_perf's -c).
+        let _ = write!(a, " -c {:#x}", core_mask(job.threads));
+    }
+    if let Side::Ours(extra) = variant.def().side
+        && !extra.is_empty()
+    {
+        let _ = write!(a, " {extra}");
+    }
+    a
+}
+
+/// The mask of CPUs 0 to `threads` − 1.
+fn core_mask(threads: u32) -> u64 {
+    u64::MAX >> (64 - threads.clamp(1, 64))
+}
+
+/// fio's batching options for queue depth `qd`: submit and reap in
+/// batches of a quarter of the queue, taking up to the whole queue at
+/// once, so the queue never drains below three quarters between system
+/// calls.
+fn batch_args(qd: u32) -> String {
+    let batch = (qd / 4).max(1);
+    format!(
+        "--iodepth_batch_submit={batch} --iodepth_batch_complete_min={batch} \
+         --iodepth_batch_complete_max={qd}"
+    )
 }
 
 /// fio's arguments for a kernel variant of `job` (None: it does not run it).
 fn fio_args(job: &Job, variant: Variant, t: Timing) -> Option<String> {
+    if !variant.runs(job) {
+        return None;
+    }
+    let Side::Kernel(engine) = variant.def().side else {
+        return None;
+    };
     // fio takes whole units: milliseconds keep fractional seconds.
     let ms = |s: f64| (s * 1000.0).round() as u64;
     let timed = format!(
@@ -278,38 +482,35 @@ fn fio_args(job: &Job, variant: Variant, t: Timing) -> Option<String> {
         ms(t.runtime),
         ms(t.warmup)
     );
-    let common = format!(
-        "--filename={BLOCK_DEVICE} --rw={} --bs={} --randrepeat=0 --norandommap --lat_percentiles=1 \
-         --eta=never --output-format=json",
-        job.rw, job.bs
+    let mut a = format!(
+        "--filename={} --rw={} --bs={} --randrepeat=0 --norandommap --lat_percentiles=1 \
+         --eta=never --output-format=json {engine}",
+        job.block_device(),
+        job.rw,
+        job.bs
     );
-    let engine = match (job.kind, variant) {
-        (Kind::Device, Variant::IoUring) => {
-            "--ioengine=io_uring --fixedbufs=1 --registerfiles=1".to_string()
-        }
-        (Kind::Device, Variant::IoUringPolled) => {
-            "--ioengine=io_uring --hipri=1 --fixedbufs=1 --registerfiles=1".to_string()
-        }
-        (Kind::Device, Variant::Libaio) => "--ioengine=libaio".to_string(),
-        (Kind::CacheCold, Variant::KernelCache) => {
-            // One pass over the range; fio drops the range from the page
-            // cache first (invalidate=1, BLKFLSBUF on a block device).
-            return Some(format!(
-                "{common} --ioengine=psync --direct=0 --invalidate=1 --size={RANGE}"
-            ));
-        }
-        (Kind::CacheWarm, Variant::KernelCache) => {
-            // The script reads the range in first (dd); fio must not drop it.
-            return Some(format!(
-                "{common} --ioengine=psync --direct=0 --invalidate=0 --size={WARM_RANGE} {timed}"
-            ));
-        }
-        _ => return None,
+    if variant.def().batched {
+        let _ = write!(a, " {}", batch_args(job.qd));
+    }
+    if job.threads > 1 {
+        // One job per vCPU, pinned as ours are, reported as one.
+        let _ = write!(
+            a,
+            " --numjobs={} --group_reporting --cpus_allowed=0-{} --cpus_allowed_policy=split",
+            job.threads,
+            job.threads - 1
+        );
+    }
+    let _ = match job.kind {
+        Kind::Device => write!(a, " --direct=1 --iodepth={} --size={RANGE} {timed}", job.qd),
+        // One pass over the range; fio drops the range from the page cache
+        // first (invalidate=1, BLKFLSBUF on a block device).
+        Kind::CacheCold => write!(a, " --direct=0 --invalidate=1 --size={RANGE}"),
+        // The script reads the range in first (dd); fio must not drop it.
+        Kind::CacheWarm => write!(a, " --direct=0 --invalidate=0 --size={WARM_RANGE} {timed}"),
+        Kind::CacheColdViews => return None,
     };
-    Some(format!(
-        "{common} {engine} --direct=1 --iodepth={} --size={RANGE} {timed}",
-        job.qd
-    ))
+    Some(a)
 }
 
 /// What the guest script runs.
@@ -329,9 +530,9 @@ impl Plan {
     fn runs(&self, kernel: bool) -> impl Iterator<Item = (Job, Variant)> + '_ {
         self.jobs.iter().flat_map(move |job| {
             job.variants()
-                .iter()
+                .into_iter()
                 .filter(move |v| v.is_kernel() == kernel && self.variants.contains(v))
-                .map(move |v| (*job, *v))
+                .map(move |v| (*job, v))
         })
     }
 
@@ -345,29 +546,60 @@ impl Plan {
         self.runs(true).next().is_some()
     }
 
-    /// Rough guest run time in seconds, for the VM's time limit.
+    /// Whether the kernel's page cache runs (its readahead is then set to
+    /// ours).
+    fn has_kernel_cache(&self) -> bool {
+        self.runs(true).any(|(j, _)| j.kind != Kind::Device)
+    }
+
+    /// Namespaces the guest needs: up to the highest one a job uses.
+    pub(crate) fn namespaces(&self) -> u32 {
+        self.jobs.iter().map(Job::nsid).max().unwrap_or(1)
+    }
+
+    /// Namespaces the jobs read or write, in order.
+    fn used_namespaces(&self) -> Vec<u32> {
+        let mut ns: Vec<u32> = self.jobs.iter().map(Job::nsid).collect();
+        ns.sort_unstable();
+        ns.dedup();
+        ns
+    }
+
+    /// Rough guest run time in seconds, for the VM's time limit (about
+    /// 0.6 s per run besides its measured and warm-up time, measured over
+    /// the default suite; 15 s to write each namespace's range).
     pub(crate) fn estimate_seconds(&self) -> f64 {
-        let per_run = self.timing.runtime + self.timing.warmup + 3.0;
-        self.run_count() as f64 * per_run + 30.0
+        let per_run = self.timing.runtime + self.timing.warmup + 0.6;
+        self.run_count() as f64 * per_run + 30.0 + 15.0 * self.used_namespaces().len() as f64
     }
 
     /// The guest shell script. Results go to stdout, one JSON document
     /// per line (nvme-bench's `--json` line, fio's JSON joined into one
     /// line) or `@@failed LABEL: why`; progress goes to stderr.
     pub(crate) fn script(&self) -> String {
-        let mut s = format!("DEV={DEVICE}\n");
+        let devs: Vec<String> = (1..=self.namespaces()).map(block_device).collect();
+        let mut s = format!(
+            "DEV={DEVICE}\nNS_DEVS='{}'\nCACHE_DEV={}\n",
+            devs.join(" "),
+            block_device(CACHE_NS)
+        );
         s.push_str(SCRIPT_PRELUDE);
         // Identify needs the controller on vfio-pci.
         let _ = writeln!(s, "to_vfio\nconditions");
+        if self.has_kernel_cache() {
+            let _ = writeln!(s, "readahead_probe");
+        }
         if self.precondition {
-            let _ = writeln!(
-                s,
-                "say 'precondition: writing the {} MiB range once'\n\
-                 nvme-bench -w write -o 1M -q 8 -n {} --warmup 0 --range-size {RANGE} > /dev/null 2> /tmp/run.err \
-                 || {{ echo \"@@failed precondition: $(tr '\\n' ' ' < /tmp/run.err)\"; exit 1; }}",
-                RANGE >> 20,
-                RANGE >> 20
-            );
+            for nsid in self.used_namespaces() {
+                let _ = writeln!(
+                    s,
+                    "say 'precondition: writing the {} MiB range of namespace {nsid} once'\n\
+                     nvme-bench --nsid {nsid} -w write -o 1M -q 8 -n {} --warmup 0 --range-size {RANGE} > /dev/null 2> /tmp/run.err \
+                     || {{ echo \"@@failed precondition: $(tr '\\n' ' ' < /tmp/run.err)\"; exit 1; }}",
+                    RANGE >> 20,
+                    RANGE >> 20
+                );
+            }
         }
         let total = self.run_count();
         let mut n = 0;
@@ -384,7 +616,7 @@ impl Plan {
                     label(v, &job, round),
                     v.name(),
                     job.name,
-                    ours_args(&job, self.timing)
+                    ours_args(&job, v, self.timing)
                 );
             }
             let kernel: Vec<_> = self.runs(true).collect();
@@ -401,10 +633,11 @@ impl Plan {
                     // The last close of a block device drops its page
                     // cache: fd 3 keeps it open from the preload through
                     // the measured run.
+                    let dev = job.block_device();
                     let _ = writeln!(
                         s,
-                        "exec 3< {BLOCK_DEVICE}\n\
-                         dd if={BLOCK_DEVICE} of=/dev/null bs=1M count={} 2> /dev/null",
+                        "exec 3< {dev}\n\
+                         dd if={dev} of=/dev/null bs=1M count={} 2> /dev/null",
                         WARM_RANGE >> 20
                     );
                 }
@@ -435,6 +668,23 @@ conditions() {
     echo "@@cmdline $(cat /proc/cmdline)"
     command -v fio > /dev/null && echo "@@fio $(fio --version)"
     nvmectl identify 2> /dev/null | grep -E '^(mn|fr|mdts|nsze|lbaf) ' | sed 's/^/@@identify /'
+    echo "@@cpu_model $(grep -m1 '^model name' /proc/cpuinfo | sed 's/.*: //')"
+    echo "@@cpu_flags $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -xE 'sse4_2|avx|avx2|avx512f|erms|fsrm|la57' | tr '\n' ' ')"
+    echo "@@iommu_domain $(dmesg | grep -m1 'Default domain type' | sed 's/.*type: //; s/ *$//')"
+    echo "@@iommu_invalidation $(dmesg | grep -m1 'TLB invalidation policy' | sed 's/.*policy: //; s/ *$//')"
+}
+# Our readahead maximum: a short cold read through our page cache reports
+# the window it used (sized from the device); the kernel's page cache of
+# the cache jobs' namespace gets the same (read_ahead_kb in to_nvme).
+readahead_probe() {
+    RA_PAGES=$(nvme-bench --mode cache --cold -w read -o 128k -n 64 --warmup 0 --range-size 8M --json 2> /tmp/run.err \
+        | grep -o '"readahead_max_pages":[0-9]*' | cut -d: -f2 | sort -n | tail -1)
+    if [ -n "$RA_PAGES" ]; then
+        echo "@@readahead_max_pages $RA_PAGES"
+        RA_KB=$((RA_PAGES * 4))
+    else
+        echo "@@failed readahead probe: $(tr '\n' ' ' < /tmp/run.err)"
+    fi
 }
 to_vfio() {
     [ -e /sys/bus/pci/drivers/vfio-pci/$DEV ] && return 0
@@ -442,12 +692,22 @@ to_vfio() {
 }
 to_nvme() {
     [ -e /sys/bus/pci/drivers/nvme/$DEV ] && return 0
-    echo 1 > /sys/module/nvme/parameters/poll_queues
+    # A poll queue per vCPU: polled fio jobs on two CPUs do not share one.
+    grep -c ^processor /proc/cpuinfo > /sys/module/nvme/parameters/poll_queues
     nvmectl unbind $DEV > /dev/null || { echo "@@failed bind: nvmectl unbind $DEV"; exit 1; }
-    i=0
-    while [ ! -b /dev/nvme0n1 ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
-    [ -b /dev/nvme0n1 ] || { echo "@@failed bind: no /dev/nvme0n1"; exit 1; }
-    [ -n "$QUEUES_SHOWN" ] || { echo "@@queues $(dmesg | grep 'poll queues' | tail -1 | sed 's/.*: //')"; QUEUES_SHOWN=1; }
+    for b in $NS_DEVS; do
+        i=0
+        while [ ! -b $b ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
+        [ -b $b ] || { echo "@@failed bind: no $b"; exit 1; }
+    done
+    ra=/sys/block/${CACHE_DEV#/dev/}/queue/read_ahead_kb
+    if [ -n "$RA_KB" ]; then echo $RA_KB > $ra || echo "@@failed read_ahead_kb: cannot set $RA_KB"; fi
+    [ -n "$QUEUES_SHOWN" ] || {
+        echo "@@queues $(dmesg | grep 'poll queues' | tail -1 | sed 's/.*: //')"
+        echo "@@read_ahead_kb $(cat $ra)"
+        for b in $NS_DEVS; do echo "@@lba_$(basename $b) $(cat /sys/block/$(basename $b)/queue/logical_block_size)"; done
+        QUEUES_SHOWN=1
+    }
 }
 ours() {
     label=$1; what=$2; shift 2
@@ -476,7 +736,7 @@ mod tests {
     fn plan() -> Plan {
         Plan {
             jobs: JOBS.to_vec(),
-            variants: Variant::ALL.to_vec(),
+            variants: Variant::defaults().collect(),
             rounds: 3,
             timing: Timing {
                 runtime: 3.0,
@@ -486,12 +746,29 @@ mod tests {
         }
     }
 
+    fn v(name: &str) -> Variant {
+        Variant::from_name(name).expect(name)
+    }
+
+    fn job(name: &str) -> Job {
+        Job::by_name(name).expect(name)
+    }
+
     #[test]
-    fn labels_round_trip() {
+    fn names_are_unique_and_labels_round_trip() {
+        for (i, a) in JOBS.iter().enumerate() {
+            assert!(JOBS[..i].iter().all(|b| b.name != a.name), "{}", a.name);
+            assert!(NAMESPACE_LBAS.contains(&a.lba), "{}", a.name);
+        }
+        for (i, a) in VARIANTS.iter().enumerate() {
+            assert!(VARIANTS[..i].iter().all(|b| b.name != a.name), "{}", a.name);
+        }
+        assert_eq!(Variant::OURS.name(), "ours");
+        assert!(!Variant::OURS.is_kernel());
         for job in JOBS {
-            for &v in job.variants() {
+            for v in job.variants() {
                 assert_eq!(
-                    parse_label(&label(v, &job, 2)).map(|(v, j, r)| (v, j.name, r)),
+                    parse_label(&label(v, job, 2)).map(|(v, j, r)| (v, j.name, r)),
                     Some((v, job.name, 2))
                 );
             }
@@ -502,35 +779,161 @@ mod tests {
     }
 
     #[test]
+    fn variants_cover_the_jobs_they_are_meant_for() {
+        let names = |j: &str| -> Vec<&str> { job(j).variants().iter().map(|v| v.name()).collect() };
+        // QD1: batching changes nothing, so the batched variant does not run.
+        assert_eq!(
+            names("randread-4k-qd1"),
+            ["ours", "io_uring", "io_uring-polled", "libaio"]
+        );
+        assert_eq!(
+            names("randread-4k-qd32"),
+            [
+                "ours",
+                "io_uring",
+                "io_uring-batch",
+                "io_uring-polled",
+                "io_uring-polled-batch",
+                "libaio"
+            ]
+        );
+        // The extra rows: the kernel's best variants only.
+        for j in [
+            "randread-4k-qd32-2t",
+            "randread-4k-qd32-lba4k",
+            "read-128k-qd8-lba4k",
+        ] {
+            assert_eq!(
+                names(j),
+                ["ours", "io_uring-polled", "io_uring-polled-batch"],
+                "{j}"
+            );
+        }
+        assert_eq!(names("randread-4k-qd1-lba4k"), ["ours", "io_uring-polled"]);
+        assert_eq!(
+            names("cache-randread-4k-warm"),
+            ["ours", "kernel-cache", "kernel-cache-mmap"]
+        );
+        assert_eq!(names("cache-read-128k-cold"), ["ours", "kernel-cache"]);
+        assert_eq!(names("cache-read-128k-cold-zc"), ["ours"]);
+    }
+
+    #[test]
+    fn command_lines_carry_batching_threads_namespaces_and_engines() {
+        let t = Timing {
+            runtime: 3.0,
+            warmup: 1.0,
+        };
+        let batch = fio_args(&job("randread-4k-qd32"), v("io_uring-polled-batch"), t).unwrap();
+        for opt in [
+            "--ioengine=io_uring --hipri=1",
+            "--iodepth=32",
+            "--iodepth_batch_submit=8",
+            "--iodepth_batch_complete_min=8",
+            "--iodepth_batch_complete_max=32",
+            "--filename=/dev/nvme0n1",
+            "--direct=1",
+        ] {
+            assert!(batch.contains(opt), "{opt} missing in {batch}");
+        }
+        let plain = fio_args(&job("randread-4k-qd32"), v("io_uring-polled"), t).unwrap();
+        assert!(!plain.contains("iodepth_batch"), "{plain}");
+        assert_eq!(
+            fio_args(&job("randread-4k-qd1"), v("io_uring-polled-batch"), t),
+            None
+        );
+        let two = fio_args(&job("randread-4k-qd32-2t"), v("io_uring-polled"), t).unwrap();
+        for opt in [
+            "--numjobs=2",
+            "--group_reporting",
+            "--cpus_allowed=0-1",
+            "--cpus_allowed_policy=split",
+            "--iodepth=32",
+        ] {
+            assert!(two.contains(opt), "{opt} missing in {two}");
+        }
+        assert!(ours_args(&job("randread-4k-qd32-2t"), Variant::OURS, t).ends_with(" -c 0x3"));
+        assert!(!ours_args(&job("randread-4k-qd32"), Variant::OURS, t).contains(" -c "));
+        let lba4k = job("randread-4k-qd32-lba4k");
+        assert_eq!(lba4k.nsid(), 2);
+        assert!(
+            fio_args(&lba4k, v("io_uring-polled"), t)
+                .unwrap()
+                .contains("--filename=/dev/nvme0n2 ")
+        );
+        assert!(ours_args(&lba4k, Variant::OURS, t).ends_with(" --nsid 2"));
+        let mmap = fio_args(&job("cache-randread-4k-warm"), v("kernel-cache-mmap"), t).unwrap();
+        for opt in [
+            "--ioengine=mmap",
+            "--direct=0",
+            "--invalidate=0",
+            "--size=134217728",
+        ] {
+            assert!(mmap.contains(opt), "{opt} missing in {mmap}");
+        }
+        assert_eq!(core_mask(1), 1);
+        assert_eq!(core_mask(2), 3);
+        assert_eq!(core_mask(64), u64::MAX);
+    }
+
+    #[test]
     fn the_default_suite_runs_every_variant_each_round() {
         let p = plan();
-        // 5 device jobs × 4 variants + 2 cache jobs × 2 variants + the
-        // zero-copy job, 3 rounds.
-        assert_eq!(p.run_count(), (5 * 4 + 2 * 2 + 1) * 3);
+        let per_round: usize = JOBS
+            .iter()
+            .map(|j| j.variants().iter().filter(|v| v.def().by_default).count())
+            .sum();
+        let ours = JOBS.len();
+        assert_eq!(p.run_count(), per_round * 3);
         let s = p.script();
-        assert_eq!(s.matches("\nours '").count(), 8 * 3);
+        assert_eq!(s.matches("\nours '").count(), ours * 3);
         assert_eq!(s.matches(" --zero-copy\n").count(), 3);
-        assert_eq!(s.matches("\nkern '").count(), 17 * 3);
+        assert_eq!(s.matches("\nkern '").count(), (per_round - ours) * 3);
         assert_eq!(s.matches("to_nvme\n").count(), 3);
         assert!(s.contains("--hipri=1"));
+        // libaio runs only when asked for.
+        assert!(!s.contains("'libaio|"));
+        let with_libaio = Plan {
+            variants: Variant::all().collect(),
+            ..plan()
+        };
+        assert_eq!(with_libaio.run_count(), p.run_count() + 5 * 3);
         assert!(s.contains("'ours|cache-read-128k-cold|1'"));
         assert!(s.contains("-n 8192 --warmup 0 --range-size 1073741824"));
-        // The estimate keeps the default suite inside ten minutes.
-        assert!(p.estimate_seconds() < 600.0, "{}", p.estimate_seconds());
+        // Both namespaces are written once, the readahead is probed once.
+        assert_eq!(p.namespaces(), 2);
+        assert!(s.contains("NS_DEVS='/dev/nvme0n1 /dev/nvme0n2'"));
+        assert!(s.contains("nvme-bench --nsid 1 -w write"));
+        assert!(s.contains("nvme-bench --nsid 2 -w write"));
+        assert_eq!(s.matches("\nreadahead_probe\n").count(), 1);
+        // The estimate keeps the default suite near ten minutes.
+        assert!(p.estimate_seconds() < 700.0, "{}", p.estimate_seconds());
+        assert_eq!(p.run_count(), 120);
     }
 
     #[test]
     fn a_subset_runs_only_what_was_chosen() {
         let p = Plan {
             jobs: vec![JOBS[0]],
-            variants: vec![Variant::Ours],
+            variants: vec![Variant::OURS],
             rounds: 1,
             precondition: false,
             ..plan()
         };
         assert_eq!(p.run_count(), 1);
         assert!(!p.has_kernel_side());
+        assert_eq!(p.namespaces(), 1);
         let s = p.script();
         assert!(!s.contains("\nkern '") && !s.contains("to_nvme\n"));
+        assert!(!s.contains("\nreadahead_probe\n"));
+        // The CI's subset: one namespace, the probe for the kernel's cache.
+        let ci = Plan {
+            jobs: vec![job("randread-4k-qd1"), job("cache-randread-4k-warm")],
+            rounds: 1,
+            ..plan()
+        };
+        assert_eq!(ci.namespaces(), 1);
+        assert_eq!(ci.run_count(), 3 + 3);
+        assert!(ci.script().contains("\nreadahead_probe\n"));
     }
 }
