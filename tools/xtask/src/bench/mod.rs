@@ -213,7 +213,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
     let cells = results::cells(&output.runs, &plan.jobs);
     let header = header(&args, &output, elapsed);
     let table = results::table(&cells, &plan.jobs, &header);
-    let targets = results::targets(&cells);
+    let targets = results::targets(&cells, args.backend == Backend::Null);
 
     println!();
     println!("{table}");

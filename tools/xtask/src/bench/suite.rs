@@ -100,6 +100,16 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
         always: true,
         by_default: true,
     },
+    // The floor loop (nvme-bench --floor): what the device and the guest
+    // allow any driver, beside every raw job.
+    VariantDef {
+        name: "floor",
+        side: Side::Ours("--floor"),
+        kinds: DEVICE_KINDS,
+        batched: false,
+        always: true,
+        by_default: true,
+    },
     VariantDef {
         name: "io_uring",
         side: Side::Kernel("--ioengine=io_uring --fixedbufs=1 --registerfiles=1"),
@@ -177,6 +187,8 @@ impl serde::Serialize for Variant {
 impl Variant {
     /// Our side.
     pub(crate) const OURS: Variant = Variant(0);
+    /// The floor loop (ours, `--floor`).
+    pub(crate) const FLOOR: Variant = Variant(1);
 
     /// Every variant, in table order.
     pub(crate) fn all() -> impl Iterator<Item = Variant> {
@@ -304,6 +316,11 @@ impl Job {
         }
     }
 
+    /// The same job under another name.
+    const fn renamed(self, name: &'static str) -> Job {
+        Job { name, ..self }
+    }
+
     /// The same job on `threads` threads, with the kernel's best variants only.
     const fn on_threads(self, name: &'static str, threads: u32) -> Job {
         Job {
@@ -327,6 +344,14 @@ pub(crate) const JOBS: &[Job] = &[
     Job::device("randwrite-4k-qd32", "randwrite", 4096, 32, Metric::Iops),
     READ_128K_QD8,
     Job::device("write-128k-qd8", "write", 128 << 10, 8, Metric::Mbps),
+    // Deeper than any guest CPU needs on the image backend; on null-co,
+    // where the device is not the limit.
+    Job {
+        qd: 128,
+        all_variants: false,
+        ..RANDREAD_4K_QD32
+    }
+    .renamed("randread-4k-qd128"),
     RANDREAD_4K_QD32.on_threads("randread-4k-qd32-2t", 2),
     RANDREAD_4K_QD1.at_lba("randread-4k-qd1-lba4k", 4096),
     RANDREAD_4K_QD32.at_lba("randread-4k-qd32-lba4k", 4096),
@@ -784,12 +809,13 @@ mod tests {
         // QD1: batching changes nothing, so the batched variant does not run.
         assert_eq!(
             names("randread-4k-qd1"),
-            ["ours", "io_uring", "io_uring-polled", "libaio"]
+            ["ours", "floor", "io_uring", "io_uring-polled", "libaio"]
         );
         assert_eq!(
             names("randread-4k-qd32"),
             [
                 "ours",
+                "floor",
                 "io_uring",
                 "io_uring-batch",
                 "io_uring-polled",
@@ -799,17 +825,21 @@ mod tests {
         );
         // The extra rows: the kernel's best variants only.
         for j in [
+            "randread-4k-qd128",
             "randread-4k-qd32-2t",
             "randread-4k-qd32-lba4k",
             "read-128k-qd8-lba4k",
         ] {
             assert_eq!(
                 names(j),
-                ["ours", "io_uring-polled", "io_uring-polled-batch"],
+                ["ours", "floor", "io_uring-polled", "io_uring-polled-batch"],
                 "{j}"
             );
         }
-        assert_eq!(names("randread-4k-qd1-lba4k"), ["ours", "io_uring-polled"]);
+        assert_eq!(
+            names("randread-4k-qd1-lba4k"),
+            ["ours", "floor", "io_uring-polled"]
+        );
         assert_eq!(
             names("cache-randread-4k-warm"),
             ["ours", "kernel-cache", "kernel-cache-mmap"]
@@ -883,7 +913,9 @@ mod tests {
             .iter()
             .map(|j| j.variants().iter().filter(|v| v.def().by_default).count())
             .sum();
-        let ours = JOBS.len();
+        // Ours on every job, and the floor loop beside every raw one.
+        let device_jobs = JOBS.iter().filter(|j| j.kind == Kind::Device).count();
+        let ours = JOBS.len() + device_jobs;
         assert_eq!(p.run_count(), per_round * 3);
         let s = p.script();
         assert_eq!(s.matches("\nours '").count(), ours * 3);
@@ -906,9 +938,10 @@ mod tests {
         assert!(s.contains("nvme-bench --nsid 1 -w write"));
         assert!(s.contains("nvme-bench --nsid 2 -w write"));
         assert_eq!(s.matches("\nreadahead_probe\n").count(), 1);
-        // The estimate keeps the default suite near ten minutes.
-        assert!(p.estimate_seconds() < 700.0, "{}", p.estimate_seconds());
-        assert_eq!(p.run_count(), 120);
+        assert_eq!(s.matches(" --floor\n").count(), device_jobs * 3);
+        // The estimate keeps the default suite under a quarter of an hour.
+        assert!(p.estimate_seconds() < 900.0, "{}", p.estimate_seconds());
+        assert_eq!(p.run_count(), 159);
     }
 
     #[test]
@@ -933,7 +966,7 @@ mod tests {
             ..plan()
         };
         assert_eq!(ci.namespaces(), 1);
-        assert_eq!(ci.run_count(), 3 + 3);
+        assert_eq!(ci.run_count(), 4 + 3);
         assert!(ci.script().contains("\nreadahead_probe\n"));
     }
 }
