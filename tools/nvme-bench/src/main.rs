@@ -156,6 +156,12 @@ struct Args {
     /// never touches the data either (--verify still copies to check).
     #[arg(long)]
     zero_copy: bool,
+    /// Cache mode: `shared`, one file over the range that every thread
+    /// opens (its own description of it); `per-thread`, one file per
+    /// thread over its own equal share of the range (disjoint files, each
+    /// thread reading only its own).
+    #[arg(long, value_enum, default_value = "shared")]
+    files: cache_mode::Files,
 }
 
 fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
@@ -233,9 +239,15 @@ fn run(mut args: Args) -> Result<u64> {
         return Err("queue depth and threads must be at least 1".into());
     }
     if args.mode == Mode::Raw
-        && (args.cold || args.warm || args.readahead.is_some() || args.zero_copy)
+        && (args.cold
+            || args.warm
+            || args.readahead.is_some()
+            || args.zero_copy
+            || args.files != cache_mode::Files::Shared)
     {
-        return Err("--cold, --warm, --readahead and --zero-copy need --mode cache".into());
+        return Err(
+            "--cold, --warm, --readahead, --zero-copy and --files need --mode cache".into(),
+        );
     }
     let address = match args.device {
         Some(a) => a,
