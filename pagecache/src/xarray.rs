@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned, Shared};
+use crossbeam_utils::Backoff;
 
 use crate::folio::{Folio, FolioRef};
 
@@ -151,12 +152,14 @@ impl XArray {
     /// without locks (`filemap_get_entry`: load, `folio_try_get`,
     /// `xas_reload`).
     pub(crate) fn get(&self, index: u64, guard: &Guard) -> Option<FolioRef> {
+        let backoff = Backoff::new();
         loop {
             let entry = self.load(index, guard)?;
             let Some(folio) = entry.try_get() else {
                 // Frozen: being removed, or eviction found it pinned and
-                // is about to thaw it. Look again.
-                std::hint::spin_loop();
+                // is about to thaw it. Look again (spinning, then
+                // yielding in case the writer lost its CPU).
+                backoff.snooze();
                 continue;
             };
             match self.load(index, guard) {
@@ -247,12 +250,13 @@ impl XArray {
     /// Freezes the entry at `index`, waiting for readers inside its gate
     /// (they are a few instructions from leaving it). Writers only.
     pub(crate) fn freeze(&self, index: u64) {
+        let backoff = Backoff::new();
         while !self.try_freeze(index) {
             let guard = epoch::pin();
             if self.load(index, &guard).is_none() {
                 return;
             }
-            std::hint::spin_loop();
+            backoff.snooze();
         }
     }
 
