@@ -155,3 +155,17 @@ impl FileIndex {
         self.folios.values()
     }
 }
+
+impl Drop for FileIndex {
+    /// A file removed with folios still cached (inserted after
+    /// `remove_file`'s invalidation), or the whole cache dropped: lookups
+    /// that found the file before it left the file table may still walk
+    /// its xarray, so every entry is frozen and unlinked before the
+    /// index's references to the folios go.
+    fn drop(&mut self) {
+        for &index in self.folios.keys() {
+            self.pages.freeze(index);
+            self.pages.remove(index);
+        }
+    }
+}
