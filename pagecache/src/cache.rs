@@ -14,14 +14,14 @@
 //! Locking: insertion, eviction, invalidation, the clock and the range
 //! walks take the cache lock (one mutex). [`PageCache::lookup`] (the warm
 //! read path), [`PageCache::block_size`] and [`PageCache::wb_err`] take
-//! none: the file table is an [`RcuCell`] and each file's folios are also
-//! in a lock-free [`XArray`], both read under a crossbeam epoch guard.
+//! none: the file table is an `RcuCell` and each file's folios are also
+//! in a lock-free `XArray`, both read under a crossbeam epoch guard.
 //! A lookup takes its folio reference through the entry's gate and
 //! re-checks the slot (`folio_try_get` + `xas_reload`); eviction freezes
 //! the gate before it checks that the index holds the only reference, so
 //! a folio is never evicted under a lookup, and unlinked entries and old
 //! file tables are freed by the epoch once no lookup can still see them
-//! (see [`crate::xarray`]).
+//! (see `xarray.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
