@@ -10,8 +10,20 @@
 //! the caller then writes back or waits. Allocation happens under the
 //! cache lock, so the overshoot is bounded by one folio for the whole
 //! cache, not one per thread.
+//!
+//! Locking: insertion, eviction, invalidation, the clock and the range
+//! walks take the cache lock (one mutex). [`PageCache::lookup`] (the warm
+//! read path), [`PageCache::block_size`] and [`PageCache::wb_err`] take
+//! none: the file table is an `RcuCell` and each file's folios are also
+//! in a lock-free `XArray`, both read under a crossbeam epoch guard.
+//! A lookup takes its folio reference through the entry's gate and
+//! re-checks the slot (`folio_try_get` + `xas_reload`); eviction freezes
+//! the gate before it checks that the index holds the only reference, so
+//! a folio is never evicted under a lookup, and unlinked entries and old
+//! file tables are freed by the epoch once no lookup can still see them
+//! (see `xarray.rs`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,6 +37,8 @@ use crate::folio::{BlockSize, Folio, FolioOrder, FolioParts, FolioRef, LockedFol
 use crate::index::FileIndex;
 use crate::lru::{Clock, Slot, Verdict};
 use crate::memory::{FolioBacking, FolioMemory};
+use crate::rcu::RcuCell;
+use crate::xarray::XArray;
 
 /// Result of [`PageCache::grab`].
 #[derive(Debug)]
@@ -45,6 +59,17 @@ pub struct Invalidated {
     /// and stayed: wait for them and invalidate again.
     pub busy: Vec<FolioRef>,
 }
+
+/// What lookups reach without the cache lock.
+#[derive(Debug)]
+struct FileShared {
+    block: BlockSize,
+    wb_err: Arc<ErrSeq>,
+    pages: Arc<XArray>,
+}
+
+/// The file table as lookups see it (copied on add and remove).
+type FileTable = BTreeMap<FileId, Arc<FileShared>>;
 
 #[derive(Debug)]
 struct FileEntry {
@@ -78,6 +103,8 @@ pub struct PageCache {
     limits: DirtyLimits,
     counters: Arc<Counters>,
     next_folio: AtomicU64,
+    /// Lock-free view of the files (changed under `inner`'s lock).
+    files: RcuCell<FileTable>,
     inner: Mutex<Inner>,
 }
 
@@ -101,12 +128,45 @@ impl PageCache {
             limits,
             counters: Arc::new(Counters::default()),
             next_folio: AtomicU64::new(1),
+            files: RcuCell::new(FileTable::new()),
             inner: Mutex::new(Inner::default()),
         }
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the file's lock-free part, under an epoch guard.
+    fn with_shared<T>(
+        &self,
+        file: FileId,
+        f: impl FnOnce(&FileShared, &crossbeam_epoch::Guard) -> T,
+    ) -> Result<T> {
+        let guard = crossbeam_epoch::pin();
+        let shared = self
+            .files
+            .load(&guard)
+            .get(&file)
+            .ok_or(Error::UnknownFile(file))?;
+        Ok(f(shared, &guard))
+    }
+
+    /// Publishes the file table after a change; `inner`'s lock held.
+    fn publish_files(&self, inner: &Inner) {
+        let table = inner
+            .files
+            .iter()
+            .map(|(id, e)| {
+                let shared = FileShared {
+                    block: e.block,
+                    wb_err: e.wb_err.clone(),
+                    pages: e.index.pages(),
+                };
+                (*id, Arc::new(shared))
+            })
+            .collect();
+        self.files.replace(table);
     }
 
     /// Registers a file with block size `block`; its folios are tracked
@@ -123,6 +183,7 @@ impl PageCache {
                 wb_err: Arc::new(ErrSeq::new()),
             },
         );
+        self.publish_files(&inner);
         id
     }
 
@@ -132,26 +193,29 @@ impl PageCache {
     pub fn remove_file(&self, file: FileId) -> Result<Invalidated> {
         let report = self.invalidate(file, 0..u64::MAX)?;
         if report.busy.is_empty() {
-            self.inner().files.remove(&file);
+            let mut inner = self.inner();
+            if inner.files.remove(&file).is_some() {
+                self.publish_files(&inner);
+            }
         }
         Ok(report)
     }
 
-    /// The file's block size.
+    /// The file's block size (no lock).
     pub fn block_size(&self, file: FileId) -> Result<BlockSize> {
-        Ok(self.inner().file(file)?.block)
+        self.with_shared(file, |f, _| f.block)
     }
 
     /// The file's writeback error sequence (X1): sample it at open, check
-    /// it at fsync.
+    /// it at fsync (no lock).
     pub fn wb_err(&self, file: FileId) -> Result<Arc<ErrSeq>> {
-        Ok(self.inner().file(file)?.wb_err.clone())
+        self.with_shared(file, |f, _| f.wb_err.clone())
     }
 
     /// The folio covering page `index`, pinned (`filemap_get_folio`).
+    /// Takes no lock: see the module documentation.
     pub fn lookup(&self, file: FileId, index: u64) -> Result<Option<FolioRef>> {
-        let inner = self.inner();
-        let found = inner.file(file)?.index.get(index).cloned();
+        let found = self.with_shared(file, |f, guard| f.pages.get(index, guard))?;
         if let Some(f) = &found {
             f.touch();
         }
@@ -272,22 +336,25 @@ impl PageCache {
                     return Verdict::Stale;
                 }
                 // Pinned: somebody else holds a reference (a lock or I/O
-                // handle holds one too). Nobody can take a new one while
-                // we hold the cache lock.
+                // handle holds one too). Checked again by `try_evict`
+                // with lookups shut out.
                 if f.refs() > 1 || !f.is_reclaimable() {
                     return Verdict::Busy;
                 }
                 if f.take_referenced() {
                     return Verdict::SecondChance;
                 }
-                let evicted = entry.index.remove(slot.index);
-                if let (Some(f), Some((order, slot))) = (evicted, recycle.as_mut())
+                let Some(evicted) = entry.index.try_evict(slot.index) else {
+                    // A lookup took it meanwhile.
+                    return Verdict::Busy;
+                };
+                if let Some((order, slot)) = recycle.as_mut()
                     && slot.is_none()
-                    && f.order() == *order
+                    && evicted.order() == *order
                 {
-                    // The only reference: nobody can take a new one while
-                    // we hold the cache lock.
-                    **slot = f.into_backing().ok();
+                    // The only reference (`try_evict`), and out of the
+                    // index: nobody can take a new one.
+                    **slot = evicted.into_backing().ok();
                 }
                 Verdict::Evicted
             },

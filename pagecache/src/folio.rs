@@ -408,7 +408,11 @@ impl Folio {
 
     /// Marks the folio recently used (for the eviction clock).
     pub(crate) fn touch(&self) {
-        self.referenced.store(true, Ordering::Relaxed);
+        // Read first: a warm folio's bit is already set, and readers on
+        // other CPUs then keep sharing its cache line instead of writing.
+        if !self.referenced.load(Ordering::Relaxed) {
+            self.referenced.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Clears the referenced bit and says whether it was set.
@@ -572,6 +576,16 @@ impl FolioRef {
         LockedFolio {
             folio: Some(self.clone()),
         }
+    }
+
+    /// The index's `Arc` (the lock-free index keeps its pointer).
+    pub(crate) fn arc(&self) -> &Arc<Folio> {
+        &self.0
+    }
+
+    /// A reference from an `Arc` the lock-free index made.
+    pub(crate) fn from_arc(folio: Arc<Folio>) -> FolioRef {
+        FolioRef(folio)
     }
 
     /// Whether `self` and `other` are the same folio.

@@ -12,6 +12,9 @@
 //! * [`folio`]: folios, flags, lock token, read and writeback handles;
 //! * [`folio_state`]: per-block uptodate and dirty bitmaps (iomap_folio_state);
 //! * `index`: per-file page offset → folio map;
+//! * `xarray`: its lock-free half, read by lookups under an epoch guard;
+//! * `rcu`: a value read without locks and replaced whole (the file
+//!   table);
 //! * `lru`: the eviction clock;
 //! * [`dirty`]: dirty/writeback accounting, thresholds, throttle decision;
 //! * [`readahead`]: the readahead window policy;
@@ -53,7 +56,8 @@
 //! `write_at`, `set_len`, `fsync`) and the flusher thread that acts on
 //! [`PageCache::dirty_pressure`].
 
-#![forbid(unsafe_code)]
+// Unsafe code lives in `xarray` and `rcu` only (epoch-protected pointers).
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod cache;
@@ -65,7 +69,11 @@ pub mod folio_state;
 mod index;
 mod lru;
 pub mod memory;
+#[allow(unsafe_code)]
+mod rcu;
 pub mod readahead;
+#[allow(unsafe_code)]
+mod xarray;
 
 pub use cache::{Grab, Invalidated, PageCache};
 pub use dirty::{DirtyLimits, DirtyPressure};

@@ -333,3 +333,24 @@ fn random_reads_allocate_only_the_demand_page() {
         ra.record_read((page + 1) * PAGE);
     }
 }
+
+/// Dropping the cache with folios still cached (and one still referenced
+/// outside it): the index shuts lookups out of every entry before its
+/// references go; the referenced folio stays readable, and its memory is
+/// returned when the last reference goes.
+#[test]
+fn dropping_the_cache_with_cached_and_referenced_folios() {
+    let c = cache_of(32);
+    let f = c.add_file(BlockSize::PAGE);
+    for i in 0..4 {
+        drop(clean(&c, f, i * 4, 2));
+    }
+    drop(clean(&c, f, 16, 0));
+    let kept = c.lookup(f, 5).unwrap().expect("cached");
+    assert_eq!(c.nr_folios(f).unwrap(), 5);
+    drop(c);
+    assert!(kept.is_uptodate());
+    let mut buf = [1u8; 16];
+    kept.read(4096, &mut buf).unwrap();
+    assert_eq!(buf, [0; 16], "zeroed when created, still there");
+}

@@ -6,7 +6,10 @@
 //! * memory in use stays below budget + one folio, and equals the sizes of
 //!   the live folios (cached, or removed but still referenced);
 //! * dirty and writeback byte counters equal the sizes of the folios
-//!   carrying those flags.
+//!   carrying those flags;
+//! * the lock-free lookup agrees with the locked index after every step
+//!   (each page finds the folio covering it, or nothing), also across
+//!   files removed and added again (the file table is replaced whole).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +23,8 @@ use proptest::prelude::*;
 const PAGE: u64 = 4096;
 const BUDGET_PAGES: u64 = 16;
 const MAX_ORDER: u8 = 2;
+/// Pages of each file the operations touch.
+const PAGES: u64 = 48;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -56,11 +61,14 @@ enum Op {
         start: u64,
         len: u64,
     },
+    /// Remove the file (if nothing of it is busy) and add a new one in
+    /// its place.
+    Replace(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let file = 0..2usize;
-    let page = 0..48u64;
+    let page = 0..PAGES;
     prop_oneof![
         4 => (file.clone(), page.clone(), 0..=MAX_ORDER, 0..4u8)
             .prop_map(|(file, page, order, fate)| Op::Grab { file, page, order, fate }),
@@ -72,7 +80,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(file, page)| Op::StartWriteback { file, page }),
         2 => (0..8usize, any::<bool>()).prop_map(|(which, ok)| Op::EndWriteback { which, ok }),
         1 => (0..8 * PAGE).prop_map(Op::Shrink),
-        1 => (file, page, 1..16u64).prop_map(|(file, start, len)| Op::Invalidate { file, start, len }),
+        1 => (file.clone(), page, 1..16u64).prop_map(|(file, start, len)| Op::Invalidate { file, start, len }),
+        1 => file.prop_map(Op::Replace),
     ]
 }
 
@@ -224,7 +233,54 @@ fn apply(w: &mut World, op: &Op) {
                 .invalidate(w.files[file], start..start + len)
                 .unwrap();
         }
+        Op::Replace(file) => {
+            let old = w.files[file];
+            if w.cache.remove_file(old).unwrap().busy.is_empty() {
+                let gone = w.cache.block_size(old).unwrap_err();
+                assert!(matches!(gone, pagecache::Error::UnknownFile(_)));
+                w.files[file] = w.cache.add_file(block_size(file));
+                assert!(w.cache.lookup(old, 0).is_err(), "a removed file is unknown");
+            }
+        }
     }
+}
+
+/// Block size of file `i`: a page, or 1 KiB (per-block state).
+fn block_size(i: usize) -> BlockSize {
+    if i == 0 {
+        BlockSize::PAGE
+    } else {
+        BlockSize::new(1024).unwrap()
+    }
+}
+
+/// Every page of every file: the lock-free lookup finds the folio the
+/// locked index holds for it (same folio, covering the page), or none.
+fn check_lookups(w: &World) -> Result<(), TestCaseError> {
+    for &f in &w.files {
+        let folios = w.cache.all_folios(f).unwrap();
+        for page in 0..PAGES {
+            let want = folios.iter().find(|r| r.pages().contains(&page));
+            let got = w.cache.lookup(f, page).unwrap();
+            match (want, &got) {
+                (None, None) => {}
+                (Some(a), Some(b)) => {
+                    prop_assert!(a.same(b), "page {} of {:?}: another folio", page, f);
+                    prop_assert!(b.pages().contains(&page));
+                    prop_assert_eq!(b.file(), f);
+                }
+                _ => prop_assert!(
+                    false,
+                    "page {} of {:?}: index {:?}, lookup {:?}",
+                    page,
+                    f,
+                    want,
+                    got
+                ),
+            }
+        }
+    }
+    Ok(())
 }
 
 proptest! {
@@ -233,13 +289,13 @@ proptest! {
     #[test]
     fn cache_invariants_hold(ops in proptest::collection::vec(op(), 1..120)) {
         let cache = PageCache::new(Arc::new(VecMemory::new()), BUDGET_PAGES * PAGE).unwrap();
-        let files = vec![cache.add_file(BlockSize::PAGE), cache.add_file(BlockSize::new(1024).unwrap())];
+        let files = vec![cache.add_file(block_size(0)), cache.add_file(block_size(1))];
         let mut w = World { cache, files, pins: vec![], locks: vec![], writebacks: vec![] };
         for op in &ops {
             let before = snapshot(&w);
             let held = held_iovas(&w);
             apply(&mut w, op);
-            if !matches!(op, Op::Invalidate { .. }) {
+            if !matches!(op, Op::Invalidate { .. } | Op::Replace(_)) {
                 // Only invalidation may remove busy folios; eviction never.
                 let after = snapshot(&w);
                 for (key, (iova, flags)) in &before {
@@ -255,6 +311,7 @@ proptest! {
                 }
             }
             check_counters(&w)?;
+            check_lookups(&w)?;
         }
         // Dropping everything returns all memory once the files go.
         w.pins.clear();

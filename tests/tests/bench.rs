@@ -67,7 +67,8 @@ fn bench_cache_mode_cold_warm_and_verified_writes() {
         "nvme-bench --mode cache -w randread -o 4k -t 1 --warmup 0 --range-size 8M --json --label warm \
          && nvme-bench --mode cache -w read -o 64k -t 1 --warmup 0 --range-size 16M --cold --json --label cold \
          && nvme-bench --mode cache -w randwrite -o 4k -t 1 --warmup 0 --range-size 8M --verify --json --label w \
-         && nvme-bench --mode cache -w read -o 128k -n 128 --warmup 0 --range-size 16M --cold --zero-copy --verify --json --label zc",
+         && nvme-bench --mode cache -w read -o 128k -n 128 --warmup 0 --range-size 16M --cold --zero-copy --verify --json --label zc \
+         && nvme-bench --mode cache -w randread -o 4k -t 1 --warmup 0 --range-size 8M -j 2 --files per-thread --verify --json --label pt",
     );
     let out = run.stdout_text();
     let json = |label: &str| -> serde_json::Value {
@@ -79,7 +80,7 @@ fn bench_cache_mode_cold_warm_and_verified_writes() {
     };
     let device =
         |v: &serde_json::Value, key: &str| v["cache"]["device"][key].as_u64().unwrap_or(u64::MAX);
-    for label in ["warm", "cold", "w", "zc"] {
+    for label in ["warm", "cold", "w", "zc", "pt"] {
         let v = json(label);
         assert_eq!(
             v["job"]["mode"].as_str().or(v["mode"].as_str()),
@@ -108,6 +109,14 @@ fn bench_cache_mode_cold_warm_and_verified_writes() {
         zc_commands > 0 && zc_commands < 128,
         "readahead makes fewer, larger commands than calls: {zc}"
     );
+    // One file per thread, each over its half of the range: every block
+    // read holds the pattern of the LBA its file maps it to (--verify
+    // after the prefill), all from the cache.
+    let pt = json("pt");
+    assert_eq!(pt["cache"]["files"], "per-thread", "{pt}");
+    assert_eq!(pt["cache"]["bytes_per_file"], 4 << 20, "{pt}");
+    assert_eq!(pt["threads"].as_array().map(Vec::len), Some(2), "{pt}");
+    assert_eq!(device(&pt, "read_commands"), 0, "{pt}");
     // Buffered writes reach the device by writeback, and fsync flushes.
     let w = json("w");
     assert!(

@@ -5,8 +5,10 @@
 //! One [`PageCache`] (budget `--cache-size`, folios in DMA memory) holds
 //! one [`File`] whose bytes are the benchmark range of the namespace
 //! ([`IdentityMapper`]: file offset `o` is LBA `range_start + o /
-//! lba_size`). Each thread has its own [`NvmeDevice`] (its own queue pair)
-//! and its own open description of the file (its own readahead window),
+//! lba_size`), or with `--files per-thread` one file per thread over its
+//! own equal share of the range (disjoint files). Each thread has its own
+//! [`NvmeDevice`] (its own queue pair) and its own open description of
+//! its file (its own readahead window),
 //! and makes one synchronous `read_at`/`write_at` call of `-o` bytes at a
 //! time: `-q` does not apply; the device I/O is what readahead and
 //! writeback make of the calls. A flusher thread (own queue pair) does
@@ -52,6 +54,17 @@ const FLUSHER_INTERVAL: Duration = Duration::from_secs(1);
 /// of a phase.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Which files the threads work on (`--files`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Files {
+    /// One file over the whole range; each thread opens its own
+    /// description of it.
+    Shared,
+    /// One file per thread, over the thread's share of the range.
+    PerThread,
+}
+
 /// What the cache holds when the measured window starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -66,8 +79,12 @@ pub(crate) enum CacheState {
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
     state: CacheState,
-    /// Bytes of the file (= the benchmark range).
+    /// Bytes of the benchmark range (all files together).
     file_size: u64,
+    /// Shared file or one per thread.
+    files: Files,
+    /// Bytes of each file: the range, or a thread's share of it.
+    per_file: u64,
     /// Random offsets are multiples of this many bytes.
     align: u64,
     /// Sequential shares of the threads start at multiples of this.
@@ -102,8 +119,12 @@ fn plan_for(a: &Args, lba_size: u64, blocks: u64) -> Result<Plan> {
     // PAGE is a multiple of every LBA size up to a page: thread shares are
     // then page- and LBA-aligned.
     let granule = PAGE;
-    let span = if a.workload.is_random() {
-        file_size
+    let per_file = match a.files {
+        Files::Shared => file_size,
+        Files::PerThread => share(file_size, a.threads, granule),
+    };
+    let span = if a.workload.is_random() || a.files == Files::PerThread {
+        per_file
     } else {
         share(file_size, a.threads, granule)
     };
@@ -136,6 +157,8 @@ fn plan_for(a: &Args, lba_size: u64, blocks: u64) -> Result<Plan> {
     Ok(Plan {
         state,
         file_size,
+        files: a.files,
+        per_file,
         align,
         granule,
         writes: !read_only,
@@ -149,12 +172,12 @@ fn share(file_size: u64, threads: usize, granule: u64) -> u64 {
     file_size / threads / granule * granule
 }
 
-/// The part of the file thread `t` works on: the whole file for random
-/// workloads, its share for sequential ones (as in raw mode, what is left
-/// over after the shares is not used).
+/// The part of its file thread `t` works on: the whole file for random
+/// workloads and for a file of its own, its share for sequential ones (as
+/// in raw mode, what is left over after the shares is not used).
 fn thread_span(plan: &Plan, threads: usize, t: usize, random: bool) -> Range<u64> {
-    if random {
-        return 0..plan.file_size;
+    if random || plan.files == Files::PerThread {
+        return 0..plan.per_file;
     }
     let part = share(plan.file_size, threads, plan.granule);
     let start = part * t as u64;
@@ -170,6 +193,24 @@ fn preload_span(file_size: u64, threads: usize, t: usize, granule: u64) -> Range
         start..file_size
     } else {
         start..(start + part).min(file_size)
+    }
+}
+
+/// The part of its file thread `t` preloads: with a shared file its share
+/// (see [`preload_span`]), else its whole own file.
+fn thread_preload_span(plan: &Plan, threads: usize, t: usize) -> Range<u64> {
+    match plan.files {
+        Files::Shared => preload_span(plan.file_size, threads, t, plan.granule),
+        Files::PerThread => 0..plan.per_file,
+    }
+}
+
+/// Index of thread `t`'s file and the byte offset of its start in the
+/// range.
+fn file_of(plan: &Plan, t: usize) -> (usize, u64) {
+    match plan.files {
+        Files::Shared => (0, 0),
+        Files::PerThread => (t, plan.per_file * t as u64),
     }
 }
 
@@ -395,12 +436,13 @@ struct Ctx<'a> {
     progress: &'a [Arc<AtomicU64>],
 }
 
-/// The cache and the file over the range, with their flusher.
+/// The cache and the file(s) over the range, with their flusher.
 #[derive(Debug)]
 struct Cached {
-    // Dropped first: the flusher thread stops before the file goes.
+    // Dropped first: the flusher thread stops before the files go.
     flusher: Option<FlusherThread>,
-    file: File,
+    /// One file ([`Files::Shared`]) or one per thread.
+    files: Vec<File>,
     cache: Arc<PageCache>,
 }
 
@@ -422,18 +464,33 @@ impl Cached {
             PageCache::new(memory.clone(), a.cache_size).map_err(|e| format!("page cache: {e}"))?,
         );
         let lba_size = u32::try_from(job.lba_size).map_err(|_| "LBA size too large")?;
-        let mapper = Arc::new(IdentityMapper::new(job.first, job.blocks, lba_size));
-        let file = File::open(cache.clone(), mapper, BlockSize::PAGE, plan.file_size)
-            .map_err(|e| format!("opening the range as a file: {e}"))?;
-        if let Some(pages) = a.readahead {
-            // Descriptions opened from it (one per thread) take this too.
-            file.set_readahead(pages);
-        }
+        let n = match plan.files {
+            Files::Shared => 1,
+            Files::PerThread => a.threads,
+        };
+        let files = (0..n)
+            .map(|t| {
+                let (_, start) = file_of(plan, t);
+                let first = lba_of(job.first, job.lba_size, start);
+                let blocks = plan.per_file / job.lba_size;
+                let mapper = Arc::new(IdentityMapper::new(first, blocks, lba_size));
+                let file = File::open(cache.clone(), mapper, BlockSize::PAGE, plan.per_file)
+                    .map_err(|e| format!("opening the range as a file: {e}"))?;
+                if let Some(pages) = a.readahead {
+                    // Descriptions opened from it (one per thread) take
+                    // this too.
+                    file.set_readahead(pages);
+                }
+                Ok(file)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let flusher = if a.no_flusher {
             None
         } else {
             let f = Flusher::new(cache.clone());
-            f.attach(&file).map_err(|e| format!("flusher: {e}"))?;
+            for file in &files {
+                f.attach(file).map_err(|e| format!("flusher: {e}"))?;
+            }
             let (dev, _) = CountingDevice::open(ctrl, a, flusher_counts.clone())
                 .map_err(|e| format!("flusher: {e}"))?;
             Some(
@@ -443,17 +500,27 @@ impl Cached {
         };
         Ok(Cached {
             flusher,
-            file,
+            files,
             cache,
         })
     }
 
-    /// Bytes of the file in the cache (folios of any size).
+    /// The file thread `t` works on.
+    fn file(&self, plan: &Plan, t: usize) -> &File {
+        &self.files[file_of(plan, t).0]
+    }
+
+    /// Bytes of the files in the cache (folios of any size).
     fn resident(&self) -> u64 {
-        let ino = self.file.inode();
-        ino.cache
-            .all_folios(ino.file)
-            .map_or(0, |f| f.iter().map(|f| f.size() as u64).sum())
+        self.files
+            .iter()
+            .map(|file| {
+                let ino = file.inode();
+                ino.cache
+                    .all_folios(ino.file)
+                    .map_or(0, |f| f.iter().map(|f| f.size() as u64).sum())
+            })
+            .sum()
     }
 }
 
@@ -488,6 +555,8 @@ pub(crate) struct Summary {
     state: CacheState,
     budget: u64,
     file_size: u64,
+    files: Files,
+    per_file: u64,
     readahead_max: u64,
     flusher: bool,
     /// Preload (warm): seconds and the bytes of the file cached after it.
@@ -518,6 +587,8 @@ impl Summary {
             "state": self.state,
             "cache_size": self.budget,
             "file_size": self.file_size,
+            "files": self.files,
+            "bytes_per_file": self.per_file,
             "readahead_max_pages": self.readahead_max,
             "flusher": self.flusher,
             "preload_seconds": self.preload.map(|(d, _)| d.as_secs_f64()),
@@ -532,11 +603,14 @@ impl Summary {
     }
 
     pub(crate) fn describe(&self) -> String {
+        let files = match self.files {
+            Files::Shared => format!("file {} MiB", self.file_size >> 20),
+            Files::PerThread => format!("one {} MiB file per thread", self.per_file >> 20),
+        };
         let mut s = format!(
-            "page cache {} MiB, {:?}, file {} MiB, readahead max {} pages, flusher {}",
+            "page cache {} MiB, {:?}, {files}, readahead max {} pages, flusher {}",
             self.budget >> 20,
             self.state,
-            self.file_size >> 20,
             self.readahead_max,
             if self.flusher { "on" } else { "off" }
         );
@@ -609,20 +683,21 @@ pub(crate) fn run(
     if plan.state == CacheState::Warm {
         let started = Instant::now();
         run_phase(&mut workers, stop, &job.args, |w| {
-            preload(w, ctx, &cached.file)
+            preload(w, ctx, cached.file(plan, w.t))
         })?;
         let resident = cached.resident();
-        if resident < plan.file_size {
-            log::warn!(
-                "after the preload {resident} of {} bytes are cached",
-                plan.file_size
-            );
+        let wanted = match plan.files {
+            Files::Shared => plan.file_size,
+            Files::PerThread => plan.per_file * a.threads as u64,
+        };
+        if resident < wanted {
+            log::warn!("after the preload {resident} of {wanted} bytes are cached");
         }
         preload_done = Some((started.elapsed(), resident));
     }
     if a.warmup > 0.0 {
         run_phase(&mut workers, stop, &job.args, |w| {
-            timed(w, ctx, &cached.file, false)
+            timed(w, ctx, cached.file(plan, w.t), false)
         })?;
     }
     if plan.state == CacheState::Cold && a.warmup > 0.0 {
@@ -634,19 +709,21 @@ pub(crate) fn run(
     }
     let flusher_before = flusher_counts.snapshot();
     let results = run_phase(&mut workers, stop, &job.args, |w| {
-        timed(w, ctx, &cached.file, true)
+        timed(w, ctx, cached.file(plan, w.t), true)
     })?;
     let summary = Summary {
         state: plan.state,
         budget: cached.cache.budget(),
         file_size: plan.file_size,
+        files: plan.files,
+        per_file: plan.per_file,
         // What the threads' handles used: set by --readahead, or sized
         // from the device.
         readahead_max: results
             .iter()
             .filter_map(|r| r.cache.as_ref().map(|c| c.readahead_max))
             .max()
-            .unwrap_or_else(|| cached.file.readahead_max()),
+            .unwrap_or_else(|| cached.files[0].readahead_max()),
         flusher: cached.flusher.is_some(),
         preload: preload_done,
         flusher_traffic: flusher_counts.snapshot().since(flusher_before),
@@ -685,10 +762,11 @@ where
     })
 }
 
-/// Checks that `data`, read at file offset `pos`, holds the pattern.
-fn check(job: &Job, pos: u64, data: &[u8]) -> Result<()> {
+/// Checks that `data`, read by thread `t` at offset `pos` of its file,
+/// holds the pattern.
+fn check(job: &Job, plan: &Plan, t: usize, pos: u64, data: &[u8]) -> Result<()> {
     let a = &job.args;
-    let lba = lba_of(job.first, job.lba_size, pos);
+    let lba = lba_of(job.first, job.lba_size, file_of(plan, t).1 + pos);
     match pattern::first_mismatch(a.seed, lba, job.lba_size as usize, data) {
         None => Ok(()),
         Some(bad) => Err(format!(
@@ -703,7 +781,7 @@ fn preload(w: &mut Worker, ctx: Ctx<'_>, file: &File) -> Result<ThreadResult> {
     let (job, plan) = (ctx.job, ctx.plan);
     let a = &job.args;
     let desc = file.reopen().map_err(|e| e.to_string())?;
-    let span = preload_span(plan.file_size, a.threads, w.t, plan.granule);
+    let span = thread_preload_span(plan, a.threads, w.t);
     let mut buf = vec![0u8; PRELOAD_CHUNK.min(span.end - span.start) as usize];
     let mut stats = Stats::new();
     let started = Instant::now();
@@ -723,7 +801,7 @@ fn preload(w: &mut Worker, ctx: Ctx<'_>, file: &File) -> Result<ThreadResult> {
         }
         stats.record(true, len as u64, t0.elapsed());
         if a.verify {
-            check(job, pos, chunk)?;
+            check(job, plan, w.t, pos, chunk)?;
         }
         pos += len as u64;
     }
@@ -766,7 +844,7 @@ fn timed(w: &mut Worker, ctx: Ctx<'_>, file: &File, measured: bool) -> Result<Th
         let pos = io.slba;
         let len = w.buf.len();
         if !io.read && a.verify {
-            let lba = lba_of(job.first, job.lba_size, pos);
+            let lba = lba_of(job.first, job.lba_size, file_of(plan, t).1 + pos);
             pattern::fill(a.seed, lba, job.lba_size as usize, &mut w.buf);
         }
         let t0 = Instant::now();
@@ -786,7 +864,7 @@ fn timed(w: &mut Worker, ctx: Ctx<'_>, file: &File, measured: bool) -> Result<Th
         let outcome = match r {
             Ok(n) if n == len => {
                 if io.read && a.verify {
-                    check(job, pos, &w.buf)?;
+                    check(job, plan, t, pos, &w.buf)?;
                 }
                 Ok(())
             }
@@ -955,6 +1033,51 @@ mod tests {
         // A file smaller than a share per thread: the last thread reads it.
         assert_eq!(preload_span(6000, 2, 0, 4096), 0..0);
         assert_eq!(preload_span(6000, 2, 1, 4096), 0..6000);
+    }
+
+    #[test]
+    fn per_thread_files_are_disjoint_shares() {
+        let blocks = 64 * MIB / 512;
+        let p = plan_for(
+            &args(&["-w", "randread", "-j", "3", "--files", "per-thread"]),
+            512,
+            blocks,
+        )
+        .expect("fits");
+        let part = 64 * MIB / 3 / 4096 * 4096;
+        assert_eq!(p.per_file, part);
+        assert_eq!(p.file_size, 64 * MIB);
+        for t in 0..3 {
+            // Random and sequential alike: the whole own file.
+            assert_eq!(thread_span(&p, 3, t, true), 0..part);
+            assert_eq!(thread_span(&p, 3, t, false), 0..part);
+            assert_eq!(thread_preload_span(&p, 3, t), 0..part);
+            assert_eq!(file_of(&p, t), (t, part * t as u64));
+        }
+        // The files' LBAs do not overlap: thread 1's file starts where
+        // thread 0's ends.
+        assert_eq!(lba_of(100, 512, file_of(&p, 1).1), 100 + part / 512);
+        let shared = plan_for(&args(&["-w", "randread", "-j", "3"]), 512, blocks).expect("fits");
+        assert_eq!(shared.files, Files::Shared);
+        assert_eq!(shared.per_file, 64 * MIB);
+        assert_eq!(file_of(&shared, 2), (0, 0));
+        assert_eq!(thread_span(&shared, 3, 2, true), 0..64 * MIB);
+        let e = plan_for(
+            &args(&[
+                "-w",
+                "randread",
+                "-j",
+                "4",
+                "-o",
+                "256K",
+                "--files",
+                "per-thread",
+            ]),
+            512,
+            1024,
+        )
+        .expect_err("a file smaller than a call");
+        assert!(e.contains("131072"), "{e}");
     }
 
     #[test]

@@ -163,6 +163,12 @@ struct Args {
     /// reported is Little's law's (depth / IOPS).
     #[arg(long)]
     floor: bool,
+    /// Cache mode: `shared`, one file over the range that every thread
+    /// opens (its own description of it); `per-thread`, one file per
+    /// thread over its own equal share of the range (disjoint files, each
+    /// thread reading only its own).
+    #[arg(long, value_enum, default_value = "shared")]
+    files: cache_mode::Files,
 }
 
 fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
@@ -240,9 +246,15 @@ fn run(mut args: Args) -> Result<u64> {
         return Err("queue depth and threads must be at least 1".into());
     }
     if args.mode == Mode::Raw
-        && (args.cold || args.warm || args.readahead.is_some() || args.zero_copy)
+        && (args.cold
+            || args.warm
+            || args.readahead.is_some()
+            || args.zero_copy
+            || args.files != cache_mode::Files::Shared)
     {
-        return Err("--cold, --warm, --readahead and --zero-copy need --mode cache".into());
+        return Err(
+            "--cold, --warm, --readahead, --zero-copy and --files need --mode cache".into(),
+        );
     }
     if args.floor && (args.mode != Mode::Raw || args.verify || args.interrupts) {
         return Err("--floor runs in raw mode, without --verify and --interrupts".into());
