@@ -269,6 +269,10 @@ pub(crate) struct Job {
     pub threads: u32,
     /// LBA size of the namespace it runs on (one of [`NAMESPACE_LBAS`]).
     pub lba: u32,
+    /// With several threads: each works on its own equal share of the
+    /// range (ours: a file per thread, `--files per-thread`; fio: a job
+    /// per share), instead of all on the whole range.
+    pub disjoint: bool,
     pub metric: Metric,
     /// Run by every variant of its kind, not only those marked
     /// [`VariantDef::always`].
@@ -286,6 +290,7 @@ impl Job {
             qd,
             threads: 1,
             lba: NAMESPACE_LBAS[0],
+            disjoint: false,
             metric,
             all_variants: true,
         }
@@ -312,6 +317,15 @@ impl Job {
             name,
             lba,
             all_variants: false,
+            ..self
+        }
+    }
+
+    /// The same job with each thread on its own share of the range.
+    const fn disjoint(self, name: &'static str) -> Job {
+        Job {
+            name,
+            disjoint: true,
             ..self
         }
     }
@@ -370,14 +384,23 @@ pub(crate) const JOBS: &[Job] = &[
         128 << 10,
         Metric::Mbps,
     ),
-    Job::cache(
-        "cache-randread-4k-warm",
-        Kind::CacheWarm,
-        "randread",
-        4096,
-        Metric::Iops,
-    ),
+    CACHE_RANDREAD_4K_WARM,
+    // Two threads, each its own file handle: on one file, and on a file of
+    // its own each (the kernel: two fio jobs on the whole range, or each on
+    // its half).
+    CACHE_RANDREAD_4K_WARM.on_threads("cache-randread-4k-warm-2t", 2),
+    CACHE_RANDREAD_4K_WARM
+        .on_threads("cache-randread-4k-warm-2t", 2)
+        .disjoint("cache-randread-4k-warm-2t-files"),
 ];
+
+const CACHE_RANDREAD_4K_WARM: Job = Job::cache(
+    "cache-randread-4k-warm",
+    Kind::CacheWarm,
+    "randread",
+    4096,
+    Metric::Iops,
+);
 
 impl Job {
     pub(crate) fn by_name(name: &str) -> Option<Job> {
@@ -466,6 +489,9 @@ fn ours_args(job: &Job, variant: Variant, t: Timing) -> String {
     if job.threads > 1 {
         // One thread per vCPU, pinned (spdk_nvme_perf's -c).
         let _ = write!(a, " -c {:#x}", core_mask(job.threads));
+        if job.disjoint {
+            a.push_str(" --files per-thread");
+        }
     }
     if let Side::Ours(extra) = variant.def().side
         && !extra.is_empty()
@@ -532,6 +558,13 @@ fn fio_args(job: &Job, variant: Variant, t: Timing) -> Option<String> {
         // first (invalidate=1, BLKFLSBUF on a block device).
         Kind::CacheCold => write!(a, " --direct=0 --invalidate=1 --size={RANGE}"),
         // The script reads the range in first (dd); fio must not drop it.
+        Kind::CacheWarm if job.disjoint && job.threads > 1 => {
+            let share = WARM_RANGE / u64::from(job.threads);
+            write!(
+                a,
+                " --direct=0 --invalidate=0 --size={share} --offset_increment={share} {timed}"
+            )
+        }
         Kind::CacheWarm => write!(a, " --direct=0 --invalidate=0 --size={WARM_RANGE} {timed}"),
         Kind::CacheColdViews => return None,
     };
@@ -849,6 +882,31 @@ mod tests {
     }
 
     #[test]
+    fn two_thread_warm_rows_share_the_file_or_split_it() {
+        let t = Timing {
+            runtime: 3.0,
+            warmup: 1.0,
+        };
+        let shared = job("cache-randread-4k-warm-2t");
+        let split = job("cache-randread-4k-warm-2t-files");
+        let ours_shared = ours_args(&shared, Variant::OURS, t);
+        let ours_split = ours_args(&split, Variant::OURS, t);
+        assert!(ours_shared.contains("-c 0x3") && !ours_shared.contains("--files"));
+        assert!(
+            ours_split.contains("-c 0x3 --files per-thread"),
+            "{ours_split}"
+        );
+        let kernel = v("kernel-cache-mmap");
+        let fio_shared = fio_args(&shared, kernel, t).unwrap();
+        let fio_split = fio_args(&split, kernel, t).unwrap();
+        assert!(fio_shared.contains("--numjobs=2") && fio_shared.contains("--size=134217728"));
+        assert!(
+            fio_split.contains("--size=67108864 --offset_increment=67108864"),
+            "{fio_split}"
+        );
+    }
+
+    #[test]
     fn command_lines_carry_batching_threads_namespaces_and_engines() {
         let t = Timing {
             runtime: 3.0,
@@ -941,7 +999,7 @@ mod tests {
         assert_eq!(s.matches(" --floor\n").count(), device_jobs * 3);
         // The estimate keeps the default suite under a quarter of an hour.
         assert!(p.estimate_seconds() < 900.0, "{}", p.estimate_seconds());
-        assert_eq!(p.run_count(), 159);
+        assert_eq!(p.run_count(), 177);
     }
 
     #[test]
