@@ -189,7 +189,8 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
         "smp": args.smp,
         "mem_mib": args.mem,
         "accel": "tcg",
-        "qemu": host_fact(qemu_harness::host::QEMU, &["--version"]),
+        "qemu": run.qemu_version,
+        "kernel_package": run.kernel_package,
         "host_cpu": std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
             c.lines()
                 .find(|l| l.starts_with("model name"))
@@ -260,13 +261,6 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// The first line a host command prints, if it runs.
-fn host_fact(cmd: &str, args: &[&str]) -> Option<String> {
-    let out = std::process::Command::new(cmd).args(args).output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines().next().map(|l| l.trim().to_string())
 }
 
 fn render_chart(cells: &[Cell], jobs: &[Job], args: &BenchArgs, output: &Output) -> String {
