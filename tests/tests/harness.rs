@@ -1,5 +1,6 @@
 //! The VM harness itself: exit status, separate stdout and stderr, the
-//! wall-clock limit, null-co namespaces, and a disk image kept across boots.
+//! wall-clock limit, null-co namespaces, a disk image kept across boots,
+//! and the chosen QEMU and guest kernel.
 
 use std::time::{Duration, Instant};
 
@@ -28,13 +29,17 @@ fn exit_status_and_streams_come_back_separately() {
 
 #[test]
 fn a_hung_guest_is_killed_at_the_limit() {
+    // The limit leaves room for a boot on a loaded host (10 s and more
+    // with other builds and guests on the same two cores), so that the
+    // output before the hang has come out.
+    let limit = Duration::from_secs(30);
     let mut config = vm();
-    config.timeout = Duration::from_secs(12);
+    config.timeout = limit;
     let start = Instant::now();
     let run = run(&config, "echo started; sleep 600");
-    assert_eq!(run.exit, GuestExit::TimedOut(Duration::from_secs(12)));
+    assert_eq!(run.exit, GuestExit::TimedOut(limit));
     assert!(
-        start.elapsed() < Duration::from_secs(40),
+        start.elapsed() < limit + Duration::from_secs(30),
         "took {:?}",
         start.elapsed()
     );
@@ -66,4 +71,44 @@ fn a_named_disk_is_kept_between_boots() {
         "nvmectl read --lba 9 --blocks 1 --output /tmp/r && head -c 17 /tmp/r",
     );
     assert_eq!(run.stdout_text(), "kept across boots");
+}
+
+#[test]
+fn the_guest_runs_on_the_chosen_kernel_and_qemu() {
+    let config = vm();
+    let kernel = config.kernel_suite().expect("guest kernel choice");
+    let qemu = config.qemu_suite().expect("QEMU choice");
+    let run = run_ok(&config, "uname -r; nvmectl identify");
+    let out = run.stdout_text();
+    let release = out.lines().next().unwrap_or("").trim();
+    assert!(
+        release.starts_with(&format!("{}.", kernel.kernel_name())),
+        "guest kernel {release}, chosen {}",
+        kernel.kernel_name()
+    );
+    assert!(
+        run.kernel_package.ends_with(release),
+        "guest kernel {release} but package {}",
+        run.kernel_package
+    );
+    assert!(
+        run.qemu_version
+            .contains(&format!("version {}.", qemu.qemu_name())),
+        "QEMU {}, chosen {}",
+        run.qemu_version,
+        qemu.qemu_name()
+    );
+    // QEMU's controller reports QEMU's version as its firmware revision.
+    let fr = out
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == "fr").then(|| v.trim())
+        })
+        .unwrap_or_else(|| panic!("no fr line in identify:\n{out}"));
+    assert!(
+        fr.starts_with(&format!("{}.", qemu.qemu_name())),
+        "firmware revision {fr}, chosen QEMU {}",
+        qemu.qemu_name()
+    );
 }
