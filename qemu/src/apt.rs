@@ -109,8 +109,12 @@ impl Apt {
             self.retry("apt-get update", || {
                 let out = run_cmd(self.command("apt-get").args(["update", "-q"]))?;
                 // apt-get update exits 0 when a source fails to download.
-                match out.lines().find(|l| l.starts_with("Err:")) {
-                    Some(line) => Err(Error::Missing(line.to_string())),
+                let mut lines = out.lines();
+                match lines.find(|l| l.starts_with("Err:")) {
+                    Some(line) => Err(Error::Missing(format!(
+                        "{line}: {}",
+                        lines.next().unwrap_or("").trim()
+                    ))),
                     None => Ok(()),
                 }
             })?;
@@ -179,6 +183,23 @@ impl Apt {
         })
     }
 
+    /// Downloads `package` into `debs` (or finds it there) and unpacks it
+    /// into `root`; a cached .deb that does not unpack (a download cut
+    /// short) is fetched again once.
+    pub fn fetch_into(&self, package: &str, debs: &Path, root: &Path) -> Result<()> {
+        let deb = self.download(package, debs)?;
+        if let Err(e) = unpack(&deb, root) {
+            log::warn!(
+                "{} does not unpack ({e}); downloading it again",
+                deb.display()
+            );
+            fs::remove_file(&deb).map_err(|e| Error::io("removing", &deb, e))?;
+            let deb = self.download(package, debs)?;
+            unpack(&deb, root)?;
+        }
+        Ok(())
+    }
+
     fn retry(&self, what: &str, mut f: impl FnMut() -> Result<()>) -> Result<()> {
         let mut last = None;
         for attempt in 1..=ATTEMPTS {
@@ -197,7 +218,11 @@ impl Apt {
             "{what}: the Debian archive ({}) is unreachable or refused, {ATTEMPTS} attempts: {}; \
              check the network or set {MIRROR_ENV}",
             self.source,
-            last.map(|e| e.to_string()).unwrap_or_default()
+            match last {
+                Some(Error::Missing(why)) => why,
+                Some(e) => e.to_string(),
+                None => String::new(),
+            }
         )))
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-use crate::apt::{self, Apt};
+use crate::apt::Apt;
 use crate::error::{Error, Result, run_cmd};
 use crate::versions::Suite;
 
@@ -144,8 +144,7 @@ fn ensure_backports_qemu(cache: &Path) -> Result<PathBuf> {
         let work = cache.join(format!("{name}.partial"));
         let _ = fs::remove_dir_all(&work);
         for package in QEMU_DEBS {
-            let deb = apt.download(package, &debs)?;
-            apt::unpack(&deb, &work)?;
+            apt.fetch_into(package, &debs, &work)?;
         }
         let exe = work.join("usr/bin").join(QEMU);
         shared_libs(&exe).map_err(|e| {

@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::apt::{self, Apt};
+use crate::apt::Apt;
 use crate::error::{Error, Result};
 use crate::modules::ModuleTree;
 use crate::versions::Suite;
@@ -72,12 +72,11 @@ pub fn ensure_kernel(cache: &Path, suite: Suite) -> Result<GuestKernel> {
         return Ok(kernel);
     }
     log::info!("fetching guest kernel {package} ({suite})");
-    let deb = apt.download(&package, &cache.join("debs"))?;
     let work = cache.join(format!("{package}.partial"));
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).map_err(|e| Error::io("creating", &work, e))?;
     let root = work.join("root");
-    apt::unpack(&deb, &root)?;
+    apt.fetch_into(&package, &cache.join("debs"), &root)?;
 
     let out = work.join("out");
     let modules_out = out.join("modules");
