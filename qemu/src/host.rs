@@ -1,14 +1,21 @@
 //! Host prerequisites: QEMU and a static busybox, installed from Debian's
-//! packages when missing.
+//! packages when missing; QEMU from the backports unpacked into the cache.
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
+use crate::apt::Apt;
 use crate::error::{Error, Result, run_cmd};
+use crate::versions::Suite;
 
-/// The QEMU system emulator the harness runs.
+/// The QEMU system emulator of the host's release.
 pub const QEMU: &str = "qemu-system-x86_64";
+/// The packages that make up QEMU for an x86 guest, unpacked together.
+const QEMU_DEBS: &[&str] = &["qemu-system-x86", "qemu-system-common", "qemu-system-data"];
+/// Where the release's QEMU (and SeaBIOS, through its links) keeps firmware.
+const SYSTEM_QEMU_DATA: &str = "/usr/share/qemu";
 /// The static busybox that becomes the guest's userland.
 pub const BUSYBOX: &str = "/bin/busybox";
 
@@ -73,15 +80,111 @@ pub fn ensure_packages(packages: &[Package]) -> Result<()> {
     Ok(())
 }
 
+/// A QEMU ready to run.
+#[derive(Debug, Clone)]
+pub struct Qemu {
+    /// The qemu-system-x86_64 executable.
+    pub binary: PathBuf,
+    /// Firmware folders to pass with `-L`, in order (empty: built-in default).
+    pub data_dirs: Vec<PathBuf>,
+    /// The first line of `--version`.
+    pub version: String,
+}
+
+static QEMU_LOCK: Mutex<()> = Mutex::new(());
+
+/// The QEMU of `suite`: the release's is installed with apt-get; the
+/// backports' (10.0) is downloaded and unpacked into `cache` once. The
+/// latter runs on the libraries and the SeaBIOS that the release's
+/// qemu-system-x86 brings, so that package is installed in both cases.
+pub fn ensure_qemu(suite: Suite, cache: &Path) -> Result<Qemu> {
+    let _guard = QEMU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    ensure_packages(VM_PACKAGES)?;
+    let (binary, data_dirs) = match suite {
+        Suite::Release => (PathBuf::from(VM_PACKAGES[0].provides), Vec::new()),
+        Suite::Backports => {
+            let root = ensure_backports_qemu(cache)?;
+            (
+                root.join("usr/bin").join(QEMU),
+                vec![root.join("usr/share/qemu"), PathBuf::from(SYSTEM_QEMU_DATA)],
+            )
+        }
+    };
+    let out = run_cmd(Command::new(&binary).arg("--version")).map_err(|e| {
+        Error::Missing(format!(
+            "{} does not run ({e}); remove {} to fetch it again",
+            binary.display(),
+            cache.display()
+        ))
+    })?;
+    Ok(Qemu {
+        binary,
+        data_dirs,
+        version: out.lines().next().unwrap_or("").trim().to_string(),
+    })
+}
+
+/// Unpacks the backports' QEMU packages into `cache/qemu-<version>/` and
+/// returns that folder.
+fn ensure_backports_qemu(cache: &Path) -> Result<PathBuf> {
+    let pointer = cache.join("qemu-backports");
+    if let Ok(dir) = fs::read_to_string(&pointer) {
+        let dir = cache.join(dir.trim());
+        if dir.join("complete").exists() {
+            return Ok(dir);
+        }
+    }
+    let apt = Apt::for_suite(Suite::Backports, cache)?;
+    let version = apt.candidate(QEMU_DEBS[0])?;
+    let name = format!("qemu-{}", version.replace([':', '~', '+'], "_"));
+    let dir = cache.join(&name);
+    if !dir.join("complete").exists() {
+        log::info!("fetching QEMU {version} from the backports");
+        let debs = cache.join("debs");
+        let work = cache.join(format!("{name}.partial"));
+        let _ = fs::remove_dir_all(&work);
+        for package in QEMU_DEBS {
+            apt.fetch_into(package, &debs, &work)?;
+        }
+        let exe = work.join("usr/bin").join(QEMU);
+        shared_libs(&exe).map_err(|e| {
+            Error::Missing(format!(
+                "QEMU {version} from the backports cannot run on this host's libraries: {e}"
+            ))
+        })?;
+        fs::write(work.join("complete"), &version).map_err(|e| Error::io("writing", &work, e))?;
+        let _ = fs::remove_dir_all(&dir);
+        fs::rename(&work, &dir).map_err(|e| Error::io("moving into place", &dir, e))?;
+    }
+    fs::write(&pointer, &name).map_err(|e| Error::io("writing", &pointer, e))?;
+    Ok(dir)
+}
+
 static APT_UPDATED: Mutex<bool> = Mutex::new(false);
 
 /// Runs `apt-get update` at most once per process.
 pub fn apt_update_once() -> Result<()> {
     let mut done = APT_UPDATED.lock().unwrap_or_else(|e| e.into_inner());
-    if !*done {
-        run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
-        *done = true;
+    if *done {
+        return Ok(());
     }
+    let mut attempt = 1;
+    loop {
+        match run_cmd(Command::new("apt-get").args(["update", "-q"])) {
+            Ok(_) => break,
+            Err(e) if attempt < 3 => {
+                log::warn!("apt-get update (attempt {attempt} of 3) failed: {e}");
+                std::thread::sleep(std::time::Duration::from_secs(3 * attempt));
+                attempt += 1;
+            }
+            Err(e) => {
+                return Err(Error::Missing(format!(
+                    "apt-get update failed 3 times (is the Debian archive reachable?): {e}"
+                )));
+            }
+        }
+    }
+    *done = true;
     Ok(())
 }
 

@@ -1,35 +1,28 @@
-//! The guest kernel: Debian's `linux-image-amd64` of the host's release,
-//! downloaded with apt-get and unpacked once into the cache.
+//! The guest kernel: Debian's `linux-image-amd64` of the host's release
+//! (6.1) or of its backports (6.12), downloaded with apt-get and unpacked
+//! once into the cache.
 //!
-//! Only the kernel image and the modules the guest loads are kept.
+//! Only the kernel image and the modules the guest loads are kept
+//! (uncompressed), with their load order worked out from the modules'
+//! own dependency fields (see [`modules`](crate::modules)); the package
+//! itself stays in the cache's `debs/` folder.
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::sync::Mutex;
 
-use crate::error::{Error, Result, run_cmd};
-use crate::host;
+use crate::apt::Apt;
+use crate::error::{Error, Result};
+use crate::modules::ModuleTree;
+use crate::versions::Suite;
 
-/// The modules vfio-pci needs, in load order (no modules.dep in the guest).
-pub const VFIO_MODULES: &[&str] = &[
-    "irqbypass",
-    "vfio",
-    "vfio_iommu_type1",
-    "vfio_virqfd",
-    "vfio-pci-core",
-    "vfio-pci",
-];
+/// The modules vfio-pci needs start from these (their dependencies and
+/// soft dependencies, e.g. vfio's on vfio_iommu_type1, come along).
+pub const VFIO_ROOTS: &[&str] = &["vfio-pci"];
+/// The modules the kernel's own NVMe driver needs start from these.
+pub const NVME_ROOTS: &[&str] = &["nvme"];
 
-/// The modules the kernel's own NVMe driver needs, in load order.
-pub const NVME_MODULES: &[&str] = &[
-    "crct10dif_common",
-    "crc64",
-    "crc-t10dif",
-    "crc64-rocksoft",
-    "t10-pi",
-    "nvme-core",
-    "nvme",
-];
+const LOAD_ORDER: &str = "load-order";
 
 /// A cached guest kernel.
 #[derive(Debug, Clone)]
@@ -38,8 +31,12 @@ pub struct GuestKernel {
     pub package: String,
     /// The bzImage.
     pub vmlinuz: PathBuf,
-    /// Folder of `<name>.ko` files for [`VFIO_MODULES`] and [`NVME_MODULES`].
+    /// Folder of uncompressed `<name>.ko` files.
     pub modules: PathBuf,
+    /// What vfio-pci needs, in load order.
+    pub vfio_modules: Vec<String>,
+    /// What the kernel's nvme driver needs, in load order.
+    pub nvme_modules: Vec<String>,
 }
 
 impl GuestKernel {
@@ -49,158 +46,114 @@ impl GuestKernel {
     }
 }
 
-/// Returns the cached kernel, downloading and unpacking it first if needed.
+static FETCH_LOCK: Mutex<()> = Mutex::new(());
+
+/// Returns the cached kernel of `suite`, downloading and unpacking it first
+/// if needed.
 ///
 /// `NVME_VM_KERNEL_PACKAGE` picks a package other than the one
-/// `linux-image-amd64` depends on.
-pub fn ensure_kernel(cache: &Path) -> Result<GuestKernel> {
+/// `linux-image-amd64` depends on (from the same suite).
+pub fn ensure_kernel(cache: &Path, suite: Suite) -> Result<GuestKernel> {
+    let _guard = FETCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let pointer = cache.join(match suite {
+        Suite::Release => "kernel-package".to_string(),
+        Suite::Backports => "kernel-package-backports".to_string(),
+    });
+    let apt = Apt::for_suite(suite, cache)?;
     let package = match std::env::var("NVME_VM_KERNEL_PACKAGE") {
-        Ok(p) => p,
-        Err(_) => match cached_package(cache) {
+        Ok(p) if !p.trim().is_empty() => p.trim().to_string(),
+        _ => match cached_package(cache, &pointer) {
             Some(p) => p,
-            None => resolve_package()?,
+            None => apt.resolve_depends("linux-image-amd64", "linux-image-")?,
         },
     };
     let dir = cache.join(&package);
-    let kernel = GuestKernel {
-        package: package.clone(),
-        vmlinuz: dir.join("vmlinuz"),
-        modules: dir.join("modules"),
-    };
-    if dir.join("complete").exists() {
+    if let Some(kernel) = read_cached(&dir, &package) {
         return Ok(kernel);
     }
-    log::info!("fetching guest kernel {package}");
+    log::info!("fetching guest kernel {package} ({suite})");
     let work = cache.join(format!("{package}.partial"));
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).map_err(|e| Error::io("creating", &work, e))?;
-    let download = || {
-        run_cmd(
-            Command::new("apt-get")
-                .args(["download", &package])
-                .current_dir(&work),
-        )
-    };
-    if download().is_err() {
-        host::apt_update_once()?;
-        download()?;
-    }
-    let deb = find_with_suffix(&work, ".deb")?;
     let root = work.join("root");
-    run_cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    apt.fetch_into(&package, &cache.join("debs"), &root)?;
 
-    let _ = fs::remove_dir_all(&dir);
-    let modules_out = dir.join("modules");
+    let out = work.join("out");
+    let modules_out = out.join("modules");
     fs::create_dir_all(&modules_out).map_err(|e| Error::io("creating", &modules_out, e))?;
-    let boot = root.join("boot");
-    let vmlinuz = find_with_prefix(&boot, "vmlinuz-")?;
-    copy(&vmlinuz, &kernel.vmlinuz)?;
-    let lib_modules = find_with_prefix(&root.join("lib").join("modules"), "")?;
-    for name in VFIO_MODULES.iter().chain(NVME_MODULES) {
-        let src = find_module(&lib_modules, name)?;
-        copy(&src, &kernel.module(name))?;
-    }
-    fs::write(dir.join("complete"), &package).map_err(|e| Error::io("writing", &dir, e))?;
-    fs::write(cache.join("kernel-package"), &package)
-        .map_err(|e| Error::io("writing", cache, e))?;
-    let _ = fs::remove_dir_all(&work);
-    Ok(kernel)
-}
-
-fn cached_package(cache: &Path) -> Option<String> {
-    let p = fs::read_to_string(cache.join("kernel-package")).ok()?;
-    let p = p.trim().to_string();
-    cache.join(&p).join("complete").exists().then_some(p)
-}
-
-/// Asks apt which kernel package `linux-image-amd64` stands for.
-fn resolve_package() -> Result<String> {
-    let query = || run_cmd(Command::new("apt-cache").args(["depends", "linux-image-amd64"]));
-    let out = match query() {
-        Ok(out) if parse_depends(&out).is_some() => out,
-        _ => {
-            host::apt_update_once()?;
-            query()?
+    let vmlinuz = find_with_prefix(&root.join("boot"), "vmlinuz-")?;
+    fs::copy(&vmlinuz, out.join("vmlinuz")).map_err(|e| Error::io("copying", &vmlinuz, e))?;
+    let tree = ModuleTree::scan(&find_with_prefix(&root.join("lib").join("modules"), "")?)?;
+    let mut order = String::new();
+    for (label, roots) in [("vfio", VFIO_ROOTS), ("nvme", NVME_ROOTS)] {
+        let modules = tree.load_order(roots)?;
+        let names: Vec<&str> = modules.iter().map(|m| m.name.as_str()).collect();
+        log::info!(
+            "{package}: {label} modules in load order: {}",
+            names.join(" ")
+        );
+        order.push_str(&format!("{label} {}\n", names.join(" ")));
+        for m in &modules {
+            let p = modules_out.join(format!("{}.ko", m.name));
+            fs::write(&p, &m.object).map_err(|e| Error::io("writing", &p, e))?;
         }
+    }
+    let p = out.join(LOAD_ORDER);
+    fs::write(&p, order).map_err(|e| Error::io("writing", &p, e))?;
+    fs::write(out.join("complete"), &package).map_err(|e| Error::io("writing", &out, e))?;
+    let _ = fs::remove_dir_all(&dir);
+    fs::rename(&out, &dir).map_err(|e| Error::io("moving into place", &dir, e))?;
+    fs::write(&pointer, &package).map_err(|e| Error::io("writing", &pointer, e))?;
+    let _ = fs::remove_dir_all(&work);
+    read_cached(&dir, &package)
+        .ok_or_else(|| Error::Missing(format!("kernel cache {} is incomplete", dir.display())))
+}
+
+fn cached_package(cache: &Path, pointer: &Path) -> Option<String> {
+    let p = fs::read_to_string(pointer).ok()?;
+    let p = p.trim().to_string();
+    read_cached(&cache.join(&p), &p).map(|_| p)
+}
+
+/// The kernel cached in `dir`, if it is complete (a cache made before the
+/// load order was recorded counts as incomplete).
+fn read_cached(dir: &Path, package: &str) -> Option<GuestKernel> {
+    if !dir.join("complete").exists() {
+        return None;
+    }
+    let order = fs::read_to_string(dir.join(LOAD_ORDER)).ok()?;
+    let list = |label: &str| -> Option<Vec<String>> {
+        let line = order
+            .lines()
+            .find_map(|l| l.strip_prefix(label)?.strip_prefix(' '))?;
+        Some(line.split_whitespace().map(String::from).collect())
     };
-    parse_depends(&out).ok_or_else(|| {
-        Error::Missing(format!(
-            "no kernel package behind linux-image-amd64 in: {out}"
-        ))
-    })
-}
-
-fn parse_depends(out: &str) -> Option<String> {
-    out.lines()
-        .filter_map(|l| l.trim().strip_prefix("Depends:"))
-        .map(str::trim)
-        .find(|p| p.starts_with("linux-image-") && !p.starts_with("linux-image-amd64"))
-        .map(String::from)
-}
-
-fn find_with_suffix(dir: &Path, suffix: &str) -> Result<PathBuf> {
-    find_entry(dir, |n| n.ends_with(suffix))
+    let kernel = GuestKernel {
+        package: package.to_string(),
+        vmlinuz: dir.join("vmlinuz"),
+        modules: dir.join("modules"),
+        vfio_modules: list("vfio")?,
+        nvme_modules: list("nvme")?,
+    };
+    let all_there = kernel.vmlinuz.is_file()
+        && kernel
+            .vfio_modules
+            .iter()
+            .chain(&kernel.nvme_modules)
+            .all(|m| kernel.module(m).is_file());
+    all_there.then_some(kernel)
 }
 
 fn find_with_prefix(dir: &Path, prefix: &str) -> Result<PathBuf> {
-    find_entry(dir, |n| n.starts_with(prefix))
-}
-
-fn find_entry(dir: &Path, pred: impl Fn(&str) -> bool) -> Result<PathBuf> {
     let entries = fs::read_dir(dir).map_err(|e| Error::io("listing", dir, e))?;
     for entry in entries.flatten() {
-        if entry.file_name().to_str().is_some_and(&pred) {
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(prefix))
+        {
             return Ok(entry.path());
         }
     }
-    Err(Error::Missing(format!(
-        "expected file not found in {}",
-        dir.display()
-    )))
-}
-
-/// Finds `<name>.ko` (or compressed) below `dir`; `-` and `_` are equivalent.
-fn find_module(dir: &Path, name: &str) -> Result<PathBuf> {
-    let want = name.replace('-', "_");
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let entries = fs::read_dir(&d).map_err(|e| Error::io("listing", &d, e))?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Some(stem) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".ko"))
-                && stem.replace('-', "_") == want
-            {
-                return Ok(path);
-            }
-        }
-    }
-    Err(Error::Missing(format!(
-        "kernel module {name} not in {}",
-        dir.display()
-    )))
-}
-
-fn copy(from: &Path, to: &Path) -> Result<()> {
-    fs::copy(from, to).map_err(|e| Error::io("copying", from, e))?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_apt_cache_depends() {
-        let out = "linux-image-amd64\n  Depends: linux-image-6.1.0-56-amd64\n";
-        assert_eq!(
-            parse_depends(out).as_deref(),
-            Some("linux-image-6.1.0-56-amd64")
-        );
-        assert_eq!(parse_depends("linux-image-amd64\n"), None);
-    }
+    Err(Error::Missing(format!("no {prefix}* in {}", dir.display())))
 }

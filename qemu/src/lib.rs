@@ -2,8 +2,11 @@
 //! runs one command in it.
 //!
 //! The pieces, in the order a run uses them:
-//! - [`host`]: installs what the host is missing (QEMU, busybox) from Debian's packages.
-//! - [`kernel`]: the Debian guest kernel and the modules the guest loads, cached.
+//! - [`versions`]: which QEMU and guest kernel (the host's release or its backports).
+//! - [`host`]: installs what the host is missing (QEMU, busybox) from Debian's packages;
+//!   [`apt`] downloads packages through the host's apt or a private setup.
+//! - [`kernel`]: the Debian guest kernel and the modules the guest loads, cached;
+//!   [`modules`] works out their load order.
 //! - [`guest_build`]: the project's binaries, built static for the guest.
 //! - [`initramfs`]: the newc archives the guest boots from.
 //! - [`vm`]: the QEMU command line, the run and its outcome.
@@ -14,14 +17,18 @@
 
 #![forbid(unsafe_code)]
 
+pub mod apt;
 pub mod error;
 pub mod guest_build;
 pub mod host;
 pub mod initramfs;
 pub mod kernel;
+pub mod modules;
+pub mod versions;
 pub mod vm;
 
 pub use error::{Error, Result};
+pub use versions::Suite;
 pub use vm::{GuestDriver, GuestExit, IommuMode, NsDisk, OutputMode, VmConfig, VmRun};
 
 use std::path::PathBuf;

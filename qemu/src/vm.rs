@@ -10,8 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::host::Qemu;
 use crate::initramfs::Archive;
 use crate::kernel::{self, GuestKernel};
+use crate::versions::{self, Suite};
 use crate::{cache_dir, guest_build, host};
 
 /// The PCI address the first NVMe controller is pinned to in the guest.
@@ -156,6 +158,10 @@ pub struct VmConfig {
     pub console_log: Option<PathBuf>,
     /// Where the command's output goes.
     pub output: OutputMode,
+    /// The guest kernel (None: the harness-wide default, see [`versions`]).
+    pub kernel: Option<Suite>,
+    /// The QEMU (None: the harness-wide default, see [`versions`]).
+    pub qemu: Option<Suite>,
 }
 
 impl Default for VmConfig {
@@ -182,6 +188,8 @@ impl Default for VmConfig {
             kernel_args: Vec::new(),
             console_log: None,
             output: OutputMode::Capture,
+            kernel: None,
+            qemu: None,
         }
     }
 }
@@ -212,6 +220,10 @@ pub struct VmRun {
     pub console_log: PathBuf,
     /// The image behind each namespace (None for null-co).
     pub disks: Vec<Option<PathBuf>>,
+    /// The guest kernel's Debian package.
+    pub kernel_package: String,
+    /// QEMU's `--version` line.
+    pub qemu_version: String,
     _dir: tempfile::TempDir,
 }
 
@@ -261,6 +273,25 @@ impl VmRun {
 }
 
 impl VmConfig {
+    /// The guest kernel this configuration runs.
+    pub fn kernel_suite(&self) -> Result<Suite> {
+        self.kernel.map_or_else(versions::default_kernel, Ok)
+    }
+
+    /// The QEMU this configuration runs.
+    pub fn qemu_suite(&self) -> Result<Suite> {
+        self.qemu.map_or_else(versions::default_qemu, Ok)
+    }
+
+    /// Installs (or finds in the cache) the QEMU and the guest kernel this
+    /// configuration runs.
+    pub fn prepare_peers(&self) -> Result<(Qemu, GuestKernel)> {
+        let cache = cache_dir();
+        let qemu = host::ensure_qemu(self.qemu_suite()?, &cache)?;
+        let kernel = kernel::ensure_kernel(&cache, self.kernel_suite()?)?;
+        Ok((qemu, kernel))
+    }
+
     /// Installs what is missing, builds the guest binaries, boots the guest,
     /// runs `cmd` in it and returns how it went. A guest that dies before
     /// its init starts (a kernel that fails to boot, e.g. under heavy host
@@ -284,9 +315,7 @@ impl VmConfig {
 
     fn run_once<S: AsRef<str>>(&self, cmd: &[S]) -> Result<VmRun> {
         self.validate()?;
-        host::ensure_packages(host::VM_PACKAGES)?;
-        let cache = cache_dir();
-        let kernel = kernel::ensure_kernel(&cache)?;
+        let (qemu, kernel) = self.prepare_peers()?;
         let bins = guest_build::guest_bin_dir()?;
         let dir = tempfile::Builder::new()
             .prefix("nvme-vm-")
@@ -321,27 +350,28 @@ impl VmConfig {
         }
 
         let args = self.qemu_args(
+            &qemu,
             &kernel,
             &initrd,
             &disks,
             [&console_log, &stdout_path, &stderr_path, &status_path],
             blkdebug_conf.as_deref(),
         );
-        log::debug!("{} {}", host::QEMU, args.join(" "));
+        log::debug!("{} {}", qemu.binary.display(), args.join(" "));
         let qemu_log = run_dir.join("qemu.log");
         let qemu_out = File::create(&qemu_log).map_err(|e| Error::io("creating", &qemu_log, e))?;
         let qemu_err = qemu_out
             .try_clone()
             .map_err(|e| Error::io("opening", &qemu_log, e))?;
         let start = Instant::now();
-        let mut child = Command::new(host::QEMU)
+        let mut child = Command::new(&qemu.binary)
             .args(&args)
             .stdin(Stdio::null())
             .stdout(qemu_out)
             .stderr(qemu_err)
             .spawn()
             .map_err(|source| Error::Spawn {
-                cmd: host::QEMU.into(),
+                cmd: qemu.binary.display().to_string(),
                 source,
             })?;
 
@@ -377,7 +407,7 @@ impl VmConfig {
                     break None;
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => return Err(Error::io("waiting for", host::QEMU, e)),
+                Err(e) => return Err(Error::io("waiting for", &qemu.binary, e)),
             }
         };
         done.store(true, Ordering::Release);
@@ -418,6 +448,8 @@ impl VmConfig {
             stderr,
             console_log,
             disks,
+            kernel_package: kernel.package.clone(),
+            qemu_version: qemu.version.clone(),
             _dir: dir,
         })
     }
@@ -493,10 +525,14 @@ impl VmConfig {
 
         // With the kernel driver, vfio-pci is loaded too, so that a
         // controller can be moved over with `nvmectl bind`.
-        let modules: Vec<&str> = match self.driver {
-            GuestDriver::Vfio => kernel::VFIO_MODULES.to_vec(),
-            GuestDriver::Kernel => [kernel::VFIO_MODULES, kernel::NVME_MODULES].concat(),
-        };
+        let mut modules: Vec<&str> = kernel.vfio_modules.iter().map(String::as_str).collect();
+        if self.driver == GuestDriver::Kernel {
+            for m in &kernel.nvme_modules {
+                if !modules.contains(&m.as_str()) {
+                    modules.push(m);
+                }
+            }
+        }
         for m in &modules {
             a.host_file(&format!("lib/modules/{m}.ko"), &kernel.module(m))?;
         }
@@ -569,6 +605,7 @@ impl VmConfig {
 
     fn qemu_args(
         &self,
+        qemu: &Qemu,
         kernel: &GuestKernel,
         initrd: &Path,
         disks: &[Option<PathBuf>],
@@ -626,6 +663,10 @@ impl VmConfig {
             "-append".into(),
             append.join(" "),
         ]);
+        for dir in &qemu.data_dirs {
+            args.push("-L".into());
+            args.push(dir.display().to_string());
+        }
         if self.iommu {
             args.push("-device".into());
             args.push("intel-iommu,intremap=on".into());
@@ -798,9 +839,17 @@ mod tests {
             package: "k".into(),
             vmlinuz: "/k".into(),
             modules: "/m".into(),
+            vfio_modules: vec!["vfio".into()],
+            nvme_modules: vec!["nvme".into()],
+        };
+        let qemu = Qemu {
+            binary: "/q".into(),
+            data_dirs: vec!["/q/share".into(), "/usr/share/qemu".into()],
+            version: "QEMU emulator version 10.0.2".into(),
         };
         let p = Path::new("/x");
         let args = cfg.qemu_args(
+            &qemu,
             &kernel,
             p,
             &[Some("/a.img".into()), None],
@@ -826,6 +875,13 @@ mod tests {
         assert!(ns.iter().all(|d| d.contains("logical_block_size=4096")));
         assert!(ns.iter().all(|d| d.contains("physical_block_size=4096")));
         assert!(args.iter().any(|a| a.starts_with("driver=null-co,")));
+        let l: Vec<&String> = args
+            .iter()
+            .zip(args.iter().skip(1))
+            .filter(|(a, _)| *a == "-L")
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(l, ["/q/share", "/usr/share/qemu"]);
     }
 
     #[test]
@@ -846,9 +902,16 @@ mod tests {
             package: "k".into(),
             vmlinuz: "/k".into(),
             modules: "/m".into(),
+            vfio_modules: vec!["vfio".into()],
+            nvme_modules: vec!["nvme".into()],
+        };
+        let qemu = Qemu {
+            binary: "/q".into(),
+            data_dirs: Vec::new(),
+            version: "QEMU emulator version 7.2.22".into(),
         };
         let p = Path::new("/x");
-        let args = cfg.qemu_args(&kernel, p, &[None, None], [p, p, p, p], None);
+        let args = cfg.qemu_args(&qemu, &kernel, p, &[None, None], [p, p, p, p], None);
         let ns: Vec<&String> = args.iter().filter(|a| a.starts_with("nvme-ns,")).collect();
         assert_eq!(ns.len(), 2);
         assert!(ns[0].ends_with(",mssrl=8"), "{}", ns[0]);
@@ -862,7 +925,7 @@ mod tests {
         let append = &args[args.iter().position(|a| a == "-append").expect("-append") + 1];
         assert!(append.contains(" iommu=pt"), "{append}");
         // The default: QEMU's CPU model, the kernel's own IOMMU mode.
-        let plain = VmConfig::default().qemu_args(&kernel, p, &[None], [p, p, p, p], None);
+        let plain = VmConfig::default().qemu_args(&qemu, &kernel, p, &[None], [p, p, p, p], None);
         assert!(!plain.iter().any(|a| a == "-cpu" || a.contains("iommu=pt")));
         let bad = VmConfig {
             cpu: Some("max -foo".into()),

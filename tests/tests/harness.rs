@@ -1,6 +1,7 @@
 //! The VM harness itself: exit status, separate stdout and stderr, the
 //! wall-clock limit, null-co namespaces, a disk image kept across boots,
-//! the CPU model, the IOMMU mode and per-namespace properties.
+//! the CPU model, the IOMMU mode and per-namespace properties, and the
+//! chosen QEMU and guest kernel.
 
 use std::time::{Duration, Instant};
 
@@ -29,13 +30,17 @@ fn exit_status_and_streams_come_back_separately() {
 
 #[test]
 fn a_hung_guest_is_killed_at_the_limit() {
+    // The limit leaves room for a boot on a loaded host (over 30 s with
+    // this file's other guests and other builds on the same two cores),
+    // so that the output before the hang has come out.
+    let limit = Duration::from_secs(60);
     let mut config = vm();
-    config.timeout = Duration::from_secs(12);
+    config.timeout = limit;
     let start = Instant::now();
     let run = run(&config, "echo started; sleep 600");
-    assert_eq!(run.exit, GuestExit::TimedOut(Duration::from_secs(12)));
+    assert_eq!(run.exit, GuestExit::TimedOut(limit));
     assert!(
-        start.elapsed() < Duration::from_secs(40),
+        start.elapsed() < limit + Duration::from_secs(40),
         "took {:?}",
         start.elapsed()
     );
@@ -100,4 +105,44 @@ fn cpu_model_iommu_mode_and_namespace_properties_reach_the_guest() {
     assert!(lines[2].contains("Passthrough"), "{out}");
     // 16 bytes per dump line: one 512-byte block, one 4096-byte block.
     assert_eq!((lines[3], lines[4]), ("32", "256"), "{out}");
+}
+
+#[test]
+fn the_guest_runs_on_the_chosen_kernel_and_qemu() {
+    let config = vm();
+    let kernel = config.kernel_suite().expect("guest kernel choice");
+    let qemu = config.qemu_suite().expect("QEMU choice");
+    let run = run_ok(&config, "uname -r; nvmectl identify");
+    let out = run.stdout_text();
+    let release = out.lines().next().unwrap_or("").trim();
+    assert!(
+        release.starts_with(&format!("{}.", kernel.kernel_name())),
+        "guest kernel {release}, chosen {}",
+        kernel.kernel_name()
+    );
+    assert!(
+        run.kernel_package.ends_with(release),
+        "guest kernel {release} but package {}",
+        run.kernel_package
+    );
+    assert!(
+        run.qemu_version
+            .contains(&format!("version {}.", qemu.qemu_name())),
+        "QEMU {}, chosen {}",
+        run.qemu_version,
+        qemu.qemu_name()
+    );
+    // QEMU's controller reports QEMU's version as its firmware revision.
+    let fr = out
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == "fr").then(|| v.trim())
+        })
+        .unwrap_or_else(|| panic!("no fr line in identify:\n{out}"));
+    assert!(
+        fr.starts_with(&format!("{}.", qemu.qemu_name())),
+        "firmware revision {fr}, chosen QEMU {}",
+        qemu.qemu_name()
+    );
 }

@@ -8,7 +8,9 @@
 //! - `lint`: rustfmt and clippy, as CI runs them.
 //! - `instructions`: the driver's instructions per I/O (callgrind, mock).
 //!
-//! Each installs what it is missing (Debian packages, the guest kernel).
+//! Each installs what it is missing (Debian packages, QEMU, the guest
+//! kernel). `--kernel 6.1|6.12` and `--qemu 7.2|10.0` (any command) choose
+//! the guest kernel and QEMU.
 
 #![forbid(unsafe_code)]
 
@@ -27,6 +29,8 @@ use qemu_harness::{GuestExit, OutputMode, guest_build, workspace_root};
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    #[command(flatten)]
+    versions: vm_args::Versions,
 }
 
 #[derive(Subcommand, Debug)]
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .init();
     let cli = Cli::parse();
+    qemu_harness::versions::set_defaults(cli.versions.kernel, cli.versions.qemu);
     let result = match cli.command {
         Cmd::Vm(args) => vm(*args),
         Cmd::Test { rest } => test(&rest),
@@ -107,18 +112,28 @@ fn vm(args: vm_args::VmArgs) -> Result<ExitCode> {
 /// VM tests find them through `NVME_GUEST_BIN_DIR`.
 fn prepare_guest() -> Result<std::path::PathBuf> {
     qemu_harness::host::ensure_packages(qemu_harness::host::VM_PACKAGES)?;
-    qemu_harness::kernel::ensure_kernel(&qemu_harness::cache_dir())?;
+    qemu_harness::VmConfig::default().prepare_peers()?;
     Ok(guest_build::build()?)
 }
 
 fn test(rest: &[String]) -> Result<ExitCode> {
     let bins = prepare_guest()?;
+    // The test processes get the choice through the environment.
+    let kernel = qemu_harness::versions::default_kernel()?;
+    let qemu = qemu_harness::versions::default_qemu()?;
+    eprintln!(
+        "xtask test: guest kernel {} ({kernel}), QEMU {} ({qemu})",
+        kernel.kernel_name(),
+        qemu.qemu_name()
+    );
     let status = Command::new(cargo())
         .current_dir(workspace_root())
         .args(["test", "--workspace", "--all-targets", "--no-fail-fast"])
         .arg("--")
         .args(rest)
         .env(guest_build::BIN_DIR_ENV, &bins)
+        .env(qemu_harness::versions::KERNEL_ENV, kernel.kernel_name())
+        .env(qemu_harness::versions::QEMU_ENV, qemu.qemu_name())
         .status()?;
     Ok(exit_code(status))
 }

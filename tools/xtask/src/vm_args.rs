@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use qemu_harness::{GuestDriver, IommuMode, NsDisk, VmConfig, workspace_root};
+use qemu_harness::{GuestDriver, IommuMode, NsDisk, Suite, VmConfig, workspace_root};
 
 /// `--iommu`: how the guest kernel uses the emulated IOMMU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Serialize)]
@@ -40,6 +40,20 @@ impl From<IommuArg> for IommuMode {
             IommuArg::Pt => IommuMode::Passthrough,
         }
     }
+}
+
+/// Which QEMU and guest kernel: options of every command (`vm`, `test`,
+/// `bench`), before or after the command's name.
+#[derive(Args, Debug, Default, Clone, Copy)]
+pub(crate) struct Versions {
+    /// Guest kernel: 6.1 (or debian: the host release's) or 6.12 (or
+    /// backports). Default: $NVME_VM_KERNEL, else 6.1.
+    #[arg(long, global = true, value_name = "6.1|6.12", value_parser = Suite::parse_kernel)]
+    pub(crate) kernel: Option<Suite>,
+    /// QEMU: 7.2 (or system: the host release's) or 10.0 (or backports).
+    /// Default: $NVME_VM_QEMU, else 7.2.
+    #[arg(long, global = true, value_name = "7.2|10.0", value_parser = Suite::parse_qemu)]
+    pub(crate) qemu: Option<Suite>,
 }
 
 /// `cargo xtask vm [OPTIONS] -- CMD [ARGS...]`
@@ -222,6 +236,22 @@ mod tests {
         assert!(parse_size("99999999999T").is_err());
         assert_eq!(parse_mem("2048"), Ok(2048));
         assert_eq!(parse_mem("2G"), Ok(2048));
+    }
+
+    #[test]
+    fn versions() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            v: Versions,
+        }
+        let cli = Cli::try_parse_from(["x", "--kernel", "6.12", "--qemu", "7.2"]).expect("parse");
+        assert_eq!(cli.v.kernel, Some(Suite::Backports));
+        assert_eq!(cli.v.qemu, Some(Suite::Release));
+        assert!(Cli::try_parse_from(["x", "--kernel", "5.4"]).is_err());
+        let none = Cli::try_parse_from(["x"]).expect("parse");
+        assert_eq!((none.v.kernel, none.v.qemu), (None, None));
     }
 
     #[test]

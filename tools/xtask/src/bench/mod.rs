@@ -226,7 +226,13 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
             if t.met { "met" } else { "NOT met" }
         );
     }
-    let conditions = conditions(&args, &output, elapsed, namespaces);
+    let conditions = conditions(
+        &args,
+        &output,
+        elapsed,
+        namespaces,
+        (&run.qemu_version, &run.kernel_package),
+    );
     std::fs::write(out_dir.join("table.txt"), &table)?;
     let doc = json!({
         "conditions": conditions,
@@ -296,6 +302,7 @@ fn conditions(
     output: &Output,
     elapsed: Duration,
     namespaces: u32,
+    (qemu, kernel_package): (&str, &str),
 ) -> serde_json::Value {
     json!({
         "backend": args.backend,
@@ -316,7 +323,8 @@ fn conditions(
         // used in its cache runs.
         "kernel_read_ahead_kb": output.conditions.get("read_ahead_kb").and_then(|v| v.parse::<u64>().ok()),
         "ours_readahead_max_pages": ours_readahead(output),
-        "qemu": host_fact(qemu_harness::host::QEMU, &["--version"]),
+        "qemu": qemu,
+        "kernel_package": kernel_package,
         "host_cpu": std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
             c.lines()
                 .find(|l| l.starts_with("model name"))
@@ -526,7 +534,15 @@ mod tests {
                      {\"label\":\"ours|cache-randread-4k-warm|1\",\"cache\":{\"readahead_max_pages\":32},\"total\":{}}\n";
         let output = results::parse(guest);
         assert_eq!(ours_readahead(&output), Some(2048));
-        let c = conditions(&a, &output, Duration::from_secs(60), 2);
+        let c = conditions(
+            &a,
+            &output,
+            Duration::from_secs(60),
+            2,
+            ("QEMU emulator version 7.2.22", "linux-image-6.1.0-57-amd64"),
+        );
+        assert_eq!(c["qemu"], "QEMU emulator version 7.2.22");
+        assert_eq!(c["kernel_package"], "linux-image-6.1.0-57-amd64");
         assert_eq!(c["iommu"], "pt");
         assert_eq!(c["cpu"], DEFAULT_CPU);
         assert_eq!(c["kernel_read_ahead_kb"], 8192);
