@@ -72,18 +72,7 @@ impl Namespace {
 
     /// Checks that `blocks` blocks from `slba` lie inside the namespace.
     pub fn check_range(&self, slba: u64, blocks: u64) -> Result<()> {
-        if blocks == 0 {
-            return Err(Error::BadBuffer("a transfer of 0 blocks".into()));
-        }
-        if slba.checked_add(blocks).is_none_or(|end| end > self.blocks) {
-            return Err(Error::LbaOutOfRange {
-                nsid: self.nsid,
-                slba,
-                blocks,
-                capacity: self.blocks,
-            });
-        }
-        Ok(())
+        check_range(self.nsid, self.blocks, slba, blocks)
     }
 
     /// Number of blocks in `len` bytes, which must be a positive multiple of
@@ -97,4 +86,21 @@ impl Namespace {
         }
         Ok((len / self.lba_size as usize) as u64)
     }
+}
+
+/// Checks that `blocks` blocks from `slba` lie inside namespace `nsid` of
+/// `capacity` blocks (and are not zero).
+pub(crate) fn check_range(nsid: u32, capacity: u64, slba: u64, blocks: u64) -> Result<()> {
+    if blocks == 0 {
+        return Err(Error::BadBuffer("a transfer of 0 blocks".into()));
+    }
+    if slba.checked_add(blocks).is_none_or(|end| end > capacity) {
+        return Err(Error::LbaOutOfRange {
+            nsid,
+            slba,
+            blocks,
+            capacity,
+        });
+    }
+    Ok(())
 }

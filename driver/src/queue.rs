@@ -302,25 +302,52 @@ impl QueuePair {
         if self.cq_head == 0 {
             self.phase = !self.phase;
         }
-        let cid = cqe.cid();
+        self.check_and_retire(cqe.cid(), cqe.sq_head())?;
+        Ok(Some(cqe))
+    }
+
+    /// [`QueuePair::pop`] for an I/O queue, whose completions carry nothing
+    /// in DW0/DW1 the driver needs: reads only the second half of the
+    /// entry and returns the CID and the status word (phase in bit 0),
+    /// with the same checks.
+    pub(crate) fn pop_io(&mut self) -> Result<Option<(u16, u16)>> {
+        let slot = self.cq_head as usize * CQE_SIZE;
+        let status = self.cq.read_u16(slot + CQE_STATUS)?;
+        if (status & 1 == 1) != self.phase {
+            return Ok(None);
+        }
+        // Read the rest only after seeing the phase flip.
+        fence(Ordering::Acquire);
+        // DW2 (SQ head, SQ id) and DW3 (CID, status).
+        let high = self.cq.read_u64(slot + 8)?;
+        let (sq_head, cid) = (high as u16, (high >> 32) as u16);
+        self.cq_head = self.next(self.cq_head);
+        if self.cq_head == 0 {
+            self.phase = !self.phase;
+        }
+        self.check_and_retire(cid, sq_head)?;
+        Ok(Some((cid, status)))
+    }
+
+    /// Checks a completion's CID and SQ head (the device is untrusted),
+    /// frees the CID and moves the SQ head.
+    fn check_and_retire(&mut self, cid: u16, sq_head: u16) -> Result<()> {
         if cid >= self.entries || !self.in_flight[cid as usize] {
             return Err(Error::BadDevice(format!(
                 "queue {}: completion for CID {cid}, which is not in flight",
                 self.qid
             )));
         }
-        if cqe.sq_head() >= self.entries {
+        if sq_head >= self.entries {
             return Err(Error::BadDevice(format!(
-                "queue {}: completion reports SQ head {} of a {}-entry queue",
-                self.qid,
-                cqe.sq_head(),
-                self.entries
+                "queue {}: completion reports SQ head {sq_head} of a {}-entry queue",
+                self.qid, self.entries
             )));
         }
         self.in_flight[cid as usize] = false;
         self.free_cids.push(cid);
-        self.sq_head = self.advance_head(cqe.sq_head(), self.sq_slot[cid as usize]);
-        Ok(Some(cqe))
+        self.sq_head = self.advance_head(sq_head, self.sq_slot[cid as usize]);
+        Ok(())
     }
 
     /// Writes `sqe` (its CID set by the caller) to the next SQ slot with no

@@ -125,6 +125,9 @@ pub struct IoQPair {
     parents: Vec<Option<Parent>>,
     /// Requests in flight on the fast path (in `Slot::single`).
     singles: usize,
+    /// The last request's namespace: (nsid, LBA size, blocks, blocks per
+    /// data command).
+    last_ns: Option<(u32, u32, u64, u64)>,
     free_parents: Vec<u32>,
     /// Requests with commands still to issue, oldest first.
     pending: VecDeque<u32>,
@@ -164,6 +167,7 @@ impl IoQPair {
             slots,
             parents: Vec::new(),
             singles: 0,
+            last_ns: None,
             free_parents: Vec::new(),
             pending: VecDeque::new(),
             retry: VecDeque::new(),

@@ -2,7 +2,7 @@
 //! allow, reaping completions and handing requests back.
 
 use nvme_spec::io as nvm;
-use nvme_spec::{Cqe, DsmAttributes, DsmRange, SglDescriptor, Sqe};
+use nvme_spec::{DsmAttributes, DsmRange, SglDescriptor, Sqe, Status};
 use zerocopy::IntoBytes;
 
 use super::{
@@ -154,16 +154,25 @@ impl IoQPair {
     }
 
     /// Validates a request; returns (LBA size, blocks per command, commands).
-    pub(super) fn plan(&self, req: &IoRequest) -> Result<(u32, u64, u64)> {
-        let ns = self.shared.namespace(req.nsid)?;
-        let lba = ns.lba_size;
+    pub(super) fn plan(&mut self, req: &IoRequest) -> Result<(u32, u64, u64)> {
+        // The namespace of the last request, and its blocks per data
+        // command (namespaces do not change while the controller is open).
+        let (lba, capacity, per_data_cmd) = match self.last_ns {
+            Some((nsid, lba, capacity, per)) if nsid == req.nsid => (lba, capacity, per),
+            _ => {
+                let ns = self.shared.namespace(req.nsid)?;
+                let per = (self.shared.max_transfer / ns.lba_size as usize) as u64;
+                self.last_ns = Some((req.nsid, ns.lba_size, ns.blocks, per));
+                (ns.lba_size, ns.blocks, per)
+            }
+        };
         if req.op == IoOp::Flush {
             return Ok((lba, 0, 1));
         }
-        ns.check_range(req.slba, req.blocks)?;
+        crate::ns::check_range(req.nsid, capacity, req.slba, req.blocks)?;
         let per_cmd = match req.op {
             IoOp::Read | IoOp::Write => {
-                let per = (self.shared.max_transfer / lba as usize) as u64;
+                let per = per_data_cmd;
                 if per == 0 {
                     return Err(Error::Unsupported(format!(
                         "LBA size {lba} exceeds the transfer limit {}",
@@ -202,7 +211,12 @@ impl IoQPair {
             IoOp::Deallocate => u64::from(u32::MAX),
             IoOp::Flush => 1,
         };
-        Ok((lba, per_cmd, req.blocks.div_ceil(per_cmd)))
+        let commands = if req.blocks <= per_cmd {
+            1
+        } else {
+            req.blocks.div_ceil(per_cmd)
+        };
+        Ok((lba, per_cmd, commands))
     }
 
     /// Issues waiting commands (retries first) while the SQ has room.
@@ -356,10 +370,10 @@ impl IoQPair {
     pub(super) fn reap(&mut self, out: &mut Vec<IoCompletion>) -> Result<usize> {
         let mut reaped = 0usize;
         let result = loop {
-            match self.q.pop() {
-                Ok(Some(cqe)) => {
+            match self.q.pop_io() {
+                Ok(Some((cid, status))) => {
                     reaped += 1;
-                    self.complete(cqe, out);
+                    self.complete(cid, Status::from_cqe_status(status), out);
                 }
                 Ok(None) => break Ok(reaped),
                 Err(e) => break Err(e),
@@ -371,9 +385,8 @@ impl IoQPair {
         result
     }
 
-    pub(super) fn complete(&mut self, cqe: Cqe, out: &mut Vec<IoCompletion>) {
-        let cid = cqe.cid() as usize;
-        let status = cqe.status();
+    pub(super) fn complete(&mut self, cid: u16, status: Status, out: &mut Vec<IoCompletion>) {
+        let cid = cid as usize;
         if let Some(slot) = self.slots.get_mut(cid)
             && slot.single.is_some()
         {
