@@ -283,7 +283,11 @@ impl QueuePair {
 
     /// Takes the next completion if the device has posted one. The CQ head
     /// doorbell is not written: call [`QueuePair::ring_cq`] after a reap.
-    pub(crate) fn pop(&mut self) -> Result<Option<Cqe>> {
+    /// If the device has posted the entry at the CQ head (its phase
+    /// flipped): the entry's offset in the CQ, with the head moved past it
+    /// and an acquire fence so the rest of it is read after the phase.
+    /// Also the entry's status word (phase in bit 0).
+    fn take_head(&mut self) -> Result<Option<(usize, u16)>> {
         let slot = self.cq_head as usize * CQE_SIZE;
         let status = self.cq.read_u16(slot + CQE_STATUS)?;
         if (status & 1 == 1) != self.phase {
@@ -291,6 +295,17 @@ impl QueuePair {
         }
         // Read the rest of the entry only after seeing the phase flip.
         fence(Ordering::Acquire);
+        self.cq_head = self.next(self.cq_head);
+        if self.cq_head == 0 {
+            self.phase = !self.phase;
+        }
+        Ok(Some((slot, status)))
+    }
+
+    pub(crate) fn pop(&mut self) -> Result<Option<Cqe>> {
+        let Some((slot, _)) = self.take_head()? else {
+            return Ok(None);
+        };
         let low = self.cq.read_u64(slot)?;
         let high = self.cq.read_u64(slot + 8)?;
         let mut raw = [0u8; CQE_SIZE];
@@ -298,10 +313,6 @@ impl QueuePair {
         raw[8..].copy_from_slice(&high.to_le_bytes());
         let cqe = Cqe::read_from_bytes(&raw)
             .map_err(|_| Error::BadDevice("completion entry of the wrong size".into()))?;
-        self.cq_head = self.next(self.cq_head);
-        if self.cq_head == 0 {
-            self.phase = !self.phase;
-        }
         self.check_and_retire(cqe.cid(), cqe.sq_head())?;
         Ok(Some(cqe))
     }
@@ -311,20 +322,12 @@ impl QueuePair {
     /// entry and returns the CID and the status word (phase in bit 0),
     /// with the same checks.
     pub(crate) fn pop_io(&mut self) -> Result<Option<(u16, u16)>> {
-        let slot = self.cq_head as usize * CQE_SIZE;
-        let status = self.cq.read_u16(slot + CQE_STATUS)?;
-        if (status & 1 == 1) != self.phase {
+        let Some((slot, status)) = self.take_head()? else {
             return Ok(None);
-        }
-        // Read the rest only after seeing the phase flip.
-        fence(Ordering::Acquire);
+        };
         // DW2 (SQ head, SQ id) and DW3 (CID, status).
         let high = self.cq.read_u64(slot + 8)?;
         let (sq_head, cid) = (high as u16, (high >> 32) as u16);
-        self.cq_head = self.next(self.cq_head);
-        if self.cq_head == 0 {
-            self.phase = !self.phase;
-        }
         self.check_and_retire(cid, sq_head)?;
         Ok(Some((cid, status)))
     }
@@ -366,18 +369,10 @@ impl QueuePair {
     /// device has posted one, with no CID bookkeeping (see
     /// [`QueuePair::push_untracked`]); the caller checks the CID.
     pub(crate) fn pop_untracked(&mut self) -> Result<Option<(u16, u16)>> {
-        let slot = self.cq_head as usize * CQE_SIZE;
-        let status = self.cq.read_u16(slot + CQE_STATUS)?;
-        if (status & 1 == 1) != self.phase {
+        let Some((slot, status)) = self.take_head()? else {
             return Ok(None);
-        }
-        // The CID only after seeing the phase flip.
-        fence(Ordering::Acquire);
+        };
         let cid = self.cq.read_u16(slot + CQE_CID)?;
-        self.cq_head = self.next(self.cq_head);
-        if self.cq_head == 0 {
-            self.phase = !self.phase;
-        }
         Ok(Some((cid, status)))
     }
 

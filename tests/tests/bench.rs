@@ -71,13 +71,7 @@ fn bench_cache_mode_cold_warm_and_verified_writes() {
          && nvme-bench --mode cache -w randread -o 4k -t 1 --warmup 0 --range-size 8M -j 2 --files per-thread --verify --json --label pt",
     );
     let out = run.stdout_text();
-    let json = |label: &str| -> serde_json::Value {
-        let line = out
-            .lines()
-            .find(|l| l.contains(&format!("\"label\":\"{label}\"")))
-            .unwrap_or_else(|| panic!("no {label} run in {out}"));
-        serde_json::from_str(line).unwrap_or_else(|e| panic!("{label}: {e}: {line}"))
-    };
+    let json = |label: &str| labelled_json(&out, label);
     let device =
         |v: &serde_json::Value, key: &str| v["cache"]["device"][key].as_u64().unwrap_or(u64::MAX);
     for label in ["warm", "cold", "w", "zc", "pt"] {
@@ -180,13 +174,7 @@ fn floor_loop_counts_what_the_device_completed() {
          && ! nvme-bench --floor --verify -n 10 2> /tmp/verify.err && cat /tmp/verify.err",
     );
     let out = run.stdout_text();
-    let json = |label: &str| -> serde_json::Value {
-        let line = out
-            .lines()
-            .find(|l| l.contains(&format!("\"label\":\"{label}\"")))
-            .unwrap_or_else(|| panic!("no {label} run in {out}"));
-        serde_json::from_str(line).unwrap_or_else(|e| panic!("{label}: {e}: {line}"))
-    };
+    let json = |label: &str| labelled_json(&out, label);
     let (fr, fw) = (json("fr"), json("fw"));
     assert_eq!(fr["job"]["floor"], true, "{fr}");
     let reads = fr["total"]["reads"].as_u64().unwrap_or(0);
@@ -217,4 +205,13 @@ fn floor_loop_counts_what_the_device_completed() {
     ] {
         assert!(out.contains(want), "{want:?} missing in {out}");
     }
+}
+
+/// The JSON line of nvme-bench's run labelled `label` in `out`.
+fn labelled_json(out: &str, label: &str) -> serde_json::Value {
+    let line = out
+        .lines()
+        .find(|l| l.contains(&format!("\"label\":\"{label}\"")))
+        .unwrap_or_else(|| panic!("no {label} run in {out}"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{label}: {e}: {line}"))
 }
