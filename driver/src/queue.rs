@@ -281,8 +281,6 @@ impl QueuePair {
         Ok(())
     }
 
-    /// Takes the next completion if the device has posted one. The CQ head
-    /// doorbell is not written: call [`QueuePair::ring_cq`] after a reap.
     /// If the device has posted the entry at the CQ head (its phase
     /// flipped): the entry's offset in the CQ, with the head moved past it
     /// and an acquire fence so the rest of it is read after the phase.
@@ -302,15 +300,14 @@ impl QueuePair {
         Ok(Some((slot, status)))
     }
 
+    /// Takes the next completion if the device has posted one. The CQ head
+    /// doorbell is not written: call [`QueuePair::ring_cq`] after a reap.
     pub(crate) fn pop(&mut self) -> Result<Option<Cqe>> {
         let Some((slot, _)) = self.take_head()? else {
             return Ok(None);
         };
-        let low = self.cq.read_u64(slot)?;
-        let high = self.cq.read_u64(slot + 8)?;
         let mut raw = [0u8; CQE_SIZE];
-        raw[..8].copy_from_slice(&low.to_le_bytes());
-        raw[8..].copy_from_slice(&high.to_le_bytes());
+        self.cq.read(slot, &mut raw)?;
         let cqe = Cqe::read_from_bytes(&raw)
             .map_err(|_| Error::BadDevice("completion entry of the wrong size".into()))?;
         self.check_and_retire(cqe.cid(), cqe.sq_head())?;

@@ -208,7 +208,6 @@ impl IoQPair {
                 if cid >= job.depth {
                     // Not a command of this loop: the rings cannot be
                     // trusted any more; a reset starts them over.
-                    self.q.settle_untracked();
                     let e = Error::BadDevice(format!(
                         "queue {}: completion for CID {cid}, which the floor loop did not issue",
                         self.q.qid()
@@ -241,7 +240,6 @@ impl IoQPair {
                     if seen.0 != completed {
                         seen = (completed, now);
                     } else if now - seen.1 > self.shared.options.io_timeout {
-                        self.q.settle_untracked();
                         let e = Error::CommandTimeout {
                             command: format!("floor loop on queue {}", self.q.qid()),
                             waited_ms: self.shared.options.io_timeout.as_millis() as u64,
@@ -284,6 +282,7 @@ impl IoQPair {
     /// into the loop's buffers (dropped after this) and starts the rings
     /// over; the run fails with `e`.
     fn floor_abandon(&mut self, e: Error) -> Result<FloorResult> {
+        self.q.settle_untracked();
         let msg = e.to_string();
         let mut out = Vec::new();
         match self.reset_and_recover(&mut out, || Error::BadDevice(msg.clone())) {

@@ -404,16 +404,7 @@ impl IoQPair {
                         status,
                     })
                 };
-                out.push(IoCompletion {
-                    tag: req.tag,
-                    op: req.op,
-                    nsid: req.nsid,
-                    slba: req.slba,
-                    blocks: req.blocks,
-                    data: req.data,
-                    segments: req.segments,
-                    result,
-                });
+                out.push(req.into_completion(result));
                 return;
             }
             self.promote(cid);
@@ -483,27 +474,16 @@ impl IoQPair {
             return;
         };
         self.free_parents.push(id);
-        let (data, segments) = if p.lost {
+        if p.lost {
+            // The device may still write there: the queue pair keeps it.
             if let Some(buf) = p.req.data.take() {
                 self.quarantine.push(buf);
             }
             if let Some(segs) = p.req.segments.take() {
                 self.quarantine_segments.push(segs);
             }
-            (None, None)
-        } else {
-            (p.req.data.take(), p.req.segments.take())
-        };
-        out.push(IoCompletion {
-            tag: p.req.tag,
-            op: p.req.op,
-            nsid: p.req.nsid,
-            slba: p.req.slba,
-            blocks: p.req.blocks,
-            data,
-            segments,
-            result: p.error.map_or(Ok(()), Err),
-        });
+        }
+        out.push(p.req.into_completion(p.error.map_or(Ok(()), Err)));
     }
 }
 

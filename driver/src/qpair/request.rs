@@ -171,6 +171,21 @@ impl IoRequest {
         self
     }
 
+    /// The completion handing this request back with `result` (and its
+    /// data buffer or segments, whatever the request still holds).
+    pub(super) fn into_completion(self, result: Result<()>) -> IoCompletion {
+        IoCompletion {
+            tag: self.tag,
+            op: self.op,
+            nsid: self.nsid,
+            slba: self.slba,
+            blocks: self.blocks,
+            data: self.data,
+            segments: self.segments,
+            result,
+        }
+    }
+
     pub(super) fn describe(&self) -> String {
         match self.op {
             IoOp::Flush => format!("Flush nsid {}", self.nsid),
