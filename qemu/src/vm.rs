@@ -803,6 +803,23 @@ fn follow(
 mod tests {
     use super::*;
 
+    /// A guest kernel and a QEMU that need not exist: for command lines.
+    fn fake_peers(data_dirs: Vec<PathBuf>) -> (GuestKernel, Qemu) {
+        let kernel = GuestKernel {
+            package: "k".into(),
+            vmlinuz: "/k".into(),
+            modules: "/m".into(),
+            vfio_modules: vec!["vfio".into()],
+            nvme_modules: vec!["nvme".into()],
+        };
+        let qemu = Qemu {
+            binary: "/q".into(),
+            data_dirs,
+            version: "QEMU emulator version 10.0.2".into(),
+        };
+        (kernel, qemu)
+    }
+
     #[test]
     fn quotes_shell_words() {
         assert_eq!(shell_quote("nvmectl"), "nvmectl");
@@ -835,18 +852,7 @@ mod tests {
             namespaces: 2,
             ..VmConfig::default()
         };
-        let kernel = GuestKernel {
-            package: "k".into(),
-            vmlinuz: "/k".into(),
-            modules: "/m".into(),
-            vfio_modules: vec!["vfio".into()],
-            nvme_modules: vec!["nvme".into()],
-        };
-        let qemu = Qemu {
-            binary: "/q".into(),
-            data_dirs: vec!["/q/share".into(), "/usr/share/qemu".into()],
-            version: "QEMU emulator version 10.0.2".into(),
-        };
+        let (kernel, qemu) = fake_peers(vec!["/q/share".into(), "/usr/share/qemu".into()]);
         let p = Path::new("/x");
         let args = cfg.qemu_args(
             &qemu,
@@ -898,18 +904,7 @@ mod tests {
             ..VmConfig::default()
         };
         cfg.validate().expect("valid");
-        let kernel = GuestKernel {
-            package: "k".into(),
-            vmlinuz: "/k".into(),
-            modules: "/m".into(),
-            vfio_modules: vec!["vfio".into()],
-            nvme_modules: vec!["nvme".into()],
-        };
-        let qemu = Qemu {
-            binary: "/q".into(),
-            data_dirs: Vec::new(),
-            version: "QEMU emulator version 7.2.22".into(),
-        };
+        let (kernel, qemu) = fake_peers(Vec::new());
         let p = Path::new("/x");
         let args = cfg.qemu_args(&qemu, &kernel, p, &[None, None], [p, p, p, p], None);
         let ns: Vec<&String> = args.iter().filter(|a| a.starts_with("nvme-ns,")).collect();
