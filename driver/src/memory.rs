@@ -240,23 +240,23 @@ impl DmaBuffer {
         self.region.iova() + self.offset as u64
     }
 
+    #[inline]
     fn check(&self, offset: usize, len: usize) -> Result<usize> {
         if offset.checked_add(len).is_none_or(|end| end > self.len) {
-            return Err(Error::BadBuffer(format!(
-                "{len} bytes at offset {offset} do not fit a {}-byte DMA buffer",
-                self.len
-            )));
+            return Err(outside_buffer(offset, len, self.len));
         }
         Ok(self.offset + offset)
     }
 
     /// Copies `data` in at `offset`.
+    #[inline]
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
         let at = self.check(offset, data.len())?;
         self.region.write_bytes(at, data)
     }
 
     /// Copies out `out.len()` bytes from `offset`.
+    #[inline]
     pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<()> {
         let at = self.check(offset, out.len())?;
         self.region.read_bytes(at, out)
@@ -277,30 +277,35 @@ impl DmaBuffer {
     }
 
     /// Stores a little-endian u64 at `offset` (8-byte aligned).
+    #[inline]
     pub(crate) fn write_u64(&self, offset: usize, value: u64) -> Result<()> {
         let at = self.check(offset, 8)?;
         self.region.write_u64(at, value)
     }
 
     /// Volatile load of a little-endian u64 at `offset` (8-byte aligned).
+    #[inline]
     pub(crate) fn read_u64(&self, offset: usize) -> Result<u64> {
         let at = self.check(offset, 8)?;
         self.region.read_u64(at)
     }
 
     /// Volatile load of a little-endian u32 at `offset` (4-byte aligned).
+    #[inline]
     pub(crate) fn read_u32(&self, offset: usize) -> Result<u32> {
         let at = self.check(offset, 4)?;
         self.region.read_u32(at)
     }
 
     /// Volatile store of a little-endian u32 at `offset` (4-byte aligned).
+    #[inline]
     pub(crate) fn write_u32(&self, offset: usize, value: u32) -> Result<()> {
         let at = self.check(offset, 4)?;
         self.region.write_u32(at, value)
     }
 
     /// Volatile load of a little-endian u16 at `offset`.
+    #[inline]
     pub(crate) fn read_u16(&self, offset: usize) -> Result<u16> {
         let at = self.check(offset, 2)?;
         self.region.read_u16(at)
@@ -314,6 +319,16 @@ impl Drop for DmaBuffer {
             state.release(*index, self.offset / PAGE, self.len.div_ceil(PAGE));
         }
     }
+}
+
+/// The error of an access outside a buffer (kept out of line: the
+/// accessors are on the I/O path and inlined).
+#[cold]
+#[inline(never)]
+fn outside_buffer(offset: usize, len: usize, size: usize) -> Error {
+    Error::BadBuffer(format!(
+        "{len} bytes at offset {offset} do not fit a {size}-byte DMA buffer"
+    ))
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ pub(crate) fn build(pool: &DmaPool, iova: u64, len: usize) -> Result<Prps> {
 /// `pool` only when it is missing or too small: a queue keeps one per
 /// command slot, so the I/O path does not allocate. `scratch` holds the
 /// list's entries on their way (a caller's reused vector).
+#[inline]
 pub(crate) fn fill(
     pool: &DmaPool,
     list: &mut Option<DmaBuffer>,
@@ -59,6 +60,18 @@ pub(crate) fn fill(
             return Ok((iova, second));
         }
     }
+    fill_list(pool, list, iova, len, scratch)
+}
+
+/// [`fill`] past two pages (or for a bad address): through the geometry,
+/// with a list.
+fn fill_list(
+    pool: &DmaPool,
+    list: &mut Option<DmaBuffer>,
+    iova: u64,
+    len: usize,
+    scratch: &mut Vec<u64>,
+) -> Result<(u64, u64)> {
     let geo = geometry()?;
     let bad =
         |e: nvme_spec::PrpError| Error::BadBuffer(format!("PRP for {len} bytes at {iova:#x}: {e}"));

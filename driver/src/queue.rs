@@ -49,7 +49,6 @@ pub(crate) struct QueuePair {
     sq_tail: u16,
     /// Tail value last written to the doorbell.
     sq_tail_rung: u16,
-    sq_head: u16,
     cq_head: u16,
     /// Head value last written to the CQ doorbell.
     cq_head_rung: u16,
@@ -60,10 +59,13 @@ pub(crate) struct QueuePair {
     /// Per CID: a command is in flight with this id.
     in_flight: Vec<bool>,
     /// CIDs not in flight (a stack: the most recently freed is reused first,
-    /// which keeps the per-CID PRP list pages warm).
+    /// which keeps the per-CID PRP list pages warm). There are `entries - 1`
+    /// CIDs, and that alone keeps the SQ from overflowing: every entry the
+    /// device has not fetched yet belongs to a command in flight (the device
+    /// fetches in order and completes only what it fetched), so at most
+    /// `entries - 1` slots are ever taken. The SQ head a completion reports
+    /// is therefore not needed, and not used (as Linux's driver does).
     free_cids: Vec<u16>,
-    /// Per CID: the SQ slot its command was written to.
-    sq_slot: Vec<u16>,
     /// Shadow doorbells, when the controller has them enabled.
     shadow: Option<Arc<ShadowDoorbells>>,
     /// The MSI-X vector of the CQ, for a queue in interrupt mode.
@@ -101,7 +103,6 @@ impl QueuePair {
             cq,
             sq_tail: 0,
             sq_tail_rung: 0,
-            sq_head: 0,
             cq_head: 0,
             cq_head_rung: 0,
             phase: true,
@@ -112,7 +113,6 @@ impl QueuePair {
             // One slot always stays empty (a full ring looks empty), so at
             // most entries - 1 commands are in flight.
             free_cids: (0..entries - 1).rev().collect(),
-            sq_slot: vec![0; entries as usize],
             shadow: None,
             irq_vector: None,
         })
@@ -149,6 +149,7 @@ impl QueuePair {
 
     /// Writes a doorbell: through the shadow page (and MMIO only when the
     /// event index says the controller is not looking), or MMIO.
+    #[inline]
     fn write_doorbell(&self, mmio: usize, shadow_at: usize, new: u16, old: u16) -> Result<()> {
         if let Some(s) = &self.shadow {
             s.shadow.write_u32(shadow_at, u32::from(new))?;
@@ -186,13 +187,11 @@ impl QueuePair {
         self.cq.fill(0, self.entries as usize * CQE_SIZE, 0)?;
         self.sq_tail = 0;
         self.sq_tail_rung = 0;
-        self.sq_head = 0;
         self.cq_head = 0;
         self.cq_head_rung = 0;
         self.phase = true;
         self.in_flight.iter_mut().for_each(|f| *f = false);
         self.free_cids = (0..self.entries - 1).rev().collect();
-        self.sq_slot.iter_mut().for_each(|s| *s = 0);
         self.shadow = None;
         Ok(())
     }
@@ -223,15 +222,14 @@ impl QueuePair {
         self.cq.iova()
     }
 
+    #[inline]
     fn next(&self, i: u16) -> u16 {
         if i + 1 == self.entries { 0 } else { i + 1 }
     }
 
-    /// Takes a free CID if the SQ has room for one more command.
+    /// Takes a free CID (the SQ has room for its command, see `free_cids`).
+    #[inline]
     pub(crate) fn reserve(&mut self) -> Option<u16> {
-        if self.next(self.sq_tail) == self.sq_head {
-            return None;
-        }
         self.free_cids.pop()
     }
 
@@ -242,6 +240,7 @@ impl QueuePair {
 
     /// Writes `sqe` with a CID from [`QueuePair::reserve`] into the next SQ
     /// slot. The device sees it after [`QueuePair::ring`].
+    #[inline]
     pub(crate) fn post_reserved(&mut self, cid: u16, mut sqe: Sqe) -> Result<()> {
         sqe.set_cid(cid);
         if let Err(e) = self
@@ -252,7 +251,6 @@ impl QueuePair {
             return Err(e);
         }
         self.in_flight[cid as usize] = true;
-        self.sq_slot[cid as usize] = self.sq_tail;
         self.sq_tail = self.next(self.sq_tail);
         Ok(())
     }
@@ -265,11 +263,13 @@ impl QueuePair {
     }
 
     /// Commands in flight.
+    #[inline]
     pub(crate) fn in_flight(&self) -> usize {
         self.entries as usize - 1 - self.free_cids.len()
     }
 
     /// Rings the SQ tail doorbell if anything was posted since the last ring.
+    #[inline]
     pub(crate) fn ring(&mut self) -> Result<()> {
         if self.sq_tail != self.sq_tail_rung {
             // The SQEs must be in memory before the device learns of them.
@@ -285,6 +285,7 @@ impl QueuePair {
     /// flipped): the entry's offset in the CQ, with the head moved past it
     /// and an acquire fence so the rest of it is read after the phase.
     /// Also the entry's status word (phase in bit 0).
+    #[inline]
     fn take_head(&mut self) -> Result<Option<(usize, u16)>> {
         let slot = self.cq_head as usize * CQE_SIZE;
         let status = self.cq.read_u16(slot + CQE_STATUS)?;
@@ -318,6 +319,7 @@ impl QueuePair {
     /// in DW0/DW1 the driver needs: reads only the second half of the
     /// entry and returns the CID and the status word (phase in bit 0),
     /// with the same checks.
+    #[inline]
     pub(crate) fn pop_io(&mut self) -> Result<Option<(u16, u16)>> {
         let Some((slot, status)) = self.take_head()? else {
             return Ok(None);
@@ -329,24 +331,19 @@ impl QueuePair {
         Ok(Some((cid, status)))
     }
 
-    /// Checks a completion's CID and SQ head (the device is untrusted),
-    /// frees the CID and moves the SQ head.
+    /// Checks a completion's CID and SQ head (the device is untrusted; an
+    /// SQ head outside the ring marks a corrupt entry, though the value is
+    /// not needed, see `free_cids`) and frees the CID.
+    #[inline]
     fn check_and_retire(&mut self, cid: u16, sq_head: u16) -> Result<()> {
-        if cid >= self.entries || !self.in_flight[cid as usize] {
-            return Err(Error::BadDevice(format!(
-                "queue {}: completion for CID {cid}, which is not in flight",
-                self.qid
-            )));
-        }
         if sq_head >= self.entries {
-            return Err(Error::BadDevice(format!(
-                "queue {}: completion reports SQ head {sq_head} of a {}-entry queue",
-                self.qid, self.entries
-            )));
+            return Err(head_out_of_range(self.qid, sq_head, self.entries));
         }
-        self.in_flight[cid as usize] = false;
+        match self.in_flight.get_mut(cid as usize) {
+            Some(f) if *f => *f = false,
+            _ => return Err(cid_not_in_flight(self.qid, cid)),
+        }
         self.free_cids.push(cid);
-        self.sq_head = self.advance_head(sq_head, self.sq_slot[cid as usize]);
         Ok(())
     }
 
@@ -355,6 +352,7 @@ impl QueuePair {
     /// runs and never has more than `entries - 1` commands in flight (so
     /// the ring cannot overflow: a command completes only after the device
     /// has fetched it and every entry before it).
+    #[inline]
     pub(crate) fn push_untracked(&mut self, sqe: &Sqe) -> Result<()> {
         self.sq
             .write(self.sq_tail as usize * SQE_SIZE, sqe.as_bytes())?;
@@ -365,6 +363,7 @@ impl QueuePair {
     /// The next completion's CID and status word (phase in bit 0), if the
     /// device has posted one, with no CID bookkeeping (see
     /// [`QueuePair::push_untracked`]); the caller checks the CID.
+    #[inline]
     pub(crate) fn pop_untracked(&mut self) -> Result<Option<(u16, u16)>> {
         let Some((slot, status)) = self.take_head()? else {
             return Ok(None);
@@ -373,41 +372,8 @@ impl QueuePair {
         Ok(Some((cid, status)))
     }
 
-    /// Ends untracked use: nothing is in flight, so the device has
-    /// consumed the SQ up to the tail.
-    pub(crate) fn settle_untracked(&mut self) {
-        self.sq_head = self.sq_tail;
-    }
-
-    /// How far `to` is ahead of the SQ head, around the ring.
-    fn ahead(&self, to: u16) -> u32 {
-        let (to, head) = (u32::from(to), u32::from(self.sq_head));
-        if to >= head {
-            to - head
-        } else {
-            to + u32::from(self.entries) - head
-        }
-    }
-
-    /// The SQ head after the completion of the command written to `slot`
-    /// that reports `reported`. The device has consumed at least that
-    /// slot, and nothing past the tail last rung; between those bounds the
-    /// head only moves forward. A report outside them is not believed: a
-    /// head past the tail would make the SQ look full with nothing in
-    /// flight, and no completion would come to correct it.
-    fn advance_head(&self, reported: u16, slot: u16) -> u16 {
-        let limit = self.ahead(self.sq_tail_rung);
-        let consumed = self.next(slot);
-        let (a, b) = (self.ahead(consumed), self.ahead(reported));
-        match (a <= limit, b <= limit) {
-            (true, true) if b > a => reported,
-            (true, _) => consumed,
-            (false, true) => reported,
-            (false, false) => self.sq_head,
-        }
-    }
-
     /// Tells the device how far the CQ has been consumed.
+    #[inline]
     pub(crate) fn ring_cq(&mut self) -> Result<()> {
         let (_, shadow_at) = self.shadow_offsets();
         let old = self.cq_head_rung;
@@ -420,6 +386,24 @@ impl QueuePair {
     pub(crate) fn read_register(&self, offset: usize) -> Result<u32> {
         self.bar.read32(offset)
     }
+}
+
+/// A completion's CID that is not in flight (the device is untrusted).
+#[cold]
+#[inline(never)]
+fn cid_not_in_flight(qid: u16, cid: u16) -> Error {
+    Error::BadDevice(format!(
+        "queue {qid}: completion for CID {cid}, which is not in flight"
+    ))
+}
+
+/// A completion's SQ head outside the queue.
+#[cold]
+#[inline(never)]
+fn head_out_of_range(qid: u16, head: u16, entries: u16) -> Error {
+    Error::BadDevice(format!(
+        "queue {qid}: completion reports SQ head {head} of a {entries}-entry queue"
+    ))
 }
 
 #[cfg(test)]

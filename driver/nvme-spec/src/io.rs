@@ -50,6 +50,7 @@ bitflags! {
 pub const WRITE_ZEROES_DEAC: u32 = 1 << 25;
 
 /// Builds the common SLBA / NLB command layout.
+#[inline]
 fn block_command(
     op: NvmOpcode,
     nsid: u32,
@@ -75,6 +76,7 @@ fn block_command(
 /// # Errors
 ///
 /// `nlb` outside 1..=65536.
+#[inline]
 pub fn read(nsid: u32, slba: u64, nlb: u32) -> Result<Sqe, RangeError> {
     block_command(NvmOpcode::Read, nsid, slba, nlb, 0)
 }
@@ -93,6 +95,7 @@ pub fn read_with(nsid: u32, slba: u64, nlb: u32, flags: RwFlags) -> Result<Sqe, 
 /// # Errors
 ///
 /// `nlb` outside 1..=65536.
+#[inline]
 pub fn write(nsid: u32, slba: u64, nlb: u32) -> Result<Sqe, RangeError> {
     block_command(NvmOpcode::Write, nsid, slba, nlb, 0)
 }

@@ -190,20 +190,19 @@ impl DmaRegion {
         self.huge
     }
 
+    #[inline]
     fn at(&self, offset: usize, size: usize, align: usize) -> Result<*mut u8> {
         if !offset.is_multiple_of(align)
             || offset.checked_add(size).is_none_or(|end| end > self.len)
         {
-            return Err(Error::BadBuffer(format!(
-                "DMA access of {size} bytes at {offset:#x} outside a {:#x}-byte region",
-                self.len
-            )));
+            return Err(outside_region(offset, size, self.len));
         }
         // SAFETY: offset + size <= len keeps the pointer inside the mapping.
         Ok(unsafe { self.ptr.as_ptr().add(offset) })
     }
 
     /// Volatile 16-bit load (little-endian), e.g. a CQE status word.
+    #[inline]
     pub(crate) fn read_u16(&self, offset: usize) -> Result<u16> {
         let p = self.at(offset, 2, 2)?;
         // SAFETY: in bounds and aligned (checked); volatile because the
@@ -212,6 +211,7 @@ impl DmaRegion {
     }
 
     /// Volatile 64-bit load (little-endian), e.g. the second half of a CQE.
+    #[inline]
     pub(crate) fn read_u64(&self, offset: usize) -> Result<u64> {
         let p = self.at(offset, 8, 8)?;
         // SAFETY: in bounds and aligned (checked); volatile because the
@@ -220,6 +220,7 @@ impl DmaRegion {
     }
 
     /// Volatile 64-bit store (little-endian), e.g. a PRP list entry.
+    #[inline]
     pub(crate) fn write_u64(&self, offset: usize, value: u64) -> Result<()> {
         let p = self.at(offset, 8, 8)?;
         // SAFETY: in bounds and aligned (checked).
@@ -228,6 +229,7 @@ impl DmaRegion {
     }
 
     /// Copies `data` into the region at `offset`.
+    #[inline]
     pub(crate) fn write_bytes(&self, offset: usize, data: &[u8]) -> Result<()> {
         let p = self.at(offset, data.len(), 1)?;
         // SAFETY: the destination range is inside the mapping (checked) and
@@ -237,6 +239,7 @@ impl DmaRegion {
     }
 
     /// Volatile 32-bit load (little-endian), e.g. a shadow doorbell EventIdx.
+    #[inline]
     pub(crate) fn read_u32(&self, offset: usize) -> Result<u32> {
         let p = self.at(offset, 4, 4)?;
         // SAFETY: in bounds and aligned (checked); volatile because the
@@ -245,6 +248,7 @@ impl DmaRegion {
     }
 
     /// Volatile 32-bit store (little-endian), e.g. a shadow doorbell.
+    #[inline]
     pub(crate) fn write_u32(&self, offset: usize, value: u32) -> Result<()> {
         let p = self.at(offset, 4, 4)?;
         // SAFETY: in bounds and aligned (checked); volatile because the
@@ -254,6 +258,7 @@ impl DmaRegion {
     }
 
     /// Copies bytes out of the region at `offset` into `out`.
+    #[inline]
     pub(crate) fn read_bytes(&self, offset: usize, out: &mut [u8]) -> Result<()> {
         let p = self.at(offset, out.len(), 1)?;
         // SAFETY: the source range is inside the mapping (checked) and
@@ -325,6 +330,16 @@ pub(super) fn anon_mmap(len: usize, huge: bool) -> Result<(NonNull<u8>, usize)> 
     let ptr = NonNull::new(ptr.cast::<u8>())
         .ok_or_else(|| Error::BadBuffer("mmap returned null".into()))?;
     Ok((ptr, len))
+}
+
+/// The error of an access outside a region (kept out of line: the
+/// accessors are on the I/O path and inlined).
+#[cold]
+#[inline(never)]
+fn outside_region(offset: usize, size: usize, len: usize) -> Error {
+    Error::BadBuffer(format!(
+        "DMA access of {size} bytes at {offset:#x} outside a {len:#x}-byte region"
+    ))
 }
 
 #[cfg(test)]

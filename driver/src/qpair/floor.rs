@@ -274,7 +274,6 @@ impl IoQPair {
                 _ => {}
             }
         }
-        self.q.settle_untracked();
         Ok(result)
     }
 
@@ -282,7 +281,6 @@ impl IoQPair {
     /// into the loop's buffers (dropped after this) and starts the rings
     /// over; the run fails with `e`.
     fn floor_abandon(&mut self, e: Error) -> Result<FloorResult> {
-        self.q.settle_untracked();
         let msg = e.to_string();
         let mut out = Vec::new();
         match self.reset_and_recover(&mut out, || Error::BadDevice(msg.clone())) {
