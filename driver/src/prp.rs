@@ -39,7 +39,7 @@ pub(crate) fn build(pool: &DmaPool, iova: u64, len: usize) -> Result<Prps> {
 /// `pool` only when it is missing or too small: a queue keeps one per
 /// command slot, so the I/O path does not allocate. `scratch` holds the
 /// list's entries on their way (a caller's reused vector).
-#[inline]
+#[inline(always)]
 pub(crate) fn fill(
     pool: &DmaPool,
     list: &mut Option<DmaBuffer>,

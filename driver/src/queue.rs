@@ -240,7 +240,7 @@ impl QueuePair {
 
     /// Writes `sqe` with a CID from [`QueuePair::reserve`] into the next SQ
     /// slot. The device sees it after [`QueuePair::ring`].
-    #[inline]
+    #[inline(always)]
     pub(crate) fn post_reserved(&mut self, cid: u16, mut sqe: Sqe) -> Result<()> {
         sqe.set_cid(cid);
         if let Err(e) = self
@@ -285,7 +285,7 @@ impl QueuePair {
     /// flipped): the entry's offset in the CQ, with the head moved past it
     /// and an acquire fence so the rest of it is read after the phase.
     /// Also the entry's status word (phase in bit 0).
-    #[inline]
+    #[inline(always)]
     fn take_head(&mut self) -> Result<Option<(usize, u16)>> {
         let slot = self.cq_head as usize * CQE_SIZE;
         let status = self.cq.read_u16(slot + CQE_STATUS)?;
@@ -319,7 +319,7 @@ impl QueuePair {
     /// in DW0/DW1 the driver needs: reads only the second half of the
     /// entry and returns the CID and the status word (phase in bit 0),
     /// with the same checks.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn pop_io(&mut self) -> Result<Option<(u16, u16)>> {
         let Some((slot, status)) = self.take_head()? else {
             return Ok(None);
@@ -334,7 +334,7 @@ impl QueuePair {
     /// Checks a completion's CID and SQ head (the device is untrusted; an
     /// SQ head outside the ring marks a corrupt entry, though the value is
     /// not needed, see `free_cids`) and frees the CID.
-    #[inline]
+    #[inline(always)]
     fn check_and_retire(&mut self, cid: u16, sq_head: u16) -> Result<()> {
         if sq_head >= self.entries {
             return Err(head_out_of_range(self.qid, sq_head, self.entries));

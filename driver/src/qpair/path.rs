@@ -373,7 +373,7 @@ impl IoQPair {
             match self.q.pop_io() {
                 Ok(Some((cid, status))) => {
                     reaped += 1;
-                    self.complete(cid, Status::from_cqe_status(status), out);
+                    self.complete(cid, status, out);
                 }
                 Ok(None) => break Ok(reaped),
                 Err(e) => break Err(e),
@@ -385,30 +385,37 @@ impl IoQPair {
         result
     }
 
-    pub(super) fn complete(&mut self, cid: u16, status: Status, out: &mut Vec<IoCompletion>) {
+    /// Completes the command `cid` with the CQE status word `word` (phase
+    /// in bit 0).
+    pub(super) fn complete(&mut self, cid: u16, word: u16, out: &mut Vec<IoCompletion>) {
         let cid = cid as usize;
+        // Success (SCT and SC both 0) needs no decoding.
+        let success = word & STATUS_CODE_BITS == 0;
         if let Some(slot) = self.slots.get_mut(cid)
             && slot.single.is_some()
         {
-            let retry =
-                !status.is_success() && status.is_retryable() && self.shared.options.retries > 0;
-            if !retry && let Some(req) = slot.single.take() {
+            if success && let Some(req) = slot.single.take() {
                 // The fast path's end: straight back to the caller.
                 slot.since = None;
                 self.singles -= 1;
-                let result = if status.is_success() {
-                    Ok(())
-                } else {
-                    Err(Error::Command {
-                        command: req.describe(),
-                        status,
-                    })
+                out.push(req.into_completion(Ok(())));
+                return;
+            }
+            let status = Status::from_cqe_status(word);
+            let retry = status.is_retryable() && self.shared.options.retries > 0;
+            if !retry && let Some(req) = slot.single.take() {
+                slot.since = None;
+                self.singles -= 1;
+                let e = Error::Command {
+                    command: req.describe(),
+                    status,
                 };
-                out.push(req.into_completion(result));
+                out.push(req.into_completion(Err(e)));
                 return;
             }
             self.promote(cid);
         }
+        let status = Status::from_cqe_status(word);
         let Some(child) = self.slots.get_mut(cid).and_then(|s| s.child.take()) else {
             // The queue had the CID in flight, so this is a command given
             // up on after a timeout, completing after all: the queue has
@@ -487,6 +494,10 @@ impl IoQPair {
     }
 }
 
+/// The Status Code and Status Code Type bits of a CQE status word (bits
+/// 1..=11; bit 0 is the phase tag).
+const STATUS_CODE_BITS: u16 = 0x0ffe;
+
 /// Checks that `segs` can be one command's data (`nvme_spec::prp`'s rule);
 /// returns their total length.
 fn check_segments(segs: &[(u64, usize)]) -> Result<usize> {
@@ -503,6 +514,7 @@ fn segment_entries(segs: &[(u64, usize)], start: usize, len: usize, out: &mut Ve
 /// The SQE of the command carrying `blocks` blocks of `req` from its block
 /// `first`, with its data pointer (PRP list pages and DSM ranges go in
 /// `slot`'s reused buffers).
+#[inline(always)]
 fn command(
     shared: &Shared,
     slot: &mut Slot,

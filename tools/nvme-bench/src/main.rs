@@ -400,10 +400,12 @@ struct ThreadResult {
 /// Empty polls between two clock reads while nothing completes.
 const EMPTY_POLLS_PER_CLOCK: u32 = 256;
 
-/// One in-flight I/O slot: its buffer and when it was submitted.
+/// One in-flight I/O slot: its buffer and when it was submitted
+/// (nanoseconds since the thread's clock base: one subtraction per
+/// latency).
 struct Slot {
     buf: Option<DmaBuffer>,
-    started: Instant,
+    started: u64,
     read: bool,
 }
 
@@ -451,7 +453,7 @@ fn thread_main(
                 .alloc(io_bytes)
                 .map(|b| Slot {
                     buf: Some(b),
-                    started: Instant::now(),
+                    started: 0,
                     read: true,
                 })
                 .map_err(|e| e.to_string())
@@ -468,10 +470,11 @@ fn thread_main(
     let mut finishing = false;
     let mut tally = Tally::new(Some(done));
 
-    // Fill the queue.
-    let now = Instant::now();
+    // Fill the queue. Times are nanoseconds since `base`.
+    let base = Instant::now();
+    let since_base = |t: Instant| u64::try_from((t - base).as_nanos()).unwrap_or(u64::MAX);
     for (i, slot) in slots.iter_mut().enumerate() {
-        submit_one(&mut q, slot, i, &mut generator, job, &mut scratch, now)?;
+        submit_one(&mut q, slot, i, &mut generator, job, &mut scratch, 0)?;
         in_flight += 1;
     }
     // The clock is read once per poll that completes something (that time
@@ -491,6 +494,7 @@ fn thread_main(
         }
         empty_polls = 0;
         let now = Instant::now();
+        let now_ns = since_base(now);
         if !measuring && now >= warmup_end {
             measuring = true;
             measure_start = now;
@@ -509,7 +513,7 @@ fn thread_main(
             let i = c.tag as usize;
             let slot = &mut slots[i];
             slot.buf = c.data;
-            let latency = now - slot.started;
+            let latency = now_ns.saturating_sub(slot.started);
             match &c.result {
                 Ok(()) => {
                     if a.verify && slot.read {
@@ -525,14 +529,14 @@ fn thread_main(
                         }
                     }
                     if measuring {
-                        stats.record(slot.read, a.io_size, latency);
+                        stats.record_ns(slot.read, a.io_size, latency);
                     }
                 }
                 Err(e) => count_error(&mut stats, a, t, e)?,
             }
             tally.tick();
             if !finishing && slot.buf.is_some() {
-                submit_one(&mut q, slot, i, &mut generator, job, &mut scratch, now)?;
+                submit_one(&mut q, slot, i, &mut generator, job, &mut scratch, now_ns)?;
                 in_flight += 1;
             }
         }
@@ -648,7 +652,7 @@ fn submit_one(
     generator: &mut Generator,
     job: &Job,
     scratch: &mut [u8],
-    now: Instant,
+    now: u64,
 ) -> Result<()> {
     let io = generator.next_io();
     let buf = slot.buf.take().ok_or("slot without a buffer")?;

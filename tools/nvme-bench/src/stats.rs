@@ -67,8 +67,14 @@ impl Stats {
 
     /// Records one completed I/O.
     pub fn record(&mut self, read: bool, bytes: u64, latency: Duration) {
-        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
-        self.latency.saturating_record(ns);
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        self.record_ns(read, bytes, ns);
+    }
+
+    /// [`Stats::record`] with the latency in nanoseconds.
+    #[inline]
+    pub fn record_ns(&mut self, read: bool, bytes: u64, ns: u64) {
+        self.latency.saturating_record(ns.max(1));
         if read {
             self.reads += 1;
         } else {
