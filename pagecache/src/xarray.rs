@@ -113,26 +113,23 @@ impl Slot {
         Slot(Atomic::null())
     }
 
-    #[inline]
+    #[inline(always)]
     fn load<'g>(&self, guard: &'g Guard) -> Option<Item<'g>> {
         let p = self.0.load(Ordering::Acquire, guard);
-        let raw = p.as_raw();
-        if raw.is_null() {
-            return None;
-        }
-        // SAFETY: a non-null slot pointer came from an `Owned<Entry>` if
-        // tagged `ENTRY` (`set_entry`), else from an `Owned<Node>`
-        // (`set_node`). Nodes and entries are freed either with the tree
-        // (`Drop`, which has it exclusively) or, once unlinked from every
-        // slot, by the epoch, after every guard pinned before the unlink:
-        // `guard` was pinned before this load, so the pointee outlives it.
-        Some(unsafe {
+        // SAFETY: a slot pointer tagged `ENTRY` came from an
+        // `Owned<Entry>` (`set_entry`, never null), an untagged one from
+        // an `Owned<Node>` (`set_node`) or is null. Nodes and entries are
+        // freed either with the tree (`Drop`, which has it exclusively)
+        // or, once unlinked from every slot, by the epoch, after every
+        // guard pinned before the unlink: `guard` was pinned before this
+        // load, so the pointee outlives it.
+        unsafe {
             if p.tag() == ENTRY {
-                Item::Entry(&*raw.cast::<Entry>())
+                Some(Item::Entry(&*p.as_raw().cast::<Entry>()))
             } else {
-                Item::Node(&*raw)
+                p.as_ref().map(Item::Node)
             }
-        })
+        }
     }
 
     /// Whether the slot holds `entry`.
