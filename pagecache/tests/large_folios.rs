@@ -114,7 +114,7 @@ proptest! {
                         return Err(TestCaseError::fail("cached after invalidation"));
                     };
                     // Half of them clean and uptodate, half not.
-                    if first % 2 == 0 {
+                    if (first / o.pages()).is_multiple_of(2) {
                         locked.zero_blocks(0, locked.size()).unwrap();
                     }
                     drop(locked);
