@@ -10,7 +10,10 @@
 //! freed or its memory reused while referenced shows up as another
 //! page's tag (`grab_within_budget` gives an evicted folio's memory to
 //! the next folio without clearing it). At the end every byte of memory
-//! is accounted for.
+//! is accounted for. Once with small folios only, once with small and
+//! large ones (64 and 512 pages) taking each other's place, so lookups
+//! also race the index's multi-slot entries and the freeing of the nodes
+//! a large folio's entry replaces.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -18,13 +21,47 @@ use std::thread;
 
 use pagecache::{BlockSize, FileId, FolioOrder, FolioRef, Grab, PAGE_SIZE, PageCache, VecMemory};
 
-/// Pages of each file.
-const PAGES: u64 = 256;
-/// The budget holds a quarter of what the files could hold, so eviction
-/// runs all the time.
-const BUDGET: u64 = 2 * PAGES / 4 * PAGE_SIZE as u64;
 /// Reader lookups per reader thread.
 const LOOKUPS: usize = 60_000;
+
+/// What the writer caches, evicts and invalidates.
+struct Shape {
+    /// Pages of each file.
+    pages: u64,
+    /// Folio orders it inserts.
+    orders: &'static [u8],
+    /// At most this many pages per invalidation.
+    invalidate: u64,
+    /// Readers go on past their lookups until the writer has done this
+    /// many steps.
+    writes: u64,
+    /// The budget, in pages: well below what the three files could hold,
+    /// so eviction runs all the time, and above what the readers pin.
+    budget: u64,
+    /// References a reader keeps across later evictions, at most.
+    held: usize,
+}
+
+/// Small folios (leaf slots of the index).
+const SMALL: Shape = Shape {
+    pages: 256,
+    orders: &[0, 1, 2],
+    invalidate: 16,
+    writes: 1000,
+    budget: 128,
+    held: 16,
+};
+
+/// Small and large folios (one and eight slots of the index's level 1),
+/// replacing each other in the same pages.
+const MIXED: Shape = Shape {
+    pages: 4096,
+    orders: &[0, 2, 6, 9],
+    invalidate: 1024,
+    writes: 2000,
+    budget: 8192,
+    held: 2,
+};
 
 /// The 8-byte tag every word of a page holds.
 fn tag(file: FileId, page: u64) -> u64 {
@@ -66,9 +103,7 @@ fn populate(cache: &PageCache, file: FileId, page: u64, order: u8, strict: bool)
     let mut data = vec![0u8; locked.size()];
     for (i, page_bytes) in data.chunks_mut(PAGE_SIZE).enumerate() {
         let t = tag(file, index + i as u64).to_le_bytes();
-        for w in page_bytes.chunks_mut(8) {
-            w.copy_from_slice(&t);
-        }
+        page_bytes.copy_from_slice(&t.repeat(PAGE_SIZE / 8));
     }
     let io = locked.start_read();
     let part = io.part(0, data.len()).unwrap();
@@ -111,7 +146,18 @@ fn check(folio: &FolioRef, file: FileId, page: u64) -> bool {
 
 #[test]
 fn lookups_race_eviction_invalidation_and_reinsertion() {
-    let cache = Arc::new(PageCache::new(Arc::new(VecMemory::new()), BUDGET).unwrap());
+    race(&SMALL);
+}
+
+#[test]
+fn lookups_race_eviction_invalidation_and_reinsertion_of_large_folios() {
+    race(&MIXED);
+}
+
+fn race(shape: &'static Shape) {
+    let cache = Arc::new(
+        PageCache::new(Arc::new(VecMemory::new()), shape.budget * PAGE_SIZE as u64).unwrap(),
+    );
     // Two files readers know for the whole run, and one slot whose file
     // is removed and added again.
     let fixed = [
@@ -120,25 +166,33 @@ fn lookups_race_eviction_invalidation_and_reinsertion() {
     ];
     let churned = Arc::new(AtomicU64::new(cache.add_file(BlockSize::PAGE).0));
     let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicBool::new(false));
     let found = Arc::new(AtomicUsize::new(0));
     let readers = 3;
     let start = Arc::new(Barrier::new(readers + 2));
 
     let mut handles = Vec::new();
     for r in 0..readers {
-        let (cache, churned, found, start) =
-            (cache.clone(), churned.clone(), found.clone(), start.clone());
+        let (cache, churned, found, start, written) = (
+            cache.clone(),
+            churned.clone(),
+            found.clone(),
+            start.clone(),
+            written.clone(),
+        );
         handles.push(thread::spawn(move || {
             let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (r as u64 + 1));
             start.wait();
             let mut held: Vec<(FolioRef, FileId, u64)> = Vec::new();
-            for _ in 0..LOOKUPS {
+            let mut lookups = 0;
+            while lookups < LOOKUPS || !written.load(Ordering::Relaxed) {
+                lookups += 1;
                 let which = rng.below(3);
                 let file = match which {
                     0 | 1 => fixed[which as usize],
                     _ => FileId(churned.load(Ordering::Acquire)),
                 };
-                let page = rng.below(PAGES);
+                let page = rng.below(shape.pages);
                 match cache.lookup(file, page) {
                     Ok(Some(f)) => {
                         if check(&f, file, page) {
@@ -156,7 +210,7 @@ fn lookups_race_eviction_invalidation_and_reinsertion() {
                     Err(pagecache::Error::UnknownFile(_)) => assert_eq!(which, 2),
                     Err(e) => panic!("lookup: {e}"),
                 }
-                if held.len() > 16 {
+                if held.len() > shape.held {
                     for (f, file, page) in held.drain(..) {
                         check(&f, file, page);
                     }
@@ -171,23 +225,31 @@ fn lookups_race_eviction_invalidation_and_reinsertion() {
     // The writer: inserts (recycling evicted memory half the time),
     // invalidates, shrinks, and replaces the churned file.
     {
-        let (cache, churned, stop, start) =
-            (cache.clone(), churned.clone(), stop.clone(), start.clone());
+        let (cache, churned, stop, start, written) = (
+            cache.clone(),
+            churned.clone(),
+            stop.clone(),
+            start.clone(),
+            written.clone(),
+        );
         handles.push(thread::spawn(move || {
             let mut rng = Rng(0x2545_f491_4f6c_dd1d);
             start.wait();
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
+                if n >= shape.writes {
+                    written.store(true, Ordering::Relaxed);
+                }
                 let which = rng.below(3);
                 let file = match which {
                     0 | 1 => fixed[which as usize],
                     _ => FileId(churned.load(Ordering::Acquire)),
                 };
-                let page = rng.below(PAGES);
+                let page = rng.below(shape.pages);
                 match rng.below(16) {
                     0 => {
-                        let len = 1 + rng.below(16);
+                        let len = 1 + rng.below(shape.invalidate);
                         if let Ok(report) = cache.invalidate(file, page..page + len) {
                             assert!(report.busy.is_empty(), "nothing stays locked");
                         }
@@ -202,7 +264,17 @@ fn lookups_race_eviction_invalidation_and_reinsertion() {
                         churned.store(cache.add_file(BlockSize::PAGE).0, Ordering::Release);
                     }
                     _ => {
-                        let order = rng.below(3) as u8;
+                        let which = rng.below(shape.orders.len() as u64);
+                        let order = shape.orders[which as usize];
+                        if order >= 6 && rng.below(2) == 0 {
+                            // Room for it: a large folio takes the place
+                            // of small ones (and of their index nodes).
+                            let first = page & !((1 << order) - 1);
+                            let pages = first..first + (1 << order);
+                            if let Ok(report) = cache.invalidate(file, pages) {
+                                assert!(report.busy.is_empty(), "nothing stays locked");
+                            }
+                        }
                         populate(&cache, file, page, order, rng.below(2) == 0);
                     }
                 }
@@ -223,7 +295,8 @@ fn lookups_race_eviction_invalidation_and_reinsertion() {
         "readers found cached pages ({})",
         found.load(Ordering::Relaxed)
     );
-    let max_folio = FolioOrder::new(2).unwrap().size() as u64;
+    let max_order = shape.orders.iter().copied().max().unwrap_or(0);
+    let max_folio = FolioOrder::new(max_order).unwrap().size() as u64;
     assert!(cache.used() < cache.budget() + max_folio);
     // Every folio the index holds is counted once, nothing else is alive.
     let live: u64 = fixed

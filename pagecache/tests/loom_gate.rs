@@ -4,11 +4,13 @@
 //! weak-memory outcomes it models) of a lookup racing an eviction or an
 //! invalidation of the same folio.
 //!
-//! Modelled: the slot, the entry's gate, the folio's reference count (an
-//! `Arc`'s strong count, with `Arc`'s own orderings for clone, drop and
-//! `try_unwrap`) and the folio's memory (a loom `UnsafeCell`, so a read
-//! that is not ordered before the memory is freed or recycled is
-//! reported). Not modelled: crossbeam's epoch, which keeps the unlinked
+//! Modelled: the slot (the one the lookup's page maps to: a large
+//! folio's entry sits in a few, all unlinked before the index drops its
+//! reference, and a lookup loads and reloads only its own), the entry's
+//! gate, the folio's reference count (an `Arc`'s strong count, with
+//! `Arc`'s own orderings for clone, drop and `try_unwrap`) and the
+//! folio's memory (a loom `UnsafeCell`, so a read that is not ordered
+//! before the memory is freed or recycled is reported). Not modelled: crossbeam's epoch, which keeps the unlinked
 //! entry readable for the lookup that loaded it; the model keeps the entry
 //! alive throughout, which is what the epoch guarantees. Keep the steps and
 //! orderings in step with the real code.
