@@ -1,7 +1,8 @@
-//! Controller reset in the middle of I/O, asynchronous events, and shadow
-//! doorbells on and off, against QEMU's controller.
+//! Controller reset in the middle of I/O, asynchronous events, shadow
+//! doorbells on and off, and device errors on reads and writes, against
+//! QEMU's controller.
 
-use vm_tests::{check_thread_ranges, run_ok, vm};
+use vm_tests::{check_thread_ranges, image_bytes, run_ok, vm};
 
 #[test]
 fn reset_in_the_middle_of_io_loses_nothing() {
@@ -144,6 +145,42 @@ fn device_errors_name_the_status_and_the_lba() {
         out.contains("before-ok") && out.contains("elsewhere-ok"),
         "{out}"
     );
+}
+
+#[test]
+fn write_errors_fail_one_request_and_the_queue_goes_on() {
+    let mut config = vm();
+    // Writes touching 512-byte sector 2048 of namespace 1 fail with EIO.
+    config.blkdebug = Some(
+        "[inject-error]\nevent = \"write_aio\"\nerrno = \"5\"\nsector = \"2048\"\nonce = \"off\"\n"
+            .into(),
+    );
+    let run = run_ok(&config, "guest-check write-errors --requests 16 --seed 151");
+    let out = run.stdout_text();
+    // QEMU reports a failed write as Write Fault; the request names its
+    // command and LBA range.
+    assert!(
+        out.contains(
+            "write at lba 2048 failed: Write nsid 1 lba 2048+8 failed: Write Fault (sct 0x2, sc 0x80)"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("15 of 16 writes completed"), "{out}");
+    assert!(out.contains("the other 15 ranges read back"), "{out}");
+    // On the host: every write that completed is in the image.
+    let image = run.disk(1).expect("image");
+    for i in 0..16u64 {
+        let slba = 2000 + i * 8;
+        if slba == 2048 {
+            continue;
+        }
+        let bytes = image_bytes(image, slba * 512, 8 * 512);
+        assert_eq!(
+            vm_tests::pattern::first_mismatch(151, slba, 512, &bytes),
+            None,
+            "LBA range {slba}+8 in the image"
+        );
+    }
 }
 
 #[test]

@@ -107,6 +107,17 @@ enum Scenario {
         #[arg(long, default_value_t = 64)]
         pages: u64,
     },
+    /// Write errors on the raw path (run with blkdebug failing writes that
+    /// touch 512-byte sector 2048 of namespace 1): `requests` writes of 8
+    /// blocks from LBA 2000 are in flight at once on one queue; the one
+    /// covering LBA 2048 fails with the status named, every other
+    /// completes, reads back its data, and the queue keeps working.
+    WriteErrors {
+        #[arg(long, default_value_t = 16)]
+        requests: u64,
+        #[arg(long, default_value_t = 151)]
+        seed: u64,
+    },
     /// Device errors through the page cache (run with blkdebug failing
     /// writes at byte 1 MiB and, once, reads at byte 2 MiB): fsync reports
     /// a write error once per open file, the folio is not re-dirtied; a
@@ -289,6 +300,55 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 println!("all {requests} {name}");
             }
+        }
+        Scenario::WriteErrors { requests, seed } => {
+            const FIRST: u64 = 2000;
+            const BLOCKS: u64 = 8;
+            const BAD: u64 = 2048;
+            let mut q = ctrl.io_qpair()?;
+            let lba = ctrl.namespace(1)?.lba_size as usize;
+            let len = BLOCKS as usize * lba;
+            for i in 0..requests {
+                let slba = FIRST + i * BLOCKS;
+                let buf = ctrl.dma_pool().alloc(len)?;
+                let mut data = vec![0u8; len];
+                pattern::fill(seed, slba, lba, &mut data);
+                buf.write(0, &data)?;
+                q.submit(IoRequest::write(1, slba, BLOCKS, buf).with_tag(i))?;
+            }
+            println!("{requests} writes of {BLOCKS} blocks in flight on one queue");
+            let done = drain(&mut q, requests as usize)?;
+            let mut failed = Vec::new();
+            for c in &done {
+                match &c.result {
+                    Ok(()) => {}
+                    Err(e) => {
+                        println!("write at lba {} failed: {e}", c.slba);
+                        failed.push(c.slba);
+                    }
+                }
+            }
+            let bad_request = FIRST + (BAD - FIRST) / BLOCKS * BLOCKS;
+            if failed != [bad_request] {
+                return Err(format!(
+                    "expected exactly the write at lba {bad_request} to fail, got {failed:?}"
+                )
+                .into());
+            }
+            println!("{} of {requests} writes completed", requests - 1);
+            // Every other range holds its data; the queue still works.
+            for i in 0..requests {
+                let slba = FIRST + i * BLOCKS;
+                if slba == bad_request {
+                    continue;
+                }
+                let mut back = vec![0u8; len];
+                q.read(1, slba, &mut back)?;
+                if let Some(bad) = pattern::first_mismatch(seed, slba, lba, &back) {
+                    return Err(format!("LBA {bad} does not hold its data").into());
+                }
+            }
+            println!("the other {} ranges read back", requests - 1);
         }
         Scenario::Namespaces { blocks } => {
             let mut q = ctrl.io_qpair()?;
