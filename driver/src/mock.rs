@@ -322,6 +322,10 @@ struct Sq {
     entries: u16,
     cqid: u16,
     head: u16,
+    /// The tail last written to the doorbell, to see an overrun: a new
+    /// tail that puts more than `entries - 1` entries past the head has
+    /// written over entries not fetched yet.
+    tail: u16,
     pending: Vec<Cmd>,
 }
 
@@ -1054,6 +1058,7 @@ impl State {
                             entries: size as u16,
                             cqid,
                             head: 0,
+                            tail: 0,
                             pending: Vec::new(),
                         },
                     );
@@ -1126,10 +1131,35 @@ impl State {
     }
 
     /// A doorbell write (offset inside the doorbell area).
+    /// Flags a tail doorbell write that moves the tail over entries the
+    /// mock has not fetched (an SQ overrun: those commands are lost).
+    fn check_sq_overrun(&mut self, qid: u16, value: u64) {
+        let Some(sq) = self.sqs.get_mut(&qid) else {
+            return;
+        };
+        let entries = u64::from(sq.entries);
+        if value >= entries {
+            return; // `fetch` reports a tail past the ring.
+        }
+        let ahead = |from: u16, to: u64| (to + entries - u64::from(from)) % entries;
+        let unfetched = ahead(sq.head, u64::from(sq.tail));
+        let added = ahead(sq.tail, value);
+        sq.tail = value as u16;
+        if unfetched + added > entries - 1 {
+            let what = format!(
+                "SQ {qid}: overrun: tail moved by {added} with {unfetched} of {entries} entries not fetched"
+            );
+            self.violation(what);
+        }
+    }
+
     fn doorbell(&mut self, bar: &Bar, offset: usize, value: u64) -> Result<()> {
         let index = (offset - regs::offset::DOORBELL_BASE) >> (2 + DSTRD);
         let qid = (index / 2) as u16;
         let cq_head = index % 2 == 1;
+        if qid != 0 && !cq_head {
+            self.check_sq_overrun(qid, value);
+        }
         match (qid, cq_head) {
             (0, false) => self.admin_doorbell(bar, value),
             (0, true) => Ok(()),
@@ -2022,6 +2052,43 @@ mod tests {
 
     fn no_violations(mock: &MockController) {
         assert_eq!(mock.violations(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_stalled_device_never_sees_its_sq_overrun() {
+        // The driver keeps the SQ from overflowing by its CIDs alone (the
+        // SQ head in completions is not tracked): with a device that
+        // fetches nothing, a 4-entry queue holds 3 commands and the rest
+        // wait; once the device catches up, every request completes.
+        let (mock, mut qp) = MockController::with_qpair(config(4, 64 << 10, 1024)).expect("mock");
+        for tag in 0..10u64 {
+            qp.submit(read_request(&mock, tag, LBA, 0).with_tag(tag))
+                .expect("accepted");
+        }
+        qp.ring().expect("ring");
+        assert_eq!(qp.outstanding(), 10);
+        let done = complete(&mock, &mut qp, 10);
+        assert_eq!(done.len(), 10);
+        no_violations(&mock);
+    }
+
+    #[test]
+    fn the_mock_flags_an_sq_overrun() {
+        let (mock, qp) = MockController::with_qpair(config(4, 64 << 10, 1024)).expect("mock");
+        let qid = qp.qid();
+        let ring = |tail: u32| {
+            mock.bar
+                .write32(doorbell_offset(qid, DoorbellKind::SqTail, DSTRD), tail)
+                .expect("doorbell");
+        };
+        // Three entries posted and not fetched: the ring is full.
+        ring(3);
+        no_violations(&mock);
+        // One more moves the tail onto the unfetched head.
+        ring(0);
+        let v = mock.violations();
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].contains("overrun"), "{v:?}");
     }
 
     #[test]
