@@ -23,15 +23,36 @@ fn run_cases(
             .rfind(|l| l.starts_with("rc="))
             .unwrap_or("rc=-1");
         let rc = rc_line[3..].trim().parse().unwrap_or(-1);
-        let text = rest
-            .lines()
-            .filter(|l| !l.starts_with("rc="))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let text = strip_ansi(
+            &rest
+                .lines()
+                .filter(|l| !l.starts_with("rc="))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
         results.push((name.to_string(), rc, text));
     }
     assert_eq!(results.len(), cases.len(), "{}", run.describe());
     (run, results)
+}
+
+/// Drops the terminal colour escapes (ESC [ ... m) clap writes on the
+/// guest's console.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn expect(results: &[(String, i32, String)], name: &str, rc: i32, message: &str) {
@@ -47,7 +68,10 @@ fn expect(results: &[(String, i32, String)], name: &str, rc: i32, message: &str)
     );
     if rc == 1 {
         assert_eq!(text.lines().count(), 1, "{name}: one line expected: {text}");
-        assert!(text.starts_with("nvmectl: "), "{name}: {text}");
+        assert!(
+            text.starts_with("nvmectl: ") || text.starts_with("nvme-bench: "),
+            "{name}: {text}"
+        );
     }
 }
 
@@ -85,6 +109,65 @@ fn bad_input_with_the_device_on_vfio() {
             "missing_file",
             "nvmectl write --lba 100 --data /nonexistent",
         ),
+        ("read_nsid_0", "nvmectl read --nsid 0 --lba 0 --blocks 1"),
+        (
+            "read_nsid_broadcast",
+            "nvmectl read --nsid 4294967295 --lba 0 --blocks 1",
+        ),
+        (
+            "write_nsid_0",
+            "head -c 512 /dev/zero > /tmp/z && nvmectl write --nsid 0 --lba 100 --data /tmp/z",
+        ),
+        (
+            "write_nsid_broadcast",
+            "nvmectl write --nsid 4294967295 --lba 100 --data /tmp/z",
+        ),
+        (
+            "write_inactive_nsid",
+            "nvmectl write --nsid 7 --lba 100 --data /tmp/z",
+        ),
+        (
+            "write_lba_u64_max",
+            "nvmectl write --lba 18446744073709551615 --data /tmp/z",
+        ),
+        (
+            "read_blocks_u64_max",
+            "nvmectl read --lba 100 --blocks 18446744073709551615",
+        ),
+        (
+            "write_zeroes_past_end",
+            "nvmectl write-zeroes --lba 131071 --blocks 2",
+        ),
+        (
+            "deallocate_past_end",
+            "nvmectl deallocate --lba 131071 --blocks 2",
+        ),
+        ("get_feature_invalid_fid", "nvmectl get-feature -f 0xee"),
+        ("set_feature_apst", "nvmectl set-feature -f 0x0c -v 1"),
+        ("feature_id_too_big", "nvmectl get-feature -f 300"),
+        ("lba_not_a_number", "nvmectl read --lba abc --blocks 1"),
+        ("bench_odd_io_size", "nvme-bench -o 1000 -t 1"),
+        ("bench_zero_io_size", "nvme-bench -o 0 -t 1"),
+        ("bench_qd_0", "nvme-bench -q 0 -t 1"),
+        ("bench_threads_0", "nvme-bench --threads 0 -t 1"),
+        ("bench_range_too_big", "nvme-bench --range-size 1G -t 1"),
+        (
+            "bench_range_start_past_end",
+            "nvme-bench --range-start 200000 -t 1",
+        ),
+        (
+            "bench_cache_size_0",
+            "nvme-bench --mode cache --cache-size 0 -t 1",
+        ),
+        (
+            "bench_cache_too_small",
+            "nvme-bench --mode cache --cache-size 4096 -t 1",
+        ),
+        ("bench_cold_raw", "nvme-bench --cold -t 1"),
+        ("bench_unknown_workload", "nvme-bench -w bogus -t 1"),
+        ("bench_mix_over_100", "nvme-bench -w randrw -M 150 -t 1"),
+        ("bench_inactive_nsid", "nvme-bench --nsid 7 -t 1"),
+        ("bench_no_such_device", "nvme-bench 0000:00:09.0 -t 1"),
         (
             "intact",
             "nvmectl read --lba 100 --blocks 8 --output /tmp/back && cmp /root/p /tmp/back && echo intact",
@@ -139,6 +222,146 @@ fn bad_input_with_the_device_on_vfio() {
         "namespace 7 is not active on this controller (active: 1)",
     );
     expect(&results, "missing_file", 1, "reading /nonexistent");
+    for name in ["read_nsid_0", "write_nsid_0"] {
+        expect(
+            &results,
+            name,
+            1,
+            "namespace 0 is not active on this controller (active: 1)",
+        );
+    }
+    for name in ["read_nsid_broadcast", "write_nsid_broadcast"] {
+        expect(
+            &results,
+            name,
+            1,
+            "namespace 4294967295 is not active on this controller (active: 1)",
+        );
+    }
+    expect(
+        &results,
+        "write_inactive_nsid",
+        1,
+        "namespace 7 is not active on this controller (active: 1)",
+    );
+    expect(
+        &results,
+        "write_lba_u64_max",
+        1,
+        "LBA range 18446744073709551615+1 is past the end of namespace 1 (131072 blocks)",
+    );
+    expect(
+        &results,
+        "read_blocks_u64_max",
+        1,
+        "LBA range 100+18446744073709551615 is past the end of namespace 1 (131072 blocks)",
+    );
+    for name in ["write_zeroes_past_end", "deallocate_past_end"] {
+        expect(
+            &results,
+            name,
+            1,
+            "LBA range 131071+2 is past the end of namespace 1 (131072 blocks)",
+        );
+    }
+    expect(
+        &results,
+        "get_feature_invalid_fid",
+        1,
+        "Get Features 0xee (vendor specific) failed: Invalid Field in Command (sct 0x0, sc 0x02, dnr)",
+    );
+    expect(
+        &results,
+        "set_feature_apst",
+        1,
+        "Set Features 0x0c (Autonomous Power State Transition) failed: Invalid Field in Command (sct 0x0, sc 0x02, dnr)",
+    );
+    expect(
+        &results,
+        "feature_id_too_big",
+        2,
+        "invalid value '300' for '--feature-id <FEATURE_ID>': `300` is not a number from 0 to 255",
+    );
+    expect(
+        &results,
+        "lba_not_a_number",
+        2,
+        "invalid value 'abc' for '--lba <LBA>': invalid digit found in string",
+    );
+    expect(
+        &results,
+        "bench_odd_io_size",
+        1,
+        "nvme-bench: I/O size 1000 is not a multiple of the 512-byte LBA size",
+    );
+    expect(
+        &results,
+        "bench_zero_io_size",
+        2,
+        "invalid value '0' for '--io-size <IO_SIZE>': bad size: 0",
+    );
+    for name in ["bench_qd_0", "bench_threads_0"] {
+        expect(
+            &results,
+            name,
+            1,
+            "nvme-bench: queue depth and threads must be at least 1",
+        );
+    }
+    expect(
+        &results,
+        "bench_range_too_big",
+        1,
+        "nvme-bench: LBA range 0+2097152 is past the end of namespace 1 (131072 blocks)",
+    );
+    expect(
+        &results,
+        "bench_range_start_past_end",
+        1,
+        "nvme-bench: --range-start 200000 is past the end of namespace 1 (131072 blocks)",
+    );
+    expect(
+        &results,
+        "bench_cache_size_0",
+        2,
+        "invalid value '0' for '--cache-size <CACHE_SIZE>': bad size: 0",
+    );
+    expect(
+        &results,
+        "bench_cache_too_small",
+        1,
+        "nvme-bench: a warm cache (the default for read workloads): the range (67108864 bytes) does not fit the 4096-byte page cache; give a smaller --range-size, a larger --cache-size, or --cold",
+    );
+    expect(
+        &results,
+        "bench_cold_raw",
+        1,
+        "nvme-bench: --cold, --warm, --readahead, --zero-copy and --files need --mode cache",
+    );
+    expect(
+        &results,
+        "bench_unknown_workload",
+        2,
+        "invalid value 'bogus' for '--workload <WORKLOAD>'",
+    );
+    expect(
+        &results,
+        "bench_mix_over_100",
+        2,
+        "invalid value '150' for '--rwmixread <MIX>': 150 is not in 0..=100",
+    );
+    expect(
+        &results,
+        "bench_inactive_nsid",
+        1,
+        "nvme-bench: namespace 7 is not active on this controller (active: 1)",
+    );
+    expect(
+        &results,
+        "bench_no_such_device",
+        1,
+        "nvme-bench: no PCI device 0000:00:09.0 (see `nvmectl list`)",
+    );
     expect(&results, "intact", 0, "intact");
 }
 

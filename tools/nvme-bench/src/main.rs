@@ -61,7 +61,8 @@ struct Args {
     #[arg(short = 'w', long, value_enum, default_value_t = Workload::Randread)]
     workload: Workload,
     /// Read percentage for rw and randrw.
-    #[arg(short = 'M', long = "rwmixread", default_value_t = 50)]
+    #[arg(short = 'M', long = "rwmixread", default_value_t = 50,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
     mix: u8,
     /// Measured run time in seconds (after the warm-up).
     #[arg(short = 't', long = "time", default_value_t = 10.0)]
@@ -295,6 +296,12 @@ fn run(mut args: Args) -> Result<u64> {
     }
     let io_blocks = args.io_size / lba_size;
     let end = ns.blocks;
+    if args.range_start >= end {
+        return Err(format!(
+            "--range-start {} is past the end of namespace {} ({end} blocks)",
+            args.range_start, args.nsid
+        ));
+    }
     let blocks = match args.range_size {
         Some(bytes) => bytes / lba_size,
         None => end.saturating_sub(args.range_start),
