@@ -1130,7 +1130,6 @@ impl State {
         Ok(true)
     }
 
-    /// A doorbell write (offset inside the doorbell area).
     /// Flags a tail doorbell write that moves the tail over entries the
     /// mock has not fetched (an SQ overrun: those commands are lost).
     fn check_sq_overrun(&mut self, qid: u16, value: u64) {
@@ -1153,6 +1152,7 @@ impl State {
         }
     }
 
+    /// A doorbell write (offset inside the doorbell area).
     fn doorbell(&mut self, bar: &Bar, offset: usize, value: u64) -> Result<()> {
         let index = (offset - regs::offset::DOORBELL_BASE) >> (2 + DSTRD);
         let qid = (index / 2) as u16;
