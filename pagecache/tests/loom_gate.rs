@@ -155,6 +155,18 @@ impl Index {
     }
 }
 
+/// A thread doing one lookup: if it finds the folio, the bytes it reads
+/// are the folio's, then it drops its reference.
+fn spawn_reader(index: &Arc<Index>) -> thread::JoinHandle<()> {
+    let index = index.clone();
+    thread::spawn(move || {
+        if index.lookup() {
+            assert_eq!(index.read(), DATA);
+            index.put();
+        }
+    })
+}
+
 /// A lookup racing an eviction that recycles the folio's memory: either
 /// the lookup misses, or it holds a reference, the eviction backs off
 /// and the bytes it reads are the folio's.
@@ -162,15 +174,7 @@ impl Index {
 fn lookup_races_eviction() {
     loom::model(|| {
         let index = Arc::new(Index::new());
-        let reader = {
-            let index = index.clone();
-            thread::spawn(move || {
-                if index.lookup() {
-                    assert_eq!(index.read(), DATA);
-                    index.put();
-                }
-            })
-        };
+        let reader = spawn_reader(&index);
         let evicted = index.evict();
         reader.join().unwrap();
         if evicted {
@@ -191,17 +195,7 @@ fn two_lookups_race_eviction() {
     model.preemption_bound = Some(3);
     model.check(|| {
         let index = Arc::new(Index::new());
-        let readers: Vec<_> = (0..2)
-            .map(|_| {
-                let index = index.clone();
-                thread::spawn(move || {
-                    if index.lookup() {
-                        assert_eq!(index.read(), DATA);
-                        index.put();
-                    }
-                })
-            })
-            .collect();
+        let readers: Vec<_> = (0..2).map(|_| spawn_reader(&index)).collect();
         index.evict();
         for r in readers {
             r.join().unwrap();
@@ -215,15 +209,7 @@ fn two_lookups_race_eviction() {
 fn lookup_races_invalidation() {
     loom::model(|| {
         let index = Arc::new(Index::new());
-        let reader = {
-            let index = index.clone();
-            thread::spawn(move || {
-                if index.lookup() {
-                    assert_eq!(index.read(), DATA);
-                    index.put();
-                }
-            })
-        };
+        let reader = spawn_reader(&index);
         index.invalidate();
         reader.join().unwrap();
         assert_eq!(index.folio.refs.load(Ordering::Relaxed), 0, "freed once");
