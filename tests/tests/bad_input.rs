@@ -9,7 +9,8 @@ fn run_cases(
     config: &vm_tests::VmConfig,
     cases: &[(&str, &str)],
 ) -> (VmRun, Vec<(String, i32, String)>) {
-    let mut script = String::new();
+    // Plain messages: clap colours its errors on the guest's console.
+    let mut script = String::from("export NO_COLOR=1\n");
     for (name, cmd) in cases {
         script.push_str(&format!("echo '== {name}'; {cmd} 2>&1; echo \"rc=$?\"\n"));
     }
@@ -23,36 +24,15 @@ fn run_cases(
             .rfind(|l| l.starts_with("rc="))
             .unwrap_or("rc=-1");
         let rc = rc_line[3..].trim().parse().unwrap_or(-1);
-        let text = strip_ansi(
-            &rest
-                .lines()
-                .filter(|l| !l.starts_with("rc="))
-                .collect::<Vec<_>>()
-                .join("\n"),
-        );
+        let text = rest
+            .lines()
+            .filter(|l| !l.starts_with("rc="))
+            .collect::<Vec<_>>()
+            .join("\n");
         results.push((name.to_string(), rc, text));
     }
     assert_eq!(results.len(), cases.len(), "{}", run.describe());
     (run, results)
-}
-
-/// Drops the terminal colour escapes (ESC [ ... m) clap writes on the
-/// guest's console.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn expect(results: &[(String, i32, String)], name: &str, rc: i32, message: &str) {
