@@ -188,6 +188,13 @@ impl Node {
     fn slot(&self, index: u64) -> usize {
         ((index >> self.shift) & MASK) as usize
     }
+
+    /// The `n` slots from page `first`'s: where an entry of `n` slots at
+    /// this node's level is stored (`None` past the node's end).
+    fn span_slots(&self, first: u64, n: usize) -> Option<&[Slot]> {
+        let start = self.slot(first);
+        self.slots.get(start..start + n)
+    }
 }
 
 /// The lock-free page index of one file. See the module documentation.
@@ -283,7 +290,7 @@ impl XArray {
         let guard = epoch::pin();
         let slots = self
             .node_for_insert(first, pages, shift, &guard)
-            .and_then(|node| node.slots.get(node.slot(first)..node.slot(first) + n));
+            .and_then(|node| node.span_slots(first, n));
         let Some(slots) = slots.filter(|s| s.iter().all(|s| s.is_free(&guard))) else {
             debug_assert!(false, "folio {first}+{pages} overlaps a cached one");
             return;
@@ -400,10 +407,8 @@ impl XArray {
         // Its slots are the `n` from its first page's in the node where
         // the descent met it (`insert_span` put them there).
         let (shift, n) = span(entry.pages);
-        let start = node.slot(entry.first);
         let slots = node
-            .slots
-            .get(start..start + n)
+            .span_slots(entry.first, n)
             .filter(|slots| node.shift == shift && slots.iter().all(|s| s.holds(entry, &guard)));
         let Some(slots) = slots else {
             // Not where it was put: left linked (and leaked) rather than
