@@ -44,5 +44,6 @@ pub use ns::Namespace;
 pub use nvme_spec;
 pub use pci::{PciAddress, PciFunction};
 pub use qpair::{
-    FloorJob, FloorResult, IoCompletion, IoOp, IoQPair, IoRequest, IoSegments, Rejected,
+    FixedCompletion, FixedIo, FloorJob, FloorResult, IoCompletion, IoOp, IoQPair, IoRequest,
+    IoSegments, Rejected,
 };

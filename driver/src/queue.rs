@@ -243,10 +243,8 @@ impl QueuePair {
     #[inline(always)]
     pub(crate) fn post_reserved(&mut self, cid: u16, mut sqe: Sqe) -> Result<()> {
         sqe.set_cid(cid);
-        if let Err(e) = self
-            .sq
-            .write(self.sq_tail as usize * SQE_SIZE, sqe.as_bytes())
-        {
+        let bytes: &[u8; SQE_SIZE] = zerocopy::transmute_ref!(&sqe);
+        if let Err(e) = self.sq.write_array(self.sq_tail as usize * SQE_SIZE, bytes) {
             self.free_cids.push(cid);
             return Err(e);
         }

@@ -238,6 +238,17 @@ impl DmaRegion {
         Ok(())
     }
 
+    /// [`DmaRegion::write_bytes`] of a fixed-size block (e.g. an SQE):
+    /// inlined moves instead of a call to `memcpy`.
+    #[inline(always)]
+    pub(crate) fn write_array<const N: usize>(&self, offset: usize, data: &[u8; N]) -> Result<()> {
+        let p = self.at(offset, N, 1)?;
+        // SAFETY: the destination range is inside the mapping (checked) and
+        // cannot overlap `data`, which is ordinary Rust memory.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, N) };
+        Ok(())
+    }
+
     /// Volatile 32-bit load (little-endian), e.g. a shadow doorbell EventIdx.
     #[inline]
     pub(crate) fn read_u32(&self, offset: usize) -> Result<u32> {

@@ -15,9 +15,18 @@ impl IoQPair {
     /// otherwise. Returns how many requests it appended to `out` (0 when
     /// the time ran out or nothing is outstanding).
     pub fn wait(&mut self, out: &mut Vec<IoCompletion>, timeout: Duration) -> Result<usize> {
+        self.wait_with(timeout, |q| q.poll(out))
+    }
+
+    /// The loop of [`IoQPair::wait`], around one kind of poll.
+    pub(super) fn wait_with(
+        &mut self,
+        timeout: Duration,
+        mut poll: impl FnMut(&mut Self) -> Result<usize>,
+    ) -> Result<usize> {
         let start = Instant::now();
         loop {
-            let n = self.poll(out)?;
+            let n = poll(self)?;
             if n > 0 || self.outstanding() == 0 {
                 return Ok(n);
             }
@@ -45,13 +54,10 @@ impl IoQPair {
             }
             if self.last_health_check.elapsed() >= INTERRUPT_TICK {
                 self.last_health_check = Instant::now();
+                // What this finishes is handed back by the next poll.
                 let mut done = Vec::new();
                 self.check_health(&mut done)?;
-                let n = done.len();
-                out.append(&mut done);
-                if n > 0 {
-                    return Ok(n);
-                }
+                self.stash.append(&mut done);
             }
         }
     }

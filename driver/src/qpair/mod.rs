@@ -44,13 +44,14 @@ const INTERRUPT_TICK: Duration = Duration::from_millis(100);
 const ABORT_GRACE: Duration = Duration::from_secs(2);
 
 mod blocking;
+mod fixed;
 mod floor;
 mod path;
 mod recovery;
 mod request;
 
 pub use floor::{FloorJob, FloorResult};
-pub use request::{IoCompletion, IoOp, IoRequest, IoSegments, Rejected};
+pub use request::{FixedCompletion, FixedIo, IoCompletion, IoOp, IoRequest, IoSegments, Rejected};
 
 /// A submitted request and the progress of its commands.
 #[derive(Debug)]
@@ -67,6 +68,9 @@ struct Parent {
     error: Option<Error>,
     /// A command of this request was given up on: the buffer stays here.
     lost: bool,
+    /// The registered-buffer request this one carries (its `req` then
+    /// holds the buffer's memory as one segment).
+    fixed: Option<FixedIo>,
 }
 
 impl Parent {
@@ -108,6 +112,8 @@ struct Slot {
     /// A request of one command on the fast path, waiting here instead of
     /// in `parents` (see [`IoQPair::promote`]).
     single: Option<IoRequest>,
+    /// A registered-buffer request of one command, waiting here likewise.
+    fixed: Option<FixedIo>,
     /// When a deadline scan first saw the command in flight (None: not
     /// yet). Stamping at the scan instead of at submission keeps clock
     /// reads off the I/O path; a command stamped late is timed out late,
@@ -123,8 +129,15 @@ pub struct IoQPair {
     q: QueuePair,
     slots: Vec<Slot>,
     parents: Vec<Option<Parent>>,
-    /// Requests in flight on the fast path (in `Slot::single`).
+    /// Requests in flight on the fast path (in `Slot::single` or
+    /// `Slot::fixed`).
     singles: usize,
+    /// Registered buffers ([`IoQPair::register_buffers`]).
+    fixed_bufs: Vec<fixed::Registered>,
+    /// Finished registered-buffer requests, for [`IoQPair::poll_fixed`].
+    fixed_done: Vec<FixedCompletion>,
+    /// Reused by [`IoQPair::poll_fixed`] for the other kind's completions.
+    spill: Vec<IoCompletion>,
     /// The last request's namespace: (nsid, LBA size, blocks, blocks per
     /// data command).
     last_ns: Option<(u32, u32, u64, u64)>,
@@ -167,6 +180,9 @@ impl IoQPair {
             slots,
             parents: Vec::new(),
             singles: 0,
+            fixed_bufs: Vec::new(),
+            fixed_done: Vec::new(),
+            spill: Vec::new(),
             last_ns: None,
             free_parents: Vec::new(),
             pending: VecDeque::new(),
@@ -227,7 +243,10 @@ impl IoQPair {
 
     /// Requests submitted and not yet handed back.
     pub fn outstanding(&self) -> usize {
-        self.parents.len() - self.free_parents.len() + self.singles + self.stash.len()
+        self.parents.len() - self.free_parents.len()
+            + self.singles
+            + self.stash.len()
+            + self.fixed_done.len()
     }
 }
 
@@ -272,6 +291,9 @@ impl Drop for IoQPair {
                     std::mem::forget(segs);
                 }
                 self.quarantine.iter_mut().for_each(DmaBuffer::leak);
+                for r in &mut self.fixed_bufs {
+                    r.buf.leak();
+                }
             }
         }
     }

@@ -6,8 +6,8 @@ use nvme_spec::{DsmAttributes, DsmRange, SglDescriptor, Sqe, Status};
 use zerocopy::IntoBytes;
 
 use super::{
-    CLOCK_POLLS, Child, HEALTH_CHECK_INTERVAL, IoCompletion, IoOp, IoQPair, IoRequest, MAX_NLB,
-    Parent, Rejected, SHADOW_KICK_INTERVAL, Slot,
+    CLOCK_POLLS, Child, FixedCompletion, HEALTH_CHECK_INTERVAL, IoCompletion, IoOp, IoQPair,
+    IoRequest, MAX_NLB, Parent, Rejected, SHADOW_KICK_INTERVAL, Slot,
 };
 use crate::ctrl::{PAGE_SIZE, Shared};
 use crate::error::{Error, Result};
@@ -64,7 +64,7 @@ impl IoQPair {
             self.singles += 1;
             return Ok(());
         }
-        let id = self.store_parent(Parent {
+        self.submit_parent(Parent {
             req,
             lba_size,
             per_cmd,
@@ -73,7 +73,19 @@ impl IoQPair {
             outstanding: 0,
             error: None,
             lost: false,
-        });
+            fixed: None,
+        })
+    }
+
+    /// Queues a request with the bookkeeping for splitting and retries,
+    /// and issues what the SQ has room for. If nothing of it could be
+    /// issued, the request comes back with the error; otherwise the error
+    /// is its completion's.
+    pub(super) fn submit_parent(
+        &mut self,
+        parent: Parent,
+    ) -> std::result::Result<(), Box<Rejected>> {
+        let id = self.store_parent(parent);
         self.pending.push_back(id);
         if let Err(error) = self.fill_sq() {
             match self.unlink_unstarted(id) {
@@ -103,7 +115,14 @@ impl IoQPair {
     /// path) into a parent with one child in flight, for the paths that
     /// need the bookkeeping: a retry, an abort, a reset, giving up.
     pub(super) fn promote(&mut self, cid: usize) {
-        let Some(req) = self.slots.get_mut(cid).and_then(|s| s.single.take()) else {
+        let Some(slot) = self.slots.get_mut(cid) else {
+            return;
+        };
+        let (req, fixed) = if let Some(io) = slot.fixed.take() {
+            (self.fixed_request(&io), Some(io))
+        } else if let Some(req) = slot.single.take() {
+            (req, None)
+        } else {
             return;
         };
         self.singles -= 1;
@@ -122,6 +141,7 @@ impl IoQPair {
             outstanding: 1,
             error: None,
             lost: false,
+            fixed,
         });
         self.slots[cid].child = Some(Child {
             parent: id,
@@ -153,19 +173,25 @@ impl IoQPair {
         Some(parent.req)
     }
 
+    /// The namespace `nsid`'s (LBA size, blocks, blocks per data command),
+    /// remembered from the last request (namespaces do not change while
+    /// the controller is open).
+    #[inline]
+    pub(super) fn ns_info(&mut self, nsid: u32) -> Result<(u32, u64, u64)> {
+        match self.last_ns {
+            Some((last, lba, capacity, per)) if last == nsid => Ok((lba, capacity, per)),
+            _ => {
+                let ns = self.shared.namespace(nsid)?;
+                let per = (self.shared.max_transfer / ns.lba_size as usize) as u64;
+                self.last_ns = Some((nsid, ns.lba_size, ns.blocks, per));
+                Ok((ns.lba_size, ns.blocks, per))
+            }
+        }
+    }
+
     /// Validates a request; returns (LBA size, blocks per command, commands).
     pub(super) fn plan(&mut self, req: &IoRequest) -> Result<(u32, u64, u64)> {
-        // The namespace of the last request, and its blocks per data
-        // command (namespaces do not change while the controller is open).
-        let (lba, capacity, per_data_cmd) = match self.last_ns {
-            Some((nsid, lba, capacity, per)) if nsid == req.nsid => (lba, capacity, per),
-            _ => {
-                let ns = self.shared.namespace(req.nsid)?;
-                let per = (self.shared.max_transfer / ns.lba_size as usize) as u64;
-                self.last_ns = Some((req.nsid, ns.lba_size, ns.blocks, per));
-                (ns.lba_size, ns.blocks, per)
-            }
-        };
+        let (lba, capacity, per_data_cmd) = self.ns_info(req.nsid)?;
         if req.op == IoOp::Flush {
             return Ok((lba, 0, 1));
         }
@@ -392,6 +418,36 @@ impl IoQPair {
         // Success (SCT and SC both 0) needs no decoding.
         let success = word & STATUS_CODE_BITS == 0;
         if let Some(slot) = self.slots.get_mut(cid)
+            && let Some(io) = slot.fixed
+        {
+            if success {
+                // The registered-buffer fast path's end.
+                slot.fixed = None;
+                slot.since = None;
+                self.singles -= 1;
+                self.fixed_done.push(FixedCompletion {
+                    tag: io.tag,
+                    result: Ok(()),
+                });
+                return;
+            }
+            let status = Status::from_cqe_status(word);
+            if !(status.is_retryable() && self.shared.options.retries > 0) {
+                slot.fixed = None;
+                slot.since = None;
+                self.singles -= 1;
+                let e = Error::Command {
+                    command: io.describe(),
+                    status,
+                };
+                self.fixed_done.push(FixedCompletion {
+                    tag: io.tag,
+                    result: Err(e),
+                });
+                return;
+            }
+            self.promote(cid);
+        } else if let Some(slot) = self.slots.get_mut(cid)
             && slot.single.is_some()
         {
             if success && let Some(req) = slot.single.take() {
@@ -481,6 +537,19 @@ impl IoQPair {
             return;
         };
         self.free_parents.push(id);
+        let result = p.error.map_or(Ok(()), Err);
+        if let Some(io) = p.fixed {
+            // The registered buffer: kept out of use while the device may
+            // still write there.
+            if p.lost {
+                self.quarantine_fixed(io.buffer);
+            }
+            self.fixed_done.push(FixedCompletion {
+                tag: io.tag,
+                result,
+            });
+            return;
+        }
         if p.lost {
             // The device may still write there: the queue pair keeps it.
             if let Some(buf) = p.req.data.take() {
@@ -490,7 +559,7 @@ impl IoQPair {
                 self.quarantine_segments.push(segs);
             }
         }
-        out.push(p.req.into_completion(p.error.map_or(Ok(()), Err)));
+        out.push(p.req.into_completion(result));
     }
 }
 
@@ -551,14 +620,14 @@ fn command(
                 .data
                 .as_ref()
                 .ok_or_else(|| Error::BadBuffer("no data buffer".into()))?;
-            let iova = buf.iova() + start as u64;
-            if shared.sgl {
-                sqe.set_sgl1(SglDescriptor::data_block(iova, len as u32));
-            } else {
-                let (prp1, prp2) =
-                    prp::fill(&shared.pool, &mut slot.prp_list, iova, len, prp_entries)?;
-                sqe.set_prps(prp1, prp2);
-            }
+            set_data(
+                shared,
+                slot,
+                prp_entries,
+                &mut sqe,
+                buf.iova() + start as u64,
+                len,
+            )?;
             sqe
         }
         IoOp::Flush => nvm::flush(req.nsid),
@@ -580,4 +649,24 @@ fn command(
         }
     };
     Ok(sqe)
+}
+
+/// Points `sqe` at `len` bytes of contiguous device memory at `iova`: one
+/// SGL data block, or PRPs (a list in `slot`'s reused page if needed).
+#[inline(always)]
+pub(super) fn set_data(
+    shared: &Shared,
+    slot: &mut Slot,
+    prp_entries: &mut Vec<u64>,
+    sqe: &mut Sqe,
+    iova: u64,
+    len: usize,
+) -> Result<()> {
+    if shared.sgl {
+        sqe.set_sgl1(SglDescriptor::data_block(iova, len as u32));
+    } else {
+        let (prp1, prp2) = prp::fill(&shared.pool, &mut slot.prp_list, iova, len, prp_entries)?;
+        sqe.set_prps(prp1, prp2);
+    }
+    Ok(())
 }

@@ -33,6 +33,7 @@ impl IoQPair {
         self.lost_cids = 0;
         self.quarantine.clear();
         self.quarantine_segments.clear();
+        self.release_fixed_quarantine();
         if let Err(e) = self.shared.register_io_queue(&mut self.q) {
             log::error!("queue {qid}: cannot be created again after a reset: {e}");
             let msg = e.to_string();
@@ -115,7 +116,7 @@ impl IoQPair {
         let timeout = self.shared.options.io_timeout;
         let mut expired = Vec::new();
         for (cid, slot) in self.slots.iter_mut().enumerate() {
-            if slot.child.is_none() && slot.single.is_none() {
+            if slot.child.is_none() && slot.single.is_none() && slot.fixed.is_none() {
                 continue;
             }
             match slot.since {

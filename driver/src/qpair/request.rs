@@ -243,3 +243,84 @@ impl std::error::Error for Rejected {
         Some(&self.error)
     }
 }
+
+/// A Read or Write on a buffer registered with the queue pair
+/// ([`IoQPair::register_buffers`], like io_uring's fixed buffers): plain
+/// data, copied in and out, so submitting and completing it moves no
+/// buffer ownership. The buffer is named by its index in the registered
+/// table; the queue pair keeps it alive and mapped while it is registered.
+///
+/// [`IoQPair::register_buffers`]: super::IoQPair::register_buffers
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FixedIo {
+    /// [`IoOp::Read`] or [`IoOp::Write`].
+    pub op: IoOp,
+    /// Namespace id.
+    pub nsid: u32,
+    /// First logical block.
+    pub slba: u64,
+    /// Number of logical blocks.
+    pub blocks: u32,
+    /// Index of the registered buffer.
+    pub buffer: u32,
+    /// Byte offset of the data in the buffer (a multiple of 4).
+    pub offset: u32,
+    /// Caller's value, handed back in the completion.
+    pub tag: u64,
+}
+
+impl FixedIo {
+    /// Read `blocks` blocks from `slba` into registered buffer `buffer`.
+    pub fn read(nsid: u32, slba: u64, blocks: u32, buffer: u32) -> Self {
+        FixedIo {
+            op: IoOp::Read,
+            nsid,
+            slba,
+            blocks,
+            buffer,
+            offset: 0,
+            tag: 0,
+        }
+    }
+
+    /// Write `blocks` blocks at `slba` from registered buffer `buffer`.
+    pub fn write(nsid: u32, slba: u64, blocks: u32, buffer: u32) -> Self {
+        FixedIo {
+            op: IoOp::Write,
+            ..Self::read(nsid, slba, blocks, buffer)
+        }
+    }
+
+    /// Sets the tag handed back in the completion.
+    pub fn with_tag(mut self, tag: u64) -> Self {
+        self.tag = tag;
+        self
+    }
+
+    /// Sets the byte offset of the data in the buffer.
+    pub fn with_offset(mut self, offset: u32) -> Self {
+        self.offset = offset;
+        self
+    }
+
+    pub(super) fn describe(&self) -> String {
+        format!(
+            "{} nsid {} lba {}+{} (registered buffer {})",
+            self.op.name(),
+            self.nsid,
+            self.slba,
+            self.blocks,
+            self.buffer
+        )
+    }
+}
+
+/// A finished [`FixedIo`]: its tag and result (the buffer stays
+/// registered).
+#[derive(Debug)]
+pub struct FixedCompletion {
+    /// The request's tag.
+    pub tag: u64,
+    /// Success, or the first error of the request's commands.
+    pub result: Result<()>,
+}

@@ -18,7 +18,8 @@ use nvme_bench::pattern;
 use nvme_bench::stats::Stats;
 use nvme_bench::workload::{Generator, OffsetDist, Spec, Workload, parse_distribution};
 use nvme_driver::{
-    Controller, DmaBuffer, FloorJob, IoCompletion, IoQPair, IoRequest, Options, PciAddress, pci,
+    Controller, DmaBuffer, FixedCompletion, FixedIo, FloorJob, IoCompletion, IoQPair, IoRequest,
+    Options, PciAddress, pci,
 };
 use serde_json::json;
 
@@ -164,6 +165,12 @@ struct Args {
     /// reported is Little's law's (depth / IOPS).
     #[arg(long)]
     floor: bool,
+    /// Raw mode: pass each I/O's buffer to the driver and back
+    /// (`IoQPair::submit` with an owned `DmaBuffer`) instead of naming one
+    /// registered with the queue pair (`IoQPair::submit_fixed`, the
+    /// default, as SPDK's perf and fio's `fixedbufs` do).
+    #[arg(long)]
+    owned_buffers: bool,
     /// Cache mode: `shared`, one file over the range that every thread
     /// opens (its own description of it); `per-thread`, one file per
     /// thread over its own equal share of the range (disjoint files, each
@@ -267,6 +274,9 @@ fn run(mut args: Args) -> Result<u64> {
         )
     {
         return Err("--floor runs read, write, randread or randwrite, not a mix".into());
+    }
+    if args.owned_buffers && (args.mode != Mode::Raw || args.floor) {
+        return Err("--owned-buffers is a raw-mode option of the full path (not --floor)".into());
     }
     if args.floor && args.dist != OffsetDist::Uniform {
         return Err("--floor draws uniform offsets only".into());
@@ -411,9 +421,12 @@ const EMPTY_POLLS_PER_CLOCK: u32 = 256;
 /// (nanoseconds since the thread's clock base: one subtraction per
 /// latency).
 struct Slot {
+    /// The buffer, between I/Os on the owned path (on the registered path
+    /// the queue pair holds it: buffer `i` is slot `i`'s).
     buf: Option<DmaBuffer>,
     started: u64,
     read: bool,
+    slba: u64,
 }
 
 fn thread_main(
@@ -454,21 +467,32 @@ fn thread_main(
         seed: a.seed + t as u64,
     })?;
     let io_bytes = a.io_size as usize;
-    let mut slots: Vec<Slot> = (0..a.qd)
-        .map(|_| {
-            ctrl.dma_pool()
-                .alloc(io_bytes)
-                .map(|b| Slot {
-                    buf: Some(b),
-                    started: 0,
-                    read: true,
-                })
-                .map_err(|e| e.to_string())
-        })
-        .collect::<Result<_>>()?;
+    let bufs = (0..a.qd)
+        .map(|_| ctrl.dma_pool().alloc(io_bytes).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>>>()?;
+    let registered = !a.owned_buffers;
+    let mut slots: Vec<Slot> = Vec::with_capacity(a.qd);
+    if registered {
+        q.register_buffers(bufs)
+            .map_err(|e| format!("thread {t}: {e}"))?;
+        slots.resize_with(a.qd, || Slot {
+            buf: None,
+            started: 0,
+            read: true,
+            slba: 0,
+        });
+    } else {
+        slots.extend(bufs.into_iter().map(|b| Slot {
+            buf: Some(b),
+            started: 0,
+            read: true,
+            slba: 0,
+        }));
+    }
     let mut stats = Stats::new();
     let mut scratch = vec![0u8; io_bytes];
     let mut completions: Vec<IoCompletion> = Vec::with_capacity(a.qd);
+    let mut done_ios: Vec<FixedCompletion> = Vec::with_capacity(a.qd);
     let warmup_end = Instant::now() + Duration::from_secs_f64(a.warmup.max(0.0));
     let mut measuring = a.warmup <= 0.0;
     let mut measure_start = Instant::now();
@@ -490,10 +514,24 @@ fn thread_main(
     // every few empty polls to notice the end of the run.
     let mut empty_polls = 0u32;
     while in_flight > 0 {
-        completions.clear();
-        q.poll(&mut completions)
-            .map_err(|e| format!("thread {t}: {e}"))?;
-        if completions.is_empty() {
+        done_ios.clear();
+        if registered {
+            q.poll_fixed(&mut done_ios)
+        } else {
+            // The buffers go back to their slots; the rest of the loop is
+            // the same for both paths.
+            let n = q.poll(&mut completions);
+            for c in completions.drain(..) {
+                slots[c.tag as usize].buf = c.data;
+                done_ios.push(FixedCompletion {
+                    tag: c.tag,
+                    result: c.result,
+                });
+            }
+            n
+        }
+        .map_err(|e| format!("thread {t}: {e}"))?;
+        if done_ios.is_empty() {
             empty_polls += 1;
             if empty_polls < EMPTY_POLLS_PER_CLOCK {
                 continue;
@@ -515,23 +553,29 @@ fn thread_main(
         {
             finishing = true;
         }
-        for c in completions.drain(..) {
+        for c in done_ios.drain(..) {
             in_flight -= 1;
             let i = c.tag as usize;
             let slot = &mut slots[i];
-            slot.buf = c.data;
             let latency = now_ns.saturating_sub(slot.started);
             match &c.result {
                 Ok(()) => {
                     if a.verify && slot.read {
-                        let buf = slot.buf.as_ref().ok_or("a read buffer did not come back")?;
+                        let buf = slot
+                            .buf
+                            .as_ref()
+                            .or_else(|| q.registered_buffer(i as u32))
+                            .ok_or("a read buffer did not come back")?;
                         buf.read(0, &mut scratch).map_err(|e| e.to_string())?;
-                        if let Some(bad) =
-                            pattern::first_mismatch(a.seed, c.slba, job.lba_size as usize, &scratch)
-                        {
+                        if let Some(bad) = pattern::first_mismatch(
+                            a.seed,
+                            slot.slba,
+                            job.lba_size as usize,
+                            &scratch,
+                        ) {
                             return Err(format!(
                                 "verify: LBA {bad} (read at {}+{}) holds wrong data",
-                                c.slba, c.blocks
+                                slot.slba, job.io_blocks
                             ));
                         }
                     }
@@ -542,7 +586,7 @@ fn thread_main(
                 Err(e) => count_error(&mut stats, a, t, e)?,
             }
             tally.tick();
-            if !finishing && slot.buf.is_some() {
+            if !finishing && (registered || slot.buf.is_some()) {
                 submit_one(&mut q, slot, i, &mut generator, job, &mut scratch, now_ns)?;
                 in_flight += 1;
             }
@@ -662,8 +706,30 @@ fn submit_one(
     now: u64,
 ) -> Result<()> {
     let io = generator.next_io();
-    let buf = slot.buf.take().ok_or("slot without a buffer")?;
     let a = &job.args;
+    slot.read = io.read;
+    slot.slba = io.slba;
+    slot.started = now;
+    let Some(buf) = slot.buf.take() else {
+        // The registered path: buffer `tag` is this slot's.
+        if !io.read && a.verify {
+            pattern::fill(a.seed, io.slba, job.lba_size as usize, scratch);
+            q.registered_buffer(tag as u32)
+                .ok_or("a registered buffer is missing")?
+                .write(0, scratch)
+                .map_err(|e| e.to_string())?;
+        }
+        let blocks = u32::try_from(job.io_blocks)
+            .map_err(|_| format!("{} blocks per I/O", job.io_blocks))?;
+        let io = if io.read {
+            FixedIo::read(a.nsid, io.slba, blocks, tag as u32)
+        } else {
+            FixedIo::write(a.nsid, io.slba, blocks, tag as u32)
+        };
+        return q
+            .submit_fixed(io.with_tag(tag as u64))
+            .map_err(|e| e.to_string());
+    };
     if !io.read && a.verify {
         pattern::fill(a.seed, io.slba, job.lba_size as usize, scratch);
         buf.write(0, scratch).map_err(|e| e.to_string())?;
@@ -673,8 +739,6 @@ fn submit_one(
     } else {
         IoRequest::write(a.nsid, io.slba, job.io_blocks, buf)
     };
-    slot.read = io.read;
-    slot.started = now;
     q.submit(req.with_tag(tag as u64))
         .map_err(|r| r.to_string())
 }
@@ -798,7 +862,8 @@ fn report(
                 "core_mask": a.core_mask.map(|m| format!("{m:#x}")),
                 "time": a.time, "io_count": a.io_count, "warmup": a.warmup, "dist": format!("{:?}", a.dist),
                 "range_start": job.first, "range_blocks": job.blocks, "lba_size": job.lba_size,
-                "verify": a.verify, "zero_copy": a.zero_copy, "floor": a.floor, "interrupts": a.interrupts, "shadow_doorbells": ctrl.uses_shadow_doorbells(),
+                "verify": a.verify, "zero_copy": a.zero_copy, "floor": a.floor,
+                "buffers": if a.owned_buffers { "owned" } else { "registered" }, "interrupts": a.interrupts, "shadow_doorbells": ctrl.uses_shadow_doorbells(),
                 "sgl": ctrl.uses_sgl(), "max_transfer": ctrl.max_transfer(),
             },
             "total": {

@@ -110,6 +110,17 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
         always: true,
         by_default: true,
     },
+    // The full path with ownership-passing buffers (`IoQPair::submit`
+    // with a `DmaBuffer`) instead of registered ones: what a caller that
+    // cannot register its buffers gets. Only when `--variants` names it.
+    VariantDef {
+        name: "ours-owned",
+        side: Side::Ours("--owned-buffers"),
+        kinds: DEVICE_KINDS,
+        batched: false,
+        always: true,
+        by_default: false,
+    },
     VariantDef {
         name: "io_uring",
         side: Side::Kernel("--ioengine=io_uring --fixedbufs=1 --registerfiles=1"),
@@ -842,13 +853,21 @@ mod tests {
         // QD1: batching changes nothing, so the batched variant does not run.
         assert_eq!(
             names("randread-4k-qd1"),
-            ["ours", "floor", "io_uring", "io_uring-polled", "libaio"]
+            [
+                "ours",
+                "floor",
+                "ours-owned",
+                "io_uring",
+                "io_uring-polled",
+                "libaio"
+            ]
         );
         assert_eq!(
             names("randread-4k-qd32"),
             [
                 "ours",
                 "floor",
+                "ours-owned",
                 "io_uring",
                 "io_uring-batch",
                 "io_uring-polled",
@@ -865,13 +884,19 @@ mod tests {
         ] {
             assert_eq!(
                 names(j),
-                ["ours", "floor", "io_uring-polled", "io_uring-polled-batch"],
+                [
+                    "ours",
+                    "floor",
+                    "ours-owned",
+                    "io_uring-polled",
+                    "io_uring-polled-batch"
+                ],
                 "{j}"
             );
         }
         assert_eq!(
             names("randread-4k-qd1-lba4k"),
-            ["ours", "floor", "io_uring-polled"]
+            ["ours", "floor", "ours-owned", "io_uring-polled"]
         );
         assert_eq!(
             names("cache-randread-4k-warm"),
@@ -983,11 +1008,16 @@ mod tests {
         assert!(s.contains("--hipri=1"));
         // libaio runs only when asked for.
         assert!(!s.contains("'libaio|"));
-        let with_libaio = Plan {
+        // So does our full path on owned buffers (beside every raw job).
+        let with_all = Plan {
             variants: Variant::all().collect(),
             ..plan()
         };
-        assert_eq!(with_libaio.run_count(), p.run_count() + 5 * 3);
+        assert_eq!(with_all.run_count(), p.run_count() + (5 + device_jobs) * 3);
+        assert_eq!(
+            with_all.script().matches(" --owned-buffers\n").count(),
+            device_jobs * 3
+        );
         assert!(s.contains("'ours|cache-read-128k-cold|1'"));
         assert!(s.contains("-n 8192 --warmup 0 --range-size 1073741824"));
         // Both namespaces are written once, the readahead is probed once.
