@@ -233,7 +233,12 @@ impl IoQPair {
         self.spill = other;
         polled?;
         let n = self.fixed_done.len();
-        out.append(&mut self.fixed_done);
+        if out.is_empty() {
+            // The usual case: hand over the whole list, no copy.
+            std::mem::swap(out, &mut self.fixed_done);
+        } else {
+            out.append(&mut self.fixed_done);
+        }
         Ok(n)
     }
 
