@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod model;
+pub mod soak;
 pub use nvme_bench::pattern;
 
 use std::path::Path;

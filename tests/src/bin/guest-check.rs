@@ -135,6 +135,28 @@ enum Scenario {
     /// Threads write and verify their ranges while the controller is reset
     /// underneath them: every request completes correctly (resubmitted
     /// after the reset) or fails with an error, and the data is right.
+    /// Mixed multi-thread I/O with controller resets and blkdebug errors
+    /// for `seconds` (`vm_tests::soak`); the model goes to namespace 2.
+    Soak {
+        #[arg(long, default_value_t = 4)]
+        threads: u64,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        #[arg(long, default_value_t = 4096)]
+        region: u64,
+        #[arg(long, default_value_t = 16)]
+        qd: u64,
+        #[arg(long, default_value_t = 64)]
+        max_blocks: u64,
+        /// Milliseconds between controller resets (0: none).
+        #[arg(long, default_value_t = 2000)]
+        reset_ms: u64,
+        /// Blocks blkdebug fails every request to (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        bad: Vec<u64>,
+        #[arg(long, default_value_t = 161)]
+        seed: u64,
+    },
     Reset {
         #[arg(long, default_value_t = 3)]
         threads: usize,
@@ -410,6 +432,43 @@ fn run(cli: Cli) -> Result<()> {
                 let line = h.join().map_err(|_| "a thread panicked")??;
                 println!("{line}");
             }
+        }
+        Scenario::Soak {
+            threads,
+            seconds,
+            region,
+            qd,
+            max_blocks,
+            reset_ms,
+            bad,
+            seed,
+        } => {
+            let params = vm_tests::soak::Params {
+                threads,
+                duration: Duration::from_secs(seconds),
+                region,
+                qd,
+                max_blocks,
+                reset_every: Duration::from_millis(reset_ms),
+                bad,
+                seed,
+                map_nsid: 2,
+            };
+            let start = std::time::Instant::now();
+            let sums = vm_tests::soak::run(&ctrl, &params)?;
+            let total =
+                |f: fn(&vm_tests::soak::ThreadSummary) -> u64| sums.iter().map(f).sum::<u64>();
+            println!(
+                "soak: {} s, {threads} threads: {} writes, {} reads, {} MiB, {} injected errors, \
+                 {} blocks checked, {} settled, no wrong byte",
+                start.elapsed().as_secs(),
+                total(|s| s.writes),
+                total(|s| s.reads),
+                total(|s| s.bytes) >> 20,
+                total(|s| s.injected_errors),
+                total(|s| s.blocks_checked),
+                total(|s| s.settled),
+            );
         }
         Scenario::Cache { pages, seed } => cache_roundtrip(&ctrl, pages, seed)?,
         Scenario::CacheErrors => cache_errors(&ctrl)?,

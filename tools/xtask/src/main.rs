@@ -55,6 +55,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The long soak (not in CI): mixed multi-thread I/O in a guest with
+    /// controller resets every 2 s and blkdebug errors on chosen blocks,
+    /// every block checked on the host at the end (tests/tests/soak.rs).
+    Soak {
+        /// How long the guest runs I/O.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,6 +77,7 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => bench::run(*args),
         Cmd::Lint => lint(),
         Cmd::Instructions { json } => instructions::run(json),
+        Cmd::Soak { minutes } => soak(minutes),
     };
     match result {
         Ok(code) => code,
@@ -114,6 +123,30 @@ fn prepare_guest() -> Result<std::path::PathBuf> {
     qemu_harness::host::ensure_packages(qemu_harness::host::VM_PACKAGES)?;
     qemu_harness::VmConfig::default().prepare_peers()?;
     Ok(guest_build::build()?)
+}
+
+fn soak(minutes: f64) -> Result<ExitCode> {
+    if !(minutes > 0.0 && minutes <= 24.0 * 60.0) {
+        return Err(format!("--minutes {minutes}: expected more than 0, at most a day").into());
+    }
+    let seconds = (minutes * 60.0).round().max(1.0) as u64;
+    let bins = prepare_guest()?;
+    let status = Command::new(cargo())
+        .current_dir(workspace_root())
+        .args(["test", "-p", "vm-tests", "--test", "soak", "--"])
+        .args(["--ignored", "--exact", "soak_long", "--nocapture"])
+        .env(guest_build::BIN_DIR_ENV, &bins)
+        .env("NVME_SOAK_SECONDS", seconds.to_string())
+        .env(
+            qemu_harness::versions::KERNEL_ENV,
+            qemu_harness::versions::default_kernel()?.kernel_name(),
+        )
+        .env(
+            qemu_harness::versions::QEMU_ENV,
+            qemu_harness::versions::default_qemu()?.qemu_name(),
+        )
+        .status()?;
+    Ok(exit_code(status))
 }
 
 fn test(rest: &[String]) -> Result<ExitCode> {
