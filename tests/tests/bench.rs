@@ -11,7 +11,9 @@ fn bench_runs_verifies_and_reports_json() {
         "nvme-bench -w randrw -M 70 -q 16 -j 2 -t 2 --warmup 0 --verify --range-size 16M \
          && nvme-bench -w read -o 64k -q 4 -t 1 --warmup 0 --json --label smoke \
          && nvme-bench -c 0x3 -w randread -q 4 -t 1 -a 0 --json --label pinned \
-         && ! nvme-bench -c 0x4 -w randread -t 1 -a 0 2> /tmp/mask.err && cat /tmp/mask.err",
+         && ! nvme-bench -c 0x4 -w randread -t 1 -a 0 2> /tmp/mask.err && cat /tmp/mask.err \
+         && nvme-bench -w randrw -q 8 -n 4000 --warmup 0 --verify --range-size 4M --owned-buffers --json --label owned \
+         && nvme-bench -w randrw -q 8 -n 4000 --warmup 0 --verify --range-size 4M --buffer-pool 1M --json --label pool",
     );
     let out = run.stdout_text();
     assert!(
@@ -57,6 +59,24 @@ fn bench_runs_verifies_and_reports_json() {
         out.contains("pinning thread 0 to CPU 2"),
         "bad mask error in {out}"
     );
+    // Both buffer paths verify every read: buffers passed to the driver
+    // and back, and 256 registered buffers handed out round robin by 8
+    // slots.
+    for (label, buffers, pool) in [
+        ("owned", "owned", serde_json::Value::Null),
+        ("pool", "registered", serde_json::json!(1 << 20)),
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.contains(&format!("\"label\":\"{label}\"")))
+            .unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        assert_eq!(v["job"]["buffers"], buffers, "{line}");
+        assert_eq!(v["job"]["buffer_pool"], pool, "{line}");
+        assert_eq!(v["job"]["verify"], true, "{line}");
+        assert!(v["total"]["ios"].as_u64() >= Some(4000), "{line}");
+        assert_eq!(v["total"]["errors"], 0, "{line}");
+    }
 }
 
 #[test]

@@ -171,6 +171,12 @@ struct Args {
     /// default, as SPDK's perf and fio's `fixedbufs` do).
     #[arg(long)]
     owned_buffers: bool,
+    /// Raw mode, registered buffers: register this many bytes of buffers
+    /// (at least one per queue slot) and hand them to I/Os round robin, so
+    /// the device writes through a footprint that large, as a page cache
+    /// of that size does (by default the buffers are one per slot).
+    #[arg(long, value_parser = parse_bytes)]
+    buffer_pool: Option<u64>,
     /// Cache mode: `shared`, one file over the range that every thread
     /// opens (its own description of it); `per-thread`, one file per
     /// thread over its own equal share of the range (disjoint files, each
@@ -277,6 +283,12 @@ fn run(mut args: Args) -> Result<u64> {
     }
     if args.owned_buffers && (args.mode != Mode::Raw || args.floor) {
         return Err("--owned-buffers is a raw-mode option of the full path (not --floor)".into());
+    }
+    if args.buffer_pool.is_some() && (args.mode != Mode::Raw || args.floor || args.owned_buffers) {
+        return Err(
+            "--buffer-pool is a raw-mode option of the registered-buffer path (not --floor or --owned-buffers)"
+                .into(),
+        );
     }
     if args.floor && args.dist != OffsetDist::Uniform {
         return Err("--floor draws uniform offsets only".into());
@@ -424,9 +436,44 @@ struct Slot {
     /// The buffer, between I/Os on the owned path (on the registered path
     /// the queue pair holds it: buffer `i` is slot `i`'s).
     buf: Option<DmaBuffer>,
+    /// The registered buffer of the I/O in flight.
+    buffer: u32,
     started: u64,
     read: bool,
     slba: u64,
+}
+
+/// Registered buffers handed to I/Os round robin, never one to two I/Os
+/// at once.
+struct BufferRing {
+    busy: Vec<bool>,
+    next: usize,
+}
+
+impl BufferRing {
+    fn new(n: usize) -> Self {
+        BufferRing {
+            busy: vec![false; n],
+            next: 0,
+        }
+    }
+
+    /// The next free buffer (there are at least as many as slots).
+    fn take(&mut self) -> Option<u32> {
+        let n = self.busy.len();
+        let i = (0..n)
+            .map(|k| (self.next + k) % n)
+            .find(|&i| !self.busy[i])?;
+        self.busy[i] = true;
+        self.next = (i + 1) % n;
+        Some(i as u32)
+    }
+
+    fn release(&mut self, i: u32) {
+        if let Some(b) = self.busy.get_mut(i as usize) {
+            *b = false;
+        }
+    }
 }
 
 fn thread_main(
@@ -467,16 +514,22 @@ fn thread_main(
         seed: a.seed + t as u64,
     })?;
     let io_bytes = a.io_size as usize;
-    let bufs = (0..a.qd)
+    let buffers = a
+        .buffer_pool
+        .map_or(a.qd, |bytes| (bytes / a.io_size.max(1)) as usize)
+        .max(a.qd);
+    let bufs = (0..buffers)
         .map(|_| ctrl.dma_pool().alloc(io_bytes).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>>>()?;
     let registered = !a.owned_buffers;
+    let mut ring = BufferRing::new(buffers);
     let mut slots: Vec<Slot> = Vec::with_capacity(a.qd);
     if registered {
         q.register_buffers(bufs)
             .map_err(|e| format!("thread {t}: {e}"))?;
         slots.resize_with(a.qd, || Slot {
             buf: None,
+            buffer: 0,
             started: 0,
             read: true,
             slba: 0,
@@ -484,6 +537,7 @@ fn thread_main(
     } else {
         slots.extend(bufs.into_iter().map(|b| Slot {
             buf: Some(b),
+            buffer: 0,
             started: 0,
             read: true,
             slba: 0,
@@ -505,7 +559,16 @@ fn thread_main(
     let base = Instant::now();
     let since_base = |t: Instant| u64::try_from((t - base).as_nanos()).unwrap_or(u64::MAX);
     for (i, slot) in slots.iter_mut().enumerate() {
-        submit_one(&mut q, slot, i, &mut generator, job, &mut scratch, 0)?;
+        slot.started = 0;
+        submit_one(
+            &mut q,
+            slot,
+            i,
+            &mut ring,
+            &mut generator,
+            job,
+            &mut scratch,
+        )?;
         in_flight += 1;
     }
     // The clock is read once per poll that completes something (that time
@@ -564,7 +627,7 @@ fn thread_main(
                         let buf = slot
                             .buf
                             .as_ref()
-                            .or_else(|| q.registered_buffer(i as u32))
+                            .or_else(|| q.registered_buffer(slot.buffer))
                             .ok_or("a read buffer did not come back")?;
                         buf.read(0, &mut scratch).map_err(|e| e.to_string())?;
                         if let Some(bad) = pattern::first_mismatch(
@@ -586,8 +649,20 @@ fn thread_main(
                 Err(e) => count_error(&mut stats, a, t, e)?,
             }
             tally.tick();
+            if registered {
+                ring.release(slot.buffer);
+            }
             if !finishing && (registered || slot.buf.is_some()) {
-                submit_one(&mut q, slot, i, &mut generator, job, &mut scratch, now_ns)?;
+                slot.started = now_ns;
+                submit_one(
+                    &mut q,
+                    slot,
+                    i,
+                    &mut ring,
+                    &mut generator,
+                    job,
+                    &mut scratch,
+                )?;
                 in_flight += 1;
             }
         }
@@ -696,25 +771,28 @@ impl<'a> Tally<'a> {
     }
 }
 
+/// Submits the generator's next I/O on `slot` (tag `tag`), whose
+/// `started` the caller has set.
 fn submit_one(
     q: &mut IoQPair,
     slot: &mut Slot,
     tag: usize,
+    ring: &mut BufferRing,
     generator: &mut Generator,
     job: &Job,
     scratch: &mut [u8],
-    now: u64,
 ) -> Result<()> {
     let io = generator.next_io();
     let a = &job.args;
     slot.read = io.read;
     slot.slba = io.slba;
-    slot.started = now;
     let Some(buf) = slot.buf.take() else {
-        // The registered path: buffer `tag` is this slot's.
+        // The registered path: the next free buffer.
+        let buffer = ring.take().ok_or("no free registered buffer")?;
+        slot.buffer = buffer;
         if !io.read && a.verify {
             pattern::fill(a.seed, io.slba, job.lba_size as usize, scratch);
-            q.registered_buffer(tag as u32)
+            q.registered_buffer(buffer)
                 .ok_or("a registered buffer is missing")?
                 .write(0, scratch)
                 .map_err(|e| e.to_string())?;
@@ -722,9 +800,9 @@ fn submit_one(
         let blocks = u32::try_from(job.io_blocks)
             .map_err(|_| format!("{} blocks per I/O", job.io_blocks))?;
         let io = if io.read {
-            FixedIo::read(a.nsid, io.slba, blocks, tag as u32)
+            FixedIo::read(a.nsid, io.slba, blocks, buffer)
         } else {
-            FixedIo::write(a.nsid, io.slba, blocks, tag as u32)
+            FixedIo::write(a.nsid, io.slba, blocks, buffer)
         };
         return q
             .submit_fixed(io.with_tag(tag as u64))
@@ -863,7 +941,7 @@ fn report(
                 "time": a.time, "io_count": a.io_count, "warmup": a.warmup, "dist": format!("{:?}", a.dist),
                 "range_start": job.first, "range_blocks": job.blocks, "lba_size": job.lba_size,
                 "verify": a.verify, "zero_copy": a.zero_copy, "floor": a.floor,
-                "buffers": if a.owned_buffers { "owned" } else { "registered" }, "interrupts": a.interrupts, "shadow_doorbells": ctrl.uses_shadow_doorbells(),
+                "buffers": if a.owned_buffers { "owned" } else { "registered" }, "buffer_pool": a.buffer_pool, "interrupts": a.interrupts, "shadow_doorbells": ctrl.uses_shadow_doorbells(),
                 "sgl": ctrl.uses_sgl(), "max_transfer": ctrl.max_transfer(),
             },
             "total": {

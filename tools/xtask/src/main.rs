@@ -62,6 +62,12 @@ enum Cmd {
         /// How long the guest runs I/O.
         #[arg(long, default_value_t = 10.0)]
         minutes: f64,
+        /// Milliseconds between controller resets (0: none).
+        #[arg(long, default_value_t = 2000)]
+        reset_ms: u64,
+        /// No blkdebug errors.
+        #[arg(long)]
+        no_errors: bool,
     },
 }
 
@@ -77,7 +83,11 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => bench::run(*args),
         Cmd::Lint => lint(),
         Cmd::Instructions { json } => instructions::run(json),
-        Cmd::Soak { minutes } => soak(minutes),
+        Cmd::Soak {
+            minutes,
+            reset_ms,
+            no_errors,
+        } => soak(minutes, reset_ms, !no_errors),
     };
     match result {
         Ok(code) => code,
@@ -125,7 +135,7 @@ fn prepare_guest() -> Result<std::path::PathBuf> {
     Ok(guest_build::build()?)
 }
 
-fn soak(minutes: f64) -> Result<ExitCode> {
+fn soak(minutes: f64, reset_ms: u64, errors: bool) -> Result<ExitCode> {
     if !(minutes > 0.0 && minutes <= 24.0 * 60.0) {
         return Err(format!("--minutes {minutes}: expected more than 0, at most a day").into());
     }
@@ -137,6 +147,8 @@ fn soak(minutes: f64) -> Result<ExitCode> {
         .args(["--ignored", "--exact", "soak_long", "--nocapture"])
         .env(guest_build::BIN_DIR_ENV, &bins)
         .env("NVME_SOAK_SECONDS", seconds.to_string())
+        .env("NVME_SOAK_RESET_MS", reset_ms.to_string())
+        .env("NVME_SOAK_ERRORS", if errors { "1" } else { "0" })
         .env(
             qemu_harness::versions::KERNEL_ENV,
             qemu_harness::versions::default_kernel()?.kernel_name(),

@@ -475,6 +475,14 @@ pub(crate) fn targets(cells: &[Cell], null_backend: bool) -> Vec<Target> {
         ours("read-128k-qd8"),
         if null_backend { 0.8 } else { 0.9 },
     );
+    // The same with the raw read streaming through as much memory as the
+    // cache (what the device's and the emulator's per-page work sees).
+    at_least(
+        "page-cache cold sequential read (zero-copy) vs our raw 128K read over the cache's footprint",
+        ours("cache-read-128k-cold-zc"),
+        get("read-128k-qd8", Variant::FOOTPRINT),
+        if null_backend { 0.8 } else { 0.9 },
+    );
     at_least(
         "page-cache cold sequential read (copying) vs the kernel's",
         ours("cache-read-128k-cold"),

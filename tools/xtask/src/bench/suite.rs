@@ -23,8 +23,13 @@ pub(crate) const RANGE: u64 = 1 << 30;
 /// Bytes the warm-cache job reads at random (cached whole first; fits our
 /// cache budget and the guest's memory).
 const WARM_RANGE: u64 = 128 << 20;
-/// Our page cache budget in the cache jobs.
-const CACHE_BUDGET: &str = "256M";
+/// Our page cache budget in the cache jobs (a macro, for `concat!`).
+macro_rules! cache_budget {
+    () => {
+        "256M"
+    };
+}
+const CACHE_BUDGET: &str = cache_budget!();
 /// The LBA size of each namespace, nsid 1 first: the device jobs choose
 /// theirs by [`Job::lba`].
 pub(crate) const NAMESPACE_LBAS: [u32; 2] = [512, 4096];
@@ -88,6 +93,8 @@ pub(crate) struct VariantDef {
     /// configuration that has never been the kernel's best here, kept to
     /// check that it still is not).
     pub by_default: bool,
+    /// Only these jobs (by name); empty: every job of its kinds.
+    pub only: &'static [&'static str],
 }
 
 /// Every variant, in table order; ours first.
@@ -99,6 +106,7 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
         batched: false,
         always: true,
         by_default: true,
+        only: &[],
     },
     // The floor loop (nvme-bench --floor): what the device and the guest
     // allow any driver, beside every raw job.
@@ -109,6 +117,20 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
         batched: false,
         always: true,
         by_default: true,
+        only: &[],
+    },
+    // The raw 128K read through as many registered buffers as the page
+    // cache's budget, handed out round robin: the cold page-cache reads
+    // stream through that much memory, the plain raw job through eight
+    // buffers (1 MiB), and on null-co QEMU zero-fills every read's buffers.
+    VariantDef {
+        name: "ours-footprint",
+        side: Side::Ours(concat!("--buffer-pool ", cache_budget!())),
+        kinds: DEVICE_KINDS,
+        batched: false,
+        always: true,
+        by_default: true,
+        only: &["read-128k-qd8"],
     },
     // The full path with ownership-passing buffers (`IoQPair::submit`
     // with a `DmaBuffer`) instead of registered ones: what a caller that
@@ -120,6 +142,7 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
         batched: false,
         always: true,
         by_default: false,
+        only: &[],
     },
     VariantDef {
         name: "io_uring",
@@ -128,6 +151,7 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
         batched: false,
         always: false,
         by_default: true,
+        only: &[],
     },
     VariantDef {
         name: "io_uring-batch",
@@ -136,6 +160,7 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
         batched: true,
         always: false,
         by_default: true,
+        only: &[],
     },
     VariantDef {
         name: "io_uring-polled",
@@ -144,6 +169,7 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
         batched: false,
         always: true,
         by_default: true,
+        only: &[],
     },
     VariantDef {
         name: "io_uring-polled-batch",
@@ -152,6 +178,7 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
         batched: true,
         always: true,
         by_default: true,
+        only: &[],
     },
     VariantDef {
         name: "libaio",
@@ -160,6 +187,7 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
         batched: false,
         always: false,
         by_default: false,
+        only: &[],
     },
     VariantDef {
         name: "kernel-cache",
@@ -168,6 +196,7 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
         batched: false,
         always: true,
         by_default: true,
+        only: &[],
     },
     VariantDef {
         name: "kernel-cache-mmap",
@@ -176,6 +205,7 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
         batched: false,
         always: true,
         by_default: true,
+        only: &[],
     },
 ];
 
@@ -200,6 +230,8 @@ impl Variant {
     pub(crate) const OURS: Variant = Variant(0);
     /// The floor loop (ours, `--floor`).
     pub(crate) const FLOOR: Variant = Variant(1);
+    /// Ours over a buffer footprint as large as the page cache's.
+    pub(crate) const FOOTPRINT: Variant = Variant(2);
 
     /// Every variant, in table order.
     pub(crate) fn all() -> impl Iterator<Item = Variant> {
@@ -232,7 +264,10 @@ impl Variant {
     /// Whether this variant runs `job`.
     pub(crate) fn runs(self, job: &Job) -> bool {
         let d = self.def();
-        d.kinds.contains(&job.kind) && (d.always || job.all_variants) && (!d.batched || job.qd > 1)
+        d.kinds.contains(&job.kind)
+            && (d.always || job.all_variants)
+            && (!d.batched || job.qd > 1)
+            && (d.only.is_empty() || d.only.contains(&job.name))
     }
 }
 
@@ -904,6 +939,11 @@ mod tests {
         );
         assert_eq!(names("cache-read-128k-cold"), ["ours", "kernel-cache"]);
         assert_eq!(names("cache-read-128k-cold-zc"), ["ours"]);
+        // The footprint variant runs beside the 128K read only.
+        assert!(names("read-128k-qd8").contains(&"ours-footprint"));
+        for j in ["write-128k-qd8", "read-128k-qd8-lba4k", "randread-4k-qd32"] {
+            assert!(!names(j).contains(&"ours-footprint"), "{j}");
+        }
     }
 
     #[test]
@@ -996,13 +1036,15 @@ mod tests {
             .iter()
             .map(|j| j.variants().iter().filter(|v| v.def().by_default).count())
             .sum();
-        // Ours on every job, and the floor loop beside every raw one.
+        // Ours on every job, the floor loop beside every raw one, and the
+        // 128K read over the cache's footprint.
         let device_jobs = JOBS.iter().filter(|j| j.kind == Kind::Device).count();
-        let ours = JOBS.len() + device_jobs;
+        let ours = JOBS.len() + device_jobs + 1;
         assert_eq!(p.run_count(), per_round * 3);
         let s = p.script();
         assert_eq!(s.matches("\nours '").count(), ours * 3);
         assert_eq!(s.matches(" --zero-copy\n").count(), 3);
+        assert_eq!(s.matches(" --buffer-pool 256M\n").count(), 3);
         assert_eq!(s.matches("\nkern '").count(), (per_round - ours) * 3);
         assert_eq!(s.matches("to_nvme\n").count(), 3);
         assert!(s.contains("--hipri=1"));
@@ -1029,7 +1071,7 @@ mod tests {
         assert_eq!(s.matches(" --floor\n").count(), device_jobs * 3);
         // The estimate keeps the default suite under a quarter of an hour.
         assert!(p.estimate_seconds() < 900.0, "{}", p.estimate_seconds());
-        assert_eq!(p.run_count(), 177);
+        assert_eq!(p.run_count(), 180);
     }
 
     #[test]
