@@ -105,6 +105,25 @@ pub enum NsDisk {
     Temp,
     /// QEMU's null-co driver: no storage, reads return zeroes.
     Null,
+    /// A fresh sparse temporary image behind QEMU's blklogwrites filter:
+    /// every write and flush that reaches the image is also appended to a
+    /// log file in dm-log-writes' format ([`VmRun::write_log`]), in the
+    /// order the image completed them. Both files are removed with the
+    /// [`VmRun`]. The drive keeps the write cache on (`cache=writeback`),
+    /// so the controller reports a volatile write cache and Flush matters.
+    Logged,
+}
+
+/// Sector size of the write logs of [`NsDisk::Logged`] namespaces (the
+/// unit of their entries' sector fields; blklogwrites' default).
+pub const WRITE_LOG_SECTOR: u32 = 512;
+
+/// The files behind one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Backing {
+    image: PathBuf,
+    /// The blklogwrites log, for [`NsDisk::Logged`].
+    log: Option<PathBuf>,
 }
 
 /// Everything about a guest run.
@@ -220,6 +239,8 @@ pub struct VmRun {
     pub console_log: PathBuf,
     /// The image behind each namespace (None for null-co).
     pub disks: Vec<Option<PathBuf>>,
+    /// The blklogwrites log of each namespace (None unless [`NsDisk::Logged`]).
+    pub write_logs: Vec<Option<PathBuf>>,
     /// The guest kernel's Debian package.
     pub kernel_package: String,
     /// QEMU's `--version` line.
@@ -256,6 +277,12 @@ impl VmRun {
     /// The image file of namespace `nsid` (1-based).
     pub fn disk(&self, nsid: usize) -> Option<&Path> {
         self.disks.get(nsid.checked_sub(1)?)?.as_deref()
+    }
+
+    /// The write log (dm-log-writes format) of namespace `nsid` (1-based),
+    /// if it is an [`NsDisk::Logged`] one.
+    pub fn write_log(&self, nsid: usize) -> Option<&Path> {
+        self.write_logs.get(nsid.checked_sub(1)?)?.as_deref()
     }
 
     /// A one-paragraph description for test failure messages.
@@ -333,7 +360,7 @@ impl VmConfig {
         };
         let initrd = run_dir.join("initrd.cpio");
         self.write_initramfs(&initrd, &kernel, &bins, cmd)?;
-        let disks = self.prepare_disks(run_dir)?;
+        let backings = self.prepare_disks(run_dir)?;
 
         let console_log = self
             .console_log
@@ -353,7 +380,7 @@ impl VmConfig {
             &qemu,
             &kernel,
             &initrd,
-            &disks,
+            &backings,
             [&console_log, &stdout_path, &stderr_path, &status_path],
             blkdebug_conf.as_deref(),
         );
@@ -447,7 +474,14 @@ impl VmConfig {
             stdout,
             stderr,
             console_log,
-            disks,
+            disks: backings
+                .iter()
+                .map(|b| b.as_ref().map(|b| b.image.clone()))
+                .collect(),
+            write_logs: backings
+                .iter()
+                .map(|b| b.as_ref().and_then(|b| b.log.clone()))
+                .collect(),
             kernel_package: kernel.package.clone(),
             qemu_version: qemu.version.clone(),
             _dir: dir,
@@ -480,6 +514,11 @@ impl VmConfig {
             if k.is_empty() || k.contains([',', '=']) || v.contains(',') {
                 return Err(Error::Config(format!("bad nvme property {k}={v}")));
             }
+        }
+        if self.blkdebug.is_some() && self.disks.first() == Some(&NsDisk::Logged) {
+            return Err(Error::Config(
+                "namespace 1 cannot be both behind blkdebug and logged".into(),
+            ));
         }
         if self.ns_props.len() > self.namespaces as usize {
             return Err(Error::Config(format!(
@@ -584,20 +623,36 @@ impl VmConfig {
         a.finish()
     }
 
-    fn prepare_disks(&self, run_dir: &Path) -> Result<Vec<Option<PathBuf>>> {
+    fn prepare_disks(&self, run_dir: &Path) -> Result<Vec<Option<Backing>>> {
+        let image = |p: PathBuf| Backing {
+            image: p,
+            log: None,
+        };
         (0..self.namespaces as usize)
             .map(|i| match self.disks.get(i).unwrap_or(&NsDisk::Temp) {
                 NsDisk::Null => Ok(None),
                 NsDisk::Temp => {
                     let p = run_dir.join(format!("ns{}.img", i + 1));
                     create_image(&p, self.disk_size)?;
-                    Ok(Some(p))
+                    Ok(Some(image(p)))
                 }
                 NsDisk::File(p) => {
                     if !p.exists() {
                         create_image(p, self.disk_size)?;
                     }
-                    Ok(Some(p.clone()))
+                    Ok(Some(image(p.clone())))
+                }
+                NsDisk::Logged => {
+                    let p = run_dir.join(format!("ns{}.img", i + 1));
+                    create_image(&p, self.disk_size)?;
+                    // QEMU's file driver opens, it does not create: an
+                    // empty log, which blklogwrites starts at sector 1.
+                    let log = run_dir.join(format!("ns{}.log", i + 1));
+                    create_image(&log, 0)?;
+                    Ok(Some(Backing {
+                        image: p,
+                        log: Some(log),
+                    }))
                 }
             })
             .collect()
@@ -608,7 +663,7 @@ impl VmConfig {
         qemu: &Qemu,
         kernel: &GuestKernel,
         initrd: &Path,
-        disks: &[Option<PathBuf>],
+        disks: &[Option<Backing>],
         serials: [&Path; 4],
         blkdebug: Option<&Path>,
     ) -> Vec<String> {
@@ -689,16 +744,32 @@ impl VmConfig {
         for (i, disk) in disks.iter().enumerate() {
             let nsid = i + 1;
             let drive = match (disk, blkdebug) {
+                // Every write and flush logged (blklogwrites, dm-log-writes'
+                // format); the superblock's entry count is rewritten at
+                // each flush and when QEMU closes the drive.
+                (
+                    Some(Backing {
+                        image,
+                        log: Some(log),
+                    }),
+                    _,
+                ) => format!(
+                    "driver=blklogwrites,file.driver=file,file.filename={},log.driver=file,\
+                     log.filename={},log-sector-size={WRITE_LOG_SECTOR},if=none,id=nvm{nsid},\
+                     cache=writeback,discard=unmap",
+                    image.display(),
+                    log.display()
+                ),
                 // Namespace 1 through blkdebug, which fails chosen I/O.
-                (Some(p), Some(conf)) if nsid == 1 => format!(
+                (Some(b), Some(conf)) if nsid == 1 => format!(
                     "driver=raw,file.driver=blkdebug,file.config={},file.image.driver=file,\
                      file.image.filename={},if=none,id=nvm{nsid},cache=writeback,discard=unmap",
                     conf.display(),
-                    p.display()
+                    b.image.display()
                 ),
-                (Some(p), _) => format!(
+                (Some(b), _) => format!(
                     "file={},if=none,id=nvm{nsid},format=raw,cache=writeback,discard=unmap",
-                    p.display()
+                    b.image.display()
                 ),
                 (None, _) => format!(
                     "driver=null-co,size={},read-zeroes=on,if=none,id=nvm{nsid}",
@@ -858,7 +929,13 @@ mod tests {
             &qemu,
             &kernel,
             p,
-            &[Some("/a.img".into()), None],
+            &[
+                Some(Backing {
+                    image: "/a.img".into(),
+                    log: None,
+                }),
+                None,
+            ],
             [p, p, p, p],
             None,
         );
@@ -888,6 +965,48 @@ mod tests {
             .map(|(_, d)| d)
             .collect();
         assert_eq!(l, ["/q/share", "/usr/share/qemu"]);
+    }
+
+    #[test]
+    fn logged_namespace_goes_through_blklogwrites() {
+        let cfg = VmConfig {
+            disks: vec![NsDisk::Logged, NsDisk::Temp],
+            namespaces: 2,
+            ..VmConfig::default()
+        };
+        cfg.validate().expect("valid");
+        let (kernel, qemu) = fake_peers(Vec::new());
+        let p = Path::new("/x");
+        let disks = [
+            Some(Backing {
+                image: "/r/ns1.img".into(),
+                log: Some("/r/ns1.log".into()),
+            }),
+            Some(Backing {
+                image: "/r/ns2.img".into(),
+                log: None,
+            }),
+        ];
+        let args = cfg.qemu_args(&qemu, &kernel, p, &disks, [p, p, p, p], None);
+        let drives: Vec<&String> = args
+            .iter()
+            .zip(args.iter().skip(1))
+            .filter(|(a, _)| *a == "-drive")
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(
+            drives[0],
+            "driver=blklogwrites,file.driver=file,file.filename=/r/ns1.img,log.driver=file,\
+             log.filename=/r/ns1.log,log-sector-size=512,if=none,id=nvm1,cache=writeback,\
+             discard=unmap"
+        );
+        assert!(drives[1].starts_with("file=/r/ns2.img,"), "{}", drives[1]);
+        let both = VmConfig {
+            disks: vec![NsDisk::Logged],
+            blkdebug: Some(String::new()),
+            ..VmConfig::default()
+        };
+        assert!(both.validate().is_err());
     }
 
     #[test]
