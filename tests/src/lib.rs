@@ -8,7 +8,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod logwrites;
 pub mod model;
+pub mod powercut;
 pub mod soak;
 pub use nvme_bench::pattern;
 
