@@ -17,7 +17,7 @@
 use std::ops::Range;
 
 /// dm-log-writes' magic ("jsfwshr" with a leading 0).
-pub const MAGIC: u64 = 0x6a73_6677_7368_72;
+pub const MAGIC: u64 = 0x006a_7366_7773_6872;
 /// The only version there is.
 pub const VERSION: u64 = 1;
 /// The entry is (or ends with) a flush.
@@ -56,7 +56,9 @@ pub enum LogError {
     #[error("write log: sector size {0} is not a power of two from 512 to 16 MiB")]
     BadSectorSize(u32),
     /// The log ends inside an entry's header.
-    #[error("write log: entry {index} at byte {offset}: the log ends ({len} bytes) inside its header")]
+    #[error(
+        "write log: entry {index} at byte {offset}: the log ends ({len} bytes) inside its header"
+    )]
     TruncatedEntry {
         /// The entry's index.
         index: u64,
@@ -273,6 +275,17 @@ impl WriteLog {
     /// become zeroes, what QEMU's file driver leaves). Fails if the entry
     /// reaches past the image.
     pub fn apply(&self, e: &Entry, image: &mut [u8]) -> Result<(), String> {
+        self.apply_sectors(e, image, |_| true)
+    }
+
+    /// Applies the sectors of entry `e` that `keep` chooses (given each
+    /// sector's index in the entry): a write torn by a power cut.
+    pub fn apply_sectors(
+        &self,
+        e: &Entry,
+        image: &mut [u8],
+        mut keep: impl FnMut(u64) -> bool,
+    ) -> Result<(), String> {
         if !matches!(e.kind, EntryKind::Write | EntryKind::Discard) {
             return Ok(());
         }
@@ -285,9 +298,16 @@ impl WriteLog {
                 image.len()
             ));
         }
-        match e.kind {
-            EntryKind::Write => image[start..end].copy_from_slice(self.data(e)),
-            _ => image[start..end].fill(0),
+        let ss = self.sector_size as usize;
+        let data = self.data(e);
+        for (i, sector) in image[start..end].chunks_mut(ss).enumerate() {
+            if !keep(i as u64) {
+                continue;
+            }
+            match e.kind {
+                EntryKind::Write => sector.copy_from_slice(&data[i * ss..(i + 1) * ss]),
+                _ => sector.fill(0),
+            }
         }
         Ok(())
     }
@@ -395,6 +415,11 @@ mod tests {
         assert!(image[512..1024].iter().all(|&b| b == 0));
         assert!(image[1024..1536].iter().all(|&b| b == 7));
         assert!(image[1536..2048].iter().all(|&b| b == 0), "discarded");
+        let mut torn = vec![0u8; 4096];
+        log.apply_sectors(&log.entries[0], &mut torn, |i| i == 1)
+            .expect("fits");
+        assert!(torn[1024..1536].iter().all(|&b| b == 0), "sector 0 lost");
+        assert!(torn[1536..2048].iter().all(|&b| b == 7), "sector 1 kept");
         assert_eq!(
             log.replay_all(1024).unwrap_err(),
             "entry 0 writes bytes 1024..2048, past the 1024-byte image"

@@ -169,8 +169,7 @@ impl Mark {
 
     /// Reads a mark block; None if it is not one of this run's.
     pub fn decode(b: &[u8], nonce: u64) -> Option<Mark> {
-        if b.len() != LBA as usize || &b[..8] != MARK_MAGIC || b[24..32] != nonce.to_le_bytes()
-        {
+        if b.len() != LBA as usize || &b[..8] != MARK_MAGIC || b[24..32] != nonce.to_le_bytes() {
             return None;
         }
         Some(Mark {
@@ -427,8 +426,10 @@ pub struct CutReport {
     pub mark_cuts: usize,
     /// Of them: random.
     pub random_cuts: usize,
-    /// Unflushed writes the cuts dropped, in all.
+    /// Unflushed writes the cuts dropped or tore, in all.
     pub dropped_writes: usize,
+    /// Of them: torn (some sectors kept).
+    pub torn_writes: usize,
     /// Write entries in the log.
     pub writes: usize,
     /// Flush entries in the log.
@@ -441,15 +442,26 @@ pub struct CutReport {
     pub violations: Vec<String>,
 }
 
+/// What a cut keeps of one unflushed entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Lost.
+    Drop,
+    /// On the image.
+    Whole,
+    /// Torn: each of its sectors kept or lost (the RNG seed).
+    Sectors(u64),
+}
+
 /// One cut: a prefix of `len` entries whose last flush is before `pending`
-/// (the first entry not known durable); `keep` chooses which of the
-/// entries `pending..len` are on the image.
+/// (the first entry not known durable); `keep` says what is left of each
+/// of the entries `pending..len`.
 #[derive(Debug, Clone)]
 struct Cut {
     what: String,
     pending: usize,
     len: usize,
-    keep: Vec<bool>,
+    keep: Vec<Keep>,
 }
 
 /// Finds the marks in `log` and checks them against the workload.
@@ -457,7 +469,7 @@ fn find_marks(log: &WriteLog, exp: &Expectations) -> Result<Vec<LoggedMark>, Che
     let nonce = exp.params.nonce();
     let files_end = FILE_REGION * FILES as u64;
     let mut found: Vec<LoggedMark> = Vec::new();
-    let mut counts = vec![0usize; FILES + 1];
+    let mut counts = [0usize; FILES + 1];
     for e in &log.entries {
         if e.kind != EntryKind::Write {
             continue;
@@ -526,8 +538,7 @@ fn check_cut(
     for thread in 0..=RAW_THREAD {
         let Some(last) = marks
             .iter()
-            .filter(|m| m.entry < len && m.mark.thread == thread)
-            .next_back()
+            .rfind(|m| m.entry < len && m.mark.thread == thread)
         else {
             continue;
         };
@@ -560,13 +571,8 @@ pub fn check_log(
         .map(|e| e.index)
         .collect();
     // The first entry not covered by a flush before position p.
-    let pending_at = |p: usize| -> usize {
-        flushes
-            .iter()
-            .rev()
-            .find(|&&f| f < p)
-            .map_or(0, |&f| f + 1)
-    };
+    let pending_at =
+        |p: usize| -> usize { flushes.iter().rev().find(|&&f| f < p).map_or(0, |&f| f + 1) };
     let mut cuts: Vec<Cut> = Vec::new();
     for &f in &flushes {
         cuts.push(Cut {
@@ -585,7 +591,7 @@ pub fn check_log(
             ),
             pending,
             len: m.entry + 1,
-            keep: vec![false; m.entry + 1 - pending],
+            keep: vec![Keep::Drop; m.entry + 1 - pending],
         });
     }
     let mut rng = StdRng::seed_from_u64(seed);
@@ -602,20 +608,27 @@ pub fn check_log(
         let len = writes_at[rng.random_range(0..writes_at.len())] + 1;
         let pending = pending_at(len);
         let n = len - pending;
+        // A quarter drop everything unflushed, an eighth keep it all, the
+        // rest keep each entry with probability 1/2, a third of those
+        // tearing some entries at sector boundaries.
         let mode = rng.random_range(0..8);
-        let keep: Vec<bool> = (0..n)
+        let keep: Vec<Keep> = (0..n)
             .map(|_| match mode {
-                0 | 1 => false,
-                2 => true,
-                _ => rng.random_bool(0.5),
+                0 | 1 => Keep::Drop,
+                2 => Keep::Whole,
+                3 | 4 if rng.random_bool(0.5) => Keep::Sectors(rng.random()),
+                _ if rng.random_bool(0.5) => Keep::Whole,
+                _ => Keep::Drop,
             })
             .collect();
+        let count = |k: fn(&Keep) -> bool| keep.iter().filter(|x| k(x)).count();
         cuts.push(Cut {
             what: format!(
-                "random cut after entry {} ({} unflushed entries, {} kept)",
+                "random cut after entry {} ({} unflushed entries, {} kept, {} torn)",
                 len - 1,
                 n,
-                keep.iter().filter(|&&k| k).count()
+                count(|k| *k == Keep::Whole),
+                count(|k| matches!(k, Keep::Sectors(_)))
             ),
             pending,
             len,
@@ -646,14 +659,21 @@ pub fn check_log(
             apply(&entries[applied], &mut durable)?;
             applied += 1;
         }
-        let outcome = if cut.keep.iter().any(|&k| k) {
+        let outcome = if cut.keep.iter().any(|&k| k != Keep::Drop) {
             let mut image = durable.clone();
-            for (e, _) in entries[cut.pending..cut.len]
-                .iter()
-                .zip(&cut.keep)
-                .filter(|(_, k)| **k)
-            {
-                apply(e, &mut image)?;
+            for (e, k) in entries[cut.pending..cut.len].iter().zip(&cut.keep) {
+                match *k {
+                    Keep::Drop => {}
+                    Keep::Whole => apply(e, &mut image)?,
+                    Keep::Sectors(seed) => {
+                        let mut rng = StdRng::seed_from_u64(seed);
+                        log.apply_sectors(e, &mut image, |_| rng.random_bool(0.5))
+                            .map_err(|what| CheckError::BadMark {
+                                entry: e.index,
+                                what,
+                            })?;
+                    }
+                }
             }
             check_cut(exp, &marks, cut.len, &image)
         } else {
@@ -662,8 +682,13 @@ pub fn check_log(
         report.cuts += 1;
         report.dropped_writes += entries[cut.pending..cut.len]
             .iter()
-            .zip(cut.keep.iter().chain(std::iter::repeat(&false)))
-            .filter(|(e, k)| e.kind == EntryKind::Write && !**k)
+            .zip(cut.keep.iter().chain(std::iter::repeat(&Keep::Drop)))
+            .filter(|(e, k)| e.kind == EntryKind::Write && **k != Keep::Whole)
+            .count();
+        report.torn_writes += entries[cut.pending..cut.len]
+            .iter()
+            .zip(&cut.keep)
+            .filter(|(e, k)| e.kind == EntryKind::Write && matches!(k, Keep::Sectors(_)))
             .count();
         match outcome {
             Ok(n) => report.bytes_checked += n,
@@ -764,7 +789,10 @@ mod tests {
                 thread: RAW_THREAD,
                 seq: g as u64,
             };
-            raw.push((Mark::lba(RAW_THREAD, g as u64) * LBA, m.encode(params.nonce())));
+            raw.push((
+                Mark::lba(RAW_THREAD, g as u64) * LBA,
+                m.encode(params.nonce()),
+            ));
         }
         threads.push(raw);
         let mut log = LogBuilder::new(LBA as u32);
@@ -800,6 +828,13 @@ mod tests {
         assert!(r.flush_points > 10 && r.marks > 10, "{r:?}");
         assert_eq!(r.cuts, r.flush_points + r.mark_cuts + 40);
         assert!(r.dropped_writes > 0 && r.bytes_checked > 0, "{r:?}");
+        assert!(r.torn_writes > 0, "{r:?}");
+        // Other cut seeds too.
+        for seed in 8..12 {
+            let log = WriteLog::parse(simulate(PARAMS, Fault::None)).expect("parses");
+            let r = check_log(&log, &Expectations::new(PARAMS), 40, seed).expect("fits");
+            assert!(r.violations.is_empty(), "seed {seed}: {:#?}", r.violations);
+        }
     }
 
     #[test]
@@ -857,8 +892,7 @@ mod tests {
     #[test]
     fn a_log_without_flushes_fails() {
         let log = WriteLog::parse(simulate(PARAMS, Fault::None)).expect("parses");
-        let r = check_log(&without_flushes(&log), &Expectations::new(PARAMS), 20, 7)
-            .expect("fits");
+        let r = check_log(&without_flushes(&log), &Expectations::new(PARAMS), 20, 7).expect("fits");
         assert_eq!(r.flush_points, 0);
         assert!(r.violations.len() >= r.mark_cuts, "{r:?}");
     }
@@ -888,7 +922,11 @@ mod tests {
         let mut b = LogBuilder::new(512);
         b.write(Mark::lba(0, 0), &wrong);
         let err = check_log(&parse(&b), &exp, 0, 1).unwrap_err();
-        assert!(err.to_string().contains("thread 0's mark 0 is for op/generation 0"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("thread 0's mark 0 is for op/generation 0"),
+            "{err}"
+        );
         let raw0 = Mark {
             thread: RAW_THREAD,
             seq: 0,
@@ -908,7 +946,11 @@ mod tests {
         ));
         assert!(matches!(
             check_log(&parse(&LogBuilder::new(512)), &exp, 0, 1).unwrap_err(),
-            CheckError::MissingMarks { thread: 0, found: 0, .. }
+            CheckError::MissingMarks {
+                thread: 0,
+                found: 0,
+                ..
+            }
         ));
         assert_eq!(
             check_log(&parse(&LogBuilder::new(4096)), &exp, 0, 1).unwrap_err(),

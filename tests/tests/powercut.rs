@@ -24,7 +24,10 @@ fn write_log_replays_to_the_image() {
     let image = std::fs::read(run.disk(1).expect("image")).expect("image");
     let kinds: Vec<EntryKind> = log.entries.iter().map(|e| e.kind).collect();
     eprintln!("{} entries: {kinds:?}", kinds.len());
-    assert_eq!(log.unaccounted_bytes, 0, "entries past the superblock's count");
+    assert_eq!(
+        log.unaccounted_bytes, 0,
+        "entries past the superblock's count"
+    );
     assert!(kinds.contains(&EntryKind::Flush), "{kinds:?}");
     let replayed = log.replay_all(image.len()).expect("replay");
     assert!(replayed == image, "the replayed log differs from the image");
@@ -85,7 +88,10 @@ fn power_cut_at_every_flush_and_random_points_keeps_what_was_promised() {
     assert!(out.contains("power-cut: done"), "{out}");
 
     let log = read_log(&run);
-    assert_eq!(log.unaccounted_bytes, 0, "entries past the superblock's count");
+    assert_eq!(
+        log.unaccounted_bytes, 0,
+        "entries past the superblock's count"
+    );
     let image = std::fs::read(run.disk(1).expect("image")).expect("image");
     let replayed = log.replay_all(image.len()).expect("replay");
     assert!(
@@ -98,8 +104,8 @@ fn power_cut_at_every_flush_and_random_points_keeps_what_was_promised() {
     let report = powercut::check_log(&log, &exp, 40, seed).unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
         "power cut: seed {seed}: {} cuts ({} flush points, {} after marks, {} random), {} writes, \
-         {} flushes, {} marks in the log; {} unflushed writes dropped, {} bytes checked, {} \
-         violations",
+         {} flushes, {} marks in the log; {} unflushed writes dropped ({} torn), {} bytes checked, \
+         {} violations",
         report.cuts,
         report.flush_points,
         report.mark_cuts,
@@ -108,6 +114,7 @@ fn power_cut_at_every_flush_and_random_points_keeps_what_was_promised() {
         report.flushes,
         report.marks,
         report.dropped_writes,
+        report.torn_writes,
         report.bytes_checked,
         report.violations.len()
     );
