@@ -101,10 +101,15 @@ fn main() -> ExitCode {
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 fn vm(args: vm_args::VmArgs) -> Result<ExitCode> {
-    let (mut config, cmd) = args.into_config()?;
+    let (mut config, cmd, write_log) = args.into_config()?;
     config.output = OutputMode::Inherit;
     let console = config.console_log.clone();
     let run = config.run(&cmd)?;
+    if let (Some(to), Some(log)) = (&write_log, run.write_log(1)) {
+        std::fs::copy(log, to)
+            .map_err(|e| format!("copying the write log to {}: {e}", to.display()))?;
+        eprintln!("xtask vm: write log of namespace 1: {}", to.display());
+    }
     let code = match &run.exit {
         GuestExit::Exited(code) => return Ok(ExitCode::from((*code).clamp(0, 255) as u8)),
         GuestExit::TimedOut(limit) => {

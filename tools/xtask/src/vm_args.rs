@@ -118,6 +118,10 @@ pub(crate) struct VmArgs {
     /// make chosen I/O fail).
     #[arg(long, value_name = "FILE")]
     blkdebug: Option<PathBuf>,
+    /// Put namespace 1 (a fresh image) behind QEMU's blklogwrites and copy
+    /// its write log (dm-log-writes format) to PATH after the run.
+    #[arg(long, value_name = "PATH")]
+    write_log: Option<PathBuf>,
     /// Extra guest kernel command line word (repeatable).
     #[arg(long = "append", value_name = "ARG")]
     kernel_args: Vec<String>,
@@ -130,12 +134,13 @@ pub(crate) struct VmArgs {
 }
 
 impl VmArgs {
-    pub(crate) fn into_config(self) -> Result<(VmConfig, Vec<String>), String> {
+    /// The guest configuration, the command and where to copy the write log.
+    pub(crate) fn into_config(self) -> Result<(VmConfig, Vec<String>, Option<PathBuf>), String> {
         if self.cmd.is_empty() {
             return Err("no command given (cargo xtask vm [OPTIONS] -- CMD [ARGS...])".into());
         }
         let namespaces = self.namespaces.max(self.disk.len() as u32);
-        let disks = if self.null {
+        let mut disks = if self.null {
             if !self.disk.is_empty() {
                 return Err("--null and --disk exclude each other".into());
             }
@@ -143,6 +148,15 @@ impl VmArgs {
         } else {
             self.disk.into_iter().map(NsDisk::File).collect()
         };
+        if self.write_log.is_some() {
+            if self.null || !disks.is_empty() || self.blkdebug.is_some() {
+                return Err(
+                    "--write-log logs a fresh namespace 1: not with --null, --disk or --blkdebug"
+                        .into(),
+                );
+            }
+            disks.push(NsDisk::Logged);
+        }
         let blkdebug = match &self.blkdebug {
             Some(p) => Some(
                 std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?,
@@ -178,7 +192,7 @@ impl VmArgs {
             ),
             ..VmConfig::default()
         };
-        Ok((config, self.cmd))
+        Ok((config, self.cmd, self.write_log))
     }
 }
 
