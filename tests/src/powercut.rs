@@ -269,11 +269,13 @@ impl Expectations {
 
     /// Checks file thread `t`'s region of `image` given that its `m`-th
     /// fsync had returned: Ok(bytes checked) or what is wrong.
-    fn check_file(&self, t: usize, m: usize, image: &[u8]) -> Result<u64, String> {
+    fn check_file(&self, t: usize, m: usize, image: &[u8]) -> Result<Checked, String> {
         let f = &self.files[t];
         let base = &f.snapshots[m];
         let start = t as u64 * FILE_REGION;
-        let region = &image[start as usize..start as usize + base.len()];
+        let region = image
+            .get(start as usize..start as usize + base.len())
+            .ok_or_else(|| format!("file {t}: {} bytes do not fit the image", base.len()))?;
         let mut wrong: Vec<usize> = Vec::new();
         for (c, (got, want)) in region.chunks(4096).zip(base.chunks(4096)).enumerate() {
             if got != want {
@@ -284,9 +286,11 @@ impl Expectations {
                 );
             }
         }
+        let bytes = base.len() as u64;
         if wrong.is_empty() {
-            return Ok(base.len() as u64);
+            return Ok(Checked { bytes, newer: 0 });
         }
+        let newer = wrong.len() as u64;
         // A later value is fine if an op before the next fsync gave it.
         let next = f.fsyncs.get(m + 1).copied().unwrap_or(f.ops.len() - 1);
         let mut state = base.clone();
@@ -302,7 +306,7 @@ impl Expectations {
                 !justified
             });
             if wrong.is_empty() {
-                return Ok(base.len() as u64);
+                return Ok(Checked { bytes, newer });
             }
         }
         let b = wrong[0];
@@ -321,7 +325,7 @@ impl Expectations {
 
     /// Checks the raw blocks given that the Flush after generation `g`
     /// had returned.
-    fn check_raw(&self, g: usize, image: &[u8]) -> Result<u64, String> {
+    fn check_raw(&self, g: usize, image: &[u8]) -> Result<Checked, String> {
         let first = RAW.start / LBA;
         let blocks = ((RAW.end - RAW.start) / LBA) as usize;
         // The last write of each block up to generation g.
@@ -333,17 +337,18 @@ impl Expectations {
                 }
             }
         }
-        let mut checked = 0;
+        let mut checked = Checked::default();
         for (i, own) in owner.iter().enumerate() {
             let Some((gi, wi)) = *own else { continue };
             let b = first + i as u64;
             let at = (b * LBA) as usize;
             let got = &image[at..at + LBA as usize];
             let (w, d) = &self.raw[gi][wi];
-            checked += LBA;
+            checked.bytes += LBA;
             if got == block_of(w, d, b) {
                 continue;
             }
+            checked.newer += LBA;
             let later = self.raw.get(g + 1).into_iter().flatten().any(|(w2, d2)| {
                 (w2.lba..w2.lba + w2.blocks).contains(&b) && got == block_of(w2, d2, b)
             });
@@ -358,6 +363,23 @@ impl Expectations {
             }
         }
         Ok(checked)
+    }
+}
+
+/// What one check compared.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Checked {
+    /// Bytes under a promise.
+    bytes: u64,
+    /// Of them, holding a newer value than the promised one (written
+    /// before the thread's next fsync or Flush).
+    newer: u64,
+}
+
+impl std::ops::AddAssign for Checked {
+    fn add_assign(&mut self, o: Checked) {
+        self.bytes += o.bytes;
+        self.newer += o.newer;
     }
 }
 
@@ -408,6 +430,14 @@ pub enum CheckError {
         /// Marks expected.
         expected: usize,
     },
+    /// An entry that cannot be applied to the image (past its end).
+    #[error("log entry {entry}: {what}")]
+    Replay {
+        /// The entry.
+        entry: usize,
+        /// What is wrong.
+        what: String,
+    },
     /// The log's sector size is not the workload's.
     #[error("the log's sectors are {0} bytes; the workload needs {LBA}")]
     SectorSize(u32),
@@ -438,6 +468,9 @@ pub struct CutReport {
     pub marks: usize,
     /// Bytes compared with a promise, over all cuts.
     pub bytes_checked: u64,
+    /// Of them, bytes that held a value newer than the promised one (an
+    /// op before the thread's next fsync or Flush wrote it), over all cuts.
+    pub newer_bytes: u64,
     /// Cuts that broke a promise: a description each.
     pub violations: Vec<String>,
 }
@@ -533,8 +566,8 @@ fn check_cut(
     marks: &[LoggedMark],
     len: usize,
     image: &[u8],
-) -> Result<u64, String> {
-    let mut checked = 0;
+) -> Result<Checked, String> {
+    let mut checked = Checked::default();
     for thread in 0..=RAW_THREAD {
         let Some(last) = marks
             .iter()
@@ -649,7 +682,7 @@ pub fn check_log(
     let mut durable = vec![0u8; DISK_SIZE as usize];
     let mut applied = 0;
     let apply = |e: &Entry, image: &mut [u8]| {
-        log.apply(e, image).map_err(|what| CheckError::BadMark {
+        log.apply(e, image).map_err(|what| CheckError::Replay {
             entry: e.index,
             what,
         })
@@ -668,7 +701,7 @@ pub fn check_log(
                     Keep::Sectors(seed) => {
                         let mut rng = StdRng::seed_from_u64(seed);
                         log.apply_sectors(e, &mut image, |_| rng.random_bool(0.5))
-                            .map_err(|what| CheckError::BadMark {
+                            .map_err(|what| CheckError::Replay {
                                 entry: e.index,
                                 what,
                             })?;
@@ -691,7 +724,10 @@ pub fn check_log(
             .filter(|(e, k)| e.kind == EntryKind::Write && matches!(k, Keep::Sectors(_)))
             .count();
         match outcome {
-            Ok(n) => report.bytes_checked += n,
+            Ok(c) => {
+                report.bytes_checked += c.bytes;
+                report.newer_bytes += c.newer;
+            }
             Err(e) => report.violations.push(format!("{}: {e}", cut.what)),
         }
     }
@@ -828,7 +864,7 @@ mod tests {
         assert!(r.flush_points > 10 && r.marks > 10, "{r:?}");
         assert_eq!(r.cuts, r.flush_points + r.mark_cuts + 40);
         assert!(r.dropped_writes > 0 && r.bytes_checked > 0, "{r:?}");
-        assert!(r.torn_writes > 0, "{r:?}");
+        assert!(r.torn_writes > 0 && r.newer_bytes > 0, "{r:?}");
         // Other cut seeds too.
         for seed in 8..12 {
             let log = WriteLog::parse(simulate(PARAMS, Fault::None)).expect("parses");
@@ -876,7 +912,13 @@ mod tests {
         assert!(err.starts_with("file 0: "), "{err}");
         let mut full = zero.clone();
         log.apply(&log.entries[0], &mut full).expect("fits");
-        assert_eq!(check_cut(&exp, &marks, 2, &full), Ok(first.len() as u64));
+        assert_eq!(
+            check_cut(&exp, &marks, 2, &full),
+            Ok(Checked {
+                bytes: first.len() as u64,
+                newer: 0
+            })
+        );
     }
 
     #[test]

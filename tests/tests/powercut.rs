@@ -104,8 +104,8 @@ fn power_cut_at_every_flush_and_random_points_keeps_what_was_promised() {
     let report = powercut::check_log(&log, &exp, 40, seed).unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
         "power cut: seed {seed}: {} cuts ({} flush points, {} after marks, {} random), {} writes, \
-         {} flushes, {} marks in the log; {} unflushed writes dropped ({} torn), {} bytes checked, \
-         {} violations",
+         {} flushes, {} marks in the log; {} unflushed writes dropped ({} torn), {} bytes checked \
+         ({} newer than promised), {} violations",
         report.cuts,
         report.flush_points,
         report.mark_cuts,
@@ -116,6 +116,7 @@ fn power_cut_at_every_flush_and_random_points_keeps_what_was_promised() {
         report.dropped_writes,
         report.torn_writes,
         report.bytes_checked,
+        report.newer_bytes,
         report.violations.len()
     );
     assert!(
