@@ -66,6 +66,9 @@ fn power_cut_at_every_flush_and_random_points_keeps_what_was_promised() {
     let mut config = vm();
     config.disks = vec![NsDisk::Logged];
     config.disk_size = powercut::DISK_SIZE;
+    // A hang guard: the run takes about a minute under TCG on a busy host.
+    config.timeout = std::time::Duration::from_secs(600);
+    let start = std::time::Instant::now();
     let run = run_ok(
         &config,
         &format!(
@@ -78,7 +81,7 @@ fn power_cut_at_every_flush_and_random_points_keeps_what_was_promised() {
         ),
     );
     let out = run.stdout_text();
-    eprintln!("{out}");
+    eprintln!("{out}guest run: {:.0?}", start.elapsed());
     // Flush only matters with a volatile write cache, which the
     // controller reports because the drive is cache=writeback.
     assert!(
@@ -101,9 +104,11 @@ fn power_cut_at_every_flush_and_random_points_keeps_what_was_promised() {
 
     let exp = Expectations::new(params);
     let seed = cut_seed();
+    let start = std::time::Instant::now();
     let report = powercut::check_log(&log, &exp, 40, seed).unwrap_or_else(|e| panic!("{e}"));
+    let checked_in = start.elapsed();
     eprintln!(
-        "power cut: seed {seed}: {} cuts ({} flush points, {} after marks, {} random), {} writes, \
+        "power cut: seed {seed} (checked in {checked_in:.0?}): {} cuts ({} flush points, {} after marks, {} random), {} writes, \
          {} flushes, {} marks in the log; {} unflushed writes dropped ({} torn), {} bytes checked \
          ({} newer than promised), {} violations",
         report.cuts,
