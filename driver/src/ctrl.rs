@@ -15,8 +15,8 @@ use nvme_spec::{
 use zerocopy::{FromBytes, FromZeros};
 
 use crate::admin::AdminQueue;
+use crate::device::{Bar, DeviceBacking};
 use crate::error::{Error, InitStep, Result};
-use crate::hw::mmio::Bar;
 use crate::memory::{DmaBuffer, DmaPool};
 use crate::ns::Namespace;
 use crate::pci::PciAddress;
@@ -27,6 +27,11 @@ use crate::vfio::VfioNvme;
 
 /// The memory page size the driver programs (CC.MPS = 0).
 pub const PAGE_SIZE: usize = 4096;
+/// PCI command register offset in config space, and its bits we set.
+const PCI_COMMAND: u16 = 0x04;
+const PCI_COMMAND_MEMORY: u16 = 1 << 1;
+const PCI_COMMAND_MASTER: u16 = 1 << 2;
+const PCI_COMMAND_INTX_DISABLE: u16 = 1 << 10;
 /// Transfer limit used when the controller reports none (MDTS = 0).
 pub const UNLIMITED_MDTS_TRANSFER: usize = 8 << 20;
 const IDENTIFY_SIZE: usize = 4096;
@@ -82,8 +87,8 @@ impl Default for Options {
 #[derive(Debug)]
 pub(crate) struct Shared {
     // Field order is drop order: the admin queue and DMA memory first, then
-    // the BAR mapping, and the VFIO device last (a live BAR mmap would keep
-    // the device busy).
+    // the BAR, and the device last (a live BAR mmap would keep a VFIO
+    // device busy).
     admin: Mutex<AdminQueue>,
     pub(crate) pool: DmaPool,
     pub(crate) bar: Arc<Bar>,
@@ -107,8 +112,8 @@ pub(crate) struct Shared {
     /// number of queue pairs the controller granted.
     qids: Mutex<Vec<bool>>,
     address: PciAddress,
-    /// None for a mock controller (host memory, no device).
-    vfio: Option<VfioNvme>,
+    /// The PCI function: VFIO, or an emulation.
+    device: Box<dyn DeviceBacking>,
 }
 
 /// An NVMe controller driven from userspace through VFIO. Cheap to clone;
@@ -125,12 +130,24 @@ impl Controller {
     /// number of I/O queues. Queue pairs come from [`Controller::io_qpair`].
     pub fn open(address: PciAddress, options: Options) -> Result<Controller> {
         let vfio = VfioNvme::open(address).map_err(|e| e.at(InitStep::OpenDevice))?;
-        let bar = Arc::new(vfio.map_bar0().map_err(|e| e.at(InitStep::MapBar))?);
+        Self::with_device(vfio, options)
+    }
+
+    /// Brings up the controller behind `device` as [`Controller::open`]
+    /// does for a VFIO function: the same steps (bus mastering, disable,
+    /// admin queue, enable, identify, shadow doorbells, queue count,
+    /// namespaces, asynchronous events) on any [`DeviceBacking`], such as
+    /// a controller emulated in this process.
+    pub fn with_device(device: impl DeviceBacking, options: Options) -> Result<Controller> {
+        let device: Box<dyn DeviceBacking> = Box::new(device);
+        let address = device.address();
+        enable_bus_master(device.as_ref()).map_err(|e| e.at(InitStep::OpenDevice))?;
+        let bar = Arc::new(device.map_bar0().map_err(|e| e.at(InitStep::MapBar))?);
         let cap = Cap(bar.read64(regs::offset::CAP)?);
         let vs = Vs(bar.read32(regs::offset::VS)?);
         log::debug!("{address}: CAP {:#018x} VS {vs}", cap.0);
         check_cap(cap)?;
-        let pool = DmaPool::new(vfio.mapper.clone(), options.prefer_huge_pages);
+        let pool = DmaPool::new(device.dma().mapper(), options.prefer_huge_pages);
 
         disable(&bar, cap).map_err(|e| e.at(InitStep::Disable))?;
         let admin_entries = options
@@ -160,7 +177,7 @@ impl Controller {
             options,
             qids: Mutex::new(Vec::new()),
             address,
-            vfio: Some(vfio),
+            device,
         };
         shared
             .identify_controller()
@@ -589,15 +606,12 @@ impl Shared {
 
     /// The eventfd of MSI-X vector `vector`, enabling MSI-X the first time.
     fn interrupt(&self, vector: u16) -> Result<Arc<vmm_sys_util::eventfd::EventFd>> {
-        let vfio = self
-            .vfio
-            .as_ref()
-            .ok_or_else(|| Error::Unsupported("interrupts need a VFIO device".into()))?;
+        let device = &self.device;
         let mut irqs = self.irqs.lock().unwrap_or_else(|e| e.into_inner());
         if irqs.is_none() {
             // Vector 0 belongs to the admin queue; one more per I/O queue.
             let granted = self.lock_qids().len() as u32;
-            let count = vfio.msix_vectors().min(granted + 1);
+            let count = device.msix_vectors().min(granted + 1);
             let fds = (0..count)
                 .map(|_| {
                     vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
@@ -605,7 +619,7 @@ impl Shared {
                         .map_err(|e| Error::os("creating an eventfd", e))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            vfio.enable_msix(&fds)?;
+            device.enable_msix(&fds)?;
             log::debug!("{}: MSI-X enabled with {count} vectors", self.address);
             *irqs = Some(fds);
         }
@@ -614,7 +628,7 @@ impl Shared {
             .ok_or_else(|| {
                 Error::Unsupported(format!(
                     "queue {vector} has no MSI-X vector (the controller has {})",
-                    vfio.msix_vectors()
+                    device.msix_vectors()
                 ))
             })
     }
@@ -715,71 +729,29 @@ impl Shared {
     }
 }
 
-#[cfg(any(test, feature = "test-utils"))]
-impl Controller {
-    /// A controller handle over state built by [`Shared::for_mock`].
-    pub(crate) fn from_shared(shared: Shared) -> Controller {
-        Controller {
-            shared: Arc::new(shared),
-        }
-    }
-}
-
-#[cfg(any(test, feature = "test-utils"))]
-impl Shared {
-    /// State for a mock controller in host memory: no VFIO and no
-    /// bring-up. The admin queue is allocated from `pool` and programmed
-    /// into `bar` (AQA, ASQ, ACQ) as [`Controller::open`] does, so a mock
-    /// finds it where a device would; `io_queues` queue pairs may be
-    /// created (through the admin queue, as on a device).
-    pub(crate) fn for_mock(
-        bar: Arc<Bar>,
-        pool: DmaPool,
-        cap: Cap,
-        namespaces: Vec<Namespace>,
-        max_transfer: usize,
-        options: Options,
-        io_queues: usize,
-    ) -> Result<Shared> {
-        let admin_entries = options
-            .admin_queue_entries
-            .clamp(2, 4096)
-            .min(max_entries(cap));
-        let admin = QueuePair::new(0, admin_entries, cap.dstrd(), bar.clone(), &pool)?;
-        program_admin_queue(&bar, &admin)?;
-        Ok(Shared {
-            admin: Mutex::new(AdminQueue::new(admin)),
-            generation: AtomicU64::new(0),
-            dbbuf: None,
-            aer_limit: 0,
-            irqs: Mutex::new(None),
-            pool,
-            vs: Vs(bar.read32(regs::offset::VS)?),
-            bar,
-            cap,
-            identify: Box::new(IdentifyController::new_zeroed()),
-            namespaces,
-            max_transfer: max_transfer.max(PAGE_SIZE),
-            sgl: options.use_sgl,
-            options,
-            qids: Mutex::new(vec![false; io_queues]),
-            address: PciAddress {
-                domain: 0xffff,
-                bus: 0xff,
-                device: 0x1f,
-                function: 7,
-            },
-            vfio: None,
-        })
-    }
-}
-
 impl Drop for Shared {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
             log::warn!("{}: clean shutdown failed: {e}", self.address);
         }
     }
+}
+
+/// vfio-pci leaves bus mastering off: without it the first doorbell sends
+/// the controller to fatal status. INTx is disabled (we poll or use MSI-X).
+fn enable_bus_master(device: &dyn DeviceBacking) -> Result<()> {
+    let cmd = device.config_read16(PCI_COMMAND)?;
+    if cmd == u16::MAX {
+        return Err(Error::ControllerFatal {
+            step: "reading the PCI command register".into(),
+            csts: Csts(u32::MAX),
+        });
+    }
+    let want = cmd | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER | PCI_COMMAND_INTX_DISABLE;
+    if want != cmd {
+        device.config_write16(PCI_COMMAND, want)?;
+    }
+    Ok(())
 }
 
 /// Points the controller at the admin queue (AQA, ASQ, ACQ).

@@ -2,6 +2,9 @@
 //!
 //! Reading order for newcomers:
 //! - [`pci`]: finding NVMe functions in sysfs, binding them to vfio-pci.
+//! - [`device`]: the device boundary ([`device::DeviceBacking`]: BAR0,
+//!   config space, DMA mapping, interrupts), implemented by the VFIO
+//!   device and by controllers emulated in this process (the mock).
 //! - `vfio` and `hw`: opening the device, mapping BAR0, DMA memory mapped
 //!   through the IOMMU. All of the crate's `unsafe` is in `hw`.
 //! - [`memory`]: the DMA buffer pool.
@@ -24,6 +27,7 @@
 
 mod admin;
 mod ctrl;
+pub mod device;
 mod error;
 mod hw;
 pub mod iova;

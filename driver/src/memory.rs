@@ -345,7 +345,7 @@ mod tests {
 
     #[test]
     fn empty_chunks_are_given_back_but_one() {
-        let pool = DmaPool::new(Arc::new(crate::hw::dma::IdentityMapper), false);
+        let pool = DmaPool::new(Arc::new(crate::hw::dma::HostMapper::default()), false);
         // Three chunks' worth of 1 MiB buffers.
         let bufs: Vec<DmaBuffer> = (0..6)
             .map(|_| pool.alloc(1 << 20).expect("alloc"))
@@ -369,7 +369,7 @@ mod tests {
 
     #[test]
     fn alloc_zeroes_reused_pages_and_alloc_uninit_does_not() {
-        let pool = DmaPool::new(Arc::new(crate::hw::dma::IdentityMapper), false);
+        let pool = DmaPool::new(Arc::new(crate::hw::dma::HostMapper::default()), false);
         let keep = pool.alloc(4096).expect("alloc");
         let a = pool.alloc(8192).expect("alloc");
         a.fill(0, 8192, 0xEE).expect("fill");
@@ -391,7 +391,7 @@ mod tests {
 
     #[test]
     fn reserved_chunks_stay_mapped_when_empty() {
-        let pool = DmaPool::new(Arc::new(crate::hw::dma::IdentityMapper), false);
+        let pool = DmaPool::new(Arc::new(crate::hw::dma::HostMapper::default()), false);
         pool.reserve(3 * CHUNK - 1).expect("reserve");
         assert_eq!(pool.chunk_counts().0, 3);
         let bufs: Vec<DmaBuffer> = (0..5)

@@ -153,7 +153,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::hw::dma::IdentityMapper as Identity;
+    use crate::hw::dma::HostMapper;
 
     /// Walks the data pointer as a controller would, returning the page
     /// addresses it names.
@@ -193,7 +193,7 @@ mod tests {
 
     #[test]
     fn every_layout_names_every_page_once() {
-        let pool = DmaPool::new(Arc::new(Identity), false);
+        let pool = DmaPool::new(Arc::new(HostMapper::default()), false);
         let data = pool.alloc(5 << 20).expect("host memory");
         let base = data.iova();
         for &(offset, len) in &[
@@ -223,7 +223,7 @@ mod tests {
 
     #[test]
     fn rejects_what_no_controller_accepts() {
-        let pool = DmaPool::new(Arc::new(Identity), false);
+        let pool = DmaPool::new(Arc::new(HostMapper::default()), false);
         assert!(build(&pool, 0x1000, 0).is_err());
         assert!(build(&pool, 0x1001, 512).is_err(), "not dword aligned");
     }

@@ -11,8 +11,8 @@ use std::sync::atomic::{Ordering, fence};
 use nvme_spec::{Cqe, DoorbellKind, Sqe, doorbell_offset};
 use zerocopy::{FromBytes, IntoBytes};
 
+use crate::device::Bar;
 use crate::error::{Error, Result};
-use crate::hw::mmio::Bar;
 use crate::memory::{DmaBuffer, DmaPool};
 
 /// Bytes in a submission queue entry.

@@ -1,5 +1,7 @@
 //! Opening an NVMe controller through VFIO: container, group and device
-//! (vfio-ioctls), PCI command register, BAR0 mapping and the DMA mapper.
+//! (vfio-ioctls). [`VfioNvme`] is the real [`DeviceBacking`]: config space
+//! through the device file, BAR0 mapped from it, DMA through the IOMMU, and
+//! MSI-X routed to eventfds.
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -10,17 +12,12 @@ use vfio_bindings::bindings::vfio::{
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioOps};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::device::{Bar, DeviceBacking, DmaMapping};
 use crate::error::{Error, Result};
-use crate::hw::mmio::Bar;
+use crate::hw::mmio::MmioBar;
 use crate::hw::vfio_sys::{self, IommuInfo, VfioMapper};
 use crate::iova::IovaAllocator;
 use crate::pci::{self, PciAddress};
-
-/// PCI command register offset in config space, and its bits we set.
-const PCI_COMMAND: u64 = 0x04;
-const PCI_COMMAND_MEMORY: u16 = 1 << 1;
-const PCI_COMMAND_MASTER: u16 = 1 << 2;
-const PCI_COMMAND_INTX_DISABLE: u16 = 1 << 10;
 
 /// A controller opened through VFIO.
 pub(crate) struct VfioNvme {
@@ -63,40 +60,42 @@ impl VfioNvme {
             container.clone(),
             IovaAllocator::new(&iommu.iova_ranges),
         ));
-        let nvme = VfioNvme {
+        Ok(VfioNvme {
             address,
             mapper,
             iommu,
             device,
             _container: container,
-        };
-        nvme.enable_bus_master()?;
-        Ok(nvme)
+        })
     }
 
     fn config_offset(&self) -> u64 {
         self.device.get_region_offset(VFIO_PCI_CONFIG_REGION_INDEX)
     }
+}
 
-    /// Reads a 16-bit config space register.
-    pub(crate) fn config_read16(&self, reg: u64) -> Result<u16> {
+impl DeviceBacking for VfioNvme {
+    fn address(&self) -> PciAddress {
+        self.address
+    }
+
+    fn config_read16(&self, reg: u16) -> Result<u16> {
         let mut b = [0u8; 2];
-        vfio_sys::pread_exact(self.device.as_raw_fd(), &mut b, self.config_offset() + reg)
-            .map_err(|e| {
-                Error::os(
-                    format!("{}: config space read at {reg:#x}", self.address),
-                    e,
-                )
-            })?;
+        let at = self.config_offset() + u64::from(reg);
+        vfio_sys::pread_exact(self.device.as_raw_fd(), &mut b, at).map_err(|e| {
+            Error::os(
+                format!("{}: config space read at {reg:#x}", self.address),
+                e,
+            )
+        })?;
         Ok(u16::from_le_bytes(b))
     }
 
-    /// Writes a 16-bit config space register.
-    pub(crate) fn config_write16(&self, reg: u64, value: u16) -> Result<()> {
+    fn config_write16(&self, reg: u16, value: u16) -> Result<()> {
         vfio_sys::pwrite_all(
             self.device.as_raw_fd(),
             &value.to_le_bytes(),
-            self.config_offset() + reg,
+            self.config_offset() + u64::from(reg),
         )
         .map_err(|e| {
             Error::os(
@@ -106,26 +105,13 @@ impl VfioNvme {
         })
     }
 
-    /// vfio-pci leaves bus mastering off: without it the first doorbell
-    /// sends the controller to fatal status. INTx is disabled (we poll).
-    fn enable_bus_master(&self) -> Result<()> {
-        let cmd = self.config_read16(PCI_COMMAND)?;
-        let want = cmd | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER | PCI_COMMAND_INTX_DISABLE;
-        if want != cmd {
-            self.config_write16(PCI_COMMAND, want)?;
-        }
-        Ok(())
-    }
-
-    /// MSI-X vectors the function has.
-    pub(crate) fn msix_vectors(&self) -> u32 {
+    fn msix_vectors(&self) -> u32 {
         self.device
             .get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX)
             .map_or(0, |irq| irq.count)
     }
 
-    /// Routes MSI-X vectors 0..fds.len() to the eventfds.
-    pub(crate) fn enable_msix(&self, fds: &[Arc<EventFd>]) -> Result<()> {
+    fn enable_msix(&self, fds: &[Arc<EventFd>]) -> Result<()> {
         self.device
             .enable_msix(fds.iter().map(|f| f.as_ref()).collect())
             .map_err(|e| {
@@ -136,8 +122,11 @@ impl VfioNvme {
             })
     }
 
-    /// Maps BAR0 (the controller registers and doorbells).
-    pub(crate) fn map_bar0(&self) -> Result<Bar> {
+    fn dma(&self) -> DmaMapping {
+        DmaMapping::new(self.mapper.clone())
+    }
+
+    fn map_bar0(&self) -> Result<Bar> {
         let size = self.device.get_region_size(VFIO_PCI_BAR0_REGION_INDEX);
         let flags = self.device.get_region_flags(VFIO_PCI_BAR0_REGION_INDEX);
         if flags & vfio_bindings::bindings::vfio::VFIO_REGION_INFO_FLAG_MMAP == 0 {
@@ -151,6 +140,6 @@ impl VfioNvme {
             return Err(Error::BadDevice(format!("BAR0 size {size:#x}")));
         }
         let offset = self.device.get_region_offset(VFIO_PCI_BAR0_REGION_INDEX);
-        Bar::map(self.device.as_raw_fd(), offset, size as usize)
+        MmioBar::map(self.device.as_raw_fd(), offset, size as usize).map(Bar::mmio)
     }
 }

@@ -23,36 +23,18 @@ pub(crate) trait DmaMapper: Send + Sync + std::fmt::Debug {
     fn unmap(&self, iova: u64, len: usize) -> Result<()>;
 }
 
-/// IOVA = VA: lets unit tests run the DMA, queue and PRP code on plain host
-/// memory, with no IOMMU.
-#[cfg(test)]
-#[derive(Debug)]
-pub(crate) struct IdentityMapper;
-
-#[cfg(test)]
-impl DmaMapper for IdentityMapper {
-    unsafe fn map(&self, va: *mut u8, _len: usize) -> Result<u64> {
-        Ok(va as u64)
-    }
-
-    fn unmap(&self, _iova: u64, _len: usize) -> Result<()> {
-        Ok(())
-    }
-}
-
-/// IOVA = VA, like [`IdentityMapper`], that also remembers every live
-/// mapping so a mock controller can play the device: it reads and writes
+/// IOVA = VA, for a device emulated in this process (the mock controller),
+/// with no IOMMU. It remembers every live mapping so the emulation can play
+/// the device: it reads and writes
 /// host memory by IOVA, and only inside a region that is mapped at the
 /// time of the access (anything else is a DMA error, as an IOMMU would
 /// make it).
-#[cfg(any(test, feature = "test-utils"))]
 #[derive(Debug, Default)]
 pub(crate) struct HostMapper {
     /// Start IOVA (= VA) -> length of each live mapping.
     regions: std::sync::Mutex<std::collections::BTreeMap<u64, usize>>,
 }
 
-#[cfg(any(test, feature = "test-utils"))]
 impl HostMapper {
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, usize>> {
         self.regions.lock().unwrap_or_else(|e| e.into_inner())
@@ -106,7 +88,6 @@ impl HostMapper {
     }
 }
 
-#[cfg(any(test, feature = "test-utils"))]
 impl DmaMapper for HostMapper {
     unsafe fn map(&self, va: *mut u8, len: usize) -> Result<u64> {
         let iova = va.expose_provenance() as u64;
