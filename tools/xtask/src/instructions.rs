@@ -8,9 +8,10 @@
 //! buffers), `IoQPair::submit_fixed` and `IoQPair::poll_fixed` (the full
 //! path on registered buffers, through two out-of-line wrappers in the
 //! example, since link-time optimisation inlines them into its loop) or
-//! `IoQPair::floor` (the floor loop), and not inside the mock's doorbell
-//! hook, so the count is the driver's own work from submission to the
-//! completion handed back, divided by the I/Os.
+//! `IoQPair::floor` (the floor loop), and not inside the mock's emulated
+//! BAR (its register reads and writes, where it serves doorbells), so the
+//! count is the driver's own work from submission to the completion handed
+//! back, divided by the I/Os.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,14 +28,17 @@ const VALGRIND: Package = Package {
 };
 
 /// Functions whose entry and exit toggle collection: the driver's entry
-/// points, and the mock's doorbell hook inside them (toggled off again).
-const TOGGLES: [&str; 6] = [
+/// points, and the mock's emulated register accesses inside them (toggled
+/// off again: serving a doorbell is the device's work).
+const TOGGLES: [&str; 8] = [
     "*IoQPair>::submit",
     "*IoQPair>::poll",
     "io_cost::submit_fixed",
     "io_cost::poll_fixed",
     "*IoQPair>::floor",
-    "nvme_driver::mock::MockController::new::{{closure}}",
+    "*MockDevice as nvme_driver::device::EmulatedBar>::write32",
+    "*MockDevice as nvme_driver::device::EmulatedBar>::write64",
+    "*MockDevice as nvme_driver::device::EmulatedBar>::read32",
 ];
 
 /// One measured case.
