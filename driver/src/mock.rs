@@ -2607,6 +2607,8 @@ pub fn run_cqe_stream(ops: &[StreamOp]) -> std::result::Result<StreamReport, Str
         }],
         max_transfer: 8 << 10,
         io_queues: 1,
+        // Bring-up is not what this harness is about: no waiting on RDY.
+        ready_delay: 0,
         options: Options {
             admin_queue_entries: 4,
             io_queue_entries: STREAM_QUEUE_ENTRIES,
