@@ -116,9 +116,9 @@ pub(crate) struct Shared {
     device: Box<dyn DeviceBacking>,
 }
 
-/// An NVMe controller driven from userspace through VFIO. Cheap to clone;
-/// the controller is shut down when the last handle and the last queue
-/// pair are gone.
+/// An NVMe controller driven from userspace through VFIO (or another
+/// [`DeviceBacking`]). Cheap to clone; the controller is shut down when the
+/// last handle and the last queue pair are gone.
 #[derive(Debug, Clone)]
 pub struct Controller {
     shared: Arc<Shared>,
