@@ -6,7 +6,9 @@
 //! ([`DeviceBacking`]), so the driver runs on it exactly as on VFIO:
 //! [`MockController::new`] calls [`Controller::with_device`], the real
 //! bring-up (bus mastering, CC.EN, the admin queue, Identify, shadow
-//! doorbells, Number of Queues, namespaces, AERs).
+//! doorbells, Number of Queues, namespaces, AERs). [`MockController::device`]
+//! and [`MockController::open`] do it in two steps, for tests of bring-up
+//! itself.
 //! - BAR0 is emulated ([`EmulatedBar`]): registers are state in the mock.
 //!   CC.EN 0 -> 1 reads AQA/ASQ/ACQ and sets CSTS.RDY; CC.EN 1 -> 0 is a
 //!   controller reset (every I/O queue and pending command dropped) and
@@ -20,8 +22,8 @@
 //!   as a protocol violation ([`MockController::violations`]), as is any
 //!   other thing a real controller would reject or trip over (a CID reused
 //!   while in flight, a transfer past MDTS, a malformed PRP or SGL, an SQ
-//!   overrun, a doorbell while disabled, an MMIO doorbell that disagrees
-//!   with the shadow doorbell).
+//!   overrun, an admin doorbell while disabled or without bus mastering,
+//!   an enable with an admin queue it cannot use).
 //! - Admin commands are served synchronously, inside the doorbell write
 //!   (Identify, Create/Delete I/O queues, Abort, Get/Set Features,
 //!   Doorbell Buffer Config; Asynchronous Event Requests are kept until
