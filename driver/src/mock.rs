@@ -3724,17 +3724,36 @@ mod tests {
     }
 
     #[test]
-    fn an_interrupt_queue_pair_sleeps_until_the_mock_signals() {
+    fn msix_goes_through_the_device_boundary() {
+        // A function without MSI-X: a clear error, and the queue id is
+        // given back.
+        let (_mock, ctrl) = MockController::new(config(16, 64 << 10, 1024)).expect("mock");
+        let err = ctrl.io_qpair_with_interrupts().expect_err("no vectors");
+        assert!(err.to_string().contains("MSI-X"), "{err}");
+        for _ in 0..4 {
+            // Each failure gives its queue id back (4 are granted).
+            assert!(ctrl.io_qpair_with_interrupts().is_err());
+        }
+        drop(ctrl.io_qpair().expect("ids not leaked"));
+
         let cfg = config(16, 64 << 10, 1024).msix_vectors(4);
         let (mock, ctrl) = MockController::new(cfg).expect("mock");
         let mut qp = ctrl.io_qpair_with_interrupts().expect("interrupts");
+        let patterns = submit_writes(&mock, &mut qp, 2);
+        assert_eq!(mock.stats().interrupts, 0);
+        mock.process().expect("process");
+        assert_eq!(mock.stats().interrupts, 2, "one per completion posted");
+        let mut out = Vec::new();
+        while out.len() < 2 {
+            qp.wait(&mut out, Duration::from_secs(10)).expect("wait");
+        }
+        all_written(&mock, &out, &patterns);
+        // The blocking helpers, with the mock serving each doorbell.
         mock.set_auto(true);
-        let data = random_bytes(3, LBA);
-        qp.write(NS, 7, &data).expect("write");
         let mut back = vec![0u8; LBA];
-        qp.read(NS, 7, &mut back).expect("read");
-        assert_eq!(back, data);
-        assert!(mock.stats().interrupts >= 2);
+        qp.read(NS, 1, &mut back).expect("read");
+        assert_eq!(back, patterns[1]);
+        assert_eq!(mock.stats().interrupts, 3);
         no_violations(&mock);
     }
 
