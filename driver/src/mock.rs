@@ -3551,6 +3551,65 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_queue_is_read_again_at_every_enable() {
+        // Plays the driver on the bare registers: two enables, each with
+        // its own admin queue; each command completes in the queue
+        // programmed before that enable.
+        let mock = MockController::device(&config(16, 64 << 10, 1024)).expect("mock");
+        mock.state().regs.pci_command = PCI_COMMAND_MASTER;
+        let wait_ready = |want: bool| {
+            for _ in 0..100 {
+                if Csts(mock.register(regs::offset::CSTS).expect("CSTS")).ready() == want {
+                    return;
+                }
+            }
+            panic!("CSTS.RDY never became {want}");
+        };
+        let run = |sq: &crate::DmaBuffer, cq: &crate::DmaBuffer, cid: u16| {
+            mock.bar.write32(regs::offset::CC, 0).expect("disable");
+            wait_ready(false);
+            mock.bar
+                .write32(regs::offset::AQA, Aqa::new(2, 2).0)
+                .expect("AQA");
+            mock.bar.write64(regs::offset::ASQ, sq.iova()).expect("ASQ");
+            mock.bar.write64(regs::offset::ACQ, cq.iova()).expect("ACQ");
+            let cc = Cc(0).with_iosqes(6).with_iocqes(4).with_enable(true);
+            mock.bar.write32(regs::offset::CC, cc.0).expect("enable");
+            wait_ready(true);
+            let mut sqe = nvme_spec::admin::set_features(
+                nvme_spec::FeatureId::NumberOfQueues as u8,
+                0x0001_0001,
+                false,
+            );
+            sqe.set_cid(cid);
+            sq.write(0, sqe.as_bytes()).expect("SQE");
+            let tail = doorbell_offset(0, DoorbellKind::SqTail, DSTRD);
+            mock.bar.write32(tail, 1).expect("doorbell");
+        };
+        let completion = |cq: &crate::DmaBuffer| {
+            let mut raw = [0u8; 16];
+            cq.read(0, &mut raw).expect("CQE");
+            Cqe::read_from_bytes(&raw[..]).expect("CQE")
+        };
+        let pool = mock.pool();
+        let (sq1, cq1) = (pool.alloc(4096).expect("SQ"), pool.alloc(4096).expect("CQ"));
+        let (sq2, cq2) = (pool.alloc(4096).expect("SQ"), pool.alloc(4096).expect("CQ"));
+        run(&sq1, &cq1, 7);
+        assert_eq!(completion(&cq1).cid(), 7);
+        assert!(completion(&cq1).phase());
+        run(&sq2, &cq2, 8);
+        let c = completion(&cq2);
+        assert_eq!(
+            (c.cid(), c.phase()),
+            (8, true),
+            "the new queue, from slot 0"
+        );
+        assert_eq!(completion(&cq1).cid(), 7, "the old queue untouched");
+        assert_eq!(mock.stats().enables, 2);
+        no_violations(&mock);
+    }
+
+    #[test]
     fn a_bad_enable_is_refused_with_fatal_status() {
         let mock = MockController::device(&config(16, 64 << 10, 1024)).expect("mock");
         mock.bar.write32(regs::offset::CC, 0).expect("disable");
