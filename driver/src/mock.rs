@@ -3783,6 +3783,37 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_id_taken_again_rings_its_first_doorbell_by_mmio() {
+        let cfg = config(16, 64 << 10, 1024).shadow_doorbells(true);
+        let (mock, ctrl) = MockController::new(cfg).expect("mock");
+        let mut qp = ctrl.io_qpair().expect("queue pair");
+        let qid = qp.qid();
+        let patterns = submit_writes(&mock, &mut qp, 5);
+        let (out, _) = drain(&mock, &mut qp, 5, Duration::from_secs(10));
+        all_written(&mock, &out, &patterns);
+        // The mock, as QEMU, leaves the SQ's EventIdx at the last tail seen.
+        let (_, eventidx) = mock.shadow_pages().expect("configured");
+        let dma = mock.state().dma.clone();
+        let mut ei = [0u8; 4];
+        dma.read(eventidx + 8 * u64::from(qid), &mut ei)
+            .expect("EventIdx");
+        assert_eq!(u32::from_le_bytes(ei), 5);
+        drop(qp);
+        let mut qp = ctrl.io_qpair().expect("queue pair again");
+        assert_eq!(qp.qid(), qid, "the same queue id");
+        // QEMU looks at an SQ only after an MMIO doorbell: the new queue's
+        // first doorbell (tail 0 -> 3) must be one, whatever the earlier
+        // queue left in its EventIdx slot (5 would say "still looking").
+        let before = mock.stats().mmio_doorbells;
+        let patterns = submit_writes(&mock, &mut qp, 3);
+        assert_eq!(mock.stats().mmio_doorbells, before + 1, "an MMIO doorbell");
+        let (out, errors) = drain(&mock, &mut qp, 3, Duration::from_secs(10));
+        assert!(errors.is_empty(), "{errors:?}");
+        all_written(&mock, &out, &patterns);
+        no_violations(&mock);
+    }
+
+    #[test]
     fn msix_goes_through_the_device_boundary() {
         // A function without MSI-X: a clear error, and the queue id is
         // given back.

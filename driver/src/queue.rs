@@ -70,6 +70,8 @@ pub(crate) struct QueuePair {
     shadow: Option<Arc<ShadowDoorbells>>,
     /// The MSI-X vector of the CQ, for a queue in interrupt mode.
     irq_vector: Option<u16>,
+    /// Times [`QueuePair::kick`] wrote the doorbells.
+    kicks: u64,
 }
 
 impl QueuePair {
@@ -115,6 +117,7 @@ impl QueuePair {
             free_cids: (0..entries - 1).rev().collect(),
             shadow: None,
             irq_vector: None,
+            kicks: 0,
         })
     }
 
@@ -130,11 +133,25 @@ impl QueuePair {
 
     /// Uses shadow doorbells from now on (None: MMIO doorbells only). The
     /// queue's shadow slots take the current tail and head.
+    ///
+    /// An I/O queue's EventIdx slots take them too. This runs before the
+    /// controller creates the queue, and the slots may still hold what the
+    /// controller wrote for an earlier queue with the same id (a queue pair
+    /// dropped and taken again): left there, an EventIdx ahead of the new
+    /// queue's tail says the controller is still looking, so the first
+    /// doorbells would go to the shadow page only, where nobody reads them
+    /// (QEMU re-reads the shadow tail only while it works through the SQ,
+    /// which an MMIO doorbell starts). The admin queue's slots are fresh:
+    /// both pages are zeroed before Doorbell Buffer Config is sent.
     pub(crate) fn set_shadow(&mut self, shadow: Option<Arc<ShadowDoorbells>>) -> Result<()> {
         if let Some(s) = &shadow {
             let (sq, cq) = self.shadow_offsets();
             s.shadow.write_u32(sq, u32::from(self.sq_tail_rung))?;
             s.shadow.write_u32(cq, u32::from(self.cq_head))?;
+            if self.qid != 0 {
+                s.eventidx.write_u32(sq, u32::from(self.sq_tail_rung))?;
+                s.eventidx.write_u32(cq, u32::from(self.cq_head))?;
+            }
         }
         self.shadow = shadow;
         Ok(())
@@ -174,11 +191,17 @@ impl QueuePair {
     /// shadow write) then sees them. Writing a doorbell's current value
     /// again is harmless.
     pub(crate) fn kick(&mut self) -> Result<()> {
+        self.kicks += 1;
         fence(Ordering::SeqCst);
         self.bar
             .write32(self.sq_doorbell, u32::from(self.sq_tail_rung))?;
         self.bar
             .write32(self.cq_doorbell, u32::from(self.cq_head_rung))
+    }
+
+    /// Times [`QueuePair::kick`] wrote the doorbells.
+    pub(crate) fn kicks(&self) -> u64 {
+        self.kicks
     }
 
     /// Forgets every command and starts the rings over (empty, phase 1):

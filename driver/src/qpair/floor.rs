@@ -232,7 +232,10 @@ impl IoQPair {
                 idle += 1;
                 // The same mitigation as the full path's for a controller
                 // that missed a shadow doorbell update.
-                if idle.is_multiple_of(u64::from(SHADOW_KICK_INTERVAL)) && self.q.has_shadow() {
+                if idle.is_multiple_of(u64::from(SHADOW_KICK_INTERVAL))
+                    && self.q.has_shadow()
+                    && self.shared.options.shadow_kick
+                {
                     self.q.kick()?;
                 }
                 if idle.is_multiple_of(IDLE_CLOCK_EVERY) {

@@ -231,6 +231,13 @@ impl IoQPair {
         self.interrupts
     }
 
+    /// Times the doorbells were written by MMIO after a long silence with
+    /// commands in flight although the shadow page held them
+    /// ([`Options::shadow_kick`](crate::Options::shadow_kick)).
+    pub fn shadow_kicks(&self) -> u64 {
+        self.q.kicks()
+    }
+
     /// The queue id.
     pub fn qid(&self) -> u16 {
         self.q.qid()

@@ -380,7 +380,10 @@ impl IoQPair {
             self.recover(out)?;
         } else if self.q.in_flight() > self.lost_cids {
             self.idle_polls = self.idle_polls.wrapping_add(1);
-            if self.idle_polls.is_multiple_of(SHADOW_KICK_INTERVAL) && self.q.has_shadow() {
+            if self.idle_polls.is_multiple_of(SHADOW_KICK_INTERVAL)
+                && self.q.has_shadow()
+                && self.shared.options.shadow_kick
+            {
                 self.q.kick()?;
             }
             if self.idle_polls.is_multiple_of(HEALTH_CHECK_INTERVAL) {

@@ -29,6 +29,13 @@ struct Cli {
     /// completions instead of spinning.
     #[arg(long)]
     interrupts: bool,
+    /// Never write shadowed doorbells by MMIO after a long silence
+    /// (`Options::shadow_kick` off).
+    #[arg(long)]
+    no_kick: bool,
+    /// Deadline of one I/O command, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    io_timeout_ms: u64,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -148,6 +155,24 @@ enum Scenario {
     /// `ok` or `FAILED` with the failed check; exits non-zero if any
     /// failed. Needs a transfer limit of at least 1 MiB (mdts=8).
     Conformance,
+    /// Shadow doorbells' EventIdx rule under wrap-around: queue pairs of
+    /// `--entries` (small, so the ring indices wrap every few commands) kept
+    /// full by the full path and by the floor loop, `lives` times in a row
+    /// (each life drops the queue pair and takes a new one, with the same
+    /// queue id, and starts with one command alone). Times every request
+    /// and floor run; one slower than `stall-ms` is a stall. Prints per
+    /// life the slowest, the stalls and the MMIO kicks the driver made.
+    ShadowStress {
+        /// Requests per life on the full path, and as many floor commands.
+        #[arg(long, default_value_t = 3000)]
+        ios: u64,
+        #[arg(long, default_value_t = 4)]
+        lives: u32,
+        #[arg(long, default_value_t = 3000)]
+        stall_ms: u64,
+        #[arg(long, default_value_t = 161)]
+        seed: u64,
+    },
     /// Set the temperature threshold below the current temperature: the
     /// controller reports a SMART/health asynchronous event.
     Events,
@@ -210,6 +235,8 @@ fn open(cli: &Cli) -> Result<Controller> {
         io_queue_entries: cli.entries,
         use_sgl: cli.sgl,
         shadow_doorbells: !cli.no_shadow,
+        shadow_kick: !cli.no_kick,
+        io_timeout: Duration::from_millis(cli.io_timeout_ms),
         ..Options::default()
     };
     let ctrl = Controller::open(f.address, options)?;
@@ -489,6 +516,12 @@ fn run(cli: Cli) -> Result<()> {
                 total(|s| s.settled),
             );
         }
+        Scenario::ShadowStress {
+            ios,
+            lives,
+            stall_ms,
+            seed,
+        } => shadow_stress(&ctrl, ios, lives, Duration::from_millis(stall_ms), seed)?,
         Scenario::Cache { pages, seed } => cache_roundtrip(&ctrl, pages, seed)?,
         Scenario::CacheErrors => cache_errors(&ctrl)?,
         Scenario::Conformance => conformance(&ctrl)?,
@@ -668,6 +701,203 @@ fn drain(q: &mut IoQPair, n: usize) -> Result<Vec<IoCompletion>> {
         }
     }
     Ok(done)
+}
+
+/// The `shadow-stress` scenario (see [`Scenario::ShadowStress`]).
+fn shadow_stress(
+    ctrl: &Controller,
+    ios: u64,
+    lives: u32,
+    stall: Duration,
+    seed: u64,
+) -> Result<()> {
+    let blocks = ctrl.namespace(1)?.blocks;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut total = Timed::default();
+    let mut total_kicks = 0;
+    for life in 0..lives {
+        let mut q = ctrl.io_qpair()?;
+        // Both paths get fresh queues (lives 0, 3, 4, 7, ...: the full path
+        // first; 1, 2, 5, 6, ...: the floor loop), each right after a life
+        // of the other kind, and start with one command alone: a queue's
+        // first doorbell then moves its tail by one, which a stale EventIdx
+        // (one left by an earlier queue with this id) anywhere but at 0
+        // would swallow.
+        let floor_first = matches!(life % 4, 1 | 2);
+        let mut floor = Timed::default();
+        if floor_first {
+            floor = shadow_floors(&mut q, ios, blocks, stall, seed + u64::from(life))?;
+        }
+        let full = shadow_full(ctrl, &mut q, ios, blocks, stall, &mut rng)?;
+        if !floor_first {
+            floor = shadow_floors(&mut q, ios, blocks, stall, seed + u64::from(life))?;
+        }
+        println!(
+            "life {life}: queue {} of {} entries; full path: {ios} requests at up to {} in flight, \
+             the first alone in {} ms, slowest {} ms; floor ({}): {} ms; {} stalls, {} kicks",
+            q.qid(),
+            q.depth(),
+            q.depth() - 1,
+            full.first.as_millis(),
+            full.slowest.as_millis(),
+            if floor_first { "first" } else { "after" },
+            floor.slowest.as_millis(),
+            full.stalls + floor.stalls,
+            q.shadow_kicks()
+        );
+        total.add(&full);
+        total.add(&floor);
+        total_kicks += q.shadow_kicks();
+    }
+    println!(
+        "shadow stress: {lives} lives of {ios} requests and two floor runs, slowest {} ms, \
+         {} stalls, {} failed, {total_kicks} kicks",
+        total.slowest.as_millis(),
+        total.stalls,
+        total.failed
+    );
+    Ok(())
+}
+
+/// What [`shadow_stress`] measured on one path.
+#[derive(Debug, Default)]
+struct Timed {
+    /// The first request (sent alone).
+    first: Duration,
+    slowest: Duration,
+    /// Requests (or floor runs) slower than the stall bound.
+    stalls: u64,
+    /// Requests (or floor runs) that failed.
+    failed: u64,
+}
+
+impl Timed {
+    fn add(&mut self, other: &Timed) {
+        self.slowest = self.slowest.max(other.slowest);
+        self.stalls += other.stalls;
+        self.failed += other.failed;
+    }
+}
+
+/// The full path of [`shadow_stress`]: one request alone, then `ios - 1`
+/// one-block reads at full depth for half of them and at a random depth
+/// per batch after (so the tail stops at every position of the ring),
+/// each timed from submit to completion.
+fn shadow_full(
+    ctrl: &Controller,
+    q: &mut IoQPair,
+    ios: u64,
+    blocks: u64,
+    stall: Duration,
+    rng: &mut StdRng,
+) -> Result<Timed> {
+    let lba = ctrl.namespace(1)?.lba_size as usize;
+    let depth = q.depth() - 1;
+    let mut timed = Timed::default();
+    let mut started = vec![None; ios as usize];
+    let mut free: Vec<nvme_driver::DmaBuffer> = Vec::new();
+    let (mut submitted, mut completed, mut in_flight) = (0u64, 0u64, 0usize);
+    let mut done = Vec::new();
+    while completed < ios {
+        let target = if submitted == 0 {
+            1
+        } else if submitted < ios / 2 {
+            depth
+        } else {
+            rng.random_range(1..=depth)
+        };
+        while in_flight < target && submitted < ios {
+            let buf = match free.pop() {
+                Some(b) => b,
+                None => ctrl.dma_pool().alloc(lba)?,
+            };
+            let slba = rng.random_range(0..blocks);
+            q.submit(IoRequest::read(1, slba, 1, buf).with_tag(submitted))?;
+            started[submitted as usize] = Some(std::time::Instant::now());
+            submitted += 1;
+            in_flight += 1;
+        }
+        done.clear();
+        q.poll(&mut done)?;
+        for c in done.drain(..) {
+            let took = started
+                .get_mut(c.tag as usize)
+                .and_then(Option::take)
+                .ok_or_else(|| format!("completion for tag {} never submitted", c.tag))?
+                .elapsed();
+            if c.tag == 0 {
+                timed.first = took;
+            }
+            timed.slowest = timed.slowest.max(took);
+            if took > stall {
+                timed.stalls += 1;
+                println!("request {} took {} ms", c.tag, took.as_millis());
+            }
+            if let Err(e) = &c.result {
+                timed.failed += 1;
+                println!("request {} failed: {e}", c.tag);
+            }
+            in_flight -= 1;
+            completed += 1;
+            if let Some(b) = c.data {
+                free.push(b);
+            }
+        }
+    }
+    Ok(timed)
+}
+
+/// The floor loop of [`shadow_stress`]: a run at depth 1 (its first
+/// doorbell moves the tail by one), then `ios` one-block reads at full
+/// depth; each run is timed whole. A run stuck past the I/O timeout fails.
+fn shadow_floors(
+    q: &mut IoQPair,
+    ios: u64,
+    blocks: u64,
+    stall: Duration,
+    seed: u64,
+) -> Result<Timed> {
+    let mut timed = Timed::default();
+    for (run, (depth, count)) in [(1, 1), (q.depth() - 1, ios)].into_iter().enumerate() {
+        let job = nvme_driver::FloorJob {
+            nsid: 1,
+            write: false,
+            first_lba: 0,
+            blocks,
+            io_blocks: 1,
+            depth,
+            random: true,
+            seed,
+            warmup: Duration::ZERO,
+            time: Duration::ZERO,
+            count: Some(count),
+        };
+        let start = std::time::Instant::now();
+        let result = q.floor(&job);
+        let took = start.elapsed();
+        if run == 0 {
+            timed.first = took;
+        }
+        timed.slowest = timed.slowest.max(took);
+        match result {
+            Ok(r) if r.errors == 0 => {
+                if took > stall {
+                    timed.stalls += 1;
+                    println!("floor at depth {depth} took {} ms", took.as_millis());
+                }
+            }
+            Ok(r) => {
+                timed.failed += 1;
+                println!("floor at depth {depth}: {} commands failed", r.errors);
+            }
+            Err(e) => {
+                timed.stalls += 1;
+                timed.failed += 1;
+                println!("floor at depth {depth} failed: {e}");
+            }
+        }
+    }
+    Ok(timed)
 }
 
 /// The `cache` scenario: write through one page cache, fsync, read back
