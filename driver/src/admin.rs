@@ -132,10 +132,6 @@ impl AdminQueue {
                 }
             }
             spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(1 << 16) && self.q.has_shadow() {
-                // See IoQPair: a controller may miss a shadow update.
-                self.q.kick()?;
-            }
             if spins.is_multiple_of(1024) {
                 let csts = Csts(self.q.read_register(regs::offset::CSTS)?);
                 if csts.fatal() || csts.is_all_ones() {

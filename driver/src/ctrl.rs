@@ -64,11 +64,6 @@ pub struct Options {
     /// Use shadow doorbells (Doorbell Buffer Config) when the controller
     /// supports them; false forces MMIO doorbells (for testing).
     pub shadow_doorbells: bool,
-    /// With shadow doorbells, also write the doorbells by MMIO after a long
-    /// stretch of empty polls with commands in flight (a safety net against
-    /// a controller that missed a shadow update); false for testing that
-    /// nothing needs it.
-    pub shadow_kick: bool,
 }
 
 impl Default for Options {
@@ -84,7 +79,6 @@ impl Default for Options {
             retries: 3,
             reset_on_timeout: true,
             shadow_doorbells: true,
-            shadow_kick: true,
         }
     }
 }

@@ -70,8 +70,6 @@ pub(crate) struct QueuePair {
     shadow: Option<Arc<ShadowDoorbells>>,
     /// The MSI-X vector of the CQ, for a queue in interrupt mode.
     irq_vector: Option<u16>,
-    /// Times [`QueuePair::kick`] wrote the doorbells.
-    kicks: u64,
 }
 
 impl QueuePair {
@@ -117,7 +115,6 @@ impl QueuePair {
             free_cids: (0..entries - 1).rev().collect(),
             shadow: None,
             irq_vector: None,
-            kicks: 0,
         })
     }
 
@@ -178,30 +175,6 @@ impl QueuePair {
             }
         }
         self.bar.write32(mmio, u32::from(new))
-    }
-
-    /// Whether doorbells go through the shadow page.
-    pub(crate) fn has_shadow(&self) -> bool {
-        self.shadow.is_some()
-    }
-
-    /// Writes the current SQ tail and CQ head to the MMIO doorbells even
-    /// though the shadow page holds them: a controller that missed an
-    /// update of the shadow page (a race between its EventIdx write and our
-    /// shadow write) then sees them. Writing a doorbell's current value
-    /// again is harmless.
-    pub(crate) fn kick(&mut self) -> Result<()> {
-        self.kicks += 1;
-        fence(Ordering::SeqCst);
-        self.bar
-            .write32(self.sq_doorbell, u32::from(self.sq_tail_rung))?;
-        self.bar
-            .write32(self.cq_doorbell, u32::from(self.cq_head_rung))
-    }
-
-    /// Times [`QueuePair::kick`] wrote the doorbells.
-    pub(crate) fn kicks(&self) -> u64 {
-        self.kicks
     }
 
     /// Forgets every command and starts the rings over (empty, phase 1):

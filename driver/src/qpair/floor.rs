@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use nvme_spec::Status;
 use nvme_spec::io as nvm;
 
-use super::{IoQPair, SHADOW_KICK_INTERVAL};
+use super::IoQPair;
 use crate::error::{Error, Result};
 use crate::memory::DmaBuffer;
 use crate::prp;
@@ -230,14 +230,6 @@ impl IoQPair {
             }
             if reaped == 0 {
                 idle += 1;
-                // The same mitigation as the full path's for a controller
-                // that missed a shadow doorbell update.
-                if idle.is_multiple_of(u64::from(SHADOW_KICK_INTERVAL))
-                    && self.q.has_shadow()
-                    && self.shared.options.shadow_kick
-                {
-                    self.q.kick()?;
-                }
                 if idle.is_multiple_of(IDLE_CLOCK_EVERY) {
                     let now = Instant::now();
                     if seen.0 != completed {

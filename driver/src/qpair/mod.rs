@@ -28,11 +28,6 @@ use crate::queue::QueuePair;
 
 /// Most logical blocks one Read, Write or Write Zeroes command can carry.
 const MAX_NLB: u64 = 1 << 16;
-/// Empty polls with commands in flight after which doorbells kept in the
-/// shadow page are written by MMIO too (a few milliseconds): QEMU 7.2 was
-/// seen to miss a shadow update and stall a queue until the command
-/// timeout.
-const SHADOW_KICK_INTERVAL: u32 = 1 << 16;
 /// Empty polls between two looks at CSTS.
 const HEALTH_CHECK_INTERVAL: u32 = 4096;
 /// Polls between two looks at the clock (for command deadlines): the I/O
@@ -229,13 +224,6 @@ impl IoQPair {
     /// Times [`IoQPair::wait`] was woken by the queue's interrupt.
     pub fn interrupts(&self) -> u64 {
         self.interrupts
-    }
-
-    /// Times the doorbells were written by MMIO after a long silence with
-    /// commands in flight although the shadow page held them
-    /// ([`Options::shadow_kick`](crate::Options::shadow_kick)).
-    pub fn shadow_kicks(&self) -> u64 {
-        self.q.kicks()
     }
 
     /// The queue id.

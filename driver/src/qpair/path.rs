@@ -7,7 +7,7 @@ use zerocopy::IntoBytes;
 
 use super::{
     CLOCK_POLLS, Child, FixedCompletion, HEALTH_CHECK_INTERVAL, IoCompletion, IoOp, IoQPair,
-    IoRequest, MAX_NLB, Parent, Rejected, SHADOW_KICK_INTERVAL, Slot,
+    IoRequest, MAX_NLB, Parent, Rejected, Slot,
 };
 use crate::ctrl::{PAGE_SIZE, Shared};
 use crate::error::{Error, Result};
@@ -380,12 +380,6 @@ impl IoQPair {
             self.recover(out)?;
         } else if self.q.in_flight() > self.lost_cids {
             self.idle_polls = self.idle_polls.wrapping_add(1);
-            if self.idle_polls.is_multiple_of(SHADOW_KICK_INTERVAL)
-                && self.q.has_shadow()
-                && self.shared.options.shadow_kick
-            {
-                self.q.kick()?;
-            }
             if self.idle_polls.is_multiple_of(HEALTH_CHECK_INTERVAL) {
                 self.check_health(out)?;
             }

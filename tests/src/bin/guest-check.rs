@@ -29,10 +29,6 @@ struct Cli {
     /// completions instead of spinning.
     #[arg(long)]
     interrupts: bool,
-    /// Never write shadowed doorbells by MMIO after a long silence
-    /// (`Options::shadow_kick` off).
-    #[arg(long)]
-    no_kick: bool,
     /// Deadline of one I/O command, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     io_timeout_ms: u64,
@@ -161,7 +157,7 @@ enum Scenario {
     /// (each life drops the queue pair and takes a new one, with the same
     /// queue id, and starts with one command alone). Times every request
     /// and floor run; one slower than `stall-ms` is a stall. Prints per
-    /// life the slowest, the stalls and the MMIO kicks the driver made.
+    /// life the slowest request and floor run, and the stalls.
     ShadowStress {
         /// Requests per life on the full path, and as many floor commands.
         #[arg(long, default_value_t = 3000)]
@@ -235,7 +231,6 @@ fn open(cli: &Cli) -> Result<Controller> {
         io_queue_entries: cli.entries,
         use_sgl: cli.sgl,
         shadow_doorbells: !cli.no_shadow,
-        shadow_kick: !cli.no_kick,
         io_timeout: Duration::from_millis(cli.io_timeout_ms),
         ..Options::default()
     };
@@ -714,7 +709,6 @@ fn shadow_stress(
     let blocks = ctrl.namespace(1)?.blocks;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut total = Timed::default();
-    let mut total_kicks = 0;
     for life in 0..lives {
         let mut q = ctrl.io_qpair()?;
         // Both paths get fresh queues (lives 0, 3, 4, 7, ...: the full path
@@ -734,7 +728,7 @@ fn shadow_stress(
         }
         println!(
             "life {life}: queue {} of {} entries; full path: {ios} requests at up to {} in flight, \
-             the first alone in {} ms, slowest {} ms; floor ({}): {} ms; {} stalls, {} kicks",
+             the first alone in {} ms, slowest {} ms; floor ({}): {} ms; {} stalls",
             q.qid(),
             q.depth(),
             q.depth() - 1,
@@ -742,16 +736,14 @@ fn shadow_stress(
             full.slowest.as_millis(),
             if floor_first { "first" } else { "after" },
             floor.slowest.as_millis(),
-            full.stalls + floor.stalls,
-            q.shadow_kicks()
+            full.stalls + floor.stalls
         );
         total.add(&full);
         total.add(&floor);
-        total_kicks += q.shadow_kicks();
     }
     println!(
         "shadow stress: {lives} lives of {ios} requests and two floor runs, slowest {} ms, \
-         {} stalls, {} failed, {total_kicks} kicks",
+         {} stalls, {} failed",
         total.slowest.as_millis(),
         total.stalls,
         total.failed
