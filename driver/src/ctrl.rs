@@ -16,6 +16,7 @@ use zerocopy::{FromBytes, FromZeros};
 
 use crate::admin::AdminQueue;
 use crate::device::{Bar, DeviceBacking};
+use crate::device_data;
 use crate::error::{Error, InitStep, Result};
 use crate::memory::{DmaBuffer, DmaPool};
 use crate::ns::Namespace;
@@ -192,8 +193,7 @@ impl Controller {
         shared
             .identify_namespaces()
             .map_err(|e| e.at(InitStep::IdentifyNamespaces))?;
-        // AERL is 0's based; a few outstanding are plenty.
-        shared.aer_limit = (usize::from(shared.identify.aerl) + 1).min(4);
+        shared.aer_limit = device_data::aer_limit(&shared.identify);
         shared
             .lock_admin()
             .enable_aers(shared.aer_limit)
@@ -330,19 +330,18 @@ impl Controller {
     /// The SMART / Health Information log (controller-wide).
     pub fn smart_log(&self) -> Result<SmartLog> {
         let raw = self.get_log_page(LogPageId::SmartHealth as u8, u32::MAX, 512)?;
-        SmartLog::read_from_bytes(&raw).map_err(|_| Error::BadDevice("SMART log size".into()))
+        device_data::smart_log(&raw)
     }
 
     /// The valid entries of the Error Information log, newest first.
     pub fn error_log(&self) -> Result<Vec<ErrorLogEntry>> {
-        // ELPE is 0's based; cap what we ask for at 256 entries (16 KiB).
-        let entries = (self.identify().elpe as usize + 1).min(256);
-        let raw = self.get_log_page(LogPageId::ErrorInformation as u8, u32::MAX, entries * 64)?;
-        Ok(raw
-            .chunks_exact(64)
-            .filter_map(|c| ErrorLogEntry::read_from_bytes(c).ok())
-            .filter(|e| e.is_valid())
-            .collect())
+        let entries = device_data::error_log_entries(self.identify());
+        let raw = self.get_log_page(
+            LogPageId::ErrorInformation as u8,
+            u32::MAX,
+            entries * ErrorLogEntry::SIZE,
+        )?;
+        Ok(device_data::error_log(&raw))
     }
 
     /// Get Features: the completion's dword 0.
@@ -508,23 +507,10 @@ impl Shared {
     fn identify_controller(&mut self) -> Result<()> {
         let id: Box<IdentifyController> =
             self.identify_data(Cns::Controller, 0, "Identify Controller")?;
-        if id.sqes_min() > 6 || id.sqes_max() < 6 || id.cqes_min() > 4 || id.cqes_max() < 4 {
-            return Err(Error::Unsupported(format!(
-                "queue entry sizes SQES {:#x} CQES {:#x} do not allow 64/16 bytes",
-                id.sqes, id.cqes
-            )));
-        }
-        self.max_transfer = id
-            .max_transfer_bytes(self.cap.min_page_size())
-            .map_or(UNLIMITED_MDTS_TRANSFER, |m| {
-                usize::try_from(m).unwrap_or(usize::MAX).min(1 << 30)
-            })
-            .max(PAGE_SIZE);
-        self.sgl = self.options.use_sgl
-            && matches!(
-                id.sgl_support(),
-                nvme_spec::SglSupport::ByteAligned | nvme_spec::SglSupport::DwordAligned
-            );
+        let limits =
+            device_data::controller_limits(&id, self.cap.min_page_size(), self.options.use_sgl)?;
+        self.max_transfer = limits.max_transfer;
+        self.sgl = limits.sgl;
         log::debug!(
             "identify: model {:?} serial {:?} mdts {} -> max transfer {} bytes, {}",
             id.model().to_string(),
@@ -570,12 +556,7 @@ impl Shared {
             0,
             "Identify (active namespace list)",
         )?;
-        let nn = self.identify.nn();
-        let mut ids: Vec<u32> = list.iter().collect();
-        ids.retain(|&id| id != 0 && id <= nn.max(1) && id != u32::MAX);
-        ids.sort_unstable();
-        ids.dedup();
-        for nsid in ids {
+        for nsid in device_data::active_namespace_ids(&list, self.identify.nn()) {
             let id: Box<IdentifyNamespace> =
                 self.identify_data(Cns::Namespace, nsid, &format!("Identify Namespace {nsid}"))?;
             match Namespace::from_identify(nsid, id) {

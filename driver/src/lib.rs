@@ -28,6 +28,10 @@
 mod admin;
 mod ctrl;
 pub mod device;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod device_data;
+#[cfg(not(any(test, feature = "test-utils")))]
+mod device_data;
 mod error;
 mod hw;
 pub mod iova;

@@ -2277,6 +2277,9 @@ const STREAM_BLOCKS: u64 = 256;
 const STREAM_MAX_REQUEST_BLOCKS: u64 = 40;
 const STREAM_MAX_OUTSTANDING: usize = 12;
 const STREAM_QUEUE_ENTRIES: u16 = 8;
+/// The harness's I/O timeout: short, so that [`StreamOp::Stall`] reaches
+/// Abort (and a long run may time a command out by itself).
+const STREAM_IO_TIMEOUT: Duration = Duration::from_millis(20);
 
 /// One step of [`run_cqe_stream`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -2313,6 +2316,11 @@ pub enum StreamOp {
     Fail(u16),
     /// Poll until drained.
     Poll,
+    /// Let every command in flight be fetched, wait past the I/O timeout
+    /// and poll until the deadlines are scanned: what is still in flight
+    /// is aborted (the mock aborts it, or it is given up on). Only the
+    /// first stall of a run waits; later ones poll.
+    Stall,
 }
 
 impl StreamOp {
@@ -2340,6 +2348,8 @@ impl StreamOp {
                 },
                 4 | 5 => StreamOp::Complete(byte()),
                 6 => StreamOp::Fail(u16::from_le_bytes([byte(), byte()])),
+                // Rare: a stall costs two timeouts of wall-clock time.
+                _ if tag == 0xff => StreamOp::Stall,
                 _ => StreamOp::Poll,
             };
             ops.push(op);
@@ -2365,6 +2375,10 @@ pub struct StreamReport {
     pub raw_completed: usize,
     /// Requests whose data was checked against the disk.
     pub data_checked: usize,
+    /// Abort commands the driver sent.
+    pub aborts: u64,
+    /// Requests given up on (a command that did not come back after Abort).
+    pub given_up: usize,
 }
 
 #[derive(Debug)]
@@ -2389,6 +2403,7 @@ struct Stream {
     seen: HashSet<u64>,
     next_tag: u64,
     report: StreamReport,
+    stalled: bool,
 }
 
 type StreamResult<T> = std::result::Result<T, String>;
@@ -2461,6 +2476,13 @@ impl Stream {
             .remove(&c.tag)
             .ok_or_else(|| format!("completion for unknown request {}", c.tag))?;
         self.report.completed += 1;
+        if c.data.is_none() && matches!(c.result, Err(Error::CommandTimeout { .. })) {
+            // Given up on: the device may still write the buffer or the
+            // disk, so no data is checked from now on.
+            self.report.failed += 1;
+            self.report.given_up += 1;
+            return Ok(());
+        }
         let buf = c
             .data
             .ok_or_else(|| format!("request {} came back without its buffer", c.tag))?;
@@ -2468,7 +2490,7 @@ impl Stream {
             self.report.failed += 1;
             return Ok(());
         }
-        if r.tainted {
+        if r.tainted || self.report.given_up > 0 {
             return Ok(());
         }
         let disk = self
@@ -2553,6 +2575,21 @@ impl Stream {
                 }
             }
             StreamOp::Poll => self.drain()?,
+            StreamOp::Stall if self.stalled => self.drain()?,
+            StreamOp::Stall => {
+                self.stalled = true;
+                for _ in 0..2 {
+                    // Everything in flight is pending in the mock (so Abort
+                    // finds it), then two deadline scans a timeout apart.
+                    self.qpair.ring().map_err(|e| e.to_string())?;
+                    self.mock.fetch().map_err(|e| e.to_string())?;
+                    self.drain()?;
+                    std::thread::sleep(STREAM_IO_TIMEOUT + STREAM_IO_TIMEOUT / 4);
+                    for _ in 0..2 * crate::qpair::CLOCK_POLLS {
+                        self.drain()?;
+                    }
+                }
+            }
         }
         if self.qpair.outstanding() != self.outstanding.len() {
             return Err(format!(
@@ -2615,7 +2652,9 @@ pub fn run_cqe_stream(ops: &[StreamOp]) -> std::result::Result<StreamReport, Str
             admin_queue_entries: 4,
             io_queue_entries: STREAM_QUEUE_ENTRIES,
             prefer_huge_pages: false,
-            io_timeout: Duration::from_secs(3600),
+            io_timeout: STREAM_IO_TIMEOUT,
+            // The mock does not emulate a controller reset yet.
+            reset_on_timeout: false,
             retries: 2,
             ..Options::default()
         },
@@ -2629,11 +2668,13 @@ pub fn run_cqe_stream(ops: &[StreamOp]) -> std::result::Result<StreamReport, Str
         seen: HashSet::new(),
         next_tag: 0,
         report: StreamReport::default(),
+        stalled: false,
     };
     for op in ops {
         stream.step(op)?;
     }
     stream.finish()?;
+    stream.report.aborts = stream.mock.stats().aborts;
     Ok(stream.report)
 }
 

@@ -24,6 +24,8 @@ pub mod inode;
 pub mod io;
 pub mod iter;
 pub mod map;
+#[cfg(feature = "test-utils")]
+pub mod model;
 #[cfg(feature = "nvme")]
 pub mod nvme;
 pub mod read;

@@ -32,7 +32,7 @@ const MAX_NLB: u64 = 1 << 16;
 const HEALTH_CHECK_INTERVAL: u32 = 4096;
 /// Polls between two looks at the clock (for command deadlines): the I/O
 /// path reads no clock per command.
-const CLOCK_POLLS: u32 = 64;
+pub(crate) const CLOCK_POLLS: u32 = 64;
 /// Longest sleep of [`IoQPair::wait`] between two looks at deadlines.
 const INTERRUPT_TICK: Duration = Duration::from_millis(100);
 /// How long an aborted command gets to come back before it is given up on.

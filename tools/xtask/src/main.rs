@@ -7,6 +7,8 @@
 //! - `bench`: the main job against the default emulated device.
 //! - `lint`: rustfmt and clippy, as CI runs them.
 //! - `instructions`: the driver's instructions per I/O (callgrind, mock).
+//! - `fuzz [--budget S]`: the cargo-fuzz targets, S seconds each
+//!   (installs cargo-fuzz if missing).
 //!
 //! Each installs what it is missing (Debian packages, QEMU, the guest
 //! kernel). `--kernel 6.1|6.12` and `--qemu 7.2|10.0` (any command) choose
@@ -16,6 +18,7 @@
 
 mod bench;
 mod chart;
+mod fuzz;
 mod instructions;
 mod vm_args;
 
@@ -69,6 +72,9 @@ enum Cmd {
         #[arg(long)]
         no_errors: bool,
     },
+    /// The fuzz targets of driver/fuzz, a time budget each, seeded with
+    /// their committed corpus (installs cargo-fuzz if missing).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +94,7 @@ fn main() -> ExitCode {
             reset_ms,
             no_errors,
         } => soak(minutes, reset_ms, !no_errors),
+        Cmd::Fuzz(args) => fuzz::run(args),
     };
     match result {
         Ok(code) => code,
