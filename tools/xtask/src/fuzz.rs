@@ -1,7 +1,7 @@
 //! `cargo xtask fuzz`: runs the cargo-fuzz targets of `driver/fuzz` for a
 //! time budget each, seeded with their committed corpus
-//! (`driver/fuzz/corpus/<target>`, which stays untouched unless `--merge`
-//! is given). Installs cargo-fuzz from crates.io if it is missing, and
+//! (`driver/fuzz/corpus/<target>`, which stays untouched unless
+//! `--minimize` is given). Installs cargo-fuzz from crates.io if it is missing, and
 //! uses the nightly toolchain if there is one, else the pinned stable one
 //! with `RUSTC_BOOTSTRAP=1` (cargo-fuzz's sanitizer flags are unstable).
 //! A crash fails the command; libFuzzer's reproducer is in
@@ -37,10 +37,12 @@ pub(crate) struct FuzzArgs {
     /// Targets to run (comma separated; default: all).
     #[arg(long, value_delimiter = ',')]
     targets: Vec<String>,
-    /// Afterwards, merge what the run found into the committed corpus
-    /// (libFuzzer's -merge=1: only inputs that add coverage are kept).
-    #[arg(long)]
-    merge: bool,
+    /// Afterwards, replace the committed corpus with at most N inputs of
+    /// it and of what the run found: the fewest that cover the most
+    /// coverage edges (a greedy set cover over libFuzzer's merge control
+    /// file).
+    #[arg(long, value_name = "N")]
+    minimize: Option<usize>,
 }
 
 pub(crate) fn run(args: FuzzArgs) -> Result<std::process::ExitCode> {
@@ -104,15 +106,8 @@ pub(crate) fn run(args: FuzzArgs) -> Result<std::process::ExitCode> {
             .into());
         }
         eprintln!("xtask fuzz: {name}: no crash in {:.0?}", t.elapsed());
-        if args.merge {
-            merge(
-                &toolchain,
-                &fuzz_dir,
-                &target_dir,
-                name,
-                &committed,
-                &scratch,
-            )?;
+        if let Some(limit) = args.minimize {
+            minimize(&toolchain, &fuzz_dir, &target_dir, name, limit)?;
         }
     }
     eprintln!("xtask fuzz: done in {:.0?}", start.elapsed());
@@ -123,30 +118,97 @@ fn names() -> String {
     TARGETS.map(|(n, _)| n).join(", ")
 }
 
-/// Merges `scratch` into `committed`, keeping inputs that add coverage.
-fn merge(
+/// Replaces the committed corpus of `name` with at most `limit` inputs of
+/// it and of the scratch corpus, chosen greedily for the coverage edges
+/// they add (libFuzzer's merge lists every input's edges in its control
+/// file; `cargo fuzz cmin` keeps every input that adds any feature, which
+/// is hundreds).
+fn minimize(
     toolchain: &Toolchain,
     fuzz_dir: &Path,
     target_dir: &Path,
     name: &str,
-    committed: &Path,
-    scratch: &Path,
+    limit: usize,
 ) -> Result<()> {
-    let before = std::fs::read_dir(committed)?.count();
+    let committed = fuzz_dir.join("corpus").join(name);
+    let scratch = target_dir.join("corpus").join(name);
+    let work = target_dir.join("minimize").join(name);
+    let _ = std::fs::remove_dir_all(&work);
+    let empty = work.join("empty");
+    std::fs::create_dir_all(&empty)?;
+    let control = work.join("control");
     let status = cargo_fuzz(toolchain, fuzz_dir)
         .args(["run", "--target-dir"])
         .arg(target_dir)
         .arg(name)
-        .arg(committed)
-        .arg(scratch)
-        .args(["--", "-merge=1"])
+        .arg(&empty)
+        .arg(&committed)
+        .arg(&scratch)
+        .arg("--")
+        .arg("-merge=1")
+        .arg(format!("-merge_control_file={}", control.display()))
         .status()?;
     if !status.success() {
         return Err(format!("merging the corpus of {name} failed ({status})").into());
     }
-    let after = std::fs::read_dir(committed)?.count();
+    // Control file: the input count, a line, the input paths, then per
+    // input "COV <index> <edge>..." among other lines.
+    let text = std::fs::read_to_string(&control)?;
+    let mut lines = text.lines();
+    let count: usize = lines
+        .next()
+        .and_then(|l| l.parse().ok())
+        .ok_or("control file")?;
+    lines.next();
+    let paths: Vec<&str> = lines.by_ref().take(count).collect();
+    let mut edges: Vec<(usize, std::collections::BTreeSet<u64>)> = Vec::new();
+    for line in lines {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("COV") {
+            continue;
+        }
+        let Some(index) = words.next().and_then(|w| w.parse().ok()) else {
+            continue;
+        };
+        edges.push((index, words.filter_map(|w| w.parse().ok()).collect()));
+    }
+    let total: std::collections::BTreeSet<u64> =
+        edges.iter().flat_map(|(_, e)| e).copied().collect();
+    let mut covered = std::collections::BTreeSet::new();
+    let mut chosen = Vec::new();
+    while chosen.len() < limit {
+        let best = edges
+            .iter()
+            .map(|(i, e)| (e.difference(&covered).count(), *i))
+            .max();
+        match best {
+            Some((gain, index)) if gain > 0 => {
+                if let Some((_, e)) = edges.iter().find(|(i, _)| *i == index) {
+                    covered.extend(e.iter().copied());
+                }
+                chosen.push(index);
+            }
+            _ => break,
+        }
+    }
+    let picked = work.join("picked");
+    std::fs::create_dir_all(&picked)?;
+    for &index in &chosen {
+        let from = Path::new(paths.get(index).ok_or("control file index")?);
+        let file = from.file_name().ok_or("corpus file name")?;
+        std::fs::copy(from, picked.join(file))?;
+    }
+    std::fs::remove_dir_all(&committed)?;
+    std::fs::create_dir_all(&committed)?;
+    for entry in std::fs::read_dir(&picked)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), committed.join(entry.file_name()))?;
+    }
     eprintln!(
-        "xtask fuzz: {name}: corpus {before} -> {after} files in {}",
+        "xtask fuzz: {name}: corpus of {} inputs covering {} of {} edges in {}",
+        chosen.len(),
+        covered.len(),
+        total.len(),
         committed.display()
     );
     Ok(())
