@@ -2404,6 +2404,8 @@ struct Stream {
     next_tag: u64,
     report: StreamReport,
     stalled: bool,
+    /// Block ranges of writes given up on: the device may still write them.
+    lost: Vec<(u64, u64)>,
 }
 
 type StreamResult<T> = std::result::Result<T, String>;
@@ -2477,10 +2479,13 @@ impl Stream {
             .ok_or_else(|| format!("completion for unknown request {}", c.tag))?;
         self.report.completed += 1;
         if c.data.is_none() && matches!(c.result, Err(Error::CommandTimeout { .. })) {
-            // Given up on: the device may still write the buffer or the
-            // disk, so no data is checked from now on.
+            // Given up on: the device may still write the buffer, or the
+            // disk if it was a write.
             self.report.failed += 1;
             self.report.given_up += 1;
+            if r.write {
+                self.lost.push((r.slba, r.blocks));
+            }
             return Ok(());
         }
         let buf = c
@@ -2490,7 +2495,9 @@ impl Stream {
             self.report.failed += 1;
             return Ok(());
         }
-        if r.tainted || self.report.given_up > 0 {
+        let overlaps_lost =
+            |&(slba, blocks): &(u64, u64)| slba < r.slba + r.blocks && r.slba < slba + blocks;
+        if r.tainted || self.lost.iter().any(overlaps_lost) {
             return Ok(());
         }
         let disk = self
@@ -2629,12 +2636,14 @@ impl Stream {
 }
 
 /// Runs `ops` against one queue pair of a fresh mock (one namespace of
-/// 256 512-byte blocks, 8 KiB MDTS, an 8-entry queue, 2 retries) and
-/// checks, after every step: poll hands back no request twice and none
-/// that was not submitted, [`IoQPair::outstanding`] equals what was
-/// submitted and not handed back, every completion carries its buffer, and
-/// the data of every successful request none of whose commands a raw entry
-/// completed matches the disk; and at the end, once the mock completes
+/// 256 512-byte blocks, 8 KiB MDTS, an 8-entry queue, 2 retries, a 20 ms
+/// I/O timeout with Abort and no reset) and checks, after every step: poll
+/// hands back no request twice and none that was not submitted,
+/// [`IoQPair::outstanding`] equals what was submitted and not handed back,
+/// every completion carries its buffer unless its request was given up on
+/// after a timeout, and the data of every successful request none of whose
+/// commands a raw entry completed, and that overlaps no write given up on,
+/// matches the disk; and at the end, once the mock completes
 /// everything properly, that every request completes and the driver broke
 /// no protocol rule. Returns what it saw, or the first broken property.
 pub fn run_cqe_stream(ops: &[StreamOp]) -> std::result::Result<StreamReport, String> {
@@ -2669,6 +2678,7 @@ pub fn run_cqe_stream(ops: &[StreamOp]) -> std::result::Result<StreamReport, Str
         next_tag: 0,
         report: StreamReport::default(),
         stalled: false,
+        lost: Vec::new(),
     };
     for op in ops {
         stream.step(op)?;
