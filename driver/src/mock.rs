@@ -2278,7 +2278,8 @@ const STREAM_MAX_REQUEST_BLOCKS: u64 = 40;
 const STREAM_MAX_OUTSTANDING: usize = 12;
 const STREAM_QUEUE_ENTRIES: u16 = 8;
 /// The harness's I/O timeout: short, so that [`StreamOp::Stall`] reaches
-/// Abort (and a long run may time a command out by itself).
+/// Abort and [`StreamOp::StallReset`] a reset (and a long run may time a
+/// command out by itself).
 const STREAM_IO_TIMEOUT: Duration = Duration::from_millis(20);
 
 /// One step of [`run_cqe_stream`].
@@ -2321,6 +2322,10 @@ pub enum StreamOp {
     /// is aborted (the mock aborts it, or it is given up on). Only the
     /// first stall of a run waits; later ones poll.
     Stall,
+    /// Like [`StreamOp::Stall`], with the mock refusing every Abort: a
+    /// command not back 2 s after its Abort makes the driver reset the
+    /// controller, re-create the queue and resubmit what was in flight.
+    StallReset,
 }
 
 impl StreamOp {
@@ -2350,6 +2355,8 @@ impl StreamOp {
                 6 => StreamOp::Fail(u16::from_le_bytes([byte(), byte()])),
                 // Rare: a stall costs two timeouts of wall-clock time.
                 _ if tag == 0xff => StreamOp::Stall,
+                // Rarer: it waits 2 s more (the abort grace).
+                _ if tag == 0xf7 && byte() == 0xf7 => StreamOp::StallReset,
                 _ => StreamOp::Poll,
             };
             ops.push(op);
@@ -2379,6 +2386,8 @@ pub struct StreamReport {
     pub aborts: u64,
     /// Requests given up on (a command that did not come back after Abort).
     pub given_up: usize,
+    /// Controller resets (CC.EN 1 -> 0) the mock saw.
+    pub resets: u64,
 }
 
 #[derive(Debug)]
@@ -2582,9 +2591,12 @@ impl Stream {
                 }
             }
             StreamOp::Poll => self.drain()?,
-            StreamOp::Stall if self.stalled => self.drain()?,
-            StreamOp::Stall => {
+            StreamOp::Stall | StreamOp::StallReset if self.stalled => self.drain()?,
+            StreamOp::Stall | StreamOp::StallReset => {
                 self.stalled = true;
+                if *op == StreamOp::StallReset {
+                    self.mock.set_abort_policy(AbortPolicy::Refuse);
+                }
                 for _ in 0..2 {
                     // Everything in flight is pending in the mock (so Abort
                     // finds it), then two deadline scans a timeout apart.
@@ -2596,6 +2608,7 @@ impl Stream {
                         self.drain()?;
                     }
                 }
+                self.mock.set_abort_policy(AbortPolicy::Abort);
             }
         }
         if self.qpair.outstanding() != self.outstanding.len() {
@@ -2637,7 +2650,7 @@ impl Stream {
 
 /// Runs `ops` against one queue pair of a fresh mock (one namespace of
 /// 256 512-byte blocks, 8 KiB MDTS, an 8-entry queue, 2 retries, a 20 ms
-/// I/O timeout with Abort and no reset) and checks, after every step: poll
+/// I/O timeout: Abort, then a controller reset) and checks, after every step: poll
 /// hands back no request twice and none that was not submitted,
 /// [`IoQPair::outstanding`] equals what was submitted and not handed back,
 /// every completion carries its buffer unless its request was given up on
@@ -2662,8 +2675,7 @@ pub fn run_cqe_stream(ops: &[StreamOp]) -> std::result::Result<StreamReport, Str
             io_queue_entries: STREAM_QUEUE_ENTRIES,
             prefer_huge_pages: false,
             io_timeout: STREAM_IO_TIMEOUT,
-            // The mock does not emulate a controller reset yet.
-            reset_on_timeout: false,
+            reset_on_timeout: true,
             retries: 2,
             ..Options::default()
         },
@@ -2685,6 +2697,7 @@ pub fn run_cqe_stream(ops: &[StreamOp]) -> std::result::Result<StreamReport, Str
     }
     stream.finish()?;
     stream.report.aborts = stream.mock.stats().aborts;
+    stream.report.resets = stream.mock.stats().resets;
     Ok(stream.report)
 }
 

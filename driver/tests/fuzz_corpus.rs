@@ -35,15 +35,19 @@ fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn the_cqe_stream_corpus_keeps_the_queue_pair_sound() {
-    let mut aborts = 0;
+    let (mut aborts, mut resets) = (0, 0);
     for (name, data) in corpus("cqe_stream") {
         let ops = StreamOp::decode(&data);
         match run_cqe_stream(&ops) {
-            Ok(report) => aborts += report.aborts,
+            Ok(report) => {
+                aborts += report.aborts;
+                resets += report.resets;
+            }
             Err(broken) => panic!("{name}: {broken}\nops: {ops:?}"),
         }
     }
     assert!(aborts > 0, "the corpus reaches Abort");
+    assert!(resets > 0, "the corpus reaches a controller reset");
 }
 
 #[test]
@@ -89,4 +93,33 @@ fn a_stall_aborts_what_is_in_flight_and_the_queue_pair_goes_on() {
         report.data_checked, 1,
         "the read after the stall: {report:?}"
     );
+}
+
+#[test]
+fn a_stall_whose_aborts_are_refused_resets_and_resubmits() {
+    let ops = [
+        StreamOp::Submit {
+            write: true,
+            slba: 0,
+            blocks: 3,
+        },
+        StreamOp::Submit {
+            write: false,
+            slba: 100,
+            blocks: 20,
+        },
+        StreamOp::StallReset,
+        StreamOp::Complete(8),
+        StreamOp::Submit {
+            write: false,
+            slba: 0,
+            blocks: 3,
+        },
+        StreamOp::Complete(8),
+    ];
+    let report = run_cqe_stream(&ops).expect("properties hold");
+    assert!(report.resets >= 1, "{report:?}");
+    assert_eq!(report.completed, 3, "{report:?}");
+    assert_eq!(report.failed, 0, "resubmitted after the reset: {report:?}");
+    assert_eq!(report.data_checked, 3, "{report:?}");
 }
