@@ -60,7 +60,6 @@ impl IoQPair {
     /// anything not yet issued). Commands given up on before are forgotten
     /// with their CIDs: the reset ended any DMA they could still do.
     pub(super) fn recover(&mut self, out: &mut Vec<IoCompletion>) -> Result<usize> {
-        let generation = self.shared.generation();
         let qid = self.q.qid();
         self.promote_all();
         self.q.reset_rings()?;
@@ -80,16 +79,19 @@ impl IoQPair {
         self.quarantine.clear();
         self.quarantine_segments.clear();
         self.release_fixed_quarantine();
-        if let Err(e) = self.shared.register_io_queue(&mut self.q) {
-            log::error!("queue {qid}: cannot be created again after a reset: {e}");
-            let msg = e.to_string();
-            self.give_up_all(out, &|| {
-                Error::Unsupported(format!(
-                    "queue {qid} could not be created again after a controller reset: {msg}"
-                ))
-            });
-            return Err(e);
-        }
+        let generation = match self.shared.register_io_queue(&mut self.q) {
+            Ok(g) => g,
+            Err(e) => {
+                log::error!("queue {qid}: cannot be created again after a reset: {e}");
+                let msg = e.to_string();
+                self.give_up_all(out, &|| {
+                    Error::Unsupported(format!(
+                        "queue {qid} could not be created again after a controller reset: {msg}"
+                    ))
+                });
+                return Err(e);
+            }
+        };
         self.generation = generation;
         log::info!(
             "queue {qid}: created again after a controller reset; {resent} commands resubmitted"
