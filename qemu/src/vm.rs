@@ -1087,6 +1087,60 @@ mod tests {
     }
 
     #[test]
+    fn waits_for_lines_and_stops_when_qemu_exits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = |n: &str| dir.path().join(n);
+        for n in ["out", "err", "console", "qemu"] {
+            File::create(file(n)).expect("create");
+        }
+        let guest = RunningGuest {
+            qmp_socket: file("qmp.sock"),
+            stdout: file("out"),
+            stderr: file("err"),
+            console: file("console"),
+            qemu_log: file("qemu"),
+            started: Instant::now(),
+            done: Arc::new(AtomicBool::new(false)),
+        };
+        let out = file("out");
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let mut f = fs::OpenOptions::new().append(true).open(out).expect("open");
+            f.write_all(b"one\r\nhang: writing 8\r\nhang: writing 9\r\n")
+                .expect("write");
+        });
+        let long = Duration::from_secs(10);
+        assert_eq!(
+            guest
+                .wait_for(GuestStream::Stdout, "hang: writing", long)
+                .expect("first"),
+            "hang: writing 8"
+        );
+        assert_eq!(
+            guest
+                .wait_for_nth(GuestStream::Stdout, "hang: writing", 2, long)
+                .expect("second"),
+            "hang: writing 9"
+        );
+        writer.join().expect("writer");
+        let e = guest.wait_for(GuestStream::Stderr, "x", Duration::from_millis(50));
+        assert!(
+            matches!(&e, Err(Error::Wait(m)) if m.contains("the time ran out")),
+            "{e:?}"
+        );
+        guest.done.store(true, Ordering::Release);
+        let start = Instant::now();
+        let e = guest.wait_for(GuestStream::Console, "x", long);
+        assert!(
+            matches!(&e, Err(Error::Wait(m)) if m.contains("QEMU exited")),
+            "{e:?}"
+        );
+        assert!(start.elapsed() < Duration::from_secs(5));
+        // Output written before QEMU exited still counts.
+        assert!(guest.wait_for(GuestStream::Stdout, "one", long).is_ok());
+    }
+
+    #[test]
     fn quotes_shell_words() {
         assert_eq!(shell_quote("nvmectl"), "nvmectl");
         assert_eq!(shell_quote("--lba=5"), "--lba=5");

@@ -315,6 +315,7 @@ fn a_hung_command_is_aborted_and_the_controller_reset_recovers_it() {
                     .wait_for(GuestStream::Stdout, "hang: writing", long)
                     .expect("the guest starts writing");
                 let mut qmp = guest.qmp().expect("QMP");
+                let version = qmp.version().to_string();
                 qmp.execute("block_set_io_throttle", Some(throttle_writes(1)))
                     .expect("throttle");
                 let held = Instant::now();
@@ -328,10 +329,18 @@ fn a_hung_command_is_aborted_and_the_controller_reset_recovers_it() {
                 let waited = held.elapsed();
                 qmp.execute("block_set_io_throttle", Some(throttle_writes(0)))
                     .expect("lift the throttle");
-                waited
+                (waited, version)
             },
         )
         .expect("run the guest");
+    let (waited, version) = waited;
+    // The monitor's greeting names the QEMU that ran (`7.2.22` in
+    // `QEMU emulator version 7.2.22 (Debian ...)`).
+    assert!(
+        run.qemu_version.contains(&format!("version {version}")),
+        "QMP says {version}, QEMU says {}",
+        run.qemu_version
+    );
     let out = run.stdout_text();
     let err = run.stderr_text();
     assert_eq!(run.code(), Some(0), "{}", run.describe());
