@@ -208,9 +208,8 @@ impl Controller {
     /// [`Error::QueuesExhausted`] when every granted queue is in use.
     pub fn io_qpair(&self) -> Result<IoQPair> {
         let qid = self.shared.take_qid()?;
-        let generation = self.shared.generation();
         match self.shared.create_io_queue(qid) {
-            Ok(q) => Ok(IoQPair::new(self.shared.clone(), q, generation)),
+            Ok((q, generation)) => Ok(IoQPair::new(self.shared.clone(), q, generation)),
             Err(e) => {
                 self.shared.release_qid(qid);
                 Err(e.at(InitStep::CreateIoQueues))
@@ -249,8 +248,7 @@ impl Controller {
     pub fn io_qpair_with_interrupts(&self) -> Result<IoQPair> {
         let qid = self.shared.take_qid()?;
         let result = self.shared.interrupt(qid).and_then(|irq| {
-            let generation = self.shared.generation();
-            let q = self.shared.create_io_queue_with(qid, Some(qid))?;
+            let (q, generation) = self.shared.create_io_queue_with(qid, Some(qid))?;
             IoQPair::new(self.shared.clone(), q, generation).with_interrupt(irq)
         });
         if result.is_err() {
@@ -481,9 +479,13 @@ impl Shared {
         admin
             .enable_aers(self.aer_limit)
             .map_err(|e| e.at(InitStep::AsyncEvents))?;
+        // The new generation is published before the admin lock goes: a
+        // queue pair that creates its queues from here on does so in this
+        // generation's controller, and reads the generation under the
+        // lock (`register_io_queue`), so it cannot record an older one.
+        self.generation.fetch_add(1, Ordering::AcqRel);
         drop(admin);
         self.configure_async_events();
-        self.generation.fetch_add(1, Ordering::AcqRel);
         log::info!("{}: controller reset done", self.address);
         Ok(())
     }
@@ -614,29 +616,37 @@ impl Shared {
             })
     }
 
-    fn create_io_queue(&self, qid: u16) -> Result<QueuePair> {
+    /// A new I/O queue pair on the controller, and the controller
+    /// generation it was created in.
+    fn create_io_queue(&self, qid: u16) -> Result<(QueuePair, u64)> {
         self.create_io_queue_with(qid, None)
     }
 
-    fn create_io_queue_with(&self, qid: u16, vector: Option<u16>) -> Result<QueuePair> {
+    fn create_io_queue_with(&self, qid: u16, vector: Option<u16>) -> Result<(QueuePair, u64)> {
         let entries = self
             .options
             .io_queue_entries
             .clamp(2, max_entries(self.cap));
         let mut q = QueuePair::new(qid, entries, self.cap.dstrd(), self.bar.clone(), &self.pool)?;
         q.set_irq_vector(vector);
-        self.register_io_queue(&mut q)?;
+        let generation = self.register_io_queue(&mut q)?;
         log::debug!("created I/O queue pair {qid} with {entries} entries");
-        Ok(q)
+        Ok((q, generation))
     }
 
     /// Creates the controller's side (CQ, then SQ) of a queue pair whose
-    /// rings are empty: a new one, or one whose rings were reset.
-    pub(crate) fn register_io_queue(&self, q: &mut QueuePair) -> Result<()> {
+    /// rings are empty: a new one, or one whose rings were reset. Returns
+    /// the controller generation the queues now live in, read under the
+    /// admin lock (a reset holds it until it has published its generation):
+    /// one read before could be older than the controller the queues were
+    /// created in, and the queue pair would create them again on its next
+    /// poll, to be refused (the queue identifier is taken).
+    pub(crate) fn register_io_queue(&self, q: &mut QueuePair) -> Result<u64> {
         let (qid, entries) = (q.qid(), q.entries());
         q.set_shadow(self.dbbuf.clone())?;
         let range = |e: nvme_spec::RangeError| Error::BadBuffer(e.to_string());
         let mut admin = self.lock_admin();
+        let generation = self.generation();
         let mut cq = admin::create_io_cq(qid, entries, q.irq_vector()).map_err(range)?;
         cq.set_prps(q.cq_iova(), 0);
         self.run_admin(
@@ -659,7 +669,7 @@ impl Shared {
             );
             return Err(e);
         }
-        Ok(())
+        Ok(generation)
     }
 
     /// Deletes the controller's side of an I/O queue pair. The rings must

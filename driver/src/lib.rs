@@ -53,5 +53,5 @@ pub use nvme_spec;
 pub use pci::{PciAddress, PciFunction};
 pub use qpair::{
     FixedCompletion, FixedIo, FloorJob, FloorResult, IoCompletion, IoOp, IoQPair, IoRequest,
-    IoSegments, Rejected,
+    IoSegments, Recovery, RecoveryOutcome, Rejected,
 };

@@ -486,6 +486,8 @@ struct State {
     violations: Vec<String>,
     commands: Vec<CommandRecord>,
     deallocated: Vec<(u32, u64, u64)>,
+    /// How long each admin command takes ([`MockController::set_admin_latency`]).
+    admin_latency: Duration,
 }
 
 /// A status with DNR set: the mock's answer to a command it rejects.
@@ -1325,6 +1327,10 @@ impl State {
         if !self.serving() {
             return Ok(());
         }
+        if !self.admin_latency.is_zero() {
+            // The driver holds its admin lock meanwhile, as on a device.
+            std::thread::sleep(self.admin_latency);
+        }
         let tail = self.doorbell_value(0, false);
         let sq_entries = self.admin.as_ref().map_or(0, |a| a.sq_entries);
         if tail >= u32::from(sq_entries) {
@@ -1927,6 +1933,7 @@ impl MockController {
             violations: Vec::new(),
             commands: Vec::new(),
             deallocated: Vec::new(),
+            admin_latency: Duration::ZERO,
         };
         let device = Arc::new(MockDevice {
             state: Mutex::new(state),
@@ -1996,6 +2003,13 @@ impl MockController {
     /// blocking helpers of [`IoQPair`]).
     pub fn set_auto(&self, auto: bool) {
         self.state().auto = auto;
+    }
+
+    /// Admin doorbells take `latency` before the commands are served (the
+    /// driver holds its admin lock meanwhile), as on a device: widens the
+    /// windows between a reset and the queue pairs recovering from it.
+    pub fn set_admin_latency(&self, latency: Duration) {
+        self.state().admin_latency = latency;
     }
 
     /// The next `times` commands matching `when` complete with `status`,
@@ -2711,7 +2725,7 @@ mod tests {
     use nvme_spec::Csts;
 
     use super::*;
-    use crate::qpair::IoOp;
+    use crate::qpair::{IoOp, RecoveryOutcome};
 
     const NS: u32 = 1;
     const LBA: usize = 512;
@@ -3724,6 +3738,81 @@ mod tests {
         // The queue pair keeps working.
         let data = random_bytes(9, 4 * LBA);
         assert_eq!(round_trip(&mock, &mut qp, 40, &data, (0, 0)), data);
+        no_violations(&mock);
+    }
+
+    /// Several commands time out in the same deadline scan; the first
+    /// one's Abort is refused, so the controller is reset and everything
+    /// in flight is resubmitted under fresh CIDs. The scan must stop
+    /// there: the other CIDs it found expired now name the resubmitted
+    /// commands, just sent. (It used to go on and abort them too and, as
+    /// they could not come back while the test's device waited, reset the
+    /// controller again for each: three Aborts and three resets.)
+    #[test]
+    fn commands_timing_out_together_cost_one_abort_and_one_reset() {
+        let mut cfg = config(8, 128 << 10, 1024);
+        cfg.options.io_timeout = Duration::from_millis(50);
+        cfg.options.reset_on_timeout = true;
+        let (mock, mut qp) = MockController::with_qpair(cfg).expect("mock");
+        mock.set_abort_policy(AbortPolicy::Refuse);
+        mock.hold_next(Match::Any, 3);
+        let patterns = submit_writes(&mock, &mut qp, 4);
+        let (out, errors) = drain(&mock, &mut qp, 4, Duration::from_secs(30));
+        assert!(errors.is_empty(), "{errors:?}");
+        all_written(&mock, &out, &patterns);
+        let s = mock.stats();
+        assert_eq!(s.aborts, 1, "{s:?}");
+        assert_eq!(s.resets, 2, "bring-up's and one more: {s:?}");
+        assert_eq!(s.dropped_by_reset, 3, "{s:?}");
+        let r = qp.last_recovery().expect("a recovery record");
+        assert_eq!(r.outcome, RecoveryOutcome::Reset { resubmitted: 3 });
+        assert_eq!(r.abort_dw0, Some(1), "the Abort was refused");
+        assert!(
+            r.total >= r.grace && r.grace >= Duration::from_secs(2),
+            "{r:?}"
+        );
+        // The queue goes on.
+        let more = random_bytes(50, 2 * LBA);
+        assert_eq!(round_trip(&mock, &mut qp, 100, &more, (0, 0)), more);
+        no_violations(&mock);
+    }
+
+    /// A queue pair recovers from one reset while another reset is under
+    /// way: its queues are created in the second reset's controller, so it
+    /// must record the second generation. It used to record the one it saw
+    /// when it started recovering (the first), create its queues again on
+    /// its next poll, and be refused: the queue identifier was taken, and
+    /// every request failed (as seen once in
+    /// `reset_in_the_middle_of_io_loses_nothing` on QEMU, three threads and
+    /// three resets).
+    #[test]
+    fn a_queue_recovering_during_a_second_reset_records_the_second() {
+        let (mock, ctrl) = MockController::new(config(32, 128 << 10, 1024)).expect("mock");
+        let mut qp = ctrl.io_qpair().expect("queue pair");
+        let patterns = submit_writes(&mock, &mut qp, 1);
+        ctrl.reset().expect("first reset");
+        // The second reset holds the admin lock for a while (each admin
+        // doorbell takes 100 ms); the queue pair starts recovering from the
+        // first meanwhile.
+        mock.set_admin_latency(Duration::from_millis(100));
+        std::thread::scope(|s| {
+            let second = s.spawn(|| ctrl.reset().expect("second reset"));
+            std::thread::sleep(Duration::from_millis(30));
+            let mut out = Vec::new();
+            qp.poll(&mut out)
+                .expect("recovering across the second reset");
+            second.join().expect("second reset");
+        });
+        mock.set_admin_latency(Duration::ZERO);
+        let (out, errors) = drain(&mock, &mut qp, 1, Duration::from_secs(10));
+        assert!(errors.is_empty(), "{errors:?}");
+        all_written(&mock, &out, &patterns);
+        let data = random_bytes(61, 2 * LBA);
+        assert_eq!(round_trip(&mock, &mut qp, 8, &data, (0, 0)), data);
+        let s = mock.stats();
+        assert_eq!(s.resets, 3, "bring-up's and two: {s:?}");
+        // Created at open and once more: not again after the second reset.
+        assert_eq!(s.queues_created, 2, "{s:?}");
         no_violations(&mock);
     }
 

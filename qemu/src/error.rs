@@ -42,6 +42,12 @@ pub enum Error {
     /// The configuration asks for something impossible.
     #[error("invalid VM configuration: {0}")]
     Config(String),
+    /// A wait on a running guest's output ended without the line.
+    #[error("{0}")]
+    Wait(String),
+    /// Talking to QEMU's monitor failed.
+    #[error(transparent)]
+    Qmp(#[from] crate::qmp::QmpError),
     /// The guest booted but its init script failed before running the command.
     #[error("guest setup failed: {0}")]
     GuestSetup(String),

@@ -14,6 +14,12 @@
 //! The guest talks to the host over four serial ports: ttyS0 is the kernel
 //! console (kept in a log file), ttyS1 and ttyS2 carry the command's stdout
 //! and stderr, and ttyS3 carries its exit status.
+//!
+//! A test can also act on the guest while it runs ([`VmConfig::run_with`]):
+//! its closure gets a [`RunningGuest`], which waits for lines in the
+//! guest's output and connects to QEMU's monitor ([`qmp`]) on a unix
+//! socket in the run's folder, for `qemu-io` on a drive (blkdebug
+//! breakpoints), `block_set_io_throttle`, `device_del` and so on.
 
 #![forbid(unsafe_code)]
 
@@ -24,12 +30,17 @@ pub mod host;
 pub mod initramfs;
 pub mod kernel;
 pub mod modules;
+pub mod qmp;
 pub mod versions;
 pub mod vm;
 
 pub use error::{Error, Result};
+pub use qmp::{Qmp, QmpError};
 pub use versions::Suite;
-pub use vm::{GuestDriver, GuestExit, IommuMode, NsDisk, OutputMode, VmConfig, VmRun};
+pub use vm::{
+    GuestDriver, GuestExit, GuestStream, IommuMode, NVME_DEVICE_ID, NsDisk, OutputMode,
+    RunningGuest, VmConfig, VmRun, drive_id,
+};
 
 use std::path::PathBuf;
 

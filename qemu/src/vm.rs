@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::host::Qemu;
 use crate::initramfs::Archive;
 use crate::kernel::{self, GuestKernel};
+use crate::qmp::Qmp;
 use crate::versions::{self, Suite};
 use crate::{cache_dir, guest_build, host};
 
@@ -44,6 +45,19 @@ const NAMESPACE_PROPS: &[&str] = &[
     "msrc",
     "write-cache",
 ];
+
+/// How long [`RunningGuest::qmp`] waits for QEMU's monitor to answer.
+const QMP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The name of namespace `nsid`'s drive: QEMU's block backend, as QMP
+/// commands (`block_set_io_throttle`, `query-blockstats`) and HMP
+/// `qemu-io` take it.
+pub fn drive_id(nsid: u32) -> String {
+    format!("nvm{nsid}")
+}
+
+/// The id of the NVMe controller device (`device_del`, `query-pci`).
+pub const NVME_DEVICE_ID: &str = "nvme0";
 
 /// Which driver owns the NVMe controllers once the guest is up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -248,6 +262,113 @@ pub struct VmRun {
     _dir: tempfile::TempDir,
 }
 
+/// One of the streams a running guest writes, for
+/// [`RunningGuest::wait_for`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestStream {
+    /// The command's stdout.
+    Stdout,
+    /// The command's stderr.
+    Stderr,
+    /// The guest kernel's console.
+    Console,
+    /// QEMU's own stdout and stderr (its warnings, `-trace` output).
+    Qemu,
+}
+
+/// A guest while it runs, handed to the closure of
+/// [`VmConfig::run_with`]: its output so far, waits for a line in it, and
+/// QEMU's monitor.
+#[derive(Debug)]
+pub struct RunningGuest {
+    qmp_socket: PathBuf,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    console: PathBuf,
+    qemu_log: PathBuf,
+    started: Instant,
+    done: Arc<AtomicBool>,
+}
+
+impl RunningGuest {
+    /// A new session on QEMU's monitor (QMP, negotiated). Each call opens
+    /// its own connection; QEMU takes one at a time on the socket, so drop
+    /// one before opening another.
+    pub fn qmp(&self) -> Result<Qmp> {
+        Ok(Qmp::connect(&self.qmp_socket, QMP_TIMEOUT)?)
+    }
+
+    /// The monitor's unix socket.
+    pub fn qmp_socket(&self) -> &Path {
+        &self.qmp_socket
+    }
+
+    /// Time since QEMU was started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Whether QEMU has exited.
+    pub fn finished(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
+    /// What `stream` holds so far (lossy text).
+    pub fn output(&self, stream: GuestStream) -> String {
+        let path = match stream {
+            GuestStream::Stdout => &self.stdout,
+            GuestStream::Stderr => &self.stderr,
+            GuestStream::Console => &self.console,
+            GuestStream::Qemu => &self.qemu_log,
+        };
+        fs::read(path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Waits until a line of `stream` contains `needle` and returns that
+    /// line; fails when `timeout` passes or QEMU exits first.
+    pub fn wait_for(&self, stream: GuestStream, needle: &str, timeout: Duration) -> Result<String> {
+        self.wait_for_nth(stream, needle, 1, timeout)
+    }
+
+    /// Like [`RunningGuest::wait_for`], for the `n`th such line (from 1).
+    pub fn wait_for_nth(
+        &self,
+        stream: GuestStream,
+        needle: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<String> {
+        let start = Instant::now();
+        loop {
+            // Read before looking at the flag: output written just before
+            // QEMU exited still counts.
+            let finished = self.finished();
+            let text = self.output(stream);
+            if let Some(line) = text
+                .lines()
+                .filter(|l| l.contains(needle))
+                .nth(n.max(1) - 1)
+            {
+                return Ok(line.trim_end().to_string());
+            }
+            let why = if finished {
+                "QEMU exited"
+            } else if start.elapsed() >= timeout {
+                "the time ran out"
+            } else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            return Err(Error::Wait(format!(
+                "no line {n} with {needle:?} in the guest's {stream:?} after {:.1?}: {why}",
+                start.elapsed()
+            )));
+        }
+    }
+}
+
 impl VmRun {
     /// The command's exit code, if it ran to the end.
     pub fn code(&self) -> Option<i32> {
@@ -324,7 +445,22 @@ impl VmConfig {
     /// its init starts (a kernel that fails to boot, e.g. under heavy host
     /// load) is booted once more; a command that ran is never run again.
     pub fn run<S: AsRef<str>>(&self, cmd: &[S]) -> Result<VmRun> {
-        let run = self.run_once(cmd)?;
+        self.run_with(cmd, |_| ()).map(|(run, ())| run)
+    }
+
+    /// Like [`VmConfig::run`], and runs `act` on a thread of its own while
+    /// the guest runs, from QEMU's start: it can wait for lines of the
+    /// guest's output and use QEMU's monitor ([`RunningGuest`]). Returns
+    /// the run and what `act` returned once both QEMU and `act` are done.
+    /// If `act` panics, QEMU is killed and the panic goes on once QEMU is
+    /// gone. On a second boot (see [`VmConfig::run`]) `act` runs again.
+    pub fn run_with<S, F, T>(&self, cmd: &[S], act: F) -> Result<(VmRun, T)>
+    where
+        S: AsRef<str>,
+        F: Fn(&RunningGuest) -> T + Sync,
+        T: Send,
+    {
+        let (run, out) = self.run_once(cmd, &act)?;
         if matches!(run.exit, GuestExit::NoStatus(_)) && !run.console().contains(INIT_MARKER) {
             log::warn!(
                 "the guest died before its init started; booting again (console tail: {})",
@@ -335,12 +471,20 @@ impl VmConfig {
                     .collect::<Vec<_>>()
                     .join(" | ")
             );
-            return self.run_once(cmd);
+            return self.run_once(cmd, &act);
         }
-        Ok(run)
+        Ok((run, out))
     }
 
-    fn run_once<S: AsRef<str>>(&self, cmd: &[S]) -> Result<VmRun> {
+    fn run_once<S, T>(
+        &self,
+        cmd: &[S],
+        act: &(dyn Fn(&RunningGuest) -> T + Sync),
+    ) -> Result<(VmRun, T)>
+    where
+        S: AsRef<str>,
+        T: Send,
+    {
         self.validate()?;
         let (qemu, kernel) = self.prepare_peers()?;
         let bins = guest_build::guest_bin_dir()?;
@@ -376,7 +520,8 @@ impl VmConfig {
             File::create(p).map_err(|e| Error::io("creating", p, e))?;
         }
 
-        let args = self.qemu_args(
+        let qmp_socket = run_dir.join("qmp.sock");
+        let mut args = self.qemu_args(
             &qemu,
             &kernel,
             &initrd,
@@ -384,6 +529,9 @@ impl VmConfig {
             [&console_log, &stdout_path, &stderr_path, &status_path],
             blkdebug_conf.as_deref(),
         );
+        // The monitor, for tests that act during the run (`run_with`).
+        args.push("-qmp".into());
+        args.push(format!("unix:{},server=on,wait=off", qmp_socket.display()));
         log::debug!("{} {}", qemu.binary.display(), args.join(" "));
         let qemu_log = run_dir.join("qemu.log");
         let qemu_out = File::create(&qemu_log).map_err(|e| Error::io("creating", &qemu_log, e))?;
@@ -423,24 +571,63 @@ impl VmConfig {
             OutputMode::Capture => Vec::new(),
         };
 
-        let mut timed_out = false;
-        let qemu_status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if start.elapsed() >= self.timeout => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    timed_out = true;
-                    break None;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => return Err(Error::io("waiting for", &qemu.binary, e)),
-            }
+        let guest = RunningGuest {
+            qmp_socket,
+            stdout: stdout_path.clone(),
+            stderr: stderr_path.clone(),
+            console: console_log.clone(),
+            qemu_log: qemu_log.clone(),
+            started: start,
+            done: done.clone(),
         };
-        done.store(true, Ordering::Release);
+        let mut timed_out = false;
+        let (waited, acted) = std::thread::scope(|scope| {
+            let mut actor = Some(scope.spawn(|| act(&guest)));
+            let mut acted = None;
+            let waited = loop {
+                if actor.as_ref().is_some_and(|a| a.is_finished())
+                    && let Some(a) = actor.take()
+                {
+                    let result = a.join();
+                    if result.is_err() {
+                        // The test failed: no need to wait for the guest.
+                        log::warn!("the test's action panicked; killing QEMU");
+                        let _ = child.kill();
+                    }
+                    acted = Some(result);
+                }
+                match child.try_wait() {
+                    Ok(Some(status)) => break Ok(Some(status)),
+                    Ok(None) if start.elapsed() >= self.timeout => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        timed_out = true;
+                        break Ok(None);
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                    Err(e) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break Err(Error::io("waiting for", &qemu.binary, e));
+                    }
+                }
+            };
+            // QEMU is gone: the action's waits end now.
+            done.store(true, Ordering::Release);
+            if let Some(a) = actor.take() {
+                acted = Some(a.join());
+            }
+            (waited, acted)
+        });
         for f in followers {
             let _ = f.join();
         }
+        let acted = match acted {
+            Some(Ok(value)) => value,
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            None => unreachable!("the action is joined before the scope ends"),
+        };
+        let qemu_status = waited?;
         log::debug!("guest ran {:.1?}", start.elapsed());
 
         let read = |p: &Path| fs::read(p).map_err(|e| Error::io("reading", p, e));
@@ -469,7 +656,7 @@ impl VmConfig {
             }
             other => other,
         };
-        Ok(VmRun {
+        let run = VmRun {
             exit,
             stdout,
             stderr,
@@ -485,7 +672,8 @@ impl VmConfig {
             kernel_package: kernel.package.clone(),
             qemu_version: qemu.version.clone(),
             _dir: dir,
-        })
+        };
+        Ok((run, acted))
     }
 
     fn validate(&self) -> Result<()> {
@@ -735,7 +923,7 @@ impl VmConfig {
             .iter()
             .cloned()
             .partition(|(k, _)| NAMESPACE_PROPS.contains(&k.as_str()));
-        let mut ctrl = format!("nvme,id=nvme0,serial={},addr=3", self.serial);
+        let mut ctrl = format!("nvme,id={NVME_DEVICE_ID},serial={},addr=3", self.serial);
         for (k, v) in ctrl_props {
             ctrl.push_str(&format!(",{k}={v}"));
         }
@@ -755,30 +943,37 @@ impl VmConfig {
                     _,
                 ) => format!(
                     "driver=blklogwrites,file.driver=file,file.filename={},log.driver=file,\
-                     log.filename={},log-sector-size={WRITE_LOG_SECTOR},if=none,id=nvm{nsid},\
+                     log.filename={},log-sector-size={WRITE_LOG_SECTOR},if=none,id={id},\
                      cache=writeback,discard=unmap",
                     image.display(),
-                    log.display()
+                    log.display(),
+                    id = drive_id(nsid as u32),
                 ),
                 // Namespace 1 through blkdebug, which fails chosen I/O.
                 (Some(b), Some(conf)) if nsid == 1 => format!(
                     "driver=raw,file.driver=blkdebug,file.config={},file.image.driver=file,\
-                     file.image.filename={},if=none,id=nvm{nsid},cache=writeback,discard=unmap",
+                     file.image.filename={},if=none,id={id},cache=writeback,discard=unmap",
                     conf.display(),
-                    b.image.display()
+                    b.image.display(),
+                    id = drive_id(nsid as u32),
                 ),
                 (Some(b), _) => format!(
-                    "file={},if=none,id=nvm{nsid},format=raw,cache=writeback,discard=unmap",
-                    b.image.display()
+                    "file={},if=none,id={id},format=raw,cache=writeback,discard=unmap",
+                    b.image.display(),
+                    id = drive_id(nsid as u32),
                 ),
                 (None, _) => format!(
-                    "driver=null-co,size={},read-zeroes=on,if=none,id=nvm{nsid}",
-                    self.disk_size
+                    "driver=null-co,size={},read-zeroes=on,if=none,id={id}",
+                    self.disk_size,
+                    id = drive_id(nsid as u32),
                 ),
             };
             args.push("-drive".into());
             args.push(drive);
-            let mut ns = format!("nvme-ns,drive=nvm{nsid},nsid={nsid},bus=nvme0");
+            let mut ns = format!(
+                "nvme-ns,drive={},nsid={nsid},bus={NVME_DEVICE_ID}",
+                drive_id(nsid as u32)
+            );
             for (k, v) in namespace_props(&ns_common, self.ns_props.get(i)) {
                 ns.push_str(&format!(",{k}={v}"));
             }
@@ -889,6 +1084,60 @@ mod tests {
             version: "QEMU emulator version 10.0.2".into(),
         };
         (kernel, qemu)
+    }
+
+    #[test]
+    fn waits_for_lines_and_stops_when_qemu_exits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = |n: &str| dir.path().join(n);
+        for n in ["out", "err", "console", "qemu"] {
+            File::create(file(n)).expect("create");
+        }
+        let guest = RunningGuest {
+            qmp_socket: file("qmp.sock"),
+            stdout: file("out"),
+            stderr: file("err"),
+            console: file("console"),
+            qemu_log: file("qemu"),
+            started: Instant::now(),
+            done: Arc::new(AtomicBool::new(false)),
+        };
+        let out = file("out");
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let mut f = fs::OpenOptions::new().append(true).open(out).expect("open");
+            f.write_all(b"one\r\nhang: writing 8\r\nhang: writing 9\r\n")
+                .expect("write");
+        });
+        let long = Duration::from_secs(10);
+        assert_eq!(
+            guest
+                .wait_for(GuestStream::Stdout, "hang: writing", long)
+                .expect("first"),
+            "hang: writing 8"
+        );
+        assert_eq!(
+            guest
+                .wait_for_nth(GuestStream::Stdout, "hang: writing", 2, long)
+                .expect("second"),
+            "hang: writing 9"
+        );
+        writer.join().expect("writer");
+        let e = guest.wait_for(GuestStream::Stderr, "x", Duration::from_millis(50));
+        assert!(
+            matches!(&e, Err(Error::Wait(m)) if m.contains("the time ran out")),
+            "{e:?}"
+        );
+        guest.done.store(true, Ordering::Release);
+        let start = Instant::now();
+        let e = guest.wait_for(GuestStream::Console, "x", long);
+        assert!(
+            matches!(&e, Err(Error::Wait(m)) if m.contains("QEMU exited")),
+            "{e:?}"
+        );
+        assert!(start.elapsed() < Duration::from_secs(5));
+        // Output written before QEMU exited still counts.
+        assert!(guest.wait_for(GuestStream::Stdout, "one", long).is_ok());
     }
 
     #[test]

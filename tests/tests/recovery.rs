@@ -1,7 +1,11 @@
 //! Controller reset in the middle of I/O, asynchronous events, shadow
-//! doorbells on and off, and device errors on reads and writes, against
-//! QEMU's controller.
+//! doorbells on and off, device errors on reads and writes, and commands
+//! that hang in the device, against QEMU's controller.
 
+use std::time::{Duration, Instant};
+
+use qemu_harness::{GuestStream, drive_id};
+use serde_json::json;
 use vm_tests::{check_thread_ranges, image_bytes, run_ok, vm};
 
 #[test]
@@ -239,4 +243,205 @@ fn interrupt_mode_queues_sleep_and_are_woken_by_msix() {
         "no thread was ever woken by its interrupt: {out}"
     );
     check_thread_ranges(run.disk(1).expect("image"), 2, 2048, 512, 111);
+}
+
+/// The write limits of namespace 1's drive (QMP `block_set_io_throttle`);
+/// 0 is no limit.
+fn throttle_writes(bytes_per_second: u64) -> serde_json::Value {
+    json!({
+        "device": drive_id(1),
+        "bps": 0, "bps_rd": 0, "bps_wr": bytes_per_second,
+        "iops": 0, "iops_rd": 0, "iops_wr": 0,
+    })
+}
+
+/// The number in `line` after `label` (`label 12.5 ms` gives 12.5).
+fn number_after(text: &str, label: &str) -> Option<f64> {
+    let rest = &text[text.find(label)? + label.len()..];
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// Prints the guest's report of a `hang` scenario (the recovery record
+/// and times), for the test's output.
+fn report_hang(out: &str) {
+    for l in out
+        .lines()
+        .filter(|l| l.starts_with("recovery") || l.starts_with("hang: "))
+    {
+        println!("guest: {l}");
+    }
+}
+
+/// Checks what the `hang` scenario wrote: `region` blocks from LBA 0 hold
+/// the pattern of `seed`, in the host image.
+fn check_hang_region(run: &vm_tests::VmRun, region: u64, seed: u64) {
+    let image = run.disk(1).expect("image");
+    let bytes = image_bytes(image, 0, region as usize * 512);
+    assert_eq!(
+        vm_tests::pattern::first_mismatch(seed, 0, 512, &bytes),
+        None,
+        "LBAs 0..{region} in the host image"
+    );
+}
+
+/// A command hangs in the device; the driver times it out, sends Abort
+/// (QEMU answers "not aborted": its Abort never aborts), and resets the
+/// controller; the reset ends the hang, the commands in flight are
+/// resubmitted, and every write is answered and on the disk.
+///
+/// The hang is QEMU's I/O throttle, set over QMP: at 1 byte/s every write
+/// after the first waits about an hour in QEMU's block layer. A controller
+/// reset drains the namespace (`nvme_ctrl_reset` -> `blk_drain`), and a
+/// drain lets throttled requests through, as a real device's reset ends
+/// its commands. (A blkdebug breakpoint cannot stand in here: QEMU 7.2
+/// drains in the vCPU thread that wrote CC.EN = 0, holding the big lock,
+/// and the monitor command that resumes a breakpoint runs in the main
+/// loop, which the drain does not run: the reset would never end. See
+/// docs/TESTING.md.) The host lifts the throttle when the driver says it
+/// resets, so the resubmitted writes run free.
+#[test]
+fn a_hung_command_is_aborted_and_the_controller_reset_recovers_it() {
+    let config = vm();
+    let (run, waited) = config
+        .run_with(
+            &[
+                "sh",
+                "-c",
+                "RUST_LOG=nvme_driver=info guest-check --io-timeout-ms 2000 hang --qd 8 --region 1024 --seed 161",
+            ],
+            |guest| {
+                let long = Duration::from_secs(180);
+                guest
+                    .wait_for(GuestStream::Stdout, "hang: writing", long)
+                    .expect("the guest starts writing");
+                let mut qmp = guest.qmp().expect("QMP");
+                let version = qmp.version().to_string();
+                qmp.execute("block_set_io_throttle", Some(throttle_writes(1)))
+                    .expect("throttle");
+                let held = Instant::now();
+                guest
+                    .wait_for(
+                        GuestStream::Stderr,
+                        "did not come back after Abort; resetting the controller",
+                        long,
+                    )
+                    .expect("the driver resets the controller");
+                let waited = held.elapsed();
+                qmp.execute("block_set_io_throttle", Some(throttle_writes(0)))
+                    .expect("lift the throttle");
+                (waited, version)
+            },
+        )
+        .expect("run the guest");
+    let (waited, version) = waited;
+    // The monitor's greeting names the QEMU that ran (`7.2.22` in
+    // `QEMU emulator version 7.2.22 (Debian ...)`).
+    assert!(
+        run.qemu_version.contains(&format!("version {version}")),
+        "QMP says {version}, QEMU says {}",
+        run.qemu_version
+    );
+    let out = run.stdout_text();
+    let err = run.stderr_text();
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
+    report_hang(&out);
+    // The timeout, the Abort (not aborted: bit 0 of dword 0), the reset.
+    assert!(err.contains("timed out; aborting it"), "{err}");
+    assert!(err.contains("(not aborted)"), "{err}");
+    assert!(err.contains("controller reset done"), "{err}");
+    assert!(
+        out.contains("controller reset, ") && out.contains("Abort answered dw0 0x1"),
+        "{out}"
+    );
+    let resubmitted = number_after(&out, "controller reset, ").unwrap_or(0.0);
+    assert!(
+        resubmitted >= 1.0,
+        "the hung writes were resubmitted: {out}"
+    );
+    // Every request answered, none failed, and the region reads back.
+    assert!(out.contains(" 0 failed;"), "{out}");
+    assert!(out.contains("hang: LBAs 0..1024 read back"), "{out}");
+    check_hang_region(&run, 1024, 161);
+    let total = number_after(&out, "recovery time: ").expect("recovery time");
+    let reset = number_after(&out, "reset and resubmission ").expect("reset time");
+    let first = number_after(&out, "the first write completed ").expect("first write");
+    println!(
+        "hung command (throttle, reset) on {}: the host saw the reset {:.1} s after holding writes; \
+         recovery {total:.1} ms from the timeout to the queue usable again (reset and resubmission \
+         {reset:.1} ms); first write completed {first:.1} ms after",
+        run.qemu_version,
+        waited.as_secs_f64()
+    );
+    // Generous: 2 s of waiting after the Abort and a reset, on a busy host.
+    assert!(
+        (2000.0..60_000.0).contains(&total),
+        "recovery took {total} ms: {out}"
+    );
+}
+
+/// A write held by a blkdebug breakpoint (set with HMP `qemu-io`) times
+/// out; Abort does not abort it; with `reset_on_timeout` off the driver
+/// gives up on it: its request fails with a command timeout naming it,
+/// its CID and buffer stay with the device, the queue goes on. The host
+/// then resumes the breakpoint; the write completes late, the driver
+/// absorbs the completion and frees the CID, and every block is right.
+/// (With a reset instead, QEMU 7.2 never finishes the reset while the
+/// request is held: see the test above.)
+#[test]
+fn a_write_held_by_blkdebug_is_given_up_on_and_its_late_completion_absorbed() {
+    let mut config = vm();
+    // No rules: blkdebug only for its breakpoints.
+    config.blkdebug = Some(String::new());
+    let (run, ()) = config
+        .run_with(
+            &[
+                "sh",
+                "-c",
+                "RUST_LOG=nvme_driver=info guest-check --io-timeout-ms 2000 --no-reset-on-timeout \
+                 hang --qd 8 --region 1024 --seed 171",
+            ],
+            |guest| {
+                let long = Duration::from_secs(180);
+                guest
+                    .wait_for(GuestStream::Stdout, "hang: writing", long)
+                    .expect("the guest starts writing");
+                let mut qmp = guest.qmp().expect("QMP");
+                qmp.qemu_io(&drive_id(1), "break write_aio held")
+                    .expect("set the breakpoint");
+                guest
+                    .wait_for(GuestStream::Stdout, "failed: ", long)
+                    .expect("the driver gives up on the held write");
+                qmp.qemu_io(&drive_id(1), "resume held")
+                    .expect("resume the held write");
+            },
+        )
+        .expect("run the guest");
+    let out = run.stdout_text();
+    let err = run.stderr_text();
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
+    report_hang(&out);
+    assert!(err.contains("(not aborted)"), "{err}");
+    assert!(!err.contains("resetting the controller"), "{err}");
+    assert!(out.contains(": given up; Abort answered dw0 0x1"), "{out}");
+    // Exactly the held write failed, with an error that names it.
+    let failures: Vec<&str> = out.lines().filter(|l| l.contains(" failed: ")).collect();
+    assert_eq!(failures.len(), 1, "{out}");
+    assert!(
+        failures[0].contains("no completion within") && failures[0].contains("Write nsid 1 lba "),
+        "{out}"
+    );
+    assert!(out.contains(" 1 failed;"), "{out}");
+    // Its late completion came and freed the CID.
+    assert!(
+        out.contains("hang: commands given up on still in the device: 0"),
+        "{out}"
+    );
+    assert!(err.contains("late completion for CID"), "{err}");
+    assert!(out.contains("hang: LBAs 0..1024 read back"), "{out}");
+    check_hang_region(&run, 1024, 171);
+    let total = number_after(&out, "recovery time: ").expect("recovery time");
+    println!(
+        "held write (blkdebug, given up) on {}: {total:.1} ms from the timeout to the queue usable again",
+        run.qemu_version
+    );
 }

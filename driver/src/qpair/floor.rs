@@ -279,7 +279,7 @@ impl IoQPair {
         let msg = e.to_string();
         let mut out = Vec::new();
         match self.reset_and_recover(&mut out, || Error::BadDevice(msg.clone())) {
-            Ok(()) => Err(e),
+            Ok(_) => Err(e),
             Err(reset) => Err(Error::BadDevice(format!(
                 "{msg}; the controller reset that followed failed: {reset}"
             ))),

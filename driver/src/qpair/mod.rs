@@ -46,6 +46,7 @@ mod recovery;
 mod request;
 
 pub use floor::{FloorJob, FloorResult};
+pub use recovery::{Recovery, RecoveryOutcome};
 pub use request::{FixedCompletion, FixedIo, IoCompletion, IoOp, IoRequest, IoSegments, Rejected};
 
 /// A submitted request and the progress of its commands.
@@ -118,6 +119,13 @@ struct Slot {
     dsm: Option<DmaBuffer>,
 }
 
+impl Slot {
+    /// Whether a command of ours is in flight under this CID.
+    fn in_flight(&self) -> bool {
+        self.child.is_some() || self.single.is_some() || self.fixed.is_some()
+    }
+}
+
 /// An I/O submission/completion queue pair, owned by one thread.
 #[derive(Debug)]
 pub struct IoQPair {
@@ -164,6 +172,8 @@ pub struct IoQPair {
     polls_since_clock: u32,
     /// When the deadlines were last scanned.
     last_scan: Instant,
+    /// The last recovery from a timed-out command.
+    last_recovery: Option<recovery::Recovery>,
     shared: Arc<Shared>,
 }
 
@@ -195,6 +205,7 @@ impl IoQPair {
             last_health_check: Instant::now(),
             polls_since_clock: 0,
             last_scan: Instant::now(),
+            last_recovery: None,
             shared,
         }
     }
@@ -234,6 +245,12 @@ impl IoQPair {
     /// Entries of the submission queue (at most one less are in flight).
     pub fn depth(&self) -> usize {
         self.q.entries() as usize
+    }
+
+    /// Commands given up on after a timeout whose completion has not come
+    /// yet: their CIDs stay taken (and their buffers kept) until it does.
+    pub fn given_up_in_flight(&self) -> usize {
+        self.lost_cids
     }
 
     /// Requests submitted and not yet handed back.

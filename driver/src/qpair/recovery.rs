@@ -8,13 +8,58 @@ use nvme_spec::admin;
 use super::{ABORT_GRACE, IoCompletion, IoQPair};
 use crate::error::{Error, Result};
 
+/// How the driver dealt with a command that ran past its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryOutcome {
+    /// The command came back after the Abort (aborted, or completed after
+    /// all).
+    CameBack,
+    /// The controller was reset, the queue created again and the commands
+    /// in flight resubmitted.
+    Reset {
+        /// Commands resubmitted on this queue.
+        resubmitted: usize,
+    },
+    /// The command was given up on: its request failed with
+    /// [`Error::CommandTimeout`] (a second timeout, or `reset_on_timeout`
+    /// off).
+    GaveUp,
+    /// The reset failed: every request on the queue failed.
+    Failed,
+}
+
+/// What one recovery from a timed-out command did and how long each step
+/// took, from [`IoQPair::last_recovery`].
+#[derive(Debug, Clone, Copy)]
+pub struct Recovery {
+    /// The queue.
+    pub qid: u16,
+    /// The command that timed out.
+    pub cid: u16,
+    /// When the deadline scan found it expired.
+    pub detected: Instant,
+    /// Dword 0 of the Abort's completion (bit 0 set: not aborted), None
+    /// if the Abort failed.
+    pub abort_dw0: Option<u32>,
+    /// From detection to the Abort's completion.
+    pub abort: Duration,
+    /// Waiting for the command after the Abort.
+    pub grace: Duration,
+    /// The controller reset, creating the queue again and resubmitting
+    /// (zero without a reset).
+    pub reset: Duration,
+    /// From detection to the queue taking commands again.
+    pub total: Duration,
+    /// What was done.
+    pub outcome: RecoveryOutcome,
+}
+
 impl IoQPair {
     /// After a controller reset: start the rings over, create the queues
     /// again, and resubmit every command that was in flight (first, before
     /// anything not yet issued). Commands given up on before are forgotten
     /// with their CIDs: the reset ended any DMA they could still do.
-    pub(super) fn recover(&mut self, out: &mut Vec<IoCompletion>) -> Result<()> {
-        let generation = self.shared.generation();
+    pub(super) fn recover(&mut self, out: &mut Vec<IoCompletion>) -> Result<usize> {
         let qid = self.q.qid();
         self.promote_all();
         self.q.reset_rings()?;
@@ -34,31 +79,36 @@ impl IoQPair {
         self.quarantine.clear();
         self.quarantine_segments.clear();
         self.release_fixed_quarantine();
-        if let Err(e) = self.shared.register_io_queue(&mut self.q) {
-            log::error!("queue {qid}: cannot be created again after a reset: {e}");
-            let msg = e.to_string();
-            self.give_up_all(out, &|| {
-                Error::Unsupported(format!(
-                    "queue {qid} could not be created again after a controller reset: {msg}"
-                ))
-            });
-            return Err(e);
-        }
+        let generation = match self.shared.register_io_queue(&mut self.q) {
+            Ok(g) => g,
+            Err(e) => {
+                log::error!("queue {qid}: cannot be created again after a reset: {e}");
+                let msg = e.to_string();
+                self.give_up_all(out, &|| {
+                    Error::Unsupported(format!(
+                        "queue {qid} could not be created again after a controller reset: {msg}"
+                    ))
+                });
+                return Err(e);
+            }
+        };
         self.generation = generation;
         log::info!(
             "queue {qid}: created again after a controller reset; {resent} commands resubmitted"
         );
         self.fill_sq()?;
-        self.q.ring()
+        self.q.ring()?;
+        Ok(resent)
     }
 
     /// Resets the controller (unless another queue pair just did) and
-    /// recovers; if the reset fails, every request fails with `e`.
+    /// recovers; if the reset fails, every request fails with `e`. Returns
+    /// the number of commands resubmitted.
     pub(super) fn reset_and_recover(
         &mut self,
         out: &mut Vec<IoCompletion>,
         e: impl Fn() -> Error,
-    ) -> Result<()> {
+    ) -> Result<usize> {
         match self.shared.reset_from(Some(self.generation)) {
             Ok(()) => self.recover(out),
             Err(reset_error) => {
@@ -85,7 +135,7 @@ impl IoQPair {
             };
             // A device that is gone cannot be reset: the reset fails at
             // once and every request fails with this error.
-            return self.reset_and_recover(out, e);
+            return self.reset_and_recover(out, e).map(|_| ());
         }
         self.last_scan = Instant::now();
         self.scan_deadlines(self.last_scan, out)
@@ -116,7 +166,7 @@ impl IoQPair {
         let timeout = self.shared.options.io_timeout;
         let mut expired = Vec::new();
         for (cid, slot) in self.slots.iter_mut().enumerate() {
-            if slot.child.is_none() && slot.single.is_none() && slot.fixed.is_none() {
+            if !slot.in_flight() {
                 continue;
             }
             match slot.since {
@@ -125,27 +175,77 @@ impl IoQPair {
                 Some(_) => {}
             }
         }
+        let generation = self.generation;
         for cid in expired {
+            if self.generation != generation {
+                // A reset re-created the queue and resubmitted everything
+                // under new CIDs with fresh deadlines: the CIDs found above
+                // name other commands now.
+                break;
+            }
+            let slot = &self.slots[cid as usize];
+            if !slot.in_flight() {
+                // Came back while an earlier command's Abort was waited for.
+                continue;
+            }
             self.abort(cid, out)?;
         }
         Ok(())
     }
 
+    /// What the last recovery from a timed-out command on this queue pair
+    /// did, and how long it took.
+    pub fn last_recovery(&self) -> Option<Recovery> {
+        self.last_recovery
+    }
+
     pub(super) fn abort(&mut self, cid: u16, out: &mut Vec<IoCompletion>) -> Result<()> {
         let qid = self.q.qid();
+        let detected = Instant::now();
         self.promote(cid as usize);
         log::warn!("queue {qid}: command {cid} timed out; aborting it");
-        if let Err(e) = self.shared.admin_cmd(admin::abort(qid, cid), "Abort") {
-            log::warn!("queue {qid}: Abort of command {cid} failed: {e}");
-        }
-        let start = Instant::now();
-        while start.elapsed() < ABORT_GRACE {
+        let abort_dw0 = match self.shared.admin_cmd(admin::abort(qid, cid), "Abort") {
+            Ok(cqe) => {
+                // Dword 0 bit 0 set: the controller did not abort it.
+                log::info!(
+                    "queue {qid}: Abort of command {cid} answered, dw0 {:#x}{}",
+                    cqe.result(),
+                    if cqe.result() & 1 == 1 {
+                        " (not aborted)"
+                    } else {
+                        ""
+                    }
+                );
+                Some(cqe.result())
+            }
+            Err(e) => {
+                log::warn!("queue {qid}: Abort of command {cid} failed: {e}");
+                None
+            }
+        };
+        let abort_done = Instant::now();
+        let mut record = Recovery {
+            qid,
+            cid,
+            detected,
+            abort_dw0,
+            abort: abort_done - detected,
+            grace: Duration::ZERO,
+            reset: Duration::ZERO,
+            total: Duration::ZERO,
+            outcome: RecoveryOutcome::CameBack,
+        };
+        while abort_done.elapsed() < ABORT_GRACE {
             self.reap(out)?;
             if self.slots[cid as usize].child.is_none() {
+                record.grace = abort_done.elapsed();
+                record.total = detected.elapsed();
+                self.last_recovery = Some(record);
                 return Ok(());
             }
             std::thread::sleep(Duration::from_micros(100));
         }
+        record.grace = abort_done.elapsed();
         // Still not back. The first time, reset the controller: the command
         // is resubmitted with the others. The second time, give up on it:
         // its CID stays taken and its buffer is kept, since the device may
@@ -162,10 +262,27 @@ impl IoQPair {
                 "queue {qid}: command {cid} did not come back after Abort; resetting the controller"
             );
             let waited = self.shared.options.io_timeout + ABORT_GRACE;
-            return self.reset_and_recover(out, || Error::CommandTimeout {
+            let reset_start = Instant::now();
+            let result = self.reset_and_recover(out, || Error::CommandTimeout {
                 command: format!("command {cid} on queue {qid}"),
                 waited_ms: waited.as_millis() as u64,
             });
+            record.reset = reset_start.elapsed();
+            record.total = detected.elapsed();
+            record.outcome = match result {
+                Ok(resubmitted) => RecoveryOutcome::Reset { resubmitted },
+                Err(_) => RecoveryOutcome::Failed,
+            };
+            self.last_recovery = Some(record);
+            log::info!(
+                "queue {qid}: recovered from the timeout of command {cid} in {:.1?} \
+                 (Abort {:.1?}, waiting after it {:.1?}, reset and resubmission {:.1?})",
+                record.total,
+                record.abort,
+                record.grace,
+                record.reset
+            );
+            return result.map(|_| ());
         }
         if let Some(child) = self.slots[cid as usize].child.take() {
             self.slots[cid as usize].since = None;
@@ -182,6 +299,9 @@ impl IoQPair {
             }
             self.finish_if_done(child.parent, out);
         }
+        record.outcome = RecoveryOutcome::GaveUp;
+        record.total = detected.elapsed();
+        self.last_recovery = Some(record);
         Ok(())
     }
 

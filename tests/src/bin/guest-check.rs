@@ -32,6 +32,10 @@ struct Cli {
     /// Deadline of one I/O command, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     io_timeout_ms: u64,
+    /// Give up on a command that does not come back after Abort instead of
+    /// resetting the controller.
+    #[arg(long)]
+    no_reset_on_timeout: bool,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -207,6 +211,29 @@ enum Scenario {
         #[arg(long, default_value_t = 71)]
         seed: u64,
     },
+    /// A command that hangs in the device (the host holds a write in QEMU:
+    /// a blkdebug breakpoint or an I/O throttle; see
+    /// tests/tests/recovery.rs). Prints `hang: writing` and writes the
+    /// pattern over `region` blocks from LBA 0, round and round, at a queue
+    /// depth, until the driver has dealt with a timed-out command, then one
+    /// more round; every request must get an answer (success, or with
+    /// `--no-reset-on-timeout` a command timeout), a command given up on
+    /// must complete late, and the region must read back. Prints the
+    /// driver's recovery record and times.
+    Hang {
+        #[arg(long, default_value_t = 8)]
+        qd: usize,
+        /// Blocks per write.
+        #[arg(long, default_value_t = 8)]
+        blocks: u64,
+        #[arg(long, default_value_t = 1024)]
+        region: u64,
+        /// Longest wait for a command to hang and be dealt with, in seconds.
+        #[arg(long, default_value_t = 150)]
+        wait_s: u64,
+        #[arg(long, default_value_t = 161)]
+        seed: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -232,6 +259,7 @@ fn open(cli: &Cli) -> Result<Controller> {
         use_sgl: cli.sgl,
         shadow_doorbells: !cli.no_shadow,
         io_timeout: Duration::from_millis(cli.io_timeout_ms),
+        reset_on_timeout: !cli.no_reset_on_timeout,
         ..Options::default()
     };
     let ctrl = Controller::open(f.address, options)?;
@@ -517,6 +545,21 @@ fn run(cli: Cli) -> Result<()> {
             stall_ms,
             seed,
         } => shadow_stress(&ctrl, ios, lives, Duration::from_millis(stall_ms), seed)?,
+        Scenario::Hang {
+            qd,
+            blocks,
+            region,
+            wait_s,
+            seed,
+        } => hang(
+            &ctrl,
+            cli.no_reset_on_timeout,
+            qd,
+            blocks,
+            region,
+            Duration::from_secs(wait_s),
+            seed,
+        )?,
         Scenario::Cache { pages, seed } => cache_roundtrip(&ctrl, pages, seed)?,
         Scenario::CacheErrors => cache_errors(&ctrl)?,
         Scenario::Conformance => conformance(&ctrl)?,
@@ -665,6 +708,158 @@ fn fill_and_verify(
         }
     }
     Ok((counts[0], counts[1]))
+}
+
+/// The `hang` scenario (see [`Scenario::Hang`]).
+#[allow(clippy::too_many_arguments)]
+fn hang(
+    ctrl: &Controller,
+    give_up: bool,
+    qd: usize,
+    blocks: u64,
+    region: u64,
+    wait: Duration,
+    seed: u64,
+) -> Result<()> {
+    use nvme_driver::RecoveryOutcome;
+    use std::time::Instant;
+
+    if blocks == 0 || region < blocks || qd == 0 {
+        return Err("need 0 < blocks <= region and qd > 0".into());
+    }
+    let mut q = ctrl.io_qpair()?;
+    let lba = ctrl.namespace(1)?.lba_size as usize;
+    let rounds_lbas = region / blocks * blocks;
+    println!(
+        "hang: writing {blocks}-block requests over LBAs 0..{rounds_lbas} at queue depth {qd} on queue {}",
+        q.qid()
+    );
+    let start = Instant::now();
+    let (mut submitted, mut ok, mut failed) = (0u64, 0u64, 0u64);
+    let mut next = 0u64;
+    // Writes still to submit once the timeout was dealt with: one more round.
+    let mut after: Option<u64> = None;
+    // When the queue was usable again, and the first write that completed after it.
+    let mut recovered_at: Option<Instant> = None;
+    let mut first_after: Option<Duration> = None;
+    let mut done = Vec::new();
+    loop {
+        let more = after.is_none_or(|n| n > 0);
+        while more && (submitted - ok - failed) < qd as u64 && after.is_none_or(|n| n > 0) {
+            let buf = ctrl.dma_pool().alloc(blocks as usize * lba)?;
+            let mut data = vec![0u8; blocks as usize * lba];
+            pattern::fill(seed, next, lba, &mut data);
+            buf.write(0, &data)?;
+            q.submit(IoRequest::write(1, next, blocks, buf))?;
+            submitted += 1;
+            next = (next + blocks) % rounds_lbas;
+            if let Some(n) = after.as_mut() {
+                *n -= 1;
+            }
+        }
+        if submitted == ok + failed {
+            break;
+        }
+        if start.elapsed() > wait {
+            return Err(format!(
+                "{} of {submitted} writes unanswered after {wait:?} (recovered: {})",
+                submitted - ok - failed,
+                recovered_at.is_some()
+            )
+            .into());
+        }
+        done.clear();
+        q.poll(&mut done)?;
+        for c in &done {
+            match &c.result {
+                Ok(()) => {
+                    ok += 1;
+                    if let Some(at) = recovered_at
+                        && first_after.is_none()
+                    {
+                        first_after = Some(at.elapsed());
+                    }
+                }
+                Err(e @ Error::CommandTimeout { .. }) if give_up => {
+                    failed += 1;
+                    println!("write at lba {}+{} failed: {e}", c.slba, c.blocks);
+                }
+                Err(e) => {
+                    return Err(format!("write at lba {}+{}: {e}", c.slba, c.blocks).into());
+                }
+            }
+        }
+        if after.is_none()
+            && let Some(r) = q.last_recovery()
+            && r.outcome != RecoveryOutcome::CameBack
+        {
+            recovered_at = Some(r.detected + r.total);
+            after = Some(rounds_lbas / blocks);
+            let outcome = match r.outcome {
+                RecoveryOutcome::Reset { resubmitted } => {
+                    format!("controller reset, {resubmitted} commands resubmitted")
+                }
+                RecoveryOutcome::GaveUp => "given up".to_string(),
+                RecoveryOutcome::Failed => "reset failed".to_string(),
+                RecoveryOutcome::CameBack => unreachable!(),
+            };
+            println!(
+                "recovery: command {} on queue {}: {outcome}; Abort answered dw0 {}",
+                r.cid,
+                r.qid,
+                r.abort_dw0
+                    .map_or("none (failed)".to_string(), |d| format!("{d:#x}"))
+            );
+            println!(
+                "recovery time: {:.1} ms from the timeout to the queue usable again \
+                 (Abort {:.1} ms, waiting after it {:.1} ms, reset and resubmission {:.1} ms)",
+                ms(r.total),
+                ms(r.abort),
+                ms(r.grace),
+                ms(r.reset)
+            );
+        }
+    }
+    if recovered_at.is_none() {
+        return Err(format!("no command timed out in {wait:?}: nothing hung").into());
+    }
+    println!(
+        "hang: all {submitted} writes answered: {ok} completed, {failed} failed; \
+         the first write completed {:.1} ms after the queue was usable again",
+        first_after.map_or(f64::NAN, ms)
+    );
+    // A command given up on still belongs to the device: its completion
+    // comes when the host lets it go (perhaps already).
+    let t = Instant::now();
+    while q.given_up_in_flight() > 0 {
+        if t.elapsed() > wait {
+            return Err("a command given up on never completed".into());
+        }
+        done.clear();
+        q.poll(&mut done)?;
+        if !done.is_empty() {
+            return Err("a late completion was handed back as a request".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    println!("hang: commands given up on still in the device: 0");
+    q.flush(1)?;
+    let mut back = vec![0u8; rounds_lbas as usize * lba];
+    for (i, chunk) in back.chunks_mut(256 * lba).enumerate() {
+        q.read(1, i as u64 * 256, chunk)?;
+    }
+    if let Some(bad) = pattern::first_mismatch(seed, 0, lba, &back) {
+        return Err(format!("LBA {bad} does not hold its data").into());
+    }
+    println!(
+        "hang: LBAs 0..{rounds_lbas} read back; queue {} still works",
+        q.qid()
+    );
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 /// Checks a finished read against the pattern.
