@@ -2,7 +2,6 @@
 //! by CAP.TO; the admin queue (shared, behind a lock); I/O queue pairs handed
 //! out one per thread; shutdown (CC.SHN) when the last handle goes.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -24,6 +23,7 @@ use crate::pci::PciAddress;
 use crate::prp;
 use crate::qpair::IoQPair;
 use crate::queue::{QueuePair, ShadowDoorbells};
+use crate::quiesce::Quiesce;
 use crate::vfio::VfioNvme;
 
 /// The memory page size the driver programs (CC.MPS = 0).
@@ -36,6 +36,10 @@ const PCI_COMMAND_INTX_DISABLE: u16 = 1 << 10;
 /// Transfer limit used when the controller reports none (MDTS = 0).
 pub const UNLIMITED_MDTS_TRANSFER: usize = 8 << 20;
 const IDENTIFY_SIZE: usize = 4096;
+/// How long a reset waits for queue pairs inside a doorbell write (each
+/// write takes microseconds; the bound only keeps a stuck thread from
+/// stopping the reset).
+const DOORBELL_DRAIN_LIMIT: Duration = Duration::from_secs(1);
 
 /// Tunables for [`Controller::open`].
 #[derive(Debug, Clone)]
@@ -100,9 +104,13 @@ pub(crate) struct Shared {
     pub(crate) max_transfer: usize,
     pub(crate) sgl: bool,
     pub(crate) options: Options,
-    /// Bumped by every controller reset: a queue pair that sees it change
-    /// re-creates its queues and resubmits what it had in flight.
-    generation: AtomicU64,
+    /// The doorbell gate closed while a reset runs, and the generation
+    /// bumped by every reset: a queue pair that sees it change re-creates
+    /// its queues and resubmits what it had in flight.
+    quiesce: Arc<Quiesce>,
+    /// I/O queue ids created on the controller in this generation (and not
+    /// deleted since): what a reset deletes before disabling.
+    live_queues: Mutex<Vec<u16>>,
     /// Shadow doorbell pages, when in use.
     dbbuf: Option<Arc<ShadowDoorbells>>,
     /// Asynchronous Event Requests kept outstanding.
@@ -163,7 +171,8 @@ impl Controller {
 
         let mut shared = Shared {
             admin: Mutex::new(AdminQueue::new(admin)),
-            generation: AtomicU64::new(0),
+            quiesce: Arc::new(Quiesce::default()),
+            live_queues: Mutex::new(Vec::new()),
             dbbuf: None,
             aer_limit: 0,
             irqs: Mutex::new(None),
@@ -399,7 +408,11 @@ impl Shared {
     }
 
     pub(crate) fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        self.quiesce.generation()
+    }
+
+    fn lock_live_queues(&self) -> MutexGuard<'_, Vec<u16>> {
+        self.live_queues.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Doorbell Buffer Config, when wanted and supported: from then on every
@@ -457,6 +470,23 @@ impl Shared {
             None => log::info!("{}: resetting the controller", self.address),
             Some(_) => log::warn!("{}: resetting the controller to recover", self.address),
         }
+        // No queue pair writes a doorbell from here until the queues it
+        // names are created again (the gate reopens when `closed` goes).
+        let (closed, drained) = self.quiesce.close(DOORBELL_DRAIN_LIMIT);
+        if !drained {
+            log::warn!(
+                "{}: a queue pair stayed inside a doorbell write for {} ms; resetting anyway",
+                self.address,
+                DOORBELL_DRAIN_LIMIT.as_millis()
+            );
+        }
+        if seen.is_none() {
+            self.delete_live_queues(&mut admin);
+        } else {
+            // Recovering: the controller is suspect, and deletes could
+            // each wait out the admin timeout. The disable drops them.
+            self.lock_live_queues().clear();
+        }
         disable(&self.bar, self.cap).map_err(|e| e.at(InitStep::Disable))?;
         // The controller has dropped every queue and stopped all DMA.
         admin.q.reset_rings()?;
@@ -483,7 +513,9 @@ impl Shared {
         // queue pair that creates its queues from here on does so in this
         // generation's controller, and reads the generation under the
         // lock (`register_io_queue`), so it cannot record an older one.
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        // Queues of the last generation stay shut; the gate reopens.
+        self.quiesce.bump();
+        drop(closed);
         drop(admin);
         self.configure_async_events();
         log::info!("{}: controller reset done", self.address);
@@ -643,10 +675,13 @@ impl Shared {
     /// poll, to be refused (the queue identifier is taken).
     pub(crate) fn register_io_queue(&self, q: &mut QueuePair) -> Result<u64> {
         let (qid, entries) = (q.qid(), q.entries());
-        q.set_shadow(self.dbbuf.clone())?;
         let range = |e: nvme_spec::RangeError| Error::BadBuffer(e.to_string());
         let mut admin = self.lock_admin();
         let generation = self.generation();
+        q.set_gate(self.quiesce.clone(), generation);
+        // Also clears what the queue's shadow slots kept from before a
+        // reset: the controller reads them once the queues exist.
+        q.set_shadow(self.dbbuf.clone())?;
         let mut cq = admin::create_io_cq(qid, entries, q.irq_vector()).map_err(range)?;
         cq.set_prps(q.cq_iova(), 0);
         self.run_admin(
@@ -669,21 +704,50 @@ impl Shared {
             );
             return Err(e);
         }
+        self.lock_live_queues().push(qid);
         Ok(generation)
     }
 
     /// Deletes the controller's side of an I/O queue pair. The rings must
     /// stay allocated until this returns.
     pub(crate) fn delete_io_queue(&self, qid: u16) -> Result<()> {
-        self.admin_cmd(
+        self.delete_io_queue_locked(&mut self.lock_admin(), qid)
+    }
+
+    fn delete_io_queue_locked(&self, admin: &mut AdminQueue, qid: u16) -> Result<()> {
+        self.lock_live_queues().retain(|&q| q != qid);
+        self.run_admin(
+            admin,
             admin::delete_io_sq(qid),
             &format!("Delete I/O Submission Queue {qid}"),
         )?;
-        self.admin_cmd(
+        self.run_admin(
+            admin,
             admin::delete_io_cq(qid),
             &format!("Delete I/O Completion Queue {qid}"),
         )?;
         Ok(())
+    }
+
+    /// Before a requested reset, with the doorbells quiesced: deletes every
+    /// I/O queue the controller has, as Linux's driver does before it
+    /// disables a live controller. The controller then finishes or drops
+    /// what those queues had in flight while they still exist, and the
+    /// disable finds no queue to tear down. A controller that is not ready
+    /// or reports a fatal status is disabled as it is; a delete that fails
+    /// ends the deleting (the disable drops the rest).
+    fn delete_live_queues(&self, admin: &mut AdminQueue) {
+        let live = std::mem::take(&mut *self.lock_live_queues());
+        match self.csts() {
+            Ok(csts) if csts.ready() && !csts.fatal() && !csts.is_all_ones() => {}
+            _ => return,
+        }
+        for qid in live {
+            if let Err(e) = self.delete_io_queue_locked(admin, qid) {
+                log::warn!("{}: before the reset: {e}", self.address);
+                return;
+            }
+        }
     }
 
     /// Reads CSTS.

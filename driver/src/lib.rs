@@ -43,6 +43,7 @@ pub mod pci;
 mod prp;
 mod qpair;
 mod queue;
+mod quiesce;
 mod vfio;
 
 pub use ctrl::{Controller, Options, PAGE_SIZE, UNLIMITED_MDTS_TRANSFER};

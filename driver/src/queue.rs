@@ -14,6 +14,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::device::Bar;
 use crate::error::{Error, Result};
 use crate::memory::{DmaBuffer, DmaPool};
+use crate::quiesce::Quiesce;
 
 /// Bytes in a submission queue entry.
 pub(crate) const SQE_SIZE: usize = 64;
@@ -70,6 +71,9 @@ pub(crate) struct QueuePair {
     shadow: Option<Arc<ShadowDoorbells>>,
     /// The MSI-X vector of the CQ, for a queue in interrupt mode.
     irq_vector: Option<u16>,
+    /// For an I/O queue: the reset gate and the controller generation the
+    /// queue was created in (doorbells are written only through it).
+    gate: Option<(Arc<Quiesce>, u64)>,
 }
 
 impl QueuePair {
@@ -115,6 +119,7 @@ impl QueuePair {
             free_cids: (0..entries - 1).rev().collect(),
             shadow: None,
             irq_vector: None,
+            gate: None,
         })
     }
 
@@ -126,6 +131,12 @@ impl QueuePair {
     /// Sets the vector the CQ will be created with.
     pub(crate) fn set_irq_vector(&mut self, vector: Option<u16>) {
         self.irq_vector = vector;
+    }
+
+    /// Writes doorbells only through `gate`, as a queue created in
+    /// `generation`: none while a reset runs or after it.
+    pub(crate) fn set_gate(&mut self, gate: Arc<Quiesce>, generation: u64) {
+        self.gate = Some((gate, generation));
     }
 
     /// Uses shadow doorbells from now on (None: MMIO doorbells only). The
@@ -164,17 +175,25 @@ impl QueuePair {
     /// Writes a doorbell: through the shadow page (and MMIO only when the
     /// event index says the controller is not looking), or MMIO.
     #[inline]
-    fn write_doorbell(&self, mmio: usize, shadow_at: usize, new: u16, old: u16) -> Result<()> {
+    fn write_doorbell(&self, mmio: usize, shadow_at: usize, new: u16, old: u16) -> Result<bool> {
+        let _pass = match &self.gate {
+            Some((gate, generation)) => match gate.enter(*generation) {
+                Some(pass) => Some(pass),
+                None => return Ok(false),
+            },
+            None => None,
+        };
         if let Some(s) = &self.shadow {
             s.shadow.write_u32(shadow_at, u32::from(new))?;
             // The shadow value must be visible before the EventIdx is read.
             fence(Ordering::SeqCst);
             let event_idx = s.eventidx.read_u32(shadow_at)? as u16;
             if !need_event(event_idx, new, old) {
-                return Ok(());
+                return Ok(true);
             }
         }
-        self.bar.write32(mmio, u32::from(new))
+        self.bar.write32(mmio, u32::from(new))?;
+        Ok(true)
     }
 
     /// Forgets every command and starts the rings over (empty, phase 1):
@@ -269,8 +288,9 @@ impl QueuePair {
             // The SQEs must be in memory before the device learns of them.
             fence(Ordering::SeqCst);
             let (shadow_at, _) = self.shadow_offsets();
-            self.write_doorbell(self.sq_doorbell, shadow_at, self.sq_tail, self.sq_tail_rung)?;
-            self.sq_tail_rung = self.sq_tail;
+            if self.write_doorbell(self.sq_doorbell, shadow_at, self.sq_tail, self.sq_tail_rung)? {
+                self.sq_tail_rung = self.sq_tail;
+            }
         }
         Ok(())
     }
@@ -371,8 +391,9 @@ impl QueuePair {
     pub(crate) fn ring_cq(&mut self) -> Result<()> {
         let (_, shadow_at) = self.shadow_offsets();
         let old = self.cq_head_rung;
-        self.write_doorbell(self.cq_doorbell, shadow_at, self.cq_head, old)?;
-        self.cq_head_rung = self.cq_head;
+        if self.write_doorbell(self.cq_doorbell, shadow_at, self.cq_head, old)? {
+            self.cq_head_rung = self.cq_head;
+        }
         Ok(())
     }
 
