@@ -4298,6 +4298,33 @@ mod tests {
             start.elapsed()
         );
     }
+
+    #[test]
+    fn commands_ended_by_sq_deletion_are_sent_again_outside_the_retry_budget() {
+        // What a reset's queue deletion does to commands in flight on a
+        // device that aborts them: they are sent again, even with no
+        // retries allowed, on the fast path and as parts of a split request.
+        let mut cfg = config(16, 8 << 10, 1024);
+        cfg.options.retries = 0;
+        let (mock, mut qp) = MockController::with_qpair(cfg).expect("mock");
+        let deleted = Status::generic(generic::ABORTED_SQ_DELETION);
+        assert!(!deleted.is_retryable());
+        for (seed, blocks) in [(70, 8usize), (71, 64)] {
+            mock.fail_next(Match::Opcode(NvmOpcode::Write), deleted, 5);
+            let data = random_bytes(seed, blocks * LBA);
+            assert_eq!(round_trip(&mock, &mut qp, 0, &data, (0, 0)), data);
+        }
+        let writes: Vec<Status> = mock
+            .commands()
+            .iter()
+            .filter(|c| c.opcode == NvmOpcode::Write as u8)
+            .map(|c| c.status)
+            .collect();
+        // Each request: its first five write commands ended by deletion.
+        assert_eq!(writes.iter().filter(|s| **s == deleted).count(), 10);
+        assert_eq!(writes.iter().filter(|s| s.is_success()).count(), 5);
+        no_violations(&mock);
+    }
 }
 
 /// Bad requests through the public API: each is refused at submit with a

@@ -438,3 +438,76 @@ mod shadow_tests {
         assert!(need_event(2, 3, 2));
     }
 }
+
+#[cfg(test)]
+mod gate_tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use nvme_spec::{DoorbellKind, Sqe, doorbell_offset};
+
+    use super::{QueuePair, ShadowDoorbells};
+    use crate::hw::dma::IdentityMapper;
+    use crate::hw::mmio::Bar;
+    use crate::memory::DmaPool;
+    use crate::quiesce::Quiesce;
+
+    const QID: u16 = 1;
+
+    fn queue(gate: &Arc<Quiesce>) -> (QueuePair, Arc<Bar>, DmaPool) {
+        let bar = Arc::new(Bar::anonymous(0x2000).expect("bar"));
+        let pool = DmaPool::new(Arc::new(IdentityMapper), false);
+        let mut q = QueuePair::new(QID, 8, 0, bar.clone(), &pool).expect("queue");
+        q.set_gate(gate.clone(), gate.generation());
+        (q, bar, pool)
+    }
+
+    fn sq_doorbell(bar: &Bar) -> u32 {
+        bar.read32(doorbell_offset(QID, DoorbellKind::SqTail, 0))
+            .expect("read")
+    }
+
+    #[test]
+    fn no_doorbell_while_a_reset_runs_and_the_ring_happens_after() {
+        let gate = Arc::new(Quiesce::default());
+        let (mut q, bar, _pool) = queue(&gate);
+        q.post(Sqe::default()).expect("post");
+        let (closed, drained) = gate.close(Duration::from_secs(1));
+        assert!(drained);
+        q.ring().expect("ring");
+        assert_eq!(sq_doorbell(&bar), 0, "rung while the gate was closed");
+        drop(closed);
+        // The reset failed (no new generation): the queue still exists and
+        // the held-back doorbell is written at the next ring.
+        q.ring().expect("ring");
+        assert_eq!(sq_doorbell(&bar), 1);
+    }
+
+    #[test]
+    fn a_queue_of_an_earlier_generation_writes_no_doorbell_nor_shadow_slot() {
+        let gate = Arc::new(Quiesce::default());
+        let (mut q, bar, pool) = queue(&gate);
+        let dbbuf = Arc::new(ShadowDoorbells {
+            shadow: pool.alloc(4096).expect("shadow"),
+            eventidx: pool.alloc(4096).expect("eventidx"),
+        });
+        q.set_shadow(Some(dbbuf.clone())).expect("shadow");
+        gate.bump();
+        q.post(Sqe::default()).expect("post");
+        q.ring().expect("ring");
+        q.kick().expect("kick");
+        // The SQ tail slot of queue 1 is at offset 8 of the shadow page.
+        assert_eq!(dbbuf.shadow.read_u32(8).expect("read"), 0);
+        assert_eq!(sq_doorbell(&bar), 0);
+        // Created again in the new generation: rings as usual.
+        q.reset_rings().expect("reset");
+        q.set_gate(gate.clone(), gate.generation());
+        q.set_shadow(Some(dbbuf.clone())).expect("shadow");
+        q.post(Sqe::default()).expect("post");
+        q.ring().expect("ring");
+        assert_eq!(dbbuf.shadow.read_u32(8).expect("read"), 1);
+        // The EventIdx page is zero: the controller waits for entry 0, so
+        // the MMIO doorbell is written too.
+        assert_eq!(sq_doorbell(&bar), 1);
+    }
+}

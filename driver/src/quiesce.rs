@@ -144,29 +144,27 @@ mod tests {
 
     #[test]
     fn close_waits_for_a_doorbell_write_in_progress() {
-        let q = Arc::new(Quiesce::default());
+        let q = Quiesce::default();
         let pass = q.enter(0).expect("open");
         // Bounded: the write does not end, the reset goes on after the limit.
         let (closed, drained) = q.close(Duration::from_millis(5));
         assert!(!drained);
         drop(closed);
         // The write ends while the reset waits.
-        let released = Arc::new(AtomicBool::new(false));
-        let t = {
-            let released = released.clone();
-            std::thread::spawn(move || {
+        let released = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
                 std::thread::sleep(Duration::from_millis(20));
                 released.store(true, Ordering::SeqCst);
                 drop(pass);
-            })
-        };
-        let (_closed, drained) = q.close(Duration::from_secs(30));
-        assert!(drained);
-        assert!(
-            released.load(Ordering::SeqCst),
-            "returned before the write ended"
-        );
-        t.join().expect("thread");
+            });
+            let (_closed, drained) = q.close(Duration::from_secs(30));
+            assert!(drained);
+            assert!(
+                released.load(Ordering::SeqCst),
+                "returned before the write ended"
+            );
+        });
     }
 
     #[test]

@@ -429,7 +429,9 @@ impl IoQPair {
                 return;
             }
             let status = Status::from_cqe_status(word);
-            if !(status.is_retryable() && self.shared.options.retries > 0) {
+            if !(status.is_retryable() && self.shared.options.retries > 0)
+                && !aborted_by_reset(status)
+            {
                 slot.fixed = None;
                 slot.since = None;
                 self.singles -= 1;
@@ -455,7 +457,8 @@ impl IoQPair {
                 return;
             }
             let status = Status::from_cqe_status(word);
-            let retry = status.is_retryable() && self.shared.options.retries > 0;
+            let retry = status.is_retryable() && self.shared.options.retries > 0
+                || aborted_by_reset(status);
             if !retry && let Some(req) = slot.single.take() {
                 slot.since = None;
                 self.singles -= 1;
@@ -486,6 +489,17 @@ impl IoQPair {
         };
         p.outstanding = p.outstanding.saturating_sub(1);
         if !status.is_success() {
+            if aborted_by_reset(status) {
+                // Sent again as it was; not a try of its own.
+                log::debug!(
+                    "queue {}: {} ended by a reset's queue deletion; sending it again",
+                    self.q.qid(),
+                    p.req.describe()
+                );
+                p.outstanding += 1;
+                self.retry.push_back(child);
+                return;
+            }
             if status.is_retryable() && child.tries < self.shared.options.retries {
                 log::debug!(
                     "queue {}: retrying {} after {status}",
@@ -666,4 +680,15 @@ pub(super) fn set_data(
         sqe.set_prps(prp1, prp2);
     }
     Ok(())
+}
+
+/// A command the controller ended because its SQ was deleted: a queue pair
+/// deletes its SQ only when dropped, so this is a reset deleting the queues
+/// before it disables the controller (`Shared::reset_from`). The command
+/// is sent again once the queues exist again, whatever the retry budget.
+fn aborted_by_reset(status: Status) -> bool {
+    status.is(
+        nvme_spec::StatusCodeType::Generic,
+        nvme_spec::status::generic::ABORTED_SQ_DELETION,
+    )
 }
