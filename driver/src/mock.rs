@@ -351,6 +351,8 @@ pub struct MockStats {
     pub enables: u64,
     /// Commands fetched and dropped, not completed, by a reset.
     pub dropped_by_reset: u64,
+    /// Commands fetched and dropped, not completed, by Delete I/O SQ.
+    pub dropped_by_delete: u64,
     /// Doorbell Buffer Config commands accepted.
     pub shadow_configs: u64,
     /// MMIO doorbell writes (with shadow doorbells, only those the EventIdx
@@ -1583,8 +1585,9 @@ impl State {
                 }
             }
             Some(AdminOpcode::DeleteIoSq) => match self.sqs.remove(&qid) {
-                Some(_) => {
+                Some(sq) => {
                     self.stats.queues_deleted += 1;
+                    self.stats.dropped_by_delete += sq.pending.len() as u64;
                     ok
                 }
                 None => (queue_error(command_specific::INVALID_QUEUE_IDENTIFIER), 0),
@@ -3725,7 +3728,12 @@ mod tests {
         ctrl.reset().expect("reset");
         let s = mock.stats();
         assert_eq!((s.resets, s.enables), (2, 2));
-        assert_eq!(s.dropped_by_reset, 8, "the device forgot them");
+        // The reset deleted the queue before disabling the controller
+        // (docs/ARCHITECTURE.md, "Controller reset"): the deletion dropped
+        // the commands, the disable found nothing left.
+        assert_eq!(s.queues_deleted, 1);
+        assert_eq!(s.dropped_by_delete, 8, "the device forgot them");
+        assert_eq!(s.dropped_by_reset, 0);
         assert_eq!(ctrl.generation(), 1);
         let (out, errors) = drain(&mock, &mut qp, 8, Duration::from_secs(10));
         assert!(errors.is_empty(), "{errors:?}");
@@ -3817,6 +3825,39 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_pair_behind_a_reset_rings_nothing_until_its_queue_exists_again() {
+        let cfg = config(16, 64 << 10, 1024).shadow_doorbells(true);
+        let (mock, ctrl) = MockController::new(cfg).expect("mock");
+        let mut qp = ctrl.io_qpair().expect("queue pair");
+        let qid = qp.qid();
+        let mut patterns = submit_writes(&mock, &mut qp, 4);
+        assert_eq!(mock.doorbell(qid, false), 4);
+        mock.process_limit(0).expect("fetch");
+        ctrl.reset().expect("reset");
+        let s = mock.stats();
+        assert_eq!((s.queues_deleted, s.dropped_by_delete), (1, 4));
+        // More work before the queue pair has looked at the controller
+        // again: its queue is gone, so neither its shadow slot (zeroed by
+        // the reset) nor its MMIO doorbell is written.
+        let mmio = mock.stats().mmio_doorbells;
+        for tag in 4..6 {
+            let data = random_bytes(tag + 100, LBA);
+            qp.submit(write_request(&mock, tag, &data, 0).with_tag(tag))
+                .expect("accepted");
+            patterns.push(data);
+        }
+        qp.ring().expect("ring");
+        assert_eq!(mock.doorbell(qid, false), 0, "shadow slot written");
+        assert_eq!(mock.stats().mmio_doorbells, mmio, "MMIO doorbell written");
+        // The next poll creates the queue again and sends everything.
+        let (out, errors) = drain(&mock, &mut qp, 6, Duration::from_secs(10));
+        assert!(errors.is_empty(), "{errors:?}");
+        all_written(&mock, &out, &patterns);
+        assert_eq!(mock.stats().queues_created, 2);
+        no_violations(&mock);
+    }
+
+    #[test]
     fn a_command_lost_by_the_device_is_resubmitted_after_a_reset() {
         let mut cfg = config(8, 128 << 10, 1024);
         cfg.options.io_timeout = Duration::from_millis(50);
@@ -3848,6 +3889,7 @@ mod tests {
         all_written(&mock, &out, &patterns);
         let s = mock.stats();
         assert_eq!(s.resets, 2, "CFS noticed, controller reset");
+        assert_eq!(s.queues_deleted, 0, "a recovery reset deletes no queue");
         assert!(!Csts(mock.register(regs::offset::CSTS).expect("CSTS")).fatal());
         no_violations(&mock);
     }

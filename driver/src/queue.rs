@@ -441,22 +441,45 @@ mod shadow_tests {
 
 #[cfg(test)]
 mod gate_tests {
-    use std::sync::Arc;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use nvme_spec::{DoorbellKind, Sqe, doorbell_offset};
 
     use super::{QueuePair, ShadowDoorbells};
-    use crate::hw::dma::IdentityMapper;
-    use crate::hw::mmio::Bar;
+    use crate::device::{Bar, EmulatedBar};
+    use crate::hw::dma::HostMapper;
     use crate::memory::DmaPool;
     use crate::quiesce::Quiesce;
 
     const QID: u16 = 1;
 
+    /// Registers that read back what was last written (0 before).
+    #[derive(Debug, Default)]
+    struct Registers(Mutex<HashMap<usize, u64>>);
+
+    impl EmulatedBar for Registers {
+        fn size(&self) -> usize {
+            0x2000
+        }
+        fn read32(&self, offset: usize) -> u32 {
+            self.read64(offset) as u32
+        }
+        fn read64(&self, offset: usize) -> u64 {
+            *self.0.lock().unwrap().get(&offset).unwrap_or(&0)
+        }
+        fn write32(&self, offset: usize, value: u32) {
+            self.write64(offset, u64::from(value));
+        }
+        fn write64(&self, offset: usize, value: u64) {
+            self.0.lock().unwrap().insert(offset, value);
+        }
+    }
+
     fn queue(gate: &Arc<Quiesce>) -> (QueuePair, Arc<Bar>, DmaPool) {
-        let bar = Arc::new(Bar::anonymous(0x2000).expect("bar"));
-        let pool = DmaPool::new(Arc::new(IdentityMapper), false);
+        let bar = Arc::new(Bar::emulated(Arc::new(Registers::default())).expect("bar"));
+        let pool = DmaPool::new(Arc::new(HostMapper::default()), false);
         let mut q = QueuePair::new(QID, 8, 0, bar.clone(), &pool).expect("queue");
         q.set_gate(gate.clone(), gate.generation());
         (q, bar, pool)
@@ -466,7 +489,6 @@ mod gate_tests {
         bar.read32(doorbell_offset(QID, DoorbellKind::SqTail, 0))
             .expect("read")
     }
-
     #[test]
     fn no_doorbell_while_a_reset_runs_and_the_ring_happens_after() {
         let gate = Arc::new(Quiesce::default());
