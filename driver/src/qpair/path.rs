@@ -429,9 +429,9 @@ impl IoQPair {
                 return;
             }
             let status = Status::from_cqe_status(word);
-            if !(status.is_retryable() && self.shared.options.retries > 0)
-                && !aborted_by_reset(status)
-            {
+            let retry = status.is_retryable() && self.shared.options.retries > 0
+                || aborted_by_reset(status);
+            if !retry {
                 slot.fixed = None;
                 slot.since = None;
                 self.singles -= 1;
