@@ -709,13 +709,23 @@ impl Shared {
     }
 
     /// Deletes the controller's side of an I/O queue pair. The rings must
-    /// stay allocated until this returns.
+    /// stay allocated until this returns. A queue a reset has deleted (or
+    /// dropped) since it was created needs nothing.
     pub(crate) fn delete_io_queue(&self, qid: u16) -> Result<()> {
-        self.delete_io_queue_locked(&mut self.lock_admin(), qid)
+        let mut admin = self.lock_admin();
+        {
+            let mut live = self.lock_live_queues();
+            let before = live.len();
+            live.retain(|&q| q != qid);
+            if live.len() == before {
+                return Ok(());
+            }
+        }
+        self.send_queue_deletes(&mut admin, qid)
     }
 
-    fn delete_io_queue_locked(&self, admin: &mut AdminQueue, qid: u16) -> Result<()> {
-        self.lock_live_queues().retain(|&q| q != qid);
+    /// Delete I/O Submission Queue, then Delete I/O Completion Queue.
+    fn send_queue_deletes(&self, admin: &mut AdminQueue, qid: u16) -> Result<()> {
         self.run_admin(
             admin,
             admin::delete_io_sq(qid),
@@ -743,7 +753,7 @@ impl Shared {
             _ => return,
         }
         for qid in live {
-            if let Err(e) = self.delete_io_queue_locked(admin, qid) {
+            if let Err(e) = self.send_queue_deletes(admin, qid) {
                 log::warn!("{}: before the reset: {e}", self.address);
                 return;
             }
