@@ -517,7 +517,6 @@ mod gate_tests {
         gate.bump();
         q.post(Sqe::default()).expect("post");
         q.ring().expect("ring");
-        q.kick().expect("kick");
         // The SQ tail slot of queue 1 is at offset 8 of the shadow page.
         assert_eq!(dbbuf.shadow.read_u32(8).expect("read"), 0);
         assert_eq!(sq_doorbell(&bar), 0);
