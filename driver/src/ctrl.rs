@@ -411,6 +411,12 @@ impl Shared {
         self.quiesce.generation()
     }
 
+    /// Whether a reset is tearing down (or has torn down) the queues of
+    /// `generation`.
+    pub(crate) fn tearing_down(&self, generation: u64) -> bool {
+        self.quiesce.tearing_down(generation)
+    }
+
     fn lock_live_queues(&self) -> MutexGuard<'_, Vec<u16>> {
         self.live_queues.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -3858,6 +3858,32 @@ mod tests {
     }
 
     #[test]
+    fn an_error_posted_while_a_reset_tears_the_queue_down_is_sent_again() {
+        // QEMU ends a Flush its Delete I/O SQ cancels with Write Fault; the
+        // queue pair reaps that after the reset and sends the command again.
+        let (mock, ctrl) = MockController::new(config(16, 64 << 10, 1024)).expect("mock");
+        let mut qp = ctrl.io_qpair().expect("queue pair");
+        let fault = reject(StatusCodeType::MediaAndDataIntegrity, media::WRITE_FAULT);
+        // Without a reset the fault is the request's answer.
+        mock.fail_next(Match::Opcode(NvmOpcode::Write), fault, 1);
+        let _ = submit_writes(&mock, &mut qp, 1);
+        let (out, _) = drain(&mock, &mut qp, 1, Duration::from_secs(10));
+        match &out[0].result {
+            Err(Error::Command { status, .. }) => assert_eq!(*status, fault),
+            other => panic!("expected the write fault, got {other:?}"),
+        }
+        // Posted (not yet reaped) when the reset comes.
+        mock.fail_next(Match::Opcode(NvmOpcode::Write), fault, 1);
+        let patterns = submit_writes(&mock, &mut qp, 2);
+        assert_eq!(mock.process().expect("complete"), 2);
+        ctrl.reset().expect("reset");
+        let (out, errors) = drain(&mock, &mut qp, 2, Duration::from_secs(10));
+        assert!(errors.is_empty(), "{errors:?}");
+        all_written(&mock, &out, &patterns);
+        no_violations(&mock);
+    }
+
+    #[test]
     fn a_command_lost_by_the_device_is_resubmitted_after_a_reset() {
         let mut cfg = config(8, 128 << 10, 1024);
         cfg.options.io_timeout = Duration::from_millis(50);

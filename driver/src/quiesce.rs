@@ -98,6 +98,12 @@ impl Quiesce {
         (closed, true)
     }
 
+    /// Whether a queue created in `generation` is being (or has been)
+    /// torn down by a reset: the gate is closed or the generation moved on.
+    pub(crate) fn tearing_down(&self, generation: u64) -> bool {
+        self.state.load(Ordering::Acquire) & CLOSED != 0 || self.generation() != generation
+    }
+
     /// Ends a generation: queues created before are gone from the
     /// controller. Called with the gate closed.
     pub(crate) fn bump(&self) {
@@ -124,7 +130,9 @@ mod tests {
         assert_eq!(q.inside(), 1);
         drop(pass);
         assert_eq!(q.inside(), 0);
+        assert!(!q.tearing_down(0));
         q.bump();
+        assert!(q.tearing_down(0));
         assert!(q.enter(0).is_none(), "a queue of the last generation");
         assert_eq!(q.inside(), 0, "a refused pass is not counted");
         assert!(q.enter(1).is_some());
@@ -136,6 +144,7 @@ mod tests {
         {
             let (_closed, drained) = q.close(Duration::from_millis(10));
             assert!(drained);
+            assert!(q.tearing_down(0));
             assert!(q.enter(0).is_none());
             assert_eq!(q.inside(), 0);
         }

@@ -430,7 +430,7 @@ impl IoQPair {
             }
             let status = Status::from_cqe_status(word);
             let retry = status.is_retryable() && self.shared.options.retries > 0
-                || aborted_by_reset(status);
+                || ended_by_reset(&self.shared, self.generation, status);
             if !retry {
                 slot.fixed = None;
                 slot.since = None;
@@ -458,7 +458,7 @@ impl IoQPair {
             }
             let status = Status::from_cqe_status(word);
             let retry = status.is_retryable() && self.shared.options.retries > 0
-                || aborted_by_reset(status);
+                || ended_by_reset(&self.shared, self.generation, status);
             if !retry && let Some(req) = slot.single.take() {
                 slot.since = None;
                 self.singles -= 1;
@@ -489,7 +489,7 @@ impl IoQPair {
         };
         p.outstanding = p.outstanding.saturating_sub(1);
         if !status.is_success() {
-            if aborted_by_reset(status) {
+            if ended_by_reset(&self.shared, self.generation, status) {
                 // Sent again as it was; not a try of its own.
                 log::debug!(
                     "queue {}: {} ended by a reset's queue deletion; sending it again",
@@ -682,13 +682,23 @@ pub(super) fn set_data(
     Ok(())
 }
 
-/// A command the controller ended because its SQ was deleted: a queue pair
-/// deletes its SQ only when dropped, so this is a reset deleting the queues
-/// before it disables the controller (`Shared::reset_from`). The command
-/// is sent again once the queues exist again, whatever the retry budget.
-fn aborted_by_reset(status: Status) -> bool {
+/// Whether a failed command of a queue created in `generation` was ended
+/// by a reset rather than by its own fault, and is to be sent again once
+/// the queues exist again (outside the retry budget):
+/// - "Command Aborted due to SQ Deletion": a queue pair deletes its SQ
+///   only when dropped, so this is a reset deleting the queues before
+///   it disables the controller (`Shared::reset_from`);
+/// - any error reaped while a reset tears the queue down (or after,
+///   before the queue pair noticed): the controller may fail what the
+///   deletion cancels with a status of its own choosing (QEMU ends a
+///   cancelled Flush or Dataset Management with Write Fault or
+///   Internal Error).
+///
+/// Called for a failed command only, off the fast path.
+#[cold]
+fn ended_by_reset(shared: &Shared, generation: u64, status: Status) -> bool {
     status.is(
         nvme_spec::StatusCodeType::Generic,
         nvme_spec::status::generic::ABORTED_SQ_DELETION,
-    )
+    ) || shared.tearing_down(generation)
 }
