@@ -568,6 +568,9 @@ fn check_cut(
     image: &[u8],
 ) -> Result<Checked, String> {
     let mut checked = Checked::default();
+    // Every thread is checked, so that one thread's failure does not hide
+    // another's.
+    let mut failures = Vec::new();
     for thread in 0..=RAW_THREAD {
         let Some(last) = marks
             .iter()
@@ -575,13 +578,21 @@ fn check_cut(
         else {
             continue;
         };
-        checked += if thread == RAW_THREAD {
-            exp.check_raw(last.ordinal, image)?
+        let result = if thread == RAW_THREAD {
+            exp.check_raw(last.ordinal, image)
         } else {
-            exp.check_file(thread as usize, last.ordinal, image)?
+            exp.check_file(thread as usize, last.ordinal, image)
         };
+        match result {
+            Ok(c) => checked += c,
+            Err(e) => failures.push(e),
+        }
     }
-    Ok(checked)
+    if failures.is_empty() {
+        Ok(checked)
+    } else {
+        Err(failures.join("; "))
+    }
 }
 
 /// Rebuilds the image at every flush point, right after every mark with
