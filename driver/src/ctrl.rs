@@ -24,6 +24,7 @@ use crate::prp;
 use crate::qpair::IoQPair;
 use crate::queue::{QueuePair, ShadowDoorbells};
 use crate::quiesce::Quiesce;
+use crate::removal::{self, Removal};
 use crate::vfio::VfioNvme;
 
 /// The memory page size the driver programs (CC.MPS = 0).
@@ -120,6 +121,8 @@ pub(crate) struct Shared {
     /// Per I/O queue id - 1: in use by a queue pair. Its length is the
     /// number of queue pairs the controller granted.
     qids: Mutex<Vec<bool>>,
+    /// Whether the system took the device back ([`crate::removal`]).
+    pub(crate) removal: Removal,
     address: PciAddress,
     /// The PCI function: VFIO, or an emulation.
     device: Box<dyn DeviceBacking>,
@@ -186,6 +189,7 @@ impl Controller {
             sgl: false,
             options,
             qids: Mutex::new(Vec::new()),
+            removal: Removal::unwatched(),
             address,
             device,
         };
@@ -208,9 +212,27 @@ impl Controller {
             .enable_aers(shared.aer_limit)
             .map_err(|e| e.at(InitStep::AsyncEvents))?;
         shared.configure_async_events();
-        Ok(Controller {
-            shared: Arc::new(shared),
-        })
+        let request = shared
+            .device
+            .removal_request()
+            .map_err(|e| e.at(InitStep::OpenDevice))?;
+        let Some(request) = request else {
+            return Ok(Controller {
+                shared: Arc::new(shared),
+            });
+        };
+        let (watch, stop) = removal::watched()?;
+        shared.removal = watch;
+        let shared = Arc::new(shared);
+        removal::start_watcher(Arc::downgrade(&shared), request, stop)?;
+        Ok(Controller { shared })
+    }
+
+    /// Whether the system took the device back (`remove` in sysfs, a
+    /// hot-unplug): every request then fails with
+    /// [`Error::DeviceRemoved`].
+    pub fn is_removed(&self) -> bool {
+        self.shared.removal.requested()
     }
 
     /// A new I/O queue pair, for the calling thread to own. Fails with
@@ -403,8 +425,42 @@ impl Shared {
 
     /// Runs an admin command on an admin queue already locked.
     fn run_admin(&self, admin: &mut AdminQueue, sqe: Sqe, what: &str) -> Result<Cqe> {
+        if self.removal.requested() {
+            return Err(removal::removed_error(self));
+        }
         let cqe = admin.execute(sqe, self.options.admin_timeout)?;
         check_status(cqe, what)
+    }
+
+    pub(crate) fn address(&self) -> PciAddress {
+        self.address
+    }
+
+    /// On the system's request to take the device back: marks the
+    /// controller removed, retires BAR0 (all-ones memory in its place) and
+    /// releases the device, so the kernel's removal can complete. Queue
+    /// pairs fail their requests on their next poll. Runs once.
+    pub(crate) fn handle_removal(&self) {
+        if !self.removal.begin() {
+            return;
+        }
+        let start = Instant::now();
+        log::warn!(
+            "{}: the system asks for the device back (removal); releasing it and failing its requests",
+            self.address
+        );
+        if let Err(e) = self.bar.retire() {
+            // The BAR mapping keeps the device file open: the kernel's
+            // removal then waits until the controller's last handle goes.
+            log::error!("{}: BAR0 could not be retired: {e}", self.address);
+        }
+        self.device.release();
+        self.removal.finish();
+        log::info!(
+            "{}: device released {} us after the removal request",
+            self.address,
+            start.elapsed().as_micros()
+        );
     }
 
     pub(crate) fn generation(&self) -> u64 {
@@ -467,6 +523,9 @@ impl Shared {
     /// Resets the controller unless it was already reset since generation
     /// `seen` (another queue pair got there first).
     pub(crate) fn reset_from(&self, seen: Option<u64>) -> Result<()> {
+        if self.removal.requested() {
+            return Err(removal::removed_error(self));
+        }
         let mut admin = self.lock_admin();
         if seen.is_some_and(|g| g != self.generation()) {
             return Ok(());
@@ -530,6 +589,9 @@ impl Shared {
 
     /// Runs an admin command that transfers `buf`.
     pub(crate) fn admin_data(&self, mut sqe: Sqe, buf: &DmaBuffer, what: &str) -> Result<Cqe> {
+        if self.removal.requested() {
+            return Err(removal::removed_error(self));
+        }
         let prps = prp::build(&self.pool, buf.iova(), buf.len())?;
         sqe.set_prps(prps.prp1, prps.prp2);
         let cqe = self.lock_admin().execute(sqe, self.options.admin_timeout)?;
@@ -802,6 +864,10 @@ impl Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        if self.removal.requested() {
+            // Released: nothing left to shut down.
+            return;
+        }
         if let Err(e) = self.shutdown() {
             log::warn!("{}: clean shutdown failed: {e}", self.address);
         }

@@ -44,6 +44,18 @@ pub trait DeviceBacking: Send + Sync + std::fmt::Debug + 'static {
     fn msix_vectors(&self) -> u32;
     /// Routes MSI-X vectors `0..fds.len()` to the eventfds.
     fn enable_msix(&self, fds: &[Arc<EventFd>]) -> Result<()>;
+    /// An eventfd the platform signals when it wants the device back
+    /// (VFIO's device request interrupt: `remove` in sysfs, hot-unplug).
+    /// None: the backing sends no such request. Called once, at bring-up.
+    fn removal_request(&self) -> Result<Option<Arc<EventFd>>> {
+        Ok(None)
+    }
+    /// Gives the device back after a removal request: closes what holds it
+    /// (for VFIO, the device file), so that the kernel's removal can
+    /// complete. BAR0 was retired before ([`Bar::retire`]); the driver
+    /// makes no access through this backing afterwards (those it might
+    /// still make fail). Called at most once.
+    fn release(&self) {}
 }
 
 /// BAR0 of a controller emulated in this process: register reads and
@@ -96,6 +108,18 @@ impl Bar {
     pub(crate) fn mmio(bar: MmioBar) -> Bar {
         Bar {
             kind: BarKind::Mmio(bar),
+        }
+    }
+
+    /// After a removal request: a mapped BAR is replaced by all-ones
+    /// memory at the same addresses, so the device can be released while
+    /// other threads may still access the BAR (see `MmioBar::retire`). An
+    /// emulated BAR stays as it is (its emulation decides what a removed
+    /// device answers).
+    pub(crate) fn retire(&self) -> Result<()> {
+        match &self.kind {
+            BarKind::Mmio(b) => b.retire(),
+            BarKind::Emulated { .. } => Ok(()),
         }
     }
 

@@ -152,6 +152,15 @@ pub enum Error {
         /// The CSTS read.
         csts: Csts,
     },
+    /// The device was taken away (hot-unplug, `remove` in sysfs): the
+    /// platform asked for it back through VFIO's device request interrupt
+    /// and the driver released it. Every request outstanding then, and
+    /// every one after, fails with this.
+    #[error("{bdf}: device removed (the system asked for it back; the driver released it)")]
+    DeviceRemoved {
+        /// The controller's address.
+        bdf: String,
+    },
     /// A bring-up step failed for another reason.
     #[error("{step}: {source}")]
     Init {

@@ -44,6 +44,7 @@ mod prp;
 mod qpair;
 mod queue;
 mod quiesce;
+mod removal;
 mod vfio;
 
 pub use ctrl::{Controller, Options, PAGE_SIZE, UNLIMITED_MDTS_TRANSFER};

@@ -467,6 +467,10 @@ struct State {
     /// CIDs of outstanding Asynchronous Event Requests.
     aers: Vec<u16>,
     irqs: Vec<Arc<EventFd>>,
+    /// The eventfd the driver listens on for removal requests.
+    removal_request: Option<Arc<EventFd>>,
+    /// The driver released the device after a removal request.
+    released: bool,
     msix_vectors: u32,
     max_entries: u32,
     io_queues: usize,
@@ -1831,6 +1835,22 @@ impl DeviceBacking for MockBacking {
         lock(&self.0.state).irqs = fds.to_vec();
         Ok(())
     }
+
+    fn removal_request(&self) -> Result<Option<Arc<EventFd>>> {
+        let fd = EventFd::new(libc::EFD_NONBLOCK)
+            .map(Arc::new)
+            .map_err(|e| Error::os("creating an eventfd", e))?;
+        lock(&self.0.state).removal_request = Some(fd.clone());
+        Ok(Some(fd))
+    }
+
+    fn release(&self) {
+        // A released device is gone for the driver: as after a removal,
+        // reads are all-ones and nothing is served.
+        let mut s = lock(&self.0.state);
+        s.released = true;
+        s.gone = true;
+    }
 }
 
 /// A mock NVMe controller: BAR0 and in-memory disks, serving the admin
@@ -1916,6 +1936,8 @@ impl MockController {
             shadow_supported: config.shadow_doorbells,
             aers: Vec::new(),
             irqs: Vec::new(),
+            removal_request: None,
+            released: false,
             msix_vectors: config.msix_vectors,
             max_entries: cap.max_queue_entries(),
             io_queues,
@@ -2245,6 +2267,19 @@ impl MockController {
     /// space read is all-ones, writes are lost, nothing is served.
     pub fn vanish(&self) {
         self.state().gone = true;
+    }
+
+    /// Plays the system asking for the device back (vfio-pci's device
+    /// request interrupt, as on `remove` in sysfs): signals the eventfd
+    /// the driver registered. False if it registered none.
+    pub fn request_removal(&self) -> bool {
+        let fd = self.state().removal_request.clone();
+        fd.is_some_and(|fd| fd.write(1).is_ok())
+    }
+
+    /// Whether the driver released the device (after a removal request).
+    pub fn released(&self) -> bool {
+        self.state().released
     }
 
     /// Sets the CSTS reads CSTS.RDY lags CC.EN by, from the next change of
@@ -3953,6 +3988,160 @@ mod tests {
         let t = Instant::now();
         assert!(qp.read(NS, 0, &mut blocking).is_err());
         assert!(t.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_removal_request_releases_the_device_and_fails_every_request_with_device_removed() {
+        let (mock, ctrl) = MockController::new(config(8, 128 << 10, 1024)).expect("mock");
+        let mut qp = ctrl.io_qpair().expect("queue pair");
+        // Three commands the device fetched and never completes, two it
+        // completes: the removal must answer the three.
+        mock.hold_next(Match::Any, 3);
+        let patterns = submit_writes(&mock, &mut qp, 5);
+        mock.process().expect("fetch");
+        assert!(!mock.released());
+        assert!(mock.request_removal(), "the driver listens for removal");
+        let start = Instant::now();
+        let (out, errors) = drain(&mock, &mut qp, 5, Duration::from_secs(10));
+        let answered = start.elapsed();
+        assert!(errors.is_empty(), "answered through completions: {errors:?}");
+        assert_eq!(out.len(), 5, "every request answered");
+        assert!(answered < Duration::from_secs(1), "answered in {answered:?}");
+        assert_eq!(qp.outstanding(), 0);
+        assert!(mock.released(), "the device was given back");
+        assert!(ctrl.is_removed());
+        for c in &out {
+            let tag = c.tag;
+            match &c.result {
+                Ok(_) => {
+                    assert!(tag >= 3, "tag {tag}");
+                    let disk = mock.read_disk(NS, tag, 1).expect("disk");
+                    assert_eq!(disk, patterns[tag as usize], "acknowledged write {tag}");
+                }
+                Err(e) => {
+                    assert!(matches!(e, Error::DeviceRemoved { .. }), "tag {tag}: {e}");
+                    assert!(e.to_string().contains("device removed"), "{e}");
+                    assert!(tag < 3, "tag {tag}");
+                }
+            }
+        }
+        // New work fails at once, with the same error.
+        let t = Instant::now();
+        let data = random_bytes(9, LBA);
+        let rejected = qp
+            .submit(write_request(&mock, 9, &data, 0))
+            .expect_err("refused");
+        assert!(matches!(rejected.error, Error::DeviceRemoved { .. }), "{}", rejected.error);
+        let mut block = vec![0u8; LBA];
+        let e = qp.read(NS, 0, &mut block).expect_err("refused");
+        assert!(e.to_string().contains("device removed"), "{e}");
+        let e = ctrl.smart_log().expect_err("admin refused");
+        assert!(e.to_string().contains("device removed"), "{e}");
+        let e = ctrl.reset().expect_err("no reset of a removed device");
+        assert!(e.to_string().contains("device removed"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        // Dropping the queue pair and the controller sends nothing more.
+        let before = mock.stats();
+        drop(qp);
+        drop(ctrl);
+        assert_eq!(format!("{:?}", mock.stats()), format!("{before:?}"));
+    }
+
+    #[test]
+    fn a_removal_request_answers_every_thread_within_a_second() {
+        const THREADS: usize = 4;
+        let (mock, ctrl) = MockController::new(config(16, 128 << 10, 4096)).expect("mock");
+        let qps: Vec<IoQPair> = (0..THREADS)
+            .map(|_| ctrl.io_qpair().expect("queue pair"))
+            .collect();
+        let removed_at = Mutex::new(None::<Instant>);
+        let total = std::sync::atomic::AtomicU64::new(0);
+        let results = std::thread::scope(|scope| {
+            let handles: Vec<_> = qps
+                .into_iter()
+                .enumerate()
+                .map(|(t, mut qp)| {
+                    let (mock, total) = (&mock, &total);
+                    scope.spawn(move || {
+                        let mut answered = 0u64;
+                        let mut removed = 0u64;
+                        let mut submitted = 0u64;
+                        let mut out = Vec::new();
+                        let start = Instant::now();
+                        loop {
+                            if qp.outstanding() < 8 {
+                                let lba = (t as u64) * 1024 + submitted % 1024;
+                                let data = random_bytes(lba, LBA);
+                                match qp.submit(write_request(mock, lba, &data, 0)) {
+                                    Ok(()) => {
+                                        submitted += 1;
+                                        total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    }
+                                    Err(r) => {
+                                        assert!(
+                                            matches!(r.error, Error::DeviceRemoved { .. }),
+                                            "{}",
+                                            r.error
+                                        );
+                                        if qp.outstanding() == 0 {
+                                            break;
+                                        }
+                                    }
+                                }
+                            }
+                            qp.poll(&mut out).expect("poll");
+                            for c in out.drain(..) {
+                                answered += 1;
+                                if let Err(e) = c.result {
+                                    assert!(matches!(e, Error::DeviceRemoved { .. }), "{e}");
+                                    removed += 1;
+                                }
+                            }
+                            assert!(start.elapsed() < Duration::from_secs(30), "hang");
+                        }
+                        (submitted, answered, removed, Instant::now())
+                    })
+                })
+                .collect();
+            // The device serves for a while, then is asked for back while
+            // commands are held in flight.
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_millis(100) {
+                mock.process().expect("process");
+            }
+            // Held from now on (at most 4 x 8 are in flight): wait until
+            // some are.
+            mock.hold_next(Match::Any, 64);
+            let before = total.load(std::sync::atomic::Ordering::Relaxed);
+            let start = Instant::now();
+            while total.load(std::sync::atomic::Ordering::Relaxed) < before + 8 {
+                mock.process().expect("process");
+                assert!(start.elapsed() < Duration::from_secs(30), "no submissions");
+            }
+            for _ in 0..10 {
+                mock.process().expect("process");
+            }
+            *removed_at.lock().unwrap() = Some(Instant::now());
+            assert!(mock.request_removal());
+            while handles.iter().any(|h| !h.is_finished()) {
+                let _ = mock.process();
+                std::thread::yield_now();
+            }
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect::<Vec<_>>()
+        });
+        let removed_at = removed_at.lock().unwrap().expect("removal requested");
+        let mut held = 0;
+        for (submitted, answered, removed, done) in results {
+            assert_eq!(submitted, answered, "every request answered");
+            held += removed;
+            let took = done.saturating_duration_since(removed_at);
+            assert!(took < Duration::from_secs(1), "answered {took:?} after the request");
+        }
+        assert!(held > 0, "some requests were in flight at the removal");
+        assert!(mock.released());
     }
 
     #[test]

@@ -4,10 +4,11 @@
 //! MSI-X routed to eventfds.
 
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use vfio_bindings::bindings::vfio::{
     VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
+    VFIO_PCI_REQ_IRQ_INDEX,
 };
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioOps};
 use vmm_sys_util::eventfd::EventFd;
@@ -24,7 +25,8 @@ pub(crate) struct VfioNvme {
     pub(crate) address: PciAddress,
     pub(crate) mapper: Arc<VfioMapper>,
     pub(crate) iommu: IommuInfo,
-    device: VfioDevice,
+    /// The device file; None once released after a removal request.
+    device: Mutex<Option<VfioDevice>>,
     _container: Arc<VfioContainer>,
 }
 
@@ -32,7 +34,10 @@ impl std::fmt::Debug for VfioNvme {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VfioNvme")
             .field("address", &self.address)
-            .field("device_fd", &self.device.as_raw_fd())
+            .field(
+                "device_fd",
+                &self.lock().as_ref().map(|d| d.as_raw_fd()),
+            )
             .field("iommu", &self.iommu)
             .finish()
     }
@@ -64,13 +69,24 @@ impl VfioNvme {
             address,
             mapper,
             iommu,
-            device,
+            device: Mutex::new(Some(device)),
             _container: container,
         })
     }
 
-    fn config_offset(&self) -> u64 {
-        self.device.get_region_offset(VFIO_PCI_CONFIG_REGION_INDEX)
+    fn lock(&self) -> MutexGuard<'_, Option<VfioDevice>> {
+        self.device.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the device, or fails with [`Error::DeviceRemoved`] once
+    /// it was released.
+    fn with<T>(&self, f: impl FnOnce(&VfioDevice) -> Result<T>) -> Result<T> {
+        match self.lock().as_ref() {
+            Some(d) => f(d),
+            None => Err(Error::DeviceRemoved {
+                bdf: self.address.to_string(),
+            }),
+        }
     }
 }
 
@@ -81,54 +97,102 @@ impl DeviceBacking for VfioNvme {
 
     fn config_read16(&self, reg: u16) -> Result<u16> {
         let mut b = [0u8; 2];
-        let at = self.config_offset() + u64::from(reg);
-        vfio_sys::pread_exact(self.device.as_raw_fd(), &mut b, at).map_err(|e| {
-            Error::os(
-                format!("{}: config space read at {reg:#x}", self.address),
-                e,
-            )
+        self.with(|d| {
+            let at = d.get_region_offset(VFIO_PCI_CONFIG_REGION_INDEX) + u64::from(reg);
+            vfio_sys::pread_exact(d.as_raw_fd(), &mut b, at).map_err(|e| {
+                Error::os(
+                    format!("{}: config space read at {reg:#x}", self.address),
+                    e,
+                )
+            })
         })?;
         Ok(u16::from_le_bytes(b))
     }
 
     fn config_write16(&self, reg: u16, value: u16) -> Result<()> {
-        vfio_sys::pwrite_all(
-            self.device.as_raw_fd(),
-            &value.to_le_bytes(),
-            self.config_offset() + u64::from(reg),
-        )
-        .map_err(|e| {
-            Error::os(
-                format!("{}: config space write at {reg:#x}", self.address),
-                e,
+        self.with(|d| {
+            vfio_sys::pwrite_all(
+                d.as_raw_fd(),
+                &value.to_le_bytes(),
+                d.get_region_offset(VFIO_PCI_CONFIG_REGION_INDEX) + u64::from(reg),
             )
+            .map_err(|e| {
+                Error::os(
+                    format!("{}: config space write at {reg:#x}", self.address),
+                    e,
+                )
+            })
         })
     }
 
     fn msix_vectors(&self) -> u32 {
-        self.device
-            .get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX)
-            .map_or(0, |irq| irq.count)
+        self.lock()
+            .as_ref()
+            .and_then(|d| d.get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX).map(|irq| irq.count))
+            .unwrap_or(0)
     }
 
     fn enable_msix(&self, fds: &[Arc<EventFd>]) -> Result<()> {
-        self.device
-            .enable_msix(fds.iter().map(|f| f.as_ref()).collect())
-            .map_err(|e| {
-                Error::vfio(
-                    format!("{}: enabling {} MSI-X vectors", self.address, fds.len()),
-                    e,
-                )
-            })
+        self.with(|d| {
+            d.enable_msix(fds.iter().map(|f| f.as_ref()).collect())
+                .map_err(|e| {
+                    Error::vfio(
+                        format!("{}: enabling {} MSI-X vectors", self.address, fds.len()),
+                        e,
+                    )
+                })
+        })
     }
 
     fn dma(&self) -> DmaMapping {
         DmaMapping::new(self.mapper.clone())
     }
 
+    fn removal_request(&self) -> Result<Option<Arc<EventFd>>> {
+        self.with(|d| {
+            if d.get_irq_info(VFIO_PCI_REQ_IRQ_INDEX)
+                .is_none_or(|irq| irq.count == 0)
+            {
+                log::info!(
+                    "{}: no device request interrupt: a hot-unplug will wait on this process",
+                    self.address
+                );
+                return Ok(None);
+            }
+            let fd = EventFd::new(libc::EFD_NONBLOCK)
+                .map(Arc::new)
+                .map_err(|e| Error::os("creating an eventfd", e))?;
+            d.enable_irq(VFIO_PCI_REQ_IRQ_INDEX, vec![fd.as_ref()])
+                .map_err(|e| {
+                    Error::vfio(
+                        format!("{}: enabling the device request interrupt", self.address),
+                        e,
+                    )
+                })?;
+            Ok(Some(fd))
+        })
+    }
+
+    fn release(&self) {
+        let Some(device) = self.lock().take() else {
+            return;
+        };
+        // The group stays attached to the container until the controller's
+        // last handle goes (vfio-ioctls may log that it could not unset
+        // it: the device file was still open then).
+        vfio_sys::drop_device_kept_open(device);
+        log::info!("{}: device file closed after the removal request", self.address);
+    }
+
     fn map_bar0(&self) -> Result<Bar> {
-        let size = self.device.get_region_size(VFIO_PCI_BAR0_REGION_INDEX);
-        let flags = self.device.get_region_flags(VFIO_PCI_BAR0_REGION_INDEX);
+        let device = self.lock();
+        let Some(device) = device.as_ref() else {
+            return Err(Error::DeviceRemoved {
+                bdf: self.address.to_string(),
+            });
+        };
+        let size = device.get_region_size(VFIO_PCI_BAR0_REGION_INDEX);
+        let flags = device.get_region_flags(VFIO_PCI_BAR0_REGION_INDEX);
         if flags & vfio_bindings::bindings::vfio::VFIO_REGION_INFO_FLAG_MMAP == 0 {
             return Err(Error::Unsupported(format!(
                 "{}: BAR0 cannot be mmapped (region flags {flags:#x})",
@@ -139,7 +203,7 @@ impl DeviceBacking for VfioNvme {
         if !(0x2000..=1 << 30).contains(&size) {
             return Err(Error::BadDevice(format!("BAR0 size {size:#x}")));
         }
-        let offset = self.device.get_region_offset(VFIO_PCI_BAR0_REGION_INDEX);
-        MmioBar::map(self.device.as_raw_fd(), offset, size as usize).map(Bar::mmio)
+        let offset = device.get_region_offset(VFIO_PCI_BAR0_REGION_INDEX);
+        MmioBar::map(device.as_raw_fd(), offset, size as usize).map(Bar::mmio)
     }
 }

@@ -1,6 +1,7 @@
 //! A memory-mapped BAR: volatile, bounds-checked register access.
 
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Error, Result};
 
@@ -9,6 +10,8 @@ use crate::error::{Error, Result};
 pub(crate) struct MmioBar {
     base: NonNull<u8>,
     len: usize,
+    /// The device mapping was replaced by all-ones memory ([`MmioBar::retire`]).
+    retired: AtomicBool,
 }
 
 // SAFETY: the mapping is plain MMIO owned by this value; accesses are
@@ -47,7 +50,11 @@ impl MmioBar {
         }
         let base = NonNull::new(ptr.cast::<u8>())
             .ok_or_else(|| Error::BadDevice("mmap returned null".into()))?;
-        Ok(MmioBar { base, len })
+        Ok(MmioBar {
+            base,
+            len,
+            retired: AtomicBool::new(false),
+        })
     }
 
     /// Length of the mapping in bytes.
@@ -98,6 +105,66 @@ impl MmioBar {
         let p = self.check(offset, 8)?;
         // SAFETY: p is inside the live mapping and 8-byte aligned (checked).
         unsafe { p.cast::<u64>().write_volatile(value.to_le()) };
+        Ok(())
+    }
+}
+
+impl MmioBar {
+    /// Gives the device's pages back while the address range stays valid:
+    /// the range is replaced, in one step, by private anonymous memory
+    /// filled with all-ones. A thread reading a register meanwhile reads
+    /// either the device or all-ones (what a PCI read of a vanished device
+    /// returns); a write lands in the device or in that memory. The
+    /// mapping of the device file is gone afterwards, so it no longer
+    /// holds the VFIO device open. Idempotent.
+    pub(crate) fn retire(&self) -> Result<()> {
+        if self.retired.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // SAFETY: a fresh private anonymous mapping chosen by the kernel;
+        // it aliases no Rust memory.
+        let fill = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                self.len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if fill == libc::MAP_FAILED {
+            self.retired.store(false, Ordering::Release);
+            return Err(Error::os(
+                "mmap of all-ones memory to stand in for BAR0",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: `fill` is the fresh mapping of `len` bytes made above,
+        // writable, used by nothing else yet.
+        unsafe { std::ptr::write_bytes(fill.cast::<u8>(), 0xff, self.len) };
+        // SAFETY: moves `fill` onto [base, base + len), the range this
+        // value owns (BAR sizes are powers of two of at least 8 KiB, so
+        // page multiples). MREMAP_FIXED replaces the old mapping atomically:
+        // the range is never unmapped, so a concurrent volatile access
+        // through `base` (other threads may still hold `&self`) always
+        // hits mapped memory. `Drop` later unmaps the same range.
+        let moved = unsafe {
+            libc::mremap(
+                fill,
+                self.len,
+                self.len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                self.base.as_ptr().cast::<libc::c_void>(),
+            )
+        };
+        if moved == libc::MAP_FAILED {
+            let e = std::io::Error::last_os_error();
+            // SAFETY: `fill` is still the mapping made above (mremap failed).
+            unsafe { libc::munmap(fill, self.len) };
+            self.retired.store(false, Ordering::Release);
+            return Err(Error::os("mremap of all-ones memory over BAR0", e));
+        }
         Ok(())
     }
 }

@@ -124,6 +124,28 @@ fn parse_iommu_info(raw: &[u8]) -> IommuInfo {
 }
 
 /// pread that fills `buf` or fails.
+/// Drops a VFIO device with its file kept open until the drop is over
+/// (by a duplicate descriptor, closed last). vfio-ioctls' `Drop` closes
+/// the file and then reads `<sysfs>/iommu_group`, unwrapping the result:
+/// were that close the last reference, the kernel's removal of the
+/// device (which waits for it) could take the sysfs node away under that
+/// read. Returns once the device file is closed.
+pub(crate) fn drop_device_kept_open(device: vfio_ioctls::VfioDevice) {
+    // SAFETY: dup of a descriptor the VfioDevice owns and keeps open for
+    // the duration of the call; the copy is ours alone.
+    let dup = unsafe { libc::dup(device.as_raw_fd()) };
+    drop(device);
+    if dup >= 0 {
+        // SAFETY: `dup` came from the dup above and is closed once, here.
+        unsafe { libc::close(dup) };
+    } else {
+        log::warn!(
+            "dup of the VFIO device file failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 pub(crate) fn pread_exact(fd: RawFd, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
     let off = libc::off_t::try_from(offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
     // SAFETY: buf is a valid writable slice of buf.len() bytes.

@@ -90,6 +90,9 @@ impl IoQPair {
     /// Its completion comes back from [`IoQPair::poll_fixed`] (never from
     /// [`IoQPair::poll`]).
     pub fn submit_fixed(&mut self, io: FixedIo) -> Result<()> {
+        if self.shared.removal.requested() {
+            return Err(crate::removal::removed_error(&self.shared));
+        }
         let (lba_size, capacity, per_data_cmd) = self.ns_info(io.nsid)?;
         if !matches!(io.op, IoOp::Read | IoOp::Write) {
             return Err(Error::Unsupported(format!(

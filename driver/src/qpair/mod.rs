@@ -265,6 +265,11 @@ impl IoQPair {
 impl Drop for IoQPair {
     fn drop(&mut self) {
         let qid = self.q.qid();
+        if self.shared.removal.released() {
+            // The device was taken away: it has no queues and does no DMA.
+            self.shared.release_qid(qid);
+            return;
+        }
         if self.shared.generation() != self.generation {
             // A reset since this queue pair last looked: the controller has
             // no such queues and does no DMA for them any more.

@@ -18,6 +18,12 @@ impl IoQPair {
     /// allow; the doorbell is rung by the next [`IoQPair::poll`] (or
     /// [`IoQPair::ring`]).
     pub fn submit(&mut self, req: IoRequest) -> std::result::Result<(), Box<Rejected>> {
+        if self.shared.removal.requested() {
+            return Err(Box::new(Rejected {
+                request: req,
+                error: crate::removal::removed_error(&self.shared),
+            }));
+        }
         let (lba_size, per_cmd, total) = match self.plan(&req) {
             Ok(plan) => plan,
             Err(error) => {

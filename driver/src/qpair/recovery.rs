@@ -126,7 +126,17 @@ impl IoQPair {
     /// status, then each command's deadline. A command past its deadline
     /// is aborted; if it does not come back, it is given up on.
     pub(super) fn check_health(&mut self, out: &mut Vec<IoCompletion>) -> Result<()> {
+        if self.shared.removal.requested() {
+            self.fail_if_released(out);
+            return Ok(());
+        }
         let csts = self.shared.csts()?;
+        if self.shared.removal.requested() {
+            // Removed since the look above: CSTS may be the all-ones that
+            // stands in for the BAR.
+            self.fail_if_released(out);
+            return Ok(());
+        }
         if csts.fatal() || csts.is_all_ones() {
             let qid = self.q.qid();
             let e = || Error::ControllerFatal {
@@ -303,6 +313,17 @@ impl IoQPair {
         record.total = detected.elapsed();
         self.last_recovery = Some(record);
         Ok(())
+    }
+
+    /// After a removal request: once the device is released (it can do no
+    /// more DMA), fails every outstanding request with
+    /// [`Error::DeviceRemoved`]; until then, waits.
+    pub(super) fn fail_if_released(&mut self, out: &mut Vec<IoCompletion>) {
+        if !self.shared.removal.released() {
+            return;
+        }
+        let shared = self.shared.clone();
+        self.give_up_all(out, &|| crate::removal::removed_error(&shared));
     }
 
     /// Fails every outstanding request (the controller is gone or fatal).
