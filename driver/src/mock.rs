@@ -4004,9 +4004,15 @@ mod tests {
         let start = Instant::now();
         let (out, errors) = drain(&mock, &mut qp, 5, Duration::from_secs(10));
         let answered = start.elapsed();
-        assert!(errors.is_empty(), "answered through completions: {errors:?}");
+        assert!(
+            errors.is_empty(),
+            "answered through completions: {errors:?}"
+        );
         assert_eq!(out.len(), 5, "every request answered");
-        assert!(answered < Duration::from_secs(1), "answered in {answered:?}");
+        assert!(
+            answered < Duration::from_secs(1),
+            "answered in {answered:?}"
+        );
         assert_eq!(qp.outstanding(), 0);
         assert!(mock.released(), "the device was given back");
         assert!(ctrl.is_removed());
@@ -4031,7 +4037,11 @@ mod tests {
         let rejected = qp
             .submit(write_request(&mock, 9, &data, 0))
             .expect_err("refused");
-        assert!(matches!(rejected.error, Error::DeviceRemoved { .. }), "{}", rejected.error);
+        assert!(
+            matches!(rejected.error, Error::DeviceRemoved { .. }),
+            "{}",
+            rejected.error
+        );
         let mut block = vec![0u8; LBA];
         let e = qp.read(NS, 0, &mut block).expect_err("refused");
         assert!(e.to_string().contains("device removed"), "{e}");
@@ -4138,7 +4148,10 @@ mod tests {
             assert_eq!(submitted, answered, "every request answered");
             held += removed;
             let took = done.saturating_duration_since(removed_at);
-            assert!(took < Duration::from_secs(1), "answered {took:?} after the request");
+            assert!(
+                took < Duration::from_secs(1),
+                "answered {took:?} after the request"
+            );
         }
         assert!(held > 0, "some requests were in flight at the removal");
         assert!(mock.released());

@@ -16,9 +16,9 @@
 //! are safe to hand back).
 
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::sync::Weak;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -108,11 +108,19 @@ pub(crate) fn watched() -> Result<(Removal, EventFd)> {
 /// Starts the thread that waits for the removal request on `request` and
 /// then releases the device. It holds the controller weakly and ends when
 /// `stop` is signalled (the controller's last handle went).
-pub(crate) fn start_watcher(shared: Weak<Shared>, request: Arc<EventFd>, stop: EventFd) -> Result<()> {
+pub(crate) fn start_watcher(
+    shared: Weak<Shared>,
+    request: Arc<EventFd>,
+    stop: EventFd,
+) -> Result<()> {
     let epoll = Epoll::new().map_err(|e| Error::os("epoll_create", e))?;
     for (fd, token) in [(request.as_raw_fd(), 1u64), (stop.as_raw_fd(), 2)] {
         epoll
-            .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token))
+            .ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
             .map_err(|e| Error::os("adding an eventfd to epoll", e))?;
     }
     std::thread::Builder::new()
@@ -124,7 +132,9 @@ pub(crate) fn start_watcher(shared: Weak<Shared>, request: Arc<EventFd>, stop: E
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        log::error!("removal watcher: epoll_wait failed: {e}; removal requests go unheard");
+                        log::error!(
+                            "removal watcher: epoll_wait failed: {e}; removal requests go unheard"
+                        );
                         return;
                     }
                 };

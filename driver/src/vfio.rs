@@ -34,10 +34,7 @@ impl std::fmt::Debug for VfioNvme {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VfioNvme")
             .field("address", &self.address)
-            .field(
-                "device_fd",
-                &self.lock().as_ref().map(|d| d.as_raw_fd()),
-            )
+            .field("device_fd", &self.lock().as_ref().map(|d| d.as_raw_fd()))
             .field("iommu", &self.iommu)
             .finish()
     }
@@ -181,7 +178,10 @@ impl DeviceBacking for VfioNvme {
         // last handle goes (vfio-ioctls may log that it could not unset
         // it: the device file was still open then).
         vfio_sys::drop_device_kept_open(device);
-        log::info!("{}: device file closed after the removal request", self.address);
+        log::info!(
+            "{}: device file closed after the removal request",
+            self.address
+        );
     }
 
     fn map_bar0(&self) -> Result<Bar> {

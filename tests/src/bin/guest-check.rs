@@ -234,6 +234,37 @@ enum Scenario {
         #[arg(long, default_value_t = 161)]
         seed: u64,
     },
+    /// Hot removal: threads (odd ones in interrupt mode) write the pattern
+    /// over their own ranges, round and round, until the device is taken
+    /// away (`remove` in sysfs, hot-unplug, done by the caller once
+    /// `--ready` exists). Each thread then checks that every request got
+    /// an answer, that every error says the device was removed, and that
+    /// new requests are refused with that error; it prints the writes
+    /// acknowledged before (`acked t: a+n,...`) and, in ns since the
+    /// epoch, when its last answer came.
+    /// Writes 1 to `/sys/bus/pci/devices/<bdf>/remove` (which returns once
+    /// the kernel removed the device) and prints when it started and
+    /// returned, in ns since the epoch. Opens no controller.
+    SysfsRemove { bdf: String },
+    HotRemove {
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        #[arg(long, default_value_t = 8)]
+        qd: usize,
+        #[arg(long, default_value_t = 4096)]
+        region: u64,
+        /// Blocks per write.
+        #[arg(long, default_value_t = 8)]
+        blocks: u64,
+        #[arg(long, default_value_t = 81)]
+        seed: u64,
+        /// Created once every thread has had writes acknowledged.
+        #[arg(long, default_value = "/tmp/io-running")]
+        ready: std::path::PathBuf,
+        /// Give up if the device is not removed within this many seconds.
+        #[arg(long, default_value_t = 120)]
+        max_secs: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -279,6 +310,18 @@ fn open(cli: &Cli) -> Result<Controller> {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Scenario::SysfsRemove { bdf } = &cli.scenario {
+        let path = format!("/sys/bus/pci/devices/{bdf}/remove");
+        let start = epoch_ns();
+        println!("remove requested at {start} ns");
+        std::fs::write(&path, b"1").map_err(|e| format!("{path}: {e}"))?;
+        let end = epoch_ns();
+        println!(
+            "remove returned at {end} ns, after {} us",
+            (end - start) / 1000
+        );
+        return Ok(());
+    }
     let ctrl = open(&cli)?;
     match cli.scenario {
         Scenario::Threads {
@@ -559,6 +602,27 @@ fn run(cli: Cli) -> Result<()> {
             region,
             Duration::from_secs(wait_s),
             seed,
+        )?,
+        Scenario::SysfsRemove { .. } => return Err("sysfs-remove opens no controller".into()),
+        Scenario::HotRemove {
+            threads,
+            qd,
+            region,
+            blocks,
+            seed,
+            ready,
+            max_secs,
+        } => hot_remove(
+            &ctrl,
+            HotRemove {
+                threads,
+                qd,
+                region,
+                blocks,
+                seed,
+                ready,
+                max_secs,
+            },
         )?,
         Scenario::Cache { pages, seed } => cache_roundtrip(&ctrl, pages, seed)?,
         Scenario::CacheErrors => cache_errors(&ctrl)?,
@@ -1488,5 +1552,176 @@ fn conformance(ctrl: &Controller) -> Result<()> {
     if failed > 0 {
         return Err(format!("{failed} scenarios failed").into());
     }
+    Ok(())
+}
+
+/// The parameters of `guest-check hot-remove`.
+struct HotRemove {
+    threads: usize,
+    qd: usize,
+    region: u64,
+    blocks: u64,
+    seed: u64,
+    ready: std::path::PathBuf,
+    max_secs: u64,
+}
+
+/// Nanoseconds since the epoch (the guest script stamps its sysfs write
+/// with `date +%s%N`, the same clock).
+fn epoch_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// What one hot-remove thread saw.
+struct RemoveReport {
+    submitted: u64,
+    acked: Vec<(u64, u64)>,
+    removed: u64,
+    last_answer_ns: u128,
+    qid: u16,
+    interrupts: bool,
+}
+
+fn hot_remove(ctrl: &Controller, p: HotRemove) -> Result<()> {
+    let lba = ctrl.namespace(1)?.lba_size as usize;
+    let acked_some = Arc::new(Barrier::new(p.threads + 1));
+    let deadline = std::time::Instant::now() + Duration::from_secs(p.max_secs);
+    let handles: Vec<_> = (0..p.threads as u64)
+        .map(|t| {
+            let ctrl = ctrl.clone();
+            let acked_some = acked_some.clone();
+            let (qd, region, blocks, seed) = (p.qd, p.region, p.blocks, p.seed + t);
+            std::thread::spawn(move || -> Result<RemoveReport> {
+                let interrupts = t % 2 == 1;
+                let mut q = if interrupts {
+                    ctrl.io_qpair_with_interrupts()?
+                } else {
+                    ctrl.io_qpair()?
+                };
+                let first = t * region;
+                let mut next = 0u64;
+                let mut report = RemoveReport {
+                    submitted: 0,
+                    acked: Vec::new(),
+                    removed: 0,
+                    last_answer_ns: 0,
+                    qid: q.qid(),
+                    interrupts,
+                };
+                let mut refused = false;
+                let mut told = false;
+                let mut done = Vec::new();
+                while !refused || q.outstanding() > 0 {
+                    if std::time::Instant::now() > deadline {
+                        return Err(format!(
+                            "thread {t}: no removal within the limit ({} outstanding)",
+                            q.outstanding()
+                        )
+                        .into());
+                    }
+                    while !refused && q.outstanding() < qd {
+                        let slba = first + next % region;
+                        next += blocks;
+                        let mut data = vec![0u8; blocks as usize * lba];
+                        pattern::fill(seed, slba, lba, &mut data);
+                        let buf = ctrl.dma_pool().alloc(data.len())?;
+                        buf.write(0, &data)?;
+                        match q.submit(IoRequest::write(1, slba, blocks, buf)) {
+                            Ok(()) => report.submitted += 1,
+                            Err(r) if matches!(r.error, Error::DeviceRemoved { .. }) => {
+                                println!("thread {t}: new request refused: {}", r.error);
+                                refused = true;
+                            }
+                            Err(r) => return Err(format!("thread {t}: submit: {}", r.error).into()),
+                        }
+                    }
+                    q.wait(&mut done, Duration::from_millis(100))?;
+                    for c in done.drain(..) {
+                        report.last_answer_ns = epoch_ns();
+                        match &c.result {
+                            Ok(()) => report.acked.push((c.slba, c.blocks)),
+                            Err(e @ Error::DeviceRemoved { .. }) => {
+                                if report.removed == 0 {
+                                    println!("thread {t}: first error: {e}");
+                                }
+                                report.removed += 1;
+                            }
+                            Err(e) => {
+                                return Err(format!(
+                                    "thread {t}: write lba {}+{}: unexpected error: {e}",
+                                    c.slba, c.blocks
+                                )
+                                .into());
+                            }
+                        }
+                    }
+                    if !told && report.acked.len() >= 16 {
+                        told = true;
+                        acked_some.wait();
+                    }
+                }
+                if !told {
+                    return Err(
+                        format!("thread {t}: removed before 16 writes were acknowledged").into(),
+                    );
+                }
+                Ok(report)
+            })
+        })
+        .collect();
+    acked_some.wait();
+    std::fs::write(&p.ready, b"")?;
+    println!("hot-remove: I/O running on {} threads", p.threads);
+    let mut failed = None;
+    let mut last_ns = 0;
+    for (t, h) in handles.into_iter().enumerate() {
+        match h.join().map_err(|_| "a thread panicked")? {
+            Ok(r) => {
+                if r.submitted != r.acked.len() as u64 + r.removed {
+                    return Err(format!("thread {t}: requests without an answer").into());
+                }
+                last_ns = last_ns.max(r.last_answer_ns);
+                println!(
+                    "thread {t}: queue {} ({}): {} submitted, {} acknowledged, {} failed with device removed, every one answered, last answer at {} ns",
+                    r.qid,
+                    if r.interrupts { "interrupts" } else { "polled" },
+                    r.submitted,
+                    r.acked.len(),
+                    r.removed,
+                    r.last_answer_ns
+                );
+                let mut acked = r.acked;
+                acked.sort_unstable();
+                acked.dedup();
+                let runs = acked
+                    .iter()
+                    .fold(Vec::<(u64, u64)>::new(), |mut v, &(s, n)| {
+                        match v.last_mut() {
+                            Some((a, m)) if *a + *m >= s => *m = (*m).max(s + n - *a),
+                            _ => v.push((s, n)),
+                        }
+                        v
+                    });
+                let list: Vec<String> = runs.iter().map(|(s, n)| format!("{s}+{n}")).collect();
+                println!("acked {t}: {}", list.join(","));
+            }
+            Err(e) => failed = Some(e),
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if !ctrl.is_removed() {
+        return Err("the controller does not say it was removed".into());
+    }
+    // Admin commands too fail at once.
+    match ctrl.smart_log() {
+        Err(e @ Error::DeviceRemoved { .. }) => println!("admin command refused: {e}"),
+        other => return Err(format!("SMART log after removal: {other:?}").into()),
+    }
+    println!("hot-remove: last answer at {last_ns} ns");
+    println!("hot-remove: done");
     Ok(())
 }

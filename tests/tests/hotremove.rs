@@ -1,0 +1,116 @@
+//! Hot removal while I/O runs: the guest kernel takes the controller back
+//! from the driver (vfio-pci's device request interrupt) and the driver
+//! answers every request with "device removed" and releases the device,
+//! so that the removal completes.
+
+use vm_tests::pattern;
+use vm_tests::{image_bytes, run_ok, vm};
+
+const THREADS: u64 = 4;
+const REGION: u64 = 4096;
+const SEED: u64 = 81;
+const LBA: usize = 512;
+
+/// The number after `prefix` on the first line holding it.
+fn number_after(out: &str, prefix: &str) -> u128 {
+    out.lines()
+        .find_map(|l| l.split_once(prefix))
+        .and_then(|(_, rest)| rest.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no `{prefix}` in\n{out}"))
+}
+
+/// `echo 1 > /sys/bus/pci/devices/0000:00:03.0/remove` while four threads
+/// (two polled, two in interrupt mode) write: every request is answered
+/// (acknowledged or failed with "device removed") within a second of the
+/// request, new ones are refused, the sysfs write completes and the device
+/// is gone, guest-check exits 0, and every write acknowledged before the
+/// removal is in the host image.
+#[test]
+fn sysfs_remove_during_io_answers_every_request_and_releases_the_device() {
+    let config = vm();
+    let script = format!(
+        "RUST_LOG=nvme_driver=info guest-check hot-remove --threads {THREADS} --region {REGION} --seed {SEED} \
+           --ready /tmp/io-running >/tmp/gc.out 2>/tmp/gc.err & pid=$!; \
+         i=0; while [ ! -e /tmp/io-running ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; \
+         sleep 1; \
+         guest-check sysfs-remove 0000:00:03.0; echo \"remove rc=$?\"; \
+         wait $pid; echo \"guest-check rc=$?\"; cat /tmp/gc.out; cat /tmp/gc.err >&2; \
+         if [ -e /sys/bus/pci/devices/0000:00:03.0 ]; then echo 'device still present'; else echo 'device gone'; fi"
+    );
+    let run = run_ok(&config, &script);
+    let out = run.stdout_text();
+    let err = run.stderr_text();
+    eprintln!("{out}{err}");
+    assert!(out.contains("remove rc=0"), "{out}");
+    assert!(out.contains("guest-check rc=0"), "{out}\n{err}");
+    assert!(out.contains("hot-remove: done"), "{out}");
+    assert!(out.contains("device gone"), "{out}");
+    // The driver heard the request and released the device.
+    assert!(err.contains("asks for the device back"), "{err}");
+    assert!(err.contains("device released"), "{err}");
+    assert!(out.contains("admin command refused"), "{out}");
+
+    let requested = number_after(&out, "remove requested at ");
+    let returned = number_after(&out, "remove returned at ");
+    let last_answer = number_after(&out, "hot-remove: last answer at ");
+    let answered_ms = last_answer.saturating_sub(requested) as f64 / 1e6;
+    let removal_ms = returned.saturating_sub(requested) as f64 / 1e6;
+    eprintln!(
+        "hot remove: every request answered {answered_ms:.1} ms after the sysfs write; \
+         the kernel's removal took {removal_ms:.1} ms"
+    );
+    assert!(last_answer >= requested, "answers after the request: {out}");
+    assert!(
+        answered_ms < 1000.0,
+        "answered {answered_ms} ms after the request"
+    );
+
+    let mut removed = 0;
+    for t in 0..THREADS {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("thread {t}: queue ")))
+            .unwrap_or_else(|| panic!("thread {t}'s summary in\n{out}"));
+        assert!(line.contains("every one answered"), "{line}");
+        removed += number_after(line, "acknowledged, ");
+        assert!(
+            out.contains(&format!(
+                "thread {t}: new request refused: 0000:00:03.0: device removed"
+            )),
+            "{out}"
+        );
+    }
+    assert!(
+        removed > 0,
+        "no request was in flight at the removal: {out}"
+    );
+    assert!(
+        out.contains("first error: 0000:00:03.0: device removed"),
+        "{out}"
+    );
+
+    // Every acknowledged write is in the image.
+    let image = run.disk(1).expect("image");
+    let mut blocks = 0;
+    for t in 0..THREADS {
+        let prefix = format!("acked {t}: ");
+        let list = out
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("thread {t}'s acknowledged writes in\n{out}"));
+        for run_ in list.split(',').filter(|s| !s.is_empty()) {
+            let (slba, n) = run_.split_once('+').expect("slba+n");
+            let (slba, n): (u64, u64) = (slba.parse().expect("slba"), n.parse().expect("n"));
+            assert!(slba >= t * REGION && slba + n <= (t + 1) * REGION, "{run_}");
+            let data = image_bytes(image, slba * LBA as u64, n as usize * LBA);
+            assert_eq!(
+                pattern::first_mismatch(SEED + t, slba, LBA, &data),
+                None,
+                "thread {t}: acknowledged write {slba}+{n} not in the image"
+            );
+            blocks += n;
+        }
+    }
+    assert!(blocks >= THREADS * 16 * 8, "{blocks} blocks checked");
+    eprintln!("{blocks} acknowledged blocks found in the image");
+}
