@@ -428,12 +428,24 @@ impl Shared {
         if self.removal.requested() {
             return Err(removal::removed_error(self));
         }
-        let cqe = admin.execute(sqe, self.options.admin_timeout)?;
+        let cqe = admin
+            .execute(sqe, self.options.admin_timeout)
+            .map_err(|e| self.removed_or(e))?;
         check_status(cqe, what)
     }
 
     pub(crate) fn address(&self) -> PciAddress {
         self.address
+    }
+
+    /// `e`, or [`Error::DeviceRemoved`] if the device was taken away (an
+    /// admin command meeting the all-ones BAR fails with fatal status).
+    fn removed_or(&self, e: Error) -> Error {
+        if self.removal.requested() {
+            removal::removed_error(self)
+        } else {
+            e
+        }
     }
 
     /// On the system's request to take the device back: marks the
@@ -594,7 +606,10 @@ impl Shared {
         }
         let prps = prp::build(&self.pool, buf.iova(), buf.len())?;
         sqe.set_prps(prps.prp1, prps.prp2);
-        let cqe = self.lock_admin().execute(sqe, self.options.admin_timeout)?;
+        let cqe = self
+            .lock_admin()
+            .execute(sqe, self.options.admin_timeout)
+            .map_err(|e| self.removed_or(e))?;
         drop(prps);
         check_status(cqe, what)
     }

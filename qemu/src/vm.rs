@@ -185,6 +185,9 @@ pub struct VmConfig {
     /// A blkdebug configuration (the text of its config file) put between
     /// namespace 1 and its image, to make chosen I/O fail.
     pub blkdebug: Option<String>,
+    /// Extra `-drive` options of namespace 1's drive (e.g.
+    /// `throttling.iops-total=100`, so commands wait inside QEMU).
+    pub drive_props: Vec<(String, String)>,
     /// Extra kernel command line words.
     pub kernel_args: Vec<String>,
     /// Where to keep the guest console log (default: inside the run folder).
@@ -218,6 +221,7 @@ impl Default for VmConfig {
             hugepages: 0,
             host_tools: Vec::new(),
             blkdebug: None,
+            drive_props: Vec::new(),
             kernel_args: Vec::new(),
             console_log: None,
             output: OutputMode::Capture,
@@ -968,6 +972,12 @@ impl VmConfig {
                     id = drive_id(nsid as u32),
                 ),
             };
+            let mut drive = drive;
+            if nsid == 1 {
+                for (k, v) in &self.drive_props {
+                    drive.push_str(&format!(",{k}={v}"));
+                }
+            }
             args.push("-drive".into());
             args.push(drive);
             let mut ns = format!(

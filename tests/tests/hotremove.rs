@@ -27,7 +27,10 @@ fn number_after(out: &str, prefix: &str) -> u128 {
 /// removal is in the host image.
 #[test]
 fn sysfs_remove_during_io_answers_every_request_and_releases_the_device() {
-    let config = vm();
+    let mut config = vm();
+    // Writes wait inside QEMU (about 10 ms each at 100 per second), so
+    // that some are in flight when the device is taken away.
+    config.drive_props = vec![("throttling.iops-total".into(), "100".into())];
     let script = format!(
         "RUST_LOG=nvme_driver=info guest-check hot-remove --threads {THREADS} --region {REGION} --seed {SEED} \
            --ready /tmp/io-running >/tmp/gc.out 2>/tmp/gc.err & pid=$!; \
@@ -45,6 +48,10 @@ fn sysfs_remove_during_io_answers_every_request_and_releases_the_device() {
     assert!(out.contains("guest-check rc=0"), "{out}\n{err}");
     assert!(out.contains("hot-remove: done"), "{out}");
     assert!(out.contains("device gone"), "{out}");
+    assert!(
+        out.contains("hot-remove: /sys/bus/pci/devices/0000:00:03.0 gone at"),
+        "the removal completed while guest-check held the controller: {out}"
+    );
     // The driver heard the request and released the device.
     assert!(err.contains("asks for the device back"), "{err}");
     assert!(err.contains("device released"), "{err}");

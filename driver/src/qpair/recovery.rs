@@ -210,6 +210,11 @@ impl IoQPair {
     }
 
     pub(super) fn abort(&mut self, cid: u16, out: &mut Vec<IoCompletion>) -> Result<()> {
+        if self.shared.removal.requested() {
+            // Nothing to abort on a device taken away: the health check
+            // fails every request once it is released.
+            return Ok(());
+        }
         let qid = self.q.qid();
         let detected = Instant::now();
         self.promote(cid as usize);

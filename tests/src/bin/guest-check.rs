@@ -1674,6 +1674,19 @@ fn hot_remove(ctrl: &Controller, p: HotRemove) -> Result<()> {
     acked_some.wait();
     std::fs::write(&p.ready, b"")?;
     println!("hot-remove: I/O running on {} threads", p.threads);
+    // When the driver marked the controller removed (looked at every ms).
+    let seen = {
+        let ctrl = ctrl.clone();
+        std::thread::spawn(move || {
+            while !ctrl.is_removed() {
+                if std::time::Instant::now() > deadline {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Some(epoch_ns())
+        })
+    };
     let mut failed = None;
     let mut last_ns = 0;
     for (t, h) in handles.into_iter().enumerate() {
@@ -1713,9 +1726,27 @@ fn hot_remove(ctrl: &Controller, p: HotRemove) -> Result<()> {
     if let Some(e) = failed {
         return Err(e);
     }
+    let seen = seen
+        .join()
+        .map_err(|_| "the watching thread panicked")?
+        .ok_or("the controller was never marked removed")?;
+    println!("hot-remove: removal seen at {seen} ns");
     if !ctrl.is_removed() {
         return Err("the controller does not say it was removed".into());
     }
+    // The kernel's removal completes while this process still holds the
+    // controller: the driver released the device by itself.
+    let node = format!("/sys/bus/pci/devices/{}", ctrl.address());
+    while std::path::Path::new(&node).exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("{node} is still there").into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    println!(
+        "hot-remove: {node} gone at {} ns, the controller still held",
+        epoch_ns()
+    );
     // Admin commands too fail at once.
     match ctrl.smart_log() {
         Err(e @ Error::DeviceRemoved { .. }) => println!("admin command refused: {e}"),
