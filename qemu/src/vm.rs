@@ -19,6 +19,8 @@ use crate::{cache_dir, guest_build, host};
 
 /// The PCI address the first NVMe controller is pinned to in the guest.
 pub const NVME_BDF: &str = "0000:00:03.0";
+/// Its address behind the root port ([`VmConfig::root_port`]).
+pub const NVME_BDF_ROOT_PORT: &str = "0000:01:00.0";
 /// What the guest's init prints on the console first.
 const INIT_MARKER: &str = "vm-init: started";
 /// The default serial number the harness gives the controller.
@@ -188,6 +190,10 @@ pub struct VmConfig {
     /// Extra `-drive` options of namespace 1's drive (e.g.
     /// `throttling.iops-total=100`, so commands wait inside QEMU).
     pub drive_props: Vec<(String, String)>,
+    /// Put the controller behind a PCIe root port (`pcie-root-port`, id
+    /// `rp0`, at 00:04.0) instead of on the root bus at 00:03.0: it is
+    /// then at 0000:01:00.0 and can be hot-unplugged (`device_del`).
+    pub root_port: bool,
     /// Extra kernel command line words.
     pub kernel_args: Vec<String>,
     /// Where to keep the guest console log (default: inside the run folder).
@@ -222,6 +228,7 @@ impl Default for VmConfig {
             host_tools: Vec::new(),
             blkdebug: None,
             drive_props: Vec::new(),
+            root_port: false,
             kernel_args: Vec::new(),
             console_log: None,
             output: OutputMode::Capture,
@@ -927,7 +934,13 @@ impl VmConfig {
             .iter()
             .cloned()
             .partition(|(k, _)| NAMESPACE_PROPS.contains(&k.as_str()));
-        let mut ctrl = format!("nvme,id={NVME_DEVICE_ID},serial={},addr=3", self.serial);
+        let mut ctrl = if self.root_port {
+            args.push("-device".into());
+            args.push("pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=1,addr=4".into());
+            format!("nvme,id={NVME_DEVICE_ID},serial={},bus=rp0", self.serial)
+        } else {
+            format!("nvme,id={NVME_DEVICE_ID},serial={},addr=3", self.serial)
+        };
         for (k, v) in ctrl_props {
             ctrl.push_str(&format!(",{k}={v}"));
         }
