@@ -234,6 +234,10 @@ enum Scenario {
         #[arg(long, default_value_t = 161)]
         seed: u64,
     },
+    /// Writes 1 to `/sys/bus/pci/devices/<bdf>/remove` (which returns once
+    /// the kernel removed the device) and prints when it started and
+    /// returned, in ns since the epoch. Opens no controller.
+    SysfsRemove { bdf: String },
     /// Hot removal: threads (odd ones in interrupt mode) write the pattern
     /// over their own ranges, round and round, until the device is taken
     /// away (`remove` in sysfs, hot-unplug, done by the caller once
@@ -242,10 +246,6 @@ enum Scenario {
     /// new requests are refused with that error; it prints the writes
     /// acknowledged before (`acked t: a+n,...`) and, in ns since the
     /// epoch, when its last answer came.
-    /// Writes 1 to `/sys/bus/pci/devices/<bdf>/remove` (which returns once
-    /// the kernel removed the device) and prints when it started and
-    /// returned, in ns since the epoch. Opens no controller.
-    SysfsRemove { bdf: String },
     HotRemove {
         #[arg(long, default_value_t = 4)]
         threads: usize,
