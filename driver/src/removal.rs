@@ -90,7 +90,8 @@ pub(crate) fn removed_error(shared: &Shared) -> Error {
 }
 
 /// A removal state whose watcher thread is started by [`start_watcher`]
-/// once the controller is shared; the eventfd is the device request.
+/// once the controller is shared; the eventfd is the watcher's end of the
+/// stop signal, which the state sends when it is dropped.
 pub(crate) fn watched() -> Result<(Removal, EventFd)> {
     let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Error::os("creating an eventfd", e))?;
     let theirs = stop
