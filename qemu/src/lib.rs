@@ -38,8 +38,8 @@ pub use error::{Error, Result};
 pub use qmp::{Qmp, QmpError};
 pub use versions::Suite;
 pub use vm::{
-    GuestDriver, GuestExit, GuestStream, IommuMode, NVME_DEVICE_ID, NsDisk, OutputMode,
-    RunningGuest, VmConfig, VmRun, drive_id,
+    GuestDriver, GuestExit, GuestStream, IommuMode, NVME_BDF_ROOT_PORT, NVME_DEVICE_ID, NsDisk,
+    OutputMode, RunningGuest, VmConfig, VmRun, drive_id,
 };
 
 use std::path::PathBuf;

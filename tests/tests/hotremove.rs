@@ -3,6 +3,10 @@
 //! answers every request with "device removed" and releases the device,
 //! so that the removal completes.
 
+use std::time::{Duration, Instant};
+
+use qemu_harness::{GuestStream, NVME_BDF_ROOT_PORT, NVME_DEVICE_ID};
+use serde_json::json;
 use vm_tests::pattern;
 use vm_tests::{image_bytes, run_ok, vm};
 
@@ -72,6 +76,12 @@ fn sysfs_remove_during_io_answers_every_request_and_releases_the_device() {
         "answered {answered_ms} ms after the request"
     );
 
+    check_threads_and_image(&run, &out, SEED, "0000:00:03.0");
+}
+
+/// Every thread's requests all answered, some with "device removed", new
+/// ones refused; every acknowledged write holds its pattern in the image.
+fn check_threads_and_image(run: &vm_tests::VmRun, out: &str, seed: u64, bdf: &str) {
     let mut removed = 0;
     for t in 0..THREADS {
         let line = out
@@ -92,7 +102,7 @@ fn sysfs_remove_during_io_answers_every_request_and_releases_the_device() {
         "no request was in flight at the removal: {out}"
     );
     assert!(
-        out.contains("first error: 0000:00:03.0: device removed"),
+        out.contains(&format!("first error: {bdf}: device removed")),
         "{out}"
     );
 
@@ -111,7 +121,7 @@ fn sysfs_remove_during_io_answers_every_request_and_releases_the_device() {
             assert!(slba >= t * REGION && slba + n <= (t + 1) * REGION, "{run_}");
             let data = image_bytes(image, slba * LBA as u64, n as usize * LBA);
             assert_eq!(
-                pattern::first_mismatch(SEED + t, slba, LBA, &data),
+                pattern::first_mismatch(seed + t, slba, LBA, &data),
                 None,
                 "thread {t}: acknowledged write {slba}+{n} not in the image"
             );
@@ -120,4 +130,71 @@ fn sysfs_remove_during_io_answers_every_request_and_releases_the_device() {
     }
     assert!(blocks >= THREADS * 16 * 8, "{blocks} blocks checked");
     eprintln!("{blocks} acknowledged blocks found in the image");
+}
+
+/// QMP `device_del` of the controller placed behind a pcie-root-port
+/// while four threads write: the guest kernel's hot-unplug asks vfio-pci
+/// for the device, the driver releases it, every request is answered
+/// within a second of the driver hearing the request (the time is
+/// printed), QEMU reports the device deleted, guest-check exits 0 and the
+/// acknowledged writes are in the image.
+#[test]
+fn device_del_behind_a_root_port_during_io_answers_every_request() {
+    const SEED_B: u64 = 91;
+    let mut config = vm();
+    config.root_port = true;
+    config.drive_props = vec![("throttling.iops-total".into(), "100".into())];
+    let script = format!(
+        "RUST_LOG=nvme_driver=info guest-check hot-remove --threads {THREADS} --region {REGION} --seed {SEED_B} \
+           --ready /tmp/io-running; echo \"guest-check rc=$?\"; \
+         if [ -e /sys/bus/pci/devices/{bdf} ]; then echo 'device still present'; else echo 'device gone'; fi",
+        bdf = NVME_BDF_ROOT_PORT
+    );
+    let (run, deleted_in) = config
+        .run_with(&["sh", "-c", script.as_str()], |guest| {
+            let long = Duration::from_secs(180);
+            guest
+                .wait_for(GuestStream::Stdout, "hot-remove: I/O running", long)
+                .expect("the guest writes");
+            std::thread::sleep(Duration::from_secs(1));
+            let mut qmp = guest.qmp().expect("QMP");
+            let start = Instant::now();
+            qmp.execute("device_del", Some(json!({ "id": NVME_DEVICE_ID })))
+                .expect("device_del");
+            qmp.wait_event("DEVICE_DELETED", long)
+                .expect("QEMU deletes the device");
+            let deleted_in = start.elapsed();
+            guest
+                .wait_for(GuestStream::Stdout, "hot-remove: done", long)
+                .expect("guest-check finishes");
+            deleted_in
+        })
+        .expect("run the guest");
+    let out = run.stdout_text();
+    let err = run.stderr_text();
+    eprintln!("{out}{err}");
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
+    assert!(out.contains("guest-check rc=0"), "{out}\n{err}");
+    assert!(out.contains("hot-remove: done"), "{out}");
+    assert!(out.contains("device gone"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "hot-remove: /sys/bus/pci/devices/{NVME_BDF_ROOT_PORT} gone at"
+        )),
+        "the removal completed while guest-check held the controller: {out}"
+    );
+    assert!(err.contains("asks for the device back"), "{err}");
+    assert!(out.contains("admin command refused"), "{out}");
+    let seen = number_after(&out, "hot-remove: removal seen at ");
+    let last_answer = number_after(&out, "hot-remove: last answer at ");
+    let answered_ms = last_answer.saturating_sub(seen) as f64 / 1e6;
+    eprintln!(
+        "device_del: every request answered {answered_ms:.1} ms after the driver saw the request; \
+         QEMU reported the device deleted {deleted_in:.1?} after device_del"
+    );
+    assert!(
+        answered_ms < 1000.0,
+        "answered {answered_ms} ms after the request"
+    );
+    check_threads_and_image(&run, &out, SEED_B, NVME_BDF_ROOT_PORT);
 }
