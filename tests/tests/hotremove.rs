@@ -92,7 +92,7 @@ fn check_threads_and_image(run: &vm_tests::VmRun, out: &str, seed: u64, bdf: &st
         removed += number_after(line, "acknowledged, ");
         assert!(
             out.contains(&format!(
-                "thread {t}: new request refused: 0000:00:03.0: device removed"
+                "thread {t}: new request refused: {bdf}: device removed"
             )),
             "{out}"
         );
