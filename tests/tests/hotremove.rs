@@ -150,7 +150,7 @@ fn device_del_behind_a_root_port_during_io_answers_every_request() {
          if [ -e /sys/bus/pci/devices/{bdf} ]; then echo 'device still present'; else echo 'device gone'; fi",
         bdf = NVME_BDF_ROOT_PORT
     );
-    let (run, deleted_in) = config
+    let (run, (deleted, done)) = config
         .run_with(&["sh", "-c", script.as_str()], |guest| {
             let long = Duration::from_secs(180);
             guest
@@ -161,18 +161,27 @@ fn device_del_behind_a_root_port_during_io_answers_every_request() {
             let start = Instant::now();
             qmp.execute("device_del", Some(json!({ "id": NVME_DEVICE_ID })))
                 .expect("device_del");
-            qmp.wait_event("DEVICE_DELETED", long)
-                .expect("QEMU deletes the device");
-            let deleted_in = start.elapsed();
-            guest
+            // Failures are reported after the run, with the guest's output.
+            let deleted = qmp
+                .wait_event("DEVICE_DELETED", long)
+                .map(|_| start.elapsed())
+                .map_err(|e| e.to_string());
+            let done = guest
                 .wait_for(GuestStream::Stdout, "hot-remove: done", long)
-                .expect("guest-check finishes");
-            deleted_in
+                .map_err(|e| e.to_string());
+            (deleted, done)
         })
         .expect("run the guest");
     let out = run.stdout_text();
     let err = run.stderr_text();
     eprintln!("{out}{err}");
+    let deleted_in = deleted.unwrap_or_else(|e| {
+        panic!(
+            "QEMU did not report the device deleted: {e}\n{}",
+            run.describe()
+        )
+    });
+    done.unwrap_or_else(|e| panic!("guest-check did not finish: {e}\n{}", run.describe()));
     assert_eq!(run.code(), Some(0), "{}", run.describe());
     assert!(out.contains("guest-check rc=0"), "{out}\n{err}");
     assert!(out.contains("hot-remove: done"), "{out}");
