@@ -147,9 +147,13 @@ fn device_del_behind_a_root_port_during_io_answers_every_request() {
     let script = format!(
         "RUST_LOG=nvme_driver=info guest-check hot-remove --threads {THREADS} --region {REGION} --seed {SEED_B} \
            --ready /tmp/io-running; echo \"guest-check rc=$?\"; \
-         if [ -e /sys/bus/pci/devices/{bdf} ]; then echo 'device still present'; else echo 'device gone'; fi",
+         if [ -e /sys/bus/pci/devices/{bdf} ]; then echo 'device still present'; else echo 'device gone'; fi; \
+         sleep 5",
         bdf = NVME_BDF_ROOT_PORT
     );
+    // The script's last `sleep` leaves QEMU time to finish the unplug
+    // after the guest has let go of the slot: with QEMU 10.0 the guest had
+    // powered off before `DEVICE_DELETED` came.
     let (run, (deleted, done)) = config
         .run_with(&["sh", "-c", script.as_str()], |guest| {
             let long = Duration::from_secs(180);
