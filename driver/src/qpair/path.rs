@@ -420,62 +420,30 @@ impl IoQPair {
         let cid = cid as usize;
         // Success (SCT and SC both 0) needs no decoding.
         let success = word & STATUS_CODE_BITS == 0;
-        if let Some(slot) = self.slots.get_mut(cid)
-            && let Some(io) = slot.fixed
-        {
+        if let Some(slot) = self.slots.get_mut(cid) {
             if success {
-                // The registered-buffer fast path's end.
-                slot.fixed = None;
-                slot.since = None;
-                self.singles -= 1;
-                self.fixed_done.push(FixedCompletion {
-                    tag: io.tag,
-                    result: Ok(()),
-                });
-                return;
+                // The fast paths' ends: straight back to the caller.
+                if let Some(io) = slot.fixed.take() {
+                    slot.since = None;
+                    self.singles -= 1;
+                    self.fixed_done.push(FixedCompletion {
+                        tag: io.tag,
+                        result: Ok(()),
+                    });
+                    return;
+                }
+                if let Some(req) = slot.single.take() {
+                    slot.since = None;
+                    self.singles -= 1;
+                    out.push(req.into_completion(Ok(())));
+                    return;
+                }
+            } else if slot.fixed.is_some() || slot.single.is_some() {
+                if self.fail_single(cid, word, out) {
+                    return;
+                }
+                self.promote(cid);
             }
-            let status = Status::from_cqe_status(word);
-            let retry = status.is_retryable() && self.shared.options.retries > 0
-                || ended_by_reset(&self.shared, self.generation, status);
-            if !retry {
-                slot.fixed = None;
-                slot.since = None;
-                self.singles -= 1;
-                let e = Error::Command {
-                    command: io.describe(),
-                    status,
-                };
-                self.fixed_done.push(FixedCompletion {
-                    tag: io.tag,
-                    result: Err(e),
-                });
-                return;
-            }
-            self.promote(cid);
-        } else if let Some(slot) = self.slots.get_mut(cid)
-            && slot.single.is_some()
-        {
-            if success && let Some(req) = slot.single.take() {
-                // The fast path's end: straight back to the caller.
-                slot.since = None;
-                self.singles -= 1;
-                out.push(req.into_completion(Ok(())));
-                return;
-            }
-            let status = Status::from_cqe_status(word);
-            let retry = status.is_retryable() && self.shared.options.retries > 0
-                || ended_by_reset(&self.shared, self.generation, status);
-            if !retry && let Some(req) = slot.single.take() {
-                slot.since = None;
-                self.singles -= 1;
-                let e = Error::Command {
-                    command: req.describe(),
-                    status,
-                };
-                out.push(req.into_completion(Err(e)));
-                return;
-            }
-            self.promote(cid);
         }
         let status = Status::from_cqe_status(word);
         let Some(child) = self.slots.get_mut(cid).and_then(|s| s.child.take()) else {
@@ -526,6 +494,44 @@ impl IoQPair {
             self.fail_child_inner(child.parent, e);
         }
         self.finish_if_done(child.parent, out);
+    }
+
+    /// The single-command request in slot `cid` (either kind) failed with
+    /// the CQE status word `word`: unless the status is to be retried,
+    /// hands it back with the error and returns true.
+    #[cold]
+    fn fail_single(&mut self, cid: usize, word: u16, out: &mut Vec<IoCompletion>) -> bool {
+        let status = Status::from_cqe_status(word);
+        let retry = status.is_retryable() && self.shared.options.retries > 0
+            || ended_by_reset(&self.shared, self.generation, status);
+        if retry {
+            return false;
+        }
+        let slot = &mut self.slots[cid];
+        if let Some(io) = slot.fixed.take() {
+            slot.since = None;
+            self.singles -= 1;
+            let e = Error::Command {
+                command: io.describe(),
+                status,
+            };
+            self.fixed_done.push(FixedCompletion {
+                tag: io.tag,
+                result: Err(e),
+            });
+            return true;
+        }
+        if let Some(req) = slot.single.take() {
+            slot.since = None;
+            self.singles -= 1;
+            let e = Error::Command {
+                command: req.describe(),
+                status,
+            };
+            out.push(req.into_completion(Err(e)));
+            return true;
+        }
+        false
     }
 
     /// Records `e` for the child's request and stops issuing its commands.
