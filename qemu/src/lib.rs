@@ -39,7 +39,7 @@ pub use qmp::{Qmp, QmpError};
 pub use versions::Suite;
 pub use vm::{
     GuestDriver, GuestExit, GuestStream, IommuMode, NVME_BDF_ROOT_PORT, NVME_DEVICE_ID, NsDisk,
-    OutputMode, RunningGuest, VmConfig, VmRun, drive_id,
+    OutputMode, RunningGuest, TcgThreads, VmConfig, VmRun, drive_id,
 };
 
 use std::path::PathBuf;

@@ -71,6 +71,35 @@ pub enum GuestDriver {
     Kernel,
 }
 
+/// How TCG runs the guest's vCPUs (`-accel tcg,thread=...`).
+///
+/// With one host thread per vCPU, QEMU 7.2 and 10.0 can crash when the
+/// guest changes the memory map (a PCI command register write, a function
+/// reset: every open and close of a device through vfio-pci) while another
+/// vCPU is in the middle of an MMIO access: that vCPU looks up its stale
+/// TLB entry's section in the new map (7.2: SIGSEGV in
+/// `memory_region_dispatch_write`; 10.0: the assertion in
+/// `iotlb_to_section`). One thread for all vCPUs never runs a vCPU while
+/// another changes the map. docs/TESTING.md has the evidence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TcgThreads {
+    /// One host thread per vCPU (QEMU's default): guest threads really run
+    /// in parallel. For benchmarks.
+    #[default]
+    Multi,
+    /// All vCPUs on one host thread, in turn.
+    Single,
+}
+
+impl TcgThreads {
+    fn as_arg(self) -> &'static str {
+        match self {
+            TcgThreads::Multi => "multi",
+            TcgThreads::Single => "single",
+        }
+    }
+}
+
 /// How the guest kernel uses the emulated IOMMU for the devices its own
 /// drivers own (vfio-pci always gets a translated domain of its own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -171,6 +200,8 @@ pub struct VmConfig {
     pub driver: GuestDriver,
     /// Use KVM instead of TCG.
     pub kvm: bool,
+    /// How TCG runs the vCPUs (ignored with `kvm`).
+    pub tcg_threads: TcgThreads,
     /// Give the guest an IOMMU (vfio-pci needs one).
     pub iommu: bool,
     /// How the guest kernel uses it (with `iommu`).
@@ -221,6 +252,7 @@ impl Default for VmConfig {
             timeout: Duration::from_secs(120),
             driver: GuestDriver::Vfio,
             kvm: false,
+            tcg_threads: TcgThreads::default(),
             iommu: true,
             iommu_mode: IommuMode::default(),
             cpu: None,
@@ -897,7 +929,11 @@ impl VmConfig {
             "none".into(),
             "-no-reboot".into(),
             "-accel".into(),
-            if self.kvm { "kvm" } else { "tcg" }.into(),
+            if self.kvm {
+                "kvm".into()
+            } else {
+                format!("tcg,thread={}", self.tcg_threads.as_arg())
+            },
             "-machine".into(),
             "q35,kernel-irqchip=split".into(),
             "-m".into(),

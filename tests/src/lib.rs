@@ -17,15 +17,19 @@ pub use nvme_bench::pattern;
 use std::path::Path;
 use std::time::Duration;
 
-pub use qemu_harness::{GuestDriver, GuestExit, IommuMode, NsDisk, VmConfig, VmRun};
+pub use qemu_harness::{GuestDriver, GuestExit, IommuMode, NsDisk, TcgThreads, VmConfig, VmRun};
 
-/// Guest settings for tests: a small disk and a generous time limit
-/// (TCG on two shared cores).
+/// Guest settings for tests: a small disk, a generous time limit (TCG on
+/// two shared cores), and the two vCPUs run by one host thread: with a
+/// thread each, QEMU itself crashes now and then when the guest opens or
+/// closes a device while the other vCPU touches MMIO (see
+/// [`qemu_harness::TcgThreads`]). Benchmarks keep a thread per vCPU.
 pub fn vm() -> VmConfig {
     VmConfig {
         disk_size: 64 << 20,
         mem_mib: 512,
         timeout: Duration::from_secs(240),
+        tcg_threads: TcgThreads::Single,
         ..VmConfig::default()
     }
 }

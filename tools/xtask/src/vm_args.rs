@@ -93,6 +93,10 @@ pub(crate) struct VmArgs {
     /// Use KVM instead of TCG (does not work on every machine).
     #[arg(long)]
     kvm: bool,
+    /// Run all vCPUs on one host thread (`-accel tcg,thread=single`), as
+    /// the tests do: see `qemu_harness::TcgThreads`.
+    #[arg(long)]
+    tcg_single: bool,
     /// Boot the guest without an IOMMU (vfio-pci then cannot be used).
     #[arg(long)]
     no_iommu: bool,
@@ -179,6 +183,11 @@ impl VmArgs {
                 GuestDriver::Vfio
             },
             kvm: self.kvm,
+            tcg_threads: if self.tcg_single {
+                qemu_harness::TcgThreads::Single
+            } else {
+                qemu_harness::TcgThreads::Multi
+            },
             iommu: !self.no_iommu,
             iommu_mode: self.iommu.into(),
             cpu: self.cpu,

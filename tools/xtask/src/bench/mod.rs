@@ -74,6 +74,12 @@ pub(crate) struct BenchArgs {
     /// Guest vCPUs (both sides share the guest).
     #[arg(long, default_value_t = 2)]
     smp: u32,
+    /// Run all vCPUs on one host thread (`-accel tcg,thread=single`), as
+    /// the tests do, so that QEMU's memory-map race cannot take the guest
+    /// down (see `qemu_harness::TcgThreads`). Threads then do not run in
+    /// parallel: for smoke runs, not for figures.
+    #[arg(long)]
+    tcg_single: bool,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 1024)]
     mem: u32,
@@ -92,6 +98,14 @@ pub(crate) struct BenchArgs {
 }
 
 impl BenchArgs {
+    fn tcg_threads(&self) -> qemu_harness::TcgThreads {
+        if self.tcg_single {
+            qemu_harness::TcgThreads::Single
+        } else {
+            qemu_harness::TcgThreads::Multi
+        }
+    }
+
     fn plan(&self) -> std::result::Result<Plan, String> {
         let jobs = if self.jobs.is_empty() {
             JOBS.to_vec()
@@ -197,6 +211,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
         disk_size: 2 * suite::RANGE,
         mem_mib: args.mem,
         smp: args.smp,
+        tcg_threads: args.tcg_threads(),
         hugepages: args.hugepages,
         // The kernel driver's modules are loaded and own the controller at
         // boot; the script moves it to vfio-pci for our side and back.
@@ -319,7 +334,7 @@ fn conditions(
         "smp": args.smp,
         "mem_mib": args.mem,
         "hugepages": args.hugepages,
-        "accel": "tcg",
+        "accel": format!("tcg,thread={}", if args.tcg_single { "single" } else { "multi" }),
         "cpu": args.cpu,
         "iommu": args.iommu,
         "namespaces": NAMESPACE_LBAS[..namespaces as usize]
@@ -384,13 +399,18 @@ fn header(args: &BenchArgs, output: &Output, elapsed: Duration) -> String {
         (None, None) => "readahead: no cache job".into(),
     };
     format!(
-        "QEMU {} TCG -cpu {} ({}), {} vCPUs, {} MiB ({} huge pages), {:?} backend; guest {}, iommu {} ({})\n\
+        "QEMU {} TCG{} -cpu {} ({}), {} vCPUs, {} MiB ({} huge pages), {:?} backend; guest {}, iommu {} ({})\n\
          kernel nvme queues {}; {readahead}\n\
          {} rounds of {} s (+{} s warm-up); wall {:.1} min",
         host_fact(qemu_harness::host::QEMU, &["--version"])
             .as_deref()
             .and_then(|v| v.split_whitespace().nth(3))
             .unwrap_or("?"),
+        if args.tcg_single {
+            " (one thread for all vCPUs)"
+        } else {
+            ""
+        },
         args.cpu,
         c("cpu_flags").trim(),
         args.smp,
