@@ -108,7 +108,10 @@ fn run(cli: Cli) -> Result<()> {
             .map(|h| h.join().unwrap_or_else(|_| Err("a thread panicked".into())))
             .collect()
     });
-    let mut fatal_seen = false;
+    // The first read of CSTS.CFS (queue, when), and the faulted queue's
+    // (queue, when the ring was unmapped, when the queue was usable again).
+    let mut first_fatal: Option<(u16, Instant)> = None;
+    let mut faulted: Option<(u16, Instant, Instant)> = None;
     let mut failed = false;
     for (t, report) in reports.into_iter().enumerate() {
         let r = match report {
@@ -134,7 +137,10 @@ fn run(cli: Cli) -> Result<()> {
         };
         let cause = match rec.cause {
             RecoveryCause::ControllerFatal { csts } => {
-                fatal_seen |= csts & 0x2 != 0;
+                // CSTS.CFS is bit 1.
+                if csts & 0x2 != 0 && first_fatal.is_none_or(|(_, at)| rec.detected < at) {
+                    first_fatal = Some((rec.qid, rec.detected));
+                }
                 format!("controller fatal (CSTS {csts:#x})")
             }
             RecoveryCause::ResetElsewhere => "reset by another queue pair".to_string(),
@@ -153,29 +159,24 @@ fn run(cli: Cli) -> Result<()> {
             r.first_after.map_or(f64::NAN, ms)
         );
         if let Some(at) = r.injected {
-            println!(
-                "fault: SQ ring of queue {} unmapped; CFS seen {:.1} ms later by this queue pair's check{}",
-                r.qid,
-                ms(rec.detected.saturating_duration_since(at)),
-                if matches!(rec.cause, RecoveryCause::ControllerFatal { .. }) {
-                    ""
-                } else {
-                    " (another queue pair's, first)"
-                }
-            );
-            println!(
-                "recovery time: {:.1} ms from the fault to queue {} usable again",
-                ms((rec.detected + rec.total).saturating_duration_since(at)),
-                r.qid
-            );
+            faulted = Some((r.qid, at, rec.detected + rec.total));
         }
     }
     if failed {
         return Err("a thread failed".into());
     }
-    if !fatal_seen {
-        return Err("no queue pair saw CSTS.CFS".into());
-    }
+    let (Some((fatal_qid, fatal_at)), Some((qid, at, usable))) = (first_fatal, faulted) else {
+        return Err("no queue pair read CSTS.CFS after the fault".into());
+    };
+    println!(
+        "fault: SQ ring of queue {qid} unmapped; CSTS.CFS read {:.1} ms later, by queue {fatal_qid}'s health check",
+        ms(fatal_at.saturating_duration_since(at))
+    );
+    println!(
+        "recovery time: {:.1} ms from the fault to queue {qid} usable again ({:.1} ms from reading CFS)",
+        ms(usable.saturating_duration_since(at)),
+        ms(usable.saturating_duration_since(fatal_at))
+    );
     println!("fault: every write answered and read back");
     Ok(())
 }
