@@ -61,6 +61,9 @@ fn an_unmapped_sq_ring_makes_the_controller_fatal_and_the_reset_loses_nothing() 
         err.contains("fault injection: IOMMU mapping of") && err.contains(" restored"),
         "the ring is mapped again before its queue is created again: {err}"
     );
+    // Nothing was unmapped twice or leaked: a failed unmap or restore
+    // would be logged ("... failed, leaking it").
+    assert!(!err.contains("leaking it"), "{err}");
     // Every queue pair created its queues again; the one that took the
     // fault had commands in flight that were resubmitted.
     for t in 0..THREADS {

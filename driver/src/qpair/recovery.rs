@@ -69,7 +69,8 @@ pub struct Recovery {
     /// Waiting for the command after the Abort.
     pub grace: Duration,
     /// The controller reset, creating the queue again and resubmitting
-    /// (zero without a reset).
+    /// (zero without a reset; for [`RecoveryCause::ResetElsewhere`], only
+    /// creating the queue again and resubmitting).
     pub reset: Duration,
     /// From detection to the queue taking commands again.
     pub total: Duration,
