@@ -233,12 +233,12 @@ impl IoQPair {
             record.total = record.reset;
             if let Ok(resubmitted) = result {
                 record.outcome = RecoveryOutcome::Reset { resubmitted };
+                log::info!(
+                    "queue {qid}: recovered from the fatal controller status in {:.1?}",
+                    record.total
+                );
             }
             self.last_recovery = Some(record);
-            log::info!(
-                "queue {qid}: recovered from the fatal controller status in {:.1?}",
-                record.total
-            );
             return result.map(|_| ());
         }
         self.last_scan = Instant::now();
