@@ -55,5 +55,5 @@ pub use nvme_spec;
 pub use pci::{PciAddress, PciFunction};
 pub use qpair::{
     FixedCompletion, FixedIo, FloorJob, FloorResult, IoCompletion, IoOp, IoQPair, IoRequest,
-    IoSegments, Recovery, RecoveryOutcome, Rejected,
+    IoSegments, Recovery, RecoveryCause, RecoveryOutcome, Rejected,
 };

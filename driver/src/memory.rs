@@ -202,6 +202,25 @@ impl DmaPool {
     }
 }
 
+#[cfg(feature = "fault-injection")]
+impl DmaPool {
+    /// A zeroed buffer of at least `len` bytes with an IOMMU mapping of
+    /// its own (not carved out of a chunk), so that fault injection can
+    /// take that mapping away without touching any other buffer
+    /// ([`DmaBuffer::revoke`]).
+    pub(crate) fn alloc_dedicated(&self, len: usize) -> Result<DmaBuffer> {
+        // Fresh from mmap, hence zero; 4 KiB pages, so the mapping is as
+        // small as the buffer.
+        let region = Arc::new(DmaRegion::new(self.mapper.clone(), len, false)?);
+        Ok(DmaBuffer {
+            region,
+            offset: 0,
+            len,
+            owner: None,
+        })
+    }
+}
+
 fn first_fit(used: &[bool], pages: usize) -> Option<usize> {
     let mut run = 0;
     for (i, u) in used.iter().enumerate() {
@@ -279,6 +298,26 @@ impl DmaBuffer {
     /// Never gives this memory back, neither to the pool nor to the OS, and
     /// keeps it mapped for the device: for buffers the device may still
     /// write after we have stopped waiting for it.
+    /// Fault injection: the device loses access to the buffer, which must
+    /// have a mapping of its own ([`DmaPool::alloc_dedicated`]); see
+    /// [`DmaRegion::revoke`].
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn revoke(&self) -> Result<()> {
+        if self.owner.is_some() || self.offset != 0 {
+            return Err(Error::BadBuffer(
+                "fault injection: this buffer shares its IOMMU mapping".into(),
+            ));
+        }
+        self.region.revoke()
+    }
+
+    /// Gives the device access again after [`DmaBuffer::revoke`] (nothing
+    /// to do otherwise).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn restore(&self) -> Result<()> {
+        self.region.restore()
+    }
+
     pub(crate) fn leak(&mut self) {
         self.owner = None;
         std::mem::forget(self.region.clone());

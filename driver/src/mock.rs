@@ -611,7 +611,9 @@ impl State {
             raw.push(bytes);
         }
         if let Some(what) = bad {
+            // As QEMU does (`nvme_process_sq`): a failed SQ fetch is fatal.
             self.violation(what);
+            self.regs.csts |= CSTS_CFS;
         }
         self.write_event_idx(qid, false, tail);
         let fetched = raw.len();
@@ -2763,7 +2765,7 @@ mod tests {
     use nvme_spec::Csts;
 
     use super::*;
-    use crate::qpair::{IoOp, RecoveryOutcome};
+    use crate::qpair::{IoOp, RecoveryCause, RecoveryOutcome};
 
     const NS: u32 = 1;
     const LBA: usize = 512;
@@ -3953,6 +3955,55 @@ mod tests {
         assert_eq!(s.queues_deleted, 0, "a recovery reset deletes no queue");
         assert!(!Csts(mock.register(regs::offset::CSTS).expect("CSTS")).fatal());
         no_violations(&mock);
+    }
+
+    #[test]
+    fn an_sq_ring_unmapped_by_fault_injection_is_fatal_and_the_reset_resubmits() {
+        let (mock, mut qp) = timeout_config(AbortPolicy::Abort);
+        // Two writes fetched and held in the device, two more after the
+        // fault: all four must come back, and be on the disk.
+        mock.hold_next(Match::Any, 2);
+        let patterns: Vec<Vec<u8>> = (0..4u64).map(|t| random_bytes(t + 300, LBA)).collect();
+        for (tag, data) in patterns.iter().enumerate().take(2) {
+            qp.submit(write_request(&mock, tag as u64, data, 0).with_tag(tag as u64))
+                .expect("accepted");
+        }
+        qp.ring().expect("ring");
+        mock.process().expect("fetch and hold");
+        qp.inject_unmap_sq().expect("inject");
+        for (tag, data) in patterns.iter().enumerate().skip(2) {
+            qp.submit(write_request(&mock, tag as u64, data, 0).with_tag(tag as u64))
+                .expect("accepted");
+        }
+        qp.ring().expect("ring");
+        mock.process().expect("the fetch fails");
+        assert!(Csts(mock.register(regs::offset::CSTS).expect("CSTS")).fatal());
+        let (out, errors) = drain(&mock, &mut qp, 4, Duration::from_secs(10));
+        assert!(errors.is_empty(), "{errors:?}");
+        all_written(&mock, &out, &patterns);
+        assert_eq!(mock.stats().resets, 2, "bring-up's, then the recovery's");
+        let violations = mock.violations();
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(
+            violations[0].starts_with("SQ 1: fetching entry 2: "),
+            "{violations:?}"
+        );
+        let r = qp.last_recovery().expect("a recovery record");
+        assert!(
+            matches!(r.cause, RecoveryCause::ControllerFatal { csts } if Csts(csts).fatal()),
+            "{r:?}"
+        );
+        assert_eq!(r.outcome, RecoveryOutcome::Reset { resubmitted: 4 });
+        assert_eq!((r.cid, r.abort_dw0), (None, None), "no Abort for CFS");
+        assert!(r.total >= r.reset && r.reset > Duration::ZERO);
+        // The ring was mapped again, and the queue works.
+        let data = random_bytes(400, LBA);
+        qp.submit(write_request(&mock, 9, &data, 0).with_tag(9))
+            .expect("accepted");
+        let (out, errors) = drain(&mock, &mut qp, 1, Duration::from_secs(10));
+        assert!(errors.is_empty() && out.len() == 1 && out[0].result.is_ok());
+        assert_eq!(mock.read_disk(NS, 9, 1).expect("disk"), data);
+        assert_eq!(mock.violations().len(), 1, "no new violation");
     }
 
     #[test]

@@ -90,7 +90,17 @@ impl QueuePair {
                 "queue {qid}: {entries} entries (at least 2)"
             )));
         }
-        let sq = pool.alloc(entries as usize * SQE_SIZE)?;
+        let sq_bytes = entries as usize * SQE_SIZE;
+        // With fault injection an I/O SQ ring has its own IOMMU mapping,
+        // which `revoke_sq` can take away without touching anything else.
+        #[cfg(feature = "fault-injection")]
+        let sq = if qid == 0 {
+            pool.alloc(sq_bytes)?
+        } else {
+            pool.alloc_dedicated(sq_bytes)?
+        };
+        #[cfg(not(feature = "fault-injection"))]
+        let sq = pool.alloc(sq_bytes)?;
         let cq = pool.alloc(entries as usize * CQE_SIZE)?;
         let sq_doorbell = doorbell_offset(qid, DoorbellKind::SqTail, dstrd);
         let cq_doorbell = doorbell_offset(qid, DoorbellKind::CqHead, dstrd);
@@ -199,6 +209,10 @@ impl QueuePair {
     /// Forgets every command and starts the rings over (empty, phase 1):
     /// only while the controller has no such queue (after a reset).
     pub(crate) fn reset_rings(&mut self) -> Result<()> {
+        // An SQ ring whose mapping fault injection took away is mapped
+        // again (same IOVA) before the queue is created again.
+        #[cfg(feature = "fault-injection")]
+        self.sq.restore()?;
         self.cq.fill(0, self.entries as usize * CQE_SIZE, 0)?;
         self.sq_tail = 0;
         self.sq_tail_rung = 0;
@@ -209,6 +223,14 @@ impl QueuePair {
         self.free_cids = (0..self.entries - 1).rev().collect();
         self.shadow = None;
         Ok(())
+    }
+
+    /// Fault injection: removes the IOMMU mapping of the SQ ring (an I/O
+    /// queue's, which has one of its own), so the controller's next fetch
+    /// from it fails. [`QueuePair::reset_rings`] maps it again.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn revoke_sq(&self) -> Result<()> {
+        self.sq.revoke()
     }
 
     /// Keeps the rings' memory forever (the device may still use it).

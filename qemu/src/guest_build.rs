@@ -21,6 +21,21 @@ pub const GUEST_BINARIES: &[(&str, &str)] = &[
     ("vm-tests", "guest-check"),
 ];
 
+/// Binaries built in a build of their own with a feature of their package
+/// turned on, by package, binary and feature: the driver's fault-injection
+/// hook must not reach the other binaries (features are unified across a
+/// build), so it is compiled into `guest-fault` alone.
+pub const GUEST_FEATURE_BINARIES: &[(&str, &str, &str)] =
+    &[("vm-tests", "guest-fault", "fault-injection")];
+
+/// Every binary put on the guest's PATH.
+pub fn guest_binary_names() -> impl Iterator<Item = &'static str> {
+    GUEST_BINARIES
+        .iter()
+        .map(|(_, name)| *name)
+        .chain(GUEST_FEATURE_BINARIES.iter().map(|(_, name, _)| *name))
+}
+
 /// Environment variable naming a folder of prebuilt guest binaries; when it
 /// is set nothing is built.
 pub const BIN_DIR_ENV: &str = "NVME_GUEST_BIN_DIR";
@@ -46,29 +61,50 @@ pub fn guest_bin_dir() -> Result<PathBuf> {
 pub fn build() -> Result<PathBuf> {
     let root = workspace_root();
     let target_dir = root.join("target").join("guest");
+    let mut args: Vec<&str> = Vec::new();
+    for (package, _) in GUEST_BINARIES {
+        args.extend(["--package", package]);
+    }
+    log::info!("building guest binaries (static, release)");
+    cargo_build(&target_dir, &args)?;
+    for (package, bin, feature) in GUEST_FEATURE_BINARIES {
+        // The same target folder: artifacts built with other features get
+        // other file names, so neither build undoes the other.
+        let feature = format!("{package}/{feature}");
+        log::info!("building guest binary {bin} with {feature}");
+        cargo_build(
+            &target_dir,
+            &["--package", package, "--bin", bin, "--features", &feature],
+        )?;
+    }
+    Ok(target_dir.join(GUEST_TARGET).join("release"))
+}
+
+/// `cargo build --release` for the guest target with `args`.
+fn cargo_build(target_dir: &std::path::Path, args: &[&str]) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(&root)
+    cmd.current_dir(workspace_root())
         .args(["build", "--release", "--target", GUEST_TARGET])
-        .env("CARGO_TARGET_DIR", &target_dir)
+        .args(args)
+        .env("CARGO_TARGET_DIR", target_dir)
         .env(
             "RUSTFLAGS",
             "-C target-feature=+crt-static --cfg getrandom_backend=\"linux_getrandom\"",
         );
-    for (package, _) in GUEST_BINARIES {
-        cmd.args(["--package", package]);
-    }
-    log::info!("building guest binaries (static, release)");
     let status = cmd.status().map_err(|source| Error::Spawn {
         cmd: "cargo build (guest)".into(),
         source,
     })?;
     if !status.success() {
         return Err(Error::Command {
-            cmd: "cargo build --release --target x86_64-unknown-linux-gnu (guest binaries)".into(),
+            cmd: format!(
+                "cargo build --release --target {GUEST_TARGET} {} (guest binaries)",
+                args.join(" ")
+            ),
             status,
             stderr: String::new(),
         });
     }
-    Ok(target_dir.join(GUEST_TARGET).join("release"))
+    Ok(())
 }

@@ -834,7 +834,7 @@ impl VmConfig {
             format!("{}\n", script.join(" ")).as_bytes(),
         )?;
 
-        for (_, name) in guest_build::GUEST_BINARIES {
+        for name in guest_build::guest_binary_names() {
             let bin = bins.join(name);
             if !bin.is_file() {
                 return Err(Error::Missing(format!("guest binary {}", bin.display())));

@@ -21,6 +21,19 @@ pub(crate) trait DmaMapper: Send + Sync + std::fmt::Debug {
     unsafe fn map(&self, va: *mut u8, len: usize) -> Result<u64>;
     /// Removes the mapping made by `map`.
     fn unmap(&self, iova: u64, len: usize) -> Result<()>;
+    /// Fault injection: removes the device's access to the mapping made by
+    /// `map` at `iova` but keeps the IOVA reserved (nothing else is mapped
+    /// there, so a device still using it faults instead of reaching other
+    /// memory) until [`DmaMapper::restore`].
+    #[cfg(feature = "fault-injection")]
+    fn revoke(&self, iova: u64, len: usize) -> Result<()>;
+    /// Maps `va` at the `iova` that [`DmaMapper::revoke`] took away.
+    ///
+    /// # Safety
+    /// As for [`DmaMapper::map`]; `iova`/`len` are those of a revoked
+    /// mapping of `va`.
+    #[cfg(feature = "fault-injection")]
+    unsafe fn restore(&self, va: *mut u8, iova: u64, len: usize) -> Result<()>;
 }
 
 /// IOVA = VA, for a device emulated in this process (the mock controller),
@@ -103,6 +116,23 @@ impl DmaMapper for HostMapper {
             ))),
         }
     }
+
+    // IOVA = VA: the address stays reserved by the memory itself.
+    #[cfg(feature = "fault-injection")]
+    fn revoke(&self, iova: u64, len: usize) -> Result<()> {
+        self.unmap(iova, len)
+    }
+
+    #[cfg(feature = "fault-injection")]
+    unsafe fn restore(&self, va: *mut u8, iova: u64, len: usize) -> Result<()> {
+        if va.expose_provenance() as u64 != iova {
+            return Err(Error::BadBuffer(format!(
+                "restore of IOVA {iova:#x} for memory at {va:p}"
+            )));
+        }
+        self.lock().insert(iova, len);
+        Ok(())
+    }
 }
 
 /// A DMA-mapped region of host memory.
@@ -113,6 +143,10 @@ pub(crate) struct DmaRegion {
     iova: u64,
     huge: bool,
     mapper: Arc<dyn DmaMapper>,
+    /// The IOMMU mapping was taken away by fault injection
+    /// ([`DmaRegion::revoke`]) and not yet given back.
+    #[cfg(feature = "fault-injection")]
+    revoked: std::sync::atomic::AtomicBool,
 }
 
 // SAFETY: the region is owned memory reached only through raw pointers with
@@ -158,7 +192,51 @@ impl DmaRegion {
             iova,
             huge,
             mapper,
+            #[cfg(feature = "fault-injection")]
+            revoked: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Fault injection: the device loses access to the region (its IOMMU
+    /// mapping goes; the IOVA stays reserved for it). The CPU side is
+    /// untouched. Undone by [`DmaRegion::restore`], or by Drop.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn revoke(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.revoked.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        if let Err(e) = self.mapper.revoke(self.iova, self.len) {
+            self.revoked.store(false, Ordering::Release);
+            return Err(e);
+        }
+        log::warn!(
+            "fault injection: IOMMU mapping of {:#x}+{:#x} removed",
+            self.iova,
+            self.len
+        );
+        Ok(())
+    }
+
+    /// Maps a region taken away by [`DmaRegion::revoke`] again, at the
+    /// same IOVA; nothing to do for a region that was not.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn restore(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if !self.revoked.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // SAFETY: ptr..ptr+len is this region's live mapping (it stays
+        // until Drop, which unmaps the IOVA first), and iova/len are the
+        // ones `revoke` took away from it.
+        unsafe { self.mapper.restore(self.ptr.as_ptr(), self.iova, self.len) }?;
+        self.revoked.store(false, Ordering::Release);
+        log::info!(
+            "fault injection: IOMMU mapping of {:#x}+{:#x} restored",
+            self.iova,
+            self.len
+        );
+        Ok(())
     }
 
     /// The device address of byte 0.
@@ -271,6 +349,18 @@ impl DmaRegion {
 
 impl Drop for DmaRegion {
     fn drop(&mut self) {
+        // A revoked region is mapped again first, so that the one unmap
+        // below both removes the mapping and gives the IOVA back. If that
+        // fails, the memory and the IOVA are leaked.
+        #[cfg(feature = "fault-injection")]
+        if let Err(e) = self.restore() {
+            log::error!(
+                "DMA restore of revoked {:#x}+{:#x} failed, leaking it: {e}",
+                self.iova,
+                self.len
+            );
+            return;
+        }
         // The device must lose access before the memory goes back to the OS.
         if let Err(e) = self.mapper.unmap(self.iova, self.len) {
             // Leak the pages rather than let a still-mapped IOVA point at
@@ -365,5 +455,30 @@ mod tests {
             "unmapped with the region"
         );
         assert!(mapper.unmap(base, PAGE).is_err(), "already unmapped");
+    }
+
+    #[cfg(feature = "fault-injection")]
+    #[test]
+    fn a_revoked_region_is_out_of_reach_until_restored_and_unmapped_once() {
+        let mapper = Arc::new(HostMapper::default());
+        let region = DmaRegion::new(mapper.clone(), PAGE, false).expect("region");
+        let base = region.iova();
+        let mut back = [0u8; 4];
+        region.revoke().expect("revoke");
+        region.revoke().expect("a second revoke does nothing");
+        assert!(mapper.read(base, &mut back).is_err(), "revoked");
+        region
+            .write_bytes(0, &[7; 4])
+            .expect("the CPU side is untouched");
+        region.restore().expect("restore");
+        region.restore().expect("a second restore does nothing");
+        mapper
+            .read(base, &mut back)
+            .expect("mapped again, same IOVA");
+        assert_eq!(back, [7; 4]);
+        // Dropped while revoked: mapped again, then unmapped once.
+        region.revoke().expect("revoke");
+        drop(region);
+        assert!(mapper.lock().is_empty(), "no mapping left");
     }
 }

@@ -237,6 +237,23 @@ impl DmaMapper for VfioMapper {
         self.allocator().free(iova, len as u64);
         Ok(())
     }
+
+    #[cfg(feature = "fault-injection")]
+    fn revoke(&self, iova: u64, len: usize) -> Result<()> {
+        // VFIO_IOMMU_UNMAP_DMA; the IOVA is not given back to the allocator.
+        self.container
+            .vfio_dma_unmap(iova, len)
+            .map_err(|e| Error::vfio(format!("DMA unmap of {len} bytes at IOVA {iova:#x}"), e))
+    }
+
+    #[cfg(feature = "fault-injection")]
+    unsafe fn restore(&self, va: *mut u8, iova: u64, len: usize) -> Result<()> {
+        // SAFETY: the caller guarantees va..va+len is a live mapping that
+        // stays mapped until unmap; `iova` is still reserved for it in the
+        // allocator (revoke kept it), so nothing else is mapped there.
+        unsafe { self.container.vfio_dma_map(iova, len, va) }
+            .map_err(|e| Error::vfio(format!("DMA map of {len} bytes at IOVA {iova:#x}"), e))
+    }
 }
 
 /// The soft RLIMIT_MEMLOCK in bytes, from /proc/self/limits (None when

@@ -46,7 +46,7 @@ mod recovery;
 mod request;
 
 pub use floor::{FloorJob, FloorResult};
-pub use recovery::{Recovery, RecoveryOutcome};
+pub use recovery::{Recovery, RecoveryCause, RecoveryOutcome};
 pub use request::{FixedCompletion, FixedIo, IoCompletion, IoOp, IoRequest, IoSegments, Rejected};
 
 /// A submitted request and the progress of its commands.
@@ -172,7 +172,7 @@ pub struct IoQPair {
     polls_since_clock: u32,
     /// When the deadlines were last scanned.
     last_scan: Instant,
-    /// The last recovery from a timed-out command.
+    /// The last recovery (timeout, fatal controller, reset elsewhere).
     last_recovery: Option<recovery::Recovery>,
     shared: Arc<Shared>,
 }

@@ -383,7 +383,7 @@ impl IoQPair {
         if reaped? > 0 {
             self.idle_polls = 0;
         } else if self.shared.generation() != self.generation {
-            self.recover(out)?;
+            self.recover_after_reset(out)?;
         } else if self.q.in_flight() > self.lost_cids {
             self.idle_polls = self.idle_polls.wrapping_add(1);
             if self.idle_polls.is_multiple_of(HEALTH_CHECK_INTERVAL) {

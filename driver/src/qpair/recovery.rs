@@ -8,7 +8,26 @@ use nvme_spec::admin;
 use super::{ABORT_GRACE, IoCompletion, IoQPair};
 use crate::error::{Error, Result};
 
-/// How the driver dealt with a command that ran past its deadline.
+/// What made a queue pair recover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryCause {
+    /// A command ran past its deadline ([`Recovery::cid`]): Abort first,
+    /// then perhaps a reset.
+    Timeout,
+    /// This queue pair's health check read a fatal controller status
+    /// (CSTS.CFS set, or all-ones: gone): a reset at once, no Abort.
+    ControllerFatal {
+        /// The CSTS value read.
+        csts: u32,
+    },
+    /// The controller was reset by someone else (another queue pair's
+    /// recovery, or [`crate::Controller::reset`]); this queue pair noticed
+    /// the new generation, created its queues again and resubmitted.
+    ResetElsewhere,
+}
+
+/// How the driver dealt with a command that ran past its deadline, or
+/// with a controller that failed or was reset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecoveryOutcome {
     /// The command came back after the Abort (aborted, or completed after
@@ -28,25 +47,30 @@ pub enum RecoveryOutcome {
     Failed,
 }
 
-/// What one recovery from a timed-out command did and how long each step
-/// took, from [`IoQPair::last_recovery`].
+/// What one recovery (from a timed-out command, a fatal controller, or a
+/// reset elsewhere) did and how long each step took, from
+/// [`IoQPair::last_recovery`].
 #[derive(Debug, Clone, Copy)]
 pub struct Recovery {
     /// The queue.
     pub qid: u16,
-    /// The command that timed out.
-    pub cid: u16,
-    /// When the deadline scan found it expired.
+    /// What started it.
+    pub cause: RecoveryCause,
+    /// The command that timed out ([`RecoveryCause::Timeout`] only).
+    pub cid: Option<u16>,
+    /// When the deadline scan found it expired, the health check read
+    /// the fatal status, or the queue pair saw the new generation.
     pub detected: Instant,
     /// Dword 0 of the Abort's completion (bit 0 set: not aborted), None
-    /// if the Abort failed.
+    /// if the Abort failed or none was sent.
     pub abort_dw0: Option<u32>,
     /// From detection to the Abort's completion.
     pub abort: Duration,
     /// Waiting for the command after the Abort.
     pub grace: Duration,
     /// The controller reset, creating the queue again and resubmitting
-    /// (zero without a reset).
+    /// (zero without a reset; for [`RecoveryCause::ResetElsewhere`], only
+    /// creating the queue again and resubmitting).
     pub reset: Duration,
     /// From detection to the queue taking commands again.
     pub total: Duration,
@@ -54,7 +78,57 @@ pub struct Recovery {
     pub outcome: RecoveryOutcome,
 }
 
+impl Recovery {
+    /// A record of a recovery with no Abort, detected at `detected`.
+    fn without_abort(qid: u16, cause: RecoveryCause, detected: Instant) -> Self {
+        Recovery {
+            qid,
+            cause,
+            cid: None,
+            detected,
+            abort_dw0: None,
+            abort: Duration::ZERO,
+            grace: Duration::ZERO,
+            reset: Duration::ZERO,
+            total: Duration::ZERO,
+            outcome: RecoveryOutcome::Failed,
+        }
+    }
+}
+
 impl IoQPair {
+    /// After a controller reset someone else did: creates the queues again
+    /// and resubmits ([`IoQPair::recover`]), and records it.
+    pub(super) fn recover_after_reset(&mut self, out: &mut Vec<IoCompletion>) -> Result<()> {
+        let mut record =
+            Recovery::without_abort(self.q.qid(), RecoveryCause::ResetElsewhere, Instant::now());
+        let result = self.recover(out);
+        record.reset = record.detected.elapsed();
+        record.total = record.reset;
+        if let Ok(resubmitted) = result {
+            record.outcome = RecoveryOutcome::Reset { resubmitted };
+        }
+        self.last_recovery = Some(record);
+        result.map(|_| ())
+    }
+
+    /// Fault injection: takes the IOMMU mapping of this queue pair's SQ
+    /// ring away, so the controller's next fetch from it fails. QEMU's
+    /// controller then sets CSTS.CFS and stops the queue; the driver's
+    /// health check sees it, resets the controller and resubmits what was
+    /// in flight (see [`RecoveryCause::ControllerFatal`]). The ring is
+    /// mapped again, at the same IOVA, before the queue is created again.
+    /// Only with the `fault-injection` feature.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_unmap_sq(&mut self) -> Result<()> {
+        log::warn!(
+            "queue {}: fault injection: unmapping the SQ ring at IOVA {:#x}",
+            self.q.qid(),
+            self.q.sq_iova()
+        );
+        self.q.revoke_sq()
+    }
+
     /// After a controller reset: start the rings over, create the queues
     /// again, and resubmit every command that was in flight (first, before
     /// anything not yet issued). Commands given up on before are forgotten
@@ -139,13 +213,33 @@ impl IoQPair {
         }
         if csts.fatal() || csts.is_all_ones() {
             let qid = self.q.qid();
+            let mut record = Recovery::without_abort(
+                qid,
+                RecoveryCause::ControllerFatal { csts: csts.0 },
+                Instant::now(),
+            );
+            log::warn!(
+                "queue {qid}: controller failed (CSTS {:#x}); resetting it",
+                csts.0
+            );
             let e = || Error::ControllerFatal {
                 step: format!("polling queue {qid}"),
                 csts,
             };
             // A device that is gone cannot be reset: the reset fails at
             // once and every request fails with this error.
-            return self.reset_and_recover(out, e).map(|_| ());
+            let result = self.reset_and_recover(out, e);
+            record.reset = record.detected.elapsed();
+            record.total = record.reset;
+            if let Ok(resubmitted) = result {
+                record.outcome = RecoveryOutcome::Reset { resubmitted };
+                log::info!(
+                    "queue {qid}: recovered from the fatal controller status in {:.1?}",
+                    record.total
+                );
+            }
+            self.last_recovery = Some(record);
+            return result.map(|_| ());
         }
         self.last_scan = Instant::now();
         self.scan_deadlines(self.last_scan, out)
@@ -203,8 +297,9 @@ impl IoQPair {
         Ok(())
     }
 
-    /// What the last recovery from a timed-out command on this queue pair
-    /// did, and how long it took.
+    /// What the last recovery on this queue pair (from a timed-out
+    /// command, a fatal controller, or a reset elsewhere) did, and how long
+    /// it took.
     pub fn last_recovery(&self) -> Option<Recovery> {
         self.last_recovery
     }
@@ -241,7 +336,8 @@ impl IoQPair {
         let abort_done = Instant::now();
         let mut record = Recovery {
             qid,
-            cid,
+            cause: RecoveryCause::Timeout,
+            cid: Some(cid),
             detected,
             abort_dw0,
             abort: abort_done - detected,

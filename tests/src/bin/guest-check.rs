@@ -869,7 +869,7 @@ fn hang(
             };
             println!(
                 "recovery: command {} on queue {}: {outcome}; Abort answered dw0 {}",
-                r.cid,
+                r.cid.map_or("?".to_string(), |c| c.to_string()),
                 r.qid,
                 r.abort_dw0
                     .map_or("none (failed)".to_string(), |d| format!("{d:#x}"))
