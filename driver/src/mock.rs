@@ -4116,13 +4116,12 @@ mod tests {
             .map(|_| ctrl.io_qpair().expect("queue pair"))
             .collect();
         let removed_at = Mutex::new(None::<Instant>);
-        let total = std::sync::atomic::AtomicU64::new(0);
         let results = std::thread::scope(|scope| {
             let handles: Vec<_> = qps
                 .into_iter()
                 .enumerate()
                 .map(|(t, mut qp)| {
-                    let (mock, total) = (&mock, &total);
+                    let mock = &mock;
                     scope.spawn(move || {
                         let mut answered = 0u64;
                         let mut removed = 0u64;
@@ -4136,7 +4135,6 @@ mod tests {
                                 match qp.submit(write_request(mock, lba, &data, 0)) {
                                     Ok(()) => {
                                         submitted += 1;
-                                        total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                     }
                                     Err(r) => {
                                         assert!(
@@ -4172,12 +4170,16 @@ mod tests {
             }
             // Held from now on (at most 4 x 8 are in flight): wait until
             // some are.
+            // Counted as the device fetches them, not as the threads submit:
+            // if every thread's 8 were still unfetched at this point, all
+            // of them are held and no thread submits again until the
+            // removal (a loaded host made that happen).
             mock.hold_next(Match::Any, 64);
-            let before = total.load(std::sync::atomic::Ordering::Relaxed);
+            let before = mock.stats().fetched;
             let start = Instant::now();
-            while total.load(std::sync::atomic::Ordering::Relaxed) < before + 8 {
+            while mock.stats().fetched < before + 8 {
                 mock.process().expect("process");
-                assert!(start.elapsed() < Duration::from_secs(30), "no submissions");
+                assert!(start.elapsed() < Duration::from_secs(30), "nothing fetched");
             }
             for _ in 0..10 {
                 mock.process().expect("process");
