@@ -52,7 +52,7 @@ pub trait DeviceBacking: Send + Sync + std::fmt::Debug + 'static {
     }
     /// Gives the device back after a removal request: closes what holds it
     /// (for VFIO, the device file), so that the kernel's removal can
-    /// complete. BAR0 was retired before ([`Bar::retire`]); the driver
+    /// complete. BAR0 was retired before (its mapping replaced by all-ones); the driver
     /// makes no access through this backing afterwards (those it might
     /// still make fail). Called at most once.
     fn release(&self) {}

@@ -7,7 +7,7 @@
 //! A `File` is `Send + Sync`: share it (`Arc<File>`) or open more
 //! descriptions of the same inode ([`File::reopen`]). Every operation
 //! takes the calling thread's device (`dev: &mut dyn BlockDevice`): on
-//! NVMe one queue pair belongs to one thread ([`crate::nvme::NvmeDevice`]
+//! NVMe one queue pair belongs to one thread (`nvme::NvmeDevice`, feature `nvme`,
 //! per thread), with the [`crate::RecordingDevice`] one
 //! [`crate::RecordingDevice::new_queue`] per thread. A thread that waits
 //! for a folio whose I/O another thread's queue carries sleeps on the

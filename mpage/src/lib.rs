@@ -8,7 +8,7 @@
 //! merge predicate. Commands go to a [`BlockDevice`] ([`device`]); the
 //! [`RecordingDevice`] ([`recording`]) serves host tests, and a [`Tap`]
 //! ([`tap`]) records the commands of any device. The buffered
-//! write path is in [`write`]; applications use [`File`] ([`file`]) and a
+//! write path is in [`write`](mod@write); applications use [`File`] ([`file`](mod@file)) and a
 //! [`Flusher`] ([`flusher`]) for background writeback.
 //! `docs/CONFORMANCE.md` (in the repository) maps the rules of the mpage
 //! spec to their tests.

@@ -7,7 +7,7 @@
 //! fills in its outcome when the completion comes back through the tap.
 //! The [`RecordingDevice`](crate::RecordingDevice) keeps the same kind of
 //! log itself; the tap gives any device (an
-//! [`NvmeDevice`](crate::nvme::NvmeDevice)) the same observable stream.
+//! `nvme::NvmeDevice`) the same observable stream.
 //!
 //! A tap may also present a smaller transfer limit than the inner device
 //! ([`Tap::limit_max_transfer`], like the block layer's `max_sectors_kb`

@@ -33,7 +33,7 @@ pub struct Module {
 }
 
 impl ModuleTree {
-    /// Indexes every `*.ko` / `*.ko.xz` below `dir` (a lib/modules/<release>).
+    /// Indexes every `*.ko` / `*.ko.xz` below `dir` (a `lib/modules/<release>`).
     pub fn scan(dir: &Path) -> Result<ModuleTree> {
         let mut files = BTreeMap::new();
         let mut stack = vec![dir.to_path_buf()];

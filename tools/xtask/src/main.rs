@@ -49,7 +49,8 @@ enum Cmd {
     /// The main job: the benchmark suite on the default emulated device,
     /// our driver and the kernel's (fio) side by side in one VM boot.
     Bench(Box<bench::BenchArgs>),
-    /// rustfmt --check and clippy -D warnings over the workspace.
+    /// rustfmt --check, clippy -D warnings and rustdoc -D warnings over the
+    /// workspace.
     Lint,
     /// The driver's instructions per I/O (full path and floor loop), counted
     /// by valgrind's callgrind against the mock controller.
@@ -230,6 +231,15 @@ fn lint() -> Result<ExitCode> {
         if !clippy.success() {
             return Ok(exit_code(clippy));
         }
+    }
+    // The API docs build without broken or ambiguous links.
+    let doc = Command::new(cargo())
+        .current_dir(&root)
+        .args(["doc", "--workspace", "--no-deps", "--quiet"])
+        .env("RUSTDOCFLAGS", "-D warnings")
+        .status()?;
+    if !doc.success() {
+        return Ok(exit_code(doc));
     }
     Ok(ExitCode::SUCCESS)
 }
