@@ -307,6 +307,15 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
                 "bench: the guest did not finish cleanly ({other:?}); console log: {}",
                 run.console_log.display()
             );
+            if matches!(&other, GuestExit::NoStatus(why) if why.contains("signal"))
+                && !args.tcg_single
+            {
+                eprintln!(
+                    "bench: QEMU itself died: multi-threaded TCG can crash when the guest \
+                     changes its memory map (docs/TESTING.md, \"QEMU's memory-map race\"); \
+                     run again, or with --tcg-single for a smoke run"
+                );
+            }
             failed = true;
         }
     }
