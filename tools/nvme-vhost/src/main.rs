@@ -1,0 +1,7 @@
+//! `nvme-vhost`: a vhost-user-blk target over the userspace NVMe driver.
+#![forbid(unsafe_code)]
+
+mod config;
+mod request;
+
+fn main() {}
