@@ -371,3 +371,302 @@ fn copy_out<G: GuestMemory + ?Sized>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nvme_driver::mock::{MockConfig, MockController};
+    use virtio_bindings::virtio_blk::{
+        VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+        VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+    };
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestMemoryMmap;
+
+    const NS: u32 = 1;
+    const LBA: u32 = 512;
+    const BLOCKS: u64 = 4096;
+    const W: u16 = VRING_DESC_F_WRITE as u16;
+    const QSIZE: u16 = 64;
+
+    struct Rig {
+        mock: MockController,
+        worker: Worker,
+        table: MemTable,
+        mem: Arc<GuestMemoryMmap<()>>,
+        stats: Arc<Stats>,
+        /// Next free descriptor index and next free header/status slot.
+        next_desc: u16,
+        next_req: u64,
+    }
+
+    fn config() -> DeviceConfig {
+        DeviceConfig {
+            capacity_bytes: BLOCKS * u64::from(LBA),
+            lba_size: LBA,
+            max_transfer: 16 << 10,
+            seg_max: u32::from(QSIZE) - 2,
+            queues: 1,
+            queue_size: QSIZE,
+            write_cache: true,
+            discard: true,
+            write_zeroes: true,
+        }
+    }
+
+    fn rig() -> Rig {
+        // MDTS 16 KiB: larger requests are split by the driver.
+        let cfg = MockConfig::new(&[(NS, LBA, BLOCKS)]).max_transfer(16 << 10);
+        let (mock, ctrl) = MockController::new(cfg).expect("mock");
+        mock.set_auto(true);
+        let mem = Arc::new(
+            GuestMemoryMmap::<()>::from_ranges(&[
+                (GuestAddress(0), 0x80_0000),
+                (GuestAddress(0x100_0000), 0x10_0000),
+            ])
+            .expect("guest memory"),
+        );
+        let table = MemTable::build(ctrl.dma_pool(), mem.clone(), &MemTable::default())
+            .expect("map guest memory");
+        let stats = Arc::new(Stats::default());
+        let mut id = [0u8; ID_BYTES];
+        id[..9].copy_from_slice(b"serial-01");
+        let worker = Worker::new(
+            ctrl.io_qpair().expect("qpair"),
+            ctrl.dma_pool().clone(),
+            NS,
+            config(),
+            id,
+            stats.clone(),
+        );
+        Rig {
+            mock,
+            worker,
+            table,
+            mem,
+            stats,
+            next_desc: 0,
+            next_req: 0,
+        }
+    }
+
+    /// Header and status addresses of request slot `n` (below the data).
+    fn hdr_addr(n: u64) -> u64 {
+        0x8_0000 + n * 32
+    }
+
+    impl Rig {
+        /// Queues a request: header (kind, sector), the data descriptors
+        /// (address, len, device-writable), status. Returns the status address.
+        fn add(
+            &mut self,
+            q: &MockSplitQueue<'_, GuestMemoryMmap<()>>,
+            kind: u32,
+            sector: u64,
+            data: &[(u64, u32, bool)],
+        ) -> u64 {
+            let hdr = hdr_addr(self.next_req);
+            let status = hdr + 16;
+            self.next_req += 1;
+            let mut h = [0u8; 16];
+            h[0..4].copy_from_slice(&kind.to_le_bytes());
+            h[8..16].copy_from_slice(&sector.to_le_bytes());
+            self.mem.write_slice(&h, GuestAddress(hdr)).expect("header");
+            self.mem
+                .write_obj(0xffu8, GuestAddress(status))
+                .expect("status");
+            let mut descs = vec![(hdr, 16, 0u16)];
+            descs.extend(data.iter().map(|&(a, l, w)| (a, l, if w { W } else { 0 })));
+            descs.push((status, 1, W));
+            let first = self.next_desc;
+            let raw: Vec<RawDescriptor> = descs
+                .iter()
+                .enumerate()
+                .map(|(i, &(addr, len, flags))| {
+                    let last = i == descs.len() - 1;
+                    let flags = if last {
+                        flags
+                    } else {
+                        flags | VRING_DESC_F_NEXT as u16
+                    };
+                    RawDescriptor::from(SplitDescriptor::new(
+                        addr,
+                        len,
+                        flags,
+                        first + i as u16 + 1,
+                    ))
+                })
+                .collect();
+            q.add_desc_chains(&raw, first).expect("chain");
+            self.next_desc += raw.len() as u16;
+            status
+        }
+
+        fn status(&self, at: u64) -> u8 {
+            self.mem.read_obj(GuestAddress(at)).expect("status")
+        }
+
+        fn fill(&self, addr: u64, data: &[u8]) {
+            self.mem
+                .write_slice(data, GuestAddress(addr))
+                .expect("fill");
+        }
+
+        fn read(&self, addr: u64, len: usize) -> Vec<u8> {
+            let mut out = vec![0u8; len];
+            self.mem
+                .read_slice(&mut out, GuestAddress(addr))
+                .expect("read");
+            out
+        }
+
+        /// Used ring entries (id, len) so far.
+        fn used(&self, q: &MockSplitQueue<'_, GuestMemoryMmap<()>>) -> Vec<(u32, u32)> {
+            let base = q.used_addr().0;
+            let idx: u16 = self.mem.read_obj(GuestAddress(base + 2)).expect("used idx");
+            (0..u64::from(idx))
+                .map(|i| {
+                    let at = GuestAddress(base + 4 + i * 8);
+                    let id: u32 = self.mem.read_obj(at).expect("id");
+                    let len: u32 = self.mem.read_obj(GuestAddress(at.0 + 4)).expect("len");
+                    (id, len)
+                })
+                .collect()
+        }
+    }
+
+    fn pattern(seed: u8, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(13) ^ seed)
+            .collect()
+    }
+
+    #[test]
+    fn requests_move_data_zero_copy_or_bounced_and_get_their_status() {
+        let mut r = rig();
+        let mem = r.mem.clone();
+        let q = MockSplitQueue::create(&*mem, GuestAddress(0), QSIZE);
+        let mut queue: Queue = q.create_queue().expect("queue");
+
+        // A page-aligned 40 KiB write in two pieces (zero-copy, split by
+        // MDTS), a write whose middle piece is not page-aligned (bounced),
+        // across the two memory regions too.
+        let a = pattern(1, 40 << 10);
+        r.fill(0x10_0000, &a[..8192]);
+        r.fill(0x20_0000, &a[8192..]);
+        let s1 = r.add(
+            &q,
+            VIRTIO_BLK_T_OUT,
+            64,
+            &[(0x10_0000, 8192, false), (0x20_0000, 32 << 10, false)],
+        );
+        let b = pattern(2, 3 * 512);
+        r.fill(0x30_0000, &b[..512]);
+        r.fill(0x30_0a00, &b[512..1024]);
+        r.fill(0x100_0000, &b[1024..]);
+        let s2 = r.add(
+            &q,
+            VIRTIO_BLK_T_OUT,
+            1000,
+            &[
+                (0x30_0000, 512, false),
+                (0x30_0a00, 512, false),
+                (0x100_0000, 512, false),
+            ],
+        );
+        let s3 = r.add(&q, VIRTIO_BLK_T_FLUSH, 0, &[]);
+        assert!(r.worker.serve(&mut queue, &r.table).expect("serve"));
+        for s in [s1, s2, s3] {
+            assert_eq!(r.status(s), VIRTIO_BLK_S_OK as u8);
+        }
+        assert_eq!(r.mock.read_disk(NS, 64, 80).expect("disk"), a);
+        assert_eq!(r.mock.read_disk(NS, 1000, 3).expect("disk"), b);
+        assert_eq!(r.stats.snapshot(), (1, 1, 0, 0), "one direct, one bounced");
+        assert!(r.mock.stats().writes >= 4, "the 40 KiB write was split");
+
+        // Read both back, the second through an unaligned list (bounced).
+        let s4 = r.add(&q, VIRTIO_BLK_T_IN, 64, &[(0x40_0000, 40 << 10, true)]);
+        let s5 = r.add(
+            &q,
+            VIRTIO_BLK_T_IN,
+            1000,
+            &[(0x50_0100, 1024, true), (0x50_2000, 512, true)],
+        );
+        let s6 = r.add(&q, VIRTIO_BLK_T_GET_ID, 0, &[(0x60_0000, 20, true)]);
+        assert!(r.worker.serve(&mut queue, &r.table).expect("serve"));
+        for s in [s4, s5, s6] {
+            assert_eq!(r.status(s), VIRTIO_BLK_S_OK as u8);
+        }
+        assert_eq!(r.read(0x40_0000, 40 << 10), a);
+        let mut back = r.read(0x50_0100, 1024);
+        back.extend(r.read(0x50_2000, 512));
+        assert_eq!(back, b);
+        assert_eq!(&r.read(0x60_0000, 20)[..9], b"serial-01");
+        assert_eq!(r.stats.snapshot(), (2, 2, 0, 0));
+        let used = r.used(&q);
+        assert_eq!(used.len(), 6);
+        let lens: std::collections::HashMap<u32, u32> = used.into_iter().collect();
+        // Reads report the data written plus the status byte.
+        assert_eq!(lens.len(), 6);
+        assert!(lens.values().any(|&l| l == (40 << 10) + 1));
+        assert!(lens.values().any(|&l| l == 1536 + 1));
+        assert!(lens.values().any(|&l| l == 21));
+        assert!(r.mock.violations().is_empty(), "{:?}", r.mock.violations());
+    }
+
+    #[test]
+    fn discard_write_zeroes_and_bad_requests_are_answered_and_serving_goes_on() {
+        let mut r = rig();
+        let mem = r.mem.clone();
+        let q = MockSplitQueue::create(&*mem, GuestAddress(0), QSIZE);
+        let mut queue: Queue = q.create_queue().expect("queue");
+        r.mock
+            .write_disk(NS, 0, &pattern(3, 64 * 512))
+            .expect("disk");
+        let range = |sector: u64, sectors: u32| {
+            let mut v = sector.to_le_bytes().to_vec();
+            v.extend(sectors.to_le_bytes());
+            v.extend(0u32.to_le_bytes());
+            v
+        };
+        r.fill(0x10_0000, &range(8, 8));
+        r.fill(0x10_1000, &[range(32, 4), range(40, 2)].concat());
+        let zero = r.add(&q, VIRTIO_BLK_T_WRITE_ZEROES, 0, &[(0x10_0000, 16, false)]);
+        let trim = r.add(&q, VIRTIO_BLK_T_DISCARD, 0, &[(0x10_1000, 32, false)]);
+        // Hostile or unsupported, between good ones.
+        let outside = r.add(&q, VIRTIO_BLK_T_IN, 0, &[(0x7f_ff00, 512, true)]);
+        let past_end = r.add(&q, VIRTIO_BLK_T_IN, BLOCKS, &[(0x20_0000, 512, true)]);
+        let wrong_dir = r.add(&q, VIRTIO_BLK_T_OUT, 0, &[(0x20_0000, 512, true)]);
+        let scsi = r.add(&q, 2, 0, &[]);
+        let good = r.add(&q, VIRTIO_BLK_T_IN, 0, &[(0x20_0000, 4096, true)]);
+        assert!(r.worker.serve(&mut queue, &r.table).expect("serve"));
+        assert_eq!(r.status(zero), VIRTIO_BLK_S_OK as u8);
+        assert_eq!(r.status(trim), VIRTIO_BLK_S_OK as u8);
+        for s in [outside, past_end, wrong_dir] {
+            assert_eq!(r.status(s), VIRTIO_BLK_S_IOERR as u8);
+        }
+        assert_eq!(r.status(scsi), VIRTIO_BLK_S_UNSUPP as u8);
+        assert_eq!(r.status(good), VIRTIO_BLK_S_OK as u8);
+        assert_eq!(
+            r.mock.read_disk(NS, 8, 8).expect("disk"),
+            vec![0u8; 8 * 512]
+        );
+        assert_eq!(
+            r.mock.read_disk(NS, 7, 1).expect("disk"),
+            pattern(3, 64 * 512)[7 * 512..8 * 512],
+            "the block before the range is kept"
+        );
+        assert_eq!(r.read(0x20_0000, 4096), pattern(3, 64 * 512)[..4096]);
+        let dealloc = r.mock.deallocated();
+        assert!(
+            dealloc.contains(&(NS, 32, 4)) && dealloc.contains(&(NS, 40, 2)),
+            "{dealloc:?}"
+        );
+        assert_eq!(r.used(&q).len(), 7, "every chain returned");
+        let (_, _, failed, unsupported) = r.stats.snapshot();
+        assert_eq!((failed, unsupported), (3, 1));
+    }
+}
