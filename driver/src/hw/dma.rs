@@ -285,7 +285,8 @@ impl DmaPool {
 
     /// [`DmaPool::map_external`] for a vm-memory mapping (a region of guest
     /// memory, as a vhost-user back end receives it), kept alive by the
-    /// returned value. Safe: the `Arc` keeps the region mapped, and
+    /// returned value. A size that is not whole pages is rounded up (the
+    /// mmap owns the whole last page). Safe: the `Arc` keeps the region mapped, and
     /// vm-memory only accesses it through volatile slices, never Rust
     /// references (the guest writes it concurrently anyway).
     #[cfg(feature = "vm-memory")]
@@ -295,10 +296,14 @@ impl DmaPool {
     {
         let ptr = NonNull::new(region.as_ptr())
             .ok_or_else(|| Error::BadBuffer("vm-memory region at address 0".into()))?;
-        let len = region.size();
-        // SAFETY: the region is an mmap that lives as long as the Arc, which
-        // the ExternalDma keeps; vm-memory reaches its bytes through
-        // volatile accessors only, never references.
+        // mmap maps whole pages: a region whose size is not a multiple of
+        // the page (a front end's small ring area) still owns its last
+        // page whole, so the mapping covers it.
+        let len = region.size().next_multiple_of(PAGE);
+        // SAFETY: the region is an mmap (of whole pages, so up to `len`)
+        // that lives as long as the Arc, which the ExternalDma keeps;
+        // vm-memory reaches its bytes through volatile accessors only,
+        // never references.
         unsafe { self.map_external(ptr, len, Some(Box::new(region))) }
     }
 }

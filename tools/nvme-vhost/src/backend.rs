@@ -212,8 +212,11 @@ impl VhostUserBackend for BlkBackend {
     fn update_memory(&self, mem: Memory) -> std::io::Result<()> {
         let old = self.table();
         let snapshot = mem.memory().into_inner();
-        let table = MemTable::build(self.shared.ctrl.dma_pool(), snapshot, &old)
-            .map_err(|e| io_error(format!("mapping guest memory for the device: {e}")))?;
+        let table = MemTable::build(self.shared.ctrl.dma_pool(), snapshot, &old).map_err(|e| {
+            let msg = format!("mapping guest memory for the device: {e}");
+            log::error!("{msg}");
+            io_error(msg)
+        })?;
         log::info!("memory table: {} regions mapped", table.len());
         *self.shared.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
         // Mappings only the old table held go when the queue threads
