@@ -89,7 +89,13 @@ fn run(cli: &Cli) -> Result<(), MainError> {
         log::info!("listening on {}", cli.socket.display());
         daemon.start(&mut listener).map_err(daemon_error)?;
         log::info!("front end connected");
-        let ended = daemon.wait();
+        // A front end that closes the socket ends the connection this way.
+        let ended = match daemon.wait() {
+            Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            )) => Ok(()),
+            other => other,
+        };
         // Joins the queue threads (their batches drain first).
         drop(daemon);
         backend.forget_memory();
