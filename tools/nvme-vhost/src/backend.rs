@@ -37,6 +37,9 @@ struct Shared {
     stats: Arc<Stats>,
     /// VIRTIO_RING_F_EVENT_IDX was negotiated.
     event_idx: std::sync::atomic::AtomicBool,
+    /// Spin on the NVMe completion queues instead of sleeping on their
+    /// interrupts while requests are in flight.
+    poll: bool,
 }
 
 /// The back end: cheap to clone (the vhost-user crate clones it per
@@ -69,12 +72,16 @@ pub enum BackendError {
 
 impl BlkBackend {
     /// A back end serving namespace `nsid` of `ctrl` on `queues`
-    /// virtqueues of up to `queue_size` descriptors.
+    /// virtqueues of up to `queue_size` descriptors. With `poll`, queue
+    /// threads spin on their NVMe completion queue while requests are in
+    /// flight; otherwise they sleep on its MSI-X interrupt (when the
+    /// controller has vectors).
     pub fn new(
         ctrl: Controller,
         nsid: u32,
         queues: u16,
         queue_size: u16,
+        poll: bool,
     ) -> Result<BlkBackend, BackendError> {
         let ns = ctrl
             .namespace(nsid)
@@ -136,6 +143,7 @@ impl BlkBackend {
                 workers: (0..queues).map(|_| Mutex::new(None)).collect(),
                 stats: Arc::new(Stats::default()),
                 event_idx: std::sync::atomic::AtomicBool::new(false),
+                poll,
             }),
         })
     }
@@ -260,12 +268,25 @@ impl VhostUserBackend for BlkBackend {
         };
         let mut slot = lock(slot);
         if slot.is_none() {
-            let qpair = self
-                .shared
-                .ctrl
-                .io_qpair()
-                .map_err(|e| io_error(format!("queue pair for virtqueue {thread_id}: {e}")))?;
-            log::info!("virtqueue {thread_id}: NVMe queue {}", qpair.qid());
+            let ctrl = &self.shared.ctrl;
+            let qpair = if self.shared.poll {
+                ctrl.io_qpair()
+            } else {
+                ctrl.io_qpair_with_interrupts().or_else(|e| {
+                    log::warn!("virtqueue {thread_id}: no interrupt ({e}); polling");
+                    ctrl.io_qpair()
+                })
+            }
+            .map_err(|e| io_error(format!("queue pair for virtqueue {thread_id}: {e}")))?;
+            log::info!(
+                "virtqueue {thread_id}: NVMe queue {}{}",
+                qpair.qid(),
+                if qpair.has_interrupt() {
+                    " (interrupts)"
+                } else {
+                    " (polled)"
+                }
+            );
             *slot = Some(Worker::new(
                 qpair,
                 self.shared.ctrl.dma_pool().clone(),

@@ -44,6 +44,11 @@ struct Cli {
     /// for the next).
     #[arg(long)]
     once: bool,
+    /// Spin on the NVMe completion queues while requests are in flight
+    /// (lowest latency, a core per busy queue) instead of sleeping on
+    /// their interrupts.
+    #[arg(long)]
+    poll: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +78,7 @@ fn run(cli: &Cli) -> Result<(), MainError> {
         return Err(MainError::QueueSize(cli.queue_size));
     }
     let ctrl = Controller::open(cli.address, Options::default())?;
-    let backend = BlkBackend::new(ctrl, cli.nsid, cli.queues, cli.queue_size)?;
+    let backend = BlkBackend::new(ctrl, cli.nsid, cli.queues, cli.queue_size, cli.poll)?;
     loop {
         let mut listener =
             Listener::new(&cli.socket, true).map_err(|source| MainError::Listen {

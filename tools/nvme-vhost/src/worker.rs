@@ -83,6 +83,10 @@ pub struct Worker {
     stats: Arc<Stats>,
     done: Vec<IoCompletion>,
     copy: Vec<u8>,
+    /// Memory tables kept mapped because a command given up on (a
+    /// timeout) may still write into guest memory: released once the
+    /// queue pair has none left in flight.
+    pinned: Vec<Arc<MemTable>>,
 }
 
 impl Worker {
@@ -104,13 +108,31 @@ impl Worker {
             stats,
             done: Vec::new(),
             copy: Vec::new(),
+            pinned: Vec::new(),
         }
     }
 
     /// Serves `queue` until it has no more available chains; returns
     /// whether chains were returned to the used ring (the caller then
     /// signals the guest if the queue asks for it).
-    pub fn serve(&mut self, queue: &mut Queue, table: &MemTable) -> Result<bool, WorkerError> {
+    pub fn serve(&mut self, queue: &mut Queue, table: &Arc<MemTable>) -> Result<bool, WorkerError> {
+        let result = self.serve_batches(queue, table);
+        if self.qpair.given_up_in_flight() > 0 {
+            if !self.pinned.iter().any(|t| Arc::ptr_eq(t, table)) {
+                log::warn!(
+                    "queue {}: commands given up on may still write guest memory; \
+                     keeping its mapping",
+                    self.qpair.qid()
+                );
+                self.pinned.push(table.clone());
+            }
+        } else {
+            self.pinned.clear();
+        }
+        result
+    }
+
+    fn serve_batches(&mut self, queue: &mut Queue, table: &MemTable) -> Result<bool, WorkerError> {
         let mem = table.memory();
         let mut any = false;
         loop {
@@ -395,7 +417,7 @@ mod tests {
     struct Rig {
         mock: MockController,
         worker: Worker,
-        table: MemTable,
+        table: Arc<MemTable>,
         mem: Arc<GuestMemoryMmap<()>>,
         stats: Arc<Stats>,
         /// Next free descriptor index and next free header/status slot.
@@ -418,8 +440,17 @@ mod tests {
     }
 
     fn rig() -> Rig {
+        rig_with(nvme_driver::Options {
+            prefer_huge_pages: false,
+            ..nvme_driver::Options::default()
+        })
+    }
+
+    fn rig_with(options: nvme_driver::Options) -> Rig {
         // MDTS 16 KiB: larger requests are split by the driver.
-        let cfg = MockConfig::new(&[(NS, LBA, BLOCKS)]).max_transfer(16 << 10);
+        let cfg = MockConfig::new(&[(NS, LBA, BLOCKS)])
+            .max_transfer(16 << 10)
+            .options(options);
         let (mock, ctrl) = MockController::new(cfg).expect("mock");
         mock.set_auto(true);
         let mem = Arc::new(
@@ -429,8 +460,10 @@ mod tests {
             ])
             .expect("guest memory"),
         );
-        let table = MemTable::build(ctrl.dma_pool(), mem.clone(), &MemTable::default())
-            .expect("map guest memory");
+        let table = Arc::new(
+            MemTable::build(ctrl.dma_pool(), mem.clone(), &MemTable::default())
+                .expect("map guest memory"),
+        );
         let stats = Arc::new(Stats::default());
         let mut id = [0u8; ID_BYTES];
         id[..9].copy_from_slice(b"serial-01");
@@ -668,5 +701,33 @@ mod tests {
         assert_eq!(r.used(&q).len(), 7, "every chain returned");
         let (_, _, failed, unsupported) = r.stats.snapshot();
         assert_eq!((failed, unsupported), (3, 1));
+    }
+
+    #[test]
+    fn guest_memory_stays_mapped_while_a_command_given_up_on_may_write_it() {
+        let mut r = rig_with(nvme_driver::Options {
+            prefer_huge_pages: false,
+            io_timeout: Duration::from_millis(50),
+            admin_timeout: Duration::from_secs(2),
+            reset_on_timeout: false,
+            ..nvme_driver::Options::default()
+        });
+        r.mock
+            .set_abort_policy(nvme_driver::mock::AbortPolicy::Refuse);
+        let mem = r.mem.clone();
+        let q = MockSplitQueue::create(&*mem, GuestAddress(0), QSIZE);
+        let mut queue: Queue = q.create_queue().expect("queue");
+        r.mock.hold_next(nvme_driver::mock::Match::Any, 1);
+        let lost = r.add(&q, VIRTIO_BLK_T_IN, 0, &[(0x20_0000, 4096, true)]);
+        assert!(r.worker.serve(&mut queue, &r.table).expect("serve"));
+        assert_eq!(r.status(lost), VIRTIO_BLK_S_IOERR as u8, "timed out");
+        assert_eq!(r.worker.pinned.len(), 1, "the table stays mapped");
+        // The held command finally completes; the next batch sees it and
+        // lets the table go.
+        assert_eq!(r.mock.release_held(), 1);
+        let good = r.add(&q, VIRTIO_BLK_T_FLUSH, 0, &[]);
+        assert!(r.worker.serve(&mut queue, &r.table).expect("serve"));
+        assert_eq!(r.status(good), VIRTIO_BLK_S_OK as u8);
+        assert!(r.worker.pinned.is_empty(), "released once nothing is lost");
     }
 }

@@ -43,19 +43,27 @@ fn serve_once(backend: &BlkBackend, socket: &Path) -> std::thread::JoinHandle<()
 struct Client {
     b: Blkio,
     q: Blkioq,
+    /// Queues past the first.
+    more: Vec<Blkioq>,
     region: MemoryRegion,
     mem: File,
 }
 
 impl Client {
     fn connect(socket: &Path) -> Client {
+        Self::connect_queues(socket, 1)
+    }
+
+    fn connect_queues(socket: &Path, queues: i32) -> Client {
         let mut b = Blkio::new("virtio-blk-vhost-user").expect("blkio");
         b.set_str("path", socket.to_str().expect("utf-8 path"))
             .expect("path");
         b.connect().expect("connect");
-        b.set_i32("num-queues", 1).expect("queues");
+        b.set_i32("num-queues", queues).expect("queues");
         let mut started = b.start().expect("start");
-        let q = started.queues.pop().expect("a queue");
+        let mut all = std::mem::take(&mut started.queues).into_iter();
+        let q = all.next().expect("a queue");
+        let more = all.collect();
         let region = b.alloc_mem_region(4 << 20).expect("region");
         b.map_mem_region(&region).expect("map region");
         let mem = File::options()
@@ -63,7 +71,13 @@ impl Client {
             .write(true)
             .open(format!("/proc/self/fd/{}", region.fd))
             .expect("the region's memfd");
-        Client { b, q, region, mem }
+        Client {
+            b,
+            q,
+            more,
+            region,
+            mem,
+        }
     }
 
     fn put(&self, offset: usize, data: &[u8]) {
@@ -86,15 +100,21 @@ impl Client {
         self.region.addr + offset
     }
 
-    /// Waits for `n` completions; all must succeed.
+    /// Waits for `n` completions on the first queue; all must succeed.
     fn complete(&mut self, n: usize) {
+        complete_on(&mut self.q, n);
+    }
+}
+
+/// Waits for `n` completions on `q`; all must succeed.
+fn complete_on(q: &mut Blkioq, n: usize) {
+    {
         let mut got = 0;
         while got < n {
             let mut buf: Vec<MaybeUninit<Completion>> =
                 (0..n - got).map(|_| MaybeUninit::uninit()).collect();
             let mut timeout = Duration::from_secs(30);
-            let k = self
-                .q
+            let k = q
                 .do_io(&mut buf, 1, Some(&mut timeout), None)
                 .expect("do_io");
             for c in buf.iter().take(k) {
@@ -123,7 +143,7 @@ fn libblkio_reads_and_writes_through_the_target_and_reconnects() {
         MockController::new(MockConfig::new(&[(NS, LBA as u32, BLOCKS)]).max_transfer(64 << 10))
             .expect("mock");
     mock.set_auto(true);
-    let backend = BlkBackend::new(ctrl, NS, 1, 256).expect("backend");
+    let backend = BlkBackend::new(ctrl, NS, 1, 256, false).expect("backend");
     let server = serve_once(&backend, &socket);
 
     let mut c = Client::connect(&socket);
@@ -209,4 +229,58 @@ fn libblkio_reads_and_writes_through_the_target_and_reconnects() {
     drop(c);
     server.join().expect("server thread");
     assert!(mock.violations().is_empty(), "{:?}", mock.violations());
+}
+
+#[test]
+fn two_virtqueues_are_served_by_two_threads_with_their_own_queue_pairs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("vhost.sock");
+    let (mock, ctrl) =
+        MockController::new(MockConfig::new(&[(NS, LBA as u32, BLOCKS)])).expect("mock");
+    mock.set_auto(true);
+    let backend = BlkBackend::new(ctrl, NS, 2, 256, true).expect("backend");
+    let server = serve_once(&backend, &socket);
+    let mut c = Client::connect_queues(&socket, 2);
+    assert_eq!(c.more.len(), 1, "two queues");
+    let a = pattern(1, 1 << 20);
+    let b = pattern(2, 1 << 20);
+    c.put(0, &a);
+    c.put(1 << 20, &b);
+    // Each queue writes its own MiB, both in flight at once.
+    c.q.write(0, c.addr(0) as *const u8, 1 << 20, 1, ReqFlags::empty());
+    let second = c.addr(1 << 20) as *const u8;
+    c.more[0].write(4 << 20, second, 1 << 20, 2, ReqFlags::empty());
+    complete_on(&mut c.more[0], 1);
+    c.complete(1);
+    assert_eq!(mock.read_disk(NS, 0, 2048).expect("disk"), a);
+    assert_eq!(
+        mock.read_disk(NS, (4 << 20) / LBA as u64, 2048)
+            .expect("disk"),
+        b
+    );
+    // Read each back on the other queue.
+    c.q.read(
+        4 << 20,
+        c.addr(2 << 20) as *mut u8,
+        1 << 20,
+        3,
+        ReqFlags::empty(),
+    );
+    let third = c.addr(3 << 20) as *mut u8;
+    c.more[0].read(0, third, 1 << 20, 4, ReqFlags::empty());
+    c.complete(1);
+    complete_on(&mut c.more[0], 1);
+    assert_eq!(c.get(2 << 20, 1 << 20), b);
+    assert_eq!(c.get(3 << 20, 1 << 20), a);
+    drop(c);
+    server.join().expect("server thread");
+    assert_eq!(backend.stats().snapshot(), (4, 0, 0, 0));
+    // Two NVMe I/O queues were created, one per virtqueue thread.
+    let io_queues: std::collections::BTreeSet<u16> = mock
+        .commands()
+        .iter()
+        .map(|c| c.qid)
+        .filter(|&q| q != 0)
+        .collect();
+    assert_eq!(io_queues.len(), 2, "{io_queues:?}");
 }
