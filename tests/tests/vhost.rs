@@ -18,54 +18,70 @@ fn libblkio_writes_flushes_and_verifies_through_nvme_vhost() {
     let mut config = vm();
     config.disk_size = 96 << 20;
     config.disks = vec![NsDisk::File(image.clone())];
-    let script = format!(
-        "nvme-vhost 0000:00:03.0 --socket /tmp/vhost.sock --once 2>/tmp/vhost.log &
+    // Twice in one boot: queue threads sleeping on the NVMe interrupt
+    // (the default), then spinning (--poll), each with its own seed.
+    let pass = |flags: &str, seed: u64, log: &str| {
+        format!(
+            "nvme-vhost 0000:00:03.0 --socket /tmp/vhost.sock --once {flags} 2>{log} &
 pid=$!
 i=0
 while [ ! -S /tmp/vhost.sock ]; do
-  i=$((i+1)); [ $i -lt 120 ] || {{ cat /tmp/vhost.log >&2; echo 'no socket' >&2; exit 9; }}
+  i=$((i+1)); [ $i -lt 120 ] || {{ cat {log} >&2; echo 'no socket' >&2; exit 9; }}
   sleep 1
 done
-blkio-check --socket /tmp/vhost.sock --len {LEN} --chunk 65536 --qd 8 --seed {SEED} --zeroes \
-  || {{ rc=$?; cat /tmp/vhost.log >&2; exit $rc; }}
-wait $pid || {{ rc=$?; cat /tmp/vhost.log >&2; exit $rc; }}
-cat /tmp/vhost.log >&2
+blkio-check --socket /tmp/vhost.sock --len {LEN} --chunk 65536 --qd 8 --seed {seed} --zeroes \
+  || {{ rc=$?; cat {log} >&2; exit $rc; }}
+wait $pid || {{ rc=$?; cat {log} >&2; exit $rc; }}
+rm -f /tmp/vhost.sock
+cat {log} >&2
 "
+        )
+    };
+    let script = format!(
+        "{}{}",
+        pass("", SEED - 1, "/tmp/irq.log"),
+        pass("--poll", SEED, "/tmp/poll.log")
     );
     let run = run_ok(&config, &script);
     let out = run.stdout_text();
     eprintln!("{out}");
-    assert!(
-        out.contains("blkio-check: all verified"),
+    assert_eq!(
+        out.matches("blkio-check: all verified").count(),
+        2,
         "{}",
         run.describe()
     );
-    assert!(out.contains("flush: ok"), "{out}");
+    assert_eq!(out.matches("flush: ok").count(), 2, "{out}");
     let log = run.stderr_text();
-    // The daemon's summary after the front end left.
-    let summary = log
+    assert!(log.contains("NVMe queue 1 (interrupts)"), "{log}");
+    assert!(log.contains("NVMe queue 1 (polled)"), "{log}");
+    // The daemons' summaries after their front end left.
+    let summaries: Vec<&str> = log
         .lines()
-        .find(|l| l.contains("front end gone"))
-        .unwrap_or_else(|| panic!("no summary in the daemon's log:\n{log}"));
-    let counts = summary
-        .split("requests ")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no counts in {summary:?}"));
-    let count = |name: &str| -> u64 {
-        counts
-            .split(&format!("{name} "))
+        .filter(|l| l.contains("front end gone"))
+        .collect();
+    assert_eq!(summaries.len(), 2, "{log}");
+    for summary in summaries {
+        let counts = summary
+            .split("requests ")
             .nth(1)
-            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} count in {summary:?}"))
-    };
-    // 1024 writes and 1024 reads of 64 KiB, and the 1 MiB write and read
-    // of the zeroes step: page-aligned buffers, all zero-copy; the one
-    // scattered read bounced.
-    assert_eq!(count("direct"), 2 * (LEN / 65536) + 2, "{summary}");
-    assert_eq!(count("bounced"), 1, "{summary}");
-    assert_eq!(count("failed"), 0, "{summary}");
-    assert_eq!(count("unsupported"), 0, "{summary}");
+            .unwrap_or_else(|| panic!("no counts in {summary:?}"));
+        let count = |name: &str| -> u64 {
+            counts
+                .split(&format!("{name} "))
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} count in {summary:?}"))
+        };
+        // 1024 writes and 1024 reads of 64 KiB, and the 1 MiB write and
+        // read of the zeroes step: page-aligned buffers, all zero-copy;
+        // the one scattered read bounced.
+        assert_eq!(count("direct"), 2 * (LEN / 65536) + 2, "{summary}");
+        assert_eq!(count("bounced"), 1, "{summary}");
+        assert_eq!(count("failed"), 0, "{summary}");
+        assert_eq!(count("unsupported"), 0, "{summary}");
+    }
 
     let data = image_bytes(&image, 0, LEN as usize);
     assert_eq!(
