@@ -57,8 +57,12 @@ impl DeviceConfig {
             | 1 << VIRTIO_BLK_F_SEG_MAX
             | 1 << VIRTIO_BLK_F_BLK_SIZE
             | 1 << VIRTIO_BLK_F_TOPOLOGY
-            | 1 << VIRTIO_BLK_F_FLUSH
             | 1 << VIRTIO_BLK_F_MQ;
+        // FLUSH offered means a write-back cache: only when the controller
+        // has a volatile write cache (a FLUSH sent anyway is still served).
+        if self.write_cache {
+            f |= 1 << VIRTIO_BLK_F_FLUSH;
+        }
         if self.discard {
             f |= 1 << VIRTIO_BLK_F_DISCARD;
         }
@@ -163,6 +167,13 @@ mod tests {
         assert_ne!(f & 1 << VIRTIO_BLK_F_DISCARD, 0);
         assert_eq!(f & 1 << VIRTIO_BLK_F_WRITE_ZEROES, 0);
         assert_ne!(f & 1 << VIRTIO_F_VERSION_1, 0);
+        assert_ne!(f & 1 << VIRTIO_BLK_F_FLUSH, 0, "write cache: FLUSH offered");
+        let through = DeviceConfig {
+            write_cache: false,
+            ..config()
+        };
+        assert_eq!(through.features() & 1 << VIRTIO_BLK_F_FLUSH, 0);
+        assert_eq!(through.bytes()[32], 0, "wce 0");
     }
 
     #[test]

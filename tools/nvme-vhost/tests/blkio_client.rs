@@ -212,6 +212,36 @@ fn libblkio_reads_and_writes_through_the_target_and_reconnects() {
     let (direct, bounced, _, _) = backend.stats().snapshot();
     assert_eq!((direct, bounced), (9, 1));
 
+    // A memory region added while the device runs (ADD_MEM_REG), used,
+    // then removed (REM_MEM_REG); the first region still works after.
+    let extra = c.b.alloc_mem_region(1 << 20).expect("second region");
+    c.b.map_mem_region(&extra).expect("map second region");
+    let extra_mem = File::options()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/self/fd/{}", extra.fd))
+        .expect("the second region's memfd");
+    c.q.read(
+        1 << 20,
+        extra.addr as *mut u8,
+        1 << 20,
+        400,
+        ReqFlags::empty(),
+    );
+    c.complete(1);
+    let mut got = vec![0u8; 1 << 20];
+    extra_mem
+        .read_exact_at(&mut got, extra.fd_offset as u64)
+        .expect("read second region");
+    assert_eq!(got, data[..1 << 20], "read into the added region");
+    c.b.unmap_mem_region(&extra);
+    c.b.free_mem_region(&extra);
+    c.q.read(1 << 20, c.addr(0) as *mut u8, 4096, 401, ReqFlags::empty());
+    c.complete(1);
+    assert_eq!(c.get(0, 4096), data[..4096]);
+    let (direct, bounced, failed, _) = backend.stats().snapshot();
+    assert_eq!((direct, bounced, failed), (11, 1, 0));
+
     // The front end leaves; a new one connects and sees the data.
     drop(c);
     server.join().expect("server thread");
