@@ -35,8 +35,6 @@ struct Shared {
     /// for the queue's commands to drain.
     workers: Vec<Mutex<Option<Worker>>>,
     stats: Arc<Stats>,
-    /// VIRTIO_RING_F_EVENT_IDX was negotiated.
-    event_idx: std::sync::atomic::AtomicBool,
     /// Spin on the NVMe completion queues instead of sleeping on their
     /// interrupts while requests are in flight.
     poll: bool,
@@ -142,7 +140,6 @@ impl BlkBackend {
                 table: RwLock::new(Arc::new(MemTable::default())),
                 workers: (0..queues).map(|_| Mutex::new(None)).collect(),
                 stats: Arc::new(Stats::default()),
-                event_idx: std::sync::atomic::AtomicBool::new(false),
                 poll,
             }),
         })
@@ -208,9 +205,9 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn set_event_idx(&self, enabled: bool) {
-        self.shared
-            .event_idx
-            .store(enabled, std::sync::atomic::Ordering::Relaxed);
+        // The vhost-user crate sets it on the queues themselves, and
+        // virtio-queue's notification calls follow it.
+        log::debug!("event index {}", if enabled { "on" } else { "off" });
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
@@ -257,8 +254,11 @@ impl VhostUserBackend for BlkBackend {
         vrings: &[Self::Vring],
         thread_id: usize,
     ) -> std::io::Result<()> {
-        if evset != EventSet::IN {
-            return Err(io_error(format!("unexpected events {evset:?}")));
+        if !evset.contains(EventSet::IN) {
+            // Not a kick: nothing to serve (an error here would end the
+            // queue's thread).
+            log::warn!("virtqueue {thread_id}: unexpected events {evset:?}");
+            return Ok(());
         }
         let Some(vring) = vrings.get(usize::from(device_event)) else {
             return Err(io_error(format!("no vring {device_event}")));
