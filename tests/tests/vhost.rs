@@ -1,8 +1,8 @@
 //! The vhost-user-blk target in the guest: `nvme-vhost` serves namespace 1
 //! (the emulated NVMe device, through the userspace driver) on a unix
 //! socket, and libblkio's `virtio-blk-vhost-user` driver (`blkio-check`,
-//! a front end written by others) writes a pattern at queue depth 8,
-//! flushes, reads it back and verifies it, reads through a scatter list
+//! a front end written by others) writes a pattern at queue depth 8
+//! (on two virtqueues from two threads, then on one), flushes, reads it back and verifies it, reads through a scatter list
 //! that breaks the PRP rules, and writes zeroes and discards. The host
 //! then checks the raw image.
 
@@ -18,19 +18,20 @@ fn libblkio_writes_flushes_and_verifies_through_nvme_vhost() {
     let mut config = vm();
     config.disk_size = 96 << 20;
     config.disks = vec![NsDisk::File(image.clone())];
-    // Twice in one boot: queue threads sleeping on the NVMe interrupt
-    // (the default), then spinning (--poll), each with its own seed.
-    let pass = |flags: &str, seed: u64, log: &str| {
+    // Twice in one boot: two virtqueues whose threads sleep on their NVMe
+    // queue's interrupt (the default), then one spinning (--poll), each
+    // with its own seed.
+    let pass = |flags: &str, queues: u32, seed: u64, log: &str| {
         format!(
-            "nvme-vhost 0000:00:03.0 --socket /tmp/vhost.sock --once {flags} 2>{log} &
+            "nvme-vhost 0000:00:03.0 --socket /tmp/vhost.sock --once --queues {queues} {flags} 2>{log} &
 pid=$!
 i=0
 while [ ! -S /tmp/vhost.sock ]; do
   i=$((i+1)); [ $i -lt 120 ] || {{ cat {log} >&2; echo 'no socket' >&2; exit 9; }}
   sleep 1
 done
-blkio-check --socket /tmp/vhost.sock --len {LEN} --chunk 65536 --qd 8 --seed {seed} --zeroes \
-  || {{ rc=$?; cat {log} >&2; exit $rc; }}
+blkio-check --socket /tmp/vhost.sock --queues {queues} --len {LEN} --chunk 65536 --qd 8 \
+  --seed {seed} --zeroes || {{ rc=$?; cat {log} >&2; exit $rc; }}
 wait $pid || {{ rc=$?; cat {log} >&2; exit $rc; }}
 rm -f /tmp/vhost.sock
 cat {log} >&2
@@ -39,8 +40,8 @@ cat {log} >&2
     };
     let script = format!(
         "{}{}",
-        pass("", SEED - 1, "/tmp/irq.log"),
-        pass("--poll", SEED, "/tmp/poll.log")
+        pass("", 2, SEED - 1, "/tmp/irq.log"),
+        pass("--poll", 1, SEED, "/tmp/poll.log")
     );
     let run = run_ok(&config, &script);
     let out = run.stdout_text();
@@ -56,7 +57,15 @@ cat {log} >&2
     // the client's flush reaches the device.
     assert_eq!(out.matches("flush needed true").count(), 2, "{out}");
     let log = run.stderr_text();
-    assert!(log.contains("NVMe queue 1 (interrupts)"), "{log}");
+    // The first pass: two virtqueues, two threads, two NVMe queues.
+    assert!(
+        log.contains("virtqueue 0: NVMe queue 1 (interrupts)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("virtqueue 1: NVMe queue 2 (interrupts)"),
+        "{log}"
+    );
     assert!(log.contains("NVMe queue 1 (polled)"), "{log}");
     // The daemons' summaries after their front end left.
     let summaries: Vec<&str> = log

@@ -37,6 +37,10 @@ struct Cli {
     /// Also write zeroes over, then discard, ranges after `len`.
     #[arg(long)]
     zeroes: bool,
+    /// Virtqueues, each driven by its own thread over its share of the
+    /// range (the scattered read and the zeroes use the first).
+    #[arg(long, default_value_t = 1)]
+    queues: usize,
 }
 
 /// A libblkio memory region, reached through its memfd (reopened by
@@ -127,25 +131,43 @@ fn ok(c: &Completion, what: &str) -> Result<(), String> {
     }
 }
 
-/// Writes (or reads and verifies) [0, len) in `chunk`-byte requests, `qd`
-/// in flight, each slot of the region serving one request at a time.
-fn stream(q: &mut Blkioq, m: &Mem, cli: &Cli, lba: usize, write: bool) -> Result<Duration, String> {
-    let chunks = cli.len.div_ceil(cli.chunk as u64);
+/// One queue's share: chunks `first..first + count`, in the region's slots
+/// from `slot_base`.
+#[derive(Debug, Clone, Copy)]
+struct Share {
+    first: u64,
+    count: u64,
+    slot_base: usize,
+}
+
+/// Writes (or reads and verifies) the chunks of `share` in `chunk`-byte
+/// requests, `qd` in flight, each slot of the region serving one request
+/// at a time.
+fn stream(
+    q: &mut Blkioq,
+    m: &Mem,
+    cli: &Cli,
+    lba: usize,
+    write: bool,
+    share: Share,
+) -> Result<(), String> {
     let mut next = 0u64;
     let mut in_flight = 0usize;
     let mut free: Vec<usize> = (0..cli.qd).collect();
     // slot -> chunk
     let mut owner = vec![0u64; cli.qd];
     let mut data = vec![0u8; cli.chunk];
-    let start = Instant::now();
     let mut done = 0u64;
-    while done < chunks {
-        while next < chunks
+    let span = |chunk: u64| {
+        let offset = chunk * cli.chunk as u64;
+        (offset, (cli.len - offset).min(cli.chunk as u64) as usize)
+    };
+    while done < share.count {
+        while next < share.count
             && let Some(slot) = free.pop()
         {
-            let offset = next * cli.chunk as u64;
-            let len = (cli.len - offset).min(cli.chunk as u64) as usize;
-            let at = slot * cli.chunk;
+            let (offset, len) = span(share.first + next);
+            let at = (share.slot_base + slot) * cli.chunk;
             let ptr = m.region.addr + at;
             if write {
                 pattern::fill(cli.seed, offset / lba as u64, lba, &mut data[..len]);
@@ -154,7 +176,7 @@ fn stream(q: &mut Blkioq, m: &Mem, cli: &Cli, lba: usize, write: bool) -> Result
             } else {
                 q.read(offset, ptr as *mut u8, len, slot, ReqFlags::empty());
             }
-            owner[slot] = next;
+            owner[slot] = share.first + next;
             next += 1;
             in_flight += 1;
         }
@@ -165,9 +187,9 @@ fn stream(q: &mut Blkioq, m: &Mem, cli: &Cli, lba: usize, write: bool) -> Result
                 .get(slot)
                 .ok_or_else(|| format!("completion for unknown slot {slot}"))?;
             if !write {
-                let offset = chunk * cli.chunk as u64;
-                let len = (cli.len - offset).min(cli.chunk as u64) as usize;
-                region::read(&m.file, &m.region, slot * cli.chunk, &mut data[..len])?;
+                let (offset, len) = span(chunk);
+                let at = (share.slot_base + slot) * cli.chunk;
+                region::read(&m.file, &m.region, at, &mut data[..len])?;
                 if let Some(bad) =
                     pattern::first_mismatch(cli.seed, offset / lba as u64, lba, &data[..len])
                 {
@@ -179,6 +201,45 @@ fn stream(q: &mut Blkioq, m: &Mem, cli: &Cli, lba: usize, write: bool) -> Result
             done += 1;
         }
     }
+    Ok(())
+}
+
+/// [`stream`] over the whole range: each queue takes its share in a
+/// thread of its own. Returns the time taken.
+fn stream_all(
+    queues: &mut [Blkioq],
+    m: &Mem,
+    cli: &Cli,
+    lba: usize,
+    write: bool,
+) -> Result<Duration, String> {
+    let chunks = cli.len.div_ceil(cli.chunk as u64);
+    let n = queues.len() as u64;
+    let start = Instant::now();
+    let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = queues
+            .iter_mut()
+            .enumerate()
+            .map(|(k, q)| {
+                let k64 = k as u64;
+                let first = chunks * k64 / n;
+                let share = Share {
+                    first,
+                    count: chunks * (k64 + 1) / n - first,
+                    slot_base: k * cli.qd,
+                };
+                scope.spawn(move || stream(q, m, cli, lba, write, share))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a queue thread panicked".into()))
+            })
+            .collect()
+    });
+    results.into_iter().collect::<Result<Vec<()>, String>>()?;
     Ok(start.elapsed())
 }
 
@@ -272,11 +333,19 @@ fn run(cli: &Cli) -> Result<(), String> {
             cli.len + (2 << 20)
         ));
     }
-    b.set_i32("num-queues", 1).map_err(e("num-queues"))?;
+    let wanted = i32::try_from(cli.queues).map_err(|_| "too many queues")?;
+    b.set_i32("num-queues", wanted).map_err(e("num-queues"))?;
     let mut started = b.start().map_err(e("start"))?;
-    let mut q = started.queues.pop().ok_or("no queue")?;
+    let mut queues = std::mem::take(&mut started.queues);
+    if queues.len() != cli.queues || queues.is_empty() {
+        return Err(format!(
+            "{} queues started, {} asked for",
+            queues.len(),
+            cli.queues
+        ));
+    }
     let align = b.get_u64("mem-region-alignment").map_err(e("alignment"))? as usize;
-    let size = (cli.qd * cli.chunk)
+    let size = (cli.queues * cli.qd * cli.chunk)
         .max(2 << 20)
         .next_multiple_of(align.max(4096));
     let r: MemoryRegion = b.alloc_mem_region(size).map_err(e("alloc_mem_region"))?;
@@ -286,28 +355,31 @@ fn run(cli: &Cli) -> Result<(), String> {
         region: r,
     };
 
-    let took = stream(&mut q, &m, cli, lba, true)?;
+    let took = stream_all(&mut queues, &m, cli, lba, true)?;
     println!(
-        "write: {} bytes in {} requests of {} at QD{} in {:.2} s",
+        "write: {} bytes in {} requests of {} at QD{} on {} queues in {:.2} s",
         cli.len,
         cli.len.div_ceil(cli.chunk as u64),
         cli.chunk,
         cli.qd,
+        cli.queues,
         took.as_secs_f64()
     );
+    let q = &mut queues[0];
     q.flush(9, ReqFlags::empty());
-    ok(reap(&mut q, 1)?.first().ok_or("no completion")?, "flush")?;
+    ok(reap(q, 1)?.first().ok_or("no completion")?, "flush")?;
     println!("flush: ok");
-    let took = stream(&mut q, &m, cli, lba, false)?;
+    let took = stream_all(&mut queues, &m, cli, lba, false)?;
+    let q = &mut queues[0];
     println!(
         "read: {} bytes verified in {:.2} s",
         cli.len,
         took.as_secs_f64()
     );
-    scattered_read(&mut q, &m, cli, lba, 8192)?;
+    scattered_read(q, &m, cli, lba, 8192)?;
     println!("scattered read: ok");
     if cli.zeroes {
-        zeroes_and_discard(&mut q, &m, cli)?;
+        zeroes_and_discard(q, &m, cli)?;
     }
     b.unmap_mem_region(&m.region);
     b.free_mem_region(&m.region);
