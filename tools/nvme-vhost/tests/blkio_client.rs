@@ -314,3 +314,74 @@ fn two_virtqueues_are_served_by_two_threads_with_their_own_queue_pairs() {
         .collect();
     assert_eq!(io_queues.len(), 2, "{io_queues:?}");
 }
+
+/// A front end that leaves with commands in flight on the device: the
+/// daemon finishes them (they still write into the guest memory it keeps
+/// mapped) before it unmaps and takes the next front end.
+#[test]
+fn a_front_end_leaving_mid_io_is_drained_and_the_next_one_is_served() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("vhost.sock");
+    let (mock, ctrl) =
+        MockController::new(MockConfig::new(&[(NS, LBA as u32, BLOCKS)])).expect("mock");
+    mock.set_auto(true);
+    let backend = BlkBackend::new(ctrl, NS, 1, 256, true).expect("backend");
+    let server = serve_once(&backend, &socket);
+    let mut c = Client::connect(&socket);
+    let data = pattern(9, 8 * 4096);
+    c.put(0, &data);
+    mock.hold_next(nvme_driver::mock::Match::Any, 8);
+    for i in 0..8 {
+        let at = i * 4096;
+        c.q.write(
+            at as u64,
+            c.addr(at) as *const u8,
+            4096,
+            i,
+            ReqFlags::empty(),
+        );
+    }
+    // Submit without waiting for anything.
+    let mut none: Vec<MaybeUninit<Completion>> = Vec::new();
+    let mut zero = Duration::ZERO;
+    c.q.do_io(&mut none, 0, Some(&mut zero), None)
+        .expect("submit");
+    let start = std::time::Instant::now();
+    while mock.pending().len() < 8 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the writes never reached the device"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The front end goes away with all eight held by the device.
+    drop(c);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!server.is_finished(), "the daemon waits for its commands");
+    assert_eq!(mock.release_held(), 8);
+    while !server.is_finished() {
+        mock.process().expect("mock processing");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the daemon never drained"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    server.join().expect("server thread");
+    assert_eq!(
+        mock.read_disk(NS, 0, 64).expect("disk"),
+        data,
+        "all eight written"
+    );
+    assert_eq!(backend.stats().snapshot(), (8, 0, 0, 0));
+
+    // The next front end is served.
+    let server = serve_once(&backend, &socket);
+    let mut c = Client::connect(&socket);
+    c.q.read(0, c.addr(0) as *mut u8, 8 * 4096, 1, ReqFlags::empty());
+    c.complete(1);
+    assert_eq!(c.get(0, 8 * 4096), data);
+    drop(c);
+    server.join().expect("server thread");
+    assert!(mock.violations().is_empty(), "{:?}", mock.violations());
+}
