@@ -21,12 +21,11 @@ use crate::worker::{Stats, Worker};
 type Memory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
 
 /// The state the queue threads and the vhost-user thread share.
+///
+/// Fields drop in order: the mappings and queue pairs go before the
+/// controller handle.
 #[derive(Debug)]
 struct Shared {
-    ctrl: Controller,
-    nsid: u32,
-    config: DeviceConfig,
-    id: [u8; ID_BYTES],
     /// The guest's memory, mapped for the device (replaced whole on
     /// every memory-table change).
     table: RwLock<Arc<MemTable>>,
@@ -35,9 +34,13 @@ struct Shared {
     /// for the queue's commands to drain.
     workers: Vec<Mutex<Option<Worker>>>,
     stats: Arc<Stats>,
+    nsid: u32,
+    config: DeviceConfig,
+    id: [u8; ID_BYTES],
     /// Spin on the NVMe completion queues instead of sleeping on their
     /// interrupts while requests are in flight.
     poll: bool,
+    ctrl: Controller,
 }
 
 /// The back end: cheap to clone (the vhost-user crate clones it per

@@ -73,20 +73,25 @@ struct InFlight {
 }
 
 /// One queue thread's state: its queue pair and what it reuses.
+///
+/// Fields drop in order: what holds DMA mappings (the pinned tables, the
+/// pool handle) goes before the queue pair, whose drop may be the
+/// controller's last handle, which closes the VFIO device; an unmap after
+/// that fails.
 #[derive(Debug)]
 pub struct Worker {
-    qpair: IoQPair,
-    pool: nvme_driver::DmaPool,
-    nsid: u32,
-    config: DeviceConfig,
-    id: [u8; ID_BYTES],
-    stats: Arc<Stats>,
-    done: Vec<IoCompletion>,
-    copy: Vec<u8>,
     /// Memory tables kept mapped because a command given up on (a
     /// timeout) may still write into guest memory: released once the
     /// queue pair has none left in flight.
     pinned: Vec<Arc<MemTable>>,
+    pool: nvme_driver::DmaPool,
+    done: Vec<IoCompletion>,
+    copy: Vec<u8>,
+    nsid: u32,
+    config: DeviceConfig,
+    id: [u8; ID_BYTES],
+    stats: Arc<Stats>,
+    qpair: IoQPair,
 }
 
 impl Worker {
