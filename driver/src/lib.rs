@@ -49,6 +49,7 @@ mod vfio;
 
 pub use ctrl::{Controller, Options, PAGE_SIZE, UNLIMITED_MDTS_TRANSFER};
 pub use error::{Error, InitStep, Result};
+pub use hw::dma::ExternalDma;
 pub use memory::{DmaBuffer, DmaPool};
 pub use ns::Namespace;
 pub use nvme_spec;

@@ -95,6 +95,11 @@ impl DmaPool {
         }
     }
 
+    /// The mapper behind the pool (for mappings of external memory).
+    pub(crate) fn mapper(&self) -> Arc<dyn DmaMapper> {
+        self.mapper.clone()
+    }
+
     /// (chunks, of which on huge pages) the pool holds.
     pub fn chunk_counts(&self) -> (usize, usize) {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());

@@ -18,7 +18,9 @@ pub const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
 pub const GUEST_BINARIES: &[(&str, &str)] = &[
     ("nvmectl", "nvmectl"),
     ("nvme-bench", "nvme-bench"),
+    ("nvme-vhost", "nvme-vhost"),
     ("vm-tests", "guest-check"),
+    ("vm-tests", "blkio-check"),
 ];
 
 /// Binaries built in a build of their own with a feature of their package

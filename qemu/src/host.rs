@@ -197,13 +197,23 @@ pub fn which(name: &str) -> Option<PathBuf> {
 }
 
 /// Debian packages of the host tools the harness knows how to install.
-const TOOL_PACKAGES: &[(&str, Package)] = &[(
-    "fio",
-    Package {
-        name: "fio",
-        provides: "/usr/bin/fio",
-    },
-)];
+const TOOL_PACKAGES: &[(&str, Package)] = &[
+    (
+        "fio",
+        Package {
+            name: "fio",
+            provides: "/usr/bin/fio",
+        },
+    ),
+    (
+        // QEMU's reference vhost-user-blk server, for the vhost tests.
+        "qemu-storage-daemon",
+        Package {
+            name: "qemu-system-common",
+            provides: "/usr/bin/qemu-storage-daemon",
+        },
+    ),
+];
 
 /// The path of host executable `name`, installing its package if the
 /// harness knows it and it is missing.

@@ -5,6 +5,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::memory::DmaPool;
 
 /// Size of a 2 MiB huge page.
 pub(crate) const HUGE_PAGE: usize = 2 << 20;
@@ -104,7 +105,21 @@ impl HostMapper {
 impl DmaMapper for HostMapper {
     unsafe fn map(&self, va: *mut u8, len: usize) -> Result<u64> {
         let iova = va.expose_provenance() as u64;
-        self.lock().insert(iova, len);
+        let mut regions = self.lock();
+        let end = iova.checked_add(len as u64);
+        let before = regions
+            .range(..=iova)
+            .next_back()
+            .is_some_and(|(&s, &l)| s.saturating_add(l as u64) > iova);
+        let after = end.is_none_or(|end| regions.range(iova..end).next().is_some());
+        if len == 0 || before || after {
+            // IOVA = VA: a second mapping of the same bytes would make one
+            // IOVA name two mappings.
+            return Err(Error::BadBuffer(format!(
+                "DMA map of {len} bytes at {iova:#x}: empty, or overlapping a live mapping"
+            )));
+        }
+        regions.insert(iova, len);
         Ok(iova)
     }
 
@@ -132,6 +147,164 @@ impl DmaMapper for HostMapper {
         }
         self.lock().insert(iova, len);
         Ok(())
+    }
+}
+
+/// Memory the driver did not allocate, mapped for the device: for
+/// example a vhost-user daemon's mapping of a guest's RAM, so that
+/// commands can carry PRPs that point straight into it
+/// ([`crate::IoSegments`] built from [`ExternalDma::iova_of`]).
+///
+/// Made by [`DmaPool::map_external`] (or, with the `vm-memory` feature,
+/// [`DmaPool::map_mmap_region`]). The device reaches the memory from the
+/// map until [`ExternalDma::unmap`] or the drop; the value keeps whatever
+/// was handed over as the owner of the memory alive until then.
+pub struct ExternalDma {
+    /// The host address of byte 0 (kept as a number: only the device,
+    /// through the IOMMU, touches this memory on the driver's behalf).
+    va: usize,
+    len: usize,
+    iova: u64,
+    mapper: Arc<dyn DmaMapper>,
+    /// Still mapped (cleared by a successful [`ExternalDma::unmap`]).
+    mapped: bool,
+    /// Keeps the memory mapped in this process while the device may use it.
+    _owner: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for ExternalDma {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalDma")
+            .field("va", &format_args!("{:#x}", self.va))
+            .field("len", &format_args!("{:#x}", self.len))
+            .field("iova", &format_args!("{:#x}", self.iova))
+            .finish()
+    }
+}
+
+impl ExternalDma {
+    /// The device address of byte 0.
+    pub fn iova(&self) -> u64 {
+        self.iova
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the mapping is empty (never: mapping rejects 0 bytes).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The host address of byte 0, as a number (to match a host pointer
+    /// against the mapping; the driver never dereferences it).
+    pub fn host_address(&self) -> usize {
+        self.va
+    }
+
+    /// The device address of `len` bytes from byte `offset`, if they lie
+    /// inside the mapping (`len` 0 is never inside).
+    pub fn iova_of(&self, offset: u64, len: usize) -> Option<u64> {
+        let end = offset.checked_add(len as u64)?;
+        (len > 0 && end <= self.len as u64).then(|| self.iova + offset)
+    }
+
+    /// Takes the device's access away now, reporting a failure (the drop
+    /// does the same and can only log it). Call it once no command that
+    /// points into the memory is in flight.
+    pub fn unmap(mut self) -> Result<()> {
+        self.mapped = false;
+        self.mapper.unmap(self.iova, self.len)
+    }
+}
+
+impl Drop for ExternalDma {
+    fn drop(&mut self) {
+        if !self.mapped {
+            return;
+        }
+        if let Err(e) = self.mapper.unmap(self.iova, self.len) {
+            // The pages stay pinned by the IOMMU mapping; the IOVA range
+            // stays taken, so it is never handed out again.
+            log::error!(
+                "DMA unmap of external memory {:#x}+{:#x} failed: {e}",
+                self.iova,
+                self.len
+            );
+        }
+    }
+}
+
+impl DmaPool {
+    /// Maps `len` bytes of this process's memory at `ptr`, which the
+    /// driver did not allocate, into the controller's DMA space (the
+    /// IOMMU through VFIO; the emulation for an in-process device) and
+    /// returns the mapping, whose [`ExternalDma::iova_of`] gives the device
+    /// addresses for commands. `owner` (whatever keeps the memory mapped,
+    /// e.g. an `Arc` of the mmap) is kept until the mapping is dropped.
+    /// `ptr` and `len` must be multiples of 4 KiB. Through VFIO the pages
+    /// are pinned: RLIMIT_MEMLOCK must cover them
+    /// ([`Error::Memlock`] otherwise).
+    ///
+    /// # Safety
+    /// `ptr..ptr + len` must be a live, writable mapping of this process
+    /// that stays mapped until the returned value is dropped (`owner` may
+    /// be what guarantees it). While it is mapped the device may read and
+    /// write those bytes at any time, so this process must not hold Rust
+    /// references to them: it may only reach them through raw pointers or
+    /// volatile accessors (as vm-memory's guest memory types do).
+    pub unsafe fn map_external(
+        &self,
+        ptr: NonNull<u8>,
+        len: usize,
+        owner: Option<Box<dyn std::any::Any + Send + Sync>>,
+    ) -> Result<ExternalDma> {
+        let va = ptr.as_ptr().expose_provenance();
+        if len == 0 || !va.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) {
+            return Err(Error::BadBuffer(format!(
+                "external memory {va:#x}+{len:#x}: address and length must be \
+                 non-zero multiples of {PAGE}"
+            )));
+        }
+        let mapper = self.mapper();
+        // SAFETY: the caller's contract: a live mapping of len bytes that
+        // stays mapped until the ExternalDma (which unmaps first) goes.
+        let iova = unsafe { mapper.map(ptr.as_ptr(), len) }?;
+        log::debug!("external memory {va:#x}+{len:#x} mapped at IOVA {iova:#x}");
+        Ok(ExternalDma {
+            va,
+            len,
+            iova,
+            mapper,
+            mapped: true,
+            _owner: owner,
+        })
+    }
+
+    /// [`DmaPool::map_external`] for a vm-memory mapping (a region of guest
+    /// memory, as a vhost-user back end receives it), kept alive by the
+    /// returned value. A size that is not whole pages is rounded up (the
+    /// mmap owns the whole last page). Safe: the `Arc` keeps the region mapped, and
+    /// vm-memory only accesses it through volatile slices, never Rust
+    /// references (the guest writes it concurrently anyway).
+    #[cfg(feature = "vm-memory")]
+    pub fn map_mmap_region<B>(&self, region: Arc<vm_memory::MmapRegion<B>>) -> Result<ExternalDma>
+    where
+        B: vm_memory::bitmap::Bitmap + Send + Sync + 'static,
+    {
+        let ptr = NonNull::new(region.as_ptr())
+            .ok_or_else(|| Error::BadBuffer("vm-memory region at address 0".into()))?;
+        // mmap maps whole pages: a region whose size is not a multiple of
+        // the page (a front end's small ring area) still owns its last
+        // page whole, so the mapping covers it.
+        let len = region.size().next_multiple_of(PAGE);
+        // SAFETY: the region is an mmap (of whole pages, so up to `len`)
+        // that lives as long as the Arc, which the ExternalDma keeps;
+        // vm-memory reaches its bytes through volatile accessors only,
+        // never references.
+        unsafe { self.map_external(ptr, len, Some(Box::new(region))) }
     }
 }
 
@@ -427,6 +600,175 @@ fn outside_region(offset: usize, size: usize, len: usize) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Anonymous memory standing in for a guest's RAM, unmapped on drop.
+    struct Anon {
+        ptr: NonNull<u8>,
+        len: usize,
+    }
+
+    // SAFETY: owned memory, only reached through raw pointers.
+    unsafe impl Send for Anon {}
+    // SAFETY: as above; the tests do not write it from two threads.
+    unsafe impl Sync for Anon {}
+
+    impl Anon {
+        fn new(len: usize) -> Anon {
+            let (ptr, len) = anon_mmap(len, false).expect("mmap");
+            Anon { ptr, len }
+        }
+        fn write(&self, offset: usize, data: &[u8]) {
+            assert!(offset + data.len() <= self.len);
+            // SAFETY: inside the mapping (asserted); disjoint from `data`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    data.as_ptr(),
+                    self.ptr.as_ptr().add(offset),
+                    data.len(),
+                )
+            };
+        }
+        fn read(&self, offset: usize, len: usize) -> Vec<u8> {
+            assert!(offset + len <= self.len);
+            let mut out = vec![0u8; len];
+            // SAFETY: inside the mapping (asserted); disjoint from `out`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), out.as_mut_ptr(), len)
+            };
+            out
+        }
+    }
+
+    impl Drop for Anon {
+        fn drop(&mut self) {
+            // SAFETY: the mapping made in `new`, no longer mapped for DMA
+            // (the tests drop every ExternalDma first).
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        }
+    }
+
+    #[test]
+    fn external_memory_is_mapped_bounds_checked_and_unmapped() {
+        let host = Arc::new(HostMapper::default());
+        let pool = DmaPool::new(host.clone(), false);
+        let mem = Arc::new(Anon::new(4 * PAGE));
+        // SAFETY: `mem` lives in the mapping's owner; its bytes are only
+        // reached through raw pointers.
+        let map = unsafe { pool.map_external(mem.ptr, mem.len, Some(Box::new(mem.clone()))) }
+            .expect("map");
+        assert_eq!(map.len(), 4 * PAGE);
+        assert_eq!(map.host_address(), mem.ptr.as_ptr() as usize);
+        assert_eq!(map.iova_of(0, 4 * PAGE), Some(map.iova()));
+        assert_eq!(map.iova_of(100, 8), Some(map.iova() + 100));
+        assert_eq!(
+            map.iova_of(4 * PAGE as u64 - 4, 8),
+            None,
+            "straddles the end"
+        );
+        assert_eq!(map.iova_of(u64::MAX, 8), None, "wraps");
+        assert_eq!(map.iova_of(0, 0), None, "empty");
+        // The device (the emulation) reaches it by IOVA.
+        host.write(map.iova() + 4096, b"guest")
+            .expect("device write");
+        assert_eq!(mem.read(4096, 5), b"guest");
+        // The same bytes cannot be mapped twice (IOVA = VA here), and a
+        // range that is not whole pages is refused before any mapping.
+        // SAFETY: as above; these fail before mapping anything.
+        unsafe {
+            assert!(pool.map_external(mem.ptr, PAGE, None).is_err(), "overlap");
+            let odd = NonNull::new(mem.ptr.as_ptr().add(512)).expect("non-null");
+            assert!(
+                pool.map_external(odd, PAGE, None).is_err(),
+                "unaligned start"
+            );
+            assert!(
+                pool.map_external(mem.ptr, 100, None).is_err(),
+                "partial page"
+            );
+            assert!(pool.map_external(mem.ptr, 0, None).is_err(), "empty");
+        }
+        let iova = map.iova();
+        map.unmap().expect("unmap");
+        assert!(
+            host.read(iova, &mut [0u8; 4]).is_err(),
+            "gone for the device"
+        );
+        assert_eq!(Arc::strong_count(&mem), 1, "the owner was dropped with it");
+        // Mapped again, and this time taken away by the drop.
+        // SAFETY: as above.
+        let again = unsafe { pool.map_external(mem.ptr, mem.len, None) }.expect("map again");
+        let iova = again.iova();
+        drop(again);
+        assert!(host.read(iova, &mut [0u8; 4]).is_err(), "unmapped by drop");
+    }
+
+    #[test]
+    fn requests_move_data_straight_into_external_memory() {
+        use crate::mock::{MockConfig, MockController};
+        use crate::{IoRequest, IoSegments};
+        const LBA: usize = 512;
+        // MDTS 16 KiB: the 40 KiB requests are split across pieces.
+        let config = MockConfig::new(&[(1, LBA as u32, 1024)]).max_transfer(16 << 10);
+        let (mock, mut qp) = MockController::with_qpair(config).expect("mock");
+        let a = Anon::new(16 * PAGE);
+        let b = Anon::new(16 * PAGE);
+        // SAFETY: `a` and `b` outlive the mappings (dropped at the end of
+        // the test, after them) and are only reached through raw pointers.
+        let (ma, mb) = unsafe {
+            (
+                mock.pool().map_external(a.ptr, a.len, None).expect("map a"),
+                mock.pool().map_external(b.ptr, b.len, None).expect("map b"),
+            )
+        };
+        let data: Vec<u8> = (0..40 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+        // A guest's scatter list: 2 KiB at the end of a page of region a,
+        // then 24 KiB from a page start in b, then 14 KiB in a again.
+        let layout = [
+            (&a, &ma, 2 * PAGE + 2048, 2048),
+            (&b, &mb, 5 * PAGE, 24 << 10),
+            (&a, &ma, 8 * PAGE, 14 << 10),
+        ];
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        for (mem, map, offset, len) in layout {
+            mem.write(offset, &data[at..at + len]);
+            pieces.push((map.iova_of(offset as u64, len).expect("inside"), len));
+            at += len;
+        }
+        assert_eq!(IoSegments::check(&pieces).expect("PRP-legal"), data.len());
+        let blocks = (data.len() / LBA) as u64;
+        qp.submit(IoRequest::write_segments(1, 10, blocks, IoSegments::new(pieces)).with_tag(1))
+            .expect("write accepted");
+        let mut done = Vec::new();
+        while done.is_empty() {
+            mock.process().expect("process");
+            qp.poll(&mut done).expect("poll");
+        }
+        done[0].result.as_ref().expect("write succeeds");
+        assert_eq!(mock.read_disk(1, 10, blocks).expect("disk"), data);
+        assert!(mock.stats().writes >= 3, "split by MDTS");
+        // Read it back into one run of region b.
+        let pieces = vec![(mb.iova_of(0, data.len()).expect("inside"), data.len())];
+        qp.submit(IoRequest::read_segments(
+            1,
+            10,
+            blocks,
+            IoSegments::new(pieces),
+        ))
+        .expect("read accepted");
+        let mut done = Vec::new();
+        while done.is_empty() {
+            mock.process().expect("process");
+            qp.poll(&mut done).expect("poll");
+        }
+        done[0].result.as_ref().expect("read succeeds");
+        assert_eq!(b.read(0, data.len()), data);
+        // A list that breaks the PRP rule is named before submission.
+        let bad = [(ma.iova(), 512), (ma.iova() + 1024, 512)];
+        assert!(IoSegments::check(&bad).is_err(), "gap inside a page");
+        assert!(mock.violations().is_empty(), "{:?}", mock.violations());
+        drop((ma, mb));
+    }
 
     #[test]
     fn host_mapper_copies_only_inside_live_mappings() {

@@ -592,7 +592,7 @@ const STATUS_CODE_BITS: u16 = 0x0ffe;
 
 /// Checks that `segs` can be one command's data (`nvme_spec::prp`'s rule);
 /// returns their total length.
-fn check_segments(segs: &[(u64, usize)]) -> Result<usize> {
+pub(super) fn check_segments(segs: &[(u64, usize)]) -> Result<usize> {
     nvme_spec::prp::check_pieces(segs, PAGE_SIZE).map_err(|e| Error::BadBuffer(e.to_string()))
 }
 

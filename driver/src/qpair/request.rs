@@ -71,6 +71,15 @@ impl IoSegments {
         }
     }
 
+    /// Checks that `pieces` can be one request's data as they are (the
+    /// PRP rule, [`nvme_spec::prp::check_pieces`] at the driver's page
+    /// size); returns their total length. A caller with memory that
+    /// breaks the rule (a scatter list from a guest, say) copies it
+    /// through a bounce buffer instead.
+    pub fn check(pieces: &[(u64, usize)]) -> Result<usize> {
+        super::path::check_segments(pieces)
+    }
+
     /// (device address, length) of each piece, in order.
     pub fn pieces(&self) -> &[(u64, usize)] {
         &self.pieces

@@ -1,0 +1,319 @@
+//! The vhost-user back end (rust-vmm's `vhost-user-backend`): features,
+//! configuration space, memory-table updates, and one thread per
+//! virtqueue, each with its own NVMe queue pair.
+
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use nvme_driver::Controller;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
+};
+
+use crate::config::DeviceConfig;
+use crate::memtable::MemTable;
+use crate::request::ID_BYTES;
+use crate::worker::{Stats, Worker};
+
+type Memory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
+
+/// The state the queue threads and the vhost-user thread share.
+///
+/// Fields drop in order: the mappings and queue pairs go before the
+/// controller handle.
+#[derive(Debug)]
+struct Shared {
+    /// The guest's memory, mapped for the device (replaced whole on
+    /// every memory-table change).
+    table: RwLock<Arc<MemTable>>,
+    /// One per virtqueue: its thread's worker (created on first use).
+    /// A thread holds its lock for a whole batch, so taking it waits
+    /// for the queue's commands to drain.
+    workers: Vec<Mutex<Option<Worker>>>,
+    stats: Arc<Stats>,
+    nsid: u32,
+    config: DeviceConfig,
+    id: [u8; ID_BYTES],
+    /// Spin on the NVMe completion queues instead of sleeping on their
+    /// interrupts while requests are in flight.
+    poll: bool,
+    ctrl: Controller,
+}
+
+/// The back end: cheap to clone (the vhost-user crate clones it per
+/// thread).
+#[derive(Debug, Clone)]
+pub struct BlkBackend {
+    shared: Arc<Shared>,
+}
+
+/// Why the back end cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// No such namespace, or an unusable one.
+    #[error("namespace {nsid}: {source}")]
+    Namespace {
+        /// The namespace asked for.
+        nsid: u32,
+        /// The driver's answer.
+        source: nvme_driver::Error,
+    },
+    /// A namespace whose blocks virtio-blk cannot describe.
+    #[error("namespace {nsid}: {why}")]
+    Unusable {
+        /// The namespace asked for.
+        nsid: u32,
+        /// Why.
+        why: String,
+    },
+}
+
+impl BlkBackend {
+    /// A back end serving namespace `nsid` of `ctrl` on `queues`
+    /// virtqueues of up to `queue_size` descriptors. With `poll`, queue
+    /// threads spin on their NVMe completion queue while requests are in
+    /// flight; otherwise they sleep on its MSI-X interrupt (when the
+    /// controller has vectors).
+    pub fn new(
+        ctrl: Controller,
+        nsid: u32,
+        queues: u16,
+        queue_size: u16,
+        poll: bool,
+    ) -> Result<BlkBackend, BackendError> {
+        let ns = ctrl
+            .namespace(nsid)
+            .map_err(|source| BackendError::Namespace { nsid, source })?
+            .clone();
+        let capacity_bytes = ns
+            .blocks
+            .checked_mul(u64::from(ns.lba_size))
+            .ok_or_else(|| BackendError::Unusable {
+                nsid,
+                why: "size overflows".into(),
+            })?;
+        let max_transfer = u32::try_from(ctrl.max_transfer()).unwrap_or(u32::MAX);
+        if max_transfer < ns.lba_size {
+            return Err(BackendError::Unusable {
+                nsid,
+                why: format!(
+                    "LBA size {} is above the transfer limit {max_transfer}",
+                    ns.lba_size
+                ),
+            });
+        }
+        let id_ctrl = ctrl.identify();
+        let oncs = id_ctrl.oncs();
+        let config = DeviceConfig {
+            capacity_bytes,
+            lba_size: ns.lba_size,
+            max_transfer,
+            // Header and status take two descriptors of the queue.
+            seg_max: u32::from(queue_size.saturating_sub(2)).max(1),
+            queues,
+            queue_size,
+            write_cache: id_ctrl.vwc_present(),
+            discard: oncs.contains(nvme_driver::nvme_spec::Oncs::DSM),
+            write_zeroes: oncs.contains(nvme_driver::nvme_spec::Oncs::WRITE_ZEROES),
+        };
+        let mut id = [0u8; ID_BYTES];
+        let serial = id_ctrl.serial();
+        let serial = serial.as_str().unwrap_or("nvme-vhost").trim();
+        let name = format!("{serial}-{nsid}");
+        let n = name.len().min(ID_BYTES);
+        id[..n].copy_from_slice(&name.as_bytes()[..n]);
+        log::info!(
+            "namespace {nsid}: {} blocks of {} bytes, transfer limit {max_transfer}, \
+             write cache {}, discard {}, write zeroes {}",
+            ns.blocks,
+            ns.lba_size,
+            config.write_cache,
+            config.discard,
+            config.write_zeroes
+        );
+        Ok(BlkBackend {
+            shared: Arc::new(Shared {
+                ctrl,
+                nsid,
+                config,
+                id,
+                table: RwLock::new(Arc::new(MemTable::default())),
+                workers: (0..queues).map(|_| Mutex::new(None)).collect(),
+                stats: Arc::new(Stats::default()),
+                poll,
+            }),
+        })
+    }
+
+    /// The counters of all queues.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.shared.stats.clone()
+    }
+
+    /// The device's configuration.
+    pub fn config(&self) -> &DeviceConfig {
+        &self.shared.config
+    }
+
+    /// Forgets the guest's memory (after a front end left): waits for
+    /// every queue to drain, then unmaps.
+    pub fn forget_memory(&self) {
+        let _drained: Vec<MutexGuard<'_, Option<Worker>>> =
+            self.shared.workers.iter().map(lock).collect();
+        *self.shared.table.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(MemTable::default());
+    }
+
+    fn table(&self) -> Arc<MemTable> {
+        self.shared
+            .table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+fn lock(m: &Mutex<Option<Worker>>) -> MutexGuard<'_, Option<Worker>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn io_error(msg: String) -> std::io::Error {
+    std::io::Error::other(msg)
+}
+
+impl VhostUserBackend for BlkBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock<Memory>;
+
+    fn num_queues(&self) -> usize {
+        usize::from(self.shared.config.queues)
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.shared.config.queue_size)
+    }
+
+    fn features(&self) -> u64 {
+        self.shared.config.features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        // The vhost-user crate sets it on the queues themselves, and
+        // virtio-queue's notification calls follow it.
+        log::debug!("event index {}", if enabled { "on" } else { "off" });
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        self.shared.config.read(offset, size)
+    }
+
+    fn update_memory(&self, mem: Memory) -> std::io::Result<()> {
+        let old = self.table();
+        let snapshot = mem.memory().into_inner();
+        let table = MemTable::build(self.shared.ctrl.dma_pool(), snapshot, &old).map_err(|e| {
+            let msg = format!("mapping guest memory for the device: {e}");
+            log::error!("{msg}");
+            io_error(msg)
+        })?;
+        log::info!("memory table: {} regions mapped", table.len());
+        *self.shared.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        // Mappings only the old table held go when the queue threads
+        // drop it, after their batch.
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.shared.config.queues).map(|q| 1u64 << q).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK)
+            .map_err(|e| log::error!("exit eventfd: {e}"))
+            .ok()
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> std::io::Result<()> {
+        // Waits for the queue's batch in flight, if any.
+        if let Some(w) = self.shared.workers.get(queue_index as usize) {
+            drop(lock(w));
+        }
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Self::Vring],
+        thread_id: usize,
+    ) -> std::io::Result<()> {
+        if !evset.contains(EventSet::IN) {
+            // Not a kick: nothing to serve (an error here would end the
+            // queue's thread).
+            log::warn!("virtqueue {thread_id}: unexpected events {evset:?}");
+            return Ok(());
+        }
+        let Some(vring) = vrings.get(usize::from(device_event)) else {
+            return Err(io_error(format!("no vring {device_event}")));
+        };
+        let Some(slot) = self.shared.workers.get(thread_id) else {
+            return Err(io_error(format!("no worker for thread {thread_id}")));
+        };
+        let mut slot = lock(slot);
+        if slot.is_none() {
+            let ctrl = &self.shared.ctrl;
+            let qpair = if self.shared.poll {
+                ctrl.io_qpair()
+            } else {
+                ctrl.io_qpair_with_interrupts().or_else(|e| {
+                    log::warn!("virtqueue {thread_id}: no interrupt ({e}); polling");
+                    ctrl.io_qpair()
+                })
+            }
+            .map_err(|e| io_error(format!("queue pair for virtqueue {thread_id}: {e}")))?;
+            log::info!(
+                "virtqueue {thread_id}: NVMe queue {}{}",
+                qpair.qid(),
+                if qpair.has_interrupt() {
+                    " (interrupts)"
+                } else {
+                    " (polled)"
+                }
+            );
+            *slot = Some(Worker::new(
+                qpair,
+                self.shared.ctrl.dma_pool().clone(),
+                self.shared.nsid,
+                self.shared.config.clone(),
+                self.shared.id,
+                self.shared.stats.clone(),
+            ));
+        }
+        let Some(worker) = slot.as_mut() else {
+            return Err(io_error("worker vanished".into()));
+        };
+        let table = self.table();
+        let mut state = vring.get_mut();
+        let returned = worker
+            .serve(state.get_queue_mut(), &table)
+            .map_err(|e| io_error(format!("virtqueue {thread_id}: {e}")))?;
+        if returned
+            && state
+                .needs_notification()
+                .map_err(|e| io_error(format!("virtqueue {thread_id}: {e}")))?
+        {
+            state.signal_used_queue()?;
+        }
+        Ok(())
+    }
+}

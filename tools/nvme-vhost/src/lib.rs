@@ -1,0 +1,19 @@
+//! A vhost-user-blk target over the userspace NVMe driver: the pieces of
+//! the `nvme-vhost` daemon.
+//!
+//! - [`config`]: the virtio-blk features and configuration space, from
+//!   the namespace and the controller;
+//! - [`request`]: parsing a request out of a descriptor chain, checking
+//!   every guest-controlled value (pure: host-tested);
+//! - [`memtable`]: guest memory regions mapped into the controller's DMA
+//!   space, and guest-physical to device address translation;
+//! - [`worker`]: one virtqueue served from one NVMe queue pair, zero-copy
+//!   when the scatter list makes legal PRPs, bounced otherwise;
+//! - [`backend`]: the rust-vmm `VhostUserBackend` tying them together.
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod config;
+pub mod memtable;
+pub mod request;
+pub mod worker;

@@ -1,0 +1,132 @@
+//! `nvme-vhost`: a vhost-user-blk target over the userspace NVMe driver.
+//!
+//! `nvme-vhost ADDRESS --socket PATH [--nsid N] [--queues N]` opens the
+//! controller at ADDRESS (bound to vfio-pci), listens on PATH, and serves
+//! one vhost-user front end at a time (QEMU's `vhost-user-blk-pci`,
+//! libblkio's `virtio-blk-vhost-user`, ...) from namespace N, one NVMe
+//! queue pair per virtqueue. Guest memory is mapped into the controller's
+//! IOMMU domain, so data moves between the guest and the device directly.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use nvme_driver::{Controller, Options, PciAddress};
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+use nvme_vhost::backend::{BackendError, BlkBackend};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nvme-vhost",
+    version,
+    about = "Serve an NVMe namespace to virtual machines as a vhost-user-blk device"
+)]
+struct Cli {
+    /// PCI address of the controller (bound to vfio-pci), e.g. 0000:00:03.0.
+    address: PciAddress,
+    /// Path of the vhost-user socket to listen on (replaced if it exists).
+    #[arg(long)]
+    socket: PathBuf,
+    /// Namespace to serve.
+    #[arg(long, default_value_t = 1)]
+    nsid: u32,
+    /// Virtqueues offered (each served by its own thread and NVMe queue pair).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    queues: u16,
+    /// Descriptors per virtqueue at most (a power of two).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(2..=32768))]
+    queue_size: u16,
+    /// Serve one front end and exit when it disconnects (default: wait
+    /// for the next).
+    #[arg(long)]
+    once: bool,
+    /// Spin on the NVMe completion queues while requests are in flight
+    /// (lowest latency, a core per busy queue) instead of sleeping on
+    /// their interrupts.
+    #[arg(long)]
+    poll: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum MainError {
+    #[error("{0}")]
+    Driver(#[from] nvme_driver::Error),
+    #[error("{0}")]
+    Backend(#[from] BackendError),
+    #[error("listening on {path}: {source}")]
+    Listen {
+        path: PathBuf,
+        source: vhost::vhost_user::Error,
+    },
+    /// The vhost-user crate's error (which is no `std::error::Error`).
+    #[error("vhost-user: {0}")]
+    Daemon(String),
+    #[error("--queue-size {0} is not a power of two")]
+    QueueSize(u16),
+}
+
+fn daemon_error(e: vhost_user_backend::Error) -> MainError {
+    MainError::Daemon(e.to_string())
+}
+
+fn run(cli: &Cli) -> Result<(), MainError> {
+    if !cli.queue_size.is_power_of_two() {
+        return Err(MainError::QueueSize(cli.queue_size));
+    }
+    let ctrl = Controller::open(cli.address, Options::default())?;
+    let backend = BlkBackend::new(ctrl, cli.nsid, cli.queues, cli.queue_size, cli.poll)?;
+    loop {
+        let mut listener =
+            Listener::new(&cli.socket, true).map_err(|source| MainError::Listen {
+                path: cli.socket.clone(),
+                source,
+            })?;
+        let mut daemon = VhostUserDaemon::new(
+            "nvme-vhost".into(),
+            backend.clone(),
+            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+        )
+        .map_err(daemon_error)?;
+        log::info!("listening on {}", cli.socket.display());
+        daemon.start(&mut listener).map_err(daemon_error)?;
+        log::info!("front end connected");
+        // A front end that closes the socket ends the connection this way.
+        let ended = match daemon.wait() {
+            Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            )) => Ok(()),
+            other => other,
+        };
+        // Joins the queue threads (their batches drain first).
+        drop(daemon);
+        backend.forget_memory();
+        let (direct, bounced, failed, unsupported) = backend.stats().snapshot();
+        log::info!(
+            "front end gone ({}): requests direct {direct}, bounced {bounced}, \
+             failed {failed}, unsupported {unsupported}",
+            match &ended {
+                Ok(()) => "disconnected".to_string(),
+                Err(e) => e.to_string(),
+            }
+        );
+        if cli.once {
+            return Ok(());
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

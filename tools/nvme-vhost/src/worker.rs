@@ -1,0 +1,738 @@
+//! Serving one virtqueue from one NVMe queue pair: parsed requests become
+//! NVMe commands whose data pointers go straight into guest memory when
+//! the scatter list makes legal PRPs, and through a bounce buffer from the
+//! DMA pool when it does not. Each request's status byte is written and
+//! its chain returned once all its commands are back.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use nvme_driver::{DmaBuffer, IoCompletion, IoQPair, IoRequest, IoSegments};
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
+
+use crate::config::DeviceConfig;
+use crate::memtable::MemTable;
+use crate::request::{self, Action, ID_BYTES, Parsed, Reject};
+
+/// How long one wait for completions sleeps at most before looking again.
+const WAIT_TICK: Duration = Duration::from_millis(100);
+
+/// Counters shared by all queue threads.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Requests whose data went straight between guest memory and the device.
+    pub direct: AtomicU64,
+    /// Requests copied through a bounce buffer (the scatter list broke
+    /// the PRP rules).
+    pub bounced: AtomicU64,
+    /// Requests answered VIRTIO_BLK_S_IOERR.
+    pub failed: AtomicU64,
+    /// Requests answered VIRTIO_BLK_S_UNSUPP.
+    pub unsupported: AtomicU64,
+}
+
+impl Stats {
+    /// (direct, bounced, failed, unsupported).
+    pub fn snapshot(&self) -> (u64, u64, u64, u64) {
+        (
+            self.direct.load(Ordering::Relaxed),
+            self.bounced.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.unsupported.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Errors that stop a queue thread's batch (not a request's).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The virtqueue's rings are not usable.
+    #[error("virtqueue: {0}")]
+    Queue(#[from] virtio_queue::Error),
+    /// Guest memory could not be written (a used-ring update).
+    #[error("guest memory: {0}")]
+    Memory(#[from] vm_memory::GuestMemoryError),
+}
+
+/// What one request waits for.
+#[derive(Debug)]
+struct InFlight {
+    head: u16,
+    status: Option<GuestAddress>,
+    /// NVMe requests not yet back.
+    outstanding: usize,
+    /// The answer so far.
+    code: u32,
+    /// Bytes written to the guest's buffers on success.
+    written: u32,
+    /// For a bounced read: where the buffer's bytes go in guest memory.
+    bounce_to: Vec<(GuestAddress, u32)>,
+}
+
+/// One queue thread's state: its queue pair and what it reuses.
+///
+/// Fields drop in order: what holds DMA mappings (the pinned tables, the
+/// pool handle) goes before the queue pair, whose drop may be the
+/// controller's last handle, which closes the VFIO device; an unmap after
+/// that fails.
+#[derive(Debug)]
+pub struct Worker {
+    /// Memory tables kept mapped because a command given up on (a
+    /// timeout) may still write into guest memory: released once the
+    /// queue pair has none left in flight.
+    pinned: Vec<Arc<MemTable>>,
+    pool: nvme_driver::DmaPool,
+    done: Vec<IoCompletion>,
+    copy: Vec<u8>,
+    nsid: u32,
+    config: DeviceConfig,
+    id: [u8; ID_BYTES],
+    stats: Arc<Stats>,
+    qpair: IoQPair,
+}
+
+impl Worker {
+    /// A worker on `qpair` for namespace `nsid`.
+    pub fn new(
+        qpair: IoQPair,
+        pool: nvme_driver::DmaPool,
+        nsid: u32,
+        config: DeviceConfig,
+        id: [u8; ID_BYTES],
+        stats: Arc<Stats>,
+    ) -> Worker {
+        Worker {
+            qpair,
+            pool,
+            nsid,
+            config,
+            id,
+            stats,
+            done: Vec::new(),
+            copy: Vec::new(),
+            pinned: Vec::new(),
+        }
+    }
+
+    /// Serves `queue` until it has no more available chains; returns
+    /// whether chains were returned to the used ring (the caller then
+    /// signals the guest if the queue asks for it).
+    pub fn serve(&mut self, queue: &mut Queue, table: &Arc<MemTable>) -> Result<bool, WorkerError> {
+        let result = self.serve_batches(queue, table);
+        if self.qpair.given_up_in_flight() > 0 {
+            if !self.pinned.iter().any(|t| Arc::ptr_eq(t, table)) {
+                log::warn!(
+                    "queue {}: commands given up on may still write guest memory; \
+                     keeping its mapping",
+                    self.qpair.qid()
+                );
+                self.pinned.push(table.clone());
+            }
+        } else {
+            self.pinned.clear();
+        }
+        result
+    }
+
+    fn serve_batches(&mut self, queue: &mut Queue, table: &MemTable) -> Result<bool, WorkerError> {
+        let mem = table.memory();
+        let mut any = false;
+        loop {
+            queue.disable_notification(&*mem)?;
+            let parsed: Vec<Parsed> = queue
+                .iter(mem.clone())?
+                .map(|chain| request::parse(chain, &self.config))
+                .collect();
+            if !parsed.is_empty() {
+                for (head, len) in self.run(&*mem, table, parsed) {
+                    queue.add_used(&*mem, head, len)?;
+                }
+                any = true;
+            }
+            if !queue.enable_notification(&*mem)? {
+                break;
+            }
+        }
+        Ok(any)
+    }
+
+    /// Runs parsed requests to completion: their commands all go out
+    /// first, then the completions are reaped. Returns (head, used
+    /// length) of each, in completion order, with its status written.
+    pub fn run<G: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &G,
+        table: &MemTable,
+        parsed: Vec<Parsed>,
+    ) -> Vec<(u16, u32)> {
+        let mut flights = Vec::with_capacity(parsed.len());
+        for (tag, p) in parsed.into_iter().enumerate() {
+            let mut f = InFlight {
+                head: p.head,
+                status: p.status,
+                outstanding: 0,
+                code: VIRTIO_BLK_S_OK,
+                written: 0,
+                bounce_to: Vec::new(),
+            };
+            match p.action {
+                Ok(action) => {
+                    f.written = action.bytes_written();
+                    if let Err(e) = self.start(mem, table, &action, tag as u64, &mut f) {
+                        log::warn!("request at descriptor {}: {e}", p.head);
+                        f.code = VIRTIO_BLK_S_IOERR;
+                    }
+                }
+                Err(Reject::Unsupported(m)) => {
+                    log::debug!("request at descriptor {}: unsupported: {m}", p.head);
+                    f.code = VIRTIO_BLK_S_UNSUPP;
+                }
+                Err(Reject::Invalid(m)) => {
+                    log::warn!("request at descriptor {}: {m}", p.head);
+                    f.code = VIRTIO_BLK_S_IOERR;
+                }
+            }
+            flights.push(f);
+        }
+        let mut waiting: usize = flights.iter().filter(|f| f.outstanding > 0).count();
+        let mut out = Vec::with_capacity(flights.len());
+        for f in flights.iter().filter(|f| f.outstanding == 0) {
+            out.push(self.finish(mem, f));
+        }
+        while waiting > 0 {
+            let mut done = std::mem::take(&mut self.done);
+            if let Err(e) = self.qpair.wait(&mut done, WAIT_TICK) {
+                // The queue pair failed as a whole (controller gone or
+                // dead): every request still waiting fails.
+                log::error!("queue {}: {e}", self.qpair.qid());
+                for f in flights.iter_mut().filter(|f| f.outstanding > 0) {
+                    f.outstanding = 0;
+                    f.code = VIRTIO_BLK_S_IOERR;
+                    out.push(self.finish(mem, f));
+                }
+                self.done = done;
+                break;
+            }
+            for c in done.drain(..) {
+                let Some(f) = flights.get_mut(c.tag as usize) else {
+                    log::error!("completion with unknown tag {}", c.tag);
+                    continue;
+                };
+                if let Err(e) = &c.result {
+                    log::warn!("request at descriptor {}: {e}", f.head);
+                    f.code = VIRTIO_BLK_S_IOERR;
+                } else if let Some(buf) = &c.data
+                    && !f.bounce_to.is_empty()
+                    && let Err(e) = copy_out(&mut self.copy, buf, mem, &f.bounce_to)
+                {
+                    log::warn!("request at descriptor {}: {e}", f.head);
+                    f.code = VIRTIO_BLK_S_IOERR;
+                }
+                f.outstanding = f.outstanding.saturating_sub(1);
+                if f.outstanding == 0 {
+                    waiting -= 1;
+                    let f = &flights[c.tag as usize];
+                    out.push(self.finish(mem, f));
+                }
+            }
+            self.done = done;
+        }
+        out
+    }
+
+    /// Writes `f`'s status and counts it; returns (head, used length).
+    fn finish<G: GuestMemory + ?Sized>(&self, mem: &G, f: &InFlight) -> (u16, u32) {
+        match f.code {
+            VIRTIO_BLK_S_OK => {}
+            VIRTIO_BLK_S_UNSUPP => {
+                self.stats.unsupported.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let Some(status) = f.status else {
+            return (f.head, 0);
+        };
+        if let Err(e) = mem.write_obj(f.code as u8, status) {
+            log::warn!("status of descriptor {}: {e}", f.head);
+            return (f.head, 0);
+        }
+        let data = if f.code == VIRTIO_BLK_S_OK {
+            f.written
+        } else {
+            0
+        };
+        (f.head, data + 1)
+    }
+
+    /// Submits the commands of `action` (tag `tag`), or answers it at
+    /// once (GET_ID).
+    fn start<G: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &G,
+        table: &MemTable,
+        action: &Action,
+        tag: u64,
+        f: &mut InFlight,
+    ) -> Result<(), String> {
+        let nsid = self.nsid;
+        let reqs = match action {
+            Action::Read { slba, blocks, data } | Action::Write { slba, blocks, data } => {
+                let write = matches!(action, Action::Write { .. });
+                vec![self.data_request(mem, table, write, *slba, *blocks, data, f)?]
+            }
+            Action::Flush => vec![IoRequest::flush(nsid)],
+            Action::GetId { data } => {
+                let mut left = &self.id[..];
+                for &(addr, len) in data {
+                    let n = left.len().min(len as usize);
+                    mem.write_slice(&left[..n], addr)
+                        .map_err(|e| format!("GET_ID answer at {:#x}: {e}", addr.0))?;
+                    left = &left[n..];
+                }
+                Vec::new()
+            }
+            Action::Discard(ranges) => ranges
+                .iter()
+                .map(|&(slba, blocks)| IoRequest::deallocate(nsid, slba, blocks))
+                .collect(),
+            Action::WriteZeroes(ranges) => ranges
+                .iter()
+                .map(|&(slba, blocks)| IoRequest::write_zeroes(nsid, slba, blocks))
+                .collect(),
+        };
+        for req in reqs {
+            self.qpair
+                .submit(req.with_tag(tag))
+                .map_err(|rejected| rejected.to_string())?;
+            f.outstanding += 1;
+        }
+        Ok(())
+    }
+
+    /// The NVMe request of a read or write: on the guest's pieces when
+    /// they make legal PRPs, else on a bounce buffer (filled now for a
+    /// write, copied out at completion for a read).
+    #[allow(clippy::too_many_arguments)]
+    fn data_request<G: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &G,
+        table: &MemTable,
+        write: bool,
+        slba: u64,
+        blocks: u64,
+        data: &[(GuestAddress, u32)],
+        f: &mut InFlight,
+    ) -> Result<IoRequest, String> {
+        let nsid = self.nsid;
+        let mut pieces = Vec::with_capacity(data.len());
+        for &(addr, len) in data {
+            if !table.translate(addr, len, &mut pieces) {
+                return Err(format!(
+                    "data at {:#x}+{len:#x} is not in the mapped guest memory",
+                    addr.0
+                ));
+            }
+        }
+        if IoSegments::check(&pieces).is_ok() {
+            self.stats.direct.fetch_add(1, Ordering::Relaxed);
+            let segs = IoSegments::new(pieces);
+            return Ok(if write {
+                IoRequest::write_segments(nsid, slba, blocks, segs)
+            } else {
+                IoRequest::read_segments(nsid, slba, blocks, segs)
+            });
+        }
+        self.stats.bounced.fetch_add(1, Ordering::Relaxed);
+        let total: usize = data.iter().map(|&(_, l)| l as usize).sum();
+        let buf = self
+            .pool
+            .alloc_uninit(total)
+            .map_err(|e| format!("bounce buffer of {total} bytes: {e}"))?;
+        if write {
+            copy_in(&mut self.copy, &buf, mem, data)?;
+            Ok(IoRequest::write(nsid, slba, blocks, buf))
+        } else {
+            f.bounce_to = data.to_vec();
+            Ok(IoRequest::read(nsid, slba, blocks, buf))
+        }
+    }
+}
+
+/// Copies the guest's `data` pieces into `buf`, in order.
+fn copy_in<G: GuestMemory + ?Sized>(
+    scratch: &mut Vec<u8>,
+    buf: &DmaBuffer,
+    mem: &G,
+    data: &[(GuestAddress, u32)],
+) -> Result<(), String> {
+    let mut at = 0;
+    for &(addr, len) in data {
+        scratch.resize(len as usize, 0);
+        mem.read_slice(scratch, addr)
+            .map_err(|e| format!("reading guest data at {:#x}: {e}", addr.0))?;
+        buf.write(at, scratch).map_err(|e| e.to_string())?;
+        at += len as usize;
+    }
+    Ok(())
+}
+
+/// Copies `buf` out into the guest's `data` pieces, in order.
+fn copy_out<G: GuestMemory + ?Sized>(
+    scratch: &mut Vec<u8>,
+    buf: &DmaBuffer,
+    mem: &G,
+    data: &[(GuestAddress, u32)],
+) -> Result<(), String> {
+    let mut at = 0;
+    for &(addr, len) in data {
+        scratch.resize(len as usize, 0);
+        buf.read(at, scratch).map_err(|e| e.to_string())?;
+        mem.write_slice(scratch, addr)
+            .map_err(|e| format!("writing guest data at {:#x}: {e}", addr.0))?;
+        at += len as usize;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nvme_driver::mock::{MockConfig, MockController};
+    use virtio_bindings::virtio_blk::{
+        VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+        VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+    };
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestMemoryMmap;
+
+    const NS: u32 = 1;
+    const LBA: u32 = 512;
+    const BLOCKS: u64 = 4096;
+    const W: u16 = VRING_DESC_F_WRITE as u16;
+    const QSIZE: u16 = 64;
+
+    struct Rig {
+        mock: MockController,
+        worker: Worker,
+        table: Arc<MemTable>,
+        mem: Arc<GuestMemoryMmap<()>>,
+        stats: Arc<Stats>,
+        /// Next free descriptor index and next free header/status slot.
+        next_desc: u16,
+        next_req: u64,
+    }
+
+    fn config() -> DeviceConfig {
+        DeviceConfig {
+            capacity_bytes: BLOCKS * u64::from(LBA),
+            lba_size: LBA,
+            max_transfer: 16 << 10,
+            seg_max: u32::from(QSIZE) - 2,
+            queues: 1,
+            queue_size: QSIZE,
+            write_cache: true,
+            discard: true,
+            write_zeroes: true,
+        }
+    }
+
+    fn rig() -> Rig {
+        rig_with(nvme_driver::Options {
+            prefer_huge_pages: false,
+            ..nvme_driver::Options::default()
+        })
+    }
+
+    fn rig_with(options: nvme_driver::Options) -> Rig {
+        // MDTS 16 KiB: larger requests are split by the driver.
+        let cfg = MockConfig::new(&[(NS, LBA, BLOCKS)])
+            .max_transfer(16 << 10)
+            .options(options);
+        let (mock, ctrl) = MockController::new(cfg).expect("mock");
+        mock.set_auto(true);
+        let mem = Arc::new(
+            GuestMemoryMmap::<()>::from_ranges(&[
+                (GuestAddress(0), 0x80_0000),
+                (GuestAddress(0x100_0000), 0x10_0000),
+            ])
+            .expect("guest memory"),
+        );
+        let table = Arc::new(
+            MemTable::build(ctrl.dma_pool(), mem.clone(), &MemTable::default())
+                .expect("map guest memory"),
+        );
+        let stats = Arc::new(Stats::default());
+        let mut id = [0u8; ID_BYTES];
+        id[..9].copy_from_slice(b"serial-01");
+        let worker = Worker::new(
+            ctrl.io_qpair().expect("qpair"),
+            ctrl.dma_pool().clone(),
+            NS,
+            config(),
+            id,
+            stats.clone(),
+        );
+        Rig {
+            mock,
+            worker,
+            table,
+            mem,
+            stats,
+            next_desc: 0,
+            next_req: 0,
+        }
+    }
+
+    /// Header and status addresses of request slot `n` (below the data).
+    fn hdr_addr(n: u64) -> u64 {
+        0x8_0000 + n * 32
+    }
+
+    impl Rig {
+        /// Queues a request: header (kind, sector), the data descriptors
+        /// (address, len, device-writable), status. Returns the status address.
+        fn add(
+            &mut self,
+            q: &MockSplitQueue<'_, GuestMemoryMmap<()>>,
+            kind: u32,
+            sector: u64,
+            data: &[(u64, u32, bool)],
+        ) -> u64 {
+            let hdr = hdr_addr(self.next_req);
+            let status = hdr + 16;
+            self.next_req += 1;
+            let mut h = [0u8; 16];
+            h[0..4].copy_from_slice(&kind.to_le_bytes());
+            h[8..16].copy_from_slice(&sector.to_le_bytes());
+            self.mem.write_slice(&h, GuestAddress(hdr)).expect("header");
+            self.mem
+                .write_obj(0xffu8, GuestAddress(status))
+                .expect("status");
+            let mut descs = vec![(hdr, 16, 0u16)];
+            descs.extend(data.iter().map(|&(a, l, w)| (a, l, if w { W } else { 0 })));
+            descs.push((status, 1, W));
+            let first = self.next_desc;
+            let raw: Vec<RawDescriptor> = descs
+                .iter()
+                .enumerate()
+                .map(|(i, &(addr, len, flags))| {
+                    let last = i == descs.len() - 1;
+                    let flags = if last {
+                        flags
+                    } else {
+                        flags | VRING_DESC_F_NEXT as u16
+                    };
+                    RawDescriptor::from(SplitDescriptor::new(
+                        addr,
+                        len,
+                        flags,
+                        first + i as u16 + 1,
+                    ))
+                })
+                .collect();
+            q.add_desc_chains(&raw, first).expect("chain");
+            self.next_desc += raw.len() as u16;
+            status
+        }
+
+        fn status(&self, at: u64) -> u8 {
+            self.mem.read_obj(GuestAddress(at)).expect("status")
+        }
+
+        fn fill(&self, addr: u64, data: &[u8]) {
+            self.mem
+                .write_slice(data, GuestAddress(addr))
+                .expect("fill");
+        }
+
+        fn read(&self, addr: u64, len: usize) -> Vec<u8> {
+            let mut out = vec![0u8; len];
+            self.mem
+                .read_slice(&mut out, GuestAddress(addr))
+                .expect("read");
+            out
+        }
+
+        /// Used ring entries (id, len) so far.
+        fn used(&self, q: &MockSplitQueue<'_, GuestMemoryMmap<()>>) -> Vec<(u32, u32)> {
+            let base = q.used_addr().0;
+            let idx: u16 = self.mem.read_obj(GuestAddress(base + 2)).expect("used idx");
+            (0..u64::from(idx))
+                .map(|i| {
+                    let at = GuestAddress(base + 4 + i * 8);
+                    let id: u32 = self.mem.read_obj(at).expect("id");
+                    let len: u32 = self.mem.read_obj(GuestAddress(at.0 + 4)).expect("len");
+                    (id, len)
+                })
+                .collect()
+        }
+    }
+
+    fn pattern(seed: u8, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(13) ^ seed)
+            .collect()
+    }
+
+    #[test]
+    fn requests_move_data_zero_copy_or_bounced_and_get_their_status() {
+        let mut r = rig();
+        let mem = r.mem.clone();
+        let q = MockSplitQueue::create(&*mem, GuestAddress(0), QSIZE);
+        let mut queue: Queue = q.create_queue().expect("queue");
+
+        // A page-aligned 40 KiB write in two pieces (zero-copy, split by
+        // MDTS), a write whose middle piece is not page-aligned (bounced),
+        // across the two memory regions too.
+        let a = pattern(1, 40 << 10);
+        r.fill(0x10_0000, &a[..8192]);
+        r.fill(0x20_0000, &a[8192..]);
+        let s1 = r.add(
+            &q,
+            VIRTIO_BLK_T_OUT,
+            64,
+            &[(0x10_0000, 8192, false), (0x20_0000, 32 << 10, false)],
+        );
+        let b = pattern(2, 3 * 512);
+        r.fill(0x30_0000, &b[..512]);
+        r.fill(0x30_0a00, &b[512..1024]);
+        r.fill(0x100_0000, &b[1024..]);
+        let s2 = r.add(
+            &q,
+            VIRTIO_BLK_T_OUT,
+            1000,
+            &[
+                (0x30_0000, 512, false),
+                (0x30_0a00, 512, false),
+                (0x100_0000, 512, false),
+            ],
+        );
+        let s3 = r.add(&q, VIRTIO_BLK_T_FLUSH, 0, &[]);
+        assert!(r.worker.serve(&mut queue, &r.table).expect("serve"));
+        for s in [s1, s2, s3] {
+            assert_eq!(r.status(s), VIRTIO_BLK_S_OK as u8);
+        }
+        assert_eq!(r.mock.read_disk(NS, 64, 80).expect("disk"), a);
+        assert_eq!(r.mock.read_disk(NS, 1000, 3).expect("disk"), b);
+        assert_eq!(r.stats.snapshot(), (1, 1, 0, 0), "one direct, one bounced");
+        assert!(r.mock.stats().writes >= 4, "the 40 KiB write was split");
+
+        // Read both back, the second through an unaligned list (bounced).
+        let s4 = r.add(&q, VIRTIO_BLK_T_IN, 64, &[(0x40_0000, 40 << 10, true)]);
+        let s5 = r.add(
+            &q,
+            VIRTIO_BLK_T_IN,
+            1000,
+            &[(0x50_0100, 1024, true), (0x50_2000, 512, true)],
+        );
+        let s6 = r.add(&q, VIRTIO_BLK_T_GET_ID, 0, &[(0x60_0000, 20, true)]);
+        assert!(r.worker.serve(&mut queue, &r.table).expect("serve"));
+        for s in [s4, s5, s6] {
+            assert_eq!(r.status(s), VIRTIO_BLK_S_OK as u8);
+        }
+        assert_eq!(r.read(0x40_0000, 40 << 10), a);
+        let mut back = r.read(0x50_0100, 1024);
+        back.extend(r.read(0x50_2000, 512));
+        assert_eq!(back, b);
+        assert_eq!(&r.read(0x60_0000, 20)[..9], b"serial-01");
+        assert_eq!(r.stats.snapshot(), (2, 2, 0, 0));
+        let used = r.used(&q);
+        assert_eq!(used.len(), 6);
+        let lens: std::collections::HashMap<u32, u32> = used.into_iter().collect();
+        // Reads report the data written plus the status byte.
+        assert_eq!(lens.len(), 6);
+        assert!(lens.values().any(|&l| l == (40 << 10) + 1));
+        assert!(lens.values().any(|&l| l == 1536 + 1));
+        assert!(lens.values().any(|&l| l == 21));
+        assert!(r.mock.violations().is_empty(), "{:?}", r.mock.violations());
+    }
+
+    #[test]
+    fn discard_write_zeroes_and_bad_requests_are_answered_and_serving_goes_on() {
+        let mut r = rig();
+        let mem = r.mem.clone();
+        let q = MockSplitQueue::create(&*mem, GuestAddress(0), QSIZE);
+        let mut queue: Queue = q.create_queue().expect("queue");
+        r.mock
+            .write_disk(NS, 0, &pattern(3, 64 * 512))
+            .expect("disk");
+        let range = |sector: u64, sectors: u32| {
+            let mut v = sector.to_le_bytes().to_vec();
+            v.extend(sectors.to_le_bytes());
+            v.extend(0u32.to_le_bytes());
+            v
+        };
+        r.fill(0x10_0000, &range(8, 8));
+        r.fill(0x10_1000, &[range(32, 4), range(40, 2)].concat());
+        let zero = r.add(&q, VIRTIO_BLK_T_WRITE_ZEROES, 0, &[(0x10_0000, 16, false)]);
+        let trim = r.add(&q, VIRTIO_BLK_T_DISCARD, 0, &[(0x10_1000, 32, false)]);
+        // Hostile or unsupported, between good ones.
+        let outside = r.add(&q, VIRTIO_BLK_T_IN, 0, &[(0x7f_ff00, 512, true)]);
+        let past_end = r.add(&q, VIRTIO_BLK_T_IN, BLOCKS, &[(0x20_0000, 512, true)]);
+        let wrong_dir = r.add(&q, VIRTIO_BLK_T_OUT, 0, &[(0x20_0000, 512, true)]);
+        let scsi = r.add(&q, 2, 0, &[]);
+        let good = r.add(&q, VIRTIO_BLK_T_IN, 0, &[(0x20_0000, 4096, true)]);
+        assert!(r.worker.serve(&mut queue, &r.table).expect("serve"));
+        assert_eq!(r.status(zero), VIRTIO_BLK_S_OK as u8);
+        assert_eq!(r.status(trim), VIRTIO_BLK_S_OK as u8);
+        for s in [outside, past_end, wrong_dir] {
+            assert_eq!(r.status(s), VIRTIO_BLK_S_IOERR as u8);
+        }
+        assert_eq!(r.status(scsi), VIRTIO_BLK_S_UNSUPP as u8);
+        assert_eq!(r.status(good), VIRTIO_BLK_S_OK as u8);
+        assert_eq!(
+            r.mock.read_disk(NS, 8, 8).expect("disk"),
+            vec![0u8; 8 * 512]
+        );
+        assert_eq!(
+            r.mock.read_disk(NS, 7, 1).expect("disk"),
+            pattern(3, 64 * 512)[7 * 512..8 * 512],
+            "the block before the range is kept"
+        );
+        assert_eq!(r.read(0x20_0000, 4096), pattern(3, 64 * 512)[..4096]);
+        let dealloc = r.mock.deallocated();
+        assert!(
+            dealloc.contains(&(NS, 32, 4)) && dealloc.contains(&(NS, 40, 2)),
+            "{dealloc:?}"
+        );
+        assert_eq!(r.used(&q).len(), 7, "every chain returned");
+        let (_, _, failed, unsupported) = r.stats.snapshot();
+        assert_eq!((failed, unsupported), (3, 1));
+    }
+
+    #[test]
+    fn guest_memory_stays_mapped_while_a_command_given_up_on_may_write_it() {
+        let mut r = rig_with(nvme_driver::Options {
+            prefer_huge_pages: false,
+            io_timeout: Duration::from_millis(50),
+            admin_timeout: Duration::from_secs(2),
+            reset_on_timeout: false,
+            ..nvme_driver::Options::default()
+        });
+        r.mock
+            .set_abort_policy(nvme_driver::mock::AbortPolicy::Refuse);
+        let mem = r.mem.clone();
+        let q = MockSplitQueue::create(&*mem, GuestAddress(0), QSIZE);
+        let mut queue: Queue = q.create_queue().expect("queue");
+        r.mock.hold_next(nvme_driver::mock::Match::Any, 1);
+        let lost = r.add(&q, VIRTIO_BLK_T_IN, 0, &[(0x20_0000, 4096, true)]);
+        assert!(r.worker.serve(&mut queue, &r.table).expect("serve"));
+        assert_eq!(r.status(lost), VIRTIO_BLK_S_IOERR as u8, "timed out");
+        assert_eq!(r.worker.pinned.len(), 1, "the table stays mapped");
+        // The held command finally completes; the next batch sees it and
+        // lets the table go.
+        assert_eq!(r.mock.release_held(), 1);
+        let good = r.add(&q, VIRTIO_BLK_T_FLUSH, 0, &[]);
+        assert!(r.worker.serve(&mut queue, &r.table).expect("serve"));
+        assert_eq!(r.status(good), VIRTIO_BLK_S_OK as u8);
+        assert!(r.worker.pinned.is_empty(), "released once nothing is lost");
+    }
+}
