@@ -11,6 +11,8 @@
 //! lands on a block boundary since the limit is a multiple of the page);
 //! the tail starts the next bio, so N contiguous folios beyond the limit
 //! become ⌈total/max⌉ commands, all but the last exactly max_transfer.
+//!
+//! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
 use crate::device::{Bio, BioFlags, BioOp, DeviceError, Geometry, Segment};
 

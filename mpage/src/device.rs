@@ -13,7 +13,7 @@
 //!   device its address ([`Segment::iova`]) and length, and offers host
 //!   copies ([`Segment::fill_from`], [`Segment::copy_out`]) for software
 //!   devices. An NVMe device needs only `iova`/`len` to build PRPs.
-//! * **PRP legality** ([`Bio::is_prp_legal`], spec R4): after merging
+//! * **PRP legality** ([`Bio::is_prp_legal`], R4): after merging
 //!   segments that are contiguous in iova, the first may start anywhere
 //!   (4-byte aligned), every later one starts on a page boundary, and every
 //!   one but the last ends on a page boundary. The builder in
@@ -29,17 +29,19 @@
 //!   rejection.
 //! * The caller ends a completion with [`Completion::finish`] (or
 //!   [`Bio::complete`]): every segment's part is completed with the
-//!   command's result mapped to an [`Errno`] ([`DeviceError::errno`], spec
+//!   command's result mapped to an [`Errno`] ([`DeviceError::errno`],
 //!   R32), which runs the folio state machine, then the bio's end-io hook
 //!   runs (ioend bookkeeping). A bio dropped without completion completes
 //!   with EIO, so a lost command never leaves a folio locked or under
 //!   writeback.
-//! * Submission may be batched (spec R7, one doorbell write per batch):
+//! * Submission may be batched (R7, one doorbell write per batch):
 //!   [`BlockDevice::commit`] makes everything submitted so far visible to
 //!   the device; `poll` and `wait` commit first.
 //! * Completions may arrive in any order. Nothing orders a flush against
 //!   writes still in flight: fsync waits for writeback before it submits
-//!   the flush (spec X2).
+//!   the flush (X2).
+//!
+//! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
 use std::fmt;
 use std::ops::Range;
@@ -55,8 +57,8 @@ pub const DEVICE_PAGE: usize = 4096;
 pub enum BioOp {
     /// Device → memory.
     Read,
-    /// Memory → device. Never FUA (spec R6): durability needs a
-    /// [`BioOp::Flush`] (spec X2).
+    /// Memory → device. Never FUA (R6): durability needs a
+    /// [`BioOp::Flush`] (X2).
     Write,
     /// NVMe Flush: everything completed before it is durable.
     Flush,
@@ -67,7 +69,7 @@ bitflags::bitflags! {
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
     pub struct BioFlags: u8 {
         /// Readahead (REQ_RAHEAD): NVMe Limited Retry plus DSM access
-        /// frequency "prefetch" (spec R6, T9). Demand reads never carry it.
+        /// frequency "prefetch" (R6, T9). Demand reads never carry it.
         const READAHEAD = 1 << 0;
         /// Writeback for data integrity (WB_SYNC_ALL, REQ_SYNC).
         const SYNC = 1 << 1;
@@ -182,7 +184,7 @@ pub enum DeviceError {
         status: u16,
     },
     /// The command's LBA range reaches past the namespace (checked before
-    /// submission, spec R5 with the §5 item 6 deviation).
+    /// submission, R5 with the K6 deviation).
     #[error("LBAs {lba}+{blocks} reach past the namespace end ({capacity} LBAs)")]
     OutOfRange {
         /// First LBA.
@@ -199,7 +201,7 @@ pub enum DeviceError {
     #[error("invalid geometry: {0}")]
     Geometry(&'static str),
     /// No free command slot or queue entry: poll and retry (back-pressure,
-    /// §5 item 3).
+    /// K3).
     #[error("device queue full")]
     Busy,
     /// No completion arrived in time.
@@ -209,14 +211,14 @@ pub enum DeviceError {
     #[error("device failure: {0}")]
     Failed(String),
     /// The error was decided by the host, as an errno (e.g. an ioend
-    /// failed without I/O, spec R57/R60).
+    /// failed without I/O, R57/R60).
     #[error("{0}")]
     Errno(Errno),
 }
 
 impl DeviceError {
-    /// The errno the page cache records for this failure (spec R32, §5
-    /// item 10): Capacity Exceeded → ENOSPC, medium errors → ENODATA, PI
+    /// The errno the page cache records for this failure (R32,
+    /// K10): Capacity Exceeded → ENOSPC, medium errors → ENODATA, PI
     /// errors → EILSEQ, path/range errors → EREMOTEIO/ENOLINK, unsupported
     /// → EOPNOTSUPP, anything else → EIO.
     pub fn errno(&self) -> Errno {

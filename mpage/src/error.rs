@@ -1,4 +1,6 @@
 //! Errors of the mpage layer.
+//!
+//! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
 use pagecache::Errno;
 

@@ -52,6 +52,8 @@
 //!   newest writeback error since this description last looked, once per
 //!   description (X1). Every `File` value is one description: its errseq
 //!   sample is taken at open/reopen.
+//!
+//! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};

@@ -1,5 +1,7 @@
 //! [`Inode`]: what the engines need to know about one file: its page
 //! cache, its id there, its block mapper and its size.
+//!
+//! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,8 +10,8 @@ use pagecache::{FileId, PageCache};
 
 use crate::map::BlockMapper;
 
-/// One file as the engines see it. The size is one atomic `u64` (§5 item
-/// 17); the engines take one snapshot per folio decision.
+/// One file as the engines see it. The size is one atomic `u64` (K17);
+/// the engines take one snapshot per folio decision.
 #[derive(Debug)]
 pub struct Inode {
     /// The page cache holding the file's folios.

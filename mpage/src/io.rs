@@ -1,5 +1,7 @@
 //! Submission with back-pressure and completion pumping: the glue every
 //! engine uses between the builder and the [`BlockDevice`].
+//!
+//! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +14,7 @@ use crate::error::{Error, Result};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Submits `bio`; while the device is busy, reaps completions and
-/// retries (§5 item 3: back-pressure by polling, not failure). Any other
+/// retries (K3: back-pressure by polling, not failure). Any other
 /// rejection completes the bio with the error (its folios end in error)
 /// and is returned.
 pub fn submit(dev: &mut dyn BlockDevice, bio: Bio) -> Result<()> {

@@ -1,6 +1,8 @@
 //! [`MapIter`]: walks file offsets one [`Extent`] at a time, reusing the
 //! last extent while it still covers the position (R10: one mapping call
 //! for a readahead window backed by one extent).
+//!
+//! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
 use crate::error::{Error, Result};
 use crate::map::{BlockMapper, Extent, MapError, MapIntent};

@@ -1,17 +1,19 @@
 //! The mpage/iomap layer of the userspace NVMe storage stack: turns page
 //! cache folios into NVMe commands and back.
 //!
-//! Layers, as in iomap (style guide §8): a [`BlockMapper`] says what backs
-//! a file range ([`map`]), a [`MapIter`] walks it ([`iter`]), the engines
-//! ([`read`], [`writeback`], [`sync`]) act on each extent, and a
+//! Layers, as in iomap (docs/ARCHITECTURE.md, "The iomap shape"): a
+//! [`BlockMapper`] says what backs a file range ([`map`]), a [`MapIter`]
+//! walks it ([`iter`]), the engines ([`read`], [`writeback`], [`sync`])
+//! act on each extent, and a
 //! [`BioBuilder`] ([`bio`]) accumulates pieces into commands with one
 //! merge predicate. Commands go to a [`BlockDevice`] ([`device`]); the
 //! [`RecordingDevice`] ([`recording`]) serves host tests, and a [`Tap`]
 //! ([`tap`]) records the commands of any device. The buffered
 //! write path is in [`write`](mod@write); applications use [`File`] ([`file`](mod@file)) and a
 //! [`Flusher`] ([`flusher`]) for background writeback.
-//! `docs/CONFORMANCE.md` (in the repository) maps the rules of the mpage
-//! spec to their tests.
+//! The rules this crate reproduces, cited by id (R.., X.., K.., T..)
+//! throughout, are in `docs/MPAGE.md` (in the repository);
+//! `docs/CONFORMANCE.md` maps them to their tests.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -1,5 +1,5 @@
 //! Block mapping: the filesystem's one callback (`get_block` /
-//! `iomap_begin`), typed (spec §5 item 1).
+//! `iomap_begin`), typed (K1).
 //!
 //! [`BlockMapper::map`] answers "what backs file bytes `[pos, pos+len)`"
 //! with one [`Extent`] that starts at or before `pos` and may be shorter
@@ -198,7 +198,7 @@ pub trait BlockMapper: Send + Sync + std::fmt::Debug {
     /// [`IdentityMapper::namespace`] mapper). When writeback consumes a
     /// [`ExtentFlags::BOUNDARY`] extent, it submits the data and then
     /// writes the metadata block right after the extent if this cache
-    /// holds it dirty (R29 `write_boundary_block`, §5 item 14). Default:
+    /// holds it dirty (R29 `write_boundary_block`, K14). Default:
     /// none, so BOUNDARY only means "submit now".
     fn metadata_cache(&self) -> Option<Arc<Inode>> {
         None
@@ -345,7 +345,7 @@ impl ExtentMapper {
         self.state().metadata = cache;
     }
 
-    /// Number of `map` calls so far (the spec's GB count).
+    /// Number of `map` calls so far (GB in the scenarios of docs/MPAGE.md).
     pub fn calls(&self) -> usize {
         self.state().calls
     }

@@ -15,6 +15,8 @@
 //! operation fail or fall short, never return other bytes; the next
 //! `fsync` after a failed write reports it; and after an `fsync` that
 //! succeeds the device holds the model's bytes.
+//!
+//! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
 use std::fmt::Write as _;
 use std::sync::Arc;

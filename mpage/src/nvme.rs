@@ -7,6 +7,8 @@
 //! request's PRP entries ([`nvme_driver::IoSegments`], whose lists are
 //! reused from one request to the next). The bio itself stays here until
 //! its request completes, and it keeps the folios alive.
+//!
+//! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
 use std::time::Duration;
 

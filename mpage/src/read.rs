@@ -12,7 +12,7 @@
 //!   later LBA-contiguous folio joins it (R13, T3); a piece that ends
 //!   mid-page ends its command (R14, T5), and a folio whose blocks are
 //!   discontiguous becomes one piece per extent (R16/R19 with the
-//!   coalescing of §5 item 2, T4).
+//!   coalescing of K2, T4).
 //!
 //! A BOUNDARY extent consumed to its end submits the run (R18). All runs
 //! are submitted before the call returns (R7). Readahead commands carry
@@ -23,7 +23,9 @@
 //! Errors reach the folio, not the caller (R22, R40): a folio whose
 //! mapping fails ends with ERROR; readahead stops there and leaves later
 //! folios unread. A piece mapped past the namespace end fails its folio
-//! with EIO before any command (R5 with the §5 item 6 deviation, T10).
+//! with EIO before any command (R5 with the K6 deviation, T10).
+//!
+//! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
 use std::ops::Range;
 

@@ -1,5 +1,6 @@
 //! [`RecordingDevice`]: an in-memory namespace that records every command,
-//! for host tests (the spec's "RecDev").
+//! for host tests (the recording device the scenarios of
+//! docs/MPAGE.md assume).
 //!
 //! * The disk is a `Vec<u8>` of `capacity · lba_size` bytes.
 //! * Every accepted command is recorded ([`Command`]: op, LBA, LBAs,

@@ -1,5 +1,7 @@
 //! fsync (X1, X2): write back and wait, send an NVMe Flush, and report
 //! writeback errors once per open file description.
+//!
+//! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
 use std::sync::{Arc, Mutex};
 

@@ -1,8 +1,8 @@
 //! [`Tap`]: the command record of any [`BlockDevice`].
 //!
-//! The spec's tests observe the commands a device receives (op, LBA,
-//! length, flags, data addresses, outcome: "the driver's submission log"
-//! on real NVMe). A [`Tap`] wraps a device and appends every bio the inner
+//! The scenarios of docs/MPAGE.md observe the commands a device
+//! receives (op, LBA, length, flags, data addresses, outcome: "the
+//! driver's submission log" on real NVMe). A [`Tap`] wraps a device and appends every bio the inner
 //! device accepts to a shared [`CommandLog`], in submission order, then
 //! fills in its outcome when the completion comes back through the tap.
 //! The [`RecordingDevice`](crate::RecordingDevice) keeps the same kind of

@@ -1,7 +1,7 @@
-//! The buffered write path (seed 004 §2.E): [`write_begin`] /
-//! [`write_end`], [`buffered_write`], [`zero_range`], [`truncate_page`],
-//! [`page_mkwrite`], and the page cache truncation they need
-//! ([`truncate_pagecache`]).
+//! The buffered write path (docs/MPAGE.md section E, R42–R50):
+//! [`write_begin`] / [`write_end`], [`buffered_write`], [`zero_range`],
+//! [`truncate_page`], [`page_mkwrite`], and the page cache truncation
+//! they need ([`truncate_pagecache`]).
 //!
 //! * write_begin (R42, R44): the folio is grabbed and locked. If it is not
 //!   uptodate, each maximal run of non-uptodate blocks the write touches

@@ -4,7 +4,7 @@
 //!
 //! 1. A folio under writeback is skipped ([`SyncMode::None`]) or waited
 //!    for ([`SyncMode::All`]) (X3).
-//! 2. EOF (R26, R27, §5 item 12): a folio wholly past EOF is cleaned with
+//! 2. EOF (R26, R27, K12): a folio wholly past EOF is cleaned with
 //!    no mapping and no command; a folio straddling EOF has its cached
 //!    tail zeroed and only the blocks up to and including the EOF block
 //!    are written.
@@ -12,8 +12,8 @@
 //!    [`MapIntent::Write`] (allocate-on-write). Holes the mapper leaves
 //!    are not written (R53). If mapping fails before any block of the
 //!    folio was mapped, the folio is discarded: clean, not uptodate (R60
-//!    step 2, §5 item 18); otherwise its mapped blocks are failed without
-//!    I/O (R60 step 3, §5 item 11). The error is recorded on the file
+//!    step 2, K18); otherwise its mapped blocks are failed without
+//!    I/O (R60 step 3, K11). The error is recorded on the file
 //!    either way and returned.
 //! 4. Writeback starts (dirty bits cleared, folio unlocked, R28) and the
 //!    pieces join ioends: an ioend needs the same extent type and file
@@ -25,7 +25,7 @@
 //!    the filesystem's metadata cache holds it dirty (R29,
 //!    [`BlockMapper::metadata_cache`]). Unlike the kernel, which looks at
 //!    the folio's last block only, the extent's end decides, as on the
-//!    read side (R18, §5 item 13); LBA 0 is a valid boundary block.
+//!    read side (R18, K13); LBA 0 is a valid boundary block.
 //! 5. An ioend completes once all its commands have, with one combined
 //!    status (R55). The ioends of one call are finished together once the
 //!    call has submitted everything and the last of them completed:
@@ -33,13 +33,15 @@
 //!    status and kind merged (R59, device contiguity not needed), one
 //!    [`BlockMapper::end_io`] per merged chain (unwritten conversion),
 //!    then every folio of the chain ends writeback with the chain's
-//!    status: the ioend-level status of §5 item 9, so a folio whose own
+//!    status: the ioend-level status of K9, so a folio whose own
 //!    command succeeded still fails if another command of its ioend did.
 //!    A failure records the errno on the file (R31, R32) and never
 //!    re-dirties the folio (R61).
 //!
 //! The open ioend is submitted before the call returns (R7). Writes are
 //! plain Writes with SYNC or BACKGROUND hints, never FUA (R6).
+//!
+//! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
@@ -520,7 +522,7 @@ impl WbCtx<'_> {
         let fpos = locked.pos();
         let bs = locked.block_size().bytes();
         if fpos >= size {
-            // R26/§5 item 12: wholly past EOF: clean, no mapping, no I/O.
+            // R26/K12: wholly past EOF: clean, no mapping, no I/O.
             let wb = locked
                 .start_writeback()
                 .map_err(Error::cache("writeback past EOF"))?;

@@ -1,6 +1,8 @@
 //! The file API: read_at / write_at / set_len / fsync / folio views,
 //! readahead behaviour, throttling, the memory budget, the flusher and
 //! threads, on the recording device.
+//!
+//! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

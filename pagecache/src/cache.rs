@@ -22,6 +22,8 @@
 //! a folio is never evicted under a lookup, and unlinked entries and old
 //! file tables are freed by the epoch once no lookup can still see them
 //! (see `xarray.rs`).
+//!
+//! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;

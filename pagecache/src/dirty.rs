@@ -10,8 +10,10 @@
 //!
 //! As in `balance_dirty_pages`, the throttle compares dirty **plus under
 //! writeback** memory: writeback completion, not the start of writeback,
-//! is what makes room. §5 item 5: the kernel's rate-limited, proportional
+//! is what makes room. K5: the kernel's rate-limited, proportional
 //! pause is not reproduced; the decision is a plain three-way one.
+//!
+//! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};

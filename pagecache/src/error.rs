@@ -1,4 +1,6 @@
 //! Errors of the page cache, and the error values it records for I/O.
+//!
+//! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
 use std::fmt;
 

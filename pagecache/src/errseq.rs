@@ -1,4 +1,4 @@
-//! Writeback error reporting per file: errseq semantics (spec X1).
+//! Writeback error reporting per file: errseq semantics (X1).
 //!
 //! * A writeback failure records its errno (R31, R58, R60 step 5).
 //! * Each open file description samples the sequence at open; an error
@@ -6,6 +6,8 @@
 //!   after the failure still gets it.
 //! * `check_and_advance` (fsync) reports the newest error once per
 //!   description, then advances that description's sample.
+//!
+//! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
 use std::sync::Mutex;
 

@@ -61,9 +61,9 @@ impl FolioOrder {
     }
 }
 
-/// A file system block size: a power of two in 512..=4096 (`bs` in the
-/// spec; R1 forbids blocks smaller than the LBA size, which the I/O layer
-/// checks).
+/// A file system block size: a power of two in 512..=4096 (`bs` in
+/// docs/MPAGE.md; R1 forbids blocks smaller than the LBA size, which the
+/// I/O layer checks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BlockSize(u32);
 
@@ -97,7 +97,7 @@ bitflags! {
         const DIRTY = 1 << 2;
         /// Writeback I/O in flight.
         const WRITEBACK = 1 << 3;
-        /// The last read or writeback of this folio failed (§5 item 8:
+        /// The last read or writeback of this folio failed (K8:
         /// an explicit outcome, cleared by the next read attempt).
         const ERROR = 1 << 4;
         /// PG_readahead: reaching this folio triggers async readahead.
@@ -842,7 +842,7 @@ impl LockedFolio {
         })
     }
 
-    /// R60 step 2 with §5 item 18: the folio's dirty data cannot be
+    /// R60 step 2 with K18: the folio's dirty data cannot be
     /// written (the block mapping failed before any block of it was
     /// queued). The folio ends clean, **not uptodate** (both bitmaps
     /// cleared, so the next read goes to the device), not under writeback,

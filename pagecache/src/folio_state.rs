@@ -1,11 +1,13 @@
 //! Per-block state of a folio whose blocks are smaller than the folio: the
-//! userspace `iomap_folio_state` (seed 004's `struct iomap_page` plus the
+//! userspace `iomap_folio_state` (v5.11's `struct iomap_page` plus the
 //! dirty bitmap added upstream in 6.6).
 //!
 //! * R34: created lazily, and only when a folio holds more than one block;
 //!   initialised all-uptodate if the folio already is, otherwise all-clear.
 //!   Invariant: folio uptodate ⇔ every uptodate bit set.
-//! * §5 item 1: "folio has buffers" becomes "folio has sub-folio state".
+//! * K1: "folio has buffers" becomes "folio has sub-folio state".
+//!
+//! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
 use std::ops::Range;
 

@@ -18,7 +18,7 @@
 //! * `lru`: the eviction clock;
 //! * [`dirty`]: dirty/writeback accounting, thresholds, throttle decision;
 //! * [`readahead`]: the readahead window policy;
-//! * [`errseq`]: per-file writeback error reporting (spec X1);
+//! * [`errseq`]: per-file writeback error reporting (X1);
 //! * [`cache`]: the [`PageCache`] facade tying them together.
 //!
 //! # Folio states
@@ -38,7 +38,7 @@
 //!        └────────────── (only by a new write) ───────────┤
 //!                                                         └─ error ─► ERROR, clean, UPTODATE,
 //!                                                            file errseq set; never re-dirtied (R31, R61)
-//!  [DIRTY, LOCKED] ──discard(err)──► clean, !UPTODATE, bitmaps cleared, ERROR (R60, §5 item 18)
+//!  [DIRTY, LOCKED] ──discard(err)──► clean, !UPTODATE, bitmaps cleared, ERROR (R60, K18)
 //!
 //!  evictable ⇔ clean ∧ ¬LOCKED ∧ ¬WRITEBACK ∧ unpinned (no FolioRef besides the index's)
 //! ```
@@ -55,6 +55,8 @@
 //! mapping, run building, command submission), the file API (`read_at`,
 //! `write_at`, `set_len`, `fsync`) and the flusher thread that acts on
 //! [`PageCache::dirty_pressure`].
+//!
+//! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
 // Unsafe code lives in `xarray` and `rcu` only (epoch-protected pointers).
 #![deny(unsafe_code)]

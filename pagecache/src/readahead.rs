@@ -5,11 +5,11 @@
 //! ([`crate::PageCache::gaps`]), sets the mark with
 //! [`crate::LockedFolio::set_readahead_marker`] and issues the I/O.
 //!
-//! The spec's rules cover what readahead I/O looks like, not the window:
-//! R9 (one mapping call may cover the rest of the window, capped at EOF),
+//! The mpage rules (docs/MPAGE.md) cover what readahead I/O looks like,
+//! not the window: R9 (one mapping call may cover the rest of the window, capped at EOF),
 //! R6 (readahead commands carry RAHEAD; failures are silent, X4), R11/R36
 //! (nothing past EOF is read). The window rules here are the kernel's
-//! [ctx mm/readahead.c]:
+//! (mm/readahead.c):
 //!
 //! * initial window ([`init_size`], `get_init_ra_size`): the request
 //!   rounded up to a power of two, then ×4 when small (≤ max/32), ×2 when

@@ -1,5 +1,5 @@
 //! Folio state transitions (read, write, writeback, discard), named after
-//! the spec scenarios (T..) and rules (R..) they exercise.
+//! the scenarios (T..) and rules (R..) of docs/MPAGE.md they exercise.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -386,7 +386,7 @@ fn r56_empty_writeback_ends_at_once() {
     assert_eq!(c.writeback_bytes(), 0);
 }
 
-/// T25 (R60, §5 item 18): a discarded dirty folio ends clean, not
+/// T25 (R60, K18): a discarded dirty folio ends clean, not
 /// uptodate with cleared bitmaps, and the file error is recorded.
 #[test]
 fn t25_discard_forgets_data_and_records_error() {

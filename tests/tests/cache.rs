@@ -2,6 +2,8 @@
 //! controller: folios live in DMA memory, writeback and readahead turn them
 //! into NVMe commands, fsync ends with a Flush. The host then checks the
 //! raw image.
+//!
+//! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
 use vm_tests::{image_bytes, pattern, run_ok, vm};
 

@@ -1,8 +1,8 @@
-//! The mpage spec's scenarios (the `mpage-conformance` crate) against
+//! The scenarios of docs/MPAGE.md (the `mpage-conformance` crate) against
 //! QEMU's emulated NVMe controller, through our driver: the same scenario
 //! code and checks as the host tests on the recording device (commands,
 //! data, folio state, fsync results), at 512 and 4096-byte LBAs, with the
-//! spec's default 1 MiB transfer limit (mdts=8). The host then replays
+//! scenarios' default 1 MiB transfer limit (mdts=8). The host then replays
 //! the same sequence on the recording device and compares its disk with
 //! the raw image, byte for byte.
 

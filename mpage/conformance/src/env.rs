@@ -1,8 +1,8 @@
 //! One scenario's set-up: a page cache over the rig's folio memory, a
 //! file with a mapper, the rig's queue behind a [`Tap`], and helpers.
 //!
-//! **Units.** The scenarios speak the spec's units: device addresses in
-//! 512-byte sectors (the spec's L = 512), so `R(8000, 65536)` reads the
+//! **Units.** The scenarios speak docs/MPAGE.md's units: device addresses
+//! in 512-byte sectors (L = 512), so `R(8000, 65536)` reads the
 //! same bytes whatever the device's LBA size. [`Env`] converts: the
 //! command record ([`Env::io`], [`Env::commands`]) reports LBAs as
 //! sectors, [`Env::fill_disk`] takes a sector, [`ScriptMapper`] takes
@@ -27,7 +27,7 @@ use crate::rig::{DEFAULT_MAX_TRANSFER, Rig};
 /// 1 KiB.
 pub const KIB: usize = 1024;
 
-/// The spec's address unit (L = 512).
+/// The scenarios' address unit (L = 512 in docs/MPAGE.md).
 pub const SECTOR: u64 = 512;
 
 /// The cache budget of a scenario's page cache.
@@ -66,8 +66,8 @@ fn sector_to_lba(sector: u64, lba_size: u32) -> Result<u64, Failure> {
     Ok(sector / per_lba)
 }
 
-/// A mapper answering from a fixed extent list, counting calls (the
-/// spec's GB).
+/// A mapper answering from a fixed extent list, counting calls (GB
+/// in docs/MPAGE.md).
 #[derive(Debug)]
 pub struct ScriptMapper {
     extents: Vec<Extent>,
@@ -160,7 +160,7 @@ impl std::fmt::Debug for Env<'_> {
 
 impl<'r> Env<'r> {
     /// A file of `size` bytes in `block`-byte blocks mapped by `mapper`,
-    /// on a device with the spec's default 1 MiB transfer limit.
+    /// on a device with the scenarios' default 1 MiB transfer limit.
     pub fn new(
         rig: &'r mut dyn Rig,
         block: usize,

@@ -1,4 +1,4 @@
-//! The mpage spec's scenarios (`shared/docs/mpage-spec.md` §4, T1–T28) as
+//! The scenarios of `docs/MPAGE.md` (section T, T1–T28) as
 //! code that runs against any device: the host tests run it on the
 //! in-memory [`RecordingDevice`](mpage::RecordingDevice), the VM tests on
 //! QEMU's emulated NVMe controller through the driver
@@ -12,7 +12,7 @@
 //!   instead of panicking, so a runner reports every scenario.
 //! * [`rig`]: the [`Rig`] a scenario runs on, and the [`RecordingRig`].
 //! * [`mod@env`]: one scenario's page cache, file, tapped device and helpers;
-//!   the scenarios speak 512-byte sectors, as the spec does.
+//!   the scenarios speak 512-byte sectors, as docs/MPAGE.md does.
 //! * [`read`], [`writeback`], [`mod@write`]: the scenarios.
 //!
 //! [`all`] lists them with the fs block size each uses: a
@@ -46,7 +46,7 @@ pub use check::{Failure, Outcome};
 pub use env::Env;
 pub use rig::{RecordingRig, Rig};
 
-/// One scenario of the spec.
+/// One scenario of docs/MPAGE.md.
 #[derive(Debug, Clone, Copy)]
 pub struct Scenario {
     /// Its name (the host test's name too).
@@ -80,7 +80,7 @@ impl Scenario {
     }
 }
 
-/// Every scenario, in the spec's order within each path (read,
+/// Every scenario, in docs/MPAGE.md's order within each path (read,
 /// writeback, buffered write).
 pub fn all() -> impl Iterator<Item = &'static Scenario> {
     read::SCENARIOS

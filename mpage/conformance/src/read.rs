@@ -1,4 +1,6 @@
 //! Read-path scenarios: T1–T10, T18, T19, T28 (readahead, read_folio).
+//!
+//! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
 use mpage::{BioFlags, BioOp, Extent, ExtentFlags, ExtentKind, io, read_folio};
 use pagecache::{Errno, LockedFolio};
@@ -91,7 +93,7 @@ pub fn t03_hole_folio_is_zeroed_and_the_run_skips_it(rig: &mut dyn Rig) -> Outco
 }
 
 /// T4: blocks of one folio on two device ranges are read per extent (the
-/// coalesced form of the per-block fallback, §5 item 2).
+/// coalesced form of the per-block fallback, K2).
 pub fn t04_discontiguous_blocks_in_a_folio_read_per_extent(rig: &mut dyn Rig) -> Outcome {
     let m = extent_mapper(rig, 1024, 0..0);
     m.insert(0, 2, 100);
@@ -201,7 +203,7 @@ pub fn t09_only_readahead_commands_carry_the_hint(rig: &mut dyn Rig) -> Outcome 
 }
 
 /// T10: the namespace's last 4 KiB block is read; a block mapped past the
-/// namespace end fails with EIO before submission (§5 item 6), without
+/// namespace end fails with EIO before submission (K6), without
 /// I/O and without zero-fill. Computed from the rig's capacity.
 pub fn t10_mapping_past_the_namespace_fails_without_io(rig: &mut dyn Rig) -> Outcome {
     let last = rig.geometry().capacity_bytes() / 4096 - 1;

@@ -1,6 +1,6 @@
 //! What the scenarios run against: a [`Rig`] is one namespace with memory
 //! for folios, queues for the engines, and a way to prefill and read back
-//! the disk that bypasses the page cache (the spec's "raw LBA reads").
+//! the disk that bypasses the page cache (the "raw LBA reads" of the scenarios).
 //! [`RecordingRig`] is the in-memory [`RecordingDevice`]; the NVMe rig is
 //! in [`crate::nvme`] (feature `nvme`).
 
@@ -13,7 +13,7 @@ use crate::check::Failure;
 use crate::ensure;
 
 /// The largest transfer the scenarios assume unless they say otherwise
-/// (the spec's default MDTS, 1 MiB).
+/// (the scenarios' default MDTS, 1 MiB).
 pub const DEFAULT_MAX_TRANSFER: u32 = 1 << 20;
 
 /// One namespace the scenarios run against.

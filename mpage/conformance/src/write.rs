@@ -1,5 +1,7 @@
 //! Buffered write scenarios: T20, T26, T27 (write_begin's reads, zeroing,
 //! page_mkwrite), all with 1 KiB blocks.
+//!
+//! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
 use mpage::{
     BioFlags, BioOp, Extent, ExtentFlags, ExtentKind, buffered_write, page_mkwrite, read_folio,

@@ -1,4 +1,6 @@
 //! Writeback and fsync scenarios: T12–T15, T17, T22–T25.
+//!
+//! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -251,8 +253,8 @@ pub fn t17_boundary_splits_a_device_contiguous_run(rig: &mut dyn Rig) -> Outcome
 
 /// T17 (bs 1024): the BOUNDARY extent ends inside folio 0 (lblk 0–1 →
 /// pblk 100–101), the metadata block is pblk 102 (LBA 204), the data goes
-/// on at pblk 103. The kernel only looks at the folio's last block (§5
-/// item 13); we submit where the extent ends, as on the read side.
+/// on at pblk 103. The kernel only looks at the folio's last block
+/// (K13); we submit where the extent ends, as on the read side.
 pub fn t17_boundary_mid_folio_submits_before_the_rest_of_the_folio(rig: &mut dyn Rig) -> Outcome {
     let m = extent_mapper(rig, 1024, 0..0);
     m.insert_boundary(0, 2, 100);

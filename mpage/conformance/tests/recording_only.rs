@@ -4,6 +4,8 @@
 //! failed ioends or reordered and held completions. On the
 //! emulated NVMe, T11 and T16 run with blkdebug faults in
 //! `tests/tests/cache.rs`.
+//!
+//! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
 use std::sync::Arc;
 

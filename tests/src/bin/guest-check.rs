@@ -128,7 +128,7 @@ enum Scenario {
     },
     /// Command counts on the device (SMART host read/write commands) for a
     /// readahead of `pages` contiguous pages and the writeback of as many
-    /// dirty pages: the largest legal commands, as the spec asks (T1, T12).
+    /// dirty pages: the largest legal commands, as T1 and T12 ask.
     Commands {
         #[arg(long, default_value_t = 64)]
         pages: u64,
@@ -147,9 +147,9 @@ enum Scenario {
     /// Device errors through the page cache (run with blkdebug failing
     /// writes at byte 1 MiB and, once, reads at byte 2 MiB): fsync reports
     /// a write error once per open file, the folio is not re-dirtied; a
-    /// failed read is retried by the next read (spec T16, T11, X1).
+    /// failed read is retried by the next read (T16, T11, X1).
     CacheErrors,
-    /// The mpage spec's scenarios (T1–T28, the mpage-conformance crate)
+    /// The scenarios of docs/MPAGE.md (T1–T28, the mpage-conformance crate)
     /// on namespace 1 through the page cache, the same code and checks as
     /// the host tests run on the recording device: one line per scenario,
     /// `ok` or `FAILED` with the failed check; exits non-zero if any
