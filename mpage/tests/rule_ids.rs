@@ -86,7 +86,15 @@ fn cited_rule_ids_are_defined_in_docs_mpage_md() {
     );
 
     let mut all = vec![root.join("README.md")];
-    for dir in ["docs", "driver", "mpage", "pagecache", "qemu", "tests", "tools"] {
+    for dir in [
+        "docs",
+        "driver",
+        "mpage",
+        "pagecache",
+        "qemu",
+        "tests",
+        "tools",
+    ] {
         files(&root.join(dir), &mut all);
     }
     let mut missing = Vec::new();
@@ -99,7 +107,11 @@ fn cited_rule_ids_are_defined_in_docs_mpage_md() {
             continue;
         }
         citations += ids.len();
-        let rel = path.strip_prefix(&root).unwrap_or(path).display().to_string();
+        let rel = path
+            .strip_prefix(&root)
+            .unwrap_or(path)
+            .display()
+            .to_string();
         for id in &ids {
             // `T25a` is part (a) of T25.
             let base = id.trim_end_matches(|c: char| c.is_ascii_lowercase());
@@ -111,8 +123,14 @@ fn cited_rule_ids_are_defined_in_docs_mpage_md() {
             unnamed.push(rel);
         }
     }
-    assert!(citations > 100, "only {citations} citations found: is the scan still looking at the workspace?");
-    assert!(missing.is_empty(), "ids cited but not defined in docs/MPAGE.md: {missing:#?}");
+    assert!(
+        citations > 100,
+        "only {citations} citations found: is the scan still looking at the workspace?"
+    );
+    assert!(
+        missing.is_empty(),
+        "ids cited but not defined in docs/MPAGE.md: {missing:#?}"
+    );
     assert!(
         unnamed.is_empty(),
         "files citing rule ids without naming docs/MPAGE.md: {unnamed:#?}"
