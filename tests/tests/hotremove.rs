@@ -132,12 +132,47 @@ fn check_threads_and_image(run: &vm_tests::VmRun, out: &str, seed: u64, bdf: &st
     eprintln!("{blocks} acknowledged blocks found in the image");
 }
 
+/// Whether `query-pci`'s answer still lists a device with this id
+/// (behind a bridge too).
+fn pci_lists(v: &serde_json::Value, id: &str) -> bool {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.get("qdev_id").and_then(|x| x.as_str()) == Some(id)
+                || m.values().any(|x| pci_lists(x, id))
+        }
+        serde_json::Value::Array(a) => a.iter().any(|x| pci_lists(x, id)),
+        _ => false,
+    }
+}
+
+/// What QEMU reported after `device_del`.
+struct Unplug {
+    /// When the controller had left QEMU's PCI tree and its QOM path.
+    removed_in: Duration,
+    /// When the controller's `DEVICE_DELETED` came, if it did.
+    event_in: Result<Duration, String>,
+    /// QEMU's version (`7.2.22`).
+    version: String,
+    /// The `DEVICE_DELETED` events' data (and when they came).
+    events: Vec<String>,
+}
+
 /// QMP `device_del` of the controller placed behind a pcie-root-port
-/// while four threads write: the guest kernel's hot-unplug asks vfio-pci
-/// for the device, the driver releases it, every request is answered
-/// within a second of the driver hearing the request (the time is
-/// printed), QEMU reports the device deleted, guest-check exits 0 and the
-/// acknowledged writes are in the image.
+/// while four threads write: the guest kernel's hot-unplug (ACPI: QEMU's
+/// q35 default for root ports) asks vfio-pci for the device, the driver
+/// releases it, every request is answered within a second of the driver
+/// hearing the request (the time is printed), the guest ejects the slot
+/// and QEMU takes the controller off its bus and out of
+/// `/machine/peripheral`; guest-check exits 0 and the acknowledged writes
+/// are in the image.
+///
+/// QEMU's `DEVICE_DELETED` for the controller is not waited for: QEMU (7.2
+/// and 10.0) sends it when the device object is freed, and its NVMe model
+/// keeps a reference to the controller for every command that its reset
+/// (vfio-pci's, when the driver lets go) completed but did not post, so
+/// with commands in flight at the removal, the point of this test, it
+/// never comes (docs/TESTING.md, "Hot removal"). The events that do come
+/// are printed.
 #[test]
 fn device_del_behind_a_root_port_during_io_answers_every_request() {
     const SEED_B: u64 = 91;
@@ -151,10 +186,9 @@ fn device_del_behind_a_root_port_during_io_answers_every_request() {
          sleep 5",
         bdf = NVME_BDF_ROOT_PORT
     );
-    // The script's last `sleep` leaves QEMU time to finish the unplug
-    // after the guest has let go of the slot: with QEMU 10.0 the guest had
-    // powered off before `DEVICE_DELETED` came.
-    let (run, (deleted, done)) = config
+    // The script's last `sleep` leaves the host time to see QEMU's side
+    // of the unplug (and its events) before the guest powers off.
+    let (run, (unplug, done)) = config
         .run_with(&["sh", "-c", script.as_str()], |guest| {
             let long = Duration::from_secs(180);
             guest
@@ -166,22 +200,58 @@ fn device_del_behind_a_root_port_during_io_answers_every_request() {
             qmp.execute("device_del", Some(json!({ "id": NVME_DEVICE_ID })))
                 .expect("device_del");
             // Failures are reported after the run, with the guest's output.
-            let deleted = qmp
-                .wait_event("DEVICE_DELETED", long)
-                .map(|_| start.elapsed())
-                .map_err(|e| e.to_string());
+            let unplug = (|| -> Result<Unplug, String> {
+                loop {
+                    let pci = qmp.execute("query-pci", None).map_err(|e| e.to_string())?;
+                    let qom = qmp
+                        .execute("qom-list", Some(json!({ "path": "/machine/peripheral" })))
+                        .map_err(|e| e.to_string())?;
+                    let in_qom = qom
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|p| p["name"] == NVME_DEVICE_ID));
+                    if !pci_lists(&pci, NVME_DEVICE_ID) && !in_qom {
+                        break;
+                    }
+                    if start.elapsed() > long {
+                        return Err(format!("still there {long:?} after device_del: {pci}"));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let removed_in = start.elapsed();
+                // Reported, not required (see above). QEMU 7.2 sends one
+                // for the namespace device (no id) as it is freed.
+                let wait_until = Instant::now() + Duration::from_secs(3);
+                let mut events = Vec::new();
+                let event_in = loop {
+                    let left = wait_until.saturating_duration_since(Instant::now());
+                    match qmp.wait_event("DEVICE_DELETED", left) {
+                        Ok(e) if e["data"]["device"] == NVME_DEVICE_ID => {
+                            events.push(e["data"].to_string());
+                            break Ok(start.elapsed());
+                        }
+                        Ok(e) => events.push(format!("{} at {:?}", e["data"], start.elapsed())),
+                        Err(e) => break Err(e.to_string()),
+                    }
+                };
+                Ok(Unplug {
+                    removed_in,
+                    event_in,
+                    events,
+                    version: qmp.version().to_string(),
+                })
+            })();
             let done = guest
                 .wait_for(GuestStream::Stdout, "hot-remove: done", long)
                 .map_err(|e| e.to_string());
-            (deleted, done)
+            (unplug, done)
         })
         .expect("run the guest");
     let out = run.stdout_text();
     let err = run.stderr_text();
     eprintln!("{out}{err}");
-    let deleted_in = deleted.unwrap_or_else(|e| {
+    let unplug = unplug.unwrap_or_else(|e| {
         panic!(
-            "QEMU did not report the device deleted: {e}\n{}",
+            "QEMU did not take the controller off its bus: {e}\n{}",
             run.describe()
         )
     });
@@ -203,7 +273,8 @@ fn device_del_behind_a_root_port_during_io_answers_every_request() {
     let answered_ms = last_answer.saturating_sub(seen) as f64 / 1e6;
     eprintln!(
         "device_del: every request answered {answered_ms:.1} ms after the driver saw the request; \
-         QEMU reported the device deleted {deleted_in:.1?} after device_del"
+         QEMU {} took the controller off its bus {:.1?} after device_del; DEVICE_DELETED: {:.1?} ({:?})",
+        unplug.version, unplug.removed_in, unplug.event_in, unplug.events
     );
     assert!(
         answered_ms < 1000.0,
