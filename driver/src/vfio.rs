@@ -178,6 +178,7 @@ impl DeviceBacking for VfioNvme {
         // last handle goes (vfio-ioctls may log that it could not unset
         // it: the device file was still open then).
         vfio_sys::drop_device_kept_open(device);
+        self.mapper.device_released();
         log::info!(
             "{}: device file closed after the removal request",
             self.address

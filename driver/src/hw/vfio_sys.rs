@@ -174,6 +174,10 @@ pub(crate) fn pwrite_all(fd: RawFd, buf: &[u8], offset: u64) -> std::io::Result<
 pub(crate) struct VfioMapper {
     container: Arc<VfioContainer>,
     iova: Mutex<IovaAllocator>,
+    /// Set once the device was given back after a removal request: it can
+    /// no longer reach any mapping, and VFIO refuses unmaps (EINVAL) once
+    /// the kernel has taken the device away.
+    released: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for VfioMapper {
@@ -190,7 +194,17 @@ impl VfioMapper {
         VfioMapper {
             container,
             iova: Mutex::new(iova),
+            released: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Called after the device file was closed for a removal request
+    /// (vfio-pci disabled bus mastering and reset the function then): from
+    /// now on a failed unmap frees the memory anyway, since nothing can
+    /// reach it.
+    pub(crate) fn device_released(&self) {
+        self.released
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     fn allocator(&self) -> std::sync::MutexGuard<'_, IovaAllocator> {
@@ -231,9 +245,15 @@ impl DmaMapper for VfioMapper {
     }
 
     fn unmap(&self, iova: u64, len: usize) -> Result<()> {
-        self.container
-            .vfio_dma_unmap(iova, len)
-            .map_err(|e| Error::vfio(format!("DMA unmap of {len} bytes at IOVA {iova:#x}"), e))?;
+        if let Err(e) = self.container.vfio_dma_unmap(iova, len) {
+            if !self.released.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(Error::vfio(
+                    format!("DMA unmap of {len} bytes at IOVA {iova:#x}"),
+                    e,
+                ));
+            }
+            log::debug!("DMA unmap of {len} bytes at IOVA {iova:#x} after the removal: {e}");
+        }
         self.allocator().free(iova, len as u64);
         Ok(())
     }

@@ -265,6 +265,17 @@ impl IoQPair {
 impl Drop for IoQPair {
     fn drop(&mut self) {
         let qid = self.q.qid();
+        if self.shared.removal.requested() {
+            // The removal watcher is giving the device back right now (a
+            // few milliseconds): a Delete I/O SQ through the retired BAR
+            // would only fail and leak the queue's memory.
+            let start = std::time::Instant::now();
+            while !self.shared.removal.released()
+                && start.elapsed() < std::time::Duration::from_secs(5)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
         if self.shared.removal.released() {
             // The device was taken away: it has no queues and does no DMA.
             self.shared.release_qid(qid);
