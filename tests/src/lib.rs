@@ -27,7 +27,12 @@ pub use qemu_harness::{GuestDriver, GuestExit, IommuMode, NsDisk, TcgThreads, Vm
 pub fn vm() -> VmConfig {
     VmConfig {
         disk_size: 64 << 20,
-        mem_mib: 512,
+        // The initramfs carries every guest binary (about 75 MB) and, in
+        // some tests, fio or qemu-storage-daemon with their libraries; the
+        // kernel needs room for the archive and its unpacked copy at once
+        // (at 512 MiB, fio's test failed: "Initramfs unpacking failed:
+        // write error", then a Bus error from the truncated fio).
+        mem_mib: 1024,
         timeout: Duration::from_secs(240),
         tcg_threads: TcgThreads::Single,
         ..VmConfig::default()
