@@ -4,7 +4,11 @@
 //! machines; `--verify` writes a checkable pattern and checks every read.
 //! `--mode cache` runs the same workloads as buffered I/O through the page
 //! cache (`pagecache` + `mpage`) instead: see [`cache_mode`].
-#![forbid(unsafe_code)]
+//! `--vhost-user SOCK` runs the raw workloads through a vhost-user-blk
+//! device (libblkio's client) instead of the NVMe driver: see
+//! [`vhost_mode`].
+// One block in `vhost_mode` reads libblkio's completions.
+#![deny(unsafe_code)]
 #![allow(clippy::print_stdout)]
 
 use std::io::IsTerminal;
@@ -24,6 +28,7 @@ use nvme_driver::{
 use serde_json::json;
 
 mod cache_mode;
+mod vhost_mode;
 
 /// How the namespace is driven.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
@@ -183,6 +188,12 @@ struct Args {
     /// thread reading only its own).
     #[arg(long, value_enum, default_value = "shared")]
     files: cache_mode::Files,
+    /// Run the raw workloads through the vhost-user-blk device at this
+    /// socket (libblkio's virtio-blk-vhost-user client: a virtqueue per
+    /// thread, polled unless --interrupts) instead of the NVMe driver.
+    /// The range is in the device's blocks; no controller is opened.
+    #[arg(long, value_name = "SOCK", conflicts_with = "device")]
+    vhost_user: Option<String>,
 }
 
 fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
@@ -293,6 +304,9 @@ fn run(mut args: Args) -> Result<u64> {
     if args.floor && args.dist != OffsetDist::Uniform {
         return Err("--floor draws uniform offsets only".into());
     }
+    if let Some(socket) = args.vhost_user.clone() {
+        return run_vhost(args, &socket);
+    }
     let address = match args.device {
         Some(a) => a,
         None => {
@@ -369,8 +383,97 @@ fn run(mut args: Args) -> Result<u64> {
     for r in &results {
         total.merge(&r.stats);
     }
-    report(&ctrl, &job, &results, &total, summary.as_ref(), cpu, wall);
+    let facts = DeviceFacts {
+        device: ctrl.address().to_string(),
+        shadow_doorbells: ctrl.uses_shadow_doorbells(),
+        sgl: ctrl.uses_sgl(),
+        max_transfer: ctrl.max_transfer(),
+    };
+    report(&facts, &job, &results, &total, summary.as_ref(), cpu, wall);
     Ok(total.errors)
+}
+
+/// `--vhost-user`: the raw workloads through a vhost-user-blk device.
+fn run_vhost(args: Args, socket: &str) -> Result<u64> {
+    if args.mode != Mode::Raw
+        || args.floor
+        || args.owned_buffers
+        || args.buffer_pool.is_some()
+        || args.sgl
+        || args.no_shadow
+        || args.nsid != 1
+    {
+        return Err(
+            "--vhost-user runs raw mode's full path: not with --mode cache, --floor, \
+             --owned-buffers, --buffer-pool, --sgl, --no-shadow or --nsid"
+                .into(),
+        );
+    }
+    let mut dev = vhost_mode::open(socket, args.threads, args.qd, args.io_size, args.interrupts)?;
+    let lba_size = dev.block_size;
+    if !args.io_size.is_multiple_of(lba_size) {
+        return Err(format!(
+            "I/O size {} is not a multiple of the {lba_size}-byte block size",
+            args.io_size
+        ));
+    }
+    let end = dev.capacity / lba_size;
+    if args.range_start >= end {
+        return Err(format!(
+            "--range-start {} is past the end of the device ({end} blocks)",
+            args.range_start
+        ));
+    }
+    let blocks = match args.range_size {
+        Some(bytes) => bytes / lba_size,
+        None => end - args.range_start,
+    };
+    if blocks > end - args.range_start {
+        return Err(format!(
+            "the range ({blocks} blocks from {}) is past the end of the device ({end} blocks)",
+            args.range_start
+        ));
+    }
+    let job = Job {
+        args: args.clone(),
+        lba_size,
+        io_blocks: args.io_size / lba_size,
+        first: args.range_start,
+        blocks,
+    };
+    if args.verify {
+        vhost_mode::prefill(&mut dev, &job)?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress: Vec<Arc<AtomicU64>> = (0..args.threads)
+        .map(|_| Arc::new(AtomicU64::new(0)))
+        .collect();
+    let cpu_before = cpu_time();
+    let start = Instant::now();
+    let watcher = show_progress(&args, &progress, &stop);
+    let outcome = vhost_mode::run(&mut dev, &job, &stop, &progress);
+    stop.store(true, Ordering::Relaxed);
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
+    let results = outcome?;
+    let wall = start.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu_before);
+    let mut total = Stats::new();
+    for r in &results {
+        total.merge(&r.stats);
+    }
+    report(&dev.facts(socket), &job, &results, &total, None, cpu, wall);
+    Ok(total.errors)
+}
+
+/// What the report says of the device.
+struct DeviceFacts {
+    /// The PCI address, or `vhost-user:SOCK`.
+    device: String,
+    shadow_doorbells: bool,
+    sgl: bool,
+    max_transfer: usize,
 }
 
 /// Raw mode: one queue pair per thread, `-q` I/Os in flight on each.
@@ -903,7 +1006,7 @@ fn cpu_time() -> Duration {
 }
 
 fn report(
-    ctrl: &Controller,
+    dev: &DeviceFacts,
     job: &Job,
     results: &[ThreadResult],
     total: &Stats,
@@ -935,14 +1038,14 @@ fn report(
             "label": a.label,
             "mode": a.mode,
             "job": {
-                "device": ctrl.address().to_string(), "nsid": a.nsid, "workload": a.workload,
+                "device": dev.device, "vhost_user": a.vhost_user.is_some(), "nsid": a.nsid, "workload": a.workload,
                 "rwmixread": a.mix, "io_size": a.io_size, "queue_depth": qd, "threads": a.threads,
                 "core_mask": a.core_mask.map(|m| format!("{m:#x}")),
                 "time": a.time, "io_count": a.io_count, "warmup": a.warmup, "dist": format!("{:?}", a.dist),
                 "range_start": job.first, "range_blocks": job.blocks, "lba_size": job.lba_size,
                 "verify": a.verify, "zero_copy": a.zero_copy, "floor": a.floor,
-                "buffers": if a.owned_buffers { "owned" } else { "registered" }, "buffer_pool": a.buffer_pool, "interrupts": a.interrupts, "shadow_doorbells": ctrl.uses_shadow_doorbells(),
-                "sgl": ctrl.uses_sgl(), "max_transfer": ctrl.max_transfer(),
+                "buffers": if a.owned_buffers { "owned" } else { "registered" }, "buffer_pool": a.buffer_pool, "interrupts": a.interrupts, "shadow_doorbells": dev.shadow_doorbells,
+                "sgl": dev.sgl, "max_transfer": dev.max_transfer,
             },
             "total": {
                 "ios": total.ios(), "reads": total.reads, "writes": total.writes, "errors": total.errors,
@@ -959,7 +1062,7 @@ fn report(
     }
     println!(
         "{} nsid {} {:?} {}B {} x{} threads{}",
-        ctrl.address(),
+        dev.device,
         a.nsid,
         a.workload,
         a.io_size,
