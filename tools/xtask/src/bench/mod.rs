@@ -216,11 +216,14 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
         // The kernel driver's modules are loaded and own the controller at
         // boot; the script moves it to vfio-pci for our side and back.
         driver: GuestDriver::Kernel,
-        host_tools: if plan.has_kernel_side() {
-            vec!["fio".into()]
-        } else {
-            Vec::new()
-        },
+        host_tools: [
+            (plan.has_kernel_side(), "fio"),
+            (plan.has_qsd(), "qemu-storage-daemon"),
+        ]
+        .into_iter()
+        .filter(|(needed, _)| *needed)
+        .map(|(_, tool)| tool.to_string())
+        .collect(),
         timeout: Duration::from_secs_f64(estimate * 2.0 + 180.0),
         output: OutputMode::StreamStderr,
         console_log: Some(out_dir.join("console.log")),
@@ -235,7 +238,8 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
     let cells = results::cells(&output.runs, &plan.jobs);
     let header = header(&args, &output, elapsed);
     let table = results::table(&cells, &plan.jobs, &header);
-    let targets = results::targets(&cells, args.backend == Backend::Null);
+    let zero_copy = results::zero_copy_share(&output.vhost_requests);
+    let targets = results::targets(&cells, args.backend == Backend::Null, zero_copy);
 
     println!();
     println!("{table}");
@@ -262,6 +266,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
         "summary": cells,
         "targets": targets,
         "runs": output.runs,
+        "vhost_requests": output.vhost_requests,
         "failures": output.failures,
     });
     std::fs::write(

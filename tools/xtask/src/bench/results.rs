@@ -77,6 +77,45 @@ pub(crate) struct Output {
     pub failures: Vec<String>,
     /// `@@key value` lines: the run's conditions (guest kernel, fio, ...).
     pub conditions: BTreeMap<String, String>,
+    /// nvme-vhost's request counts after each vhost run.
+    pub vhost_requests: Vec<VhostRequests>,
+}
+
+/// What nvme-vhost served in one run (`@@vhost_requests LABEL direct N,
+/// bounced N, failed N, unsupported N`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct VhostRequests {
+    pub label: String,
+    /// Served zero-copy (PRPs into the client's memory).
+    pub direct: u64,
+    /// Through a bounce buffer.
+    pub bounced: u64,
+    pub failed: u64,
+}
+
+impl VhostRequests {
+    fn parse(rest: &str) -> Option<VhostRequests> {
+        let (label, counts) = rest.split_once(' ')?;
+        let count = |name: &str| -> Option<u64> {
+            counts
+                .split(", ")
+                .find_map(|c| c.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        };
+        Some(VhostRequests {
+            label: label.to_string(),
+            direct: count("direct")?,
+            bounced: count("bounced")?,
+            failed: count("failed")?,
+        })
+    }
+}
+
+/// The share of nvme-vhost's requests served zero-copy over every vhost
+/// run (None without one).
+pub(crate) fn zero_copy_share(reqs: &[VhostRequests]) -> Option<f64> {
+    let direct: u64 = reqs.iter().map(|r| r.direct).sum();
+    let all = direct + reqs.iter().map(|r| r.bounced).sum::<u64>();
+    (all > 0).then(|| direct as f64 / all as f64)
 }
 
 /// Parses the guest's stdout.
@@ -85,6 +124,13 @@ pub(crate) fn parse(stdout: &str) -> Output {
     for line in stdout.lines() {
         if let Some(rest) = line.strip_prefix("@@failed ") {
             out.failures.push(rest.to_string());
+        } else if let Some(rest) = line.strip_prefix("@@vhost_requests ") {
+            match VhostRequests::parse(rest) {
+                Some(r) => out.vhost_requests.push(r),
+                None => out
+                    .failures
+                    .push(format!("no nvme-vhost request counts: {rest:.200}")),
+            }
         } else if let Some(rest) = line.strip_prefix("@@") {
             let (k, v) = rest.split_once(' ').unwrap_or((rest, ""));
             out.conditions
@@ -392,8 +438,9 @@ pub(crate) struct Target {
     pub met: bool,
 }
 
-/// The targets that the measured jobs allow checking.
-pub(crate) fn targets(cells: &[Cell], null_backend: bool) -> Vec<Target> {
+/// The targets that the measured jobs allow checking; `zero_copy`: the
+/// share of nvme-vhost's requests served zero-copy, if vhost runs ran.
+pub(crate) fn targets(cells: &[Cell], null_backend: bool, zero_copy: Option<f64>) -> Vec<Target> {
     let mut out = Vec::new();
     let get = |job: &str, v: Variant| cell(cells, job, v).map(|c| c.median);
     // The best median of `job` among the kernel variants whose name
@@ -520,6 +567,37 @@ pub(crate) fn targets(cells: &[Cell], null_backend: bool) -> Vec<Target> {
         0.4,
         true,
     );
+    // Issue 11: nvme-vhost against qemu-storage-daemon (io_uring, O_DIRECT,
+    // an iothread, the kernel's nvme driver), the same client in the same
+    // boot; polled (the benchmark setting) and in the default interrupt
+    // mode.
+    let qsd = |job: &str| Variant::from_name("qsd-vhost").and_then(|v| get(job, v));
+    for name in ["vhost", "vhost-irq"] {
+        let vhost = |job: &str| Variant::from_name(name).and_then(|v| get(job, v));
+        check(
+            &format!("4K randread QD32 IOPS: {name} vs qemu-storage-daemon"),
+            vhost("randread-4k-qd32"),
+            qsd("randread-4k-qd32"),
+            2.0,
+            false,
+        );
+        check(
+            &format!("4K randread QD1 mean latency: {name} vs qemu-storage-daemon"),
+            vhost("randread-4k-qd1"),
+            qsd("randread-4k-qd1"),
+            0.6,
+            true,
+        );
+    }
+    if let Some(share) = zero_copy {
+        check(
+            "nvme-vhost requests served zero-copy (share; page-aligned client)",
+            Some(share),
+            Some(1.0),
+            0.99,
+            false,
+        );
+    }
     out
 }
 
@@ -550,7 +628,7 @@ mod tests {
         let job = Job::by_name("randread-4k-qd32").unwrap();
         let (r, v) = ratio_to_best_kernel(&cells, &job).unwrap();
         assert_eq!((r, v.name()), (2.0, "io_uring-polled"));
-        let t = targets(&cells, false);
+        let t = targets(&cells, false, None);
         let vs_polled = t
             .iter()
             .find(|t| t.what.contains("vs io_uring polled"))
@@ -591,6 +669,52 @@ mod tests {
         let c = &cells(&runs, JOBS)[0];
         assert_eq!((c.median, c.min, c.max, c.runs), (100.0, 90.0, 120.0, 3));
         assert!((c.spread_pct() - 30.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn vhost_rows_give_their_targets_and_the_zero_copy_share() {
+        let ours = |label: &str, iops: f64, mean: f64| {
+            format!(
+                r#"{{"label":"{label}","total":{{"iops":{iops},"errors":0,"latency":{{"mean_us":{mean}}}}}}}"#
+            )
+        };
+        let text = [
+            ours("vhost|randread-4k-qd32|1", 50000.0, 600.0),
+            "@@vhost_requests vhost|randread-4k-qd32|1 direct 199, bounced 1, failed 0, unsupported 0".into(),
+            ours("qsd-vhost|randread-4k-qd32|1", 20000.0, 1500.0),
+            ours("vhost|randread-4k-qd1|1", 4000.0, 250.0),
+            "@@vhost_requests vhost|randread-4k-qd1|1 direct 800, bounced 0, failed 0, unsupported 0".into(),
+            ours("qsd-vhost|randread-4k-qd1|1", 2000.0, 500.0),
+            "@@vhost_requests x|y|1 garbage".into(),
+        ]
+        .join("\n");
+        let out = parse(&text);
+        assert_eq!(out.runs.len(), 4);
+        assert_eq!(out.failures.len(), 1, "{:?}", out.failures);
+        assert_eq!(
+            out.vhost_requests[0],
+            VhostRequests {
+                label: "vhost|randread-4k-qd32|1".into(),
+                direct: 199,
+                bounced: 1,
+                failed: 0
+            }
+        );
+        let share = zero_copy_share(&out.vhost_requests);
+        assert_eq!(share, Some(999.0 / 1000.0));
+        let cells = cells(&out.runs, JOBS);
+        let t = targets(&cells, false, share);
+        let find = |what: &str| t.iter().find(|t| t.what.contains(what)).unwrap();
+        let qd32 = find("QD32 IOPS: vhost vs qemu-storage-daemon");
+        assert!(qd32.met && qd32.ratio == 2.5, "{t:?}");
+        let qd1 = find("QD1 mean latency: vhost vs qemu-storage-daemon");
+        assert!(qd1.met && qd1.ratio == 0.5, "{t:?}");
+        assert!(find("zero-copy").met);
+        // No vhost-irq run, no vhost-irq target; the vhost rows are not
+        // the kernel's best.
+        assert!(!t.iter().any(|t| t.what.contains("vhost-irq")), "{t:?}");
+        assert!(best_kernel(&cells, &Job::by_name("randread-4k-qd32").unwrap()).is_none());
+        assert_eq!(zero_copy_share(&[]), None);
     }
 
     #[test]
@@ -637,7 +761,7 @@ mod tests {
         assert_eq!((r, v.name()), (40.0 / 70.0, "libaio"));
         // The "vs polled" target takes the better of batched or not; the
         // interrupt one the io_uring variants without polling.
-        let t = targets(&cells, false);
+        let t = targets(&cells, false, None);
         let find = |what: &str| t.iter().find(|t| t.what.contains(what)).unwrap();
         assert_eq!(find("QD32 IOPS vs io_uring polled").ratio, 2.0, "{t:?}");
         assert_eq!(find("QD32 IOPS vs io_uring interrupts").ratio, 4.0, "{t:?}");

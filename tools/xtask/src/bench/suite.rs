@@ -70,7 +70,19 @@ pub(crate) enum Side {
     Ours(&'static str),
     /// fio through the kernel's nvme driver, with these engine options.
     Kernel(&'static str),
+    /// nvme-bench `--vhost-user` (libblkio's client, polled queues)
+    /// against nvme-vhost on our driver, started for the run with these
+    /// extra arguments.
+    Vhost(&'static str),
+    /// nvme-bench `--vhost-user` against qemu-storage-daemon's
+    /// vhost-user-blk export of the namespace's block device under the
+    /// kernel's nvme driver, with its best settings ([`QSD_BLOCKDEV`]).
+    QsdVhost,
 }
+
+/// qemu-storage-daemon's options besides the block device and the socket:
+/// io_uring, O_DIRECT, the export served by an iothread of its own.
+pub(crate) const QSD_BLOCKDEV: &str = "aio=io_uring,cache.direct=on";
 
 /// One way of running jobs: ours (nvme-bench) or a kernel configuration
 /// under fio.
@@ -96,6 +108,14 @@ pub(crate) struct VariantDef {
     /// Only these jobs (by name); empty: every job of its kinds.
     pub only: &'static [&'static str],
 }
+
+/// The jobs the vhost-user variants run.
+const VHOST_JOBS: &[&str] = &[
+    "randread-4k-qd1",
+    "randread-4k-qd32",
+    "randwrite-4k-qd32",
+    "read-128k-qd8",
+];
 
 /// Every variant, in table order; ours first.
 pub(crate) const VARIANTS: &[VariantDef] = &[
@@ -143,6 +163,38 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
         always: true,
         by_default: false,
         only: &[],
+    },
+    // Issue 11: the same client (nvme-bench --vhost-user, libblkio) against
+    // our vhost-user-blk target, polling (its benchmark setting) and in
+    // its default interrupt mode, and against qemu-storage-daemon over the
+    // kernel's nvme driver, in the same boot. Only when `--variants` names
+    // them (a daemon is started for each run).
+    VariantDef {
+        name: "vhost",
+        side: Side::Vhost("--poll"),
+        kinds: DEVICE_KINDS,
+        batched: false,
+        always: false,
+        by_default: false,
+        only: VHOST_JOBS,
+    },
+    VariantDef {
+        name: "vhost-irq",
+        side: Side::Vhost(""),
+        kinds: DEVICE_KINDS,
+        batched: false,
+        always: false,
+        by_default: false,
+        only: VHOST_JOBS,
+    },
+    VariantDef {
+        name: "qsd-vhost",
+        side: Side::QsdVhost,
+        kinds: DEVICE_KINDS,
+        batched: false,
+        always: false,
+        by_default: false,
+        only: VHOST_JOBS,
     },
     VariantDef {
         name: "io_uring",
@@ -256,9 +308,19 @@ impl Variant {
         Variant::all().find(|v| v.name() == s)
     }
 
-    /// The kernel side.
+    /// The kernel side (fio), which the table compares ours with.
     pub(crate) fn is_kernel(self) -> bool {
         matches!(self.def().side, Side::Kernel(_))
+    }
+
+    /// Runs with the controller on the kernel's nvme driver.
+    pub(crate) fn on_kernel_driver(self) -> bool {
+        matches!(self.def().side, Side::Kernel(_) | Side::QsdVhost)
+    }
+
+    /// A vhost-user client run (nvme-bench `--vhost-user`).
+    pub(crate) fn is_vhost(self) -> bool {
+        matches!(self.def().side, Side::Vhost(_) | Side::QsdVhost)
     }
 
     /// Whether this variant runs `job`.
@@ -529,7 +591,8 @@ fn ours_args(job: &Job, variant: Variant, t: Timing) -> String {
             job.rw, job.bs, t.runtime, t.warmup
         ),
     };
-    if job.nsid() != 1 {
+    // A vhost-user device is one disk: the daemon picks the namespace.
+    if job.nsid() != 1 && !variant.is_vhost() {
         let _ = write!(a, " --nsid {}", job.nsid());
     }
     if job.threads > 1 {
@@ -635,7 +698,7 @@ impl Plan {
         self.jobs.iter().flat_map(move |job| {
             job.variants()
                 .into_iter()
-                .filter(move |v| v.is_kernel() == kernel && self.variants.contains(v))
+                .filter(move |v| v.on_kernel_driver() == kernel && self.variants.contains(v))
                 .map(move |v| (*job, v))
         })
     }
@@ -645,9 +708,14 @@ impl Plan {
         (self.runs(false).count() + self.runs(true).count()) * self.rounds as usize
     }
 
-    /// Whether any kernel variant runs (fio is needed in the guest).
+    /// Whether any fio variant runs (fio is needed in the guest).
     pub(crate) fn has_kernel_side(&self) -> bool {
-        self.runs(true).next().is_some()
+        self.runs(true).any(|(_, v)| v.is_kernel())
+    }
+
+    /// Whether qemu-storage-daemon runs (it is needed in the guest).
+    pub(crate) fn has_qsd(&self) -> bool {
+        self.runs(true).any(|(_, v)| v.def().side == Side::QsdVhost)
     }
 
     /// Whether the kernel's page cache runs (its readahead is then set to
@@ -687,7 +755,7 @@ impl Plan {
             devs.join(" "),
             block_device(CACHE_NS)
         );
-        s.push_str(SCRIPT_PRELUDE);
+        s.push_str(&SCRIPT_PRELUDE.replace("QSD_BLOCKDEV", QSD_BLOCKDEV));
         // Identify needs the controller on vfio-pci.
         let _ = writeln!(s, "to_vfio\nconditions");
         if self.has_kernel_cache() {
@@ -714,20 +782,37 @@ impl Plan {
             }
             for (job, v) in ours {
                 n += 1;
-                let _ = writeln!(
-                    s,
-                    "ours '{}' '[{n}/{total}] round {round} {} {}' {}",
-                    label(v, &job, round),
-                    v.name(),
-                    job.name,
-                    ours_args(&job, v, self.timing)
-                );
+                let what = format!("[{n}/{total}] round {round} {} {}", v.name(), job.name);
+                let args = ours_args(&job, v, self.timing);
+                let _ = match v.def().side {
+                    Side::Vhost(daemon) => writeln!(
+                        s,
+                        "vhost '{}' '{what}' '--nsid {}{}{daemon}' {args}",
+                        label(v, &job, round),
+                        job.nsid(),
+                        if daemon.is_empty() { "" } else { " " },
+                    ),
+                    _ => writeln!(s, "ours '{}' '{what}' {args}", label(v, &job, round)),
+                };
             }
             let kernel: Vec<_> = self.runs(true).collect();
             if !kernel.is_empty() {
                 let _ = writeln!(s, "to_nvme");
             }
             for (job, v) in kernel {
+                if v.def().side == Side::QsdVhost {
+                    n += 1;
+                    let _ = writeln!(
+                        s,
+                        "qsd_vhost '{}' '[{n}/{total}] round {round} {} {}' {} {}",
+                        label(v, &job, round),
+                        v.name(),
+                        job.name,
+                        job.block_device(),
+                        ours_args(&job, v, self.timing)
+                    );
+                    continue;
+                }
                 let Some(args) = fio_args(&job, v, self.timing) else {
                     continue;
                 };
@@ -822,6 +907,58 @@ ours() {
         echo "@@failed $label: $(tr '\n' ' ' < /tmp/run.err)"
     fi
 }
+# Waits up to 30 s for the unix socket $1.
+wait_socket() {
+    i=0
+    while [ ! -S "$1" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i + 1)); done
+    [ -S "$1" ]
+}
+# nvme-bench --vhost-user against nvme-vhost (its arguments in $3), started
+# for this run; the daemon's request counts after the client left go to
+# "@@vhost_requests LABEL direct N, bounced N, failed N, unsupported N".
+vhost() {
+    label=$1; what=$2; daemon=$3; shift 3
+    say "$what"
+    rm -f /tmp/vhost.sock
+    nvme-vhost $DEV --socket /tmp/vhost.sock --once $daemon 2> /tmp/vhost.log &
+    vpid=$!
+    if ! wait_socket /tmp/vhost.sock; then
+        kill $vpid 2> /dev/null; wait $vpid
+        echo "@@failed $label: nvme-vhost: $(tr '\n' ' ' < /tmp/vhost.log)"
+        return
+    fi
+    if nvme-bench "$@" --vhost-user /tmp/vhost.sock --json --label "$label" > /tmp/run.out 2> /tmp/run.err; then
+        grep '^{' /tmp/run.out
+    else
+        echo "@@failed $label: $(tr '\n' ' ' < /tmp/run.err)"
+        kill $vpid 2> /dev/null
+    fi
+    wait $vpid
+    echo "@@vhost_requests $label $(grep -o 'requests direct.*' /tmp/vhost.log | tail -1 | sed 's/^requests //')"
+}
+# nvme-bench --vhost-user against qemu-storage-daemon exporting block
+# device $3 (the kernel's nvme driver), started for this run.
+qsd_vhost() {
+    label=$1; what=$2; bdev=$3; shift 3
+    say "$what"
+    rm -f /tmp/qsd.sock
+    qemu-storage-daemon --object iothread,id=io0 \
+        --blockdev driver=host_device,node-name=ns,filename=$bdev,QSD_BLOCKDEV \
+        --export type=vhost-user-blk,id=exp,node-name=ns,writable=on,iothread=io0,addr.type=unix,addr.path=/tmp/qsd.sock \
+        2> /tmp/qsd.log &
+    qpid=$!
+    if ! wait_socket /tmp/qsd.sock; then
+        kill $qpid 2> /dev/null; wait $qpid
+        echo "@@failed $label: qemu-storage-daemon: $(tr '\n' ' ' < /tmp/qsd.log)"
+        return
+    fi
+    if nvme-bench "$@" --vhost-user /tmp/qsd.sock --json --label "$label" > /tmp/run.out 2> /tmp/run.err; then
+        grep '^{' /tmp/run.out
+    else
+        echo "@@failed $label: $(tr '\n' ' ' < /tmp/run.err)"
+    fi
+    kill $qpid; wait $qpid
+}
 kern() {
     label=$1; what=$2; shift 2
     say "$what"
@@ -892,6 +1029,9 @@ mod tests {
                 "ours",
                 "floor",
                 "ours-owned",
+                "vhost",
+                "vhost-irq",
+                "qsd-vhost",
                 "io_uring",
                 "io_uring-polled",
                 "libaio"
@@ -903,6 +1043,9 @@ mod tests {
                 "ours",
                 "floor",
                 "ours-owned",
+                "vhost",
+                "vhost-irq",
+                "qsd-vhost",
                 "io_uring",
                 "io_uring-batch",
                 "io_uring-polled",
@@ -1055,7 +1198,12 @@ mod tests {
             variants: Variant::all().collect(),
             ..plan()
         };
-        assert_eq!(with_all.run_count(), p.run_count() + (5 + device_jobs) * 3);
+        // And the vhost-user variants.
+        assert_eq!(
+            with_all.run_count(),
+            p.run_count() + (5 + device_jobs + 3 * VHOST_JOBS.len()) * 3
+        );
+        assert!(!s.contains("\nvhost '") && !s.contains("\nqsd_vhost '"));
         assert_eq!(
             with_all.script().matches(" --owned-buffers\n").count(),
             device_jobs * 3
@@ -1072,6 +1220,38 @@ mod tests {
         // The estimate keeps the default suite under a quarter of an hour.
         assert!(p.estimate_seconds() < 900.0, "{}", p.estimate_seconds());
         assert_eq!(p.run_count(), 180);
+    }
+
+    #[test]
+    fn vhost_variants_start_their_daemon_on_the_right_driver() {
+        let p = Plan {
+            jobs: vec![job("randread-4k-qd1"), job("randread-4k-qd32")],
+            variants: vec![v("vhost"), v("vhost-irq"), v("qsd-vhost")],
+            rounds: 1,
+            precondition: false,
+            ..plan()
+        };
+        assert_eq!(p.run_count(), 6);
+        assert!(p.has_qsd() && !p.has_kernel_side(), "no fio needed");
+        let s = p.script();
+        // nvme-vhost while the controller is on vfio-pci, the storage
+        // daemon after it moved to nvme.
+        let (vfio, nvme) = s.split_once("\nto_nvme\n").expect("a kernel phase");
+        assert!(vfio.contains(
+            "\nvhost 'vhost|randread-4k-qd32|1' '[3/6] round 1 vhost randread-4k-qd32' '--nsid 1 --poll' -w randread -o 4096 -q 32 "
+        ), "{s}");
+        assert!(vfio.contains("\nvhost 'vhost-irq|randread-4k-qd1|1' '[2/6] round 1 vhost-irq randread-4k-qd1' '--nsid 1' -w randread -o 4096 -q 1 "), "{s}");
+        assert!(nvme.starts_with(
+            "qsd_vhost 'qsd-vhost|randread-4k-qd1|1' '[5/6] round 1 qsd-vhost randread-4k-qd1' /dev/nvme0n1 -w randread -o 4096 -q 1 "
+        ), "{s}");
+        assert!(!vfio.contains("\nqsd_vhost '") && !nvme.contains("\nvhost '"));
+        assert!(
+            s.contains("filename=$bdev,aio=io_uring,cache.direct=on"),
+            "{s}"
+        );
+        assert!(s.contains("iothread=io0"), "{s}");
+        // Vhost jobs need no --nsid on the client; the daemon takes it.
+        assert!(!s.contains("--vhost-user /tmp/vhost.sock --nsid"));
     }
 
     #[test]
