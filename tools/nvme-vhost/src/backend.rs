@@ -302,11 +302,26 @@ impl VhostUserBackend for BlkBackend {
         let Some(worker) = slot.as_mut() else {
             return Err(io_error("worker vanished".into()));
         };
-        let table = self.table();
         let mut state = vring.get_mut();
-        let returned = worker
-            .serve(state.get_queue_mut(), &table)
-            .map_err(|e| io_error(format!("virtqueue {thread_id}: {e}")))?;
+        // The queue thread signals the guest itself while it keeps
+        // commands in flight (a copy of the call eventfd: the queue is
+        // borrowed from the same state).
+        let call = match state.get_call() {
+            Some(c) => Some(c.try_clone()?),
+            None => None,
+        };
+        let mut returned = false;
+        loop {
+            let table = self.table();
+            let current = || Arc::ptr_eq(&self.table(), &table);
+            let served = worker
+                .serve_with(state.get_queue_mut(), &table, call.as_ref(), &current)
+                .map_err(|e| io_error(format!("virtqueue {thread_id}: {e}")))?;
+            returned |= served.unsignalled;
+            if !served.again {
+                break;
+            }
+        }
         if returned
             && state
                 .needs_notification()

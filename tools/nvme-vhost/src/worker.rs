@@ -12,6 +12,7 @@ use nvme_driver::{DmaBuffer, IoCompletion, IoQPair, IoRequest, IoSegments};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
+use vmm_sys_util::event::EventNotifier;
 
 use crate::config::DeviceConfig;
 use crate::memtable::MemTable;
@@ -55,6 +56,17 @@ pub enum WorkerError {
     /// Guest memory could not be written (a used-ring update).
     #[error("guest memory: {0}")]
     Memory(#[from] vm_memory::GuestMemoryError),
+}
+
+/// What [`Worker::serve_with`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    /// Chains were returned that no signal told the guest about yet (the
+    /// caller signals if the queue asks for it).
+    pub unsignalled: bool,
+    /// The memory table changed while serving and chains are waiting:
+    /// serve again with the new table.
+    pub again: bool,
 }
 
 /// What one request waits for.
@@ -117,11 +129,29 @@ impl Worker {
         }
     }
 
-    /// Serves `queue` until it has no more available chains; returns
-    /// whether chains were returned to the used ring (the caller then
-    /// signals the guest if the queue asks for it).
+    /// Serves `queue` until it has no more available chains and nothing
+    /// in flight; returns whether chains were returned to the used ring
+    /// (the caller then signals the guest if the queue asks for it).
     pub fn serve(&mut self, queue: &mut Queue, table: &Arc<MemTable>) -> Result<bool, WorkerError> {
-        let result = self.serve_batches(queue, table);
+        self.serve_with(queue, table, None, &|| true)
+            .map(|s| s.unsignalled)
+    }
+
+    /// [`Worker::serve`], keeping commands in flight across the guest's
+    /// submissions: while commands are in flight the thread looks at the
+    /// ring after every completion batch, returns the finished chains
+    /// (signalling `call` when the queue asks for it) and starts the new
+    /// ones, so the device sees the front end's whole queue depth, not
+    /// batches that drain to empty. New chains are taken only while
+    /// `current()` says `table` is still the memory table.
+    pub fn serve_with(
+        &mut self,
+        queue: &mut Queue,
+        table: &Arc<MemTable>,
+        call: Option<&EventNotifier>,
+        current: &dyn Fn() -> bool,
+    ) -> Result<Served, WorkerError> {
+        let result = self.serve_continuously(queue, table, call, current);
         if self.qpair.given_up_in_flight() > 0 {
             if !self.pinned.iter().any(|t| Arc::ptr_eq(t, table)) {
                 log::warn!(
@@ -137,110 +167,167 @@ impl Worker {
         result
     }
 
-    fn serve_batches(&mut self, queue: &mut Queue, table: &MemTable) -> Result<bool, WorkerError> {
-        let mem = table.memory();
-        let mut any = false;
+    fn serve_continuously(
+        &mut self,
+        queue: &mut Queue,
+        table: &MemTable,
+        call: Option<&EventNotifier>,
+        current: &dyn Fn() -> bool,
+    ) -> Result<Served, WorkerError> {
+        let guard = table.memory();
+        let mem = &*guard;
+        // Requests in flight by tag, and the free tags.
+        let mut flights: Vec<Option<InFlight>> = Vec::new();
+        let mut free: Vec<usize> = Vec::new();
+        let mut waiting = 0usize;
+        let mut returned: Vec<(u16, u32)> = Vec::new();
+        let mut unsignalled = false;
         loop {
-            queue.disable_notification(&*mem)?;
-            let parsed: Vec<Parsed> = queue
-                .iter(mem.clone())?
-                .map(|chain| request::parse(chain, &self.config))
-                .collect();
-            if !parsed.is_empty() {
-                for (head, len) in self.run(&*mem, table, parsed) {
-                    queue.add_used(&*mem, head, len)?;
+            let taking = current();
+            if taking {
+                queue.disable_notification(mem)?;
+                let parsed: Vec<Parsed> = queue
+                    .iter(guard.clone())?
+                    .map(|chain| request::parse(chain, &self.config))
+                    .collect();
+                for p in parsed {
+                    let tag = free.pop().unwrap_or_else(|| {
+                        flights.push(None);
+                        flights.len() - 1
+                    });
+                    let f = self.begin(mem, table, p, tag as u64);
+                    if f.outstanding == 0 {
+                        returned.push(self.finish(mem, &f));
+                        free.push(tag);
+                    } else {
+                        flights[tag] = Some(f);
+                        waiting += 1;
+                    }
                 }
-                any = true;
             }
-            if !queue.enable_notification(&*mem)? {
-                break;
+            if waiting > 0 && returned.is_empty() {
+                self.reap(mem, &mut flights, &mut free, &mut waiting, &mut returned);
+            }
+            for (head, len) in returned.drain(..) {
+                queue.add_used(mem, head, len)?;
+                unsignalled = true;
+            }
+            if unsignalled
+                && let Some(call) = call
+                && queue.needs_notification(mem)?
+            {
+                if let Err(e) = call.notify() {
+                    log::warn!("queue {}: signalling the guest: {e}", self.qpair.qid());
+                }
+                unsignalled = false;
+            }
+            if waiting == 0 {
+                if !taking {
+                    // The memory table changed: chains made for the new
+                    // one are served with it, by the caller.
+                    let again = queue.enable_notification(mem)?;
+                    return Ok(Served { unsignalled, again });
+                }
+                if !queue.enable_notification(mem)? {
+                    return Ok(Served {
+                        unsignalled,
+                        again: false,
+                    });
+                }
             }
         }
-        Ok(any)
     }
 
-    /// Runs parsed requests to completion: their commands all go out
-    /// first, then the completions are reaped. Returns (head, used
-    /// length) of each, in completion order, with its status written.
-    pub fn run<G: GuestMemory + ?Sized>(
+    /// Waits for completions (up to [`WAIT_TICK`]) and finishes the
+    /// requests whose commands are all back, into `returned`.
+    fn reap<G: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &G,
+        flights: &mut [Option<InFlight>],
+        free: &mut Vec<usize>,
+        waiting: &mut usize,
+        returned: &mut Vec<(u16, u32)>,
+    ) {
+        let mut done = std::mem::take(&mut self.done);
+        if let Err(e) = self.qpair.wait(&mut done, WAIT_TICK) {
+            // The queue pair failed as a whole (controller gone or dead):
+            // every request still waiting fails.
+            log::error!("queue {}: {e}", self.qpair.qid());
+            for (tag, slot) in flights.iter_mut().enumerate() {
+                if let Some(mut f) = slot.take() {
+                    f.code = VIRTIO_BLK_S_IOERR;
+                    returned.push(self.finish(mem, &f));
+                    free.push(tag);
+                }
+            }
+            *waiting = 0;
+            done.clear();
+            self.done = done;
+            return;
+        }
+        for c in done.drain(..) {
+            let tag = c.tag as usize;
+            let Some(f) = flights.get_mut(tag).and_then(Option::as_mut) else {
+                log::error!("completion with unknown tag {}", c.tag);
+                continue;
+            };
+            if let Err(e) = &c.result {
+                log::warn!("request at descriptor {}: {e}", f.head);
+                f.code = VIRTIO_BLK_S_IOERR;
+            } else if let Some(buf) = &c.data
+                && !f.bounce_to.is_empty()
+                && let Err(e) = copy_out(&mut self.copy, buf, mem, &f.bounce_to)
+            {
+                log::warn!("request at descriptor {}: {e}", f.head);
+                f.code = VIRTIO_BLK_S_IOERR;
+            }
+            f.outstanding = f.outstanding.saturating_sub(1);
+            if f.outstanding == 0
+                && let Some(f) = flights[tag].take()
+            {
+                *waiting -= 1;
+                returned.push(self.finish(mem, &f));
+                free.push(tag);
+            }
+        }
+        self.done = done;
+    }
+
+    /// Starts a parsed request (tag `tag`): its commands go out, or its
+    /// answer is known at once (then `outstanding` is 0).
+    fn begin<G: GuestMemory + ?Sized>(
         &mut self,
         mem: &G,
         table: &MemTable,
-        parsed: Vec<Parsed>,
-    ) -> Vec<(u16, u32)> {
-        let mut flights = Vec::with_capacity(parsed.len());
-        for (tag, p) in parsed.into_iter().enumerate() {
-            let mut f = InFlight {
-                head: p.head,
-                status: p.status,
-                outstanding: 0,
-                code: VIRTIO_BLK_S_OK,
-                written: 0,
-                bounce_to: Vec::new(),
-            };
-            match p.action {
-                Ok(action) => {
-                    f.written = action.bytes_written();
-                    if let Err(e) = self.start(mem, table, &action, tag as u64, &mut f) {
-                        log::warn!("request at descriptor {}: {e}", p.head);
-                        f.code = VIRTIO_BLK_S_IOERR;
-                    }
-                }
-                Err(Reject::Unsupported(m)) => {
-                    log::debug!("request at descriptor {}: unsupported: {m}", p.head);
-                    f.code = VIRTIO_BLK_S_UNSUPP;
-                }
-                Err(Reject::Invalid(m)) => {
-                    log::warn!("request at descriptor {}: {m}", p.head);
+        p: Parsed,
+        tag: u64,
+    ) -> InFlight {
+        let mut f = InFlight {
+            head: p.head,
+            status: p.status,
+            outstanding: 0,
+            code: VIRTIO_BLK_S_OK,
+            written: 0,
+            bounce_to: Vec::new(),
+        };
+        match p.action {
+            Ok(action) => {
+                f.written = action.bytes_written();
+                if let Err(e) = self.start(mem, table, &action, tag, &mut f) {
+                    log::warn!("request at descriptor {}: {e}", p.head);
                     f.code = VIRTIO_BLK_S_IOERR;
                 }
             }
-            flights.push(f);
-        }
-        let mut waiting: usize = flights.iter().filter(|f| f.outstanding > 0).count();
-        let mut out = Vec::with_capacity(flights.len());
-        for f in flights.iter().filter(|f| f.outstanding == 0) {
-            out.push(self.finish(mem, f));
-        }
-        while waiting > 0 {
-            let mut done = std::mem::take(&mut self.done);
-            if let Err(e) = self.qpair.wait(&mut done, WAIT_TICK) {
-                // The queue pair failed as a whole (controller gone or
-                // dead): every request still waiting fails.
-                log::error!("queue {}: {e}", self.qpair.qid());
-                for f in flights.iter_mut().filter(|f| f.outstanding > 0) {
-                    f.outstanding = 0;
-                    f.code = VIRTIO_BLK_S_IOERR;
-                    out.push(self.finish(mem, f));
-                }
-                self.done = done;
-                break;
+            Err(Reject::Unsupported(m)) => {
+                log::debug!("request at descriptor {}: unsupported: {m}", p.head);
+                f.code = VIRTIO_BLK_S_UNSUPP;
             }
-            for c in done.drain(..) {
-                let Some(f) = flights.get_mut(c.tag as usize) else {
-                    log::error!("completion with unknown tag {}", c.tag);
-                    continue;
-                };
-                if let Err(e) = &c.result {
-                    log::warn!("request at descriptor {}: {e}", f.head);
-                    f.code = VIRTIO_BLK_S_IOERR;
-                } else if let Some(buf) = &c.data
-                    && !f.bounce_to.is_empty()
-                    && let Err(e) = copy_out(&mut self.copy, buf, mem, &f.bounce_to)
-                {
-                    log::warn!("request at descriptor {}: {e}", f.head);
-                    f.code = VIRTIO_BLK_S_IOERR;
-                }
-                f.outstanding = f.outstanding.saturating_sub(1);
-                if f.outstanding == 0 {
-                    waiting -= 1;
-                    let f = &flights[c.tag as usize];
-                    out.push(self.finish(mem, f));
-                }
+            Err(Reject::Invalid(m)) => {
+                log::warn!("request at descriptor {}: {m}", p.head);
+                f.code = VIRTIO_BLK_S_IOERR;
             }
-            self.done = done;
         }
-        out
+        f
     }
 
     /// Writes `f`'s status and counts it; returns (head, used length).
