@@ -298,10 +298,12 @@ cat {log} >&2
         let per = doc["threads"].as_array().expect("threads");
         assert_eq!(per.len() as u64, threads, "{doc}");
         for t in per {
-            // Each thread stops after its count; the ones in flight then
-            // complete and count too.
+            // Each thread stops after its count, noticed at the next
+            // completion batch (the one that crossed it resubmitted);
+            // the ones in flight then complete and count too: less than
+            // two queue depths over.
             let k = n(t, "ios");
-            assert!(k >= per_thread && k < per_thread + 32, "{doc}");
+            assert!(k >= per_thread && k < per_thread + 64, "{doc}");
         }
         assert_eq!(per.iter().map(|t| n(t, "ios")).sum::<u64>(), ios, "{doc}");
         if mixed {
