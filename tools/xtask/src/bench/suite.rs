@@ -595,6 +595,12 @@ fn ours_args(job: &Job, variant: Variant, t: Timing) -> String {
     if job.nsid() != 1 && !variant.is_vhost() {
         let _ = write!(a, " --nsid {}", job.nsid());
     }
+    if variant.is_vhost() && job.threads == 1 {
+        // The client on CPU 1, its server on CPU 0 (the script's
+        // `taskset`): a polling client would otherwise hold the CPU that
+        // the scheduler wakes the server on, until the next tick.
+        a.push_str(" -c 0x2");
+    }
     if job.threads > 1 {
         // One thread per vCPU, pinned (spdk_nvme_perf's -c).
         let _ = write!(a, " -c {:#x}", core_mask(job.threads));
@@ -920,7 +926,7 @@ vhost() {
     label=$1; what=$2; daemon=$3; shift 3
     say "$what"
     rm -f /tmp/vhost.sock
-    nvme-vhost $DEV --socket /tmp/vhost.sock --once $daemon 2> /tmp/vhost.log &
+    taskset 1 nvme-vhost $DEV --socket /tmp/vhost.sock --once $daemon 2> /tmp/vhost.log &
     vpid=$!
     if ! wait_socket /tmp/vhost.sock; then
         kill $vpid 2> /dev/null; wait $vpid
@@ -942,7 +948,7 @@ qsd_vhost() {
     label=$1; what=$2; bdev=$3; shift 3
     say "$what"
     rm -f /tmp/qsd.sock
-    qemu-storage-daemon --object iothread,id=io0 \
+    taskset 1 qemu-storage-daemon --object iothread,id=io0 \
         --blockdev driver=host_device,node-name=ns,filename=$bdev,QSD_BLOCKDEV \
         --export type=vhost-user-blk,id=exp,node-name=ns,writable=on,iothread=io0,addr.type=unix,addr.path=/tmp/qsd.sock \
         2> /tmp/qsd.log &
@@ -1250,6 +1256,15 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("iothread=io0"), "{s}");
+        // Server on CPU 0, client on CPU 1.
+        assert!(
+            s.contains("taskset 1 nvme-vhost ") && s.contains("taskset 1 qemu-storage-daemon ")
+        );
+        assert_eq!(
+            s.matches(" --range-size 1073741824 -c 0x2\n").count(),
+            6,
+            "{s}"
+        );
         // Vhost jobs need no --nsid on the client; the daemon takes it.
         assert!(!s.contains("--vhost-user /tmp/vhost.sock --nsid"));
     }
