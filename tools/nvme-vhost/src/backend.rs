@@ -176,6 +176,10 @@ impl BlkBackend {
     }
 }
 
+/// How long a `--poll` queue thread keeps looking at an idle virtqueue
+/// before it sleeps until a kick.
+const IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+
 fn lock(m: &Mutex<Option<Worker>>) -> MutexGuard<'_, Option<Worker>> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -290,14 +294,18 @@ impl VhostUserBackend for BlkBackend {
                     " (polled)"
                 }
             );
-            *slot = Some(Worker::new(
+            let mut worker = Worker::new(
                 qpair,
                 self.shared.ctrl.dma_pool().clone(),
                 self.shared.nsid,
                 self.shared.config.clone(),
                 self.shared.id,
                 self.shared.stats.clone(),
-            ));
+            );
+            if self.shared.poll {
+                worker.set_idle_poll(IDLE_POLL);
+            }
+            *slot = Some(worker);
         }
         let Some(worker) = slot.as_mut() else {
             return Err(io_error("worker vanished".into()));

@@ -45,8 +45,9 @@ struct Cli {
     #[arg(long)]
     once: bool,
     /// Spin on the NVMe completion queues while requests are in flight
-    /// (lowest latency, a core per busy queue) instead of sleeping on
-    /// their interrupts.
+    /// instead of sleeping on their interrupts, and on an idle virtqueue
+    /// for 1 ms after its last request before sleeping until a kick
+    /// (lowest latency, a core per busy queue).
     #[arg(long)]
     poll: bool,
 }

@@ -96,6 +96,9 @@ pub struct Worker {
     /// timeout) may still write into guest memory: released once the
     /// queue pair has none left in flight.
     pinned: Vec<Arc<MemTable>>,
+    /// How long the thread keeps looking at an empty ring, nothing in
+    /// flight, before it sleeps until a kick (zero: it sleeps at once).
+    idle_poll: Duration,
     pool: nvme_driver::DmaPool,
     done: Vec<IoCompletion>,
     copy: Vec<u8>,
@@ -126,7 +129,15 @@ impl Worker {
             done: Vec::new(),
             copy: Vec::new(),
             pinned: Vec::new(),
+            idle_poll: Duration::ZERO,
         }
+    }
+
+    /// Keeps looking at the ring for `idle` after the last request before
+    /// sleeping until a kick (the polled mode: a front end that submits
+    /// again within it is served without a kick and a wake-up).
+    pub fn set_idle_poll(&mut self, idle: Duration) {
+        self.idle_poll = idle;
     }
 
     /// Serves `queue` until it has no more available chains and nothing
@@ -182,7 +193,12 @@ impl Worker {
         let mut waiting = 0usize;
         let mut returned: Vec<(u16, u32)> = Vec::new();
         let mut unsignalled = false;
+        // When the thread last had something to do.
+        let mut idle_since = std::time::Instant::now();
         loop {
+            if waiting > 0 {
+                idle_since = std::time::Instant::now();
+            }
             let taking = current();
             if taking {
                 queue.disable_notification(mem)?;
@@ -190,6 +206,9 @@ impl Worker {
                     .iter(guard.clone())?
                     .map(|chain| request::parse(chain, &self.config))
                     .collect();
+                if !parsed.is_empty() {
+                    idle_since = std::time::Instant::now();
+                }
                 for p in parsed {
                     let tag = free.pop().unwrap_or_else(|| {
                         flights.push(None);
@@ -220,6 +239,11 @@ impl Worker {
                     log::warn!("queue {}: signalling the guest: {e}", self.qpair.qid());
                 }
                 unsignalled = false;
+            }
+            if waiting == 0 && taking && idle_since.elapsed() < self.idle_poll {
+                // Polled: look at the ring again without sleeping.
+                std::hint::spin_loop();
+                continue;
             }
             if waiting == 0 {
                 if !taking {
