@@ -63,14 +63,7 @@ cat {log} >&2
     // device was closed used to be).
     assert!(!log.contains(" ERROR "), "{log}");
     // The first pass: two virtqueues, two threads, two NVMe queues.
-    assert!(
-        log.contains("virtqueue 0: NVMe queue 1 (interrupts)"),
-        "{log}"
-    );
-    assert!(
-        log.contains("virtqueue 1: NVMe queue 2 (interrupts)"),
-        "{log}"
-    );
+    assert_two_interrupt_queues(&log);
     assert!(log.contains("NVMe queue 1 (polled)"), "{log}");
     // The daemons' summaries after their front end left.
     let summaries: Vec<&str> = log
@@ -207,6 +200,21 @@ cat /tmp/vhost.log",
     );
 }
 
+/// The daemon's log says virtqueues 0 and 1 each got an NVMe queue of its
+/// own, with interrupts (which gets queue 1 depends on which virtqueue was
+/// kicked first).
+fn assert_two_interrupt_queues(log: &str) {
+    let queue_of = |vq: u32| -> Option<&str> {
+        log.lines()
+            .find_map(|l| l.split(&format!("virtqueue {vq}: NVMe queue ")).nth(1))
+    };
+    let (q0, q1) = (queue_of(0), queue_of(1));
+    for q in [q0, q1] {
+        assert!(q.is_some_and(|q| q.ends_with(" (interrupts)")), "{log}");
+    }
+    assert_ne!(q0, q1, "{log}");
+}
+
 /// Pulls the `direct`/`bounced`/`failed`/`unsupported` count out of a
 /// daemon's "front end gone" summary line.
 fn summary_count(summary: &str, name: &str) -> u64 {
@@ -332,17 +340,7 @@ cat {log} >&2
         assert_eq!(summary_count(summary, "bounced"), 0, "{summary}");
         assert_eq!(summary_count(summary, "failed"), 0, "{summary}");
     }
-    // The first pass: each virtqueue on an NVMe queue of its own, with
-    // interrupts (which gets queue 1 depends on which was kicked first).
-    let queue_of = |vq: u32| -> Option<&str> {
-        log.lines()
-            .find_map(|l| l.split(&format!("virtqueue {vq}: NVMe queue ")).nth(1))
-    };
-    let (q0, q1) = (queue_of(0), queue_of(1));
-    for q in [q0, q1] {
-        assert!(q.is_some_and(|q| q.ends_with(" (interrupts)")), "{log}");
-    }
-    assert_ne!(q0, q1, "{log}");
+    assert_two_interrupt_queues(&log);
     assert!(log.contains("NVMe queue 1 (polled)"), "{log}");
     let data = image_bytes(&image, 0, RANGE as usize);
     assert_eq!(
