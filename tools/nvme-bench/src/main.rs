@@ -19,7 +19,7 @@ use nvme_bench::stats::Stats;
 use nvme_bench::workload::{Generator, OffsetDist, Spec, Workload, parse_distribution};
 use nvme_driver::{
     Controller, DmaBuffer, FixedCompletion, FixedIo, FloorJob, IoCompletion, IoQPair, IoRequest,
-    Options, PciAddress, pci,
+    Options, PathCounters, PciAddress, pci,
 };
 use serde_json::json;
 
@@ -424,6 +424,9 @@ struct ThreadResult {
     stats: Stats,
     /// Cache mode only.
     cache: Option<cache_mode::ThreadExtra>,
+    /// Raw mode: the queue pair's doorbell and poll counters, and the
+    /// steps the registered-buffer ring scanned to find free buffers.
+    path: Option<(PathCounters, u64)>,
 }
 
 /// Empty polls between two clock reads while nothing completes.
@@ -448,6 +451,8 @@ struct Slot {
 struct BufferRing {
     busy: Vec<bool>,
     next: usize,
+    /// Buffers looked at by `take` (for the path counters).
+    scanned: u64,
 }
 
 impl BufferRing {
@@ -455,6 +460,7 @@ impl BufferRing {
         BufferRing {
             busy: vec![false; n],
             next: 0,
+            scanned: 0,
         }
     }
 
@@ -464,6 +470,7 @@ impl BufferRing {
         let i = (0..n)
             .map(|k| (self.next + k) % n)
             .find(|&i| !self.busy[i])?;
+        self.scanned += ((i + n - self.next) % n) as u64 + 1;
         self.busy[i] = true;
         self.next = (i + 1) % n;
         Some(i as u32)
@@ -673,6 +680,7 @@ fn thread_main(
         qid: q.qid(),
         stats,
         cache: None,
+        path: Some((q.path_counters(), ring.scanned)),
     })
 }
 
@@ -728,6 +736,7 @@ fn floor_thread(
         qid: q.qid(),
         stats,
         cache: None,
+        path: Some((q.path_counters(), 0)),
     })
 }
 
@@ -927,6 +936,13 @@ fn report(
                 });
                 if let (Some(extra), Some(obj)) = (&r.cache, v.as_object_mut()) {
                     obj.insert("cache".into(), extra.to_json());
+                }
+                if let (Some((c, scanned)), Some(obj)) = (&r.path, v.as_object_mut()) {
+                    obj.insert("path".into(), json!({
+                        "polls": c.polls, "reaping_polls": c.reaping_polls, "cqes": c.cqes,
+                        "sqes": c.sqes, "sq_rings": c.sq_rings, "sq_mmio": c.sq_mmio,
+                        "cq_rings": c.cq_rings, "cq_mmio": c.cq_mmio, "buffer_scan": scanned,
+                    }));
                 }
                 v
             })
