@@ -54,8 +54,8 @@ pub use memory::{DmaBuffer, DmaPool};
 pub use ns::Namespace;
 pub use nvme_spec;
 pub use pci::{PciAddress, PciFunction};
-pub use queue::PathCounters;
 pub use qpair::{
     FixedCompletion, FixedIo, FloorJob, FloorResult, IoCompletion, IoOp, IoQPair, IoRequest,
     IoSegments, Recovery, RecoveryCause, RecoveryOutcome, Rejected,
 };
+pub use queue::PathCounters;
