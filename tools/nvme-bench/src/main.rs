@@ -173,7 +173,8 @@ struct Args {
     #[arg(long)]
     owned_buffers: bool,
     /// Raw mode, registered buffers: register this many bytes of buffers
-    /// (at least one per queue slot) and hand them to I/Os round robin, so
+    /// (at least one per queue slot) and hand them to I/Os in turn (the
+    /// free one given back longest ago first), so
     /// the device writes through a footprint that large, as a page cache
     /// of that size does (by default the buffers are one per slot).
     #[arg(long, value_parser = parse_bytes)]
