@@ -58,3 +58,4 @@ pub use qpair::{
     FixedCompletion, FixedIo, FloorJob, FloorResult, IoCompletion, IoOp, IoQPair, IoRequest,
     IoSegments, Recovery, RecoveryCause, RecoveryOutcome, Rejected,
 };
+pub use queue::PathCounters;

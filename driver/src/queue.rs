@@ -40,6 +40,38 @@ pub(crate) fn need_event(event_idx: u16, new: u16, old: u16) -> bool {
     new.wrapping_sub(event_idx).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
+/// What a queue pair's doorbells and polls did since it was created:
+/// counters for judging the I/O path's batching (a few additions per
+/// doorbell and per poll, none per command). Divide by `cqes` for figures
+/// per I/O.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathCounters {
+    /// Polls of the CQ (by [`IoQPair::poll`], [`IoQPair::poll_fixed`] or the
+    /// floor loop's poll loop).
+    ///
+    /// [`IoQPair::poll`]: crate::IoQPair::poll
+    /// [`IoQPair::poll_fixed`]: crate::IoQPair::poll_fixed
+    pub polls: u64,
+    /// Polls that found at least one completion.
+    pub reaping_polls: u64,
+    /// Completion entries consumed.
+    pub cqes: u64,
+    /// SQ entries posted and made known to the device (by a tail doorbell
+    /// update).
+    pub sqes: u64,
+    /// SQ tail doorbell updates (each covering every entry posted since
+    /// the last): through the shadow page when the controller has shadow
+    /// doorbells, otherwise MMIO.
+    pub sq_rings: u64,
+    /// Of those, the ones written to the MMIO doorbell (all of them without
+    /// shadow doorbells; with them, those the EventIdx asked for).
+    pub sq_mmio: u64,
+    /// CQ head doorbell updates.
+    pub cq_rings: u64,
+    /// Of those, the ones written to the MMIO doorbell.
+    pub cq_mmio: u64,
+}
+
 /// One SQ and its CQ.
 #[derive(Debug)]
 pub(crate) struct QueuePair {
@@ -74,6 +106,8 @@ pub(crate) struct QueuePair {
     /// For an I/O queue: the reset gate and the controller generation the
     /// queue was created in (doorbells are written only through it).
     gate: Option<(Arc<Quiesce>, u64)>,
+    /// Doorbell and poll counters.
+    pub(crate) counters: PathCounters,
 }
 
 impl QueuePair {
@@ -130,6 +164,7 @@ impl QueuePair {
             shadow: None,
             irq_vector: None,
             gate: None,
+            counters: PathCounters::default(),
         })
     }
 
@@ -183,13 +218,20 @@ impl QueuePair {
     }
 
     /// Writes a doorbell: through the shadow page (and MMIO only when the
-    /// event index says the controller is not looking), or MMIO.
+    /// event index says the controller is not looking), or MMIO. None: not
+    /// written (the gate is closed); otherwise whether MMIO was written.
     #[inline]
-    fn write_doorbell(&self, mmio: usize, shadow_at: usize, new: u16, old: u16) -> Result<bool> {
+    fn write_doorbell(
+        &self,
+        mmio: usize,
+        shadow_at: usize,
+        new: u16,
+        old: u16,
+    ) -> Result<Option<bool>> {
         let _pass = match &self.gate {
             Some((gate, generation)) => match gate.enter(*generation) {
                 Some(pass) => Some(pass),
-                None => return Ok(false),
+                None => return Ok(None),
             },
             None => None,
         };
@@ -199,11 +241,11 @@ impl QueuePair {
             fence(Ordering::SeqCst);
             let event_idx = s.eventidx.read_u32(shadow_at)? as u16;
             if !need_event(event_idx, new, old) {
-                return Ok(true);
+                return Ok(Some(false));
             }
         }
         self.bar.write32(mmio, u32::from(new))?;
-        Ok(true)
+        Ok(Some(true))
     }
 
     /// Forgets every command and starts the rings over (empty, phase 1):
@@ -310,8 +352,17 @@ impl QueuePair {
             // The SQEs must be in memory before the device learns of them.
             fence(Ordering::SeqCst);
             let (shadow_at, _) = self.shadow_offsets();
-            if self.write_doorbell(self.sq_doorbell, shadow_at, self.sq_tail, self.sq_tail_rung)? {
-                self.sq_tail_rung = self.sq_tail;
+            let (new, old) = (self.sq_tail, self.sq_tail_rung);
+            if let Some(mmio) = self.write_doorbell(self.sq_doorbell, shadow_at, new, old)? {
+                let posted = if new >= old {
+                    new - old
+                } else {
+                    new + self.entries - old
+                };
+                self.counters.sqes += u64::from(posted);
+                self.counters.sq_rings += 1;
+                self.counters.sq_mmio += u64::from(mmio);
+                self.sq_tail_rung = new;
             }
         }
         Ok(())
@@ -413,7 +464,9 @@ impl QueuePair {
     pub(crate) fn ring_cq(&mut self) -> Result<()> {
         let (_, shadow_at) = self.shadow_offsets();
         let old = self.cq_head_rung;
-        if self.write_doorbell(self.cq_doorbell, shadow_at, self.cq_head, old)? {
+        if let Some(mmio) = self.write_doorbell(self.cq_doorbell, shadow_at, self.cq_head, old)? {
+            self.counters.cq_rings += 1;
+            self.counters.cq_mmio += u64::from(mmio);
             self.cq_head_rung = self.cq_head;
         }
         Ok(())

@@ -214,6 +214,36 @@ fn floor_loop_counts_what_the_device_completed() {
         (writes..=writes + 4).contains(&device_writes),
         "floor counted {writes} writes, the device completed {device_writes}"
     );
+    // The queue pair's counters: every command the device completed was
+    // posted, made known by a doorbell update and reaped; the batching
+    // figures follow from them (queue depth 8: at most 8 entries per
+    // update or per poll).
+    let path = &fr["threads"][0]["path"];
+    let count = |key: &str| {
+        path[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no path counter {key} in {fr}"))
+    };
+    assert_eq!(count("cqes"), device_reads, "{fr}");
+    assert_eq!(count("sqes"), device_reads, "{fr}");
+    let (sq_rings, cq_rings) = (count("sq_rings"), count("cq_rings"));
+    assert!(
+        sq_rings * 8 >= device_reads && sq_rings <= device_reads,
+        "{fr}"
+    );
+    assert!(
+        cq_rings * 8 >= device_reads && cq_rings <= device_reads,
+        "{fr}"
+    );
+    assert!(count("reaping_polls") * 8 >= device_reads, "{fr}");
+    assert!(count("polls") >= count("reaping_polls"), "{fr}");
+    assert!(
+        count("sq_mmio") <= sq_rings && count("cq_mmio") <= cq_rings,
+        "{fr}"
+    );
+    if fr["job"]["shadow_doorbells"] == false {
+        assert_eq!(count("sq_mmio"), sq_rings, "{fr}");
+    }
     // Little's law: 8 in flight at the measured rate.
     let iops = fr["total"]["iops"].as_f64().unwrap_or(0.0);
     let mean = fr["total"]["latency"]["mean_us"].as_f64().unwrap_or(0.0);

@@ -351,6 +351,31 @@ mod tests {
     }
 
     #[test]
+    fn path_counters_count_one_doorbell_per_batch_and_every_entry() {
+        let (mock, mut qp) = mock(128 << 10, |_| {});
+        register(&mock, &mut qp, &[LBA; 5]);
+        for i in 0..5 {
+            qp.submit_fixed(FixedIo::read(NS, u64::from(i), 1, i).with_tag(u64::from(i)))
+                .expect("accepted");
+        }
+        assert_eq!(qp.path_counters(), crate::PathCounters::default());
+        // The first poll rings once for all five and finds nothing; the
+        // mock then completes them, and the next poll reaps all five.
+        qp.poll_fixed(&mut Vec::new()).expect("poll");
+        mock.process().expect("mock processing");
+        let done = complete(&mock, &mut qp, 5);
+        assert_eq!(done.len(), 5);
+        let c = qp.path_counters();
+        assert_eq!(
+            (c.sqes, c.sq_rings, c.cqes, c.cq_rings),
+            (5, 1, 5, 1),
+            "{c:?}"
+        );
+        assert_eq!((c.polls, c.reaping_polls), (2, 1), "{c:?}");
+        assert!(c.sq_mmio <= c.sq_rings && c.cq_mmio <= c.cq_rings, "{c:?}");
+    }
+
+    #[test]
     fn bad_fixed_requests_are_refused_and_nothing_is_sent() {
         let (mock, mut qp) = mock(128 << 10, |_| {});
         let none = qp.submit_fixed(FixedIo::read(NS, 0, 1, 0));

@@ -228,6 +228,10 @@ impl IoQPair {
                     in_flight += 1;
                 }
             }
+            let c = &mut self.q.counters;
+            c.polls += 1;
+            c.cqes += reaped;
+            c.reaping_polls += u64::from(reaped > 0);
             if reaped == 0 {
                 idle += 1;
                 if idle.is_multiple_of(IDLE_CLOCK_EVERY) {

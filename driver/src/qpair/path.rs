@@ -12,6 +12,7 @@ use super::{
 use crate::ctrl::{PAGE_SIZE, Shared};
 use crate::error::{Error, Result};
 use crate::prp;
+use crate::queue::PathCounters;
 
 impl IoQPair {
     /// Accepts a request. Its commands are written to the SQ as slots
@@ -340,6 +341,12 @@ impl IoQPair {
         )
     }
 
+    /// What this queue pair's doorbells and polls did so far (see
+    /// [`PathCounters`]).
+    pub fn path_counters(&self) -> PathCounters {
+        self.q.counters
+    }
+
     /// Rings the SQ doorbell for everything submitted since the last ring.
     pub fn ring(&mut self) -> Result<()> {
         self.q.ring()
@@ -408,6 +415,10 @@ impl IoQPair {
                 Err(e) => break Err(e),
             }
         };
+        let c = &mut self.q.counters;
+        c.polls += 1;
+        c.cqes += reaped as u64;
+        c.reaping_polls += u64::from(reaped > 0);
         if reaped > 0 || result.is_err() {
             self.q.ring_cq()?;
         }

@@ -811,6 +811,7 @@ fn preload(w: &mut Worker, ctx: Ctx<'_>, file: &File) -> Result<ThreadResult> {
         qid: w.qid,
         stats,
         cache: None,
+        path: None,
     })
 }
 
@@ -896,6 +897,7 @@ fn timed(w: &mut Worker, ctx: Ctx<'_>, file: &File, measured: bool) -> Result<Th
     Ok(ThreadResult {
         qid: w.qid,
         stats,
+        path: None,
         cache: Some(ThreadExtra {
             fsync,
             traffic,

@@ -52,7 +52,7 @@ pub(crate) struct Case {
 }
 
 /// The cases of the table in docs/PERFORMANCE.md.
-pub(crate) const CASES: [Case; 4] = [
+pub(crate) const CASES: [Case; 5] = [
     Case {
         name: "4K read QD1",
         write: false,
@@ -64,6 +64,13 @@ pub(crate) const CASES: [Case; 4] = [
         name: "4K read QD32",
         write: false,
         depth: 32,
+        bytes: 4096,
+        ios: 20_000,
+    },
+    Case {
+        name: "4K read QD128",
+        write: false,
+        depth: 128,
         bytes: 4096,
         ios: 20_000,
     },
