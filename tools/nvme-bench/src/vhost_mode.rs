@@ -456,6 +456,8 @@ fn thread_main(
         qid: u16::try_from(t).unwrap_or(u16::MAX),
         stats,
         cache: None,
+        // No NVMe queue pair on this side: the daemon's are not ours to count.
+        path: None,
     })
 }
 
