@@ -655,12 +655,8 @@ fn thread_main(
     let mut scratch = vec![0u8; io_bytes];
     let mut completions: Vec<IoCompletion> = Vec::with_capacity(a.qd);
     let mut done_ios: Vec<FixedCompletion> = Vec::with_capacity(a.qd);
-    let warmup_end = Instant::now() + Duration::from_secs_f64(a.warmup.max(0.0));
-    let mut measuring = a.warmup <= 0.0;
-    let mut measure_start = Instant::now();
-    let run_for = Duration::from_secs_f64(a.time.max(0.0));
+    let mut window = RunWindow::new(a);
     let mut in_flight = 0usize;
-    let mut finishing = false;
     let mut tally = Tally::new(Some(done));
 
     // Fill the queue. Times are nanoseconds since `base`.
@@ -711,19 +707,7 @@ fn thread_main(
         empty_polls = 0;
         let now = Instant::now();
         let now_ns = since_base(now);
-        if !measuring && now >= warmup_end {
-            measuring = true;
-            measure_start = now;
-            stats = Stats::new();
-        }
-        if !finishing
-            && (stop.load(Ordering::Relaxed)
-                || (measuring && a.io_count.is_none() && now - measure_start >= run_for)
-                || a.io_count
-                    .is_some_and(|n| measuring && stats.ios() + stats.errors >= n))
-        {
-            finishing = true;
-        }
+        window.advance(now, stop, &mut stats);
         for c in done_ios.drain(..) {
             in_flight -= 1;
             let i = c.tag as usize;
@@ -750,7 +734,7 @@ fn thread_main(
                             ));
                         }
                     }
-                    if measuring {
+                    if window.measuring {
                         stats.record_ns(slot.read, a.io_size, latency);
                     }
                 }
@@ -760,7 +744,7 @@ fn thread_main(
             if registered {
                 ring.release(slot.buffer);
             }
-            if !finishing && (registered || slot.buf.is_some()) {
+            if !window.finishing && (registered || slot.buf.is_some()) {
                 slot.started = now_ns;
                 submit_one(
                     &mut q,
@@ -776,7 +760,7 @@ fn thread_main(
         }
     }
     tally.flush();
-    stats.elapsed = Instant::now().saturating_duration_since(measure_start);
+    stats.elapsed = Instant::now().saturating_duration_since(window.measure_start);
     Ok(ThreadResult {
         qid: q.qid(),
         stats,
@@ -849,6 +833,56 @@ fn count_error(stats: &mut Stats, args: &Args, t: usize, e: impl std::fmt::Displ
     }
     log::warn!("thread {t}: {e}");
     Ok(())
+}
+
+/// A thread's run: a warm-up whose results are thrown away, the
+/// measurement, then finishing (no new I/O; the last ones are reaped). The
+/// loops that keep a queue depth (raw and vhost-user) share it.
+struct RunWindow {
+    warmup_end: Instant,
+    run_for: Duration,
+    io_count: Option<u64>,
+    /// Results count from here on.
+    measuring: bool,
+    measure_start: Instant,
+    /// No new I/O from here on.
+    finishing: bool,
+}
+
+impl RunWindow {
+    fn new(a: &Args) -> Self {
+        let now = Instant::now();
+        RunWindow {
+            warmup_end: now + Duration::from_secs_f64(a.warmup.max(0.0)),
+            run_for: Duration::from_secs_f64(a.time.max(0.0)),
+            io_count: a.io_count,
+            measuring: a.warmup <= 0.0,
+            measure_start: now,
+            finishing: false,
+        }
+    }
+
+    /// Moves the run on at `now`: the end of the warm-up starts the
+    /// measurement (with fresh `stats`); the run time, the I/O count or
+    /// `stop` end it.
+    fn advance(&mut self, now: Instant, stop: &AtomicBool, stats: &mut Stats) {
+        if !self.measuring && now >= self.warmup_end {
+            self.measuring = true;
+            self.measure_start = now;
+            *stats = Stats::new();
+        }
+        if !self.finishing
+            && (stop.load(Ordering::Relaxed)
+                || (self.measuring
+                    && self.io_count.is_none()
+                    && now - self.measure_start >= self.run_for)
+                || self
+                    .io_count
+                    .is_some_and(|n| self.measuring && stats.ios() + stats.errors >= n))
+        {
+            self.finishing = true;
+        }
+    }
 }
 
 /// Feeds a thread's progress counter (the live line) every 64 I/Os, so the

@@ -16,7 +16,7 @@
 use std::fs::File;
 use std::mem::MaybeUninit;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, Instant};
 
 use blkio::{Blkio, Blkioq, Completion, MemoryRegion, ReqFlags};
@@ -24,7 +24,7 @@ use nvme_bench::pattern;
 use nvme_bench::stats::Stats;
 use nvme_bench::workload::{Generator, Spec};
 
-use crate::{DeviceFacts, Job, Result, Tally, ThreadResult, count_error, pin_thread};
+use crate::{DeviceFacts, Job, Result, RunWindow, Tally, ThreadResult, count_error, pin_thread};
 
 /// How long one wait for a completion may take before the run fails (a
 /// back end that stopped answering).
@@ -348,10 +348,7 @@ fn thread_main(
     let mut buf: Vec<MaybeUninit<Completion>> = (0..a.qd).map(|_| MaybeUninit::uninit()).collect();
     let mut completions = Vec::with_capacity(a.qd);
     let mut stats = Stats::new();
-    let warmup_end = Instant::now() + Duration::from_secs_f64(a.warmup.max(0.0));
-    let mut measuring = a.warmup <= 0.0;
-    let mut measure_start = Instant::now();
-    let run_for = Duration::from_secs_f64(a.time.max(0.0));
+    let mut window = RunWindow::new(a);
     let mut tally = Tally::new(Some(done));
     let base = Instant::now();
     let since_base = |t: Instant| u64::try_from((t - base).as_nanos()).unwrap_or(u64::MAX);
@@ -391,26 +388,13 @@ fn thread_main(
         submit(q, i, slot, 0)?;
     }
     let mut in_flight = a.qd;
-    let mut finishing = false;
     let mut check = vec![0u8; io_bytes];
     while in_flight > 0 {
         completions.clear();
         reap(q, &mut buf, &mut completions)?;
         let now = Instant::now();
         let now_ns = since_base(now);
-        if !measuring && now >= warmup_end {
-            measuring = true;
-            measure_start = now;
-            stats = Stats::new();
-        }
-        if !finishing
-            && (stop.load(Ordering::Relaxed)
-                || (measuring && a.io_count.is_none() && now - measure_start >= run_for)
-                || a.io_count
-                    .is_some_and(|n| measuring && stats.ios() + stats.errors >= n))
-        {
-            finishing = true;
-        }
+        window.advance(now, stop, &mut stats);
         for &(i, ret) in &completions {
             in_flight -= 1;
             let slot = slots
@@ -428,7 +412,7 @@ fn thread_main(
                         ));
                     }
                 }
-                if measuring {
+                if window.measuring {
                     stats.record_ns(slot.read, a.io_size, now_ns.saturating_sub(slot.started));
                 }
             } else {
@@ -444,14 +428,14 @@ fn thread_main(
                 )?;
             }
             tally.tick();
-            if !finishing {
+            if !window.finishing {
                 submit(q, i, slot, now_ns)?;
                 in_flight += 1;
             }
         }
     }
     tally.flush();
-    stats.elapsed = Instant::now().saturating_duration_since(measure_start);
+    stats.elapsed = Instant::now().saturating_duration_since(window.measure_start);
     Ok(ThreadResult {
         qid: u16::try_from(t).unwrap_or(u16::MAX),
         stats,
