@@ -265,6 +265,37 @@ struct Job {
     blocks: u64,
 }
 
+impl Job {
+    /// Thread `t`'s (first block, blocks): sequential workloads give each
+    /// thread its own part of the range; random ones share the whole range.
+    fn thread_range(&self, t: usize) -> (u64, u64) {
+        if self.args.workload.is_random() {
+            (self.first, self.blocks)
+        } else {
+            let part = self.blocks / self.args.threads as u64;
+            (self.first + part * t as u64, part)
+        }
+    }
+
+    /// Thread `t`'s offsets over `first..first + blocks`.
+    fn generator(&self, t: usize, first: u64, blocks: u64) -> Result<Generator> {
+        let a = &self.args;
+        let align = a
+            .align
+            .map_or(self.io_blocks, |b| (b / self.lba_size).max(1));
+        Generator::new(&Spec {
+            workload: a.workload,
+            mix: a.mix,
+            dist: a.dist,
+            first,
+            blocks,
+            io_blocks: self.io_blocks,
+            align_blocks: align,
+            seed: a.seed + t as u64,
+        })
+    }
+}
+
 fn run(mut args: Args) -> Result<u64> {
     if let Some(mask) = args.core_mask {
         args.threads = mask.count_ones() as usize;
@@ -362,29 +393,12 @@ fn run(mut args: Args) -> Result<u64> {
         prefill(&ctrl, &job)?;
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let progress: Vec<Arc<AtomicU64>> = (0..args.threads)
-        .map(|_| Arc::new(AtomicU64::new(0)))
-        .collect();
-    let cpu_before = cpu_time();
-    let start = Instant::now();
-    let watcher = show_progress(&args, &progress, &stop);
-    let outcome = match &plan {
-        None => run_raw(&ctrl, &job, &stop, &progress).map(|r| (r, None)),
-        Some(plan) => cache_mode::run(&ctrl, &job, plan, &stop, &progress)
+    let ((results, summary), wall, cpu) = measured(&args, |stop, progress| match &plan {
+        None => run_raw(&ctrl, &job, stop, progress).map(|r| (r, None)),
+        Some(plan) => cache_mode::run(&ctrl, &job, plan, stop, progress)
             .map(|(r, summary)| (r, Some(summary))),
-    };
-    stop.store(true, Ordering::Relaxed);
-    if let Some(w) = watcher {
-        let _ = w.join();
-    }
-    let (results, summary) = outcome?;
-    let wall = start.elapsed();
-    let cpu = cpu_time().saturating_sub(cpu_before);
-    let mut total = Stats::new();
-    for r in &results {
-        total.merge(&r.stats);
-    }
+    })?;
+    let total = total(&results);
     let facts = DeviceFacts {
         device: ctrl.address().to_string(),
         shadow_doorbells: ctrl.uses_shadow_doorbells(),
@@ -446,27 +460,45 @@ fn run_vhost(args: Args, socket: &str) -> Result<u64> {
     if args.verify {
         vhost_mode::prefill(&mut dev, &job)?;
     }
+    let (results, wall, cpu) = measured(&args, |stop, progress| {
+        vhost_mode::run(&mut dev, &job, stop, progress)
+    })?;
+    let total = total(&results);
+    report(&dev.facts(socket), &job, &results, &total, None, cpu, wall);
+    Ok(total.errors)
+}
+
+/// Runs the measured part, `run` (given the stop flag and one progress
+/// counter per thread), with the live progress line beside it; returns
+/// what it returned, and the wall-clock and CPU time it took.
+fn measured<T>(
+    args: &Args,
+    run: impl FnOnce(&Arc<AtomicBool>, &[Arc<AtomicU64>]) -> Result<T>,
+) -> Result<(T, Duration, Duration)> {
     let stop = Arc::new(AtomicBool::new(false));
     let progress: Vec<Arc<AtomicU64>> = (0..args.threads)
         .map(|_| Arc::new(AtomicU64::new(0)))
         .collect();
     let cpu_before = cpu_time();
     let start = Instant::now();
-    let watcher = show_progress(&args, &progress, &stop);
-    let outcome = vhost_mode::run(&mut dev, &job, &stop, &progress);
+    let watcher = show_progress(args, &progress, &stop);
+    let outcome = run(&stop, &progress);
     stop.store(true, Ordering::Relaxed);
     if let Some(w) = watcher {
         let _ = w.join();
     }
-    let results = outcome?;
+    let value = outcome?;
     let wall = start.elapsed();
-    let cpu = cpu_time().saturating_sub(cpu_before);
+    Ok((value, wall, cpu_time().saturating_sub(cpu_before)))
+}
+
+/// Every thread's figures together.
+fn total(results: &[ThreadResult]) -> Stats {
     let mut total = Stats::new();
-    for r in &results {
+    for r in results {
         total.merge(&r.stats);
     }
-    report(&dev.facts(socket), &job, &results, &total, None, cpu, wall);
-    Ok(total.errors)
+    total
 }
 
 /// What the report says of the device.
@@ -599,28 +631,11 @@ fn thread_main(
         ctrl.io_qpair()
     }
     .map_err(|e| format!("thread {t}: {e}"))?;
-    // Sequential workloads give each thread its own part of the range;
-    // random ones share the whole range.
-    let (first, blocks) = if a.workload.is_random() {
-        (job.first, job.blocks)
-    } else {
-        let part = job.blocks / a.threads as u64;
-        (job.first + part * t as u64, part)
-    };
+    let (first, blocks) = job.thread_range(t);
     if a.floor {
         return floor_thread(&mut q, job, t, first, blocks, done);
     }
-    let align = a.align.map_or(job.io_blocks, |b| (b / job.lba_size).max(1));
-    let mut generator = Generator::new(&Spec {
-        workload: a.workload,
-        mix: a.mix,
-        dist: a.dist,
-        first,
-        blocks,
-        io_blocks: job.io_blocks,
-        align_blocks: align,
-        seed: a.seed + t as u64,
-    })?;
+    let mut generator = job.generator(t, first, blocks)?;
     let io_bytes = a.io_size as usize;
     let buffers = a
         .buffer_pool

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use blkio::{Blkio, Blkioq, Completion, MemoryRegion, ReqFlags};
 use nvme_bench::pattern;
 use nvme_bench::stats::Stats;
-use nvme_bench::workload::{Generator, Spec};
 
 use crate::{DeviceFacts, Job, Result, RunWindow, Tally, ThreadResult, count_error, pin_thread};
 
@@ -323,23 +322,8 @@ fn thread_main(
 ) -> Result<ThreadResult> {
     let a = &job.args;
     pin_thread(a, t)?;
-    let (first, blocks) = if a.workload.is_random() {
-        (job.first, job.blocks)
-    } else {
-        let part = job.blocks / a.threads as u64;
-        (job.first + part * t as u64, part)
-    };
-    let align = a.align.map_or(job.io_blocks, |b| (b / job.lba_size).max(1));
-    let mut generator = Generator::new(&Spec {
-        workload: a.workload,
-        mix: a.mix,
-        dist: a.dist,
-        first,
-        blocks,
-        io_blocks: job.io_blocks,
-        align_blocks: align,
-        seed: a.seed + t as u64,
-    })?;
+    let (first, blocks) = job.thread_range(t);
+    let mut generator = job.generator(t, first, blocks)?;
     let io_bytes = a.io_size as usize;
     let slot_bytes = io_bytes.next_multiple_of(4096);
     let at = |i: usize| base_offset + i * slot_bytes;
