@@ -12,6 +12,27 @@ use vm_tests::{GuestDriver, NsDisk, image_bytes, pattern, run_ok, vm};
 const LEN: u64 = 64 << 20;
 const SEED: u64 = 5;
 
+/// A guest script: nvme-vhost (with `daemon` flags, its log in `log`)
+/// serves one front end on /tmp/vhost.sock, `client`; the script fails
+/// with the daemon's log if the socket never appears, the client fails or
+/// the daemon exits with an error, and otherwise prints the log to stderr.
+fn served_once(daemon: &str, client: &str, log: &str) -> String {
+    format!(
+        "nvme-vhost 0000:00:03.0 --socket /tmp/vhost.sock --once {daemon} 2>{log} &
+pid=$!
+i=0
+while [ ! -S /tmp/vhost.sock ]; do
+  i=$((i+1)); [ $i -lt 120 ] || {{ cat {log} >&2; echo 'no socket' >&2; exit 9; }}
+  sleep 1
+done
+{client} || {{ rc=$?; cat {log} >&2; exit $rc; }}
+wait $pid || {{ rc=$?; cat {log} >&2; exit $rc; }}
+rm -f /tmp/vhost.sock
+cat {log} >&2
+"
+    )
+}
+
 #[test]
 fn libblkio_writes_flushes_and_verifies_through_nvme_vhost() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -23,20 +44,13 @@ fn libblkio_writes_flushes_and_verifies_through_nvme_vhost() {
     // queue's interrupt (the default), then one spinning (--poll), each
     // with its own seed.
     let pass = |flags: &str, queues: u32, seed: u64, log: &str| {
-        format!(
-            "nvme-vhost 0000:00:03.0 --socket /tmp/vhost.sock --once --queues {queues} {flags} 2>{log} &
-pid=$!
-i=0
-while [ ! -S /tmp/vhost.sock ]; do
-  i=$((i+1)); [ $i -lt 120 ] || {{ cat {log} >&2; echo 'no socket' >&2; exit 9; }}
-  sleep 1
-done
-blkio-check --socket /tmp/vhost.sock --queues {queues} --len {LEN} --chunk 65536 --qd 8 \
-  --seed {seed} --zeroes || {{ rc=$?; cat {log} >&2; exit $rc; }}
-wait $pid || {{ rc=$?; cat {log} >&2; exit $rc; }}
-rm -f /tmp/vhost.sock
-cat {log} >&2
-"
+        served_once(
+            &format!("--queues {queues} {flags}"),
+            &format!(
+                "blkio-check --socket /tmp/vhost.sock --queues {queues} --len {LEN} --chunk 65536 --qd 8 \
+  --seed {seed} --zeroes"
+            ),
+            log,
         )
     };
     let script = format!(
@@ -245,20 +259,13 @@ fn nvme_bench_runs_verified_through_nvme_vhost() {
     config.disk_size = 32 << 20;
     config.disks = vec![NsDisk::File(image.clone())];
     let pass = |daemon: &str, queues: u32, bench: &str, log: &str| {
-        format!(
-            "nvme-vhost 0000:00:03.0 --socket /tmp/vhost.sock --once --queues {queues} {daemon} 2>{log} &
-pid=$!
-i=0
-while [ ! -S /tmp/vhost.sock ]; do
-  i=$((i+1)); [ $i -lt 120 ] || {{ cat {log} >&2; echo 'no socket' >&2; exit 9; }}
-  sleep 1
-done
-nvme-bench --vhost-user /tmp/vhost.sock --verify --seed {SEED} --range-size {RANGE} \
-  --warmup 0 --json {bench} || {{ rc=$?; cat {log} >&2; exit $rc; }}
-wait $pid || {{ rc=$?; cat {log} >&2; exit $rc; }}
-rm -f /tmp/vhost.sock
-cat {log} >&2
-"
+        served_once(
+            &format!("--queues {queues} {daemon}"),
+            &format!(
+                "nvme-bench --vhost-user /tmp/vhost.sock --verify --seed {SEED} --range-size {RANGE} \
+  --warmup 0 --json {bench}"
+            ),
+            log,
         )
     };
     let script = format!(

@@ -904,14 +904,21 @@ to_nvme() {
         QUEUES_SHOWN=1
     }
 }
-ours() {
-    label=$1; what=$2; shift 2
-    say "$what"
+# nvme-bench with the rest of the arguments, its JSON labelled $1: the
+# JSON line, or "@@failed LABEL: ERROR" (and a failed status).
+bench_json() {
+    label=$1; shift
     if nvme-bench "$@" --json --label "$label" > /tmp/run.out 2> /tmp/run.err; then
         grep '^{' /tmp/run.out
     else
         echo "@@failed $label: $(tr '\n' ' ' < /tmp/run.err)"
+        return 1
     fi
+}
+ours() {
+    label=$1; what=$2; shift 2
+    say "$what"
+    bench_json "$label" "$@"
 }
 # Waits up to 30 s for the unix socket $1.
 wait_socket() {
@@ -933,12 +940,7 @@ vhost() {
         echo "@@failed $label: nvme-vhost: $(tr '\n' ' ' < /tmp/vhost.log)"
         return
     fi
-    if nvme-bench "$@" --vhost-user /tmp/vhost.sock --json --label "$label" > /tmp/run.out 2> /tmp/run.err; then
-        grep '^{' /tmp/run.out
-    else
-        echo "@@failed $label: $(tr '\n' ' ' < /tmp/run.err)"
-        kill $vpid 2> /dev/null
-    fi
+    bench_json "$label" "$@" --vhost-user /tmp/vhost.sock || kill $vpid 2> /dev/null
     wait $vpid
     echo "@@vhost_requests $label $(grep -o 'requests direct.*' /tmp/vhost.log | tail -1 | sed 's/^requests //')"
 }
@@ -958,11 +960,7 @@ qsd_vhost() {
         echo "@@failed $label: qemu-storage-daemon: $(tr '\n' ' ' < /tmp/qsd.log)"
         return
     fi
-    if nvme-bench "$@" --vhost-user /tmp/qsd.sock --json --label "$label" > /tmp/run.out 2> /tmp/run.err; then
-        grep '^{' /tmp/run.out
-    else
-        echo "@@failed $label: $(tr '\n' ' ' < /tmp/run.err)"
-    fi
+    bench_json "$label" "$@" --vhost-user /tmp/qsd.sock
     kill $qpid; wait $qpid
 }
 kern() {
