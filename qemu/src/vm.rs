@@ -92,10 +92,11 @@ pub enum TcgThreads {
 }
 
 impl TcgThreads {
-    fn as_arg(self) -> &'static str {
+    /// QEMU's `-accel` option for it.
+    pub fn accel(self) -> &'static str {
         match self {
-            TcgThreads::Multi => "multi",
-            TcgThreads::Single => "single",
+            TcgThreads::Multi => "tcg,thread=multi",
+            TcgThreads::Single => "tcg,thread=single",
         }
     }
 }
@@ -932,7 +933,7 @@ impl VmConfig {
             if self.kvm {
                 "kvm".into()
             } else {
-                format!("tcg,thread={}", self.tcg_threads.as_arg())
+                self.tcg_threads.accel().into()
             },
             "-machine".into(),
             "q35,kernel-irqchip=split".into(),

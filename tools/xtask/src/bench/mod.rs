@@ -348,7 +348,7 @@ fn conditions(
         "smp": args.smp,
         "mem_mib": args.mem,
         "hugepages": args.hugepages,
-        "accel": format!("tcg,thread={}", if args.tcg_single { "single" } else { "multi" }),
+        "accel": args.tcg_threads().accel(),
         "cpu": args.cpu,
         "iommu": args.iommu,
         "namespaces": NAMESPACE_LBAS[..namespaces as usize]
