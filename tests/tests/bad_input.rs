@@ -266,7 +266,7 @@ fn bad_input_with_the_device_on_vfio() {
         &results,
         "lba_not_a_number",
         2,
-        "invalid value 'abc' for '--lba <LBA>': invalid digit found in string",
+        "invalid value 'abc' for '--start-block <SLBA>': invalid digit found in string",
     );
     expect(
         &results,

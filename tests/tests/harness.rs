@@ -13,7 +13,7 @@ fn exit_status_and_streams_come_back_separately() {
     config.disks = vec![NsDisk::Null];
     let run = run(
         &config,
-        "nvmectl read --lba 1000 --blocks 1 | head -n 2; printf 'to stderr\\n' >&2; exit 7",
+        "nvmectl read --lba 1000 --blocks 1 --hexdump | head -n 2; printf 'to stderr\\n' >&2; exit 7",
     );
     assert_eq!(run.exit, GuestExit::Exited(7), "{}", run.describe());
     assert_eq!(run.stderr_text(), "to stderr\n");
@@ -92,7 +92,7 @@ fn cpu_model_iommu_mode_and_namespace_properties_reach_the_guest() {
     let run = run_ok(
         &config,
         "grep -c -w sse4_2 /proc/cpuinfo; cat /proc/cmdline; dmesg | grep -m1 'Default domain type'; \
-         nvmectl read --nsid 1 --lba 0 --blocks 1 | wc -l; nvmectl read --nsid 2 --lba 0 --blocks 1 | wc -l",
+         nvmectl read --nsid 1 --lba 0 --blocks 1 | wc -c; nvmectl read --nsid 2 --lba 0 --blocks 1 | wc -c",
     );
     let out = run.stdout_text();
     let lines: Vec<&str> = out.lines().collect();
@@ -103,8 +103,8 @@ fn cpu_model_iommu_mode_and_namespace_properties_reach_the_guest() {
         "{out}"
     );
     assert!(lines[2].contains("Passthrough"), "{out}");
-    // 16 bytes per dump line: one 512-byte block, one 4096-byte block.
-    assert_eq!((lines[3], lines[4]), ("32", "256"), "{out}");
+    // The raw bytes of one 512-byte block and of one 4096-byte block.
+    assert_eq!((lines[3], lines[4]), ("512", "4096"), "{out}");
 }
 
 #[test]

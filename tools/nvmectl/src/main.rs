@@ -1,10 +1,17 @@
 //! `nvmectl`: list NVMe controllers, bind them to vfio-pci and back, show
-//! Identify data, and read or write blocks through the userspace driver.
+//! Identify data and logs, and read or write blocks through the userspace
+//! driver. Commands, flags and JSON field names are nvme-cli's (`id-ctrl`,
+//! `smart-log -o json`, `read -s SLBA -c COUNT`...), so scripts written for
+//! nvme-cli work on a controller bound to vfio-pci; the device is a PCI
+//! address instead of `/dev/nvme0`.
 #![allow(clippy::print_stdout)]
 #![forbid(unsafe_code)]
 
 mod identify;
+mod io;
+mod list;
 mod logs;
+mod output;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,6 +20,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use nvme_driver::nvme_spec::FeatureSelect;
 use nvme_driver::{Controller, Error, Options, PciAddress, pci};
+
+use crate::io::{Count, Start};
+use crate::output::Format;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -27,8 +37,12 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// List NVMe PCI functions with their driver and IOMMU group.
-    List,
+    /// List NVMe PCI functions with their driver and IOMMU group (with
+    /// `-o json`: nvme-cli's `Devices`, one entry per namespace).
+    List {
+        #[command(flatten)]
+        format: OutputFormat,
+    },
     /// Bind a controller to vfio-pci (through driver_override).
     Bind {
         /// PCI address, e.g. 0000:00:03.0.
@@ -39,44 +53,136 @@ enum Command {
         /// PCI address, e.g. 0000:00:03.0.
         device: PciAddress,
     },
-    /// Show Identify Controller and Identify Namespace fields.
+    /// Show Identify Controller, the driver's view and every namespace.
     Identify {
         #[command(flatten)]
         target: Target,
     },
-    /// Read logical blocks.
+    /// Show Identify Controller (nvme-cli's `id-ctrl`).
+    IdCtrl {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        format: OutputFormat,
+    },
+    /// Show Identify Namespace (nvme-cli's `id-ns`).
+    IdNs {
+        #[command(flatten)]
+        target: Target,
+        /// Namespace id.
+        #[arg(
+            short = 'n',
+            long = "namespace-id",
+            visible_alias = "nsid",
+            default_value_t = 1
+        )]
+        nsid: u32,
+        #[command(flatten)]
+        format: OutputFormat,
+    },
+    /// Read logical blocks: to a file with `-d`, else raw to standard
+    /// output (as nvme-cli does), or as a hex dump with `--hexdump`.
     Read {
         #[command(flatten)]
         target: Target,
         #[command(flatten)]
-        range: BlockRange,
-        /// File to write the data to (default: a hex dump on stdout).
-        #[arg(long)]
-        output: Option<PathBuf>,
+        start: Start,
+        #[command(flatten)]
+        count: Count,
+        /// Bytes to read (nvme-cli's `-z`; whole blocks).
+        #[arg(short = 'z', long = "data-size", value_parser = parse_u64)]
+        data_size: Option<u64>,
+        /// File to write the data to.
+        #[arg(short = 'd', long = "data", visible_alias = "output")]
+        data: Option<PathBuf>,
+        /// Print a hex dump instead of the raw bytes.
+        #[arg(long, short = 'x', conflicts_with = "data")]
+        hexdump: bool,
+    },
+    /// Write a file's bytes (or standard input's) at a logical block, then
+    /// flush; the length must be whole blocks.
+    Write {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        start: Start,
+        #[command(flatten)]
+        count: Count,
+        /// Bytes to write (nvme-cli's `-z`): exactly this many are read
+        /// from the data.
+        #[arg(short = 'z', long = "data-size", value_parser = parse_u64)]
+        data_size: Option<u64>,
+        /// File holding the data (default: standard input).
+        #[arg(short = 'd', long = "data")]
+        data: Option<PathBuf>,
     },
     /// Write zeroes to a block range (no data transfer).
     WriteZeroes {
         #[command(flatten)]
         target: Target,
         #[command(flatten)]
-        range: BlockRange,
+        start: Start,
+        #[command(flatten)]
+        count: Count,
     },
-    /// Deallocate (trim) a block range.
+    /// Dataset Management: deallocate (trim) block ranges (nvme-cli's
+    /// `dsm -d`).
+    Dsm {
+        #[command(flatten)]
+        target: Target,
+        /// Namespace id.
+        #[arg(
+            short = 'n',
+            long = "namespace-id",
+            visible_alias = "nsid",
+            default_value_t = 1
+        )]
+        nsid: u32,
+        /// First block of each range, comma-separated.
+        #[arg(short = 's', long = "slbs", value_delimiter = ',', required = true)]
+        slbs: Vec<u64>,
+        /// Length in blocks of each range (1-based), comma-separated.
+        #[arg(short = 'b', long = "blocks", value_delimiter = ',', required = true)]
+        blocks: Vec<u64>,
+        /// The deallocate attribute (the only one supported).
+        #[arg(short = 'd', long = "ad")]
+        deallocate: bool,
+    },
+    /// Deallocate (trim) a block range (`dsm -d` with one range).
     Deallocate {
         #[command(flatten)]
         target: Target,
         #[command(flatten)]
-        range: BlockRange,
+        start: Start,
+        #[command(flatten)]
+        count: Count,
+    },
+    /// Flush the namespace's volatile write cache.
+    Flush {
+        #[command(flatten)]
+        target: Target,
+        /// Namespace id.
+        #[arg(
+            short = 'n',
+            long = "namespace-id",
+            visible_alias = "nsid",
+            default_value_t = 1
+        )]
+        nsid: u32,
     },
     /// Show the SMART / Health Information log.
     SmartLog {
         #[command(flatten)]
         target: Target,
+        #[command(flatten)]
+        format: OutputFormat,
     },
     /// Show the valid entries of the Error Information log.
     ErrorLog {
         #[command(flatten)]
         target: Target,
+        #[command(flatten)]
+        format: OutputFormat,
     },
     /// Show a feature's value (Get Features).
     GetFeature {
@@ -108,34 +214,14 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Write a file's bytes at a logical block (length a multiple of the LBA size).
-    Write {
-        #[command(flatten)]
-        target: Target,
-        /// Namespace id.
-        #[arg(long, default_value_t = 1)]
-        nsid: u32,
-        /// First logical block.
-        #[arg(long)]
-        lba: u64,
-        /// File holding the data.
-        #[arg(long)]
-        data: PathBuf,
-    },
 }
 
-/// A block range on a namespace.
+/// nvme-cli's `-o`.
 #[derive(Args, Debug)]
-struct BlockRange {
-    /// Namespace id.
-    #[arg(long, default_value_t = 1)]
-    nsid: u32,
-    /// First logical block.
-    #[arg(long)]
-    lba: u64,
-    /// Number of logical blocks.
-    #[arg(long)]
-    blocks: u64,
+struct OutputFormat {
+    /// Output format: normal or json (nvme-cli's field names).
+    #[arg(short = 'o', long = "output-format", value_enum, default_value_t = Format::Normal)]
+    format: Format,
 }
 
 #[derive(Args, Debug)]
@@ -155,26 +241,25 @@ impl Target {
 }
 
 /// What ends the program: a driver error, or a message of our own.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum Failure {
-    Driver(Error),
+    #[error(transparent)]
+    Driver(#[from] Error),
+    #[error("{0}")]
     Message(String),
     /// The reader went away (e.g. `| head`): stop without a message.
+    #[error("")]
     Quiet,
 }
 
-impl From<Error> for Failure {
-    fn from(e: Error) -> Self {
-        Failure::Driver(e)
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Driver(e) => write!(f, "{e}"),
-            Failure::Message(m) => f.write_str(m),
-            Failure::Quiet => Ok(()),
+impl Failure {
+    /// A failure to write the output; a reader that went away (`| head`)
+    /// ends the program quietly.
+    fn output(e: std::io::Error) -> Failure {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            Failure::Quiet
+        } else {
+            Failure::Message(format!("writing output: {e}"))
         }
     }
 }
@@ -195,33 +280,15 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
-    let io = |e: std::io::Error| {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            Failure::Quiet
-        } else {
-            Failure::Message(format!("writing output: {e}"))
-        }
-    };
+    let io = Failure::output;
     match command {
-        Command::List => {
-            let functions = pci::list()?;
-            writeln!(
-                out,
-                "{:<14}{:<11}{:<12}IOMMU-GROUP",
-                "ADDRESS", "ID", "DRIVER"
-            )
-            .map_err(io)?;
-            for f in functions {
-                writeln!(
-                    out,
-                    "{:<14}{:<11}{:<12}{}",
-                    f.address.to_string(),
-                    format!("{:04x}:{:04x}", f.vendor, f.device),
-                    f.driver.as_deref().unwrap_or("-"),
-                    group(&f)
-                )
-                .map_err(io)?;
+        Command::List { format } => {
+            let functions = list::functions()?;
+            match format.format {
+                Format::Normal => list::print_text(&mut out, &functions),
+                Format::Json => list::print_json(&mut out, &functions),
             }
+            .map_err(io)?;
         }
         Command::Bind { device } => {
             let f = pci::bind_vfio(device)?;
@@ -229,7 +296,7 @@ fn run(command: Command) -> Result<(), Failure> {
                 out,
                 "{} bound to vfio-pci (IOMMU group {})",
                 f.address,
-                group(&f)
+                list::group(&f)
             )
             .map_err(io)?;
         }
@@ -245,85 +312,93 @@ fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Identify { target } => {
             let ctrl = target.open()?;
-            identify::print(&mut out, &ctrl).map_err(io)?;
+            identify::print_all(&mut out, &ctrl).map_err(io)?;
         }
-        Command::Read {
+        Command::IdCtrl { target, format } => {
+            let ctrl = target.open()?;
+            identify::print_controller(&mut out, &ctrl, format.format).map_err(io)?;
+        }
+        Command::IdNs {
             target,
-            range: BlockRange { nsid, lba, blocks },
-            output,
+            nsid,
+            format,
         } => {
             let ctrl = target.open()?;
             let ns = ctrl.namespace(nsid)?;
-            ns.check_range(lba, blocks)?;
-            let len = usize::try_from(blocks.saturating_mul(ns.lba_size as u64))
-                .ok()
-                .filter(|&l| l <= 1 << 30)
-                .ok_or_else(|| {
-                    Failure::Message(format!("{blocks} blocks is more than 1 GiB; read in parts"))
-                })?;
-            let mut data = vec![0u8; len];
-            ctrl.io_qpair()?.read(nsid, lba, &mut data)?;
-            match output {
-                Some(path) => std::fs::write(&path, &data)
-                    .map_err(|e| Failure::Message(format!("writing {}: {e}", path.display())))?,
-                None => hexdump(&mut out, &data, lba * ns_lba_size(&ctrl, nsid)).map_err(io)?,
-            }
+            identify::print_namespace(&mut out, ns, format.format).map_err(io)?;
+        }
+        Command::Read {
+            target,
+            start,
+            count,
+            data_size,
+            data,
+            hexdump,
+        } => {
+            let ctrl = target.open()?;
+            let data = data.as_deref();
+            io::read(&ctrl, &start, &count, data_size, data, hexdump, &mut out)?;
         }
         Command::Write {
             target,
-            nsid,
-            lba,
+            start,
+            count,
+            data_size,
             data,
         } => {
-            let bytes = std::fs::read(&data)
-                .map_err(|e| Failure::Message(format!("reading {}: {e}", data.display())))?;
             let ctrl = target.open()?;
-            let mut qpair = ctrl.io_qpair()?;
-            qpair.write(nsid, lba, &bytes)?;
-            qpair.flush(nsid)?;
+            io::write(&ctrl, &start, &count, data_size, data.as_ref())?;
         }
         Command::WriteZeroes {
             target,
-            range: BlockRange { nsid, lba, blocks },
+            start,
+            count,
+        } => {
+            let blocks = count.required()?;
+            let ctrl = target.open()?;
+            ctrl.io_qpair()?
+                .write_zeroes(start.nsid, start.slba, blocks)?;
+        }
+        Command::Dsm {
+            target,
+            nsid,
+            slbs,
+            blocks,
+            deallocate,
         } => {
             let ctrl = target.open()?;
-            ctrl.io_qpair()?.write_zeroes(nsid, lba, blocks)?;
+            io::dsm(&ctrl, nsid, &slbs, &blocks, deallocate)?;
         }
         Command::Deallocate {
             target,
-            range: BlockRange { nsid, lba, blocks },
+            start,
+            count,
         } => {
+            let blocks = count.required()?;
             let ctrl = target.open()?;
-            ctrl.io_qpair()?.deallocate(nsid, lba, blocks)?;
+            io::dsm(&ctrl, start.nsid, &[start.slba], &[blocks], true)?;
         }
-        Command::SmartLog { target } => {
+        Command::Flush { target, nsid } => {
+            let ctrl = target.open()?;
+            ctrl.io_qpair()?.flush(nsid)?;
+        }
+        Command::SmartLog { target, format } => {
             let ctrl = target.open()?;
             let log = ctrl.smart_log()?;
-            logs::print_smart(&mut out, &ctrl, &log).map_err(io)?;
-        }
-        Command::ErrorLog { target } => {
-            let ctrl = target.open()?;
-            let entries = ctrl.error_log()?;
-            logs::print_errors(&mut out, &entries).map_err(io)?;
-        }
-        Command::SetFeature {
-            target,
-            feature_id,
-            value,
-        } => {
-            let ctrl = target.open()?;
-            let result = ctrl.set_features(feature_id, value)?;
-            writeln!(
-                out,
-                "set-feature:{feature_id:#04x} ({}), value:{value:#010x}, dw0:{result:#010x}",
-                logs::feature_name(feature_id)
-            )
+            match format.format {
+                Format::Normal => logs::print_smart(&mut out, &ctrl, &log),
+                Format::Json => logs::print_smart_json(&mut out, &log),
+            }
             .map_err(io)?;
         }
-        Command::Reset { target } => {
+        Command::ErrorLog { target, format } => {
             let ctrl = target.open()?;
-            ctrl.reset()?;
-            writeln!(out, "{}: controller reset", ctrl.address()).map_err(io)?;
+            let entries = ctrl.error_log()?;
+            match format.format {
+                Format::Normal => logs::print_errors(&mut out, &entries),
+                Format::Json => logs::print_errors_json(&mut out, &entries),
+            }
+            .map_err(io)?;
         }
         Command::GetFeature {
             target,
@@ -346,8 +421,35 @@ fn run(command: Command) -> Result<(), Failure> {
             )
             .map_err(io)?;
         }
+        Command::SetFeature {
+            target,
+            feature_id,
+            value,
+        } => {
+            let ctrl = target.open()?;
+            let result = ctrl.set_features(feature_id, value)?;
+            writeln!(
+                out,
+                "set-feature:{feature_id:#04x} ({}), value:{value:#010x}, dw0:{result:#010x}",
+                logs::feature_name(feature_id)
+            )
+            .map_err(io)?;
+        }
+        Command::Reset { target } => {
+            let ctrl = target.open()?;
+            ctrl.reset()?;
+            writeln!(out, "{}: controller reset", ctrl.address()).map_err(io)?;
+        }
     }
     Ok(())
+}
+
+fn parse_u64(s: &str) -> Result<u64, String> {
+    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    parsed.map_err(|_| format!("`{s}` is not a 64-bit number"))
 }
 
 fn parse_u8(s: &str) -> Result<u8, String> {
@@ -366,32 +468,54 @@ fn parse_u32(s: &str) -> Result<u32, String> {
     parsed.map_err(|_| format!("`{s}` is not a 32-bit number"))
 }
 
-fn group(f: &nvme_driver::PciFunction) -> String {
-    f.iommu_group.map_or("-".to_string(), |g| g.to_string())
-}
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
 
-fn ns_lba_size(ctrl: &Controller, nsid: u32) -> u64 {
-    ctrl.namespace(nsid).map_or(0, |n| n.lba_size as u64)
-}
+    use super::{Cli, Command};
 
-/// `xxd`-style dump, offsets in bytes from the start of the namespace.
-fn hexdump(out: &mut impl Write, data: &[u8], base: u64) -> std::io::Result<()> {
-    for (i, line) in data.chunks(16).enumerate() {
-        write!(out, "{:012x}: ", base + (i * 16) as u64)?;
-        for b in line {
-            write!(out, "{b:02x} ")?;
-        }
-        let text: String = line
-            .iter()
-            .map(|&b| {
-                if b.is_ascii_graphic() || b == b' ' {
-                    b as char
-                } else {
-                    '.'
-                }
-            })
-            .collect();
-        writeln!(out, "{:width$} {text}", "", width = (16 - line.len()) * 3)?;
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
     }
-    Ok(())
+
+    /// nvme-cli's spellings and nvmectl's older ones give the same range.
+    #[test]
+    fn nvme_cli_flags_and_the_old_names_agree() {
+        let new = Cli::parse_from(["nvmectl", "read", "-n", "2", "-s", "64", "-c", "7"]);
+        let old = Cli::parse_from([
+            "nvmectl", "read", "--nsid", "2", "--lba", "64", "--blocks", "8",
+        ]);
+        for cli in [new, old] {
+            let Command::Read { start, count, .. } = cli.command else {
+                panic!("not a read");
+            };
+            assert_eq!((start.nsid, start.slba), (2, 64));
+            assert_eq!(count.blocks().ok().flatten(), Some(8), "-c is 0's based");
+        }
+        assert!(
+            Cli::try_parse_from(["nvmectl", "read", "-s", "0", "-c", "1", "--blocks", "2"])
+                .is_err()
+        );
+        let dsm = Cli::parse_from(["nvmectl", "dsm", "-s", "1,9", "-b", "2,3", "-d"]);
+        let Command::Dsm {
+            slbs,
+            blocks,
+            deallocate,
+            ..
+        } = dsm.command
+        else {
+            panic!("not dsm");
+        };
+        assert_eq!((slbs, blocks, deallocate), (vec![1, 9], vec![2, 3], true));
+    }
+
+    #[test]
+    fn a_block_count_of_u64_max_is_refused_not_wrapped() {
+        let cli = Cli::parse_from(["nvmectl", "read", "-s", "0", "-c", "18446744073709551615"]);
+        let Command::Read { count, .. } = cli.command else {
+            panic!("not a read");
+        };
+        assert!(count.blocks().is_err());
+    }
 }
