@@ -2,7 +2,8 @@
 //! by CAP.TO; the admin queue (shared, behind a lock); I/O queue pairs handed
 //! out one per thread; shutdown (CC.SHN) when the last handle goes.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nvme_spec::admin::{self, Cns};
@@ -411,11 +412,11 @@ impl Shared {
     }
 
     fn lock_admin(&self) -> MutexGuard<'_, AdminQueue> {
-        self.admin.lock().unwrap_or_else(|e| e.into_inner())
+        self.admin.lock()
     }
 
     fn lock_qids(&self) -> MutexGuard<'_, Vec<bool>> {
-        self.qids.lock().unwrap_or_else(|e| e.into_inner())
+        self.qids.lock()
     }
 
     /// Runs an admin command without data.
@@ -486,7 +487,7 @@ impl Shared {
     }
 
     fn lock_live_queues(&self) -> MutexGuard<'_, Vec<u16>> {
-        self.live_queues.lock().unwrap_or_else(|e| e.into_inner())
+        self.live_queues.lock()
     }
 
     /// Doorbell Buffer Config, when wanted and supported: from then on every
@@ -705,7 +706,7 @@ impl Shared {
     /// The eventfd of MSI-X vector `vector`, enabling MSI-X the first time.
     fn interrupt(&self, vector: u16) -> Result<Arc<vmm_sys_util::eventfd::EventFd>> {
         let device = &self.device;
-        let mut irqs = self.irqs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut irqs = self.irqs.lock();
         if irqs.is_none() {
             // Vector 0 belongs to the admin queue; one more per I/O queue.
             let granted = self.lock_qids().len() as u32;

@@ -251,7 +251,7 @@ impl HostMemory {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use parking_lot::Mutex;
 
     use super::*;
 
@@ -270,10 +270,10 @@ mod tests {
             offset as u64 | 1 << 40
         }
         fn write32(&self, offset: usize, value: u32) {
-            self.0.lock().unwrap().push((offset, u64::from(value)));
+            self.0.lock().push((offset, u64::from(value)));
         }
         fn write64(&self, offset: usize, value: u64) {
-            self.0.lock().unwrap().push((offset, value));
+            self.0.lock().push((offset, value));
         }
     }
 
@@ -289,7 +289,7 @@ mod tests {
         assert!(bar.write32(0x2000, 1).is_err(), "past the end");
         assert!(bar.read32(0x1002).is_err(), "misaligned");
         assert!(bar.read64(0x1ffc).is_err(), "straddles the end");
-        assert_eq!(*regs.0.lock().unwrap(), vec![(0x1008, 7), (0x30, 9)]);
+        assert_eq!(*regs.0.lock(), vec![(0x1008, 7), (0x30, 9)]);
         #[derive(Debug)]
         struct Tiny;
         impl EmulatedBar for Tiny {

@@ -8,7 +8,8 @@
 //! workload does not map and unmap. Buffers larger than a chunk get a
 //! region of their own, unmapped when they are dropped.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::hw::dma::{DmaMapper, DmaRegion, HUGE_PAGE, PAGE};
@@ -102,7 +103,7 @@ impl DmaPool {
 
     /// (chunks, of which on huge pages) the pool holds.
     pub fn chunk_counts(&self) -> (usize, usize) {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.state.lock();
         let live = state.chunks.iter().flatten();
         let huge = live.clone().filter(|c| c.region.is_huge()).count();
         (live.count(), huge)
@@ -115,7 +116,7 @@ impl DmaPool {
     /// the largest one holds.
     pub fn reserve(&self, bytes: usize) -> Result<()> {
         let want = bytes.div_ceil(CHUNK);
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock();
         state.reserved = state.reserved.max(want);
         while state.chunks.iter().flatten().count() < want {
             let chunk = self.new_chunk()?;
@@ -173,7 +174,7 @@ impl DmaPool {
                 owner: None,
             });
         }
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock();
         let found = state.chunks.iter().enumerate().find_map(|(i, c)| {
             let c = c.as_ref()?;
             // A chunk without enough free pages is not searched.
@@ -367,7 +368,7 @@ impl DmaBuffer {
 impl Drop for DmaBuffer {
     fn drop(&mut self) {
         if let Some((state, index)) = &self.owner {
-            let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = state.lock();
             state.release(*index, self.offset / PAGE, self.len.div_ceil(PAGE));
         }
     }

@@ -51,8 +51,9 @@
 //! [`run_cqe_stream`] is the property harness shared by the proptest in
 //! this module and the cargo-fuzz target in `driver/fuzz`.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nvme_spec::status::{command_specific, generic};
@@ -520,10 +521,6 @@ fn is_block_command(opcode: u8) -> bool {
     opcode == NvmOpcode::Read as u8
         || opcode == NvmOpcode::Write as u8
         || opcode == NvmOpcode::WriteZeroes as u8
-}
-
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl State {
@@ -1752,11 +1749,11 @@ impl EmulatedBar for MockDevice {
     }
 
     fn read32(&self, offset: usize) -> u32 {
-        lock(&self.state).read_register(offset, 4) as u32
+        self.state.lock().read_register(offset, 4) as u32
     }
 
     fn read64(&self, offset: usize) -> u64 {
-        lock(&self.state).read_register(offset, 8)
+        self.state.lock().read_register(offset, 8)
     }
 
     fn write32(&self, offset: usize, value: u32) {
@@ -1772,7 +1769,7 @@ impl EmulatedBar for MockDevice {
 /// `cargo xtask instructions` leaves what it does out of the driver's count.
 #[inline(never)]
 fn on_register_write(state: &Mutex<State>, offset: usize, value: u64, size: usize) {
-    let mut s = lock(state);
+    let mut s = state.lock();
     if let Err(e) = s.write_register(offset, value, size) {
         s.violation(format!("serving the write to {offset:#x}: {e}"));
     }
@@ -1796,7 +1793,7 @@ impl DeviceBacking for MockBacking {
     }
 
     fn config_read16(&self, offset: u16) -> Result<u16> {
-        let s = lock(&self.0.state);
+        let s = self.0.state.lock();
         Ok(match offset {
             _ if s.gone => u16::MAX,
             0 => 0x1b36, // vendor (QEMU's, as the device it imitates)
@@ -1807,7 +1804,7 @@ impl DeviceBacking for MockBacking {
     }
 
     fn config_write16(&self, offset: u16, value: u16) -> Result<()> {
-        let mut s = lock(&self.0.state);
+        let mut s = self.0.state.lock();
         if offset == PCI_COMMAND && !s.gone {
             s.regs.pci_command = value;
         }
@@ -1834,7 +1831,7 @@ impl DeviceBacking for MockBacking {
                 self.0.msix_vectors
             )));
         }
-        lock(&self.0.state).irqs = fds.to_vec();
+        self.0.state.lock().irqs = fds.to_vec();
         Ok(())
     }
 
@@ -1842,14 +1839,14 @@ impl DeviceBacking for MockBacking {
         let fd = EventFd::new(libc::EFD_NONBLOCK)
             .map(Arc::new)
             .map_err(|e| Error::os("creating an eventfd", e))?;
-        lock(&self.0.state).removal_request = Some(fd.clone());
+        self.0.state.lock().removal_request = Some(fd.clone());
         Ok(Some(fd))
     }
 
     fn release(&self) {
         // A released device is gone for the driver: as after a removal,
         // reads are all-ones and nothing is served.
-        let mut s = lock(&self.0.state);
+        let mut s = self.0.state.lock();
         s.released = true;
         s.gone = true;
     }
@@ -1990,7 +1987,7 @@ impl MockController {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        lock(&self.device.state)
+        self.device.state.lock()
     }
 
     fn qids(&self) -> Vec<u16> {
@@ -4184,7 +4181,7 @@ mod tests {
             for _ in 0..10 {
                 mock.process().expect("process");
             }
-            *removed_at.lock().unwrap() = Some(Instant::now());
+            *removed_at.lock() = Some(Instant::now());
             assert!(mock.request_removal());
             while handles.iter().any(|h| !h.is_finished()) {
                 let _ = mock.process();
@@ -4195,7 +4192,7 @@ mod tests {
                 .map(|h| h.join().expect("thread"))
                 .collect::<Vec<_>>()
         });
-        let removed_at = removed_at.lock().unwrap().expect("removal requested");
+        let removed_at = removed_at.lock().expect("removal requested");
         let mut held = 0;
         for (submitted, answered, removed, done) in results {
             assert_eq!(submitted, answered, "every request answered");

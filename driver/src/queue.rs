@@ -516,8 +516,9 @@ mod shadow_tests {
 
 #[cfg(test)]
 mod gate_tests {
+    use parking_lot::Mutex;
     use std::collections::HashMap;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     use std::time::Duration;
 
     use nvme_spec::{DoorbellKind, Sqe, doorbell_offset};
@@ -542,13 +543,13 @@ mod gate_tests {
             self.read64(offset) as u32
         }
         fn read64(&self, offset: usize) -> u64 {
-            *self.0.lock().unwrap().get(&offset).unwrap_or(&0)
+            *self.0.lock().get(&offset).unwrap_or(&0)
         }
         fn write32(&self, offset: usize, value: u32) {
             self.write64(offset, u64::from(value));
         }
         fn write64(&self, offset: usize, value: u64) {
-            self.0.lock().unwrap().insert(offset, value);
+            self.0.lock().insert(offset, value);
         }
     }
 

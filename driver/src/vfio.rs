@@ -3,8 +3,9 @@
 //! through the device file, BAR0 mapped from it, DMA through the IOMMU, and
 //! MSI-X routed to eventfds.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use vfio_bindings::bindings::vfio::{
     VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
@@ -72,7 +73,7 @@ impl VfioNvme {
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<VfioDevice>> {
-        self.device.lock().unwrap_or_else(|e| e.into_inner())
+        self.device.lock()
     }
 
     /// Runs `f` on the device, or fails with [`Error::DeviceRemoved`] once

@@ -55,8 +55,9 @@
 //!
 //! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::ops::Range;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use pagecache::{
@@ -158,10 +159,6 @@ impl FolioView {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl File {
     /// Opens a new file of `size` bytes in `cache`, with `block`-byte
     /// blocks, whose data `mapper` places on the device.
@@ -198,7 +195,7 @@ impl File {
         Ok(File {
             shared: self.shared.clone(),
             ra: Mutex::new({
-                let ra = lock(&self.ra);
+                let ra = self.ra.lock();
                 Ra {
                     state: RaState::new(ra.state.max_pages()),
                     auto: ra.auto,
@@ -226,7 +223,7 @@ impl File {
     /// readahead); resets the window. Without it the maximum follows the
     /// device ([`pagecache::readahead::device_max_pages`]).
     pub fn set_readahead(&self, max_pages: u64) {
-        *lock(&self.ra) = Ra {
+        *self.ra.lock() = Ra {
             state: RaState::new(max_pages),
             auto: false,
         };
@@ -235,18 +232,18 @@ impl File {
     /// The readahead maximum in pages (the device-derived one once a read
     /// has seen the device).
     pub fn readahead_max(&self) -> u64 {
-        lock(&self.ra).state.max_pages()
+        self.ra.lock().state.max_pages()
     }
 
     /// The readahead window: (start, size, async_size) in pages.
     pub fn readahead_window(&self) -> (u64, u64, u64) {
-        lock(&self.ra).state.window()
+        self.ra.lock().state.window()
     }
 
     /// The window of this description, its maximum fitted to `dev` if it
     /// still follows the device.
     fn ra(&self, dev: &dyn BlockDevice) -> MutexGuard<'_, Ra> {
-        let mut ra = lock(&self.ra);
+        let mut ra = self.ra.lock();
         if ra.auto {
             let io_pages = u64::from(dev.geometry().max_transfer) / PAGE;
             // Growth past the kernel's default is capped at a quarter of
@@ -336,7 +333,7 @@ impl File {
                 }
             }
         }
-        lock(&self.ra).state.record_read(at);
+        self.ra.lock().state.record_read(at);
         io::reap(dev, None)?;
         match result {
             Err(e) if at == pos => Err(e),
@@ -613,7 +610,7 @@ impl File {
         }
         pos.checked_add(data.len() as u64)
             .ok_or(Error::Invalid("write past the largest file offset"))?;
-        let _writer = lock(&self.shared.write_lock);
+        let _writer = self.shared.write_lock.lock();
         let ino = &self.shared.ino;
         let size = ino.size();
         if pos > size {
@@ -653,7 +650,7 @@ impl File {
     /// Sets the file size (ftruncate). Growing reads as zeros; shrinking
     /// drops the data past the new size from the cache.
     pub fn set_len(&self, dev: &mut dyn BlockDevice, len: u64) -> Result<()> {
-        let _writer = lock(&self.shared.write_lock);
+        let _writer = self.shared.write_lock.lock();
         let ino = &self.shared.ino;
         let old = ino.size();
         if len > old {
@@ -672,7 +669,7 @@ impl File {
     /// an NVMe Flush, and reports the newest writeback error this
     /// description has not seen yet (once).
     pub fn fsync(&self, dev: &mut dyn BlockDevice) -> Result<()> {
-        let mut handle = lock(&self.handle);
+        let mut handle = self.handle.lock();
         sync::fsync(dev, &self.shared.ino, &mut handle)
     }
 }

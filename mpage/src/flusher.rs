@@ -12,7 +12,8 @@
 //! [`crate::File::write_at`]; they also write back their own file, so a
 //! flusher speeds writers up but is not needed for progress.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use parking_lot::{Condvar, Mutex};
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -49,10 +50,6 @@ pub struct FlushReport {
     pub errors: usize,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Flusher {
     /// A flusher for the files of `cache`.
     pub fn new(cache: Arc<PageCache>) -> Arc<Flusher> {
@@ -75,13 +72,13 @@ impl Flusher {
             .flusher
             .set(self.clone())
             .map_err(|_| Error::Invalid("file already has a flusher"))?;
-        lock(&self.files).push(Arc::downgrade(shared));
+        self.files.lock().push(Arc::downgrade(shared));
         Ok(())
     }
 
     /// Asks the flusher thread for a pass now.
     pub fn wake(&self) {
-        lock(&self.signal).wake = true;
+        self.signal.lock().wake = true;
         self.cv.notify_all();
     }
 
@@ -94,7 +91,7 @@ impl Flusher {
                 return Ok(report);
             }
             let files: Vec<Arc<Shared>> = {
-                let mut list = lock(&self.files);
+                let mut list = self.files.lock();
                 list.retain(|w| w.strong_count() > 0);
                 list.iter().filter_map(Weak::upgrade).collect()
             };
@@ -127,20 +124,16 @@ impl Flusher {
         mut dev: Box<dyn BlockDevice>,
         interval: Duration,
     ) -> Result<FlusherThread> {
-        lock(&self.signal).stop = false;
+        self.signal.lock().stop = false;
         let me = self.clone();
         let join = std::thread::Builder::new()
             .name("mpage-flusher".into())
             .spawn(move || {
                 loop {
                     {
-                        let mut sig = lock(&me.signal);
+                        let mut sig = me.signal.lock();
                         if !sig.wake && !sig.stop {
-                            sig = me
-                                .cv
-                                .wait_timeout(sig, interval)
-                                .unwrap_or_else(|e| e.into_inner())
-                                .0;
+                            me.cv.wait_for(&mut sig, interval);
                         }
                         if sig.stop {
                             return;
@@ -175,7 +168,7 @@ impl FlusherThread {
     }
 
     fn halt(&mut self) {
-        lock(&self.flusher.signal).stop = true;
+        self.flusher.signal.lock().stop = true;
         self.flusher.cv.notify_all();
         if let Some(j) = self.join.take()
             && j.join().is_err()

@@ -10,8 +10,9 @@
 //! * [`ExtentMapper`]: a sparse file: holes, unwritten extents and
 //!   allocate-on-write from a simple block allocator.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use pagecache::Errno;
 
@@ -302,7 +303,7 @@ impl ExtentMapper {
     }
 
     fn state(&self) -> MutexGuard<'_, ExtentState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
     /// Maps file blocks `[lblk, lblk+len)` to device blocks from `pblk`

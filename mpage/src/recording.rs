@@ -22,8 +22,9 @@
 //!   so the tests also verify the builder. A command past the namespace
 //!   end completes with LBA Out of Range.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::ops::Range;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::device::{Bio, BioOp, BlockDevice, Completion, DeviceError, Geometry, status};
@@ -130,11 +131,11 @@ impl RecordingDevice {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
     fn queue(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+        self.queue.lock()
     }
 
     /// Every command accepted so far, in submission order.

@@ -3,7 +3,8 @@
 //!
 //! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 use pagecache::{ErrSeqSample, FolioFlags};
 
@@ -57,12 +58,12 @@ pub fn flush(dev: &mut dyn BlockDevice) -> Result<()> {
         Arc::new(Mutex::new(None));
     let slot = outcome.clone();
     let bio = Bio::flush().with_end_io(Box::new(move |r| {
-        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(r.clone());
+        *slot.lock() = Some(r.clone());
     }));
     io::submit(dev, bio)?;
-    let done = || outcome.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+    let done = || outcome.lock().is_some();
     io::wait_until(dev, "flush", done)?;
-    let result = outcome.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let result = outcome.lock().take();
     match result {
         Some(Ok(())) => Ok(()),
         Some(Err(source)) => Err(Error::Device {

@@ -14,7 +14,8 @@
 //! below the hardware limit): the engines then build commands no larger
 //! than that, and the tap rejects any bio over it.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::device::{Bio, BioFlags, BioOp, BlockDevice, Completion, DeviceError, Geometry};
@@ -79,7 +80,7 @@ impl CommandLog {
     }
 
     fn state(&self) -> MutexGuard<'_, LogState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
     /// Appends `command`; returns its sequence number.

@@ -43,8 +43,9 @@
 //!
 //! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
+use parking_lot::Mutex;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use pagecache::{Errno, FolioFlags, FolioRef, PAGE_SIZE, WritebackIo, WritebackPart};
 
@@ -100,8 +101,8 @@ struct IoendShared {
 }
 
 impl IoendShared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, IoendState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, IoendState> {
+        self.state.lock()
     }
 
     /// One command of the ioend finished.
@@ -127,7 +128,7 @@ impl IoendShared {
         self.lock().error.get_or_insert(DeviceError::Errno(err));
     }
 
-    fn complete_if_done(&self, mut st: std::sync::MutexGuard<'_, IoendState>) {
+    fn complete_if_done(&self, mut st: parking_lot::MutexGuard<'_, IoendState>) {
         if !st.sealed || st.pending != 0 || st.completed {
             return;
         }
@@ -199,8 +200,8 @@ impl Batch {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BatchState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, BatchState> {
+        self.state.lock()
     }
 
     fn ioend_started(&self) {
@@ -221,7 +222,7 @@ impl Batch {
         self.finish_if_done(st);
     }
 
-    fn finish_if_done(&self, mut st: std::sync::MutexGuard<'_, BatchState>) {
+    fn finish_if_done(&self, mut st: parking_lot::MutexGuard<'_, BatchState>) {
         if !st.sealed || st.outstanding != 0 || st.done.is_empty() {
             return;
         }

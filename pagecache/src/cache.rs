@@ -25,10 +25,11 @@
 //!
 //! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::FileId;
@@ -136,7 +137,7 @@ impl PageCache {
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock()
     }
 
     /// Runs `f` on the file's lock-free part, under an epoch guard.

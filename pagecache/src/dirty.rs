@@ -15,8 +15,8 @@
 //!
 //! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
+use parking_lot::{Condvar, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -127,7 +127,7 @@ impl Counters {
     }
 
     fn notify(&self) {
-        let _guard = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.progress.lock();
         self.progress_cv.notify_all();
     }
 
@@ -135,7 +135,7 @@ impl Counters {
     /// returns whether the condition holds.
     pub(crate) fn wait_below(&self, limit: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut guard = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.progress.lock();
         loop {
             if self.dirty() + self.writeback() <= limit {
                 return true;
@@ -144,11 +144,7 @@ impl Counters {
             if now >= deadline {
                 return false;
             }
-            guard = self
-                .progress_cv
-                .wait_timeout(guard, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            self.progress_cv.wait_until(&mut guard, deadline);
         }
     }
 }

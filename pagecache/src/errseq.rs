@@ -9,7 +9,7 @@
 //!
 //! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use crate::error::Errno;
 
@@ -37,8 +37,8 @@ impl ErrSeq {
         Self::default()
     }
 
-    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn inner(&self) -> parking_lot::MutexGuard<'_, Inner> {
+        self.inner.lock()
     }
 
     /// Records a writeback error (`mapping_set_error`).

@@ -7,10 +7,11 @@
 //! once, and the I/O handles ([`ReadIo`], [`WritebackIo`]) end the I/O
 //! exactly once, also when they are dropped on an error path.
 
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::fmt;
 use std::ops::{Deref, Range};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bitflags::bitflags;
@@ -202,11 +203,11 @@ impl Folio {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
-    fn wait<'a>(&self, guard: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        self.changed.wait(guard).unwrap_or_else(|e| e.into_inner())
+    fn wait(&self, guard: &mut MutexGuard<'_, State>) {
+        self.changed.wait(guard);
     }
 
     pub(crate) fn id(&self) -> u64 {
@@ -356,7 +357,7 @@ impl Folio {
     fn lock_bit(&self) {
         let mut st = self.state();
         while st.flags.contains(FolioFlags::LOCKED) {
-            st = self.wait(st);
+            self.wait(&mut st);
         }
         st.flags.insert(FolioFlags::LOCKED);
     }
@@ -375,15 +376,9 @@ impl Folio {
         let deadline = Instant::now() + timeout;
         let mut st = self.state();
         while st.flags.intersects(flags) {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
+            if self.changed.wait_until(&mut st, deadline).timed_out() {
+                return !st.flags.intersects(flags);
             }
-            st = self
-                .changed
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
         }
         true
     }
@@ -392,7 +387,7 @@ impl Folio {
     pub fn wait_writeback(&self) {
         let mut st = self.state();
         while st.flags.contains(FolioFlags::WRITEBACK) {
-            st = self.wait(st);
+            self.wait(&mut st);
         }
     }
 
@@ -523,7 +518,7 @@ impl Folio {
 
 impl Drop for Folio {
     fn drop(&mut self) {
-        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        let st = self.state.get_mut();
         if st.flags.contains(FolioFlags::DIRTY) {
             log::warn!(
                 "dirty folio {:?}/{} dropped: its data is lost",
@@ -989,7 +984,7 @@ impl ReadIo {
         }
         finish_read_if_idle(&f, &mut st);
         while st.read.is_some() {
-            st = f.wait(st);
+            f.wait(&mut st);
         }
         st.read_keeps_lock = false;
         let outcome = match st.error {

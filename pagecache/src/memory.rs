@@ -7,8 +7,8 @@
 //! ever handed out). The driver's `DmaBuffer` fits this shape; the I/O
 //! layer implements the traits over it. [`VecMemory`] serves tests.
 
+use parking_lot::Mutex;
 use std::fmt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
@@ -116,7 +116,7 @@ impl VecBacking {
 
 impl FolioBacking for VecBacking {
     fn len(&self) -> usize {
-        self.bytes.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.bytes.lock().len()
     }
 
     fn iova(&self) -> u64 {
@@ -124,21 +124,21 @@ impl FolioBacking for VecBacking {
     }
 
     fn read(&self, offset: usize, out: &mut [u8]) -> Result<()> {
-        let bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes = self.bytes.lock();
         let span = self.span(bytes.len(), offset, out.len())?;
         out.copy_from_slice(&bytes[span]);
         Ok(())
     }
 
     fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
-        let mut bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut bytes = self.bytes.lock();
         let span = self.span(bytes.len(), offset, data.len())?;
         bytes[span].copy_from_slice(data);
         Ok(())
     }
 
     fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<()> {
-        let mut bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut bytes = self.bytes.lock();
         let span = self.span(bytes.len(), offset, len)?;
         bytes[span].fill(byte);
         Ok(())

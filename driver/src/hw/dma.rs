@@ -46,12 +46,12 @@ pub(crate) trait DmaMapper: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Default)]
 pub(crate) struct HostMapper {
     /// Start IOVA (= VA) -> length of each live mapping.
-    regions: std::sync::Mutex<std::collections::BTreeMap<u64, usize>>,
+    regions: parking_lot::Mutex<std::collections::BTreeMap<u64, usize>>,
 }
 
 impl HostMapper {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, usize>> {
-        self.regions.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, std::collections::BTreeMap<u64, usize>> {
+        self.regions.lock()
     }
 
     /// The pointer for `len` bytes at `iova` if they lie inside one live

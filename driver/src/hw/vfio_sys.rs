@@ -2,8 +2,9 @@
 //! ranges), config space access with real error reporting, and the DMA
 //! mapper that owns the IOVA space.
 
+use parking_lot::Mutex;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use vfio_bindings::bindings::vfio::{
     VFIO_BASE, VFIO_IOMMU_INFO_CAPS, VFIO_IOMMU_INFO_PGSIZES, VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE,
@@ -207,8 +208,8 @@ impl VfioMapper {
             .store(true, std::sync::atomic::Ordering::Release);
     }
 
-    fn allocator(&self) -> std::sync::MutexGuard<'_, IovaAllocator> {
-        self.iova.lock().unwrap_or_else(|e| e.into_inner())
+    fn allocator(&self) -> parking_lot::MutexGuard<'_, IovaAllocator> {
+        self.iova.lock()
     }
 }
 
