@@ -59,6 +59,7 @@ impl PoolState {
         chunk.used[first..first + pages]
             .iter_mut()
             .for_each(|u| *u = false);
+        debug_assert!(chunk.in_use >= pages, "more pages freed than were in use");
         chunk.in_use = chunk.in_use.saturating_sub(pages);
         if chunk.in_use > 0 {
             return;

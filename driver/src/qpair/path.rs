@@ -297,6 +297,10 @@ impl IoQPair {
                 self.q.unreserve(cid);
                 self.take_child_source(from_retry, child);
                 if from_retry && let Some(p) = self.parents[child.parent as usize].as_mut() {
+                    debug_assert!(
+                        p.outstanding > 0,
+                        "a parent completed more commands than it issued"
+                    );
                     p.outstanding = p.outstanding.saturating_sub(1);
                 }
                 self.fail_child(child, e);
@@ -461,6 +465,7 @@ impl IoQPair {
             // The queue had the CID in flight, so this is a command given
             // up on after a timeout, completing after all: the queue has
             // freed its CID, which no longer counts as lost.
+            debug_assert!(self.lost_cids > 0, "CID {cid} in flight without a command");
             self.lost_cids = self.lost_cids.saturating_sub(1);
             log::warn!(
                 "queue {}: late completion for CID {cid}, given up on before",
@@ -472,6 +477,10 @@ impl IoQPair {
         let Some(p) = self.parents[child.parent as usize].as_mut() else {
             return;
         };
+        debug_assert!(
+            p.outstanding > 0,
+            "a parent completed more commands than it issued"
+        );
         p.outstanding = p.outstanding.saturating_sub(1);
         if !status.is_success() {
             if ended_by_reset(&self.shared, self.generation, status) {

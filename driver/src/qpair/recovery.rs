@@ -399,6 +399,10 @@ impl IoQPair {
             self.slots[cid as usize].since = None;
             self.lost_cids += 1;
             if let Some(p) = self.parents[child.parent as usize].as_mut() {
+                debug_assert!(
+                    p.outstanding > 0,
+                    "a parent completed more commands than it issued"
+                );
                 p.outstanding = p.outstanding.saturating_sub(1);
                 p.lost = true;
                 let waited = self.shared.options.io_timeout + ABORT_GRACE;
@@ -435,6 +439,10 @@ impl IoQPair {
                 self.slots[cid].since = None;
                 self.lost_cids += 1;
                 if let Some(p) = self.parents[child.parent as usize].as_mut() {
+                    debug_assert!(
+                        p.outstanding > 0,
+                        "a parent completed more commands than it issued"
+                    );
                     p.outstanding = p.outstanding.saturating_sub(1);
                     p.lost = true;
                 }
@@ -442,6 +450,10 @@ impl IoQPair {
         }
         while let Some(child) = self.retry.pop_front() {
             if let Some(p) = self.parents[child.parent as usize].as_mut() {
+                debug_assert!(
+                    p.outstanding > 0,
+                    "a parent completed more commands than it issued"
+                );
                 p.outstanding = p.outstanding.saturating_sub(1);
             }
         }
