@@ -27,7 +27,7 @@
 //!
 //! | module | contents |
 //! |---|---|
-//! | [`regs`] | controller registers (CAP, VS, CC, CSTS, AQA, CMB, BP, PMR) and doorbell offsets |
+//! | [`regs`] | controller registers (CAP, VS, CC, CSTS, AQA, declared field by field) and doorbell offsets |
 //! | [`sqe`] | the 64-byte submission queue entry and SGL descriptors |
 //! | [`cqe`] | the 16-byte completion queue entry |
 //! | [`status`] | status code types, status codes with their spec names, retry policy |
@@ -152,8 +152,8 @@ pub use log::{
 pub use opcode::{AdminOpcode, DataTransfer, NvmOpcode};
 pub use prp::{PrpError, PrpGeometry, PrpLayout};
 pub use regs::{
-    Aqa, Cap, Cc, Cmbloc, Cmbsz, Csts, DoorbellKind, NVME_SSR, ShutdownNotification,
-    ShutdownStatus, Vs, doorbell_offset,
+    Aqa, Cap, Cc, Csts, DoorbellKind, NVME_SSR, ShutdownNotification, ShutdownStatus, Vs,
+    doorbell_offset,
 };
 pub use sqe::{SglDescriptor, Sqe};
 pub use status::{Status, StatusCodeType};

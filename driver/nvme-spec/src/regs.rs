@@ -77,45 +77,118 @@ pub mod offset {
 /// (Base 2.0 §3.1.4.6).
 pub const NVME_SSR: u32 = 0x4E56_4D65;
 
-/// Extracts `width` bits starting at `shift` from a 64-bit value.
-const fn bits64(v: u64, shift: u32, width: u32) -> u64 {
-    (v >> shift) & ((1u64 << width) - 1)
+/// Declares a register: a `Copy` newtype over its raw value with one
+/// `const` getter per field (`bool` for one bit, else the field's type)
+/// and, for fields marked `set NAME`, a builder-style setter that ignores
+/// bits beyond the field's width. A compile-time check refuses fields that
+/// overlap or do not fit the register.
+///
+/// ```text
+/// register! {
+///     /// Doc.
+///     #[derive(...)]
+///     pub struct Name(u32) {
+///         /// Field doc.
+///         field: u8 @ SHIFT, WIDTH, set with_field;
+///     }
+/// }
+/// ```
+macro_rules! register {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident($raw:ty) {
+            $(
+                $(#[$fmeta:meta])*
+                $field:ident : $fty:tt @ $shift:literal, $width:literal $(, set $setter:ident)? ;
+            )*
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $name(pub $raw);
+
+        impl $name {
+            $(
+                $(#[$fmeta])*
+                #[must_use]
+                pub const fn $field(self) -> $fty {
+                    register!(@get $fty, (self.0 >> $shift) & ((1 << $width) - 1))
+                }
+                $(
+                    #[doc = concat!("Sets `", stringify!($field), "` (", stringify!($width),
+                        " bits; higher bits of the value are ignored).")]
+                    #[must_use]
+                    pub const fn $setter(self, value: $fty) -> $name {
+                        let mask: $raw = ((1 << $width) - 1) << $shift;
+                        $name((self.0 & !mask) | (((value as $raw) << $shift) & mask))
+                    }
+                )?
+            )*
+        }
+
+        // The fields fit the register and do not overlap.
+        #[allow(clippy::int_plus_one)]
+        const _: () = {
+            let mut seen: u128 = 0;
+            $(
+                assert!($shift + $width <= <$raw>::BITS, "field past the register's width");
+                let mask: u128 = ((1u128 << $width) - 1) << $shift;
+                assert!(seen & mask == 0, "fields overlap");
+                seen |= mask;
+            )*
+            let _ = seen;
+        };
+    };
+    (@get bool, $bits:expr) => { $bits != 0 };
+    (@get $fty:ty, $bits:expr) => { $bits as $fty };
 }
 
-/// Extracts `width` bits starting at `shift` from a 32-bit value.
-const fn bits32(v: u32, shift: u32, width: u32) -> u32 {
-    (v >> shift) & ((1u32 << width) - 1)
+register! {
+    /// Controller Capabilities, offset 0x00 (Base 2.0 §3.1.4.1, Figure
+    /// "Offset 0h: CAP – Controller Capabilities").
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct Cap(u64) {
+        /// MQES, bits 15:0: Maximum Queue Entries Supported, **0's based**.
+        mqes_raw: u16 @ 0, 16;
+        /// CQR, bit 16: Contiguous Queues Required.
+        cqr: bool @ 16, 1;
+        /// AMS, bits 18:17: Arbitration Mechanism Supported (bit 0: weighted
+        /// round robin with urgent, bit 1: vendor specific). Round robin is
+        /// always supported and has no bit.
+        ams: u8 @ 17, 2;
+        /// TO, bits 31:24: worst-case time to wait for CSTS.RDY to change
+        /// after CC.EN changes, in 500 ms units.
+        timeout_raw: u8 @ 24, 8;
+        /// DSTRD, bits 35:32: Doorbell Stride (stride is `4 << DSTRD` bytes).
+        dstrd: u8 @ 32, 4;
+        /// NSSRS, bit 36: NVM Subsystem Reset Supported.
+        nssrs: bool @ 36, 1;
+        /// CSS, bits 44:37: Command Sets Supported (bit field, see the
+        /// `CSS_*` constants).
+        css: u8 @ 37, 8;
+        /// BPS, bit 45: Boot Partition Support.
+        bps: bool @ 45, 1;
+        /// CPS, bits 47:46: Controller Power Scope (0 not reported, 1
+        /// controller, 2 domain, 3 NVM subsystem). NVMe 2.0.
+        cps: u8 @ 46, 2;
+        /// MPSMIN, bits 51:48 (raw; page size is `2 ^ (12 + MPSMIN)`).
+        mpsmin: u8 @ 48, 4;
+        /// MPSMAX, bits 55:52 (raw; page size is `2 ^ (12 + MPSMAX)`).
+        mpsmax: u8 @ 52, 4;
+        /// PMRS, bit 56: Persistent Memory Region Supported.
+        pmrs: bool @ 56, 1;
+        /// CMBS, bit 57: Controller Memory Buffer Supported.
+        cmbs: bool @ 57, 1;
+        /// NSSS, bit 58: NVM Subsystem Shutdown Supported (NVMe 2.0).
+        nsss: bool @ 58, 1;
+        /// CRMS, bits 60:59: Controller Ready Modes Supported (bit 0:
+        /// with media, bit 1: independent of media). NVMe 2.0.
+        crms: u8 @ 59, 2;
+    }
 }
-
-/// Replaces `width` bits at `shift` in `v` by the low bits of `field`.
-const fn set_bits32(v: u32, shift: u32, width: u32, field: u32) -> u32 {
-    let mask = ((1u32 << width) - 1) << shift;
-    (v & !mask) | ((field << shift) & mask)
-}
-
-// ---------------------------------------------------------------------------
-// CAP
-// ---------------------------------------------------------------------------
-
-/// Controller Capabilities, offset 0x00 (Base 2.0 §3.1.4.1, Figure "Offset 0h: CAP – Controller
-/// Capabilities").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct Cap(pub u64);
 
 impl Cap {
     /// CSS bit: the NVM Command Set is supported.
     pub const CSS_NVM: u8 = 1 << 0;
-    /// CSS bit: one or more I/O command sets are supported (CC.CSS = 110b
-    /// may be used).
-    pub const CSS_IO_COMMAND_SETS: u8 = 1 << 6;
-    /// CSS bit: only the Admin Command Set is supported (no I/O command set).
-    pub const CSS_ADMIN_ONLY: u8 = 1 << 7;
-
-    /// MQES, bits 15:0: Maximum Queue Entries Supported, **0's based**.
-    #[must_use]
-    pub const fn mqes_raw(self) -> u16 {
-        bits64(self.0, 0, 16) as u16
-    }
 
     /// Maximum number of entries in an individual I/O queue (MQES + 1,
     /// 1..=65536). The spec requires MQES >= 1 (two entries); a value of 0
@@ -123,27 +196,6 @@ impl Cap {
     #[must_use]
     pub const fn max_queue_entries(self) -> u32 {
         self.mqes_raw() as u32 + 1
-    }
-
-    /// CQR, bit 16: Contiguous Queues Required.
-    #[must_use]
-    pub const fn cqr(self) -> bool {
-        bits64(self.0, 16, 1) != 0
-    }
-
-    /// AMS, bits 18:17: Arbitration Mechanism Supported (bit 0: weighted
-    /// round robin with urgent, bit 1: vendor specific). Round robin is
-    /// always supported and has no bit.
-    #[must_use]
-    pub const fn ams(self) -> u8 {
-        bits64(self.0, 17, 2) as u8
-    }
-
-    /// TO, bits 31:24: worst-case time to wait for CSTS.RDY to change after
-    /// CC.EN changes, in 500 ms units.
-    #[must_use]
-    pub const fn timeout_raw(self) -> u8 {
-        bits64(self.0, 24, 8) as u8
     }
 
     /// CAP.TO converted to milliseconds (TO × 500, 0..=127 500 ms).
@@ -156,154 +208,45 @@ impl Cap {
         self.timeout_raw() as u64 * 500
     }
 
-    /// DSTRD, bits 35:32: Doorbell Stride (stride is `4 << DSTRD` bytes).
-    #[must_use]
-    pub const fn dstrd(self) -> u8 {
-        bits64(self.0, 32, 4) as u8
-    }
-
-    /// Distance in bytes between consecutive doorbell registers
-    /// (`4 << DSTRD`, 4..=131072).
-    #[must_use]
-    pub const fn doorbell_stride_bytes(self) -> usize {
-        4usize << self.dstrd()
-    }
-
-    /// NSSRS, bit 36: NVM Subsystem Reset Supported.
-    #[must_use]
-    pub const fn nssrs(self) -> bool {
-        bits64(self.0, 36, 1) != 0
-    }
-
-    /// CSS, bits 44:37: Command Sets Supported (bit field, see the `CSS_*`
-    /// constants).
-    #[must_use]
-    pub const fn css(self) -> u8 {
-        bits64(self.0, 37, 8) as u8
-    }
-
     /// CSS bit 0: the NVM Command Set is supported.
     #[must_use]
     pub const fn supports_nvm_command_set(self) -> bool {
         self.css() & Self::CSS_NVM != 0
     }
 
-    /// CSS bit 6: the controller supports I/O command sets selected through
-    /// the I/O Command Set Profile feature (CC.CSS = 110b).
-    #[must_use]
-    pub const fn supports_io_command_sets(self) -> bool {
-        self.css() & Self::CSS_IO_COMMAND_SETS != 0
-    }
-
-    /// CSS bit 7: no I/O command set is supported (admin-only controller).
-    #[must_use]
-    pub const fn admin_only(self) -> bool {
-        self.css() & Self::CSS_ADMIN_ONLY != 0
-    }
-
-    /// BPS, bit 45: Boot Partition Support.
-    #[must_use]
-    pub const fn bps(self) -> bool {
-        bits64(self.0, 45, 1) != 0
-    }
-
-    /// CPS, bits 47:46: Controller Power Scope (0 not reported, 1 controller,
-    /// 2 domain, 3 NVM subsystem). NVMe 2.0.
-    #[must_use]
-    pub const fn cps(self) -> u8 {
-        bits64(self.0, 46, 2) as u8
-    }
-
-    /// MPSMIN, bits 51:48 (raw; page size is `2 ^ (12 + MPSMIN)`).
-    #[must_use]
-    pub const fn mpsmin(self) -> u8 {
-        bits64(self.0, 48, 4) as u8
-    }
-
-    /// MPSMAX, bits 55:52 (raw; page size is `2 ^ (12 + MPSMAX)`).
-    #[must_use]
-    pub const fn mpsmax(self) -> u8 {
-        bits64(self.0, 52, 4) as u8
-    }
-
-    /// log2 of the minimum memory page size (12 + MPSMIN, 12..=27).
-    #[must_use]
-    pub const fn mpsmin_shift(self) -> u32 {
-        12 + self.mpsmin() as u32
-    }
-
-    /// log2 of the maximum memory page size (12 + MPSMAX, 12..=27).
-    #[must_use]
-    pub const fn mpsmax_shift(self) -> u32 {
-        12 + self.mpsmax() as u32
-    }
-
     /// Minimum memory page size in bytes (4 KiB..=128 MiB).
     #[must_use]
     pub const fn min_page_size(self) -> usize {
-        1usize << self.mpsmin_shift()
+        1usize << (12 + self.mpsmin() as u32)
     }
 
     /// Maximum memory page size in bytes (4 KiB..=128 MiB).
     #[must_use]
     pub const fn max_page_size(self) -> usize {
-        1usize << self.mpsmax_shift()
+        1usize << (12 + self.mpsmax() as u32)
     }
 
     /// Whether a page size of `1 << shift` bytes lies within
     /// MPSMIN..=MPSMAX.
     #[must_use]
     pub const fn supports_page_shift(self, shift: u32) -> bool {
-        shift >= self.mpsmin_shift() && shift <= self.mpsmax_shift()
-    }
-
-    /// PMRS, bit 56: Persistent Memory Region Supported.
-    #[must_use]
-    pub const fn pmrs(self) -> bool {
-        bits64(self.0, 56, 1) != 0
-    }
-
-    /// CMBS, bit 57: Controller Memory Buffer Supported (CMBMSC present).
-    #[must_use]
-    pub const fn cmbs(self) -> bool {
-        bits64(self.0, 57, 1) != 0
-    }
-
-    /// NSSS, bit 58: NVM Subsystem Shutdown Supported (NVMe 2.0).
-    #[must_use]
-    pub const fn nsss(self) -> bool {
-        bits64(self.0, 58, 1) != 0
-    }
-
-    /// CRMS, bits 60:59: Controller Ready Modes Supported (bit 0: CRWMS,
-    /// bit 1: CRIMS). NVMe 2.0.
-    #[must_use]
-    pub const fn crms(self) -> u8 {
-        bits64(self.0, 59, 2) as u8
-    }
-
-    /// CRMS.CRWMS: Controller Ready With Media Support.
-    #[must_use]
-    pub const fn crwms(self) -> bool {
-        self.crms() & 0b01 != 0
-    }
-
-    /// CRMS.CRIMS: Controller Ready Independent of Media Support
-    /// (CC.CRIME may be set).
-    #[must_use]
-    pub const fn crims(self) -> bool {
-        self.crms() & 0b10 != 0
+        shift >= 12 + self.mpsmin() as u32 && shift <= 12 + self.mpsmax() as u32
     }
 }
 
-// ---------------------------------------------------------------------------
-// VS
-// ---------------------------------------------------------------------------
-
-/// Version, offset 0x08 (Base 2.0 §3.1.4.2, Figure "Offset 8h: VS – Version"). Also the format of
-/// Identify Controller VER.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
-pub struct Vs(pub u32);
+register! {
+    /// Version, offset 0x08 (Base 2.0 §3.1.4.2, Figure "Offset 8h: VS –
+    /// Version"). Also the format of Identify Controller VER.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+    pub struct Vs(u32) {
+        /// TER, bits 7:0.
+        tertiary: u8 @ 0, 8;
+        /// MNR, bits 15:8.
+        minor: u8 @ 8, 8;
+        /// MJR, bits 31:16.
+        major: u16 @ 16, 16;
+    }
+}
 
 impl Vs {
     /// NVMe 1.0 (predates the tertiary field).
@@ -323,24 +266,6 @@ impl Vs {
         Vs(((major as u32) << 16) | ((minor as u32) << 8) | tertiary as u32)
     }
 
-    /// MJR, bits 31:16.
-    #[must_use]
-    pub const fn major(self) -> u16 {
-        bits32(self.0, 16, 16) as u16
-    }
-
-    /// MNR, bits 15:8.
-    #[must_use]
-    pub const fn minor(self) -> u8 {
-        bits32(self.0, 8, 8) as u8
-    }
-
-    /// TER, bits 7:0.
-    #[must_use]
-    pub const fn tertiary(self) -> u8 {
-        bits32(self.0, 0, 8) as u8
-    }
-
     /// Whether this version is at least `other` (plain numeric comparison,
     /// the fields are ordered most significant first).
     #[must_use]
@@ -354,10 +279,6 @@ impl fmt::Display for Vs {
         write!(f, "{}.{}.{}", self.major(), self.minor(), self.tertiary())
     }
 }
-
-// ---------------------------------------------------------------------------
-// CC
-// ---------------------------------------------------------------------------
 
 /// CC.SHN: Shutdown Notification (Base 2.0 Figure "Offset 14h: CC –
 /// Controller Configuration", bits 15:14).
@@ -373,50 +294,46 @@ pub enum ShutdownNotification {
     Abrupt = 2,
 }
 
-/// Controller Configuration, offset 0x14 (Base 2.0 §3.1.4.5, Figure "Offset 14h: CC
-/// – Controller Configuration").
-///
-/// Build with the `with_*` methods starting from `Cc(0)` (or the current
-/// value), e.g.
-/// `Cc(0).with_css(Cc::CSS_NVM).with_mps(0).with_iosqes(6).with_iocqes(4).with_enable(true)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct Cc(pub u32);
+register! {
+    /// Controller Configuration, offset 0x14 (Base 2.0 §3.1.4.5, Figure
+    /// "Offset 14h: CC – Controller Configuration").
+    ///
+    /// Build with the `with_*` methods starting from `Cc(0)` (or the
+    /// current value), e.g.
+    /// `Cc(0).with_css(Cc::CSS_NVM).with_mps(0).with_iosqes(6).with_iocqes(4).with_enable(true)`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct Cc(u32) {
+        /// EN, bit 0: Enable.
+        enabled: bool @ 0, 1, set with_enable;
+        /// CSS, bits 6:4: I/O Command Set Selected.
+        css: u8 @ 4, 3, set with_css;
+        /// MPS, bits 10:7: Memory Page Size (page size = `2 ^ (12 + MPS)`).
+        mps: u8 @ 7, 4, set with_mps;
+        /// AMS, bits 13:11: Arbitration Mechanism Selected.
+        ams: u8 @ 11, 3, set with_ams;
+        /// SHN, bits 15:14, raw (see [`Cc::shn`]).
+        shn_raw: u8 @ 14, 2;
+        /// IOSQES, bits 19:16: I/O Submission Queue Entry Size (log2 bytes).
+        iosqes: u8 @ 16, 4, set with_iosqes;
+        /// IOCQES, bits 23:20: I/O Completion Queue Entry Size (log2 bytes).
+        iocqes: u8 @ 20, 4, set with_iocqes;
+        /// CRIME, bit 24: Controller Ready Independent of Media Enable
+        /// (NVMe 2.0).
+        crime: bool @ 24, 1, set with_crime;
+    }
+}
 
 impl Cc {
     /// CC.CSS = 000b: NVM Command Set.
     pub const CSS_NVM: u8 = 0b000;
     /// CC.CSS = 110b: all supported I/O command sets (requires CAP.CSS bit 6).
     pub const CSS_ALL_IO: u8 = 0b110;
-    /// CC.CSS = 111b: admin command set only.
-    pub const CSS_ADMIN_ONLY: u8 = 0b111;
     /// CC.AMS = 000b: round robin.
     pub const AMS_ROUND_ROBIN: u8 = 0b000;
-    /// CC.AMS = 001b: weighted round robin with urgent priority class.
-    pub const AMS_WRR_URGENT: u8 = 0b001;
-    /// CC.AMS = 111b: vendor specific.
-    pub const AMS_VENDOR: u8 = 0b111;
     /// log2 of the 64-byte submission queue entry of the NVM command set.
     pub const IOSQES_NVM: u8 = 6;
     /// log2 of the 16-byte completion queue entry of the NVM command set.
     pub const IOCQES_NVM: u8 = 4;
-
-    /// EN, bit 0: Enable.
-    #[must_use]
-    pub const fn enabled(self) -> bool {
-        bits32(self.0, 0, 1) != 0
-    }
-
-    /// CSS, bits 6:4: I/O Command Set Selected.
-    #[must_use]
-    pub const fn css(self) -> u8 {
-        bits32(self.0, 4, 3) as u8
-    }
-
-    /// MPS, bits 10:7: Memory Page Size (page size = `2 ^ (12 + MPS)`).
-    #[must_use]
-    pub const fn mps(self) -> u8 {
-        bits32(self.0, 7, 4) as u8
-    }
 
     /// Memory page size selected by MPS, in bytes.
     #[must_use]
@@ -424,105 +341,24 @@ impl Cc {
         1usize << (12 + self.mps() as u32)
     }
 
-    /// AMS, bits 13:11: Arbitration Mechanism Selected.
-    #[must_use]
-    pub const fn ams(self) -> u8 {
-        bits32(self.0, 11, 3) as u8
-    }
-
     /// SHN, bits 15:14: Shutdown Notification. The reserved value 11b is
     /// reported as [`ShutdownNotification::Abrupt`] (the spec reserves it;
     /// this crate never writes it).
     #[must_use]
     pub const fn shn(self) -> ShutdownNotification {
-        match bits32(self.0, 14, 2) {
+        match self.shn_raw() {
             0 => ShutdownNotification::None,
             1 => ShutdownNotification::Normal,
             _ => ShutdownNotification::Abrupt,
         }
     }
 
-    /// IOSQES, bits 19:16: I/O Submission Queue Entry Size (log2 bytes).
-    #[must_use]
-    pub const fn iosqes(self) -> u8 {
-        bits32(self.0, 16, 4) as u8
-    }
-
-    /// IOCQES, bits 23:20: I/O Completion Queue Entry Size (log2 bytes).
-    #[must_use]
-    pub const fn iocqes(self) -> u8 {
-        bits32(self.0, 20, 4) as u8
-    }
-
-    /// CRIME, bit 24: Controller Ready Independent of Media Enable (NVMe 2.0).
-    #[must_use]
-    pub const fn crime(self) -> bool {
-        bits32(self.0, 24, 1) != 0
-    }
-
-    /// Sets EN.
-    #[must_use]
-    pub const fn with_enable(self, enable: bool) -> Cc {
-        Cc(set_bits32(self.0, 0, 1, enable as u32))
-    }
-
-    /// Sets CSS (3 bits; higher bits of `css` are ignored).
-    #[must_use]
-    pub const fn with_css(self, css: u8) -> Cc {
-        Cc(set_bits32(self.0, 4, 3, css as u32))
-    }
-
-    /// Sets MPS = page shift − 12 (4 bits; higher bits ignored). Use
-    /// [`Cc::with_page_shift`] to pass the shift directly.
-    #[must_use]
-    pub const fn with_mps(self, mps: u8) -> Cc {
-        Cc(set_bits32(self.0, 7, 4, mps as u32))
-    }
-
-    /// Sets MPS from a page shift (12..=27); `None` if out of range.
-    #[must_use]
-    pub const fn with_page_shift(self, shift: u32) -> Option<Cc> {
-        if shift < 12 || shift > 27 {
-            None
-        } else {
-            Some(self.with_mps((shift - 12) as u8))
-        }
-    }
-
-    /// Sets AMS (3 bits).
-    #[must_use]
-    pub const fn with_ams(self, ams: u8) -> Cc {
-        Cc(set_bits32(self.0, 11, 3, ams as u32))
-    }
-
     /// Sets SHN.
     #[must_use]
     pub const fn with_shn(self, shn: ShutdownNotification) -> Cc {
-        Cc(set_bits32(self.0, 14, 2, shn as u32))
-    }
-
-    /// Sets IOSQES (log2 of the SQ entry size: 6 for 64 bytes).
-    #[must_use]
-    pub const fn with_iosqes(self, iosqes: u8) -> Cc {
-        Cc(set_bits32(self.0, 16, 4, iosqes as u32))
-    }
-
-    /// Sets IOCQES (log2 of the CQ entry size: 4 for 16 bytes).
-    #[must_use]
-    pub const fn with_iocqes(self, iocqes: u8) -> Cc {
-        Cc(set_bits32(self.0, 20, 4, iocqes as u32))
-    }
-
-    /// Sets CRIME (only if CAP.CRMS.CRIMS).
-    #[must_use]
-    pub const fn with_crime(self, crime: bool) -> Cc {
-        Cc(set_bits32(self.0, 24, 1, crime as u32))
+        Cc((self.0 & !(0b11 << 14)) | ((shn as u32) << 14))
     }
 }
-
-// ---------------------------------------------------------------------------
-// CSTS
-// ---------------------------------------------------------------------------
 
 /// CSTS.SHST: Shutdown Status (Base 2.0 Figure "Offset 1Ch: CSTS –
 /// Controller Status", bits 3:2).
@@ -539,52 +375,37 @@ pub enum ShutdownStatus {
     Reserved = 3,
 }
 
-/// Controller Status, offset 0x1c (Base 2.0 §3.1.4.6, Figure "Offset 1Ch:
-/// CSTS – Controller Status").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct Csts(pub u32);
+register! {
+    /// Controller Status, offset 0x1c (Base 2.0 §3.1.4.6, Figure "Offset
+    /// 1Ch: CSTS – Controller Status").
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct Csts(u32) {
+        /// RDY, bit 0: Ready.
+        ready: bool @ 0, 1;
+        /// CFS, bit 1: Controller Fatal Status.
+        fatal: bool @ 1, 1;
+        /// SHST, bits 3:2, raw (see [`Csts::shutdown_status`]).
+        shst_raw: u8 @ 2, 2;
+        /// NSSRO, bit 4: NVM Subsystem Reset Occurred (RW1C).
+        nssro: bool @ 4, 1;
+        /// PP, bit 5: Processing Paused.
+        processing_paused: bool @ 5, 1;
+        /// ST, bit 6: Shutdown Type (set: the shutdown reported in SHST is
+        /// an NVM subsystem shutdown). NVMe 2.0.
+        shutdown_type: bool @ 6, 1;
+    }
+}
 
 impl Csts {
-    /// RDY, bit 0: Ready.
-    #[must_use]
-    pub const fn ready(self) -> bool {
-        bits32(self.0, 0, 1) != 0
-    }
-
-    /// CFS, bit 1: Controller Fatal Status.
-    #[must_use]
-    pub const fn fatal(self) -> bool {
-        bits32(self.0, 1, 1) != 0
-    }
-
     /// SHST, bits 3:2: Shutdown Status.
     #[must_use]
     pub const fn shutdown_status(self) -> ShutdownStatus {
-        match bits32(self.0, 2, 2) {
+        match self.shst_raw() {
             0 => ShutdownStatus::Normal,
             1 => ShutdownStatus::Occurring,
             2 => ShutdownStatus::Complete,
             _ => ShutdownStatus::Reserved,
         }
-    }
-
-    /// NSSRO, bit 4: NVM Subsystem Reset Occurred (RW1C).
-    #[must_use]
-    pub const fn nssro(self) -> bool {
-        bits32(self.0, 4, 1) != 0
-    }
-
-    /// PP, bit 5: Processing Paused.
-    #[must_use]
-    pub const fn processing_paused(self) -> bool {
-        bits32(self.0, 5, 1) != 0
-    }
-
-    /// ST, bit 6: Shutdown Type (set: the shutdown reported in SHST is an NVM
-    /// subsystem shutdown). NVMe 2.0.
-    #[must_use]
-    pub const fn shutdown_type(self) -> bool {
-        bits32(self.0, 6, 1) != 0
     }
 
     /// All bits set: the read did not reach a device (surprise removal,
@@ -595,15 +416,18 @@ impl Csts {
     }
 }
 
-// ---------------------------------------------------------------------------
-// AQA
-// ---------------------------------------------------------------------------
-
-/// Admin Queue Attributes, offset 0x24 (Base 2.0 §3.1.4.8, Figure "Offset 24h: AQA
-/// – Admin Queue Attributes").
-/// Both sizes are stored 0's based; an admin queue has 2..=4096 entries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct Aqa(pub u32);
+register! {
+    /// Admin Queue Attributes, offset 0x24 (Base 2.0 §3.1.4.8, Figure
+    /// "Offset 24h: AQA – Admin Queue Attributes"). Both sizes are stored
+    /// 0's based; an admin queue has 2..=4096 entries.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct Aqa(u32) {
+        /// ASQS, bits 11:0 (0's based).
+        asqs_raw: u16 @ 0, 12;
+        /// ACQS, bits 27:16 (0's based).
+        acqs_raw: u16 @ 16, 12;
+    }
+}
 
 impl Aqa {
     /// Smallest admin queue (entries).
@@ -613,7 +437,7 @@ impl Aqa {
 
     /// Encodes real entry counts (not 0's based). Counts outside
     /// [`Aqa::MIN_ENTRIES`]..=[`Aqa::MAX_ENTRIES`] are clamped into that
-    /// range (never panics); use [`Aqa::try_new`] to reject them instead.
+    /// range (never panics).
     #[must_use]
     pub const fn new(sq_entries: u16, cq_entries: u16) -> Aqa {
         const fn clamp(n: u16) -> u16 {
@@ -630,32 +454,6 @@ impl Aqa {
         Aqa(sq | (cq << 16))
     }
 
-    /// Like [`Aqa::new`] but `None` if a count is outside 2..=4096.
-    #[must_use]
-    pub const fn try_new(sq_entries: u16, cq_entries: u16) -> Option<Aqa> {
-        if sq_entries < Self::MIN_ENTRIES
-            || sq_entries > Self::MAX_ENTRIES
-            || cq_entries < Self::MIN_ENTRIES
-            || cq_entries > Self::MAX_ENTRIES
-        {
-            None
-        } else {
-            Some(Self::new(sq_entries, cq_entries))
-        }
-    }
-
-    /// ASQS, bits 11:0 (0's based).
-    #[must_use]
-    pub const fn asqs_raw(self) -> u16 {
-        bits32(self.0, 0, 12) as u16
-    }
-
-    /// ACQS, bits 27:16 (0's based).
-    #[must_use]
-    pub const fn acqs_raw(self) -> u16 {
-        bits32(self.0, 16, 12) as u16
-    }
-
     /// Admin submission queue entries (real count).
     #[must_use]
     pub const fn sq_entries(self) -> u16 {
@@ -666,260 +464,6 @@ impl Aqa {
     #[must_use]
     pub const fn cq_entries(self) -> u16 {
         self.acqs_raw() + 1
-    }
-}
-
-// ---------------------------------------------------------------------------
-// CMB
-// ---------------------------------------------------------------------------
-
-/// Controller Memory Buffer Location, offset 0x38 (Base 2.0 §3.1.4.11,
-/// Figure "Offset 38h: CMBLOC – Controller Memory Buffer Location").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct Cmbloc(pub u32);
-
-impl Cmbloc {
-    /// BIR, bits 2:0: Base Indicator Register (which BAR holds the CMB).
-    #[must_use]
-    pub const fn bir(self) -> u8 {
-        bits32(self.0, 0, 3) as u8
-    }
-
-    /// CQMMS, bit 3: CMB Queue Mixed Memory Support.
-    #[must_use]
-    pub const fn cqmms(self) -> bool {
-        bits32(self.0, 3, 1) != 0
-    }
-
-    /// CQPDS, bit 4: CMB Queue Physically Discontiguous Support.
-    #[must_use]
-    pub const fn cqpds(self) -> bool {
-        bits32(self.0, 4, 1) != 0
-    }
-
-    /// CDPMLS, bit 5: CMB Data Pointer Mixed Locations Support.
-    #[must_use]
-    pub const fn cdpmls(self) -> bool {
-        bits32(self.0, 5, 1) != 0
-    }
-
-    /// CDPCILS, bit 6: CMB Data Pointer and Command Independent Locations
-    /// Support.
-    #[must_use]
-    pub const fn cdpcils(self) -> bool {
-        bits32(self.0, 6, 1) != 0
-    }
-
-    /// CDMMMS, bit 7: CMB Data Metadata Mixed Memory Support.
-    #[must_use]
-    pub const fn cdmmms(self) -> bool {
-        bits32(self.0, 7, 1) != 0
-    }
-
-    /// CQDA, bit 8: CMB Queue Dword Alignment.
-    #[must_use]
-    pub const fn cqda(self) -> bool {
-        bits32(self.0, 8, 1) != 0
-    }
-
-    /// OFST, bits 31:12: offset of the CMB within the BAR, in CMBSZ.SZU
-    /// units.
-    #[must_use]
-    pub const fn offset_units(self) -> u32 {
-        bits32(self.0, 12, 20)
-    }
-
-    /// Offset of the CMB within its BAR in bytes (`None` if `cmbsz` has a
-    /// reserved size unit).
-    #[must_use]
-    pub const fn offset_bytes(self, cmbsz: Cmbsz) -> Option<u64> {
-        match cmbsz.size_unit_bytes() {
-            Some(u) => Some(self.offset_units() as u64 * u),
-            None => None,
-        }
-    }
-}
-
-/// Controller Memory Buffer Size, offset 0x3c (Base 2.0 §3.1.4.12,
-/// Figure "Offset 3Ch: CMBSZ – Controller Memory Buffer Size").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct Cmbsz(pub u32);
-
-impl Cmbsz {
-    /// SQS, bit 0: Submission Queue Support.
-    #[must_use]
-    pub const fn sqs(self) -> bool {
-        bits32(self.0, 0, 1) != 0
-    }
-
-    /// CQS, bit 1: Completion Queue Support.
-    #[must_use]
-    pub const fn cqs(self) -> bool {
-        bits32(self.0, 1, 1) != 0
-    }
-
-    /// LISTS, bit 2: PRP SGL List Support.
-    #[must_use]
-    pub const fn lists(self) -> bool {
-        bits32(self.0, 2, 1) != 0
-    }
-
-    /// RDS, bit 3: Read Data Support.
-    #[must_use]
-    pub const fn rds(self) -> bool {
-        bits32(self.0, 3, 1) != 0
-    }
-
-    /// WDS, bit 4: Write Data Support.
-    #[must_use]
-    pub const fn wds(self) -> bool {
-        bits32(self.0, 4, 1) != 0
-    }
-
-    /// SZU, bits 11:8: Size Units (0: 4 KiB, 1: 64 KiB, ..., 6: 64 GiB;
-    /// 7..=15 reserved).
-    #[must_use]
-    pub const fn szu(self) -> u8 {
-        bits32(self.0, 8, 4) as u8
-    }
-
-    /// The size unit in bytes (`4 KiB << (4 * SZU)`), `None` for reserved
-    /// SZU values.
-    #[must_use]
-    pub const fn size_unit_bytes(self) -> Option<u64> {
-        let szu = self.szu();
-        if szu > 6 {
-            None
-        } else {
-            Some(4096u64 << (4 * szu as u32))
-        }
-    }
-
-    /// SZ, bits 31:12: size in SZU units.
-    #[must_use]
-    pub const fn size_units(self) -> u32 {
-        bits32(self.0, 12, 20)
-    }
-
-    /// CMB size in bytes (at most 2^20 × 64 GiB, fits in `u64`); `None` for
-    /// a reserved size unit.
-    #[must_use]
-    pub const fn size_bytes(self) -> Option<u64> {
-        match self.size_unit_bytes() {
-            Some(u) => Some(self.size_units() as u64 * u),
-            None => None,
-        }
-    }
-}
-
-/// Controller Ready Timeouts, offset 0x68 (Base 2.0 §3.1.4.22). Both in
-/// 500 ms units like CAP.TO.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct Crto(pub u32);
-
-impl Crto {
-    /// CRWMT, bits 15:0: Controller Ready With Media Timeout (500 ms units).
-    #[must_use]
-    pub const fn crwmt(self) -> u16 {
-        bits32(self.0, 0, 16) as u16
-    }
-
-    /// CRIMT, bits 31:16: Controller Ready Independent of Media Timeout
-    /// (500 ms units).
-    #[must_use]
-    pub const fn crimt(self) -> u16 {
-        bits32(self.0, 16, 16) as u16
-    }
-
-    /// CRWMT in milliseconds.
-    #[must_use]
-    pub const fn crwmt_ms(self) -> u64 {
-        self.crwmt() as u64 * 500
-    }
-
-    /// CRIMT in milliseconds.
-    #[must_use]
-    pub const fn crimt_ms(self) -> u64 {
-        self.crimt() as u64 * 500
-    }
-}
-
-/// Boot Partition Information, offset 0x40 (Base 2.0 §3.1.4.13).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct Bpinfo(pub u32);
-
-impl Bpinfo {
-    /// BPSZ, bits 14:0: boot partition size in 128 KiB units.
-    #[must_use]
-    pub const fn bpsz(self) -> u16 {
-        bits32(self.0, 0, 15) as u16
-    }
-
-    /// Boot partition size in bytes.
-    #[must_use]
-    pub const fn size_bytes(self) -> u64 {
-        self.bpsz() as u64 * 128 * 1024
-    }
-
-    /// BRS, bits 25:24: Boot Read Status (0 none, 1 in progress, 2 completed,
-    /// 3 error).
-    #[must_use]
-    pub const fn brs(self) -> u8 {
-        bits32(self.0, 24, 2) as u8
-    }
-
-    /// ABPID, bit 31: Active Boot Partition ID.
-    #[must_use]
-    pub const fn abpid(self) -> bool {
-        bits32(self.0, 31, 1) != 0
-    }
-}
-
-/// Persistent Memory Region Capabilities, offset 0xe00 (Base 2.0 §3.1.4.15).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct Pmrcap(pub u32);
-
-impl Pmrcap {
-    /// RDS, bit 3: Read Data Support.
-    #[must_use]
-    pub const fn rds(self) -> bool {
-        bits32(self.0, 3, 1) != 0
-    }
-
-    /// WDS, bit 4: Write Data Support.
-    #[must_use]
-    pub const fn wds(self) -> bool {
-        bits32(self.0, 4, 1) != 0
-    }
-
-    /// BIR, bits 7:5: Base Indicator Register.
-    #[must_use]
-    pub const fn bir(self) -> u8 {
-        bits32(self.0, 5, 3) as u8
-    }
-
-    /// PMRTU, bits 9:8: PMR Time Units (0: 500 ms, 1: minutes).
-    #[must_use]
-    pub const fn pmrtu(self) -> u8 {
-        bits32(self.0, 8, 2) as u8
-    }
-
-    /// PMRWBM, bits 13:10: PMR Write Barrier Mechanisms.
-    #[must_use]
-    pub const fn pmrwbm(self) -> u8 {
-        bits32(self.0, 10, 4) as u8
-    }
-
-    /// PMRTO, bits 23:16: PMR Timeout (in PMRTU units).
-    #[must_use]
-    pub const fn pmrto(self) -> u8 {
-        bits32(self.0, 16, 8) as u8
-    }
-
-    /// CMSS, bit 24: Controller Memory Space Supported.
-    #[must_use]
-    pub const fn cmss(self) -> bool {
-        bits32(self.0, 24, 1) != 0
     }
 }
 
@@ -974,18 +518,13 @@ mod tests {
         assert_eq!(cap.timeout_raw(), 15);
         assert_eq!(cap.timeout_ms(), 7500);
         assert_eq!(cap.dstrd(), 0);
-        assert_eq!(cap.doorbell_stride_bytes(), 4);
         assert!(!cap.nssrs());
         assert_eq!(cap.css(), Cap::CSS_NVM);
         assert!(cap.supports_nvm_command_set());
-        assert!(!cap.supports_io_command_sets());
-        assert!(!cap.admin_only());
         assert!(!cap.bps());
         assert_eq!(cap.cps(), 0);
         assert_eq!(cap.mpsmin(), 0);
         assert_eq!(cap.mpsmax(), 4);
-        assert_eq!(cap.mpsmin_shift(), 12);
-        assert_eq!(cap.mpsmax_shift(), 16);
         assert_eq!(cap.min_page_size(), 4096);
         assert_eq!(cap.max_page_size(), 65536);
         assert!(cap.supports_page_shift(12));
@@ -995,8 +534,6 @@ mod tests {
         assert!(!cap.cmbs());
         assert!(!cap.nsss());
         assert_eq!(cap.crms(), 0);
-        assert!(!cap.crwms());
-        assert!(!cap.crims());
     }
 
     #[test]
@@ -1018,18 +555,15 @@ mod tests {
         assert!(!cap.cqr());
         assert_eq!(cap.ams(), 3);
         assert_eq!(cap.dstrd(), 3);
-        assert_eq!(cap.doorbell_stride_bytes(), 32);
         assert!(cap.nssrs());
         assert_eq!(cap.css(), 0xc1);
         assert!(cap.supports_nvm_command_set());
-        assert!(cap.supports_io_command_sets());
-        assert!(cap.admin_only());
         assert!(cap.bps());
         assert_eq!(cap.cps(), 2);
         assert_eq!(cap.min_page_size(), 8192);
         assert_eq!(cap.max_page_size(), 4096);
         assert!(cap.pmrs() && cap.cmbs() && cap.nsss());
-        assert!(cap.crwms() && cap.crims());
+        assert_eq!(cap.crms(), 3);
     }
 
     #[test]
@@ -1037,7 +571,6 @@ mod tests {
         let cap = Cap(u64::MAX);
         assert_eq!(cap.max_queue_entries(), 65536);
         assert_eq!(cap.timeout_ms(), 255 * 500);
-        assert_eq!(cap.doorbell_stride_bytes(), 4 << 15);
         assert_eq!(cap.min_page_size(), 1 << 27);
         assert_eq!(cap.max_page_size(), 1 << 27);
     }
@@ -1090,9 +623,6 @@ mod tests {
         assert_eq!(cc.css(), 6);
         assert!(cc.crime());
         assert_eq!(Cc(0).with_mps(4).page_size(), 65536);
-        assert_eq!(Cc(0).with_page_shift(16), Some(Cc(0).with_mps(4)));
-        assert_eq!(Cc(0).with_page_shift(11), None);
-        assert_eq!(Cc(0).with_page_shift(28), None);
         // Oversized field values do not leak into neighbouring fields.
         assert_eq!(Cc(0).with_css(0xff).0, 0x70);
         assert_eq!(Cc(0).with_ams(0xff).ams(), 7);
@@ -1127,56 +657,23 @@ mod tests {
         let a = Aqa::new(4096, 2);
         assert_eq!(a.0, 0x0001_0fff);
         assert_eq!(Aqa::new(0, 65535), Aqa::new(2, 4096));
-        assert_eq!(Aqa::try_new(1, 32), None);
-        assert_eq!(Aqa::try_new(32, 4097), None);
-        assert_eq!(Aqa::try_new(64, 16), Some(Aqa(0x000f_003f)));
     }
 
     #[test]
-    fn cmb() {
-        // QEMU with cmb_size_mb=64: SZU 1 (64 KiB), SZ 1024, all support bits.
-        let sz = Cmbsz(0x0040_011f);
-        assert!(sz.sqs() && sz.cqs() && sz.lists() && sz.rds() && sz.wds());
-        assert_eq!(sz.szu(), 1);
-        assert_eq!(sz.size_unit_bytes(), Some(65536));
-        assert_eq!(sz.size_units(), 1024);
-        assert_eq!(sz.size_bytes(), Some(64 << 20));
-        let loc = Cmbloc(0x0000_2002);
-        assert_eq!(loc.bir(), 2);
-        assert_eq!(loc.offset_units(), 2);
-        assert_eq!(loc.offset_bytes(sz), Some(131072));
-        assert!(!loc.cqmms() && !loc.cqda());
-        let loc = Cmbloc(0x1f8);
-        assert!(loc.cqmms() && loc.cqpds() && loc.cdpmls() && loc.cdpcils());
-        assert!(loc.cdmmms() && loc.cqda());
-        assert_eq!(Cmbsz(0x700).size_bytes(), None);
-        assert_eq!(loc.offset_bytes(Cmbsz(0xf00)), None);
-        assert_eq!(
-            Cmbsz(0xffff_f6ff).size_bytes(),
-            Some(0xf_ffff * (64u64 << 30))
-        );
-    }
-
-    #[test]
-    fn misc_registers() {
-        let c = Crto(0x0010_0004);
-        assert_eq!(c.crwmt(), 4);
-        assert_eq!(c.crimt(), 16);
-        assert_eq!(c.crwmt_ms(), 2000);
-        assert_eq!(c.crimt_ms(), 8000);
-        let b = Bpinfo(0x8100_0002);
-        assert_eq!(b.bpsz(), 2);
-        assert_eq!(b.size_bytes(), 256 * 1024);
-        assert_eq!(b.brs(), 1);
-        assert!(b.abpid());
-        let p = Pmrcap(0x0105_0158);
-        assert!(p.rds() && p.wds());
-        assert_eq!(p.bir(), 2);
-        assert_eq!(p.pmrtu(), 1);
-        assert_eq!(p.pmrwbm(), 0);
-        assert_eq!(p.pmrto(), 5);
-        assert!(p.cmss());
+    fn nssr_value_spells_nvme() {
         assert_eq!(NVME_SSR.to_be_bytes(), *b"NVMe");
+    }
+
+    /// Fields read back what their setters wrote, each within its width.
+    #[test]
+    fn setters_round_trip_and_stay_in_their_field() {
+        let cc = Cc(u32::MAX).with_css(0).with_mps(0).with_enable(false);
+        assert_eq!((cc.css(), cc.mps(), cc.enabled()), (0, 0, false));
+        assert_eq!(cc.0, !((0b111 << 4) | (0b1111 << 7) | 1));
+        for v in 0..16u8 {
+            assert_eq!(Cc(0).with_iosqes(v).iosqes(), v);
+            assert_eq!(Cc(0).with_iocqes(v).iocqes(), v);
+        }
     }
 
     #[test]
@@ -1198,7 +695,8 @@ mod tests {
             doorbell_offset(5, DoorbellKind::SqTail, 1)
         );
         for dstrd in 0..16u8 {
-            let stride = Cap(u64::from(dstrd) << 32).doorbell_stride_bytes();
+            assert_eq!(Cap(u64::from(dstrd) << 32).dstrd(), dstrd);
+            let stride = 4usize << dstrd;
             for qid in [0u16, 1, 2, 100, 65535] {
                 let sq = doorbell_offset(qid, DoorbellKind::SqTail, dstrd);
                 let cq = doorbell_offset(qid, DoorbellKind::CqHead, dstrd);
