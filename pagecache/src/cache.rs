@@ -36,11 +36,12 @@ use crate::FileId;
 use crate::dirty::{Counters, DirtyLimits, DirtyPressure};
 use crate::error::{Error, Result};
 use crate::errseq::ErrSeq;
-use crate::folio::{BlockSize, Folio, FolioOrder, FolioParts, FolioRef, LockedFolio};
+use crate::folio::{Folio, FolioParts, FolioRef, LockedFolio};
 use crate::index::FileIndex;
 use crate::lru::{Clock, Slot, Verdict};
 use crate::memory::{FolioBacking, FolioMemory};
 use crate::rcu::RcuCell;
+use crate::units::{BlockSize, FolioOrder};
 use crate::xarray::XArray;
 
 /// Result of [`PageCache::grab`].

@@ -69,7 +69,7 @@ pub enum Error {
     #[error("folio memory: {0}")]
     Memory(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
     /// A folio order outside 0..=9 (4 KiB..2 MiB).
-    #[error("folio order {0} is outside 0..={max}", max = crate::folio::MAX_ORDER)]
+    #[error("folio order {0} is outside 0..=9")]
     BadOrder(u8),
     /// A block size that is not a power of two in 512..=4096.
     #[error("block size {0} is not a power of two in 512..=4096")]

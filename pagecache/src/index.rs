@@ -15,7 +15,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::folio::{FolioOrder, FolioRef};
+use crate::folio::FolioRef;
+use crate::units::FolioOrder;
 use crate::xarray::XArray;
 
 /// The folios of one file, keyed by their first page index.

@@ -74,6 +74,7 @@ pub mod memory;
 #[allow(unsafe_code)]
 mod rcu;
 pub mod readahead;
+pub mod units;
 #[allow(unsafe_code)]
 mod xarray;
 
@@ -82,12 +83,12 @@ pub use dirty::{DirtyLimits, DirtyPressure};
 pub use error::{Errno, Error, Result};
 pub use errseq::{ErrSeq, ErrSeqSample};
 pub use folio::{
-    BlockSize, Folio, FolioFlags, FolioOrder, FolioRef, LockedFolio, MAX_ORDER, PAGE_SHIFT,
-    PAGE_SIZE, ReadIo, ReadPart, WritebackIo, WritebackPart,
+    Folio, FolioFlags, FolioRef, LockedFolio, ReadIo, ReadPart, WritebackIo, WritebackPart,
 };
 pub use folio_state::BlockBitmap;
 pub use memory::{FolioBacking, FolioMemory, VecBacking, VecMemory};
 pub use readahead::{RaPlan, RaState};
+pub use units::{BlockSize, FolioOrder, MAX_ORDER, PAGE_SHIFT, PAGE_SIZE};
 
 /// A file known to a [`PageCache`] ([`PageCache::add_file`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -12,7 +12,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
-use crate::folio::FolioOrder;
+use crate::units::FolioOrder;
 
 /// The memory of one folio: `len()` bytes at device address `iova()`.
 pub trait FolioBacking: Send + Sync + fmt::Debug {

@@ -40,7 +40,7 @@
 
 use std::ops::Range;
 
-use crate::folio::{MAX_ORDER, PAGE_SHIFT};
+use crate::units::{MAX_ORDER, PAGE_SHIFT};
 
 /// Default maximum window: 128 KiB (`VM_READAHEAD_PAGES`).
 pub const DEFAULT_MAX_PAGES: u64 = 32;
