@@ -32,6 +32,7 @@ pub mod device;
 pub mod device_data;
 #[cfg(not(any(test, feature = "test-utils")))]
 mod device_data;
+mod enable;
 mod error;
 mod hw;
 pub mod iova;
