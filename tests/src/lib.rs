@@ -92,3 +92,10 @@ pub fn check_thread_ranges(image: &Path, threads: u64, region: u64, lba: usize, 
         );
     }
 }
+
+/// The README's Rust examples, compiled as doctests (`cargo test --doc`,
+/// which `cargo xtask test` runs): they need a controller to run, so they
+/// are `no_run`, but an API change that breaks them fails the build.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -193,7 +193,19 @@ fn test(rest: &[String]) -> Result<ExitCode> {
         .env(qemu_harness::versions::KERNEL_ENV, kernel.kernel_name())
         .env(qemu_harness::versions::QEMU_ENV, qemu.qemu_name())
         .status()?;
-    Ok(exit_code(status))
+    // `--all-targets` leaves the doctests out (the README's examples among
+    // them, see vm_tests::ReadmeDoctests): they run on their own.
+    let doc = Command::new(cargo())
+        .current_dir(workspace_root())
+        .args(["test", "--workspace", "--doc", "--no-fail-fast"])
+        .arg("--")
+        .args(rest)
+        .status()?;
+    Ok(if status.success() {
+        exit_code(doc)
+    } else {
+        exit_code(status)
+    })
 }
 
 fn lint() -> Result<ExitCode> {
