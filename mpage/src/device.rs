@@ -9,7 +9,7 @@
 //!   writes an ordered list of [`Segment`]s whose lengths add up to
 //!   `blocks · lba_size`. A flush has no segments, LBA 0 and 0 blocks.
 //! * Each segment is a piece of one folio. It keeps the folio alive (it
-//!   holds a pagecache [`ReadPart`] or [`WritebackPart`]), gives the
+//!   holds a pagecache [`IoPart`]), gives the
 //!   device its address ([`Segment::iova`]) and length, and offers host
 //!   copies ([`Segment::fill_from`], [`Segment::copy_out`]) for software
 //!   devices. An NVMe device needs only `iova`/`len` to build PRPs.
@@ -47,7 +47,7 @@ use std::fmt;
 use std::ops::Range;
 use std::time::Duration;
 
-use pagecache::{Errno, FolioRef, ReadPart, WritebackPart};
+use pagecache::{Direction, Errno, FolioRef, IoPart};
 
 /// The device page size PRPs are built on (CC.MPS = 4 KiB).
 pub const DEVICE_PAGE: usize = 4096;
@@ -247,40 +247,31 @@ impl DeviceError {
     }
 }
 
-/// The pagecache handle behind a segment.
-#[derive(Debug)]
-enum Part {
-    Read(ReadPart),
-    Write(WritebackPart),
-}
-
-/// One piece of one folio in a command's data.
+/// One piece of one folio in a command's data: the pagecache part whose
+/// completion runs the folio's state machine.
 #[derive(Debug)]
 pub struct Segment {
-    part: Part,
+    part: IoPart,
 }
 
 impl Segment {
-    /// A segment the device writes into (a read command).
-    pub fn read(part: ReadPart) -> Self {
-        Segment {
-            part: Part::Read(part),
-        }
+    /// A segment the device writes into (a read command); `part` comes
+    /// from [`pagecache::ReadIo::part`].
+    pub fn read(part: IoPart) -> Self {
+        debug_assert_eq!(part.direction(), Direction::Read);
+        Segment { part }
     }
 
-    /// A segment the device reads from (a write command).
-    pub fn write(part: WritebackPart) -> Self {
-        Segment {
-            part: Part::Write(part),
-        }
+    /// A segment the device reads from (a write command); `part` comes
+    /// from [`pagecache::WritebackIo::part`].
+    pub fn write(part: IoPart) -> Self {
+        debug_assert_eq!(part.direction(), Direction::Writeback);
+        Segment { part }
     }
 
     /// Device address of the first byte.
     pub fn iova(&self) -> u64 {
-        match &self.part {
-            Part::Read(p) => p.iova(),
-            Part::Write(p) => p.iova(),
-        }
+        self.part.iova()
     }
 
     /// Length in bytes.
@@ -295,56 +286,39 @@ impl Segment {
 
     /// Byte range inside the folio.
     pub fn range(&self) -> Range<usize> {
-        match &self.part {
-            Part::Read(p) => p.range(),
-            Part::Write(p) => p.range(),
-        }
+        self.part.range()
     }
 
     /// The folio (kept alive by the segment).
     pub fn folio(&self) -> Option<&FolioRef> {
-        match &self.part {
-            Part::Read(p) => p.folio(),
-            Part::Write(p) => p.folio(),
-        }
+        self.part.folio()
     }
 
     /// Whether the device writes into this segment (read command).
     pub fn is_read(&self) -> bool {
-        matches!(self.part, Part::Read(_))
+        self.part.direction() == Direction::Read
     }
 
     /// Host copy into a read segment (software devices); `data.len()` must
     /// equal [`Segment::len`].
     pub fn fill_from(&self, data: &[u8]) -> Result<(), DeviceError> {
-        match &self.part {
-            Part::Read(p) => p
-                .fill_from(data)
-                .map_err(|e| DeviceError::InvalidBio(format!("fill segment: {e}"))),
-            Part::Write(_) => Err(DeviceError::InvalidBio(
-                "fill_from on a write segment".into(),
-            )),
-        }
+        self.part
+            .fill_from(data)
+            .map_err(|e| DeviceError::InvalidBio(format!("fill segment: {e}")))
     }
 
     /// Host copy out of a write segment (software devices); `out.len()`
     /// must equal [`Segment::len`].
     pub fn copy_out(&self, out: &mut [u8]) -> Result<(), DeviceError> {
-        match &self.part {
-            Part::Write(p) => p
-                .copy_out(out)
-                .map_err(|e| DeviceError::InvalidBio(format!("copy segment: {e}"))),
-            Part::Read(_) => Err(DeviceError::InvalidBio("copy_out on a read segment".into())),
-        }
+        self.part
+            .copy_out(out)
+            .map_err(|e| DeviceError::InvalidBio(format!("copy segment: {e}")))
     }
 
     /// Ends the segment's part with `result` (runs the folio state
     /// machine).
     pub fn complete(self, result: Result<(), Errno>) {
-        match self.part {
-            Part::Read(p) => p.complete(result),
-            Part::Write(p) => p.complete(result),
-        }
+        self.part.complete(result);
     }
 }
 

@@ -47,7 +47,7 @@ use parking_lot::Mutex;
 use std::ops::Range;
 use std::sync::Arc;
 
-use pagecache::{Errno, FolioFlags, FolioRef, PAGE_SIZE, WritebackIo, WritebackPart};
+use pagecache::{Errno, FolioFlags, FolioRef, IoPart, PAGE_SIZE, WritebackIo};
 
 use crate::bio::BioBuilder;
 use crate::device::{Bio, BioFlags, BioOp, BlockDevice, DeviceError, Geometry, Segment};
@@ -89,7 +89,7 @@ struct IoendState {
     /// One part per piece of a folio in the ioend, completed with the
     /// ioend's status when its (merged) chain finishes: the folios end
     /// writeback only then, after the completion work (R58, R59).
-    parts: Vec<WritebackPart>,
+    parts: Vec<IoPart>,
 }
 
 #[derive(Debug)]
@@ -153,7 +153,7 @@ struct DoneIoend {
     size: u64,
     unwritten: bool,
     error: Option<DeviceError>,
-    parts: Vec<WritebackPart>,
+    parts: Vec<IoPart>,
 }
 
 impl DoneIoend {

@@ -45,7 +45,7 @@
 //!
 //! The lock is an owned token ([`LockedFolio`]); starting I/O consumes it,
 //! so a folio cannot have two reads or two writebacks in flight, and the
-//! I/O handles ([`ReadIo`]/[`ReadPart`], [`WritebackIo`]/[`WritebackPart`])
+//! I/O handles ([`ReadIo`], [`WritebackIo`], each handing out [`IoPart`]s)
 //! finish the I/O exactly once, also when dropped on an error path (an
 //! uncompleted part counts as EIO). Per-block state exists only for folios
 //! holding more than one block, and is created when first needed (R34);
@@ -82,9 +82,7 @@ pub use cache::{Grab, Invalidated, PageCache};
 pub use dirty::{DirtyLimits, DirtyPressure};
 pub use error::{Errno, Error, Result};
 pub use errseq::{ErrSeq, ErrSeqSample};
-pub use folio::{
-    Folio, FolioFlags, FolioRef, LockedFolio, ReadIo, ReadPart, WritebackIo, WritebackPart,
-};
+pub use folio::{Direction, Folio, FolioFlags, FolioRef, IoPart, LockedFolio, ReadIo, WritebackIo};
 pub use folio_state::BlockBitmap;
 pub use memory::{FolioBacking, FolioMemory, VecBacking, VecMemory};
 pub use readahead::{RaPlan, RaState};

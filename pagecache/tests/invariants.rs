@@ -15,8 +15,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use pagecache::{
-    BlockSize, FileId, FolioFlags, FolioOrder, FolioRef, Grab, LockedFolio, PageCache, VecMemory,
-    WritebackIo, WritebackPart,
+    BlockSize, FileId, FolioFlags, FolioOrder, FolioRef, Grab, IoPart, LockedFolio, PageCache,
+    VecMemory, WritebackIo,
 };
 use proptest::prelude::*;
 
@@ -90,7 +90,7 @@ struct World {
     files: Vec<FileId>,
     pins: Vec<FolioRef>,
     locks: Vec<LockedFolio>,
-    writebacks: Vec<(WritebackIo, WritebackPart)>,
+    writebacks: Vec<(WritebackIo, IoPart)>,
 }
 
 /// (file, first page) → (iova, flags) of every cached folio.

@@ -5,7 +5,7 @@
 
 use super::*;
 
-/// Read I/O in flight into a locked folio. Hand out [`ReadPart`]s to the
+/// Read I/O in flight into a locked folio. Hand out [`IoPart`]s to the
 /// commands that fill it; drop the handle (or call [`ReadIo::submit`])
 /// once every part is issued. The folio is unlocked when both have
 /// happened and all parts have completed.
@@ -31,7 +31,7 @@ impl ReadIo {
     /// offset+len)`, none of whose blocks may be uptodate (R35: only
     /// non-uptodate blocks are read, so a read never overwrites valid or
     /// dirty data).
-    pub fn part(&self, offset: usize, len: usize) -> Result<ReadPart> {
+    pub fn part(&self, offset: usize, len: usize) -> Result<IoPart> {
         let f = self.folio_ref();
         let blocks = f.aligned_blocks(offset, len)?;
         if len == 0 {
@@ -48,8 +48,9 @@ impl ReadIo {
         if let Some(p) = st.read.as_mut() {
             p.parts += 1;
         }
-        Ok(ReadPart {
+        Ok(IoPart {
             folio: Some(f.clone()),
+            direction: Direction::Read,
             offset,
             len,
         })
@@ -132,85 +133,8 @@ fn finish_read_if_idle(f: &Folio, st: &mut State) {
     f.changed.notify_all();
 }
 
-/// One command's share of a read: the device writes bytes `[offset,
-/// offset+len)` of the folio at [`ReadPart::iova`]. Complete it exactly
-/// once; dropping it uncompleted counts as a failure (EIO), so a lost
-/// command never leaves the folio locked.
-#[derive(Debug)]
-pub struct ReadPart {
-    pub(super) folio: Option<FolioRef>,
-    pub(super) offset: usize,
-    pub(super) len: usize,
-}
-
-impl ReadPart {
-    /// Byte range inside the folio.
-    pub fn range(&self) -> Range<usize> {
-        self.offset..self.offset + self.len
-    }
-
-    /// Device address of the part's first byte.
-    pub fn iova(&self) -> u64 {
-        self.folio.as_ref().map_or(0, |f| f.iova()) + self.offset as u64
-    }
-
-    /// The folio.
-    pub fn folio(&self) -> Option<&FolioRef> {
-        self.folio.as_ref()
-    }
-
-    /// CPU copy into the part (software devices, inline data R37): `data`
-    /// must be exactly the part's length.
-    pub fn fill_from(&self, data: &[u8]) -> Result<()> {
-        let Some(f) = &self.folio else {
-            return Ok(());
-        };
-        if data.len() != self.len {
-            return Err(f.bad(self.offset, data.len(), "length differs from the part"));
-        }
-        f.backing.write(self.offset, data)
-    }
-
-    /// Completes the part: on success its blocks become uptodate (the
-    /// folio too, once every block is, R39); on failure the read fails
-    /// (R22: the folio ends not uptodate with ERROR).
-    pub fn complete(mut self, result: Result<(), Errno>) {
-        self.finish(result);
-    }
-
-    fn finish(&mut self, result: Result<(), Errno>) {
-        let Some(f) = self.folio.take() else { return };
-        let bs = f.block.bytes();
-        let mut st = f.state();
-        match result {
-            Ok(()) => f.mark_uptodate(&mut st, self.offset / bs..(self.offset + self.len) / bs),
-            Err(e) => {
-                log::debug!("read of {:?}/{} failed: {e}", f.file, f.index);
-                if let Some(p) = st.read.as_mut() {
-                    p.error.get_or_insert(e);
-                }
-            }
-        }
-        // The folio flag is decided when the whole read ends: a failed
-        // part of this read keeps the folio not uptodate.
-        if st.read.as_ref().is_some_and(|p| p.error.is_some()) {
-            st.flags.remove(FolioFlags::UPTODATE);
-        }
-        if let Some(p) = st.read.as_mut() {
-            p.parts -= 1;
-        }
-        finish_read_if_idle(&f, &mut st);
-    }
-}
-
-impl Drop for ReadPart {
-    fn drop(&mut self) {
-        self.finish(Err(Errno::Io));
-    }
-}
-
 /// Writeback in flight from an unlocked folio. Hand out
-/// [`WritebackPart`]s to the commands that write it; drop the handle once
+/// [`IoPart`]s to the commands that write it; drop the handle once
 /// all are issued. Writeback ends when both have happened and all parts
 /// completed.
 #[derive(Debug)]
@@ -252,7 +176,7 @@ impl WritebackIo {
     /// A piece of the writeback: the block-aligned range `[offset,
     /// offset+len)`, which must be uptodate (R53 skips non-uptodate
     /// blocks; writing them would put stale memory on the device).
-    pub fn part(&self, offset: usize, len: usize) -> Result<WritebackPart> {
+    pub fn part(&self, offset: usize, len: usize) -> Result<IoPart> {
         let f = self.folio_ref();
         let blocks = f.aligned_blocks(offset, len)?;
         if len == 0 {
@@ -265,8 +189,9 @@ impl WritebackIo {
         if let Some(p) = st.writeback.as_mut() {
             p.parts += 1;
         }
-        Ok(WritebackPart {
+        Ok(IoPart {
             folio: Some(f.clone()),
+            direction: Direction::Writeback,
             offset,
             len,
         })
@@ -307,17 +232,34 @@ fn finish_writeback_if_idle(f: &Folio, st: &mut State) {
     f.changed.notify_all();
 }
 
-/// One command's share of a writeback: the device reads bytes `[offset,
-/// offset+len)` at [`WritebackPart::iova`]. Complete it exactly once;
-/// dropping it uncompleted counts as EIO.
+/// Which way an [`IoPart`]'s bytes move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// The device writes the folio (a read command, [`ReadIo::part`]).
+    Read,
+    /// The device reads the folio (a write command, [`WritebackIo::part`]).
+    Writeback,
+}
+
+/// One command's share of a folio's read or writeback: the device writes
+/// (read) or reads (writeback) bytes `[offset, offset+len)` of the folio
+/// at [`IoPart::iova`]. Complete it exactly once; dropping it uncompleted
+/// counts as a failure (EIO), so a lost command never leaves the folio
+/// locked or under writeback.
 #[derive(Debug)]
-pub struct WritebackPart {
+pub struct IoPart {
     pub(super) folio: Option<FolioRef>,
+    pub(super) direction: Direction,
     pub(super) offset: usize,
     pub(super) len: usize,
 }
 
-impl WritebackPart {
+impl IoPart {
+    /// Which way the bytes move.
+    pub fn direction(&self) -> Direction {
+        self.direction
+    }
+
     /// Byte range inside the folio.
     pub fn range(&self) -> Range<usize> {
         self.offset..self.offset + self.len
@@ -333,20 +275,41 @@ impl WritebackPart {
         self.folio.as_ref()
     }
 
-    /// CPU copy of the part's bytes (software devices): `out` must be
-    /// exactly the part's length.
+    /// CPU copy into a read part (software devices, inline data R37):
+    /// `data` must be exactly the part's length.
+    pub fn fill_from(&self, data: &[u8]) -> Result<()> {
+        let Some(f) = &self.folio else {
+            return Ok(());
+        };
+        if self.direction != Direction::Read {
+            return Err(f.bad(self.offset, data.len(), "fill of a writeback part"));
+        }
+        if data.len() != self.len {
+            return Err(f.bad(self.offset, data.len(), "length differs from the part"));
+        }
+        f.backing.write(self.offset, data)
+    }
+
+    /// CPU copy of a writeback part's bytes (software devices): `out`
+    /// must be exactly the part's length.
     pub fn copy_out(&self, out: &mut [u8]) -> Result<()> {
         let Some(f) = &self.folio else {
             return Ok(());
         };
+        if self.direction != Direction::Writeback {
+            return Err(f.bad(self.offset, out.len(), "copy out of a read part"));
+        }
         if out.len() != self.len {
             return Err(f.bad(self.offset, out.len(), "length differs from the part"));
         }
         f.backing.read(self.offset, out)
     }
 
-    /// Completes the part; an error is kept for the end of writeback
-    /// (also for a part failed without I/O, R57, R60 step 3).
+    /// Completes the part. A read part's blocks become uptodate on
+    /// success (the folio too, once every block is, R39); a failure fails
+    /// the read (R22: the folio ends not uptodate with ERROR). A writeback
+    /// part's error is kept for the end of writeback (also for a part
+    /// failed without I/O, R57, R60 step 3).
     pub fn complete(mut self, result: Result<(), Errno>) {
         self.finish(result);
     }
@@ -354,17 +317,44 @@ impl WritebackPart {
     fn finish(&mut self, result: Result<(), Errno>) {
         let Some(f) = self.folio.take() else { return };
         let mut st = f.state();
-        if let Some(p) = st.writeback.as_mut() {
-            if let Err(e) = result {
-                p.error.get_or_insert(e);
+        match self.direction {
+            Direction::Read => {
+                let bs = f.block.bytes();
+                match result {
+                    Ok(()) => {
+                        f.mark_uptodate(&mut st, self.offset / bs..(self.offset + self.len) / bs)
+                    }
+                    Err(e) => {
+                        log::debug!("read of {:?}/{} failed: {e}", f.file, f.index);
+                        if let Some(p) = st.read.as_mut() {
+                            p.error.get_or_insert(e);
+                        }
+                    }
+                }
+                // The folio flag is decided when the whole read ends: a
+                // failed part of this read keeps the folio not uptodate.
+                if st.read.as_ref().is_some_and(|p| p.error.is_some()) {
+                    st.flags.remove(FolioFlags::UPTODATE);
+                }
+                if let Some(p) = st.read.as_mut() {
+                    p.parts -= 1;
+                }
+                finish_read_if_idle(&f, &mut st);
             }
-            p.parts -= 1;
+            Direction::Writeback => {
+                if let Some(p) = st.writeback.as_mut() {
+                    if let Err(e) = result {
+                        p.error.get_or_insert(e);
+                    }
+                    p.parts -= 1;
+                }
+                finish_writeback_if_idle(&f, &mut st);
+            }
         }
-        finish_writeback_if_idle(&f, &mut st);
     }
 }
 
-impl Drop for WritebackPart {
+impl Drop for IoPart {
     fn drop(&mut self) {
         self.finish(Err(Errno::Io));
     }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 mod io;
 mod lock;
 
-pub use io::{ReadIo, ReadPart, WritebackIo, WritebackPart};
+pub use io::{Direction, IoPart, ReadIo, WritebackIo};
 pub use lock::LockedFolio;
 
 bitflags! {
