@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use pagecache::{Errno, FolioFlags, FolioOrder, FolioRef, Grab, LockedFolio, PAGE_SIZE};
 
 use crate::bio::BioBuilder;
-use crate::device::{Bio, BioFlags, BioOp, BlockDevice, Segment};
+use crate::device::{Bio, BioFlags, BioOp, BlockDevice, Geometry, Segment};
 use crate::error::{Error, Result};
 use crate::inode::Inode;
 use crate::io;
@@ -103,7 +103,10 @@ pub fn write_begin(
     }
 }
 
-/// The R42 work on a locked folio; on error the lock is released.
+/// The R42 work on a locked folio; on error the lock is released. Four
+/// phases: the stale runs the write touches (R35), what each piece of
+/// them needs (zeros or a read, from the mapping), then either zeroing
+/// alone or one synchronous read that keeps the lock.
 fn prepare(
     dev: &mut dyn BlockDevice,
     ino: &Inode,
@@ -118,86 +121,15 @@ fn prepare(
     let bs = check_block_size(ino, &geometry)?;
     let fpos = locked.pos();
     let from = (pos - fpos) as usize;
-    let to = from + len;
-    let size = ino.size();
-    let eof_off = round_up(size, bs as u64)
-        .saturating_sub(fpos)
-        .min(locked.size() as u64) as usize;
-
-    // R35: maximal runs of non-uptodate blocks in the touched blocks, cut
-    // after the block holding EOF.
-    let up = locked.uptodate_blocks();
-    let mut runs: Vec<Range<usize>> = Vec::new();
-    let mut b = from / bs;
-    let end_blk = to.div_ceil(bs);
-    while b < end_blk {
-        if up.get(b) {
-            b += 1;
-            continue;
-        }
-        let s = b;
-        while b < end_blk && !up.get(b) {
-            b += 1;
-        }
-        let r = s * bs..b * bs;
-        if r.start < eof_off && eof_off < r.end {
-            runs.push(r.start..eof_off);
-            runs.push(eof_off..r.end);
-        } else {
-            runs.push(r);
-        }
-    }
-
-    let mut steps = Vec::new();
-    let mut iter = MapIter::new(ino.mapper.as_ref(), MapIntent::Read, fpos + to as u64);
-    for (run, r) in runs.into_iter().enumerate() {
-        if from <= r.start && r.end <= to {
-            // Covered whole by the write: neither read nor zeroed.
-            continue;
-        }
-        let mut off = r.start;
-        while off < r.end {
-            let p = fpos + off as u64;
-            if p >= size {
-                // R36: at or past EOF: zeros.
-                steps.push(Step::Zero(off..r.end));
-                break;
-            }
-            iter.set_end(fpos + r.end as u64);
-            let ext = iter.extent_at(p)?;
-            let e = ext.end().min(fpos + r.end as u64);
-            let n = (e - p) as usize;
-            if !n.is_multiple_of(bs) {
-                return Err(Error::Map {
-                    pos: p,
-                    source: MapError::BadExtent {
-                        pos: p,
-                        extent: ext,
-                    },
-                });
-            }
-            match ext
-                .lba_at(p, geometry.lba_size)
-                .filter(|_| ext.needs_read())
-            {
-                None => steps.push(Step::Zero(off..off + n)),
-                Some(lba) => {
-                    let blocks = (n / geometry.lba_size as usize) as u64;
-                    if lba + blocks > geometry.capacity {
-                        log::error!("offset {p} mapped past the namespace end");
-                        return Err(Error::Io(Errno::Io));
-                    }
-                    steps.push(Step::Read {
-                        range: off..off + n,
-                        lba,
-                        run,
-                    });
-                }
-            }
-            off += n;
-        }
-    }
-
+    let touch = Touch {
+        fpos,
+        from,
+        to: from + len,
+        size: ino.size(),
+        bs,
+    };
+    let runs = touch.stale_runs(&locked);
+    let steps = touch.steps(ino, &geometry, runs)?;
     if !steps.iter().any(|s| matches!(s, Step::Read { .. })) {
         for s in &steps {
             if let Step::Zero(r) = s {
@@ -208,8 +140,123 @@ fn prepare(
         }
         return Ok(locked);
     }
+    read_locked(dev, locked, &steps, geometry)
+}
 
-    // Synchronous read, keeping the folio lock (R42 iomap_read_page_sync).
+/// What a write touches in its folio: bytes `from..to` of the folio at
+/// file offset `fpos`, with the file `size` bytes long in blocks of `bs`.
+struct Touch {
+    fpos: u64,
+    from: usize,
+    to: usize,
+    size: u64,
+    bs: usize,
+}
+
+impl Touch {
+    /// R35: the maximal runs of non-uptodate blocks among the touched
+    /// blocks, cut after the block holding EOF.
+    fn stale_runs(&self, locked: &LockedFolio) -> Vec<Range<usize>> {
+        let bs = self.bs;
+        let eof_off = round_up(self.size, bs as u64)
+            .saturating_sub(self.fpos)
+            .min(locked.size() as u64) as usize;
+        let up = locked.uptodate_blocks();
+        let mut runs: Vec<Range<usize>> = Vec::new();
+        let mut b = self.from / bs;
+        let end_blk = self.to.div_ceil(bs);
+        while b < end_blk {
+            if up.get(b) {
+                b += 1;
+                continue;
+            }
+            let s = b;
+            while b < end_blk && !up.get(b) {
+                b += 1;
+            }
+            let r = s * bs..b * bs;
+            if r.start < eof_off && eof_off < r.end {
+                runs.push(r.start..eof_off);
+                runs.push(eof_off..r.end);
+            } else {
+                runs.push(r);
+            }
+        }
+        runs
+    }
+
+    /// What each run needs: nothing where the write covers it whole,
+    /// zeros at or past EOF (R36) and in holes, else a read of the mapped
+    /// blocks (one command per run).
+    fn steps(
+        &self,
+        ino: &Inode,
+        geometry: &Geometry,
+        runs: Vec<Range<usize>>,
+    ) -> Result<Vec<Step>> {
+        let (fpos, bs) = (self.fpos, self.bs);
+        let mut steps = Vec::new();
+        let mut iter = MapIter::new(ino.mapper.as_ref(), MapIntent::Read, fpos + self.to as u64);
+        for (run, r) in runs.into_iter().enumerate() {
+            if self.from <= r.start && r.end <= self.to {
+                // Covered whole by the write: neither read nor zeroed.
+                continue;
+            }
+            let mut off = r.start;
+            while off < r.end {
+                let p = fpos + off as u64;
+                if p >= self.size {
+                    // R36: at or past EOF: zeros.
+                    steps.push(Step::Zero(off..r.end));
+                    break;
+                }
+                iter.set_end(fpos + r.end as u64);
+                let ext = iter.extent_at(p)?;
+                let e = ext.end().min(fpos + r.end as u64);
+                let n = (e - p) as usize;
+                if !n.is_multiple_of(bs) {
+                    return Err(Error::Map {
+                        pos: p,
+                        source: MapError::BadExtent {
+                            pos: p,
+                            extent: ext,
+                        },
+                    });
+                }
+                match ext
+                    .lba_at(p, geometry.lba_size)
+                    .filter(|_| ext.needs_read())
+                {
+                    None => steps.push(Step::Zero(off..off + n)),
+                    Some(lba) => {
+                        let blocks = (n / geometry.lba_size as usize) as u64;
+                        if lba + blocks > geometry.capacity {
+                            log::error!("offset {p} mapped past the namespace end");
+                            return Err(Error::Io(Errno::Io));
+                        }
+                        steps.push(Step::Read {
+                            range: off..off + n,
+                            lba,
+                            run,
+                        });
+                    }
+                }
+                off += n;
+            }
+        }
+        Ok(steps)
+    }
+}
+
+/// The synchronous read of write_begin, keeping the folio lock (R42,
+/// iomap_read_page_sync): zeros and reads as `steps` say, one command per
+/// run, then waits for all of them.
+fn read_locked(
+    dev: &mut dyn BlockDevice,
+    locked: LockedFolio,
+    steps: &[Step],
+    geometry: Geometry,
+) -> Result<LockedFolio> {
     let read = locked.start_read();
     let done = Arc::new(AtomicUsize::new(0));
     let mut submitted = 0usize;
@@ -225,7 +272,7 @@ fn prepare(
             })),
         )
     };
-    for s in &steps {
+    for s in steps {
         match s {
             Step::Zero(r) => read
                 .zero(r.start, r.len())
