@@ -161,8 +161,17 @@ impl BlkBackend {
     /// Forgets the guest's memory (after a front end left): waits for
     /// every queue to drain, then unmaps.
     pub fn forget_memory(&self) {
-        let _drained: Vec<MutexGuard<'_, Option<Worker>>> =
+        let drained: Vec<MutexGuard<'_, Option<Worker>>> =
             self.shared.workers.iter().map(lock).collect();
+        let outstanding: usize = drained
+            .iter()
+            .filter_map(|w| w.as_ref())
+            .map(Worker::outstanding)
+            .sum();
+        log::info!(
+            "front end gone: queues drained, {outstanding} NVMe commands in flight; \
+             unmapping its memory"
+        );
         *self.shared.table.write().unwrap_or_else(|e| e.into_inner()) =
             Arc::new(MemTable::default());
     }
@@ -175,6 +184,10 @@ impl BlkBackend {
             .clone()
     }
 }
+
+/// How long a memory-table change waits for the queue threads to let go
+/// of the previous table (they finish the commands they started under it).
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long a `--poll` queue thread keeps looking at an idle virtqueue
 /// before it sleeps until a kick.
@@ -230,9 +243,32 @@ impl VhostUserBackend for BlkBackend {
             io_error(msg)
         })?;
         log::info!("memory table: {} regions mapped", table.len());
-        *self.shared.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
-        // Mappings only the old table held go when the queue threads
-        // drop it, after their batch.
+        drop(old);
+        let previous = std::mem::replace(
+            &mut *self.shared.table.write().unwrap_or_else(|e| e.into_inner()),
+            Arc::new(table),
+        );
+        // A queue thread serving with the previous table takes no new
+        // chain under it, finishes the commands it started and lets go of
+        // it. Waiting for that here means the front end hears the change
+        // is done (REPLY_ACK) only when nothing uses the old memory and
+        // the regions only the old table held are unmapped.
+        let start = std::time::Instant::now();
+        while Arc::strong_count(&previous) > 1 && start.elapsed() < RELEASE_WAIT {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if Arc::strong_count(&previous) > 1 {
+            // Commands given up on keep it (see `Worker::serve_with`):
+            // its mappings go when they complete.
+            log::warn!(
+                "memory table changed: the previous one is still in use after {RELEASE_WAIT:?}"
+            );
+        } else {
+            log::info!(
+                "memory table changed: no queue uses the previous one (waited {} ms)",
+                start.elapsed().as_millis()
+            );
+        }
         Ok(())
     }
 
@@ -325,6 +361,16 @@ impl VhostUserBackend for BlkBackend {
             let served = worker
                 .serve_with(state.get_queue_mut(), &table, call.as_ref(), &current)
                 .map_err(|e| io_error(format!("virtqueue {thread_id}: {e}")))?;
+            if !current() {
+                // The worker took no chain under the old table once it
+                // changed and returned with nothing in flight; the
+                // mappings only the old table held go when `table` does.
+                log::info!(
+                    "virtqueue {thread_id}: memory table changed; {} NVMe commands in flight \
+                     after draining",
+                    worker.outstanding()
+                );
+            }
             returned |= served.unsignalled;
             if !served.again {
                 break;

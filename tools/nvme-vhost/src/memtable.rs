@@ -20,7 +20,29 @@ struct Region {
     /// Guest physical address of byte 0.
     gpa: u64,
     len: u64,
-    dma: Arc<ExternalDma>,
+    dma: Arc<Mapping>,
+}
+
+/// A region's mapping into the controller's DMA space, shared by the
+/// tables that hold the region; it is unmapped when the last of them goes
+/// (after the queue threads holding them drained their commands), and
+/// says so in the log.
+#[derive(Debug)]
+struct Mapping {
+    gpa: u64,
+    len: u64,
+    dma: ExternalDma,
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // The unmap itself is the `ExternalDma`'s drop, right after.
+        log::info!(
+            "guest memory {:#x}+{:#x} unmapped from the device",
+            self.gpa,
+            self.len
+        );
+    }
 }
 
 /// Guest memory regions mapped for the device, by guest address, with
@@ -58,7 +80,7 @@ impl MemTable {
             let reused = old
                 .regions
                 .iter()
-                .find(|o| o.gpa == gpa && o.len == len && o.dma.host_address() == host);
+                .find(|o| o.gpa == gpa && o.len == len && o.dma.dma.host_address() == host);
             let dma = match reused {
                 Some(o) => o.dma.clone(),
                 None => {
@@ -67,7 +89,7 @@ impl MemTable {
                         "guest memory {gpa:#x}+{len:#x} mapped for the device at IOVA {:#x}",
                         dma.iova()
                     );
-                    Arc::new(dma)
+                    Arc::new(Mapping { gpa, len, dma })
                 }
             };
             regions.push(Region { gpa, len, dma });
@@ -107,7 +129,7 @@ impl MemTable {
                 return false;
             }
             let n = left.min(r.len - offset);
-            let Some(iova) = r.dma.iova_of(offset, n as usize) else {
+            let Some(iova) = r.dma.dma.iova_of(offset, n as usize) else {
                 return false;
             };
             // Pieces that continue each other in device space merge.

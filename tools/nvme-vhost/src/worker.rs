@@ -133,6 +133,12 @@ impl Worker {
         }
     }
 
+    /// NVMe commands of this queue still in flight on the device
+    /// (submitted and not yet back, given up on ones included).
+    pub fn outstanding(&self) -> usize {
+        self.qpair.outstanding() + self.qpair.given_up_in_flight()
+    }
+
     /// Keeps looking at the ring for `idle` after the last request before
     /// sleeping until a kick (the polled mode: a front end that submits
     /// again within it is served without a kick and a wake-up).
