@@ -21,6 +21,7 @@ pub const GUEST_BINARIES: &[(&str, &str)] = &[
     ("nvme-vhost", "nvme-vhost"),
     ("vm-tests", "guest-check"),
     ("vm-tests", "blkio-check"),
+    ("vm-tests", "vhost-front"),
 ];
 
 /// Binaries built in a build of their own with a feature of their package

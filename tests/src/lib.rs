@@ -11,6 +11,7 @@
 pub mod logwrites;
 pub mod model;
 pub mod powercut;
+pub mod seqwrites;
 pub mod soak;
 pub use nvme_bench::pattern;
 

@@ -3,6 +3,11 @@
 //! vhost-user-blk socket in the guest: pattern writes at a queue depth,
 //! flush, read back and verify, a read through a scatter list that breaks
 //! the PRP rules (the target must bounce it), write-zeroes and discard.
+//! Other modes: `churn` maps and unmaps an extra memory region (ADD_MEM_REG,
+//! REM_MEM_REG) while another queue keeps I/O going; `seq-write` writes
+//! sequence-numbered chunks forever, printing every acknowledgement (to
+//! be killed mid-I/O), and `seq-verify` checks the range against them
+//! (`vm_tests::seqwrites`).
 //! Prints one line per step and a summary; exits non-zero at the first
 //! wrong byte or failed request. The host then checks the raw image with
 //! the same pattern (`vm_tests::pattern`).
@@ -10,12 +15,34 @@
 #![allow(clippy::print_stdout)]
 
 use std::mem::MaybeUninit;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use blkio::{Blkio, Blkioq, Completion, MemoryRegion, ReqFlags};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use vm_tests::pattern;
+use vm_tests::seqwrites::Layout;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Write, flush, read back and verify `len` bytes, a scattered read,
+    /// and with `--zeroes` write-zeroes and discard.
+    Check,
+    /// Queue 0 writes and verifies `len` bytes over and over from the
+    /// first memory region while queue 1, `--cycles` times, maps a second
+    /// region, writes 1 MiB after `len` from it, reads it back into it and
+    /// unmaps it; then queue 1 reads that MiB through the first region.
+    Churn,
+    /// Writes chunk-sized, sequence-numbered writes (`vm_tests::seqwrites`)
+    /// over `len` bytes from `offset`, `qd` in flight, until killed (or
+    /// `--writes`), printing `acked N` for each acknowledged write.
+    SeqWrite,
+    /// Reads the `seq-write` range back and checks it against the
+    /// `acked N` lines in `--acked` (same `len`, `offset`, `chunk`, `qd`).
+    SeqVerify,
+}
 
 #[derive(Parser, Debug)]
 struct Cli {
@@ -41,6 +68,21 @@ struct Cli {
     /// range (the scattered read and the zeroes use the first).
     #[arg(long, default_value_t = 1)]
     queues: usize,
+    /// What to do.
+    #[arg(long, value_enum, default_value_t = Mode::Check)]
+    mode: Mode,
+    /// Byte offset of the range (`seq-write`, `seq-verify`).
+    #[arg(long, default_value_t = 0)]
+    offset: u64,
+    /// `seq-write`: stop after this many writes (default: until killed).
+    #[arg(long)]
+    writes: Option<u64>,
+    /// `seq-verify`: the `seq-write` output with its `acked N` lines.
+    #[arg(long)]
+    acked: Option<PathBuf>,
+    /// `churn`: how many times a region is mapped, used and unmapped.
+    #[arg(long, default_value_t = 3)]
+    cycles: u32,
 }
 
 /// A libblkio memory region, reached through its memfd (reopened by
@@ -150,6 +192,7 @@ fn stream(
     lba: usize,
     write: bool,
     share: Share,
+    progress: &AtomicU64,
 ) -> Result<(), String> {
     let mut next = 0u64;
     let mut in_flight = 0usize;
@@ -199,6 +242,7 @@ fn stream(
             free.push(slot);
             in_flight -= 1;
             done += 1;
+            progress.fetch_add(1, Ordering::Relaxed);
         }
     }
     Ok(())
@@ -228,7 +272,7 @@ fn stream_all(
                     count: chunks * (k64 + 1) / n - first,
                     slot_base: k * cli.qd,
                 };
-                scope.spawn(move || stream(q, m, cli, lba, write, share))
+                scope.spawn(move || stream(q, m, cli, lba, write, share, &AtomicU64::new(0)))
             })
             .collect();
         handles
@@ -312,8 +356,21 @@ fn zeroes_and_discard(q: &mut Blkioq, m: &Mem, cli: &Cli) -> Result<(), String> 
     Ok(())
 }
 
-fn run(cli: &Cli) -> Result<(), String> {
-    let e = |what: &'static str| move |err: blkio::Error| format!("{what}: {err}");
+fn blkio_err(what: &'static str) -> impl Fn(blkio::Error) -> String {
+    move |err| format!("{what}: {err}")
+}
+
+/// A started front end: its queues and the device's block size.
+struct Conn {
+    b: Blkio,
+    queues: Vec<Blkioq>,
+    lba: usize,
+}
+
+/// Connects to `cli.socket` and starts `cli.queues` queues; the device
+/// must hold `need` bytes.
+fn connect(cli: &Cli, need: u64) -> Result<Conn, String> {
+    let e = blkio_err;
     let mut b = Blkio::new("virtio-blk-vhost-user").map_err(e("blkio_new"))?;
     b.set_str("path", &cli.socket).map_err(e("path"))?;
     b.connect().map_err(e("connect"))?;
@@ -327,16 +384,13 @@ fn run(cli: &Cli) -> Result<(), String> {
         "connected: capacity {capacity}, block {lba}, max transfer {max_transfer}, \
          flush needed {flush_needed}"
     );
-    if lba == 0 || cli.len == 0 || cli.len + (2 << 20) > capacity {
-        return Err(format!(
-            "{} bytes do not fit {capacity}",
-            cli.len + (2 << 20)
-        ));
+    if lba == 0 || cli.len == 0 || need > capacity {
+        return Err(format!("{need} bytes do not fit {capacity}"));
     }
     let wanted = i32::try_from(cli.queues).map_err(|_| "too many queues")?;
     b.set_i32("num-queues", wanted).map_err(e("num-queues"))?;
     let mut started = b.start().map_err(e("start"))?;
-    let mut queues = std::mem::take(&mut started.queues);
+    let queues = std::mem::take(&mut started.queues);
     if queues.len() != cli.queues || queues.is_empty() {
         return Err(format!(
             "{} queues started, {} asked for",
@@ -344,18 +398,52 @@ fn run(cli: &Cli) -> Result<(), String> {
             cli.queues
         ));
     }
+    Ok(Conn { b, queues, lba })
+}
+
+/// A new memory region of at least `size` bytes, mapped (sent to the
+/// back end: SET_MEM_TABLE or ADD_MEM_REG).
+fn new_region(b: &mut Blkio, size: usize) -> Result<Mem, String> {
+    let e = blkio_err;
     let align = b.get_u64("mem-region-alignment").map_err(e("alignment"))? as usize;
-    let size = (cli.queues * cli.qd * cli.chunk)
-        .max(2 << 20)
-        .next_multiple_of(align.max(4096));
+    let size = size.next_multiple_of(align.max(4096));
     let r: MemoryRegion = b.alloc_mem_region(size).map_err(e("alloc_mem_region"))?;
-    b.map_mem_region(&r).map_err(e("map_mem_region"))?;
-    let m = Mem {
+    if let Err(err) = b.map_mem_region(&r) {
+        b.free_mem_region(&r);
+        return Err(e("map_mem_region")(err));
+    }
+    Ok(Mem {
         file: region::open(&r)?,
         region: r,
-    };
+    })
+}
 
-    let took = stream_all(&mut queues, &m, cli, lba, true)?;
+/// Unmaps (REM_MEM_REG) and frees a region.
+fn drop_region(b: &mut Blkio, m: Mem) {
+    b.unmap_mem_region(&m.region);
+    b.free_mem_region(&m.region);
+}
+
+fn run(cli: &Cli) -> Result<(), String> {
+    let need = match cli.mode {
+        Mode::Check | Mode::Churn => cli.len + (2 << 20),
+        Mode::SeqWrite | Mode::SeqVerify => cli.offset + cli.len,
+    };
+    let mut c = connect(cli, need)?;
+    match cli.mode {
+        Mode::Check => check(&mut c, cli),
+        Mode::Churn => churn(&mut c, cli),
+        Mode::SeqWrite => seq_write(&mut c, cli),
+        Mode::SeqVerify => seq_verify(&mut c, cli),
+    }
+}
+
+/// The default mode: pattern, flush, verify, scattered read, zeroes.
+fn check(c: &mut Conn, cli: &Cli) -> Result<(), String> {
+    let lba = c.lba;
+    let m = new_region(&mut c.b, (cli.queues * cli.qd * cli.chunk).max(2 << 20))?;
+    let queues = &mut c.queues;
+    let took = stream_all(queues, &m, cli, lba, true)?;
     println!(
         "write: {} bytes in {} requests of {} at QD{} on {} queues in {:.2} s",
         cli.len,
@@ -369,11 +457,12 @@ fn run(cli: &Cli) -> Result<(), String> {
     q.flush(9, ReqFlags::empty());
     ok(reap(q, 1)?.first().ok_or("no completion")?, "flush")?;
     println!("flush: ok");
-    let took = stream_all(&mut queues, &m, cli, lba, false)?;
+    let took = stream_all(queues, &m, cli, lba, false)?;
     let q = &mut queues[0];
     println!(
-        "read: {} bytes verified in {:.2} s",
+        "read: {} bytes at QD{} verified in {:.2} s",
         cli.len,
+        cli.qd,
         took.as_secs_f64()
     );
     scattered_read(q, &m, cli, lba, 8192)?;
@@ -381,8 +470,282 @@ fn run(cli: &Cli) -> Result<(), String> {
     if cli.zeroes {
         zeroes_and_discard(q, &m, cli)?;
     }
-    b.unmap_mem_region(&m.region);
-    b.free_mem_region(&m.region);
+    drop_region(&mut c.b, m);
+    println!("blkio-check: all verified");
+    Ok(())
+}
+
+/// Moves `len` bytes between the device at `offset` and the region at
+/// `at`, in `n` requests all in flight at once.
+fn transfer(
+    q: &mut Blkioq,
+    m: &Mem,
+    write: bool,
+    (offset, at, len): (u64, usize, usize),
+    n: usize,
+) -> Result<(), String> {
+    if at + len > m.region.len || n == 0 || !len.is_multiple_of(n) {
+        return Err(format!("{len} bytes at {at} in {n} requests do not fit"));
+    }
+    let piece = len / n;
+    for i in 0..n {
+        let ptr = m.region.addr + at + i * piece;
+        let off = offset + (i * piece) as u64;
+        if write {
+            q.write(off, ptr as *const u8, piece, i, ReqFlags::empty());
+        } else {
+            q.read(off, ptr as *mut u8, piece, i, ReqFlags::empty());
+        }
+    }
+    let mut left = n;
+    while left > 0 {
+        for c in reap(q, left)? {
+            ok(&c, if write { "write" } else { "read" })?;
+            left -= 1;
+        }
+    }
+    Ok(())
+}
+
+/// Waits until `progress` passes `from` (requests of another queue
+/// completing).
+fn wait_for_progress(progress: &AtomicU64, from: u64) -> Result<u64, String> {
+    let start = Instant::now();
+    loop {
+        let now = progress.load(Ordering::Relaxed);
+        if now > from {
+            return Ok(now);
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(format!("no request completed on queue 0 after {from}"));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// `--mode churn`: a memory region added, used and removed, `cycles`
+/// times, while queue 0 keeps its own I/O going in the first region.
+fn churn(c: &mut Conn, cli: &Cli) -> Result<(), String> {
+    const SPAN: usize = 1 << 20;
+    let lba = c.lba;
+    if c.queues.len() != 2 {
+        return Err("churn needs --queues 2".into());
+    }
+    let first = new_region(&mut c.b, (cli.qd * cli.chunk).max(SPAN))?;
+    let mut q1 = c.queues.pop().ok_or("no queue 1")?;
+    let mut q0 = c.queues.pop().ok_or("no queue 0")?;
+    let b = &mut c.b;
+    let stop = AtomicBool::new(false);
+    let progress = AtomicU64::new(0);
+    let at = cli.len;
+    let whole = Share {
+        first: 0,
+        count: cli.len.div_ceil(cli.chunk as u64),
+        slot_base: 0,
+    };
+    let passes = std::thread::scope(|scope| -> Result<u64, String> {
+        let background = scope.spawn(|| -> Result<u64, String> {
+            let mut passes = 0;
+            loop {
+                stream(&mut q0, &first, cli, lba, true, whole, &progress)?;
+                stream(&mut q0, &first, cli, lba, false, whole, &progress)?;
+                passes += 1;
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(passes);
+                }
+            }
+        });
+        let cycles = (|| -> Result<(), String> {
+            let mut data = vec![0u8; SPAN];
+            for cycle in 0..cli.cycles {
+                // Queue 0's requests are going.
+                wait_for_progress(&progress, progress.load(Ordering::Relaxed))?;
+                let seed = cli.seed + 1 + u64::from(cycle);
+                let extra = new_region(b, SPAN)?;
+                pattern::fill(seed, at / lba as u64, lba, &mut data);
+                region::write(&extra.file, &extra.region, 0, &data)?;
+                transfer(&mut q1, &extra, true, (at, 0, SPAN), 4)?;
+                region::write(&extra.file, &extra.region, 0, &vec![0u8; SPAN])?;
+                transfer(&mut q1, &extra, false, (at, 0, SPAN), 4)?;
+                region::read(&extra.file, &extra.region, 0, &mut data)?;
+                if let Some(bad) = pattern::first_mismatch(seed, at / lba as u64, lba, &data) {
+                    return Err(format!(
+                        "cycle {cycle}: block {bad} read into the added region is wrong"
+                    ));
+                }
+                let before = progress.load(Ordering::Relaxed);
+                drop_region(b, extra);
+                let during = progress.load(Ordering::Relaxed) - before;
+                // And queue 0 goes on after the removal.
+                let after = wait_for_progress(&progress, progress.load(Ordering::Relaxed))?;
+                println!(
+                    "churn: cycle {cycle}: region added, {SPAN} bytes written and read back \
+                     through it, removed ({during} requests of queue 0 completed during the \
+                     removal, {} since it started)",
+                    after - before
+                );
+            }
+            Ok(())
+        })();
+        stop.store(true, Ordering::Relaxed);
+        let passes = background
+            .join()
+            .unwrap_or_else(|_| Err("queue 0's thread panicked".into()))?;
+        cycles?;
+        Ok(passes)
+    })?;
+    // The last cycle's MiB, read through the first region on queue 1.
+    let seed = cli.seed + u64::from(cli.cycles);
+    let mut data = vec![0u8; SPAN];
+    transfer(&mut q1, &first, false, (at, 0, SPAN), 4)?;
+    region::read(&first.file, &first.region, 0, &mut data)?;
+    if cli.cycles > 0
+        && let Some(bad) = pattern::first_mismatch(seed, at / lba as u64, lba, &data)
+    {
+        return Err(format!("block {bad} after the last cycle is wrong"));
+    }
+    println!(
+        "churn: {passes} passes of {} bytes written and verified on queue 0 meanwhile",
+        cli.len
+    );
+    drop_region(&mut c.b, first);
+    println!("blkio-check: all verified");
+    Ok(())
+}
+
+/// The sequence-numbered writes' layout from the command line.
+fn seq_layout(cli: &Cli, lba: usize) -> Result<Layout, String> {
+    let (chunk, l) = (cli.chunk as u64, lba as u64);
+    if chunk == 0
+        || !chunk.is_multiple_of(l)
+        || !cli.len.is_multiple_of(chunk)
+        || !cli.offset.is_multiple_of(l)
+    {
+        return Err(format!(
+            "--len {} and --offset {} must be whole chunks of whole {lba}-byte blocks",
+            cli.len, cli.offset
+        ));
+    }
+    Ok(Layout {
+        first_lba: cli.offset / l,
+        chunks: cli.len / chunk,
+        chunk_blocks: chunk / l,
+        lba_size: lba,
+    })
+}
+
+/// `--mode seq-write`: sequence-numbered writes, `qd` in flight, each
+/// acknowledgement printed (line-buffered: a killed writer has printed
+/// every acknowledgement it had handled).
+fn seq_write(c: &mut Conn, cli: &Cli) -> Result<(), String> {
+    let layout = seq_layout(cli, c.lba)?;
+    let m = new_region(&mut c.b, cli.qd * cli.chunk)?;
+    let q = &mut c.queues[0];
+    let limit = cli.writes.unwrap_or(u64::MAX);
+    let mut free: Vec<usize> = (0..cli.qd).collect();
+    let mut owner = vec![0u64; cli.qd];
+    let mut data = vec![0u8; cli.chunk];
+    let (mut next, mut in_flight) = (0u64, 0usize);
+    println!(
+        "seq-write: {} chunks of {} bytes from byte {}, {} in flight",
+        layout.chunks, cli.chunk, cli.offset, cli.qd
+    );
+    while next < limit || in_flight > 0 {
+        while next < limit
+            && let Some(slot) = free.pop()
+        {
+            layout.fill(next, &mut data);
+            region::write(&m.file, &m.region, slot * cli.chunk, &data)?;
+            let ptr = m.region.addr + slot * cli.chunk;
+            let offset = layout.lba_of(next) * c.lba as u64;
+            q.write(offset, ptr as *const u8, cli.chunk, slot, ReqFlags::empty());
+            owner[slot] = next;
+            next += 1;
+            in_flight += 1;
+        }
+        for done in reap(q, in_flight)? {
+            ok(&done, "write")?;
+            let slot = done.user_data;
+            let seq = owner
+                .get(slot)
+                .ok_or_else(|| format!("completion for unknown slot {slot}"))?;
+            println!("acked {seq}");
+            free.push(slot);
+            in_flight -= 1;
+        }
+    }
+    drop_region(&mut c.b, m);
+    println!("seq-write: {next} writes acknowledged");
+    Ok(())
+}
+
+/// Reads the whole `layout` range, `qd` chunks in flight.
+fn read_range(q: &mut Blkioq, m: &Mem, cli: &Cli, layout: &Layout) -> Result<Vec<u8>, String> {
+    let chunk = cli.chunk;
+    let mut out = vec![0u8; layout.range_bytes()];
+    let mut free: Vec<usize> = (0..cli.qd).collect();
+    let mut owner = vec![0usize; cli.qd];
+    let (mut next, mut in_flight) = (0usize, 0usize);
+    let chunks = layout.chunks as usize;
+    while next < chunks || in_flight > 0 {
+        while next < chunks
+            && let Some(slot) = free.pop()
+        {
+            let ptr = m.region.addr + slot * chunk;
+            q.read(
+                cli.offset + (next * chunk) as u64,
+                ptr as *mut u8,
+                chunk,
+                slot,
+                ReqFlags::empty(),
+            );
+            owner[slot] = next;
+            next += 1;
+            in_flight += 1;
+        }
+        for done in reap(q, in_flight)? {
+            ok(&done, "read")?;
+            let slot = done.user_data;
+            let i = *owner
+                .get(slot)
+                .ok_or_else(|| format!("completion for unknown slot {slot}"))?;
+            region::read(
+                &m.file,
+                &m.region,
+                slot * chunk,
+                &mut out[i * chunk..(i + 1) * chunk],
+            )?;
+            free.push(slot);
+            in_flight -= 1;
+        }
+    }
+    Ok(out)
+}
+
+/// `--mode seq-verify`: the range against the acknowledgements a killed
+/// `seq-write` printed.
+fn seq_verify(c: &mut Conn, cli: &Cli) -> Result<(), String> {
+    let layout = seq_layout(cli, c.lba)?;
+    let path = cli.acked.as_ref().ok_or("seq-verify needs --acked FILE")?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let acked = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("acked "))
+        .map(|n| n.trim().parse::<u64>().map_err(|e| format!("{n:?}: {e}")))
+        .collect::<Result<Vec<u64>, String>>()?;
+    let m = new_region(&mut c.b, cli.qd * cli.chunk)?;
+    let data = read_range(&mut c.queues[0], &m, cli, &layout)?;
+    drop_region(&mut c.b, m);
+    let out = layout.check(&acked, cli.qd as u64, &data)?;
+    println!(
+        "seq-verify: {} writes acknowledged; blocks: {} hold their chunk's last acknowledged \
+         write, {} a later one, {} untouched",
+        acked.len(),
+        out.acked,
+        out.newer,
+        out.untouched
+    );
     println!("blkio-check: all verified");
     Ok(())
 }
