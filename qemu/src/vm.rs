@@ -232,6 +232,11 @@ pub struct VmConfig {
     pub console_log: Option<PathBuf>,
     /// Where the command's output goes.
     pub output: OutputMode,
+    /// Put the ublk driver's modules in `/lib/modules` (not loaded: the
+    /// guest loads them in the order `/lib/modules/ublk.order` lists),
+    /// for `nvme-ublk`. Only kernels with `ublk_drv` (6.12, not Debian's
+    /// 6.1) can; on others the run fails to set up.
+    pub ship_ublk: bool,
     /// The guest kernel (None: the harness-wide default, see [`versions`]).
     pub kernel: Option<Suite>,
     /// The QEMU (None: the harness-wide default, see [`versions`]).
@@ -265,6 +270,7 @@ impl Default for VmConfig {
             kernel_args: Vec::new(),
             console_log: None,
             output: OutputMode::Capture,
+            ship_ublk: false,
             kernel: None,
             qemu: None,
         }
@@ -807,6 +813,19 @@ impl VmConfig {
         for m in &modules {
             a.host_file(&format!("lib/modules/{m}.ko"), &kernel.module(m))?;
         }
+        if self.ship_ublk {
+            if kernel.ublk_modules.is_empty() {
+                return Err(Error::Missing(format!(
+                    "guest kernel {} has no ublk_drv (the 6.12 kernel has)",
+                    kernel.package
+                )));
+            }
+            for m in &kernel.ublk_modules {
+                a.host_file(&format!("lib/modules/{m}.ko"), &kernel.module(m))?;
+            }
+            let order = format!("{}\n", kernel.ublk_modules.join("\n"));
+            a.file("lib/modules/ublk.order", 0o644, order.as_bytes())?;
+        }
         let bind = match self.driver {
             GuestDriver::Vfio => "vfio",
             GuestDriver::Kernel => "kernel",
@@ -1137,6 +1156,7 @@ mod tests {
             modules: "/m".into(),
             vfio_modules: vec!["vfio".into()],
             nvme_modules: vec!["nvme".into()],
+            ublk_modules: Vec::new(),
         };
         let qemu = Qemu {
             binary: "/q".into(),
