@@ -147,12 +147,21 @@ fn run(cli: &Cli) -> Result<(), MainError> {
         let Some(io) = io else {
             log::error!("ublk queue {qid}: no NVMe queue pair for it");
             q_failed.store(true, Ordering::Release);
+            // Starting the device waits for every queue: make it fail
+            // instead (libublk's only public way to say a queue failed).
+            dev.notify_buffer_registration_complete(true);
             return;
         };
-        let result = UblkQueue::new(qid, dev)
-            .map_err(|source| nvme_ublk::queue::QueueError::Ublk { qid, source })
-            .and_then(|q| io.serve(&q, &geometry));
-        match result {
+        let q = match UblkQueue::new(qid, dev) {
+            Ok(q) => q,
+            Err(e) => {
+                log::error!("ublk queue {qid}: {e}");
+                q_failed.store(true, Ordering::Release);
+                dev.notify_buffer_registration_complete(true);
+                return;
+            }
+        };
+        match io.serve(&q, &geometry) {
             Ok(s) => log::info!(
                 "ublk queue {qid}: done; requests ok {}, failed {}, refused {}",
                 s.ok,

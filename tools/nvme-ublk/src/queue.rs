@@ -97,6 +97,8 @@ impl QueueIo {
         let ublk = |source| QueueError::Ublk { qid, source };
         let depth = self.bufs.len();
         if q.get_depth() as usize != depth {
+            // Let the device's start fail rather than wait for this queue.
+            q.dev.notify_buffer_registration_complete(true);
             return Err(ublk(UblkError::InvalidVal));
         }
         for tag in q.tags() {
@@ -110,6 +112,10 @@ impl QueueIo {
                 -1,
             );
         }
+        // The device is started (START_DEV) once every queue says its
+        // buffers are in place; libublk counts only its own IoBufs, so
+        // this queue says it itself.
+        q.dev.notify_buffer_registration_complete(false);
         let mut stats = QueueStats::default();
         let mut arrived: Vec<(u64, i32)> = Vec::with_capacity(depth);
         let mut done: Vec<IoCompletion> = Vec::with_capacity(depth);
