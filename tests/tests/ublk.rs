@@ -87,7 +87,10 @@ fn values<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {
 
 /// The bytes that `seq 1 N` prints.
 fn seq_bytes(n: u32) -> Vec<u8> {
-    (1..=n).map(|i| format!("{i}\n")).collect::<String>().into_bytes()
+    (1..=n)
+        .map(|i| format!("{i}\n"))
+        .collect::<String>()
+        .into_bytes()
 }
 
 /// Run on the host: e2fsck -fn on the image must find it clean.
@@ -209,7 +212,10 @@ echo \"stat $(cat /sys/block/${{U_DEV#/dev/}}/stat)\"
     assert_eq!(values(&out, "u daemon rc="), ["0"], "{out}\n{log}");
     assert_eq!(values(&out, "u device "), ["gone"], "{out}");
     // Both queues served and none refused or failed a request.
-    let done: Vec<&str> = log.lines().filter(|l| l.contains("done; requests")).collect();
+    let done: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("done; requests"))
+        .collect();
     assert_eq!(done.len(), 2, "{log}");
     for l in done {
         assert!(l.ends_with("failed 0, refused 0"), "{l}");
@@ -257,14 +263,7 @@ grep -m3 -E 'err=|error' /tmp/load.fio
 {start_b}{verify}{stop_b}",
         start_a = start("a", "--depth 32"),
         start_b = start("b", "--depth 32"),
-        verify = fio_verify(
-            "again",
-            "$B_DEV",
-            "--bs=4k --iodepth=8",
-            "0",
-            "8M",
-            21
-        ),
+        verify = fio_verify("again", "$B_DEV", "--bs=4k --iodepth=8", "0", "8M", 21),
         stop_b = stop("b"),
     );
     let run = run_ok(&config, &script);
@@ -275,15 +274,13 @@ grep -m3 -E 'err=|error' /tmp/load.fio
     // Not 0 (its I/O failed), not a timeout's 124 or 143 (something hung).
     assert!(!["0", "124", "143"].contains(&fio_rc[0]), "{out}");
     assert!(
-        out.lines().any(|l| l.contains("err=") && !l.contains("err= 0")),
+        out.lines()
+            .any(|l| l.contains("err=") && !l.contains("err= 0")),
         "fio reports the errors: {out}"
     );
     assert_eq!(values(&out, "killed daemon rc="), ["137"], "{out}");
     assert_eq!(values(&out, "b serving ").len(), 1, "{out}");
-    assert!(
-        out.contains("again: (groupid=0, jobs=1): err= 0"),
-        "{out}"
-    );
+    assert!(out.contains("again: (groupid=0, jobs=1): err= 0"), "{out}");
     assert_eq!(values(&out, "b daemon rc="), ["0"], "{out}");
     assert_eq!(values(&out, "b device "), ["gone"], "{out}");
 }

@@ -51,7 +51,9 @@ pub struct Geometry {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParamError {
     /// ublk takes logical blocks of 512 to 4096 bytes, powers of two.
-    #[error("namespace {nsid}: {lba_size}-byte logical blocks (ublk takes 512 to 4096, powers of two)")]
+    #[error(
+        "namespace {nsid}: {lba_size}-byte logical blocks (ublk takes 512 to 4096, powers of two)"
+    )]
     BlockSize { nsid: u32, lba_size: u32 },
     /// The transfer limit or the buffer is smaller than one block.
     #[error(
@@ -251,7 +253,10 @@ mod tests {
             write_granularity: Some(3),
             ..g
         };
-        assert_eq!(g.ublk_params(1 << 20).expect("p").basic.physical_bs_shift, 12);
+        assert_eq!(
+            g.ublk_params(1 << 20).expect("p").basic.physical_bs_shift,
+            12
+        );
     }
 
     #[test]

@@ -102,9 +102,9 @@ impl QueueIo {
             return Err(ublk(UblkError::InvalidVal));
         }
         for tag in q.tags() {
-            // FETCH with the tag's buffer address. (The future is for
-            // async targets; this loop reaps the CQE itself.)
-            #[allow(deprecated)]
+            // FETCH with the tag's buffer address. The future is for
+            // async targets and is not polled: this loop reaps the CQE.
+            #[allow(deprecated, clippy::let_underscore_future)]
             let _ = q.submit_io_cmd(
                 tag,
                 sys::UBLK_U_IO_FETCH_REQ,
@@ -230,7 +230,10 @@ impl QueueIo {
             .ok()
             .filter(|t| usize::from(*t) < self.bufs.len())
         else {
-            log::error!("ublk queue {qid}: NVMe completion with unknown tag {}", c.tag);
+            log::error!(
+                "ublk queue {qid}: NVMe completion with unknown tag {}",
+                c.tag
+            );
             return Ok(());
         };
         let t = usize::from(tag);
@@ -281,7 +284,10 @@ impl QueueIo {
         let mut done = Vec::new();
         while self.qpair.outstanding() > 0 {
             done.clear();
-            if let Err(e) = self.qpair.wait(&mut done, std::time::Duration::from_secs(1)) {
+            if let Err(e) = self
+                .qpair
+                .wait(&mut done, std::time::Duration::from_secs(1))
+            {
                 log::warn!("ublk queue {qid}: draining: {e}");
                 break;
             }

@@ -73,10 +73,18 @@ pub enum Refused {
     NoCommand(&'static str),
     /// A range that is not whole logical blocks.
     #[error("sectors {start}+{count} are not whole {lba_size}-byte blocks")]
-    Misaligned { start: u64, count: u32, lba_size: u32 },
+    Misaligned {
+        start: u64,
+        count: u32,
+        lba_size: u32,
+    },
     /// A range outside the device.
     #[error("sectors {start}+{count} go past the device's {sectors} sectors")]
-    OutOfRange { start: u64, count: u32, sectors: u64 },
+    OutOfRange {
+        start: u64,
+        count: u32,
+        sectors: u64,
+    },
     /// A data transfer of no sectors.
     #[error("a {0} of 0 sectors")]
     Empty(&'static str),
@@ -144,8 +152,7 @@ pub fn plan(d: Descriptor, g: &Geometry, buffer: usize) -> Result<Plan, Refused>
         });
     }
     let sectors = g.sectors();
-    if d
-        .start_sector
+    if d.start_sector
         .checked_add(u64::from(d.nr_sectors))
         .is_none_or(|end| end > sectors)
     {
@@ -202,7 +209,10 @@ mod tests {
     fn reads_and_writes_map_to_blocks() {
         let g = geometry(4096);
         let p = plan(desc(sys::UBLK_IO_OP_READ, 16, 8), &g, 4096).expect("plan");
-        assert_eq!((p.op, p.slba, p.blocks, p.done_bytes), (Op::Read, 2, 1, 4096));
+        assert_eq!(
+            (p.op, p.slba, p.blocks, p.done_bytes),
+            (Op::Read, 2, 1, 4096)
+        );
         // Flags in the upper bits (FUA) leave the operation alone.
         let fua = sys::UBLK_IO_OP_WRITE | sys::UBLK_IO_F_FUA;
         let p = plan(desc(fua, 0, 16), &g, 8192).expect("plan");
