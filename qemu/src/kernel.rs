@@ -25,6 +25,10 @@ pub const NVME_ROOTS: &[&str] = &["nvme"];
 /// kernel has it (6.12 does; Debian's 6.1 does not). Shipped to guests
 /// that ask for it ([`crate::VmConfig::ship_ublk`]), never loaded at boot.
 pub const UBLK_ROOTS: &[&str] = &["ublk_drv"];
+/// ext4 (a module in Debian's kernels) and the crc32c it checksums
+/// metadata with, kept when present: shipped to guests that ask for it
+/// ([`crate::VmConfig::ship_ext4`]), never loaded at boot.
+pub const EXT4_ROOTS: &[&str] = &["crc32c_generic", "ext4"];
 
 const LOAD_ORDER: &str = "load-order";
 
@@ -43,6 +47,8 @@ pub struct GuestKernel {
     pub nvme_modules: Vec<String>,
     /// What the ublk driver needs, in load order (empty: no ublk here).
     pub ublk_modules: Vec<String>,
+    /// ext4 and what it needs, in load order (empty: built in or absent).
+    pub ext4_modules: Vec<String>,
 }
 
 impl GuestKernel {
@@ -95,8 +101,9 @@ pub fn ensure_kernel(cache: &Path, suite: Suite) -> Result<GuestKernel> {
         ("vfio", VFIO_ROOTS),
         ("nvme", NVME_ROOTS),
         ("ublk", UBLK_ROOTS),
+        ("ext4", EXT4_ROOTS),
     ] {
-        let modules = if label == "ublk" {
+        let modules = if matches!(label, "ublk" | "ext4") {
             tree.load_order_if_present(roots)?
         } else {
             tree.load_order(roots)?
@@ -130,7 +137,7 @@ fn cached_package(cache: &Path, pointer: &Path) -> Option<String> {
 }
 
 /// The kernel cached in `dir`, if it is complete (a cache made before the
-/// load order, or the ublk modules' line of it, was recorded counts as
+/// load order, or its ublk and ext4 lines, were recorded counts as
 /// incomplete).
 fn read_cached(dir: &Path, package: &str) -> Option<GuestKernel> {
     if !dir.join("complete").exists() {
@@ -150,6 +157,7 @@ fn read_cached(dir: &Path, package: &str) -> Option<GuestKernel> {
         vfio_modules: list("vfio")?,
         nvme_modules: list("nvme")?,
         ublk_modules: list("ublk")?,
+        ext4_modules: list("ext4")?,
     };
     let all_there = kernel.vmlinuz.is_file()
         && kernel
@@ -157,6 +165,7 @@ fn read_cached(dir: &Path, package: &str) -> Option<GuestKernel> {
             .iter()
             .chain(&kernel.nvme_modules)
             .chain(&kernel.ublk_modules)
+            .chain(&kernel.ext4_modules)
             .all(|m| kernel.module(m).is_file());
     all_there.then_some(kernel)
 }

@@ -237,6 +237,10 @@ pub struct VmConfig {
     /// for `nvme-ublk`. Only kernels with `ublk_drv` (6.12, not Debian's
     /// 6.1) can; on others the run fails to set up.
     pub ship_ublk: bool,
+    /// Put ext4's modules (and crc32c) in `/lib/modules`, not loaded: the
+    /// guest loads them in the order `/lib/modules/ext4.order` lists
+    /// (Debian builds ext4 as a module).
+    pub ship_ext4: bool,
     /// The guest kernel (None: the harness-wide default, see [`versions`]).
     pub kernel: Option<Suite>,
     /// The QEMU (None: the harness-wide default, see [`versions`]).
@@ -271,6 +275,7 @@ impl Default for VmConfig {
             console_log: None,
             output: OutputMode::Capture,
             ship_ublk: false,
+            ship_ext4: false,
             kernel: None,
             qemu: None,
         }
@@ -820,11 +825,11 @@ impl VmConfig {
                     kernel.package
                 )));
             }
-            for m in &kernel.ublk_modules {
-                a.host_file(&format!("lib/modules/{m}.ko"), &kernel.module(m))?;
-            }
-            let order = format!("{}\n", kernel.ublk_modules.join("\n"));
-            a.file("lib/modules/ublk.order", 0o644, order.as_bytes())?;
+            ship_modules(&mut a, kernel, "ublk", &kernel.ublk_modules)?;
+        }
+        if self.ship_ext4 {
+            // An empty list is fine: ext4 built in.
+            ship_modules(&mut a, kernel, "ext4", &kernel.ext4_modules)?;
         }
         let bind = match self.driver {
             GuestDriver::Vfio => "vfio",
@@ -1144,6 +1149,25 @@ fn follow(
     })
 }
 
+/// Puts `modules` of `kernel` in the initramfs's `/lib/modules`, not
+/// loaded, with their load order in `/lib/modules/{label}.order`.
+fn ship_modules(
+    a: &mut Archive,
+    kernel: &GuestKernel,
+    label: &str,
+    modules: &[String],
+) -> Result<()> {
+    for m in modules {
+        a.host_file(&format!("lib/modules/{m}.ko"), &kernel.module(m))?;
+    }
+    let order: String = modules.iter().map(|m| format!("{m}\n")).collect();
+    a.file(
+        &format!("lib/modules/{label}.order"),
+        0o644,
+        order.as_bytes(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1157,6 +1181,7 @@ mod tests {
             vfio_modules: vec!["vfio".into()],
             nvme_modules: vec!["nvme".into()],
             ublk_modules: Vec::new(),
+            ext4_modules: Vec::new(),
         };
         let qemu = Qemu {
             binary: "/q".into(),

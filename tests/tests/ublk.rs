@@ -38,7 +38,7 @@ fn start(name: &str, flags: &str) -> String {
         "nvme-ublk {ADDR} {flags} > /tmp/{name}.out 2> /tmp/{name}.log &
 {up}_PID=$!
 i=0
-until grep -q '^serving ' /tmp/{name}.out; do
+until grep -q '^serving ' /tmp/{name}.out 2>/dev/null; do
   i=$((i+1))
   if [ $i -ge 480 ] || ! kill -0 ${up}_PID 2>/dev/null; then
     cat /tmp/{name}.log >&2; echo 'nvme-ublk {name} did not start' >&2; exit 9
@@ -259,7 +259,8 @@ wait $FIO_PID
 echo \"load fio rc=$?\"
 wait $A_PID
 echo \"killed daemon rc=$?\"
-grep -m3 -E 'err=|error' /tmp/load.fio
+grep '^load: (groupid' /tmp/load.fio
+grep -c 'Input/output error' /tmp/load.fio | sed 's/^/io errors /'
 {start_b}{verify}{stop_b}",
         start_a = start("a", "--depth 32"),
         start_b = start("b", "--depth 32"),
@@ -273,11 +274,16 @@ grep -m3 -E 'err=|error' /tmp/load.fio
     assert_eq!(fio_rc.len(), 1, "{out}");
     // Not 0 (its I/O failed), not a timeout's 124 or 143 (something hung).
     assert!(!["0", "124", "143"].contains(&fio_rc[0]), "{out}");
+    let load = values(&out, "load: (groupid");
     assert!(
-        out.lines()
-            .any(|l| l.contains("err=") && !l.contains("err= 0")),
-        "fio reports the errors: {out}"
+        load.len() == 1 && load[0].contains("err=") && !load[0].contains("err= 0"),
+        "fio reports the error: {out}"
     );
+    let errors: Vec<u32> = values(&out, "io errors ")
+        .iter()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    assert!(errors.len() == 1 && errors[0] > 0, "{out}");
     assert_eq!(values(&out, "killed daemon rc="), ["137"], "{out}");
     assert_eq!(values(&out, "b serving ").len(), 1, "{out}");
     assert!(out.contains("again: (groupid=0, jobs=1): err= 0"), "{out}");
@@ -294,10 +300,13 @@ fn ext4_on_nvme_ublk_is_clean_and_intact_in_the_guest_and_on_the_host() {
     let dir = tempfile::tempdir().expect("temp dir");
     let image = dir.path().join("ns1.img");
     let mut config = ublk_vm(&["mke2fs", "e2fsck", "cksum"]);
+    config.ship_ext4 = true;
     config.disks = vec![NsDisk::File(image.clone())];
     let sums = "(cd /mnt/u && find . -type f | sort | while read f; do cksum \"$f\"; done)";
     let script = format!(
-        "{LOAD_UBLK}{start}\
+        "{LOAD_UBLK}\
+for m in $(cat /lib/modules/ext4.order); do insmod /lib/modules/$m.ko || exit 4; done
+{start}\
 ln -sf /proc/mounts /etc/mtab
 /usr/sbin/mke2fs -q -t ext4 -b 4096 -F $U_DEV || exit 31
 mkdir -p /mnt/u && mount -t ext4 $U_DEV /mnt/u || exit 32
