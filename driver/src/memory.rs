@@ -266,6 +266,16 @@ impl DmaBuffer {
         self.region.iova() + self.offset as u64
     }
 
+    /// The host (virtual) address of byte 0, as a number, for handing the
+    /// buffer to the kernel (a ublk daemon names each tag's buffer by its
+    /// address, and the kernel copies bio pages to and from it). The
+    /// driver never turns it into a reference; whoever passes it on must
+    /// keep this buffer alive, and not give it to the device, while the
+    /// kernel may use it.
+    pub fn host_address(&self) -> usize {
+        self.region.host_address() + self.offset
+    }
+
     #[inline]
     fn check(&self, offset: usize, len: usize) -> Result<usize> {
         if offset.checked_add(len).is_none_or(|end| end > self.len) {
@@ -448,6 +458,21 @@ mod tests {
         assert_eq!(pool.chunk_counts().0, 3, "back down to the reservation");
         pool.reserve(CHUNK).expect("reserve");
         assert_eq!(pool.chunk_counts().0, 3, "the largest reservation holds");
+    }
+
+    #[test]
+    fn host_addresses_are_page_aligned_and_follow_the_chunk() {
+        let pool = DmaPool::new(Arc::new(crate::hw::dma::HostMapper::default()), false);
+        let a = pool.alloc(4096).expect("alloc");
+        let b = pool.alloc(8192).expect("alloc");
+        assert_eq!(a.host_address() % PAGE, 0);
+        // Carved out of one chunk: their host and device addresses are
+        // the same distance apart.
+        assert_eq!(
+            b.host_address().wrapping_sub(a.host_address()) as u64,
+            b.iova().wrapping_sub(a.iova())
+        );
+        assert_ne!(a.host_address(), b.host_address());
     }
 
     #[test]

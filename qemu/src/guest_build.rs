@@ -19,6 +19,7 @@ pub const GUEST_BINARIES: &[(&str, &str)] = &[
     ("nvmectl", "nvmectl"),
     ("nvme-bench", "nvme-bench"),
     ("nvme-vhost", "nvme-vhost"),
+    ("nvme-ublk", "nvme-ublk"),
     ("vm-tests", "guest-check"),
     ("vm-tests", "blkio-check"),
     ("vm-tests", "vhost-front"),
@@ -62,6 +63,7 @@ pub fn guest_bin_dir() -> Result<PathBuf> {
 
 /// Builds the guest binaries (release, static) and returns their folder.
 pub fn build() -> Result<PathBuf> {
+    crate::host::ensure_packages(crate::host::BUILD_PACKAGES)?;
     let root = workspace_root();
     let target_dir = root.join("target").join("guest");
     let mut args: Vec<&str> = Vec::new();

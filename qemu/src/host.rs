@@ -40,6 +40,21 @@ pub const VM_PACKAGES: &[Package] = &[
     },
 ];
 
+/// What building the workspace needs beyond Rust: libclang, for the
+/// bindgen run of libublk's -sys crate (`nvme-ublk`). `cargo xtask`
+/// installs these before it compiles anything of the workspace, and the
+/// guest build before it builds the guest binaries.
+pub const BUILD_PACKAGES: &[Package] = &[
+    Package {
+        name: "libclang1-14",
+        provides: "/usr/share/doc/libclang1-14",
+    },
+    Package {
+        name: "libclang-common-14-dev",
+        provides: "/usr/share/doc/libclang-common-14-dev",
+    },
+];
+
 static APT_LOCK: Mutex<()> = Mutex::new(());
 
 /// Installs the packages that are missing, with apt-get (which needs root).
@@ -203,6 +218,28 @@ const TOOL_PACKAGES: &[(&str, Package)] = &[
         Package {
             name: "fio",
             provides: "/usr/bin/fio",
+        },
+    ),
+    (
+        // ext4 for the ublk tests: make, check, inspect.
+        "mke2fs",
+        Package {
+            name: "e2fsprogs",
+            provides: "/usr/sbin/mke2fs",
+        },
+    ),
+    (
+        "e2fsck",
+        Package {
+            name: "e2fsprogs",
+            provides: "/usr/sbin/e2fsck",
+        },
+    ),
+    (
+        "debugfs",
+        Package {
+            name: "e2fsprogs",
+            provides: "/usr/sbin/debugfs",
         },
     ),
     (

@@ -21,6 +21,14 @@ use crate::versions::Suite;
 pub const VFIO_ROOTS: &[&str] = &["vfio-pci"];
 /// The modules the kernel's own NVMe driver needs start from these.
 pub const NVME_ROOTS: &[&str] = &["nvme"];
+/// The ublk driver (`/dev/ublk-control`, for `nvme-ublk`), kept when the
+/// kernel has it (6.12 does; Debian's 6.1 does not). Shipped to guests
+/// that ask for it ([`crate::VmConfig::ship_ublk`]), never loaded at boot.
+pub const UBLK_ROOTS: &[&str] = &["ublk_drv"];
+/// ext4 (a module in Debian's kernels) and the crc32c it checksums
+/// metadata with, kept when present: shipped to guests that ask for it
+/// ([`crate::VmConfig::ship_ext4`]), never loaded at boot.
+pub const EXT4_ROOTS: &[&str] = &["crc32c_generic", "ext4"];
 
 const LOAD_ORDER: &str = "load-order";
 
@@ -37,6 +45,10 @@ pub struct GuestKernel {
     pub vfio_modules: Vec<String>,
     /// What the kernel's nvme driver needs, in load order.
     pub nvme_modules: Vec<String>,
+    /// What the ublk driver needs, in load order (empty: no ublk here).
+    pub ublk_modules: Vec<String>,
+    /// ext4 and what it needs, in load order (empty: built in or absent).
+    pub ext4_modules: Vec<String>,
 }
 
 impl GuestKernel {
@@ -85,8 +97,17 @@ pub fn ensure_kernel(cache: &Path, suite: Suite) -> Result<GuestKernel> {
     fs::copy(&vmlinuz, out.join("vmlinuz")).map_err(|e| Error::io("copying", &vmlinuz, e))?;
     let tree = ModuleTree::scan(&find_with_prefix(&root.join("lib").join("modules"), "")?)?;
     let mut order = String::new();
-    for (label, roots) in [("vfio", VFIO_ROOTS), ("nvme", NVME_ROOTS)] {
-        let modules = tree.load_order(roots)?;
+    for (label, roots) in [
+        ("vfio", VFIO_ROOTS),
+        ("nvme", NVME_ROOTS),
+        ("ublk", UBLK_ROOTS),
+        ("ext4", EXT4_ROOTS),
+    ] {
+        let modules = if matches!(label, "ublk" | "ext4") {
+            tree.load_order_if_present(roots)?
+        } else {
+            tree.load_order(roots)?
+        };
         let names: Vec<&str> = modules.iter().map(|m| m.name.as_str()).collect();
         log::info!(
             "{package}: {label} modules in load order: {}",
@@ -116,7 +137,8 @@ fn cached_package(cache: &Path, pointer: &Path) -> Option<String> {
 }
 
 /// The kernel cached in `dir`, if it is complete (a cache made before the
-/// load order was recorded counts as incomplete).
+/// load order, or its ublk and ext4 lines, were recorded counts as
+/// incomplete).
 fn read_cached(dir: &Path, package: &str) -> Option<GuestKernel> {
     if !dir.join("complete").exists() {
         return None;
@@ -134,12 +156,16 @@ fn read_cached(dir: &Path, package: &str) -> Option<GuestKernel> {
         modules: dir.join("modules"),
         vfio_modules: list("vfio")?,
         nvme_modules: list("nvme")?,
+        ublk_modules: list("ublk")?,
+        ext4_modules: list("ext4")?,
     };
     let all_there = kernel.vmlinuz.is_file()
         && kernel
             .vfio_modules
             .iter()
             .chain(&kernel.nvme_modules)
+            .chain(&kernel.ublk_modules)
+            .chain(&kernel.ext4_modules)
             .all(|m| kernel.module(m).is_file());
     all_there.then_some(kernel)
 }

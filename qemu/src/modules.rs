@@ -105,6 +105,17 @@ impl ModuleTree {
         Ok(order)
     }
 
+    /// [`ModuleTree::load_order`] for roots this kernel may not have:
+    /// those it lacks are left out (with what only they needed).
+    pub fn load_order_if_present(&self, roots: &[&str]) -> Result<Vec<Module>> {
+        let mut order = Vec::new();
+        let mut seen = HashSet::new();
+        for root in roots {
+            self.visit(root, false, &mut seen, &mut order)?;
+        }
+        Ok(order)
+    }
+
     fn visit(
         &self,
         name: &str,

@@ -232,6 +232,15 @@ pub struct VmConfig {
     pub console_log: Option<PathBuf>,
     /// Where the command's output goes.
     pub output: OutputMode,
+    /// Put the ublk driver's modules in `/lib/modules` (not loaded: the
+    /// guest loads them in the order `/lib/modules/ublk.order` lists),
+    /// for `nvme-ublk`. Only kernels with `ublk_drv` (6.12, not Debian's
+    /// 6.1) can; on others the run fails to set up.
+    pub ship_ublk: bool,
+    /// Put ext4's modules (and crc32c) in `/lib/modules`, not loaded: the
+    /// guest loads them in the order `/lib/modules/ext4.order` lists
+    /// (Debian builds ext4 as a module).
+    pub ship_ext4: bool,
     /// The guest kernel (None: the harness-wide default, see [`versions`]).
     pub kernel: Option<Suite>,
     /// The QEMU (None: the harness-wide default, see [`versions`]).
@@ -265,6 +274,8 @@ impl Default for VmConfig {
             kernel_args: Vec::new(),
             console_log: None,
             output: OutputMode::Capture,
+            ship_ublk: false,
+            ship_ext4: false,
             kernel: None,
             qemu: None,
         }
@@ -807,6 +818,19 @@ impl VmConfig {
         for m in &modules {
             a.host_file(&format!("lib/modules/{m}.ko"), &kernel.module(m))?;
         }
+        if self.ship_ublk {
+            if kernel.ublk_modules.is_empty() {
+                return Err(Error::Missing(format!(
+                    "guest kernel {} has no ublk_drv (the 6.12 kernel has)",
+                    kernel.package
+                )));
+            }
+            ship_modules(&mut a, kernel, "ublk", &kernel.ublk_modules)?;
+        }
+        if self.ship_ext4 {
+            // An empty list is fine: ext4 built in.
+            ship_modules(&mut a, kernel, "ext4", &kernel.ext4_modules)?;
+        }
         let bind = match self.driver {
             GuestDriver::Vfio => "vfio",
             GuestDriver::Kernel => "kernel",
@@ -1125,6 +1149,25 @@ fn follow(
     })
 }
 
+/// Puts `modules` of `kernel` in the initramfs's `/lib/modules`, not
+/// loaded, with their load order in `/lib/modules/{label}.order`.
+fn ship_modules(
+    a: &mut Archive,
+    kernel: &GuestKernel,
+    label: &str,
+    modules: &[String],
+) -> Result<()> {
+    for m in modules {
+        a.host_file(&format!("lib/modules/{m}.ko"), &kernel.module(m))?;
+    }
+    let order: String = modules.iter().map(|m| format!("{m}\n")).collect();
+    a.file(
+        &format!("lib/modules/{label}.order"),
+        0o644,
+        order.as_bytes(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1137,6 +1180,8 @@ mod tests {
             modules: "/m".into(),
             vfio_modules: vec!["vfio".into()],
             nvme_modules: vec!["nvme".into()],
+            ublk_modules: Vec::new(),
+            ext4_modules: Vec::new(),
         };
         let qemu = Qemu {
             binary: "/q".into(),

@@ -100,3 +100,39 @@ pub fn check_thread_ranges(image: &Path, threads: u64, region: u64, lba: usize, 
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// POSIX `cksum`'s CRC (what busybox's and coreutils' `cksum` print
+/// first): CRC-32 with polynomial 0x04C11DB7, MSB first, over the data and
+/// then its length in as few bytes as it takes (least significant first),
+/// inverted. Lets the host check bytes the guest summed.
+pub fn posix_cksum(data: &[u8]) -> u32 {
+    fn feed(crc: u32, byte: u8) -> u32 {
+        let mut c = crc ^ (u32::from(byte) << 24);
+        for _ in 0..8 {
+            c = if c & 0x8000_0000 != 0 {
+                (c << 1) ^ 0x04C1_1DB7
+            } else {
+                c << 1
+            };
+        }
+        c
+    }
+    let mut crc = data.iter().fold(0u32, |c, &b| feed(c, b));
+    let mut len = data.len() as u64;
+    while len != 0 {
+        crc = feed(crc, len as u8);
+        len >>= 8;
+    }
+    !crc
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn posix_cksum_matches_the_cksum_tool() {
+        // Values printed by coreutils' cksum.
+        assert_eq!(super::posix_cksum(b"123456789"), 930_766_865);
+        assert_eq!(super::posix_cksum(b""), 4_294_967_295);
+        assert_eq!(super::posix_cksum(&[0u8; 100_000]), 1_260_869_142);
+    }
+}

@@ -417,6 +417,12 @@ impl DmaRegion {
         self.iova
     }
 
+    /// The host address of byte 0, as a number (exposing the mapping's
+    /// provenance, so that a raw pointer rebuilt from it is valid).
+    pub(crate) fn host_address(&self) -> usize {
+        self.ptr.as_ptr().expose_provenance()
+    }
+
     /// Whether the region is backed by huge pages.
     pub(crate) fn is_huge(&self) -> bool {
         self.huge

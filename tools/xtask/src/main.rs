@@ -11,7 +11,8 @@
 //!   (installs cargo-fuzz if missing).
 //!
 //! Each installs what it is missing (Debian packages, QEMU, the guest
-//! kernel). `--kernel 6.1|6.12` and `--qemu 7.2|10.0` (any command) choose
+//! kernel); every command first installs the workspace's native build
+//! dependencies (libclang, for libublk's bindgen). `--kernel 6.1|6.12` and `--qemu 7.2|10.0` (any command) choose
 //! the guest kernel and QEMU.
 
 #![forbid(unsafe_code)]
@@ -84,6 +85,12 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     qemu_harness::versions::set_defaults(cli.versions.kernel, cli.versions.qemu);
+    // Every command compiles the workspace (lint, test, bench, fuzz, the
+    // guest binaries): its native build dependencies come first.
+    if let Err(e) = qemu_harness::host::ensure_packages(qemu_harness::host::BUILD_PACKAGES) {
+        eprintln!("xtask: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Cmd::Vm(args) => vm(*args),
         Cmd::Test { rest } => test(&rest),

@@ -1,0 +1,360 @@
+//! The ublk target in the guest: `nvme-ublk` serves namespace 1 (the
+//! emulated NVMe device, through the userspace driver) as `/dev/ublkbN`,
+//! and unmodified programs use it: fio with verification, mke2fs, mount,
+//! e2fsck. The guests boot the 6.12 kernel whatever the suite's default
+//! is (Debian's 6.1 has no `ublk_drv`); the module is loaded by the test
+//! script, so the daemon is first run without it. Host tools (fio,
+//! e2fsprogs, coreutils' cksum, util-linux's blkdiscard) come in with
+//! their libraries; the host checks the raw image afterwards.
+
+use std::path::Path;
+use std::process::Command;
+
+use qemu_harness::Suite;
+use vm_tests::{NsDisk, VmConfig, image_bytes, posix_cksum, run_ok, vm};
+
+const ADDR: &str = "0000:00:03.0";
+
+/// Loads ublk_drv (and what it needs) in the guest.
+const LOAD_UBLK: &str =
+    "for m in $(cat /lib/modules/ublk.order); do insmod /lib/modules/$m.ko || exit 3; done\n";
+
+/// A 6.12 guest with the ublk modules and `tools` from the host.
+fn ublk_vm(tools: &[&str]) -> VmConfig {
+    let mut config = vm();
+    config.kernel = Some(Suite::Backports);
+    config.ship_ublk = true;
+    config.host_tools = tools.iter().map(|t| t.to_string()).collect();
+    config.timeout = std::time::Duration::from_secs(600);
+    config
+}
+
+/// Script lines starting `nvme-ublk {flags}` as daemon `name`: its pid in
+/// `$NAME_PID`, its block device in `$NAME_DEV` once it says `serving`;
+/// the script fails with the daemon's log if it never does.
+fn start(name: &str, flags: &str) -> String {
+    let up = name.to_uppercase();
+    format!(
+        "nvme-ublk {ADDR} {flags} > /tmp/{name}.out 2> /tmp/{name}.log &
+{up}_PID=$!
+i=0
+until grep -q '^serving ' /tmp/{name}.out 2>/dev/null; do
+  i=$((i+1))
+  if [ $i -ge 480 ] || ! kill -0 ${up}_PID 2>/dev/null; then
+    cat /tmp/{name}.log >&2; echo 'nvme-ublk {name} did not start' >&2; exit 9
+  fi
+  sleep 0.5
+done
+{up}_DEV=$(sed -n 's/^serving //p' /tmp/{name}.out)
+echo \"{name} serving ${up}_DEV\"
+"
+    )
+}
+
+/// Script lines stopping daemon `name` with SIGTERM: prints its exit
+/// status and whether its device went away; its log goes to stderr.
+fn stop(name: &str) -> String {
+    let up = name.to_uppercase();
+    format!(
+        "kill -TERM ${up}_PID
+wait ${up}_PID
+echo \"{name} daemon rc=$?\"
+cat /tmp/{name}.log >&2
+i=0
+while [ -e ${up}_DEV ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+if [ -e ${up}_DEV ]; then echo '{name} device still there'; else echo '{name} device gone'; fi
+"
+    )
+}
+
+/// fio writing `size` bytes at `offset` of `$dev` at random with `flags`,
+/// then reading them back and checking each block's crc32c; fails the
+/// script with `code` if fio does.
+fn fio_verify(name: &str, dev: &str, flags: &str, offset: &str, size: &str, code: u32) -> String {
+    format!(
+        "fio --name={name} --filename={dev} --direct=1 --ioengine=libaio --rw=randwrite \
+  {flags} --offset={offset} --size={size} --verify=crc32c --verify_fatal=1 --randseed=7 \
+  --eta=never > /tmp/{name}.fio 2>&1 || {{ cat /tmp/{name}.fio >&2; exit {code}; }}
+grep -E '^{name}: |IOPS=' /tmp/{name}.fio
+"
+    )
+}
+
+/// The lines of `out` starting with `prefix`, the rest of each.
+fn values<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {
+    out.lines().filter_map(|l| l.strip_prefix(prefix)).collect()
+}
+
+/// The bytes that `seq 1 N` prints.
+fn seq_bytes(n: u32) -> Vec<u8> {
+    (1..=n)
+        .map(|i| format!("{i}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// Run on the host: e2fsck -fn on the image must find it clean.
+fn host_e2fsck(image: &Path) -> String {
+    let out = Command::new(qemu_harness::host::host_tool("e2fsck").expect("e2fsck"))
+        .args(["-fn"])
+        .arg(image)
+        .output()
+        .expect("running e2fsck");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "host e2fsck -fn: {:?}\n{text}",
+        out.status
+    );
+    text
+}
+
+/// Run on the host: a file's bytes out of the ext4 image (debugfs).
+fn host_file(image: &Path, path: &str) -> Vec<u8> {
+    let out = Command::new(qemu_harness::host::host_tool("debugfs").expect("debugfs"))
+        .arg("-R")
+        .arg(format!("cat {path}"))
+        .arg(image)
+        .output()
+        .expect("running debugfs");
+    assert!(out.status.success(), "debugfs cat {path}: {:?}", out.status);
+    out.stdout
+}
+
+/// Without ublk_drv the daemon fails with one line saying so; with it,
+/// fio's verified random writes at QD1 (4 KiB) and QD32 (4 to 128 KiB,
+/// two queues) pass on /dev/ublkb0, the device has Identify's parameters,
+/// flushes, discards and write zeroes reach the controller, SIGTERM
+/// stops the daemon and removes the device, and the host image holds
+/// what the guest read through ublk.
+#[test]
+fn fio_verifies_through_nvme_ublk_and_the_host_image_agrees() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let image = dir.path().join("ns1.img");
+    let mut config = ublk_vm(&["fio", "cksum", "blkdiscard"]);
+    config.disk_size = 96 << 20;
+    config.disks = vec![NsDisk::File(image.clone())];
+    const SEQ: u32 = 200_000;
+    let script = format!(
+        "nvme-ublk {ADDR} > /tmp/none.out 2> /tmp/none.err
+echo \"without module rc=$?\"
+sed 's/^/without module: /' /tmp/none.err
+{LOAD_UBLK}{start}\
+q=/sys/block/${{U_DEV#/dev/}}/queue
+echo \"params $(cat $q/logical_block_size) $(cat $q/physical_block_size) $(cat $q/max_hw_sectors_kb) \
+$(cat $q/discard_max_hw_bytes) $(cat $q/write_zeroes_max_bytes) $(cat $q/write_cache)\"
+{qd1}{qd32}\
+dd if=$U_DEV bs=1M count=24 2>/dev/null | cksum | sed 's/^/fio region /'
+seq 1 {SEQ} > /tmp/seq
+dd if=/tmp/seq of=$U_DEV bs=4096 seek=10240 conv=fsync 2>/dev/null || exit 13
+dd if=/tmp/seq of=$U_DEV bs=4096 seek=12288 count=256 conv=fsync 2>/dev/null || exit 14
+/usr/sbin/blkdiscard -z -o $((48 << 20)) -l $((1 << 20)) $U_DEV || exit 15
+/usr/sbin/blkdiscard -o $((56 << 20)) -l $((1 << 20)) $U_DEV || exit 16
+echo \"stat $(cat /sys/block/${{U_DEV#/dev/}}/stat)\"
+{stop}",
+        start = start("u", "--queues 2 --depth 64"),
+        qd1 = fio_verify("qd1", "$U_DEV", "--bs=4k --iodepth=1", "0", "4M", 11),
+        qd32 = fio_verify(
+            "qd32",
+            "$U_DEV",
+            "--bsrange=4k-128k --iodepth=32",
+            "8M",
+            "16M",
+            12
+        ),
+        stop = stop("u"),
+    );
+    let run = run_ok(&config, &script);
+    let out = run.stdout_text();
+    let log = run.stderr_text();
+    eprintln!("{out}\n{log}");
+
+    // Without the module: exit 1 and one line that says so.
+    assert_eq!(values(&out, "without module rc="), ["1"], "{out}");
+    let said = values(&out, "without module: ");
+    assert_eq!(said.len(), 1, "{out}");
+    assert!(
+        said[0].contains("no ublk driver") && said[0].contains("ublk_drv"),
+        "{out}"
+    );
+
+    assert_eq!(values(&out, "u serving "), ["/dev/ublkb0"], "{out}");
+    // QEMU's namespace: 512-byte blocks, MDTS 7 (512 KiB), DSM and Write
+    // Zeroes, a volatile write cache.
+    let params = values(&out, "params ");
+    assert_eq!(params.len(), 1, "{out}");
+    let p: Vec<&str> = params[0].split_whitespace().collect();
+    assert_eq!(p[..3], ["512", "512", "512"], "{out}");
+    assert_ne!(p[3], "0", "discard offered: {out}");
+    assert_eq!(p[4], (65536u64 * 512).to_string(), "write zeroes: {out}");
+    assert_eq!(p[5..], ["write", "back"], "volatile cache: {out}");
+
+    for job in ["qd1", "qd32"] {
+        assert!(
+            out.contains(&format!("{job}: (groupid=0, jobs=1): err= 0")),
+            "{job}: {out}"
+        );
+    }
+    // /sys/block/X/stat: field 12 is discard I/Os, 16 flush I/Os.
+    let stat = values(&out, "stat ");
+    let s: Vec<u64> = stat[0]
+        .split_whitespace()
+        .map(|v| v.parse().expect("stat field"))
+        .collect();
+    assert!(s.len() >= 16, "{out}");
+    assert!(s[11] > 0, "discards reached the device: {out}");
+    assert!(s[15] > 0, "flushes reached the device: {out}");
+
+    assert_eq!(values(&out, "u daemon rc="), ["0"], "{out}\n{log}");
+    assert_eq!(values(&out, "u device "), ["gone"], "{out}");
+    // Both queues served and none refused or failed a request.
+    let done: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("done; requests"))
+        .collect();
+    assert_eq!(done.len(), 2, "{log}");
+    for l in done {
+        assert!(l.ends_with("failed 0, refused 0"), "{l}");
+    }
+    assert!(!log.contains(" ERROR "), "{log}");
+
+    // The host image: what the guest read back of fio's region, the
+    // sequence written through the page cache and fsync'd, and zeroes
+    // where write zeroes went.
+    let fio = values(&out, "fio region ");
+    let crc: u32 = fio[0]
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no cksum: {out}"));
+    assert_eq!(posix_cksum(&image_bytes(&image, 0, 24 << 20)), crc);
+    let seq = seq_bytes(SEQ);
+    assert_eq!(image_bytes(&image, 40 << 20, seq.len()), seq);
+    assert!(
+        image_bytes(&image, 48 << 20, 1 << 20)
+            .iter()
+            .all(|&b| b == 0),
+        "the write-zeroes range is zero in the image"
+    );
+}
+
+/// The daemon killed (SIGKILL) under fio's QD32 random writes: fio's
+/// outstanding I/O ends with errors instead of hanging, and a new daemon
+/// on the same controller serves a new device whose verified writes pass.
+#[test]
+fn a_killed_daemon_fails_its_io_and_a_new_one_serves_again() {
+    let config = ublk_vm(&["fio"]);
+    let script = format!(
+        "{LOAD_UBLK}{start_a}\
+timeout 300 fio --name=load --filename=$A_DEV --direct=1 --ioengine=libaio --rw=randwrite \
+  --bs=4k --iodepth=32 --size=32M --time_based --runtime=200 --eta=never > /tmp/load.fio 2>&1 &
+FIO_PID=$!
+sleep 5
+kill -KILL $A_PID
+wait $FIO_PID
+echo \"load fio rc=$?\"
+wait $A_PID
+echo \"killed daemon rc=$?\"
+grep '^load: (groupid' /tmp/load.fio
+grep -c 'Input/output error' /tmp/load.fio | sed 's/^/io errors /'
+{start_b}{verify}{stop_b}",
+        start_a = start("a", "--depth 32"),
+        start_b = start("b", "--depth 32"),
+        verify = fio_verify("again", "$B_DEV", "--bs=4k --iodepth=8", "0", "8M", 21),
+        stop_b = stop("b"),
+    );
+    let run = run_ok(&config, &script);
+    let out = run.stdout_text();
+    eprintln!("{out}\n{}", run.stderr_text());
+    let fio_rc = values(&out, "load fio rc=");
+    assert_eq!(fio_rc.len(), 1, "{out}");
+    // Not 0 (its I/O failed), not a timeout's 124 or 143 (something hung).
+    assert!(!["0", "124", "143"].contains(&fio_rc[0]), "{out}");
+    let load = values(&out, "load: (groupid");
+    assert!(
+        load.len() == 1 && load[0].contains("err=") && !load[0].contains("err= 0"),
+        "fio reports the error: {out}"
+    );
+    let errors: Vec<u32> = values(&out, "io errors ")
+        .iter()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    assert!(errors.len() == 1 && errors[0] > 0, "{out}");
+    assert_eq!(values(&out, "killed daemon rc="), ["137"], "{out}");
+    assert_eq!(values(&out, "b serving ").len(), 1, "{out}");
+    assert!(out.contains("again: (groupid=0, jobs=1): err= 0"), "{out}");
+    assert_eq!(values(&out, "b daemon rc="), ["0"], "{out}");
+    assert_eq!(values(&out, "b device "), ["gone"], "{out}");
+}
+
+/// ext4 on /dev/ublkb0: mke2fs, mount, a tree of files with known
+/// checksums, sync, umount; e2fsck -fn finds it clean, a second mount
+/// reads the same checksums; on the host, e2fsck -fn passes on the raw
+/// image and debugfs reads every file with the guest's checksum.
+#[test]
+fn ext4_on_nvme_ublk_is_clean_and_intact_in_the_guest_and_on_the_host() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let image = dir.path().join("ns1.img");
+    let mut config = ublk_vm(&["mke2fs", "e2fsck", "cksum"]);
+    config.ship_ext4 = true;
+    config.disks = vec![NsDisk::File(image.clone())];
+    let sums = "(cd /mnt/u && find . -type f | sort | while read f; do cksum \"$f\"; done)";
+    let script = format!(
+        "{LOAD_UBLK}\
+for m in $(cat /lib/modules/ext4.order); do insmod /lib/modules/$m.ko || exit 4; done
+{start}\
+ln -sf /proc/mounts /etc/mtab
+/usr/sbin/mke2fs -q -t ext4 -b 4096 -F $U_DEV || exit 31
+mkdir -p /mnt/u && mount -t ext4 $U_DEV /mnt/u || exit 32
+for d in 0 1 2 3; do
+  mkdir /mnt/u/d$d
+  for f in 0 1 2 3 4 5 6 7 8 9; do
+    dd if=/dev/urandom of=/mnt/u/d$d/f$f bs=1024 count=$(( (d * 10 + f) * 13 + 1 )) 2>/dev/null || exit 33
+  done
+done
+{sums} > /tmp/sums
+sync
+umount /mnt/u || exit 34
+/usr/sbin/e2fsck -fn $U_DEV > /tmp/fsck.out 2>&1
+echo \"guest fsck rc=$?\"
+sed 's/^/fsck: /' /tmp/fsck.out
+mount -t ext4 $U_DEV /mnt/u || exit 35
+{sums} > /tmp/sums2
+cmp /tmp/sums /tmp/sums2 && echo 'remount compare ok'
+umount /mnt/u || exit 36
+sed 's/^/sum /' /tmp/sums
+{stop}",
+        start = start("u", ""),
+        stop = stop("u"),
+    );
+    let run = run_ok(&config, &script);
+    let out = run.stdout_text();
+    eprintln!("{out}\n{}", run.stderr_text());
+    assert_eq!(values(&out, "guest fsck rc="), ["0"], "{out}");
+    assert!(out.contains("remount compare ok"), "{out}");
+    assert_eq!(values(&out, "u daemon rc="), ["0"], "{out}");
+    assert_eq!(values(&out, "u device "), ["gone"], "{out}");
+
+    let fsck = host_e2fsck(&image);
+    eprintln!("host e2fsck:\n{fsck}");
+    let sums = values(&out, "sum ");
+    assert_eq!(sums.len(), 40, "{out}");
+    for line in sums {
+        let mut f = line.split_whitespace();
+        let (crc, len, name) = (
+            f.next().and_then(|v| v.parse::<u32>().ok()),
+            f.next().and_then(|v| v.parse::<usize>().ok()),
+            f.next().and_then(|n| n.strip_prefix('.')),
+        );
+        let (Some(crc), Some(len), Some(name)) = (crc, len, name) else {
+            panic!("bad cksum line {line:?}");
+        };
+        let data = host_file(&image, name);
+        assert_eq!(data.len(), len, "{name}");
+        assert_eq!(posix_cksum(&data), crc, "{name} in the host image");
+    }
+}

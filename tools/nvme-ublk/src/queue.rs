@@ -1,0 +1,296 @@
+//! One ublk queue served from one NVMe queue pair, on one thread.
+//!
+//! Each tag owns a buffer from the driver's DMA pool. The tag is fetched
+//! (and later committed) with that buffer's address: for a write the
+//! kernel copies the bio's pages into it before handing the tag over, and
+//! for a read it copies the buffer into the bio once the tag is committed.
+//! The controller moves the data between the buffer and the namespace;
+//! this process never reads or writes the bytes, and never holds a Rust
+//! reference to them.
+//!
+//! The loop polls the NVMe completion queue while commands are in flight
+//! and only then checks the ublk ring without waiting; with nothing in
+//! flight it sleeps in `io_uring_enter` until the kernel hands over a tag.
+
+use libublk::io::UblkQueue;
+use libublk::{BufDesc, UblkError, UblkIORes, UblkUringData, sys};
+use nvme_driver::{DmaBuffer, DmaPool, IoCompletion, IoQPair, IoRequest};
+
+use crate::params::Geometry;
+use crate::request::{self, Descriptor, Op, Plan};
+
+/// Why a queue stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The ublk side (io_uring) failed.
+    #[error("ublk queue {qid}: {source}")]
+    Ublk { qid: u16, source: UblkError },
+    /// The NVMe side failed as a whole (controller gone or dead).
+    #[error("ublk queue {qid}: NVMe queue pair: {source}")]
+    Nvme {
+        qid: u16,
+        source: nvme_driver::Error,
+    },
+    /// A tag's buffer could not be replaced.
+    #[error("ublk queue {qid}: tag {tag}: no DMA buffer: {source}")]
+    Buffer {
+        qid: u16,
+        tag: u16,
+        source: nvme_driver::Error,
+    },
+}
+
+/// What one queue thread owns: its NVMe queue pair and one DMA buffer per
+/// tag (made before the ublk device is added, so a failure leaves no
+/// device behind).
+#[derive(Debug)]
+pub struct QueueIo {
+    qpair: IoQPair,
+    pool: DmaPool,
+    /// Per tag: its buffer, `None` while a command owns it.
+    bufs: Vec<Option<DmaBuffer>>,
+    /// Per tag: the address the kernel was last given for it.
+    addrs: Vec<usize>,
+    /// Per tag: what a success completes with (the request's bytes).
+    done_bytes: Vec<i32>,
+    buf_bytes: usize,
+}
+
+/// Counts of one queue's requests, logged when it stops.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct QueueStats {
+    /// Requests completed successfully.
+    pub ok: u64,
+    /// Requests the NVMe side failed.
+    pub failed: u64,
+    /// Requests refused by validation.
+    pub refused: u64,
+}
+
+impl QueueIo {
+    /// Resources for a queue of `depth` tags with `buf_bytes`-byte buffers.
+    pub fn new(
+        qpair: IoQPair,
+        pool: &DmaPool,
+        depth: u16,
+        buf_bytes: usize,
+    ) -> nvme_driver::Result<Self> {
+        let bufs = (0..depth)
+            .map(|_| pool.alloc_uninit(buf_bytes))
+            .collect::<nvme_driver::Result<Vec<_>>>()?;
+        let addrs = bufs.iter().map(DmaBuffer::host_address).collect();
+        Ok(QueueIo {
+            qpair,
+            pool: pool.clone(),
+            bufs: bufs.into_iter().map(Some).collect(),
+            addrs,
+            done_bytes: vec![0; depth as usize],
+            buf_bytes,
+        })
+    }
+
+    /// Serves queue `q` until the device stops, then waits for the NVMe
+    /// commands still in flight (their buffers must not be given back
+    /// while the controller may use them).
+    pub fn serve(mut self, q: &UblkQueue, g: &Geometry) -> Result<QueueStats, QueueError> {
+        let qid = q.get_qid();
+        let ublk = |source| QueueError::Ublk { qid, source };
+        let depth = self.bufs.len();
+        if q.get_depth() as usize != depth {
+            // Let the device's start fail rather than wait for this queue.
+            q.dev.notify_buffer_registration_complete(true);
+            return Err(ublk(UblkError::InvalidVal));
+        }
+        for tag in q.tags() {
+            // FETCH with the tag's buffer address. The future is for
+            // async targets and is not polled: this loop reaps the CQE.
+            #[allow(deprecated, clippy::let_underscore_future)]
+            let _ = q.submit_io_cmd(
+                tag,
+                sys::UBLK_U_IO_FETCH_REQ,
+                std::ptr::with_exposed_provenance_mut(self.addrs[tag as usize]),
+                -1,
+            );
+        }
+        // The device is started (START_DEV) once every queue says its
+        // buffers are in place; libublk counts only its own IoBufs, so
+        // this queue says it itself.
+        q.dev.notify_buffer_registration_complete(false);
+        let mut stats = QueueStats::default();
+        let mut arrived: Vec<(u64, i32)> = Vec::with_capacity(depth);
+        let mut done: Vec<IoCompletion> = Vec::with_capacity(depth);
+        let mut down = false;
+        loop {
+            let busy = self.qpair.outstanding() > 0;
+            if !down {
+                // Wait for the kernel only with nothing in flight here.
+                let r = q.flush_and_wake_io_tasks(
+                    |user_data, cqe, _last| arrived.push((user_data, cqe.result())),
+                    usize::from(!busy),
+                );
+                match r {
+                    Ok(_) => {}
+                    Err(UblkError::QueueIsDown) => {
+                        log::info!("ublk queue {qid}: stopping");
+                        down = true;
+                    }
+                    Err(UblkError::IOError(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        self.drain(qid);
+                        return Err(ublk(e));
+                    }
+                }
+            }
+            for (user_data, res) in arrived.drain(..) {
+                if user_data & UblkUringData::Target as u64 != 0 {
+                    continue;
+                }
+                // The tag is the low 16 bits of an io command's user data.
+                let tag = user_data as u16;
+                if !q.owns_tag(tag) || usize::from(tag) >= depth {
+                    log::error!("ublk queue {qid}: completion for foreign tag {tag}");
+                    continue;
+                }
+                if res == sys::UBLK_IO_RES_OK as i32 {
+                    self.start(q, g, tag, &mut stats);
+                } else if res != sys::UBLK_IO_RES_ABORT {
+                    log::warn!("ublk queue {qid}: tag {tag}: command result {res}");
+                }
+            }
+            if self.qpair.outstanding() > 0 {
+                if let Err(source) = self.qpair.poll(&mut done) {
+                    self.drain(qid);
+                    return Err(QueueError::Nvme { qid, source });
+                }
+                for c in done.drain(..) {
+                    self.finish(q, c, &mut stats)?;
+                }
+            } else if down {
+                return Ok(stats);
+            }
+        }
+    }
+
+    /// Starts the request the kernel handed over on `tag`.
+    fn start(&mut self, q: &UblkQueue, g: &Geometry, tag: u16, stats: &mut QueueStats) {
+        let t = usize::from(tag);
+        let d = Descriptor::from(q.get_iod(tag));
+        let plan = match request::plan(d, g, self.buf_bytes) {
+            Ok(plan) => plan,
+            Err(e) => {
+                log::warn!("ublk queue {}: tag {tag}: {e}", q.get_qid());
+                stats.refused += 1;
+                self.complete(q, tag, e.errno());
+                return;
+            }
+        };
+        let Plan {
+            op, slba, blocks, ..
+        } = plan;
+        let nsid = g.nsid;
+        let req = match op {
+            Op::Read | Op::Write => {
+                let Some(buf) = self.bufs[t].take() else {
+                    // Never: a tag's buffer is back before it is fetched.
+                    log::error!("ublk queue {}: tag {tag}: buffer in use", q.get_qid());
+                    self.complete(q, tag, -libc::EIO);
+                    return;
+                };
+                if op == Op::Read {
+                    IoRequest::read(nsid, slba, blocks, buf)
+                } else {
+                    IoRequest::write(nsid, slba, blocks, buf)
+                }
+            }
+            Op::Flush => IoRequest::flush(nsid),
+            Op::Deallocate => IoRequest::deallocate(nsid, slba, blocks),
+            Op::WriteZeroes => IoRequest::write_zeroes(nsid, slba, blocks),
+        };
+        self.done_bytes[t] = plan.done_bytes;
+        if let Err(rejected) = self.qpair.submit(req.with_tag(u64::from(tag))) {
+            log::warn!("ublk queue {}: tag {tag}: {rejected}", q.get_qid());
+            stats.failed += 1;
+            let rejected = *rejected;
+            if let Some(buf) = rejected.request.data {
+                self.bufs[t] = Some(buf);
+            }
+            self.complete(q, tag, -libc::EIO);
+        }
+    }
+
+    /// Completes the request whose NVMe command finished.
+    fn finish(
+        &mut self,
+        q: &UblkQueue,
+        c: IoCompletion,
+        stats: &mut QueueStats,
+    ) -> Result<(), QueueError> {
+        let qid = q.get_qid();
+        let Some(tag) = u16::try_from(c.tag)
+            .ok()
+            .filter(|t| usize::from(*t) < self.bufs.len())
+        else {
+            log::error!(
+                "ublk queue {qid}: NVMe completion with unknown tag {}",
+                c.tag
+            );
+            return Ok(());
+        };
+        let t = usize::from(tag);
+        let data_op = matches!(c.op, nvme_driver::IoOp::Read | nvme_driver::IoOp::Write);
+        if let Some(buf) = c.data {
+            self.bufs[t] = Some(buf);
+        } else if data_op {
+            // The driver gave up on the command and keeps the buffer (the
+            // device may still write it): the tag gets a new one, whose
+            // address goes to the kernel with this commit.
+            let buf = self
+                .pool
+                .alloc_uninit(self.buf_bytes)
+                .map_err(|source| QueueError::Buffer { qid, tag, source })?;
+            self.addrs[t] = buf.host_address();
+            self.bufs[t] = Some(buf);
+        }
+        let res = match c.result {
+            Ok(()) => {
+                stats.ok += 1;
+                self.done_bytes[t]
+            }
+            Err(e) => {
+                log::warn!("ublk queue {qid}: tag {tag}: {e}");
+                stats.failed += 1;
+                -libc::EIO
+            }
+        };
+        self.complete(q, tag, res);
+        Ok(())
+    }
+
+    /// Commits `tag` with `res` (bytes done, or a negative errno) and
+    /// fetches its next request into the tag's buffer.
+    fn complete(&self, q: &UblkQueue, tag: u16, res: i32) {
+        let addr = std::ptr::with_exposed_provenance::<u8>(self.addrs[usize::from(tag)]);
+        if let Err(e) =
+            q.complete_io_cmd_unified(tag, BufDesc::RawAddress(addr), Ok(UblkIORes::Result(res)))
+        {
+            log::error!("ublk queue {}: tag {tag}: commit failed: {e}", q.get_qid());
+        }
+    }
+
+    /// Waits for the NVMe commands still in flight after a failure, so
+    /// that no buffer goes back while the device may use it (the queue
+    /// pair keeps those it gives up on).
+    fn drain(&mut self, qid: u16) {
+        let mut done = Vec::new();
+        while self.qpair.outstanding() > 0 {
+            done.clear();
+            if let Err(e) = self
+                .qpair
+                .wait(&mut done, std::time::Duration::from_secs(1))
+            {
+                log::warn!("ublk queue {qid}: draining: {e}");
+                break;
+            }
+        }
+    }
+}
