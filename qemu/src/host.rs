@@ -250,6 +250,28 @@ const TOOL_PACKAGES: &[(&str, Package)] = &[
             provides: "/usr/bin/qemu-storage-daemon",
         },
     ),
+    (
+        // iproute2's vDPA tool, to attach a VDUSE device in the guest.
+        "vdpa",
+        Package {
+            name: "iproute2",
+            provides: "/usr/sbin/vdpa",
+        },
+    ),
+    (
+        "mkfs.ext4",
+        Package {
+            name: "e2fsprogs",
+            provides: "/usr/sbin/mkfs.ext4",
+        },
+    ),
+    (
+        "e2fsck",
+        Package {
+            name: "e2fsprogs",
+            provides: "/usr/sbin/e2fsck",
+        },
+    ),
 ];
 
 /// The path of host executable `name`, installing its package if the

@@ -29,6 +29,17 @@ pub const UBLK_ROOTS: &[&str] = &["ublk_drv"];
 /// metadata with, kept when present: shipped to guests that ask for it
 /// ([`crate::VmConfig::ship_ext4`]), never loaded at boot.
 pub const EXT4_ROOTS: &[&str] = &["crc32c_generic", "ext4"];
+/// A VDUSE virtio-blk device in the guest (vdpa, vduse, virtio_vdpa,
+/// virtio_blk) with an ext4 file system on it (ext4 and the crc32c
+/// implementation its checksums ask for by alias): only kernels with
+/// VDUSE have them (6.12; not 6.1).
+pub const VDUSE_ROOTS: &[&str] = &[
+    "vduse",
+    "virtio_vdpa",
+    "virtio_blk",
+    "crc32c_generic",
+    "ext4",
+];
 
 const LOAD_ORDER: &str = "load-order";
 
@@ -49,6 +60,9 @@ pub struct GuestKernel {
     pub ublk_modules: Vec<String>,
     /// ext4 and what it needs, in load order (empty: built in or absent).
     pub ext4_modules: Vec<String>,
+    /// What a VDUSE block device with ext4 needs ([`VDUSE_ROOTS`]), in
+    /// load order; empty when the kernel has no VDUSE.
+    pub vduse_modules: Vec<String>,
 }
 
 impl GuestKernel {
@@ -102,8 +116,9 @@ pub fn ensure_kernel(cache: &Path, suite: Suite) -> Result<GuestKernel> {
         ("nvme", NVME_ROOTS),
         ("ublk", UBLK_ROOTS),
         ("ext4", EXT4_ROOTS),
+        ("vduse", VDUSE_ROOTS),
     ] {
-        let modules = if matches!(label, "ublk" | "ext4") {
+        let modules = if matches!(label, "ublk" | "ext4" | "vduse") {
             tree.load_order_if_present(roots)?
         } else {
             tree.load_order(roots)?
@@ -158,6 +173,7 @@ fn read_cached(dir: &Path, package: &str) -> Option<GuestKernel> {
         nvme_modules: list("nvme")?,
         ublk_modules: list("ublk")?,
         ext4_modules: list("ext4")?,
+        vduse_modules: list("vduse")?,
     };
     let all_there = kernel.vmlinuz.is_file()
         && kernel
@@ -166,6 +182,7 @@ fn read_cached(dir: &Path, package: &str) -> Option<GuestKernel> {
             .chain(&kernel.nvme_modules)
             .chain(&kernel.ublk_modules)
             .chain(&kernel.ext4_modules)
+            .chain(&kernel.vduse_modules)
             .all(|m| kernel.module(m).is_file());
     all_there.then_some(kernel)
 }

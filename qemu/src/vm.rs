@@ -243,6 +243,9 @@ pub struct VmConfig {
     pub ship_ext4: bool,
     /// The guest kernel (None: the harness-wide default, see [`versions`]).
     pub kernel: Option<Suite>,
+    /// Load the modules of a VDUSE block device with ext4 on it
+    /// ([`kernel::VDUSE_ROOTS`]); an error with a kernel that has none.
+    pub vduse: bool,
     /// The QEMU (None: the harness-wide default, see [`versions`]).
     pub qemu: Option<Suite>,
 }
@@ -277,6 +280,7 @@ impl Default for VmConfig {
             ship_ublk: false,
             ship_ext4: false,
             kernel: None,
+            vduse: false,
             qemu: None,
         }
     }
@@ -815,6 +819,19 @@ impl VmConfig {
                 }
             }
         }
+        if self.vduse {
+            if kernel.vduse_modules.is_empty() {
+                return Err(Error::Missing(format!(
+                    "guest kernel {} has no VDUSE modules",
+                    kernel.package
+                )));
+            }
+            for m in &kernel.vduse_modules {
+                if !modules.contains(&m.as_str()) {
+                    modules.push(m);
+                }
+            }
+        }
         for m in &modules {
             a.host_file(&format!("lib/modules/{m}.ko"), &kernel.module(m))?;
         }
@@ -1182,6 +1199,7 @@ mod tests {
             nvme_modules: vec!["nvme".into()],
             ublk_modules: Vec::new(),
             ext4_modules: Vec::new(),
+            vduse_modules: Vec::new(),
         };
         let qemu = Qemu {
             binary: "/q".into(),

@@ -16,7 +16,7 @@ use vmm_sys_util::event::{
 use crate::config::DeviceConfig;
 use crate::memtable::MemTable;
 use crate::request::ID_BYTES;
-use crate::worker::{Stats, Worker};
+use crate::worker::{Notify, Stats, Worker};
 
 type Memory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
 
@@ -176,6 +176,48 @@ impl BlkBackend {
             Arc::new(MemTable::default());
     }
 
+    /// The controller's DMA pool (for mapping front-end memory).
+    pub fn dma_pool(&self) -> &nvme_driver::DmaPool {
+        self.shared.ctrl.dma_pool()
+    }
+
+    /// A worker for virtqueue `index` on a new NVMe queue pair: with its
+    /// MSI-X interrupt unless polling was asked for (or the controller
+    /// has no vector left).
+    pub fn worker(&self, index: usize) -> std::io::Result<Worker> {
+        let ctrl = &self.shared.ctrl;
+        let qpair = if self.shared.poll {
+            ctrl.io_qpair()
+        } else {
+            ctrl.io_qpair_with_interrupts().or_else(|e| {
+                log::warn!("virtqueue {index}: no interrupt ({e}); polling");
+                ctrl.io_qpair()
+            })
+        }
+        .map_err(|e| io_error(format!("queue pair for virtqueue {index}: {e}")))?;
+        log::info!(
+            "virtqueue {index}: NVMe queue {}{}",
+            qpair.qid(),
+            if qpair.has_interrupt() {
+                " (interrupts)"
+            } else {
+                " (polled)"
+            }
+        );
+        let mut worker = Worker::new(
+            qpair,
+            ctrl.dma_pool().clone(),
+            self.shared.nsid,
+            self.shared.config.clone(),
+            self.shared.id,
+            self.shared.stats.clone(),
+        );
+        if self.shared.poll {
+            worker.set_idle_poll(IDLE_POLL);
+        }
+        Ok(worker)
+    }
+
     fn table(&self) -> Arc<MemTable> {
         self.shared
             .table
@@ -311,37 +353,7 @@ impl VhostUserBackend for BlkBackend {
         };
         let mut slot = lock(slot);
         if slot.is_none() {
-            let ctrl = &self.shared.ctrl;
-            let qpair = if self.shared.poll {
-                ctrl.io_qpair()
-            } else {
-                ctrl.io_qpair_with_interrupts().or_else(|e| {
-                    log::warn!("virtqueue {thread_id}: no interrupt ({e}); polling");
-                    ctrl.io_qpair()
-                })
-            }
-            .map_err(|e| io_error(format!("queue pair for virtqueue {thread_id}: {e}")))?;
-            log::info!(
-                "virtqueue {thread_id}: NVMe queue {}{}",
-                qpair.qid(),
-                if qpair.has_interrupt() {
-                    " (interrupts)"
-                } else {
-                    " (polled)"
-                }
-            );
-            let mut worker = Worker::new(
-                qpair,
-                self.shared.ctrl.dma_pool().clone(),
-                self.shared.nsid,
-                self.shared.config.clone(),
-                self.shared.id,
-                self.shared.stats.clone(),
-            );
-            if self.shared.poll {
-                worker.set_idle_poll(IDLE_POLL);
-            }
-            *slot = Some(worker);
+            *slot = Some(self.worker(thread_id)?);
         }
         let Some(worker) = slot.as_mut() else {
             return Err(io_error("worker vanished".into()));
@@ -359,7 +371,12 @@ impl VhostUserBackend for BlkBackend {
             let table = self.table();
             let current = || Arc::ptr_eq(&self.table(), &table);
             let served = worker
-                .serve_with(state.get_queue_mut(), &table, call.as_ref(), &current)
+                .serve_with(
+                    state.get_queue_mut(),
+                    &table,
+                    call.as_ref().map(|c| c as &dyn Notify),
+                    &current,
+                )
                 .map_err(|e| io_error(format!("virtqueue {thread_id}: {e}")))?;
             if !current() {
                 // The worker took no chain under the old table once it

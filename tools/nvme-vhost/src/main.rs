@@ -6,6 +6,11 @@
 //! libblkio's `virtio-blk-vhost-user`, ...) from namespace N, one NVMe
 //! queue pair per virtqueue. Guest memory is mapped into the controller's
 //! IOMMU domain, so data moves between the guest and the device directly.
+//!
+//! `nvme-vhost ADDRESS --vduse NAME` offers the same device to the local
+//! kernel through VDUSE instead (attach it with `vdpa dev add name NAME
+//! mgmtdev vduse`; the kernel's virtio_blk driver is then the front end)
+//! until SIGTERM or SIGINT, then destroys it.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -29,8 +34,19 @@ struct Cli {
     /// PCI address of the controller (bound to vfio-pci), e.g. 0000:00:03.0.
     address: PciAddress,
     /// Path of the vhost-user socket to listen on (replaced if it exists).
-    #[arg(long)]
-    socket: PathBuf,
+    #[arg(long, required_unless_present = "vduse", conflicts_with = "vduse")]
+    socket: Option<PathBuf>,
+    /// Create the VDUSE device NAME (/dev/vduse/NAME) for the local
+    /// kernel instead of listening on a socket; serve it until SIGTERM or
+    /// SIGINT (detach it first with `vdpa dev del NAME`), then destroy it.
+    #[arg(long, value_name = "NAME", conflicts_with = "once")]
+    vduse: Option<String>,
+    /// With --vduse: leave the bounce pages to the kernel and copy data
+    /// between them and DMA buffers (instead of registering this
+    /// process's memory as the bounce pages, which the controller then
+    /// reaches directly).
+    #[arg(long, requires = "vduse")]
+    vduse_kernel_bounce: bool,
     /// Namespace to serve.
     #[arg(long, default_value_t = 1)]
     nsid: u32,
@@ -58,6 +74,8 @@ enum MainError {
     Driver(#[from] nvme_driver::Error),
     #[error("{0}")]
     Backend(#[from] BackendError),
+    #[error("VDUSE: {0}")]
+    Vduse(#[from] nvme_vhost::vduse::VduseError),
     #[error("listening on {path}: {source}")]
     Listen {
         path: PathBuf,
@@ -80,19 +98,28 @@ fn run(cli: &Cli) -> Result<(), MainError> {
     }
     let ctrl = Controller::open(cli.address, Options::default())?;
     let backend = BlkBackend::new(ctrl, cli.nsid, cli.queues, cli.queue_size, cli.poll)?;
+    let socket = match (&cli.vduse, &cli.socket) {
+        (Some(name), _) => return Ok(nvme_vhost::vduse::serve(
+                backend,
+                name,
+                cli.vduse_kernel_bounce,
+            )?);,
+        (None, Some(socket)) => socket,
+        // clap requires one of them.
+        (None, None) => return Ok(()),
+    };
     loop {
-        let mut listener =
-            Listener::new(&cli.socket, true).map_err(|source| MainError::Listen {
-                path: cli.socket.clone(),
-                source,
-            })?;
+        let mut listener = Listener::new(socket, true).map_err(|source| MainError::Listen {
+            path: socket.clone(),
+            source,
+        })?;
         let mut daemon = VhostUserDaemon::new(
             "nvme-vhost".into(),
             backend.clone(),
             GuestMemoryAtomic::new(GuestMemoryMmap::new()),
         )
         .map_err(daemon_error)?;
-        log::info!("listening on {}", cli.socket.display());
+        log::info!("listening on {}", socket.display());
         daemon.start(&mut listener).map_err(daemon_error)?;
         log::info!("front end connected");
         // A front end that closes the socket ends the connection this way.

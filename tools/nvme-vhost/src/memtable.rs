@@ -20,7 +20,9 @@ struct Region {
     /// Guest physical address of byte 0.
     gpa: u64,
     len: u64,
-    dma: Arc<Mapping>,
+    /// None: the CPU reaches the region but the device does not (a VDUSE
+    /// ring area, which no data descriptor may point into).
+    dma: Option<Arc<Mapping>>,
 }
 
 /// A region's mapping into the controller's DMA space, shared by the
@@ -72,17 +74,38 @@ impl MemTable {
         mem: Arc<GuestMemoryMmap<()>>,
         old: &MemTable,
     ) -> nvme_driver::Result<MemTable> {
+        MemTable::build_with(pool, mem, old, &|_| true)
+    }
+
+    /// [`MemTable::build`], mapping for the device only the regions whose
+    /// guest address `for_device` accepts; the others are in the memory
+    /// (rings may be there) but no data address translates into them.
+    pub fn build_with(
+        pool: &DmaPool,
+        mem: Arc<GuestMemoryMmap<()>>,
+        old: &MemTable,
+        for_device: &dyn Fn(GuestAddress) -> bool,
+    ) -> nvme_driver::Result<MemTable> {
         let mut regions = Vec::new();
         for r in mem.iter() {
             let gpa = r.start_addr().0;
             let len = r.len();
+            if !for_device(r.start_addr()) {
+                regions.push(Region {
+                    gpa,
+                    len,
+                    dma: None,
+                });
+                continue;
+            }
             let host = r.as_ptr() as usize;
-            let reused = old
-                .regions
-                .iter()
-                .find(|o| o.gpa == gpa && o.len == len && o.dma.dma.host_address() == host);
+            let reused = old.regions.iter().find_map(|o| {
+                o.dma
+                    .as_ref()
+                    .filter(|m| o.gpa == gpa && o.len == len && m.dma.host_address() == host)
+            });
             let dma = match reused {
-                Some(o) => o.dma.clone(),
+                Some(d) => d.clone(),
                 None => {
                     let dma = pool.map_mmap_region(r.get_mmap())?;
                     log::info!(
@@ -92,7 +115,11 @@ impl MemTable {
                     Arc::new(Mapping { gpa, len, dma })
                 }
             };
-            regions.push(Region { gpa, len, dma });
+            regions.push(Region {
+                gpa,
+                len,
+                dma: Some(dma),
+            });
         }
         regions.sort_by_key(|r| r.gpa);
         Ok(MemTable { regions, mem })
@@ -129,7 +156,7 @@ impl MemTable {
                 return false;
             }
             let n = left.min(r.len - offset);
-            let Some(iova) = r.dma.dma.iova_of(offset, n as usize) else {
+            let Some(iova) = r.dma.as_ref().and_then(|m| m.dma.iova_of(offset, n as usize)) else {
                 return false;
             };
             // Pieces that continue each other in device space merge.

@@ -58,6 +58,19 @@ pub enum WorkerError {
     Memory(#[from] vm_memory::GuestMemoryError),
 }
 
+/// How the front end learns that chains are back on the used ring: the
+/// call eventfd (vhost-user) or an injected interrupt (VDUSE).
+pub trait Notify {
+    /// Signals the front end.
+    fn notify(&self) -> std::io::Result<()>;
+}
+
+impl Notify for EventNotifier {
+    fn notify(&self) -> std::io::Result<()> {
+        EventNotifier::notify(self)
+    }
+}
+
 /// What [`Worker::serve_with`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Served {
@@ -165,7 +178,7 @@ impl Worker {
         &mut self,
         queue: &mut Queue,
         table: &Arc<MemTable>,
-        call: Option<&EventNotifier>,
+        call: Option<&dyn Notify>,
         current: &dyn Fn() -> bool,
     ) -> Result<Served, WorkerError> {
         let result = self.serve_continuously(queue, table, call, current);
@@ -188,7 +201,7 @@ impl Worker {
         &mut self,
         queue: &mut Queue,
         table: &MemTable,
-        call: Option<&EventNotifier>,
+        call: Option<&dyn Notify>,
         current: &dyn Fn() -> bool,
     ) -> Result<Served, WorkerError> {
         let guard = table.memory();
@@ -447,15 +460,21 @@ impl Worker {
     ) -> Result<IoRequest, String> {
         let nsid = self.nsid;
         let mut pieces = Vec::with_capacity(data.len());
+        // False when some piece is in memory the device cannot reach
+        // (copied through a bounce buffer then).
+        let mut reachable = true;
         for &(addr, len) in data {
             if !table.translate(addr, len, &mut pieces) {
-                return Err(format!(
-                    "data at {:#x}+{len:#x} is not in the mapped guest memory",
-                    addr.0
-                ));
+                if !mem.check_range(addr, len as usize, vm_memory::Permissions::ReadWrite) {
+                    return Err(format!(
+                        "data at {:#x}+{len:#x} is not in the guest memory",
+                        addr.0
+                    ));
+                }
+                reachable = false;
             }
         }
-        if IoSegments::check(&pieces).is_ok() {
+        if reachable && IoSegments::check(&pieces).is_ok() {
             self.stats.direct.fetch_add(1, Ordering::Relaxed);
             let segs = IoSegments::new(pieces);
             return Ok(if write {
