@@ -137,6 +137,9 @@ fn kernel_virtio_blk_runs_ext4_on_nvme_vhost_through_vduse() {
     let image = dir.path().join("ns1.img");
     let mut config = vm();
     config.kernel = Some(Suite::Backports);
+    // Two daemons, two attachments, mkfs and 8 MiB of files through TCG
+    // and the emulated IOMMU on a shared host.
+    config.timeout = std::time::Duration::from_secs(600);
     config.vduse = true;
     config.disk_size = (FS_MIB + RAW_MIB + 16) << 20;
     config.disks = vec![NsDisk::File(image.clone())];
@@ -212,7 +215,10 @@ fn kernel_virtio_blk_runs_ext4_on_nvme_vhost_through_vduse() {
     assert!(bounced > 10, "{copy_log}");
     assert_eq!(failed, 0, "{copy_log}");
     assert!(!copy_log.contains(" ERROR "), "{copy_log}");
-    assert!(copy_log.contains("VDUSE device vduse1 destroyed"), "{copy_log}");
+    assert!(
+        copy_log.contains("VDUSE device vduse1 destroyed"),
+        "{copy_log}"
+    );
 
     // The host's view of the image.
     let fsck = Command::new("e2fsck")

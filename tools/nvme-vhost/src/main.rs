@@ -99,11 +99,13 @@ fn run(cli: &Cli) -> Result<(), MainError> {
     let ctrl = Controller::open(cli.address, Options::default())?;
     let backend = BlkBackend::new(ctrl, cli.nsid, cli.queues, cli.queue_size, cli.poll)?;
     let socket = match (&cli.vduse, &cli.socket) {
-        (Some(name), _) => return Ok(nvme_vhost::vduse::serve(
+        (Some(name), _) => {
+            return Ok(nvme_vhost::vduse::serve(
                 backend,
                 name,
                 cli.vduse_kernel_bounce,
-            )?);,
+            )?);
+        }
         (None, Some(socket)) => socket,
         // clap requires one of them.
         (None, None) => return Ok(()),

@@ -158,11 +158,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Device {
-    fn create(
-        backend: &BlkBackend,
-        name: &str,
-        kernel_bounce: bool,
-    ) -> Result<Device, VduseError> {
+    fn create(backend: &BlkBackend, name: &str, kernel_bounce: bool) -> Result<Device, VduseError> {
         let control = OpenOptions::new()
             .read(true)
             .write(true)
@@ -233,7 +229,10 @@ impl Device {
             .map_err(io_err("epoll"))?;
         let mut events = [EpollEvent::default(); 1];
         let mut status = 0u8;
-        log::info!("serving; attach with `vdpa dev add name {0} mgmtdev vduse`", self.name);
+        log::info!(
+            "serving; attach with `vdpa dev add name {0} mgmtdev vduse`",
+            self.name
+        );
         while !STOP.load(Ordering::Relaxed) {
             match epoll.wait(TICK_MS, &mut events) {
                 Ok(0) => continue,
@@ -310,11 +309,7 @@ impl Device {
                 log::info!("IOTLB update {start:#x}..={last:#x}: the memory table is rebuilt");
                 // Queue threads finish with the table they hold; the next
                 // request builds a new one from the IOTLB.
-                *self
-                    .shared
-                    .table
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner()) = None;
+                *self.shared.table.write().unwrap_or_else(|e| e.into_inner()) = None;
                 sys::response(req.id, sys::RESULT_OK, None)
             }
             other => {
@@ -328,8 +323,8 @@ impl Device {
     /// (with its own NVMe queue pair) on its kick eventfd.
     fn start_queues(&mut self) -> Result<(), VduseError> {
         let config = self.shared.backend.config().clone();
-        let features = sys::driver_features(&self.shared.dev)
-            .map_err(io_err("VDUSE_DEV_GET_FEATURES"))?;
+        let features =
+            sys::driver_features(&self.shared.dev).map_err(io_err("VDUSE_DEV_GET_FEATURES"))?;
         let event_idx = features & (1u64 << VIRTIO_RING_F_EVENT_IDX) != 0;
         log::info!("driver features {features:#x}");
         for index in 0..u32::from(config.queues) {
@@ -410,6 +405,9 @@ impl Device {
     /// Stops every queue thread (each first finishes what it started) and
     /// forgets the memory table.
     fn stop_queues(&mut self) {
+        if self.queues.is_empty() {
+            return;
+        }
         for q in &self.queues {
             if let Err(e) = q.stop.write(1) {
                 log::error!("stopping a queue thread: {e}");
@@ -423,11 +421,7 @@ impl Device {
             }
         }
         self.queues.clear();
-        *self
-            .shared
-            .table
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = None;
+        *self.shared.table.write().unwrap_or_else(|e| e.into_inner()) = None;
         let (direct, bounced, failed, unsupported) = self.shared.backend.stats().snapshot();
         log::info!(
             "virtqueues stopped: requests direct {direct}, bounced {bounced}, \
@@ -486,7 +480,8 @@ fn open_device(path: &Path) -> io::Result<File> {
 /// (`/sys/class/vduse/NAME/bounce_size`, 64 MiB by default).
 fn bounce_area(name: &str) -> Result<GuestRegionMmap<()>, VduseError> {
     let path = Path::new("/sys/class/vduse").join(name).join("bounce_size");
-    let text = std::fs::read_to_string(&path).map_err(io_err(format!("reading {}", path.display())))?;
+    let text =
+        std::fs::read_to_string(&path).map_err(io_err(format!("reading {}", path.display())))?;
     let size: u64 = text.trim().parse().map_err(|_| VduseError::Io {
         what: format!("{}", path.display()),
         source: io::Error::new(io::ErrorKind::InvalidData, format!("{:?}", text.trim())),
@@ -535,7 +530,11 @@ impl Shared {
                 (std::os::fd::AsRawFd::as_raw_fd(kick), 0u64),
                 (std::os::fd::AsRawFd::as_raw_fd(stop), 1),
             ] {
-                epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, data))?;
+                epoll.ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, data),
+                )?;
             }
             Ok(epoll)
         };
@@ -602,11 +601,11 @@ impl Shared {
             table = self.table()?;
         }
         if unsignalled
-            && q
-                .needs_notification(&*table.memory())
+            && q.needs_notification(&*table.memory())
                 .map_err(|e| e.to_string())?
         {
-            irq.notify().map_err(|e| format!("VDUSE_VQ_INJECT_IRQ: {e}"))?;
+            irq.notify()
+                .map_err(|e| format!("VDUSE_VQ_INJECT_IRQ: {e}"))?;
         }
         Ok(())
     }
@@ -638,13 +637,11 @@ impl Shared {
         self.probe_ring_pinning(&mem);
         // Only the bounce area holds data: it alone is mapped for the
         // NVMe device, when it is this process's memory.
-        let table = MemTable::build_with(
-            self.backend.dma_pool(),
-            mem,
-            &MemTable::default(),
-            &|gpa| mode == BounceMode::Registered && gpa == GuestAddress(0),
-        )
-        .map_err(|e| format!("mapping the bounce memory for the device: {e}"))?;
+        let table =
+            MemTable::build_with(self.backend.dma_pool(), mem, &MemTable::default(), &|gpa| {
+                mode == BounceMode::Registered && gpa == GuestAddress(0)
+            })
+            .map_err(|e| format!("mapping the bounce memory for the device: {e}"))?;
         log::info!("memory table: {} IOTLB regions", table.len());
         let table = Arc::new(table);
         *slot = Some(table.clone());
@@ -872,12 +869,27 @@ mod tests {
             Ok(0x2900)
         );
         for (bad, why) in [
-            (entry(at - PAGE, at + 0xfff, 0, sys::ACCESS_RW), "before the search start"),
-            (entry(at + PAGE, at, at, sys::ACCESS_RW), "last before start"),
+            (
+                entry(at - PAGE, at + 0xfff, 0, sys::ACCESS_RW),
+                "before the search start",
+            ),
+            (
+                entry(at + PAGE, at, at, sys::ACCESS_RW),
+                "last before start",
+            ),
             (entry(0, u64::MAX, 0, sys::ACCESS_RW), "the whole space"),
-            (entry(at, at + MAX_COHERENT_ENTRY, at, sys::ACCESS_RW), "too big"),
-            (entry(at + 8, at + 0xfff, at, sys::ACCESS_RW), "unaligned start"),
-            (entry(at, at + 0xfff, at + 8, sys::ACCESS_RW), "unaligned offset"),
+            (
+                entry(at, at + MAX_COHERENT_ENTRY, at, sys::ACCESS_RW),
+                "too big",
+            ),
+            (
+                entry(at + 8, at + 0xfff, at, sys::ACCESS_RW),
+                "unaligned start",
+            ),
+            (
+                entry(at, at + 0xfff, at + 8, sys::ACCESS_RW),
+                "unaligned offset",
+            ),
             (entry(at, at + 0xfff, at, 0), "no permission"),
             (entry(at, at + 0xfff, at, 7), "unknown permission"),
         ] {

@@ -368,7 +368,8 @@ pub(super) struct Request {
 impl Request {
     /// Parses `struct vduse_dev_request`.
     pub(super) fn parse(bytes: &[u8; MSG_SIZE]) -> Request {
-        let u32_at = |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+        let u32_at =
+            |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
         let mut body = [0u8; 128];
         body.copy_from_slice(&bytes[24..]);
         Request {
