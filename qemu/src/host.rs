@@ -265,13 +265,6 @@ const TOOL_PACKAGES: &[(&str, Package)] = &[
             provides: "/usr/sbin/mkfs.ext4",
         },
     ),
-    (
-        "e2fsck",
-        Package {
-            name: "e2fsprogs",
-            provides: "/usr/sbin/e2fsck",
-        },
-    ),
 ];
 
 /// The path of host executable `name`, installing its package if the

@@ -156,7 +156,11 @@ impl MemTable {
                 return false;
             }
             let n = left.min(r.len - offset);
-            let Some(iova) = r.dma.as_ref().and_then(|m| m.dma.iova_of(offset, n as usize)) else {
+            let Some(iova) = r
+                .dma
+                .as_ref()
+                .and_then(|m| m.dma.iova_of(offset, n as usize))
+            else {
                 return false;
             };
             // Pieces that continue each other in device space merge.
