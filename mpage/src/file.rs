@@ -665,6 +665,71 @@ impl File {
         Ok(())
     }
 
+    /// Runs `op` (a command that changes the device's data without going
+    /// through the cache: a deallocate, a device-side Write Zeroes) over
+    /// file bytes `[start, end)` with the cache kept coherent around it.
+    /// Under the writer lock, every folio overlapping the range (whole,
+    /// also a large one straddling an end) is written back if dirty,
+    /// waited for and dropped from the cache; `op` runs; and what a reader
+    /// brought back in meanwhile is dropped again. Afterwards the cache
+    /// holds nothing of the range: the next read asks the device, and no
+    /// older dirty data can land on top of what `op` did. A writeback
+    /// error of the range goes to the file's errseq (fsync reports it);
+    /// `op`'s error is returned.
+    pub fn invalidate_around<D: BlockDevice>(
+        &self,
+        dev: &mut D,
+        start: u64,
+        end: u64,
+        op: impl FnOnce(&mut D) -> Result<()>,
+    ) -> Result<()> {
+        let _writer = self.shared.write_lock.lock();
+        self.drop_range(dev, start, end)?;
+        let result = op(dev);
+        let dropped = self.drop_range(dev, start, end);
+        result.and(dropped)
+    }
+
+    /// Writes back and drops every folio overlapping `[start, end)`.
+    fn drop_range(&self, dev: &mut dyn BlockDevice, start: u64, end: u64) -> Result<()> {
+        let ino = &self.shared.ino;
+        let deadline = Instant::now() + io::DEFAULT_TIMEOUT;
+        loop {
+            let folios = ino
+                .cache
+                .folios_in(ino.file, start / PAGE..end.div_ceil(PAGE))
+                .map_err(Error::cache("listing folios"))?;
+            let (Some(first), Some(last)) = (folios.first(), folios.last()) else {
+                return Ok(());
+            };
+            let pages = first.pages().start..last.pages().end;
+            match writepages(dev, ino, pages.clone(), SyncMode::All) {
+                // Recorded on the file (errseq) by writeback.
+                Ok(_) | Err(Error::Map { .. } | Error::Io(_)) => {}
+                Err(e) => return Err(e),
+            }
+            sync::wait_writeback(dev, ino)?;
+            let report = ino
+                .cache
+                .invalidate(ino.file, pages)
+                .map_err(Error::cache("dropping a range from the cache"))?;
+            if report.busy.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout("dropping a range from the cache"));
+            }
+            for f in &report.busy {
+                io::wait_folio(
+                    dev,
+                    f,
+                    FolioFlags::LOCKED | FolioFlags::WRITEBACK,
+                    "dropping a range from the cache",
+                )?;
+            }
+        }
+    }
+
     /// fsync (X1, X2): writes back and waits for every dirty folio, sends
     /// an NVMe Flush, and reports the newest writeback error this
     /// description has not seen yet (once).

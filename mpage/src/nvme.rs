@@ -52,6 +52,21 @@ impl NvmeDevice {
         })
     }
 
+    /// Runs one request outside the bio machinery (a Dataset Management
+    /// deallocate, a Write Zeroes: commands that change the device's data
+    /// without going through the cache, see [`crate::File::invalidate_around`])
+    /// and waits for it. Completions of bios met meanwhile are kept for
+    /// the next poll.
+    pub fn execute(&mut self, req: IoRequest) -> Result<(), DeviceError> {
+        let done = self.qpair.execute(req).map_err(driver_error)?;
+        done.result.map_err(driver_error)
+    }
+
+    /// The namespace id.
+    pub fn nsid(&self) -> u32 {
+        self.nsid
+    }
+
     fn park(&mut self, bio: Bio) -> usize {
         match self.free.pop() {
             Some(i) => {

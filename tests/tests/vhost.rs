@@ -719,3 +719,156 @@ fn nvme_vhost_fails_hostile_chains_alone_and_answers_get_id() {
         "no hostile write reached the image"
     );
 }
+
+/// `nvme-vhost --cache`: libblkio's client through the page cache, in one
+/// boot. First the checks of the direct mode on two virtqueues with a
+/// 32 MiB cache under 64 MiB of data (writeback under pressure, eviction,
+/// readahead): write, FLUSH (an fsync of the namespace file), read back
+/// and verify, the scattered read, write zeroes and discard; the daemon
+/// counts cache hits and misses and moves nothing zero-copy. Then the
+/// crash check: the client writes A, flushes, writes B without a flush,
+/// and the daemon is killed (SIGKILL) while the client is still
+/// connected (so no disconnect writeback runs): A is on the host image
+/// (it would not be if FLUSH had not written the cache back: A is under
+/// the cache's background writeback limit), B is there or not, block by
+/// block.
+#[test]
+fn libblkio_through_nvme_vhost_page_cache_and_a_crash_after_flush() {
+    const CRASH_AT: u64 = 80 << 20;
+    const CRASH_LEN: u64 = 2 << 20;
+    const CRASH_SEED: u64 = 21;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let image = dir.path().join("ns1.img");
+    let mut config = vm();
+    config.disk_size = 96 << 20;
+    config.disks = vec![NsDisk::File(image.clone())];
+    let pass = served_once(
+        "--queues 2 --cache 32M",
+        &format!(
+            "blkio-check --socket /tmp/vhost.sock --queues 2 --len {LEN} --chunk 65536 --qd 8 \
+  --seed {SEED} --zeroes"
+        ),
+        "/tmp/cache.log",
+    );
+    let crash = format!(
+        "nvme-vhost 0000:00:03.0 --socket /tmp/vhost.sock --once --cache 64M 2>/tmp/crash.log &
+dpid=$!
+i=0
+while [ ! -S /tmp/vhost.sock ]; do
+  i=$((i+1)); [ $i -lt 120 ] || {{ cat /tmp/crash.log >&2; echo 'no socket' >&2; exit 9; }}
+  sleep 1
+done
+blkio-check --socket /tmp/vhost.sock --mode crash-check --offset {CRASH_AT} --len {CRASH_LEN} \
+  --chunk 65536 --seed {CRASH_SEED} >/tmp/crash.out 2>&1 &
+cpid=$!
+i=0
+until grep -q 'crash-check: A flushed' /tmp/crash.out; do
+  i=$((i+1))
+  if [ $i -ge 300 ] || ! kill -0 $cpid 2>/dev/null; then
+    cat /tmp/crash.out /tmp/crash.log >&2; echo 'no crash-check line' >&2; exit 8
+  fi
+  sleep 1
+done
+kill -9 $dpid
+wait $dpid
+echo \"== daemon killed, rc $?\"
+kill $cpid
+wait $cpid
+cat /tmp/crash.out
+echo '== crash log'
+cat /tmp/crash.log
+"
+    );
+    let run = run_ok(&config, &format!("{pass}{crash}"));
+    let out = run.stdout_text();
+    let log = run.stderr_text();
+    eprintln!("{out}\n{log}");
+    assert!(
+        out.contains("blkio-check: all verified"),
+        "{}",
+        run.describe()
+    );
+    assert!(out.contains("flush needed true"), "{out}");
+    assert!(!log.contains(" ERROR "), "{log}");
+    assert!(log.contains("virtqueue 0: through the page cache"), "{log}");
+    assert!(log.contains("virtqueue 1: through the page cache"), "{log}");
+    assert!(
+        log.contains("regions (page-cache mode: not mapped for the device)"),
+        "{log}"
+    );
+    // The pass's summaries: nothing zero-copy; 1024 + 1 writes buffered,
+    // one FLUSH, 1024 + 2 reads, from the cache or not.
+    let summary = log
+        .lines()
+        .find(|l| l.contains("front end gone ("))
+        .unwrap_or_else(|| panic!("no summary: {log}"));
+    for (name, n) in [
+        ("direct", 0),
+        ("bounced", 0),
+        ("failed", 0),
+        ("unsupported", 0),
+    ] {
+        assert_eq!(summary_count(summary, name), n, "{summary}");
+    }
+    let cache = log
+        .lines()
+        .find_map(|l| l.split("page cache: ").nth(1))
+        .unwrap_or_else(|| panic!("no cache summary: {log}"));
+    let count = |name: &str| -> u64 {
+        cache
+            .split(&format!("{name} "))
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {cache:?}"))
+    };
+    let chunks = LEN / 65536;
+    assert_eq!(count("writes buffered"), chunks + 1, "{cache}");
+    assert_eq!(count("flushes"), 1, "{cache}");
+    assert_eq!(
+        count("read hits") + count("read misses"),
+        chunks + 2,
+        "{cache}"
+    );
+    // Readahead served some reads from the cache; the first of each
+    // queue's half (and the read after write zeroes) went to the device.
+    assert!(
+        count("read hits") > 0 && count("read misses") >= 2,
+        "{cache}"
+    );
+
+    let data = image_bytes(&image, 0, LEN as usize);
+    assert_eq!(
+        pattern::first_mismatch(SEED, 0, 512, &data),
+        None,
+        "the image holds the pattern the client wrote"
+    );
+    assert!(
+        image_bytes(&image, LEN, 1 << 20).iter().all(|&b| b == 0),
+        "the write-zeroes range is zero in the image"
+    );
+
+    // The crash check.
+    assert!(out.contains("== daemon killed, rc 137"), "{out}");
+    assert!(
+        out.contains("crash-check: A flushed, B written unflushed; waiting"),
+        "{out}"
+    );
+    let a = image_bytes(&image, CRASH_AT, CRASH_LEN as usize);
+    assert_eq!(
+        pattern::first_mismatch(CRASH_SEED, CRASH_AT / 512, 512, &a),
+        None,
+        "every byte acknowledged by a flush is on the image"
+    );
+    let b = image_bytes(&image, CRASH_AT + CRASH_LEN, CRASH_LEN as usize);
+    let first_b = (CRASH_AT + CRASH_LEN) / 512;
+    for (k, block) in b.chunks(512).enumerate() {
+        let written =
+            pattern::first_mismatch(CRASH_SEED + 1, first_b + k as u64, 512, block).is_none();
+        assert!(
+            written || block.iter().all(|&x| x == 0),
+            "block {} of B is neither B nor the old zeroes",
+            k
+        );
+    }
+}

@@ -113,6 +113,7 @@ impl State {
             id.oacs = U16::new(nvme_spec::Oacs::DOORBELL_BUFFER_CONFIG.bits());
         }
         id.aerl = AERL;
+        id.oncs = U16::new(self.oncs.bits());
         id.sqes = 0x66;
         id.cqes = 0x44;
         id.nn = U32::new(self.disks.keys().copied().max().unwrap_or(0));

@@ -88,6 +88,7 @@ impl MockController {
             removal_request: None,
             released: false,
             msix_vectors: config.msix_vectors,
+            oncs: config.oncs,
             max_entries: cap.max_queue_entries(),
             io_queues,
             max_transfer: PAGE_SIZE << mdts,

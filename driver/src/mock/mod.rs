@@ -119,6 +119,10 @@ pub struct MockConfig {
     pub ready_delay: u32,
     /// MSI-X vectors of the function.
     pub msix_vectors: u32,
+    /// Optional NVM commands the controller says it supports (Identify
+    /// ONCS; the mock executes Dataset Management and Write Zeroes
+    /// whatever it says).
+    pub oncs: nvme_spec::Oncs,
     /// The driver's options (queue sizes, SGL, timeouts, retries).
     pub options: Options,
 }
@@ -169,6 +173,12 @@ impl MockConfig {
         self.msix_vectors = vectors;
         self
     }
+
+    /// Sets the optional NVM commands Identify Controller reports (ONCS).
+    pub fn oncs(mut self, oncs: nvme_spec::Oncs) -> Self {
+        self.oncs = oncs;
+        self
+    }
 }
 
 impl Default for MockConfig {
@@ -188,6 +198,7 @@ impl Default for MockConfig {
             shadow_doorbells: false,
             ready_delay: 2,
             msix_vectors: 0,
+            oncs: nvme_spec::Oncs::empty(),
             options: Options {
                 admin_queue_entries: 8,
                 io_queue_entries: 64,

@@ -113,6 +113,7 @@ pub(super) struct State {
     /// The driver released the device after a removal request.
     pub(super) released: bool,
     pub(super) msix_vectors: u32,
+    pub(super) oncs: nvme_spec::Oncs,
     pub(super) max_entries: u32,
     pub(super) io_queues: usize,
     pub(super) max_transfer: usize,

@@ -1,13 +1,18 @@
 //! Blocking helpers over the asynchronous path: wait, execute, and
 //! read/write/flush/... that return when their request is done.
 
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use vmm_sys_util::epoll::EpollEvent;
+use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
 
 use super::{INTERRUPT_TICK, IoCompletion, IoQPair, IoRequest};
 use crate::error::{Error, Result};
 use crate::memory::DmaBuffer;
+
+/// Epoll token of the extra fd of [`IoQPair::wait_or_readable`] (the
+/// interrupt eventfd is registered with 0).
+const EXTRA_FD_TOKEN: u64 = 1;
 
 impl IoQPair {
     /// Polls; if nothing finished, waits up to `timeout` for something to
@@ -18,16 +23,66 @@ impl IoQPair {
         self.wait_with(timeout, |q| q.poll(out))
     }
 
+    /// [`IoQPair::wait`] that also returns as soon as `fd` is readable:
+    /// in interrupt mode one thread sleeps on its completions and on
+    /// another event at once (a virtqueue's kick eventfd, say). Returns
+    /// the requests appended to `out` and whether `fd` was seen readable
+    /// (it is not read: the caller consumes the event). In polled mode
+    /// `fd` is not watched (the caller spins anyway) and the flag is
+    /// always false.
+    pub fn wait_or_readable(
+        &mut self,
+        out: &mut Vec<IoCompletion>,
+        timeout: Duration,
+        fd: &impl AsRawFd,
+    ) -> Result<(usize, bool)> {
+        let Some(irq) = &self.irq else {
+            return Ok((self.wait(out, timeout)?, false));
+        };
+        let raw = fd.as_raw_fd();
+        // Watched for this call only: the fd may be closed and its number
+        // reused before the next one, and a plain wait must not see it.
+        irq.epoll
+            .ctl(
+                ControlOperation::Add,
+                raw,
+                EpollEvent::new(EventSet::IN, EXTRA_FD_TOKEN),
+            )
+            .map_err(|e| Error::os("adding an fd to the queue's epoll", e))?;
+        let mut readable = false;
+        let result = self.wait_inner(timeout, &mut readable, |q| q.poll(out));
+        if let Some(irq) = &self.irq
+            && let Err(e) = irq
+                .epoll
+                .ctl(ControlOperation::Delete, raw, EpollEvent::default())
+        {
+            log::warn!("queue {}: removing an fd from its epoll: {e}", self.qid());
+        }
+        Ok((result?, readable))
+    }
+
     /// The loop of [`IoQPair::wait`], around one kind of poll.
     pub(super) fn wait_with(
         &mut self,
         timeout: Duration,
+        poll: impl FnMut(&mut Self) -> Result<usize>,
+    ) -> Result<usize> {
+        let mut readable = false;
+        self.wait_inner(timeout, &mut readable, poll)
+    }
+
+    /// The loop of [`IoQPair::wait`]; returns early, setting `readable`,
+    /// when the extra fd of [`IoQPair::wait_or_readable`] wakes it.
+    fn wait_inner(
+        &mut self,
+        timeout: Duration,
+        readable: &mut bool,
         mut poll: impl FnMut(&mut Self) -> Result<usize>,
     ) -> Result<usize> {
         let start = Instant::now();
         loop {
             let n = poll(self)?;
-            if n > 0 || self.outstanding() == 0 {
+            if n > 0 || self.outstanding() == 0 || *readable {
                 return Ok(n);
             }
             let elapsed = start.elapsed();
@@ -41,12 +96,20 @@ impl IoQPair {
             // Sleep at most a tick, so that deadlines are checked on time
             // even when no interrupt comes.
             let nap = (timeout - elapsed).min(INTERRUPT_TICK);
-            let mut events = [EpollEvent::default()];
+            let mut events = [EpollEvent::default(); 2];
             let woke = irq
                 .epoll
                 .wait(nap.as_millis().max(1) as i32, &mut events)
                 .map_err(|e| Error::os("epoll_wait", e))?;
-            if woke > 0 {
+            let mut interrupted = false;
+            for e in &events[..woke] {
+                if e.data() == EXTRA_FD_TOKEN {
+                    *readable = true;
+                } else {
+                    interrupted = true;
+                }
+            }
+            if interrupted {
                 // Non-blocking: clears the counter; an interrupt after this
                 // read leaves the eventfd readable, so none is lost.
                 let _ = irq.fd.read();

@@ -42,6 +42,12 @@ enum Mode {
     /// Reads the `seq-write` range back and checks it against the
     /// `acked N` lines in `--acked` (same `len`, `offset`, `chunk`, `qd`).
     SeqVerify,
+    /// The crash check: write `len` bytes of the pattern (seed `seed`) at
+    /// `offset`, flush, write `len` bytes of seed `seed + 1` right after
+    /// them without a flush, print `crash-check: A flushed, B written
+    /// unflushed; waiting`, and wait (for the target to be killed, then
+    /// for this process to be).
+    CrashCheck,
 }
 
 #[derive(Parser, Debug)]
@@ -428,6 +434,7 @@ fn run(cli: &Cli) -> Result<(), String> {
     let need = match cli.mode {
         Mode::Check | Mode::Churn => cli.len + (2 << 20),
         Mode::SeqWrite | Mode::SeqVerify => cli.offset + cli.len,
+        Mode::CrashCheck => cli.offset + 2 * cli.len,
     };
     let mut c = connect(cli, need)?;
     match cli.mode {
@@ -435,6 +442,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         Mode::Churn => churn(&mut c, cli),
         Mode::SeqWrite => seq_write(&mut c, cli),
         Mode::SeqVerify => seq_verify(&mut c, cli),
+        Mode::CrashCheck => crash_check(&mut c, cli),
     }
 }
 
@@ -637,6 +645,46 @@ fn seq_layout(cli: &Cli, lba: usize) -> Result<Layout, String> {
 /// `--mode seq-write`: sequence-numbered writes, `qd` in flight, each
 /// acknowledgement printed (line-buffered: a killed writer has printed
 /// every acknowledgement it had handled).
+/// Writes `cli.len` bytes of the pattern of `seed` at `offset`, one
+/// `chunk`-byte request at a time, from the start of `m`.
+fn write_range(
+    q: &mut Blkioq,
+    m: &Mem,
+    cli: &Cli,
+    lba: usize,
+    offset: u64,
+    seed: u64,
+) -> Result<(), String> {
+    let mut data = vec![0u8; cli.chunk];
+    let mut at = offset;
+    while at < offset + cli.len {
+        let n = (offset + cli.len - at).min(cli.chunk as u64) as usize;
+        pattern::fill(seed, at / lba as u64, lba, &mut data[..n]);
+        region::write(&m.file, &m.region, 0, &data[..n])?;
+        q.write(at, m.region.addr as *const u8, n, 1, ReqFlags::empty());
+        ok(reap(q, 1)?.first().ok_or("no completion")?, "write")?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// `--mode crash-check`: never returns Ok; it waits to be killed once
+/// both writes are acknowledged.
+fn crash_check(c: &mut Conn, cli: &Cli) -> Result<(), String> {
+    let lba = c.lba;
+    let m = new_region(&mut c.b, cli.chunk.max(2 << 20))?;
+    let q = &mut c.queues[0];
+    write_range(q, &m, cli, lba, cli.offset, cli.seed)?;
+    q.flush(9, ReqFlags::empty());
+    ok(reap(q, 1)?.first().ok_or("no completion")?, "flush")?;
+    write_range(q, &m, cli, lba, cli.offset + cli.len, cli.seed + 1)?;
+    println!("crash-check: A flushed, B written unflushed; waiting");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    std::thread::sleep(Duration::from_secs(600));
+    Err("crash check: not killed within 600 s".into())
+}
+
 fn seq_write(c: &mut Conn, cli: &Cli) -> Result<(), String> {
     let layout = seq_layout(cli, c.lba)?;
     let m = new_region(&mut c.b, cli.qd * cli.chunk)?;

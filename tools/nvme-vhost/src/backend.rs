@@ -7,12 +7,13 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use nvme_driver::Controller;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
 };
 
+use crate::cache::{CacheError, CacheMode, CacheWorker};
 use crate::config::DeviceConfig;
 use crate::memtable::MemTable;
 use crate::request::ID_BYTES;
@@ -32,7 +33,9 @@ struct Shared {
     /// One per virtqueue: its thread's worker (created on first use).
     /// A thread holds its lock for a whole batch, so taking it waits
     /// for the queue's commands to drain.
-    workers: Vec<Mutex<Option<Worker>>>,
+    workers: Vec<Mutex<Option<Server>>>,
+    /// The page cache requests go through (`--cache`), if any.
+    cache: Option<Arc<CacheMode>>,
     stats: Arc<Stats>,
     nsid: u32,
     config: DeviceConfig,
@@ -41,6 +44,15 @@ struct Shared {
     /// interrupts while requests are in flight.
     poll: bool,
     ctrl: Controller,
+}
+
+/// How one virtqueue is served.
+#[derive(Debug)]
+enum Server {
+    /// Straight to the device, zero-copy when the scatter list allows.
+    Direct(Worker),
+    /// Through the page cache.
+    Cached(CacheWorker),
 }
 
 /// The back end: cheap to clone (the vhost-user crate clones it per
@@ -69,6 +81,9 @@ pub enum BackendError {
         /// Why.
         why: String,
     },
+    /// The page cache (`--cache`) could not be set up.
+    #[error("{0}")]
+    Cache(#[from] CacheError),
 }
 
 impl BlkBackend {
@@ -83,6 +98,32 @@ impl BlkBackend {
         queues: u16,
         queue_size: u16,
         poll: bool,
+    ) -> Result<BlkBackend, BackendError> {
+        Self::build(ctrl, nsid, queues, queue_size, poll, None)
+    }
+
+    /// [`BlkBackend::new`] in page-cache mode: requests go through a page
+    /// cache of `cache_bytes` over the namespace (see [`crate::cache`]),
+    /// and the device tells the guest it has a write-back cache (FLUSH
+    /// offered, `wce` 1).
+    pub fn with_cache(
+        ctrl: Controller,
+        nsid: u32,
+        queues: u16,
+        queue_size: u16,
+        poll: bool,
+        cache_bytes: u64,
+    ) -> Result<BlkBackend, BackendError> {
+        Self::build(ctrl, nsid, queues, queue_size, poll, Some(cache_bytes))
+    }
+
+    fn build(
+        ctrl: Controller,
+        nsid: u32,
+        queues: u16,
+        queue_size: u16,
+        poll: bool,
+        cache_bytes: Option<u64>,
     ) -> Result<BlkBackend, BackendError> {
         let ns = ctrl
             .namespace(nsid)
@@ -115,7 +156,8 @@ impl BlkBackend {
             seg_max: u32::from(queue_size.saturating_sub(2)).max(1),
             queues,
             queue_size,
-            write_cache: id_ctrl.vwc_present(),
+            // The page cache is a volatile write cache of its own.
+            write_cache: cache_bytes.is_some() || id_ctrl.vwc_present(),
             discard: oncs.contains(nvme_driver::nvme_spec::Oncs::DSM),
             write_zeroes: oncs.contains(nvme_driver::nvme_spec::Oncs::WRITE_ZEROES),
         };
@@ -134,8 +176,19 @@ impl BlkBackend {
             config.discard,
             config.write_zeroes
         );
+        let cache = match cache_bytes {
+            Some(budget) => Some(Arc::new(CacheMode::open(
+                &ctrl,
+                nsid,
+                ns.lba_size,
+                capacity_bytes,
+                budget,
+            )?)),
+            None => None,
+        };
         Ok(BlkBackend {
             shared: Arc::new(Shared {
+                cache,
                 ctrl,
                 nsid,
                 config,
@@ -158,20 +211,34 @@ impl BlkBackend {
         &self.shared.config
     }
 
+    /// The page cache, in page-cache mode.
+    pub fn cache(&self) -> Option<&Arc<CacheMode>> {
+        self.shared.cache.as_ref()
+    }
+
     /// Forgets the guest's memory (after a front end left): waits for
-    /// every queue to drain, then unmaps.
+    /// every queue to drain, then unmaps. In page-cache mode everything
+    /// dirty is written back and flushed first.
     pub fn forget_memory(&self) {
-        let drained: Vec<MutexGuard<'_, Option<Worker>>> =
+        let mut drained: Vec<MutexGuard<'_, Option<Server>>> =
             self.shared.workers.iter().map(lock).collect();
         let outstanding: usize = drained
             .iter()
             .filter_map(|w| w.as_ref())
-            .map(Worker::outstanding)
+            .map(|s| match s {
+                Server::Direct(w) => w.outstanding(),
+                Server::Cached(_) => 0,
+            })
             .sum();
         log::info!(
             "front end gone: queues drained, {outstanding} NVMe commands in flight; \
              unmapping its memory"
         );
+        if let Some(cache) = &self.shared.cache
+            && let Some(Server::Cached(w)) = drained.iter_mut().find_map(|g| g.as_mut())
+        {
+            cache.sync(w);
+        }
         *self.shared.table.write().unwrap_or_else(|e| e.into_inner()) =
             Arc::new(MemTable::default());
     }
@@ -181,12 +248,12 @@ impl BlkBackend {
         self.shared.ctrl.dma_pool()
     }
 
-    /// A worker for virtqueue `index` on a new NVMe queue pair: with its
-    /// MSI-X interrupt unless polling was asked for (or the controller
-    /// has no vector left).
-    pub fn worker(&self, index: usize) -> std::io::Result<Worker> {
+    /// A new NVMe queue pair for virtqueue `index`: with its MSI-X
+    /// interrupt unless polling was asked for (or the controller has no
+    /// vector left).
+    fn qpair(&self, index: usize) -> nvme_driver::Result<nvme_driver::IoQPair> {
         let ctrl = &self.shared.ctrl;
-        let qpair = if self.shared.poll {
+        if self.shared.poll {
             ctrl.io_qpair()
         } else {
             ctrl.io_qpair_with_interrupts().or_else(|e| {
@@ -194,7 +261,14 @@ impl BlkBackend {
                 ctrl.io_qpair()
             })
         }
-        .map_err(|e| io_error(format!("queue pair for virtqueue {index}: {e}")))?;
+    }
+
+    /// A worker for virtqueue `index` on a new NVMe queue pair, serving
+    /// straight from guest memory.
+    pub fn worker(&self, index: usize) -> std::io::Result<Worker> {
+        let qpair = self
+            .qpair(index)
+            .map_err(|e| io_error(format!("queue pair for virtqueue {index}: {e}")))?;
         log::info!(
             "virtqueue {index}: NVMe queue {}{}",
             qpair.qid(),
@@ -206,7 +280,7 @@ impl BlkBackend {
         );
         let mut worker = Worker::new(
             qpair,
-            ctrl.dma_pool().clone(),
+            self.shared.ctrl.dma_pool().clone(),
             self.shared.nsid,
             self.shared.config.clone(),
             self.shared.id,
@@ -216,6 +290,25 @@ impl BlkBackend {
             worker.set_idle_poll(IDLE_POLL);
         }
         Ok(worker)
+    }
+
+    /// The server of virtqueue `thread_id`: through the page cache in
+    /// cache mode, else a [`BlkBackend::worker`].
+    fn server(&self, thread_id: usize) -> std::io::Result<Server> {
+        let Some(cache) = &self.shared.cache else {
+            return Ok(Server::Direct(self.worker(thread_id)?));
+        };
+        log::info!("virtqueue {thread_id}: through the page cache");
+        let worker = cache
+            .worker(
+                &self.shared.ctrl,
+                self.qpair(thread_id),
+                self.shared.config.clone(),
+                self.shared.id,
+                self.shared.stats.clone(),
+            )
+            .map_err(|e| io_error(format!("virtqueue {thread_id}: {e}")))?;
+        Ok(Server::Cached(worker))
     }
 
     fn table(&self) -> Arc<MemTable> {
@@ -235,7 +328,7 @@ const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// before it sleeps until a kick.
 const IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(1);
 
-fn lock(m: &Mutex<Option<Worker>>) -> MutexGuard<'_, Option<Worker>> {
+fn lock(m: &Mutex<Option<Server>>) -> MutexGuard<'_, Option<Server>> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -279,12 +372,22 @@ impl VhostUserBackend for BlkBackend {
     fn update_memory(&self, mem: Memory) -> std::io::Result<()> {
         let old = self.table();
         let snapshot = mem.memory().into_inner();
-        let table = MemTable::build(self.shared.ctrl.dma_pool(), snapshot, &old).map_err(|e| {
-            let msg = format!("mapping guest memory for the device: {e}");
-            log::error!("{msg}");
-            io_error(msg)
-        })?;
-        log::info!("memory table: {} regions mapped", table.len());
+        let table = if self.shared.cache.is_some() {
+            log::info!(
+                "memory table: {} regions (page-cache mode: not mapped for the device)",
+                snapshot.num_regions()
+            );
+            MemTable::unmapped(snapshot)
+        } else {
+            let table =
+                MemTable::build(self.shared.ctrl.dma_pool(), snapshot, &old).map_err(|e| {
+                    let msg = format!("mapping guest memory for the device: {e}");
+                    log::error!("{msg}");
+                    io_error(msg)
+                })?;
+            log::info!("memory table: {} regions mapped", table.len());
+            table
+        };
         drop(old);
         let previous = std::mem::replace(
             &mut *self.shared.table.write().unwrap_or_else(|e| e.into_inner()),
@@ -353,9 +456,9 @@ impl VhostUserBackend for BlkBackend {
         };
         let mut slot = lock(slot);
         if slot.is_none() {
-            *slot = Some(self.worker(thread_id)?);
+            *slot = Some(self.server(thread_id)?);
         }
-        let Some(worker) = slot.as_mut() else {
+        let Some(server) = slot.as_mut() else {
             return Err(io_error("worker vanished".into()));
         };
         let mut state = vring.get_mut();
@@ -366,19 +469,35 @@ impl VhostUserBackend for BlkBackend {
             Some(c) => Some(c.try_clone()?),
             None => None,
         };
+        // And sleeps on the kick while it waits for completions (a copy
+        // of the same eventfd, for the same reason).
+        let kick = match state.get_kick() {
+            Some(k) => Some(k.try_clone()?),
+            None => None,
+        };
         let mut returned = false;
         loop {
             let table = self.table();
             let current = || Arc::ptr_eq(&self.table(), &table);
-            let served = worker
-                .serve_with(
+            let served = match server {
+                Server::Direct(worker) => worker.serve_with(
                     state.get_queue_mut(),
                     &table,
                     call.as_ref().map(|c| c as &dyn Notify),
+                    kick.as_ref(),
                     &current,
-                )
-                .map_err(|e| io_error(format!("virtqueue {thread_id}: {e}")))?;
-            if !current() {
+                ),
+                Server::Cached(worker) => worker.serve(
+                    state.get_queue_mut(),
+                    &table.memory(),
+                    call.as_ref(),
+                    &current,
+                ),
+            }
+            .map_err(|e| io_error(format!("virtqueue {thread_id}: {e}")))?;
+            if !current()
+                && let Server::Direct(worker) = server
+            {
                 // The worker took no chain under the old table once it
                 // changed and returned with nothing in flight; the
                 // mappings only the old table held go when `table` does.

@@ -9,12 +9,15 @@
 //!   space, and guest-physical to device address translation;
 //! - [`worker`]: one virtqueue served from one NVMe queue pair, zero-copy
 //!   when the scatter list makes legal PRPs, bounced otherwise;
+//! - [`cache`]: the page-cache mode (`--cache`): requests through the
+//!   page cache over the namespace, FLUSH an fsync;
 //! - [`backend`]: the rust-vmm `VhostUserBackend` tying them together;
 //! - [`vduse`]: the same device offered to the local kernel's virtio_blk
 //!   driver through VDUSE (its ioctls are the crate's only `unsafe`).
 #![deny(unsafe_code)]
 
 pub mod backend;
+pub mod cache;
 pub mod config;
 pub mod memtable;
 pub mod request;

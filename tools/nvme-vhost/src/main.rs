@@ -1,6 +1,6 @@
 //! `nvme-vhost`: a vhost-user-blk target over the userspace NVMe driver.
 //!
-//! `nvme-vhost ADDRESS --socket PATH [--nsid N] [--queues N]` opens the
+//! `nvme-vhost ADDRESS --socket PATH [--nsid N] [--queues N] [--cache SIZE]` opens the
 //! controller at ADDRESS (bound to vfio-pci), listens on PATH, and serves
 //! one vhost-user front end at a time (QEMU's `vhost-user-blk-pci`,
 //! libblkio's `virtio-blk-vhost-user`, ...) from namespace N, one NVMe
@@ -66,6 +66,27 @@ struct Cli {
     /// (lowest latency, a core per busy queue).
     #[arg(long)]
     poll: bool,
+    /// Serve through a page cache of SIZE bytes (suffix K, M or G) over
+    /// the namespace: reads from the cache, writes buffered and written
+    /// back later, FLUSH an fsync of the namespace (the device offers a
+    /// write-back cache).
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes, conflicts_with = "vduse")]
+    cache: Option<u64>,
+}
+
+/// A size in bytes, with an optional K, M or G suffix (powers of 1024).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, shift) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 20),
+        Some((i, 'g' | 'G')) => (&s[..i], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("not a size: {s}"))?;
+    n.checked_shl(shift)
+        .filter(|v| v >> shift == n && *v > 0)
+        .ok_or_else(|| format!("bad size: {s}"))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +118,12 @@ fn run(cli: &Cli) -> Result<(), MainError> {
         return Err(MainError::QueueSize(cli.queue_size));
     }
     let ctrl = Controller::open(cli.address, Options::default())?;
-    let backend = BlkBackend::new(ctrl, cli.nsid, cli.queues, cli.queue_size, cli.poll)?;
+    let backend = match cli.cache {
+        Some(bytes) => {
+            BlkBackend::with_cache(ctrl, cli.nsid, cli.queues, cli.queue_size, cli.poll, bytes)?
+        }
+        None => BlkBackend::new(ctrl, cli.nsid, cli.queues, cli.queue_size, cli.poll)?,
+    };
     let socket = match (&cli.vduse, &cli.socket) {
         (Some(name), _) => {
             return Ok(nvme_vhost::vduse::serve(
@@ -143,6 +169,13 @@ fn run(cli: &Cli) -> Result<(), MainError> {
                 Err(e) => e.to_string(),
             }
         );
+        if backend.cache().is_some() {
+            let (hits, misses, writes, flushes) = backend.stats().cache_snapshot();
+            log::info!(
+                "page cache: read hits {hits}, read misses {misses}, \
+                 writes buffered {writes}, flushes {flushes}"
+            );
+        }
         if cli.once {
             return Ok(());
         }

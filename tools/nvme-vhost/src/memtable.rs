@@ -125,6 +125,15 @@ impl MemTable {
         Ok(MemTable { regions, mem })
     }
 
+    /// The guest memory with no region mapped for the device: the
+    /// page-cache mode moves data with the CPU, so nothing is pinned.
+    pub fn unmapped(mem: Arc<GuestMemoryMmap<()>>) -> MemTable {
+        MemTable {
+            regions: Vec::new(),
+            mem,
+        }
+    }
+
     /// The guest memory the table was built from.
     pub fn memory(&self) -> Arc<GuestMemoryMmap<()>> {
         self.mem.clone()

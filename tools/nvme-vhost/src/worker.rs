@@ -12,7 +12,7 @@ use nvme_driver::{DmaBuffer, IoCompletion, IoQPair, IoRequest, IoSegments};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
-use vmm_sys_util::event::EventNotifier;
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::config::DeviceConfig;
 use crate::memtable::MemTable;
@@ -33,6 +33,14 @@ pub struct Stats {
     pub failed: AtomicU64,
     /// Requests answered VIRTIO_BLK_S_UNSUPP.
     pub unsupported: AtomicU64,
+    /// Page-cache mode: reads whose every byte was cached and uptodate.
+    pub cache_hits: AtomicU64,
+    /// Page-cache mode: reads that needed the device.
+    pub cache_misses: AtomicU64,
+    /// Page-cache mode: writes buffered in the cache.
+    pub cache_writes: AtomicU64,
+    /// Page-cache mode: FLUSH requests (fsyncs of the namespace file).
+    pub cache_flushes: AtomicU64,
 }
 
 impl Stats {
@@ -43,6 +51,16 @@ impl Stats {
             self.bounced.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed),
             self.unsupported.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Page-cache mode: (read hits, read misses, writes, flushes).
+    pub fn cache_snapshot(&self) -> (u64, u64, u64, u64) {
+        (
+            self.cache_hits.load(Ordering::Relaxed),
+            self.cache_misses.load(Ordering::Relaxed),
+            self.cache_writes.load(Ordering::Relaxed),
+            self.cache_flushes.load(Ordering::Relaxed),
         )
     }
 }
@@ -82,6 +100,17 @@ pub struct Served {
     pub again: bool,
 }
 
+/// How [`Worker::reap`] waits for completions.
+#[derive(Debug, Clone, Copy)]
+enum Wait<'a> {
+    /// Not at all: chains are waiting to be taken.
+    Poll,
+    /// On the NVMe queue (its interrupt, or spinning) for up to the tick.
+    Sleep,
+    /// On the NVMe queue's interrupt and the virtqueue's kick at once.
+    SleepOrKick(&'a EventConsumer),
+}
+
 /// What one request waits for.
 #[derive(Debug)]
 struct InFlight {
@@ -112,6 +141,11 @@ pub struct Worker {
     /// How long the thread keeps looking at an empty ring, nothing in
     /// flight, before it sleeps until a kick (zero: it sleeps at once).
     idle_poll: Duration,
+    /// Longest sleep waiting for completions before the ring is looked
+    /// at again ([`WAIT_TICK`]).
+    wait_tick: Duration,
+    /// Kicks that woke the thread while it waited for completions.
+    kicks: u64,
     pool: nvme_driver::DmaPool,
     done: Vec<IoCompletion>,
     copy: Vec<u8>,
@@ -143,6 +177,8 @@ impl Worker {
             copy: Vec::new(),
             pinned: Vec::new(),
             idle_poll: Duration::ZERO,
+            wait_tick: WAIT_TICK,
+            kicks: 0,
         }
     }
 
@@ -150,6 +186,17 @@ impl Worker {
     /// (submitted and not yet back, given up on ones included).
     pub fn outstanding(&self) -> usize {
         self.qpair.outstanding() + self.qpair.given_up_in_flight()
+    }
+
+    /// Kicks that woke this thread while it waited for completions.
+    pub fn kicks(&self) -> u64 {
+        self.kicks
+    }
+
+    /// Sets the longest sleep waiting for completions before the ring is
+    /// looked at again without a kick (default 100 ms).
+    pub fn set_wait_tick(&mut self, tick: Duration) {
+        self.wait_tick = tick;
     }
 
     /// Keeps looking at the ring for `idle` after the last request before
@@ -163,7 +210,7 @@ impl Worker {
     /// in flight; returns whether chains were returned to the used ring
     /// (the caller then signals the guest if the queue asks for it).
     pub fn serve(&mut self, queue: &mut Queue, table: &Arc<MemTable>) -> Result<bool, WorkerError> {
-        self.serve_with(queue, table, None, &|| true)
+        self.serve_with(queue, table, None, None, &|| true)
             .map(|s| s.unsignalled)
     }
 
@@ -172,16 +219,21 @@ impl Worker {
     /// ring after every completion batch, returns the finished chains
     /// (signalling `call` when the queue asks for it) and starts the new
     /// ones, so the device sees the front end's whole queue depth, not
-    /// batches that drain to empty. New chains are taken only while
-    /// `current()` says `table` is still the memory table.
+    /// batches that drain to empty. With the virtqueue's `kick` eventfd
+    /// and an NVMe queue with interrupts, the thread sleeps on both at
+    /// once while commands are in flight (notifications on), so a new
+    /// chain is started as soon as the front end kicks, not at the next
+    /// completion. New chains are taken only while `current()` says
+    /// `table` is still the memory table.
     pub fn serve_with(
         &mut self,
         queue: &mut Queue,
         table: &Arc<MemTable>,
         call: Option<&dyn Notify>,
+        kick: Option<&EventConsumer>,
         current: &dyn Fn() -> bool,
     ) -> Result<Served, WorkerError> {
-        let result = self.serve_continuously(queue, table, call, current);
+        let result = self.serve_continuously(queue, table, call, kick, current);
         if self.qpair.given_up_in_flight() > 0 {
             if !self.pinned.iter().any(|t| Arc::ptr_eq(t, table)) {
                 log::warn!(
@@ -202,6 +254,7 @@ impl Worker {
         queue: &mut Queue,
         table: &MemTable,
         call: Option<&dyn Notify>,
+        kick: Option<&EventConsumer>,
         current: &dyn Fn() -> bool,
     ) -> Result<Served, WorkerError> {
         let guard = table.memory();
@@ -244,7 +297,27 @@ impl Worker {
                 }
             }
             if waiting > 0 && returned.is_empty() {
-                self.reap(mem, &mut flights, &mut free, &mut waiting, &mut returned);
+                let how = match kick {
+                    // Notifications on for the sleep, so that the front
+                    // end kicks (the loop's top turns them off again);
+                    // chains that came meanwhile are taken at once.
+                    Some(k) if taking && self.qpair.has_interrupt() => {
+                        if queue.enable_notification(mem)? {
+                            Wait::Poll
+                        } else {
+                            Wait::SleepOrKick(k)
+                        }
+                    }
+                    _ => Wait::Sleep,
+                };
+                self.reap(
+                    mem,
+                    how,
+                    &mut flights,
+                    &mut free,
+                    &mut waiting,
+                    &mut returned,
+                );
             }
             for (head, len) in returned.drain(..) {
                 queue.add_used(mem, head, len)?;
@@ -281,18 +354,38 @@ impl Worker {
         }
     }
 
-    /// Waits for completions (up to [`WAIT_TICK`]) and finishes the
-    /// requests whose commands are all back, into `returned`.
+    /// Waits for completions (up to [`WAIT_TICK`], as `how` says) and
+    /// finishes the requests whose commands are all back, into
+    /// `returned`.
     fn reap<G: GuestMemory + ?Sized>(
         &mut self,
         mem: &G,
+        how: Wait<'_>,
         flights: &mut [Option<InFlight>],
         free: &mut Vec<usize>,
         waiting: &mut usize,
         returned: &mut Vec<(u16, u32)>,
     ) {
         let mut done = std::mem::take(&mut self.done);
-        if let Err(e) = self.qpair.wait(&mut done, WAIT_TICK) {
+        let waited = match how {
+            Wait::Poll => self.qpair.poll(&mut done),
+            Wait::Sleep => self.qpair.wait(&mut done, self.wait_tick),
+            Wait::SleepOrKick(kick) => self
+                .qpair
+                .wait_or_readable(&mut done, self.wait_tick, kick)
+                .map(|(n, kicked)| {
+                    if kicked {
+                        // Readable, so this does not block; the vhost
+                        // thread that also watches it is this one.
+                        if let Err(e) = kick.consume() {
+                            log::warn!("queue {}: reading the kick: {e}", self.qpair.qid());
+                        }
+                        self.kicks += 1;
+                    }
+                    n
+                }),
+        };
+        if let Err(e) = waited {
             // The queue pair failed as a whole (controller gone or dead):
             // every request still waiting fails.
             log::error!("queue {}: {e}", self.qpair.qid());
@@ -375,28 +468,7 @@ impl Worker {
 
     /// Writes `f`'s status and counts it; returns (head, used length).
     fn finish<G: GuestMemory + ?Sized>(&self, mem: &G, f: &InFlight) -> (u16, u32) {
-        match f.code {
-            VIRTIO_BLK_S_OK => {}
-            VIRTIO_BLK_S_UNSUPP => {
-                self.stats.unsupported.fetch_add(1, Ordering::Relaxed);
-            }
-            _ => {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        let Some(status) = f.status else {
-            return (f.head, 0);
-        };
-        if let Err(e) = mem.write_obj(f.code as u8, status) {
-            log::warn!("status of descriptor {}: {e}", f.head);
-            return (f.head, 0);
-        }
-        let data = if f.code == VIRTIO_BLK_S_OK {
-            f.written
-        } else {
-            0
-        };
-        (f.head, data + 1)
+        answer(mem, &self.stats, f.head, f.status, f.code, f.written)
     }
 
     /// Submits the commands of `action` (tag `tag`), or answers it at
@@ -417,13 +489,7 @@ impl Worker {
             }
             Action::Flush => vec![IoRequest::flush(nsid)],
             Action::GetId { data } => {
-                let mut left = &self.id[..];
-                for &(addr, len) in data {
-                    let n = left.len().min(len as usize);
-                    mem.write_slice(&left[..n], addr)
-                        .map_err(|e| format!("GET_ID answer at {:#x}: {e}", addr.0))?;
-                    left = &left[n..];
-                }
+                write_id(mem, &self.id, data)?;
                 Vec::new()
             }
             Action::Discard(ranges) => ranges
@@ -497,6 +563,53 @@ impl Worker {
             Ok(IoRequest::read(nsid, slba, blocks, buf))
         }
     }
+}
+
+/// Writes a request's status `code` (if it has a status byte) and counts
+/// it; returns (head, used length): `written` data bytes plus the status
+/// byte on success, the status byte alone on failure, 0 without one.
+pub(crate) fn answer<G: GuestMemory + ?Sized>(
+    mem: &G,
+    stats: &Stats,
+    head: u16,
+    status: Option<GuestAddress>,
+    code: u32,
+    written: u32,
+) -> (u16, u32) {
+    match code {
+        VIRTIO_BLK_S_OK => {}
+        VIRTIO_BLK_S_UNSUPP => {
+            stats.unsupported.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let Some(status) = status else {
+        return (head, 0);
+    };
+    if let Err(e) = mem.write_obj(code as u8, status) {
+        log::warn!("status of descriptor {head}: {e}");
+        return (head, 0);
+    }
+    let data = if code == VIRTIO_BLK_S_OK { written } else { 0 };
+    (head, data + 1)
+}
+
+/// Writes the device id into the guest's GET_ID pieces (as much as fits).
+pub(crate) fn write_id<G: GuestMemory + ?Sized>(
+    mem: &G,
+    id: &[u8; ID_BYTES],
+    data: &[(GuestAddress, u32)],
+) -> Result<(), String> {
+    let mut left = &id[..];
+    for &(addr, len) in data {
+        let n = left.len().min(len as usize);
+        mem.write_slice(&left[..n], addr)
+            .map_err(|e| format!("GET_ID answer at {:#x}: {e}", addr.0))?;
+        left = &left[n..];
+    }
+    Ok(())
 }
 
 /// Copies the guest's `data` pieces into `buf`, in order.
@@ -588,9 +701,15 @@ mod tests {
     }
 
     fn rig_with(options: nvme_driver::Options) -> Rig {
+        rig_from(options, false)
+    }
+
+    /// A rig whose queue pair sleeps on its MSI-X interrupt with `irq`.
+    fn rig_from(options: nvme_driver::Options, irq: bool) -> Rig {
         // MDTS 16 KiB: larger requests are split by the driver.
         let cfg = MockConfig::new(&[(NS, LBA, BLOCKS)])
             .max_transfer(16 << 10)
+            .msix_vectors(if irq { 4 } else { 0 })
             .options(options);
         let (mock, ctrl) = MockController::new(cfg).expect("mock");
         mock.set_auto(true);
@@ -608,8 +727,13 @@ mod tests {
         let stats = Arc::new(Stats::default());
         let mut id = [0u8; ID_BYTES];
         id[..9].copy_from_slice(b"serial-01");
+        let qpair = if irq {
+            ctrl.io_qpair_with_interrupts()
+        } else {
+            ctrl.io_qpair()
+        };
         let worker = Worker::new(
-            ctrl.io_qpair().expect("qpair"),
+            qpair.expect("qpair"),
             ctrl.dma_pool().clone(),
             NS,
             config(),
@@ -632,9 +756,51 @@ mod tests {
         0x8_0000 + n * 32
     }
 
+    /// Queues a request in `mem` on `q`: header (kind, sector), the data
+    /// descriptors (address, len, device-writable), status; from
+    /// descriptor `*next_desc` and header slot `*next_req` (both
+    /// advanced). Returns the status address.
+    fn add_chain(
+        mem: &GuestMemoryMmap<()>,
+        q: &MockSplitQueue<'_, GuestMemoryMmap<()>>,
+        next_desc: &mut u16,
+        next_req: &mut u64,
+        kind: u32,
+        sector: u64,
+        data: &[(u64, u32, bool)],
+    ) -> u64 {
+        let hdr = hdr_addr(*next_req);
+        let status = hdr + 16;
+        *next_req += 1;
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&kind.to_le_bytes());
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
+        mem.write_slice(&h, GuestAddress(hdr)).expect("header");
+        mem.write_obj(0xffu8, GuestAddress(status)).expect("status");
+        let mut descs = vec![(hdr, 16, 0u16)];
+        descs.extend(data.iter().map(|&(a, l, w)| (a, l, if w { W } else { 0 })));
+        descs.push((status, 1, W));
+        let first = *next_desc;
+        let raw: Vec<RawDescriptor> = descs
+            .iter()
+            .enumerate()
+            .map(|(i, &(addr, len, flags))| {
+                let last = i == descs.len() - 1;
+                let flags = if last {
+                    flags
+                } else {
+                    flags | VRING_DESC_F_NEXT as u16
+                };
+                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, first + i as u16 + 1))
+            })
+            .collect();
+        q.add_desc_chains(&raw, first).expect("chain");
+        *next_desc += raw.len() as u16;
+        status
+    }
+
     impl Rig {
-        /// Queues a request: header (kind, sector), the data descriptors
-        /// (address, len, device-writable), status. Returns the status address.
+        /// Queues a request (see [`add_chain`]).
         fn add(
             &mut self,
             q: &MockSplitQueue<'_, GuestMemoryMmap<()>>,
@@ -642,41 +808,15 @@ mod tests {
             sector: u64,
             data: &[(u64, u32, bool)],
         ) -> u64 {
-            let hdr = hdr_addr(self.next_req);
-            let status = hdr + 16;
-            self.next_req += 1;
-            let mut h = [0u8; 16];
-            h[0..4].copy_from_slice(&kind.to_le_bytes());
-            h[8..16].copy_from_slice(&sector.to_le_bytes());
-            self.mem.write_slice(&h, GuestAddress(hdr)).expect("header");
-            self.mem
-                .write_obj(0xffu8, GuestAddress(status))
-                .expect("status");
-            let mut descs = vec![(hdr, 16, 0u16)];
-            descs.extend(data.iter().map(|&(a, l, w)| (a, l, if w { W } else { 0 })));
-            descs.push((status, 1, W));
-            let first = self.next_desc;
-            let raw: Vec<RawDescriptor> = descs
-                .iter()
-                .enumerate()
-                .map(|(i, &(addr, len, flags))| {
-                    let last = i == descs.len() - 1;
-                    let flags = if last {
-                        flags
-                    } else {
-                        flags | VRING_DESC_F_NEXT as u16
-                    };
-                    RawDescriptor::from(SplitDescriptor::new(
-                        addr,
-                        len,
-                        flags,
-                        first + i as u16 + 1,
-                    ))
-                })
-                .collect();
-            q.add_desc_chains(&raw, first).expect("chain");
-            self.next_desc += raw.len() as u16;
-            status
+            add_chain(
+                &self.mem,
+                q,
+                &mut self.next_desc,
+                &mut self.next_req,
+                kind,
+                sector,
+                data,
+            )
         }
 
         fn status(&self, at: u64) -> u8 {
@@ -870,5 +1010,74 @@ mod tests {
         assert!(r.worker.serve(&mut queue, &r.table).expect("serve"));
         assert_eq!(r.status(good), VIRTIO_BLK_S_OK as u8);
         assert!(r.worker.pinned.is_empty(), "released once nothing is lost");
+    }
+
+    /// Commands in flight, the thread asleep on the NVMe interrupt (and a
+    /// wait tick of a minute, so that only a wake-up can serve it): a
+    /// chain the front end adds and kicks is answered at once, while the
+    /// held command is still out.
+    #[test]
+    fn a_kick_wakes_the_thread_waiting_for_completions() {
+        let mut r = rig_from(
+            nvme_driver::Options {
+                prefer_huge_pages: false,
+                ..nvme_driver::Options::default()
+            },
+            true,
+        );
+        assert!(r.worker.qpair.has_interrupt());
+        r.worker.set_wait_tick(Duration::from_secs(60));
+        let mem = r.mem.clone();
+        let q = MockSplitQueue::create(&*mem, GuestAddress(0), QSIZE);
+        let mut queue: Queue = q.create_queue().expect("queue");
+        r.mock.hold_next(nvme_driver::mock::Match::Any, 1);
+        let held = r.add(&q, VIRTIO_BLK_T_IN, 0, &[(0x20_0000, 4096, true)]);
+        let (kick, kicker) = vmm_sys_util::event::new_event_consumer_and_notifier(
+            vmm_sys_util::event::EventFlag::NONBLOCK,
+        )
+        .expect("kick eventfd");
+        let Rig {
+            mock,
+            worker,
+            table,
+            next_desc,
+            next_req,
+            ..
+        } = &mut r;
+        let table = table.clone();
+        let status = |at: u64| -> u8 { mem.read_obj(GuestAddress(at)).expect("status") };
+        std::thread::scope(|s| {
+            let serving =
+                s.spawn(|| worker.serve_with(&mut queue, &table, None, Some(&kick), &|| true));
+            // Let the thread take the held read and fall asleep.
+            std::thread::sleep(Duration::from_secs(1));
+            let id = add_chain(
+                &mem,
+                &q,
+                next_desc,
+                next_req,
+                VIRTIO_BLK_T_GET_ID,
+                0,
+                &[(0x60_0000, 20, true)],
+            );
+            kicker.notify().expect("kick");
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while status(id) != VIRTIO_BLK_S_OK as u8 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the kicked chain was not served while a command was in flight"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert_eq!(status(held), 0xff, "the held read is still out");
+            assert_eq!(mock.release_held(), 1);
+            // Completes it (the mock posts on a doorbell or when told to);
+            // its MSI-X eventfd wakes the thread.
+            mock.process().expect("mock");
+            serving.join().expect("the queue thread").expect("served");
+        });
+        assert_eq!(status(held), VIRTIO_BLK_S_OK as u8);
+        assert_eq!(r.worker.kicks(), 1, "woken by the kick");
+        assert_eq!(&r.read(0x60_0000, 9), b"serial-01");
     }
 }

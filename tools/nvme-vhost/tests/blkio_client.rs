@@ -385,3 +385,187 @@ fn a_front_end_leaving_mid_io_is_drained_and_the_next_one_is_served() {
     server.join().expect("server thread");
     assert!(mock.violations().is_empty(), "{:?}", mock.violations());
 }
+
+/// Waits for one completion on `q`; returns its `ret` (0 or -errno).
+fn one_result(q: &mut Blkioq) -> i32 {
+    let mut buf = [MaybeUninit::<Completion>::uninit()];
+    let mut timeout = Duration::from_secs(30);
+    let k = q
+        .do_io(&mut buf, 1, Some(&mut timeout), None)
+        .expect("do_io");
+    assert_eq!(k, 1, "a completion within 30 s");
+    // SAFETY: do_io returned 1, so it wrote entry 0.
+    #[allow(unsafe_code)]
+    let c = unsafe { buf[0].assume_init_ref() };
+    c.ret
+}
+
+/// `--cache`: the config space says write-back (FLUSH offered, although
+/// the mock controller has no volatile write cache); a write is buffered
+/// (the device does not hold it) and read back from the cache (a hit);
+/// FLUSH writes it back; a read of data never written misses, then hits;
+/// a write whose writeback the device fails is acknowledged, the next
+/// FLUSH fails with EIO, the one after succeeds (reported once); discard
+/// and write zeroes over dirty cached data leave the cache and the device
+/// agreeing; and a front end leaving has its dirty data written back.
+#[test]
+fn page_cache_mode_buffers_writes_and_flush_writes_them_back() {
+    use nvme_driver::mock::Match;
+    use nvme_driver::nvme_spec::{NvmOpcode, Oncs, Status, status::generic};
+
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("vhost.sock");
+    let (mock, ctrl) = MockController::new(
+        MockConfig::new(&[(NS, LBA as u32, BLOCKS)])
+            .max_transfer(64 << 10)
+            .oncs(Oncs::DSM | Oncs::WRITE_ZEROES),
+    )
+    .expect("mock");
+    mock.set_auto(true);
+    // 32 MiB: the background writeback limit (10 %) is above what this
+    // test leaves dirty, so nothing is written back unless flushed.
+    let backend = BlkBackend::with_cache(ctrl, NS, 1, 256, false, 32 << 20).expect("backend");
+    assert!(backend.config().write_cache);
+    let server = serve_once(&backend, &socket);
+    let mut c = Client::connect(&socket);
+    assert!(
+        c.b.get_bool("flush-needed").expect("flush-needed"),
+        "FLUSH offered"
+    );
+
+    // 1 MiB written at 1 MiB: buffered.
+    let data = pattern(3, 1 << 20);
+    c.put(0, &data);
+    c.q.write(
+        1 << 20,
+        c.addr(0) as *const u8,
+        1 << 20,
+        1,
+        ReqFlags::empty(),
+    );
+    c.complete(1);
+    let on_disk = |at: u64, len: usize| {
+        mock.read_disk(NS, at / LBA as u64, (len / LBA) as u64)
+            .expect("disk")
+    };
+    assert!(
+        on_disk(1 << 20, 1 << 20).iter().all(|&b| b == 0),
+        "the write is in the cache only"
+    );
+    c.put(1 << 20, &vec![0u8; 1 << 20]);
+    c.q.read(
+        1 << 20,
+        c.addr(1 << 20) as *mut u8,
+        1 << 20,
+        2,
+        ReqFlags::empty(),
+    );
+    c.complete(1);
+    assert_eq!(c.get(1 << 20, 1 << 20), data, "read back from the cache");
+    assert_eq!(backend.stats().cache_snapshot(), (1, 0, 1, 0));
+    c.q.flush(3, ReqFlags::empty());
+    c.complete(1);
+    assert_eq!(on_disk(1 << 20, 1 << 20), data, "FLUSH wrote it back");
+    assert_eq!(backend.stats().cache_snapshot(), (1, 0, 1, 1));
+
+    // Data only the device has: a miss, then a hit.
+    let old = pattern(4, 64 << 10);
+    mock.write_disk(NS, (8 << 20) / LBA as u64, &old)
+        .expect("disk");
+    for tag in [4, 5] {
+        c.q.read(
+            8 << 20,
+            c.addr(0) as *mut u8,
+            64 << 10,
+            tag,
+            ReqFlags::empty(),
+        );
+        c.complete(1);
+        assert_eq!(c.get(0, 64 << 10), old);
+    }
+    let (hits, misses, _, _) = backend.stats().cache_snapshot();
+    assert_eq!((hits, misses), (2, 1));
+
+    // A write the device fails at writeback: acknowledged (buffered), the
+    // next FLUSH reports EIO, the one after does not.
+    mock.fail_next(
+        Match::Opcode(NvmOpcode::Write),
+        Status::generic(generic::INVALID_FIELD),
+        100,
+    );
+    c.put(0, &pattern(5, 64 << 10));
+    c.q.write(
+        4 << 20,
+        c.addr(0) as *const u8,
+        64 << 10,
+        6,
+        ReqFlags::empty(),
+    );
+    c.complete(1);
+    c.q.flush(7, ReqFlags::empty());
+    assert_eq!(one_result(&mut c.q), -libc::EIO, "the writeback error");
+    mock.clear_faults();
+    c.q.flush(8, ReqFlags::empty());
+    assert_eq!(one_result(&mut c.q), 0, "reported once");
+
+    // Discard and write zeroes over dirty cached data: afterwards the
+    // client reads what the device holds.
+    let fresh = pattern(6, 64 << 10);
+    c.put(0, &fresh);
+    c.q.write(
+        12 << 20,
+        c.addr(0) as *const u8,
+        64 << 10,
+        9,
+        ReqFlags::empty(),
+    );
+    c.complete(1);
+    c.q.discard(12 << 20, 32 << 10, 10, ReqFlags::empty());
+    c.complete(1);
+    c.q.write_zeroes((12 << 20) + (32 << 10), 16 << 10, 11, ReqFlags::empty());
+    c.complete(1);
+    c.q.read(
+        12 << 20,
+        c.addr(1 << 20) as *mut u8,
+        64 << 10,
+        12,
+        ReqFlags::empty(),
+    );
+    c.complete(1);
+    let got = c.get(1 << 20, 64 << 10);
+    // The untouched tail is still dirty in the cache: flush, then compare.
+    c.q.flush(14, ReqFlags::empty());
+    c.complete(1);
+    assert_eq!(got, on_disk(12 << 20, 64 << 10), "cache and device agree");
+    assert!(got[32 << 10..48 << 10].iter().all(|&b| b == 0), "zeroed");
+    assert_eq!(&got[48 << 10..], &fresh[48 << 10..], "kept");
+    assert!(
+        mock.deallocated()
+            .contains(&(NS, (12 << 20) / LBA as u64, (32 << 10) / LBA as u64)),
+        "{:?}",
+        mock.deallocated()
+    );
+
+    // Dirty data when the front end leaves: written back before the next.
+    let last = pattern(7, 64 << 10);
+    c.put(0, &last);
+    c.q.write(
+        16 << 20,
+        c.addr(0) as *const u8,
+        64 << 10,
+        13,
+        ReqFlags::empty(),
+    );
+    c.complete(1);
+    assert!(on_disk(16 << 20, 64 << 10).iter().all(|&b| b == 0));
+    drop(c);
+    server.join().expect("server thread");
+    assert_eq!(
+        on_disk(16 << 20, 64 << 10),
+        last,
+        "written back on disconnect"
+    );
+    let (_, _, failed, _) = backend.stats().snapshot();
+    assert_eq!(failed, 1, "only the flush after the lost write failed");
+}

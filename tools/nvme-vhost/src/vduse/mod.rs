@@ -592,7 +592,7 @@ impl Shared {
                     .is_some_and(|t| Arc::ptr_eq(t, &table))
             };
             let served = worker
-                .serve_with(&mut q, &table, Some(&irq), &current)
+                .serve_with(&mut q, &table, Some(&irq), None, &current)
                 .map_err(|e| e.to_string())?;
             unsignalled |= served.unsignalled;
             if !served.again {
