@@ -12,9 +12,9 @@ use nvme_driver::Controller;
 
 use crate::Failure;
 
-/// A namespace and its first block.
+/// nvme-cli's `-n`: the namespace a command addresses.
 #[derive(Args, Debug)]
-pub(crate) struct Start {
+pub(crate) struct Nsid {
     /// Namespace id (nvme-cli's `-n`).
     #[arg(
         short = 'n',
@@ -23,6 +23,13 @@ pub(crate) struct Start {
         default_value_t = 1
     )]
     pub nsid: u32,
+}
+
+/// A namespace and its first block.
+#[derive(Args, Debug)]
+pub(crate) struct Start {
+    #[command(flatten)]
+    pub ns: Nsid,
     /// First logical block (nvme-cli's `-s`).
     #[arg(short = 's', long = "start-block", visible_alias = "lba")]
     pub slba: u64,
@@ -78,7 +85,7 @@ pub(crate) fn read(
     hexdump: bool,
     out: &mut impl Write,
 ) -> Result<(), Failure> {
-    let lba = lba_size(ctrl, start.nsid)?;
+    let lba = lba_size(ctrl, start.ns.nsid)?;
     let blocks = match (count.blocks()?, data_size) {
         (Some(b), None) => b,
         (Some(b), Some(z)) if b.checked_mul(lba) == Some(z) => b,
@@ -95,7 +102,7 @@ pub(crate) fn read(
         }
         (None, None) => count.required()?,
     };
-    ctrl.namespace(start.nsid)?
+    ctrl.namespace(start.ns.nsid)?
         .check_range(start.slba, blocks)?;
     let len = blocks
         .checked_mul(lba)
@@ -105,7 +112,7 @@ pub(crate) fn read(
         })?;
     // At most 1 GiB (checked above), so it fits a usize.
     let mut buf = vec![0u8; len as usize];
-    ctrl.io_qpair()?.read(start.nsid, start.slba, &mut buf)?;
+    ctrl.io_qpair()?.read(start.ns.nsid, start.slba, &mut buf)?;
     match data {
         Some(path) => std::fs::write(path, &buf)
             .map_err(|e| Failure::Message(format!("writing {}: {e}", path.display())))?,
@@ -129,7 +136,7 @@ pub(crate) fn write(
 ) -> Result<(), Failure> {
     let bytes = read_source(data, data_size)?;
     if let Some(blocks) = count.blocks()? {
-        let lba = lba_size(ctrl, start.nsid)?;
+        let lba = lba_size(ctrl, start.ns.nsid)?;
         if blocks.checked_mul(lba) != Some(bytes.len() as u64) {
             return Err(Failure::Message(format!(
                 "{} bytes of data, but {blocks} blocks of {lba} bytes asked for",
@@ -138,8 +145,8 @@ pub(crate) fn write(
         }
     }
     let mut qpair = ctrl.io_qpair()?;
-    qpair.write(start.nsid, start.slba, &bytes)?;
-    qpair.flush(start.nsid)?;
+    qpair.write(start.ns.nsid, start.slba, &bytes)?;
+    qpair.flush(start.ns.nsid)?;
     Ok(())
 }
 

@@ -21,7 +21,7 @@ use clap::{Args, Parser, Subcommand};
 use nvme_driver::nvme_spec::FeatureSelect;
 use nvme_driver::{Controller, Error, Options, PciAddress, pci};
 
-use crate::io::{Count, Start};
+use crate::io::{Count, Nsid, Start};
 use crate::output::Format;
 
 #[derive(Parser, Debug)]
@@ -69,14 +69,8 @@ enum Command {
     IdNs {
         #[command(flatten)]
         target: Target,
-        /// Namespace id.
-        #[arg(
-            short = 'n',
-            long = "namespace-id",
-            visible_alias = "nsid",
-            default_value_t = 1
-        )]
-        nsid: u32,
+        #[command(flatten)]
+        ns: Nsid,
         #[command(flatten)]
         format: OutputFormat,
     },
@@ -130,14 +124,8 @@ enum Command {
     Dsm {
         #[command(flatten)]
         target: Target,
-        /// Namespace id.
-        #[arg(
-            short = 'n',
-            long = "namespace-id",
-            visible_alias = "nsid",
-            default_value_t = 1
-        )]
-        nsid: u32,
+        #[command(flatten)]
+        ns: Nsid,
         /// First block of each range, comma-separated.
         #[arg(short = 's', long = "slbs", value_delimiter = ',', required = true)]
         slbs: Vec<u64>,
@@ -161,14 +149,8 @@ enum Command {
     Flush {
         #[command(flatten)]
         target: Target,
-        /// Namespace id.
-        #[arg(
-            short = 'n',
-            long = "namespace-id",
-            visible_alias = "nsid",
-            default_value_t = 1
-        )]
-        nsid: u32,
+        #[command(flatten)]
+        ns: Nsid,
     },
     /// Show the SMART / Health Information log.
     SmartLog {
@@ -318,13 +300,9 @@ fn run(command: Command) -> Result<(), Failure> {
             let ctrl = target.open()?;
             identify::print_controller(&mut out, &ctrl, format.format).map_err(io)?;
         }
-        Command::IdNs {
-            target,
-            nsid,
-            format,
-        } => {
+        Command::IdNs { target, ns, format } => {
             let ctrl = target.open()?;
-            let ns = ctrl.namespace(nsid)?;
+            let ns = ctrl.namespace(ns.nsid)?;
             identify::print_namespace(&mut out, ns, format.format).map_err(io)?;
         }
         Command::Read {
@@ -357,17 +335,17 @@ fn run(command: Command) -> Result<(), Failure> {
             let blocks = count.required()?;
             let ctrl = target.open()?;
             ctrl.io_qpair()?
-                .write_zeroes(start.nsid, start.slba, blocks)?;
+                .write_zeroes(start.ns.nsid, start.slba, blocks)?;
         }
         Command::Dsm {
             target,
-            nsid,
+            ns,
             slbs,
             blocks,
             deallocate,
         } => {
             let ctrl = target.open()?;
-            io::dsm(&ctrl, nsid, &slbs, &blocks, deallocate)?;
+            io::dsm(&ctrl, ns.nsid, &slbs, &blocks, deallocate)?;
         }
         Command::Deallocate {
             target,
@@ -376,11 +354,11 @@ fn run(command: Command) -> Result<(), Failure> {
         } => {
             let blocks = count.required()?;
             let ctrl = target.open()?;
-            io::dsm(&ctrl, start.nsid, &[start.slba], &[blocks], true)?;
+            io::dsm(&ctrl, start.ns.nsid, &[start.slba], &[blocks], true)?;
         }
-        Command::Flush { target, nsid } => {
+        Command::Flush { target, ns } => {
             let ctrl = target.open()?;
-            ctrl.io_qpair()?.flush(nsid)?;
+            ctrl.io_qpair()?.flush(ns.nsid)?;
         }
         Command::SmartLog { target, format } => {
             let ctrl = target.open()?;
@@ -490,7 +468,7 @@ mod tests {
             let Command::Read { start, count, .. } = cli.command else {
                 panic!("not a read");
             };
-            assert_eq!((start.nsid, start.slba), (2, 64));
+            assert_eq!((start.ns.nsid, start.slba), (2, 64));
             assert_eq!(count.blocks().ok().flatten(), Some(8), "-c is 0's based");
         }
         assert!(
