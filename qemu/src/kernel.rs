@@ -56,6 +56,11 @@ pub const OPTIONAL_ROOTS: &[&str] = &[
     "nvme-tcp",
 ];
 
+/// Each kept root's load order, one `root: module...` line per root (an
+/// older cache has a `load-order` file with fixed sets instead, and counts
+/// as incomplete).
+const MODULE_ORDER: &str = "module-order";
+
 /// A cached guest kernel.
 #[derive(Debug, Clone)]
 pub struct GuestKernel {
@@ -219,7 +224,11 @@ fn read_cached(dir: &Path, package: &str) -> Option<GuestKernel> {
         && OPTIONAL_ROOTS
             .iter()
             .all(|r| kernel.roots.contains_key(&normalize(r)))
-        && kernel.roots.values().flatten().all(|m| kernel.module(m).is_file());
+        && kernel
+            .roots
+            .values()
+            .flatten()
+            .all(|m| kernel.module(m).is_file());
     all_there.then_some(kernel)
 }
 
@@ -243,14 +252,22 @@ mod tests {
 
     #[test]
     fn load_order_joins_roots_and_names_what_is_missing() {
-        let line = |r: &str, m: &[&str]| (r.to_string(), m.iter().map(|s| s.to_string()).collect());
+        let line = |r: &str, m: &[&str]| -> (String, Vec<String>) {
+            (r.to_string(), m.iter().map(|s| s.to_string()).collect())
+        };
         let kernel = GuestKernel {
             package: "k".into(),
             vmlinuz: "/k".into(),
             modules: "/m".into(),
             roots: [
-                line("nvmet_tcp", &["configfs", "nvme-auth", "nvme-core", "nvmet", "nvmet-tcp"]),
-                line("nvme_tcp", &["nvme-auth", "nvme-core", "nvme-fabrics", "nvme-tcp"]),
+                line(
+                    "nvmet_tcp",
+                    &["configfs", "nvme-auth", "nvme-core", "nvmet", "nvmet-tcp"],
+                ),
+                line(
+                    "nvme_tcp",
+                    &["nvme-auth", "nvme-core", "nvme-fabrics", "nvme-tcp"],
+                ),
                 line("ublk_drv", &[]),
             ]
             .into_iter()
@@ -258,7 +275,9 @@ mod tests {
         };
         assert!(kernel.has("nvmet-tcp") && !kernel.has("ublk_drv"));
         assert_eq!(
-            kernel.load_order(&["nvmet-tcp", "nvme_tcp"]).expect("order"),
+            kernel
+                .load_order(&["nvmet-tcp", "nvme_tcp"])
+                .expect("order"),
             [
                 "configfs",
                 "nvme-auth",

@@ -1167,10 +1167,13 @@ mod tests {
             package: "k".into(),
             vmlinuz: "/k".into(),
             modules: "/m".into(),
-            roots: [("vfio_pci", vec!["vfio".into()]), ("nvme", vec!["nvme".into()])]
-                .into_iter()
-                .map(|(r, m)| (r.to_string(), m))
-                .collect(),
+            roots: [
+                ("vfio_pci", vec!["vfio".into()]),
+                ("nvme", vec!["nvme".into()]),
+            ]
+            .into_iter()
+            .map(|(r, m)| (r.to_string(), m))
+            .collect(),
         };
         let qemu = Qemu {
             binary: "/q".into(),

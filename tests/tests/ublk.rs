@@ -370,7 +370,7 @@ fn fio_read(name: &str, dev: &str, flags: &str) -> String {
     format!(
         "echo \"ublkstat {name} before $(cat /sys/block/${{U_DEV#/dev/}}/stat)\"
 fio --name={name} --filename={dev} --direct=1 --ioengine=libaio {flags} --offset=0 --size=24M \
-  --time_based --runtime=5 --ramp_time=1 --randseed=3 --output-format=json --output=/tmp/{name}.json \
+  --time_based --runtime=5 --ramp_time=1 --randseed=3 --lat_percentiles=1 --output-format=json --output=/tmp/{name}.json \
   > /tmp/{name}.err 2>&1 || {{ cat /tmp/{name}.err /tmp/{name}.json >&2; exit 61; }}
 echo \"ublkstat {name} after $(cat /sys/block/${{U_DEV#/dev/}}/stat)\"
 echo \"json {name} $(tr -d '\\n' < /tmp/{name}.json)\"
@@ -381,7 +381,10 @@ echo \"json {name} $(tr -d '\\n' < /tmp/{name}.json)\"
 /// One fio read run as the guest reported it.
 struct ReadRun {
     iops: f64,
+    /// Submission to completion (fio's `lat`: with nvme-tcp at QD1 most
+    /// of the time is spent inside io_submit, so `clat` alone misleads).
     mean_lat_us: f64,
+    p50_lat_us: f64,
     mib_s: f64,
     bytes: u64,
 }
@@ -397,26 +400,36 @@ fn read_run(out: &str, name: &str) -> ReadRun {
     let run = ReadRun {
         iops: read["iops"].as_f64().unwrap_or(0.0),
         mean_lat_us: read["lat_ns"]["mean"].as_f64().unwrap_or(0.0) / 1000.0,
+        p50_lat_us: read["lat_ns"]["percentile"]["50.000000"]
+            .as_f64()
+            .unwrap_or(0.0)
+            / 1000.0,
         mib_s: read["bw_bytes"].as_f64().unwrap_or(0.0) / f64::from(1 << 20),
         bytes: read["io_bytes"].as_u64().unwrap_or(0),
     };
-    assert!(run.iops > 0.0 && run.bytes > 0, "{name} read nothing: {job}");
+    assert!(
+        run.iops > 0.0 && run.bytes > 0,
+        "{name} read nothing: {job}"
+    );
     run
 }
 
-/// Sectors read by the ublk device during run `name` (field 3 of its
-/// stat, after minus before).
-fn ublk_sectors_read(out: &str, name: &str) -> u64 {
-    let field = |when: &str| -> u64 {
+/// What the ublk device did during run `name` (its stat after minus
+/// before): read requests, sectors read, and milliseconds its reads
+/// were in flight (fields 1, 3 and 4).
+fn ublk_reads(out: &str, name: &str) -> [u64; 3] {
+    let fields = |when: &str| -> Vec<u64> {
         let stat = values(out, &format!("ublkstat {name} {when} "));
         assert_eq!(stat.len(), 1, "{name} {when}: {out}");
-        stat[0]
+        let f: Vec<u64> = stat[0]
             .split_whitespace()
-            .nth(2)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("bad stat {stat:?}"))
+            .map(|v| v.parse().unwrap_or_else(|_| panic!("bad stat {stat:?}")))
+            .collect();
+        assert!(f.len() >= 4, "{stat:?}");
+        f
     };
-    field("after") - field("before")
+    let (before, after) = (fields("before"), fields("after"));
+    [0, 2, 3].map(|i| after[i] - before[i])
 }
 
 /// Past one machine, in one: nvme-ublk serves /dev/ublkb0, the kernel's
@@ -512,7 +525,11 @@ dd if=$U_DEV bs=1M count=24 2>/dev/null | cksum | sed 's/^/ublk region /'
         rr1u = fio_read("rr1_ublk", "$U_DEV", "--rw=randread --bs=4k --iodepth=1"),
         rr1f = fio_read("rr1_fabric", "$F_DEV", "--rw=randread --bs=4k --iodepth=1"),
         rr32u = fio_read("rr32_ublk", "$U_DEV", "--rw=randread --bs=4k --iodepth=32"),
-        rr32f = fio_read("rr32_fabric", "$F_DEV", "--rw=randread --bs=4k --iodepth=32"),
+        rr32f = fio_read(
+            "rr32_fabric",
+            "$F_DEV",
+            "--rw=randread --bs=4k --iodepth=32"
+        ),
         seq_u = fio_read("seq_ublk", "$U_DEV", "--rw=read --bs=128k --iodepth=8"),
         seq_f = fio_read("seq_fabric", "$F_DEV", "--rw=read --bs=128k --iodepth=8"),
         stop = stop("u"),
@@ -537,8 +554,13 @@ dd if=$U_DEV bs=1M count=24 2>/dev/null | cksum | sed 's/^/ublk region /'
     // The fabric's namespace is the ublk device: same size, and a
     // volatile write cache (nvmet passes flushes on).
     let sizes = values(&out, "sizes ");
+    assert_eq!(sizes.len(), 1, "{out}");
     let s: Vec<&str> = sizes[0].split_whitespace().collect();
-    assert_eq!(s, [(96u64 << 20).to_string(), (96u64 << 20).to_string()], "{out}");
+    assert_eq!(
+        s,
+        [(96u64 << 20).to_string(), (96u64 << 20).to_string()],
+        "{out}"
+    );
     assert_eq!(values(&out, "fabric cache "), ["write back"], "{out}");
     for job in ["qd1", "qd32"] {
         assert!(
@@ -559,21 +581,24 @@ dd if=$U_DEV bs=1M count=24 2>/dev/null | cksum | sed 's/^/ublk region /'
     .into_iter()
     .map(|n| (n, read_run(&out, n)))
     .collect();
-    eprintln!("run          IOPS    mean latency   MiB/s");
+    eprintln!("run            IOPS  latency mean   p50    MiB/s  ublk ms/read");
     for (name, r) in &runs {
+        let [ios, sectors, ticks] = ublk_reads(&out, name);
         eprintln!(
-            "{name:<12} {:>7.0} {:>10.0} us {:>8.1}",
-            r.iops, r.mean_lat_us, r.mib_s
+            "{name:<12} {:>7.0} {:>9.0} us {:>6.0} us {:>7.1} {:>8.2}",
+            r.iops,
+            r.mean_lat_us,
+            r.p50_lat_us,
+            r.mib_s,
+            ticks as f64 / ios.max(1) as f64
         );
-        if name.ends_with("_fabric") {
-            // Every byte read through the fabric was read from ublk.
-            let sectors = ublk_sectors_read(&out, name);
-            assert!(
-                sectors >= r.bytes / 512,
-                "{name}: ublk read {sectors} sectors, fio {} bytes",
-                r.bytes
-            );
-        }
+        // Every byte fio read, directly or through the fabric, was read
+        // from ublk (fio's count leaves out the ramp).
+        assert!(
+            sectors >= r.bytes / 512,
+            "{name}: ublk read {sectors} sectors, fio {} bytes",
+            r.bytes
+        );
     }
 
     // The fsync through the fabric reached ublk as a flush (stat field 16).
