@@ -441,10 +441,10 @@ fn ublk_reads(out: &str, name: &str) -> [u64; 3] {
 /// (and the flush reaches the ublk device), and the same region reads the
 /// same through the fabric, through ublk and on the host. In the same
 /// boot fio measures what the hops cost: 4 KiB random reads at QD1 and
-/// QD32 and 128 KiB reads, on /dev/ublkb0 and through the fabric (each
-/// fabric read is seen by ublk: its sector count grows by at least what
-/// fio read). Then the initiator disconnects, nvmet is torn down, and the
-/// daemon stops cleanly.
+/// QD32 and 128 KiB reads, on /dev/ublkb0 and through the fabric, with
+/// ublk's own time per read (every run's reads reached ublk: its sector
+/// count grows by at least what fio read). Then the initiator
+/// disconnects, nvmet is torn down, and the daemon stops cleanly.
 #[test]
 fn nvmet_tcp_exports_the_ublk_device_and_fio_verifies_through_the_fabric() {
     let dir = tempfile::tempdir().expect("temp dir");
