@@ -2,18 +2,22 @@
 //! (6.1) or of its backports (6.12), downloaded with apt-get and unpacked
 //! once into the cache.
 //!
-//! Only the kernel image and the modules the guest loads are kept
-//! (uncompressed), with their load order worked out from the modules'
-//! own dependency fields (see [`modules`](crate::modules)); the package
-//! itself stays in the cache's `debs/` folder.
+//! Only the kernel image and the modules a guest may load are kept
+//! (uncompressed): every root of [`REQUIRED_ROOTS`] and [`OPTIONAL_ROOTS`]
+//! with what it needs, each root's load order worked out from the
+//! modules' own dependency fields (see [`modules`](crate::modules)) and
+//! recorded like a `modules.dep`. A guest asks for roots
+//! ([`GuestKernel::load_order`]); the package itself stays in the cache's
+//! `debs/` folder.
 
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::apt::Apt;
 use crate::error::{Error, Result};
-use crate::modules::ModuleTree;
+use crate::modules::{ModuleTree, normalize};
 use crate::versions::Suite;
 
 /// The modules vfio-pci needs start from these (their dependencies and
@@ -21,27 +25,41 @@ use crate::versions::Suite;
 pub const VFIO_ROOTS: &[&str] = &["vfio-pci"];
 /// The modules the kernel's own NVMe driver needs start from these.
 pub const NVME_ROOTS: &[&str] = &["nvme"];
-/// The ublk driver (`/dev/ublk-control`, for `nvme-ublk`), kept when the
-/// kernel has it (6.12 does; Debian's 6.1 does not). Shipped to guests
-/// that ask for it ([`crate::VmConfig::ship_ublk`]), never loaded at boot.
+/// The ublk driver (`/dev/ublk-control`, for `nvme-ublk`): 6.12 has it,
+/// Debian's 6.1 does not.
 pub const UBLK_ROOTS: &[&str] = &["ublk_drv"];
-/// ext4 (a module in Debian's kernels) and the crc32c it checksums
-/// metadata with, kept when present: shipped to guests that ask for it
-/// ([`crate::VmConfig::ship_ext4`]), never loaded at boot.
+/// ext4 (a module in Debian's kernels) and the crc32c implementation its
+/// metadata checksums ask for by alias (not a `depends`).
 pub const EXT4_ROOTS: &[&str] = &["crc32c_generic", "ext4"];
-/// A VDUSE virtio-blk device in the guest (vdpa, vduse, virtio_vdpa,
-/// virtio_blk) with an ext4 file system on it (ext4 and the crc32c
-/// implementation its checksums ask for by alias): only kernels with
-/// VDUSE have them (6.12; not 6.1).
-pub const VDUSE_ROOTS: &[&str] = &[
+/// A VDUSE virtio-blk device (vdpa, vduse, virtio_vdpa, virtio_blk): only
+/// kernels with VDUSE have them (6.12; not 6.1).
+pub const VDUSE_ROOTS: &[&str] = &["vduse", "virtio_vdpa", "virtio_blk"];
+/// The kernel's NVMe/TCP target (nvmet-tcp: nvmet, configfs, nvme-core's
+/// auth and keyring) and initiator (nvme-tcp: nvme-fabrics,
+/// `/dev/nvme-fabrics`).
+pub const NVME_TCP_ROOTS: &[&str] = &["nvmet-tcp", "nvme-tcp"];
+
+/// Roots every guest kernel must have (the boot loads them).
+pub const REQUIRED_ROOTS: &[&str] = &["vfio-pci", "nvme"];
+/// Roots kept when the kernel has them, for guests that ask
+/// ([`crate::VmConfig::ship_modules`], [`crate::VmConfig::vduse`]). A
+/// module outside these (and what they need) is not in the cache: add its
+/// name here to ship it.
+pub const OPTIONAL_ROOTS: &[&str] = &[
+    "ublk_drv",
+    "crc32c_generic",
+    "ext4",
     "vduse",
     "virtio_vdpa",
     "virtio_blk",
-    "crc32c_generic",
-    "ext4",
+    "nvmet-tcp",
+    "nvme-tcp",
 ];
 
-const LOAD_ORDER: &str = "load-order";
+/// Each kept root's load order, one `root: module...` line per root (an
+/// older cache has a `load-order` file with fixed sets instead, and counts
+/// as incomplete).
+const MODULE_ORDER: &str = "module-order";
 
 /// A cached guest kernel.
 #[derive(Debug, Clone)]
@@ -52,23 +70,52 @@ pub struct GuestKernel {
     pub vmlinuz: PathBuf,
     /// Folder of uncompressed `<name>.ko` files.
     pub modules: PathBuf,
-    /// What vfio-pci needs, in load order.
-    pub vfio_modules: Vec<String>,
-    /// What the kernel's nvme driver needs, in load order.
-    pub nvme_modules: Vec<String>,
-    /// What the ublk driver needs, in load order (empty: no ublk here).
-    pub ublk_modules: Vec<String>,
-    /// ext4 and what it needs, in load order (empty: built in or absent).
-    pub ext4_modules: Vec<String>,
-    /// What a VDUSE block device with ext4 needs ([`VDUSE_ROOTS`]), in
-    /// load order; empty when the kernel has no VDUSE.
-    pub vduse_modules: Vec<String>,
+    /// Each root of [`REQUIRED_ROOTS`] and [`OPTIONAL_ROOTS`] (by its
+    /// [`normalize`]d name) with what it needs, in load order, itself
+    /// last; empty when this kernel has no such module.
+    pub roots: BTreeMap<String, Vec<String>>,
 }
 
 impl GuestKernel {
     /// Path of one cached module.
     pub fn module(&self, name: &str) -> PathBuf {
         self.modules.join(format!("{name}.ko"))
+    }
+
+    /// Whether this kernel has module `root` (one of the kept roots).
+    pub fn has(&self, root: &str) -> bool {
+        self.roots
+            .get(&normalize(root))
+            .is_some_and(|m| !m.is_empty())
+    }
+
+    /// `roots` and everything they need, in an order insmod accepts, each
+    /// module once. An error names a root this kernel lacks, or one the
+    /// cache does not keep (not in [`OPTIONAL_ROOTS`]).
+    pub fn load_order<S: AsRef<str>>(&self, roots: &[S]) -> Result<Vec<String>> {
+        let mut order: Vec<String> = Vec::new();
+        for root in roots {
+            let root = root.as_ref();
+            let Some(modules) = self.roots.get(&normalize(root)) else {
+                return Err(Error::Config(format!(
+                    "module {root} is not one the kernel cache keeps (kernel::OPTIONAL_ROOTS)"
+                )));
+            };
+            if modules.is_empty() {
+                return Err(Error::Missing(format!(
+                    "guest kernel {} has no module {root}",
+                    self.package
+                )));
+            }
+            // Each root's list has its dependencies before it, so the
+            // first appearance of every module keeps that true.
+            for m in modules {
+                if !order.contains(m) {
+                    order.push(m.clone());
+                }
+            }
+        }
+        Ok(order)
     }
 }
 
@@ -111,30 +158,28 @@ pub fn ensure_kernel(cache: &Path, suite: Suite) -> Result<GuestKernel> {
     fs::copy(&vmlinuz, out.join("vmlinuz")).map_err(|e| Error::io("copying", &vmlinuz, e))?;
     let tree = ModuleTree::scan(&find_with_prefix(&root.join("lib").join("modules"), "")?)?;
     let mut order = String::new();
-    for (label, roots) in [
-        ("vfio", VFIO_ROOTS),
-        ("nvme", NVME_ROOTS),
-        ("ublk", UBLK_ROOTS),
-        ("ext4", EXT4_ROOTS),
-        ("vduse", VDUSE_ROOTS),
-    ] {
-        let modules = if matches!(label, "ublk" | "ext4" | "vduse") {
-            tree.load_order_if_present(roots)?
+    let mut written = HashSet::new();
+    for (root, required) in REQUIRED_ROOTS
+        .iter()
+        .map(|r| (r, true))
+        .chain(OPTIONAL_ROOTS.iter().map(|r| (r, false)))
+    {
+        let modules = if required {
+            tree.load_order(&[*root])?
         } else {
-            tree.load_order(roots)?
+            tree.load_order_if_present(&[*root])?
         };
         let names: Vec<&str> = modules.iter().map(|m| m.name.as_str()).collect();
-        log::info!(
-            "{package}: {label} modules in load order: {}",
-            names.join(" ")
-        );
-        order.push_str(&format!("{label} {}\n", names.join(" ")));
+        log::info!("{package}: {root} in load order: {}", names.join(" "));
+        order.push_str(&format!("{}: {}\n", normalize(root), names.join(" ")));
         for m in &modules {
-            let p = modules_out.join(format!("{}.ko", m.name));
-            fs::write(&p, &m.object).map_err(|e| Error::io("writing", &p, e))?;
+            if written.insert(m.name.clone()) {
+                let p = modules_out.join(format!("{}.ko", m.name));
+                fs::write(&p, &m.object).map_err(|e| Error::io("writing", &p, e))?;
+            }
         }
     }
-    let p = out.join(LOAD_ORDER);
+    let p = out.join(MODULE_ORDER);
     fs::write(&p, order).map_err(|e| Error::io("writing", &p, e))?;
     fs::write(out.join("complete"), &package).map_err(|e| Error::io("writing", &out, e))?;
     let _ = fs::remove_dir_all(&dir);
@@ -151,38 +196,38 @@ fn cached_package(cache: &Path, pointer: &Path) -> Option<String> {
     read_cached(&cache.join(&p), &p).map(|_| p)
 }
 
-/// The kernel cached in `dir`, if it is complete (a cache made before the
-/// load order, or its ublk and ext4 lines, were recorded counts as
-/// incomplete).
+/// The kernel cached in `dir`, if it is complete (a cache made before
+/// [`MODULE_ORDER`], or before one of today's roots, counts as incomplete).
 fn read_cached(dir: &Path, package: &str) -> Option<GuestKernel> {
     if !dir.join("complete").exists() {
         return None;
     }
-    let order = fs::read_to_string(dir.join(LOAD_ORDER)).ok()?;
-    let list = |label: &str| -> Option<Vec<String>> {
-        let line = order
-            .lines()
-            .find_map(|l| l.strip_prefix(label)?.strip_prefix(' '))?;
-        Some(line.split_whitespace().map(String::from).collect())
-    };
+    let text = fs::read_to_string(dir.join(MODULE_ORDER)).ok()?;
+    let roots: BTreeMap<String, Vec<String>> = text
+        .lines()
+        .filter_map(|l| {
+            let (root, modules) = l.split_once(':')?;
+            Some((
+                root.trim().to_string(),
+                modules.split_whitespace().map(String::from).collect(),
+            ))
+        })
+        .collect();
     let kernel = GuestKernel {
         package: package.to_string(),
         vmlinuz: dir.join("vmlinuz"),
         modules: dir.join("modules"),
-        vfio_modules: list("vfio")?,
-        nvme_modules: list("nvme")?,
-        ublk_modules: list("ublk")?,
-        ext4_modules: list("ext4")?,
-        vduse_modules: list("vduse")?,
+        roots,
     };
     let all_there = kernel.vmlinuz.is_file()
-        && kernel
-            .vfio_modules
+        && REQUIRED_ROOTS.iter().all(|r| kernel.has(r))
+        && OPTIONAL_ROOTS
             .iter()
-            .chain(&kernel.nvme_modules)
-            .chain(&kernel.ublk_modules)
-            .chain(&kernel.ext4_modules)
-            .chain(&kernel.vduse_modules)
+            .all(|r| kernel.roots.contains_key(&normalize(r)))
+        && kernel
+            .roots
+            .values()
+            .flatten()
             .all(|m| kernel.module(m).is_file());
     all_there.then_some(kernel)
 }
@@ -199,4 +244,53 @@ fn find_with_prefix(dir: &Path, prefix: &str) -> Result<PathBuf> {
         }
     }
     Err(Error::Missing(format!("no {prefix}* in {}", dir.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_order_joins_roots_and_names_what_is_missing() {
+        let line = |r: &str, m: &[&str]| -> (String, Vec<String>) {
+            (r.to_string(), m.iter().map(|s| s.to_string()).collect())
+        };
+        let kernel = GuestKernel {
+            package: "k".into(),
+            vmlinuz: "/k".into(),
+            modules: "/m".into(),
+            roots: [
+                line(
+                    "nvmet_tcp",
+                    &["configfs", "nvme-auth", "nvme-core", "nvmet", "nvmet-tcp"],
+                ),
+                line(
+                    "nvme_tcp",
+                    &["nvme-auth", "nvme-core", "nvme-fabrics", "nvme-tcp"],
+                ),
+                line("ublk_drv", &[]),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        assert!(kernel.has("nvmet-tcp") && !kernel.has("ublk_drv"));
+        assert_eq!(
+            kernel
+                .load_order(&["nvmet-tcp", "nvme_tcp"])
+                .expect("order"),
+            [
+                "configfs",
+                "nvme-auth",
+                "nvme-core",
+                "nvmet",
+                "nvmet-tcp",
+                "nvme-fabrics",
+                "nvme-tcp"
+            ]
+        );
+        let e = kernel.load_order(&["ublk_drv"]).expect_err("absent");
+        assert!(e.to_string().contains("has no module ublk_drv"), "{e}");
+        let e = kernel.load_order(&["nouveau"]).expect_err("not kept");
+        assert!(e.to_string().contains("OPTIONAL_ROOTS"), "{e}");
+    }
 }

@@ -1,6 +1,7 @@
 //! One guest run: QEMU q35 with an emulated Intel IOMMU and an NVMe
 //! controller, a command run in it, and what came out.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -232,19 +233,18 @@ pub struct VmConfig {
     pub console_log: Option<PathBuf>,
     /// Where the command's output goes.
     pub output: OutputMode,
-    /// Put the ublk driver's modules in `/lib/modules` (not loaded: the
-    /// guest loads them in the order `/lib/modules/ublk.order` lists),
-    /// for `nvme-ublk`. Only kernels with `ublk_drv` (6.12, not Debian's
-    /// 6.1) can; on others the run fails to set up.
-    pub ship_ublk: bool,
-    /// Put ext4's modules (and crc32c) in `/lib/modules`, not loaded: the
-    /// guest loads them in the order `/lib/modules/ext4.order` lists
-    /// (Debian builds ext4 as a module).
-    pub ship_ext4: bool,
+    /// Modules put in `/lib/modules` with what they need, not loaded (by
+    /// name, each one of [`kernel::OPTIONAL_ROOTS`]): the guest loads
+    /// them with `modload NAME...`, which insmods what `NAME`'s load order
+    /// (`/lib/modules/NAME.order`) lists and is not loaded yet, like
+    /// modprobe. A kernel without one of them fails the run's setup
+    /// (ublk_drv, VDUSE and nvmet are in 6.12, not in Debian's 6.1).
+    pub ship_modules: Vec<String>,
     /// The guest kernel (None: the harness-wide default, see [`versions`]).
     pub kernel: Option<Suite>,
-    /// Load the modules of a VDUSE block device with ext4 on it
-    /// ([`kernel::VDUSE_ROOTS`]); an error with a kernel that has none.
+    /// Load the modules of a VDUSE block device with ext4 on it at boot
+    /// ([`kernel::VDUSE_ROOTS`] and [`kernel::EXT4_ROOTS`]); an error with
+    /// a kernel that has none.
     pub vduse: bool,
     /// The QEMU (None: the harness-wide default, see [`versions`]).
     pub qemu: Option<Suite>,
@@ -277,8 +277,7 @@ impl Default for VmConfig {
             kernel_args: Vec::new(),
             console_log: None,
             output: OutputMode::Capture,
-            ship_ublk: false,
-            ship_ext4: false,
+            ship_modules: Vec::new(),
             kernel: None,
             vduse: false,
             qemu: None,
@@ -811,43 +810,35 @@ impl VmConfig {
 
         // With the kernel driver, vfio-pci is loaded too, so that a
         // controller can be moved over with `nvmectl bind`.
-        let mut modules: Vec<&str> = kernel.vfio_modules.iter().map(String::as_str).collect();
+        let mut roots: Vec<&str> = kernel::VFIO_ROOTS.to_vec();
         if self.driver == GuestDriver::Kernel {
-            for m in &kernel.nvme_modules {
-                if !modules.contains(&m.as_str()) {
-                    modules.push(m);
-                }
-            }
+            roots.extend(kernel::NVME_ROOTS);
         }
         if self.vduse {
-            if kernel.vduse_modules.is_empty() {
-                return Err(Error::Missing(format!(
-                    "guest kernel {} has no VDUSE modules",
-                    kernel.package
-                )));
-            }
-            for m in &kernel.vduse_modules {
-                if !modules.contains(&m.as_str()) {
-                    modules.push(m);
-                }
-            }
+            roots.extend(kernel::VDUSE_ROOTS);
+            roots.extend(kernel::EXT4_ROOTS);
         }
+        let modules = kernel.load_order(&roots)?;
+        let mut packed: HashSet<&str> = HashSet::new();
         for m in &modules {
             a.host_file(&format!("lib/modules/{m}.ko"), &kernel.module(m))?;
+            packed.insert(m);
         }
-        if self.ship_ublk {
-            if kernel.ublk_modules.is_empty() {
-                return Err(Error::Missing(format!(
-                    "guest kernel {} has no ublk_drv (the 6.12 kernel has)",
-                    kernel.package
-                )));
+        let shipped: Vec<Vec<String>> = self
+            .ship_modules
+            .iter()
+            .map(|root| kernel.load_order(&[root]))
+            .collect::<Result<_>>()?;
+        for (root, order) in self.ship_modules.iter().zip(&shipped) {
+            for m in order {
+                if packed.insert(m) {
+                    a.host_file(&format!("lib/modules/{m}.ko"), &kernel.module(m))?;
+                }
             }
-            ship_modules(&mut a, kernel, "ublk", &kernel.ublk_modules)?;
+            let text: String = order.iter().map(|m| format!("{m}\n")).collect();
+            a.file(&format!("lib/modules/{root}.order"), 0o644, text.as_bytes())?;
         }
-        if self.ship_ext4 {
-            // An empty list is fine: ext4 built in.
-            ship_modules(&mut a, kernel, "ext4", &kernel.ext4_modules)?;
-        }
+        a.file("bin/modload", 0o755, include_bytes!("../guest/modload.sh"))?;
         let bind = match self.driver {
             GuestDriver::Vfio => "vfio",
             GuestDriver::Kernel => "kernel",
@@ -1166,25 +1157,6 @@ fn follow(
     })
 }
 
-/// Puts `modules` of `kernel` in the initramfs's `/lib/modules`, not
-/// loaded, with their load order in `/lib/modules/{label}.order`.
-fn ship_modules(
-    a: &mut Archive,
-    kernel: &GuestKernel,
-    label: &str,
-    modules: &[String],
-) -> Result<()> {
-    for m in modules {
-        a.host_file(&format!("lib/modules/{m}.ko"), &kernel.module(m))?;
-    }
-    let order: String = modules.iter().map(|m| format!("{m}\n")).collect();
-    a.file(
-        &format!("lib/modules/{label}.order"),
-        0o644,
-        order.as_bytes(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1195,11 +1167,13 @@ mod tests {
             package: "k".into(),
             vmlinuz: "/k".into(),
             modules: "/m".into(),
-            vfio_modules: vec!["vfio".into()],
-            nvme_modules: vec!["nvme".into()],
-            ublk_modules: Vec::new(),
-            ext4_modules: Vec::new(),
-            vduse_modules: Vec::new(),
+            roots: [
+                ("vfio_pci", vec!["vfio".into()]),
+                ("nvme", vec!["nvme".into()]),
+            ]
+            .into_iter()
+            .map(|(r, m)| (r.to_string(), m))
+            .collect(),
         };
         let qemu = Qemu {
             binary: "/q".into(),
