@@ -371,6 +371,10 @@ ln -sf /proc/mounts /etc/mtab
 mkdir -p /mnt/u && mount -t ext4 $DEV /mnt/u || exit 32
 cd /mnt/u && mkdir {dirs} {SCRATCH} && sync {dirs} {SCRATCH} . || exit 33
 mark 0 || fail 0
+# Noise: scratch files rewritten and fsynced while the steps run.
+( i=0; while [ ! -e /tmp/stop ]; do head -c $(( (i % 5) * 30000 + 1 )) /dev/urandom > {SCRATCH}/n$((i % 6)) \
+    && sync {SCRATCH}/n$((i % 6)); i=$((i + 1)); sleep 0.1; done ) &
+NOISE=$!
 ",
             nonce = self.nonce(),
             dirs = DIRS.join(" "),
@@ -415,6 +419,7 @@ mark 0 || fail 0
         write!(
             s,
             "echo \"workload: done {}\"
+touch /tmp/stop && wait $NOISE
 cd / && umount /mnt/u || exit 34
 /usr/sbin/e2fsck -fn $DEV > /tmp/fsck.out 2>&1
 echo \"guest fsck rc=$?\"
@@ -860,12 +865,28 @@ pub fn choose_cuts(
             let w = writes[rng.random_range(0..writes.len())];
             cuts.push(whole(CutKind::Prefix, w + 1));
         }
-        for _ in 0..counts.volatile {
-            let w = writes[rng.random_range(0..writes.len())];
-            let last_flush = log.entries[..=w]
+        // Volatile cuts end at writes with at least one more unflushed
+        // write before them, when there are such (there is something to
+        // lose then).
+        let after_flush = |w: usize| {
+            log.entries[..=w]
                 .iter()
                 .rposition(|e| e.kind == EntryKind::Flush)
-                .map_or(0, |f| f + 1);
+                .map_or(0, |f| f + 1)
+        };
+        let deep: Vec<usize> = writes
+            .iter()
+            .copied()
+            .filter(|&w| {
+                log.entries[after_flush(w)..w]
+                    .iter()
+                    .any(|e| e.kind == EntryKind::Write)
+            })
+            .collect();
+        let pool = if deep.is_empty() { &writes } else { &deep };
+        for _ in 0..counts.volatile {
+            let w = pool[rng.random_range(0..pool.len())];
+            let last_flush = after_flush(w);
             let dropped = log.entries[last_flush..=w]
                 .iter()
                 .filter(|e| e.kind == EntryKind::Write && rng.random_bool(0.5))

@@ -655,7 +655,7 @@ fn ext4_on_nvme_ublk_is_clean_and_keeps_fsynced_files_at_every_replayed_power_cu
     use vm_tests::fscrash::{self, CutCounts, CutKind, Op, Plan};
     use vm_tests::logwrites::WriteLog;
 
-    const STEPS: usize = 60;
+    const STEPS: usize = 120;
     let plan = Plan::generate(12, STEPS);
     let mut config = ublk_vm(&["mke2fs", "e2fsck", "cksum"]);
     config
@@ -701,10 +701,10 @@ modload crc32c_generic ext4 || exit 4
     let markers = fscrash::find_markers(&log, &plan).unwrap_or_else(|e| panic!("{e}"));
 
     let counts = CutCounts {
-        flush: 25,
-        marker: 15,
-        prefix: 20,
-        volatile: 20,
+        flush: 30,
+        marker: 20,
+        prefix: 30,
+        volatile: 40,
     };
     let cuts = fscrash::choose_cuts(&log, &markers, counts, 77);
     let dir = tempfile::tempdir().expect("temp dir");
