@@ -12,7 +12,9 @@
 //! (each then fsync), replace atomically (write `F.tmp`, fsync it, rename
 //! it over `F`, fsync the directory), rename into another directory and
 //! unlink (then fsync the directories), and write scratch files in `s/`
-//! that are never fsynced. After a step's fsyncs returned, the guest
+//! that are never fsynced; meanwhile a background loop rewrites and
+//! fsyncs other scratch files, so that their writes and journal commits
+//! interleave with the steps'. After a step's fsyncs returned, the guest
 //! writes its *marker*: one 4 KiB block at slot `n` of the marker area
 //! ([`MARKS_START`], beyond the filesystem's end) with `O_DIRECT` and then
 //! an fsync of the device, naming the step and, for every file the step
@@ -36,9 +38,10 @@
 //!
 //! A cut is a log prefix. At flush points, right after markers and at
 //! random writes everything in the prefix is applied in log order (the
-//! method of dm-log-writes' replay-log); *volatile* cuts apply everything
-//! up to the last flush and each later write with probability 1/2, as a
-//! device's volatile write cache may lose any of them. Writes are not torn
+//! method of dm-log-writes' replay-log); *volatile* cuts (at writes with
+//! other unflushed writes before them) apply everything up to the last
+//! flush and each later write with probability 1/2, as a device's
+//! volatile write cache may lose any of them. Writes are not torn
 //! within themselves: jbd2's commit block carries a checksum over the
 //! whole 4 KiB block, and a torn commit block is reported as a corrupt
 //! transaction by design.
