@@ -931,7 +931,7 @@ pub fn without_step_writes(log: &WriteLog, markers: &[LoggedMarker], k: usize) -
 pub fn replay_cut(
     log: &WriteLog,
     cut: &Cut,
-    base: &mut Vec<u8>,
+    base: &mut [u8],
     base_len: &mut usize,
 ) -> Result<Vec<u8>, String> {
     let sure = cut.sure();
@@ -945,7 +945,7 @@ pub fn replay_cut(
         log.apply(e, base)?;
     }
     *base_len = sure;
-    let mut image = base.clone();
+    let mut image = base.to_vec();
     for e in &log.entries[sure..cut.len] {
         if !cut.dropped.contains(&e.index) {
             log.apply(e, &mut image)?;
