@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod fscrash;
 pub mod logwrites;
 pub mod model;
 pub mod powercut;
