@@ -318,7 +318,9 @@ impl BlkBackend {
             worker.set_spin(std::time::Duration::from_micros(spin));
         }
         if self.shared.null_io.load(Ordering::Relaxed) {
-            log::warn!("virtqueue {index}: reads and writes answered without the device (--null-io)");
+            log::warn!(
+                "virtqueue {index}: reads and writes answered without the device (--null-io)"
+            );
             worker.set_null_io(true);
         }
         Ok(worker)

@@ -1160,11 +1160,19 @@ mod tests {
         assert_eq!(r.status(past), VIRTIO_BLK_S_IOERR as u8);
         let after = r.mock.stats();
         assert_eq!((after.reads, after.writes), (before.reads, before.writes));
-        assert_eq!(after.flushes, before.flushes + 1, "FLUSH reaches the device");
+        assert_eq!(
+            after.flushes,
+            before.flushes + 1,
+            "FLUSH reaches the device"
+        );
         // No data moved either way.
         assert_eq!(r.read(0x20_0000, 4096), vec![0xaa; 4096]);
         assert_eq!(r.mock.read_disk(NS, 8, 8).expect("disk"), on_disk);
-        assert_eq!(r.stats.snapshot(), (0, 0, 1, 0), "neither direct nor bounced");
+        assert_eq!(
+            r.stats.snapshot(),
+            (0, 0, 1, 0),
+            "neither direct nor bounced"
+        );
         let lens: Vec<u32> = r.used(&q).into_iter().map(|(_, l)| l).collect();
         assert!(lens.contains(&4097), "the read reports its bytes: {lens:?}");
     }

@@ -23,8 +23,8 @@ use serde_json::json;
 
 use crate::chart;
 use crate::vm_args::IommuArg;
-use results::{Cell, Output};
 use qemu_harness::Suite;
+use results::{Cell, Output};
 use suite::{Boot, JOBS, Job, NAMESPACE_LBAS, Plan, Timing, Variant};
 
 /// What backs the emulated namespace.
@@ -322,11 +322,9 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
         &output,
         elapsed,
         plans.iter().map(Plan::namespaces).max().unwrap_or(1),
-        main_boot
-            .or(fe_boot)
-            .map_or(("", ""), |(_, _, r)| {
-                (r.qemu_version.as_str(), r.kernel_package.as_str())
-            }),
+        main_boot.or(fe_boot).map_or(("", ""), |(_, _, r)| {
+            (r.qemu_version.as_str(), r.kernel_package.as_str())
+        }),
     );
     if let Some((_, _, r)) = fe_boot {
         conditions["frontend_kernel_package"] = json!(r.kernel_package);
@@ -382,20 +380,20 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
         match &run.exit {
             GuestExit::Exited(0) => {}
             other => {
-            eprintln!(
-                "bench: the guest did not finish cleanly ({other:?}); console log: {}",
-                run.console_log.display()
-            );
-            if matches!(other, GuestExit::NoStatus(why) if why.contains("signal"))
-                && !args.tcg_single
-            {
                 eprintln!(
-                    "bench: QEMU itself died: multi-threaded TCG can crash when the guest \
+                    "bench: the guest did not finish cleanly ({other:?}); console log: {}",
+                    run.console_log.display()
+                );
+                if matches!(other, GuestExit::NoStatus(why) if why.contains("signal"))
+                    && !args.tcg_single
+                {
+                    eprintln!(
+                        "bench: QEMU itself died: multi-threaded TCG can crash when the guest \
                      changes its memory map (docs/TESTING.md, \"QEMU's memory-map race\"); \
                      run again, or with --tcg-single for a smoke run"
-                );
-            }
-            failed = true;
+                    );
+                }
+                failed = true;
             }
         }
     }
@@ -488,16 +486,19 @@ fn header(args: &BenchArgs, output: &Output, elapsed: Duration) -> String {
         (None, Some(pages)) => format!("ours readahead max {pages} pages"),
         (None, None) => "readahead: no cache job".into(),
     };
-    let frontend = output.conditions.get("frontend_kernel").map_or(String::new(), |k| {
-        format!(
-            "\nfront ends' boot: guest {k}, kernel nvme queues {}; host load average {}",
-            c("frontend_queues"),
-            std::fs::read_to_string("/proc/loadavg")
-                .ok()
-                .and_then(|l| l.rsplitn(3, ' ').nth(2).map(str::to_string))
-                .unwrap_or_else(|| "?".into())
-        )
-    });
+    let frontend = output
+        .conditions
+        .get("frontend_kernel")
+        .map_or(String::new(), |k| {
+            format!(
+                "\nfront ends' boot: guest {k}, kernel nvme queues {}; host load average {}",
+                c("frontend_queues"),
+                std::fs::read_to_string("/proc/loadavg")
+                    .ok()
+                    .and_then(|l| l.rsplitn(3, ' ').nth(2).map(str::to_string))
+                    .unwrap_or_else(|| "?".into())
+            )
+        });
     format!(
         "QEMU {} TCG{} -cpu {} ({}), {} vCPUs, {} MiB ({} huge pages), {:?} backend; guest {}, iommu {} ({})\n\
          kernel nvme queues {}; {readahead}\n\
@@ -697,7 +698,12 @@ mod tests {
         assert!(args(&["--repeat", "0"]).plans().is_err());
         // The default: the main boot, then the front ends' (6.12).
         let boots = |a: &[&str]| -> Vec<Boot> {
-            args(a).plans().expect("plans").iter().map(|p| p.boot).collect()
+            args(a)
+                .plans()
+                .expect("plans")
+                .iter()
+                .map(|p| p.boot)
+                .collect()
         };
         assert_eq!(boots(&[]), [Boot::Main, Boot::Frontend]);
         assert_eq!(boots(&["--no-frontends"]), [Boot::Main]);

@@ -410,6 +410,13 @@ pub(crate) fn table(cells: &[Cell], jobs: &[Job], header: &str) -> String {
         "job", "metric", "ours", "best kernel", "(variant)"
     );
     for job in jobs {
+        let main_boot = cells
+            .iter()
+            .any(|c| c.job == job.name && c.variant.boot() == Boot::Main);
+        if !main_boot && cells.iter().any(|c| c.variant.boot() == Boot::Frontend) {
+            // A front-end job only: in the front ends' table.
+            continue;
+        }
         let ours = cell(cells, job.name, Variant::OURS).map_or("-".into(), figure);
         let best = best_kernel(cells, job);
         let _ = write!(
@@ -445,11 +452,7 @@ pub(crate) fn table(cells: &[Cell], jobs: &[Job], header: &str) -> String {
 
 /// The best median of `job` among the variants `which` picks (highest,
 /// or lowest for latency).
-fn best_of<'a>(
-    cells: &'a [Cell],
-    job: &str,
-    which: impl Fn(Variant) -> bool,
-) -> Option<&'a Cell> {
+fn best_of<'a>(cells: &'a [Cell], job: &str, which: impl Fn(Variant) -> bool) -> Option<&'a Cell> {
     best_among(cells, &Job::by_name(job)?, which)
 }
 
@@ -506,7 +509,13 @@ pub(crate) fn frontend_table(cells: &[Cell], jobs: &[Job]) -> String {
             best_of(cells, job.name, is_frontend_kernel),
         ));
         let qsd = best_of(cells, job.name, is_qsd);
-        for name in ["vhost", "vhost-irq", "vhost-spin", "vhost-null", "vhost-null-poll"] {
+        for name in [
+            "vhost",
+            "vhost-irq",
+            "vhost-spin",
+            "vhost-null",
+            "vhost-null-poll",
+        ] {
             let v = Variant::from_name(name).and_then(|v| cell(cells, job.name, v));
             parts.extend(pair(&format!("{name}/qsd:"), v, qsd));
         }
@@ -708,7 +717,8 @@ pub(crate) fn targets(cells: &[Cell], null_backend: bool, zero_copy: Option<f64>
     );
     // Issue 12: fio on nvme-ublk's block device against fio on the kernel
     // nvme driver at its best, same jobs, same (6.12) boot.
-    let fe_best = |job: &str, which: fn(Variant) -> bool| best_of(cells, job, which).map(|c| c.median);
+    let fe_best =
+        |job: &str, which: fn(Variant) -> bool| best_of(cells, job, which).map(|c| c.median);
     check(
         "4K randread QD32 IOPS: ublk vs the kernel nvme driver (best)",
         fe_best("randread-4k-qd32", is_ublk),
@@ -922,7 +932,9 @@ mod tests {
         assert_eq!(find("vhost-null vs our raw driver"), 3.0);
         let table = frontend_table(&cells, JOBS);
         assert!(
-            table.contains("ublk/kernel: ublk-batch 30.0k ±0% / fe-io_uring-polled-batch 25.0k ±0% = 1.20x"),
+            table.contains(
+                "ublk/kernel: ublk-batch 30.0k ±0% / fe-io_uring-polled-batch 25.0k ±0% = 1.20x"
+            ),
             "{table}"
         );
         assert!(table.contains("raw driver (fe-ours) 40.0"), "{table}");

@@ -231,12 +231,36 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
     // The full path with ownership-passing buffers (`IoQPair::submit`
     // with a `DmaBuffer`) instead of registered ones: what a caller that
     // cannot register its buffers gets. Only when `--variants` names it.
-    main_device("ours-owned", Side::Ours("--owned-buffers"), false, true, false),
+    main_device(
+        "ours-owned",
+        Side::Ours("--owned-buffers"),
+        false,
+        true,
+        false,
+    ),
     main_device("io_uring", Side::Kernel(IO_URING), false, false, true),
     main_device("io_uring-batch", Side::Kernel(IO_URING), true, false, true),
-    main_device("io_uring-polled", Side::Kernel(IO_URING_POLLED), false, true, true),
-    main_device("io_uring-polled-batch", Side::Kernel(IO_URING_POLLED), true, true, true),
-    main_device("libaio", Side::Kernel("--ioengine=libaio"), false, false, false),
+    main_device(
+        "io_uring-polled",
+        Side::Kernel(IO_URING_POLLED),
+        false,
+        true,
+        true,
+    ),
+    main_device(
+        "io_uring-polled-batch",
+        Side::Kernel(IO_URING_POLLED),
+        true,
+        true,
+        true,
+    ),
+    main_device(
+        "libaio",
+        Side::Kernel("--ioengine=libaio"),
+        false,
+        false,
+        false,
+    ),
     VariantDef {
         name: "kernel-cache",
         side: Side::Kernel("--ioengine=psync"),
@@ -261,18 +285,60 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
     // interrupt: the reference the vhost-user and ublk latencies are read
     // against.
     frontend("fe-ours", Side::Ours(""), false, true, QD1_ONLY),
-    frontend("fe-ours-irq", Side::Ours("--interrupts"), false, false, QD1_ONLY),
+    frontend(
+        "fe-ours-irq",
+        Side::Ours("--interrupts"),
+        false,
+        false,
+        QD1_ONLY,
+    ),
     // Issue 12: fio on /dev/ublkb0 (nvme-ublk) against fio on the kernel
     // nvme driver's /dev/nvme0n1 at its best (poll queues, io_uring
     // polled, batched or not), same jobs, same boot. ublk itself is
     // interrupt-driven in the kernel (no polled I/O): io_uring, batched
     // where the depth allows.
-    frontend("ublk", Side::Ublk(IO_URING, UblkPlacement::PerCpu), false, true, QD1_ONLY),
-    frontend("ublk-batch", Side::Ublk(IO_URING, UblkPlacement::PerCpu), true, true, UBLK_JOBS),
-    frontend("ublk-split", Side::Ublk(IO_URING, UblkPlacement::Split), false, false, QD1_ONLY),
-    frontend("ublk-split-batch", Side::Ublk(IO_URING, UblkPlacement::Split), true, false, UBLK_JOBS),
-    frontend("fe-io_uring-polled", Side::Kernel(IO_URING_POLLED), false, true, UBLK_JOBS),
-    frontend("fe-io_uring-polled-batch", Side::Kernel(IO_URING_POLLED), true, true, UBLK_JOBS),
+    frontend(
+        "ublk",
+        Side::Ublk(IO_URING, UblkPlacement::PerCpu),
+        false,
+        true,
+        QD1_ONLY,
+    ),
+    frontend(
+        "ublk-batch",
+        Side::Ublk(IO_URING, UblkPlacement::PerCpu),
+        true,
+        true,
+        UBLK_JOBS,
+    ),
+    frontend(
+        "ublk-split",
+        Side::Ublk(IO_URING, UblkPlacement::Split),
+        false,
+        false,
+        QD1_ONLY,
+    ),
+    frontend(
+        "ublk-split-batch",
+        Side::Ublk(IO_URING, UblkPlacement::Split),
+        true,
+        false,
+        UBLK_JOBS,
+    ),
+    frontend(
+        "fe-io_uring-polled",
+        Side::Kernel(IO_URING_POLLED),
+        false,
+        true,
+        UBLK_JOBS,
+    ),
+    frontend(
+        "fe-io_uring-polled-batch",
+        Side::Kernel(IO_URING_POLLED),
+        true,
+        true,
+        UBLK_JOBS,
+    ),
     // Issue 11: the same client (nvme-bench --vhost-user, libblkio, polled
     // queues) against our vhost-user-blk target, polling (`--poll`), in
     // its default interrupt mode, and with hybrid polling (`--spin-us`),
@@ -281,12 +347,30 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
     // longer window. A daemon is started for each run.
     frontend("vhost", Side::Vhost("--poll"), false, true, VHOST_JOBS),
     frontend("vhost-irq", Side::Vhost(""), false, true, VHOST_JOBS),
-    frontend("vhost-spin", Side::Vhost("--spin-us 50"), false, false, VHOST_JOBS),
+    frontend(
+        "vhost-spin",
+        Side::Vhost("--spin-us 50"),
+        false,
+        false,
+        VHOST_JOBS,
+    ),
     // The floor of the vhost-user crossing: nvme-vhost answering every
     // read at once without the device (`--null-io`), in interrupt mode
     // and polling.
-    frontend("vhost-null", Side::Vhost("--null-io"), false, true, QD1_ONLY),
-    frontend("vhost-null-poll", Side::Vhost("--null-io --poll"), false, false, QD1_ONLY),
+    frontend(
+        "vhost-null",
+        Side::Vhost("--null-io"),
+        false,
+        true,
+        QD1_ONLY,
+    ),
+    frontend(
+        "vhost-null-poll",
+        Side::Vhost("--null-io --poll"),
+        false,
+        false,
+        QD1_ONLY,
+    ),
     frontend("qsd-vhost", Side::QsdVhost(""), false, true, VHOST_JOBS),
     frontend(
         "qsd-vhost-poll",
@@ -706,9 +790,7 @@ fn fio_args(job: &Job, variant: Variant, t: Timing) -> Option<String> {
     let mut a = format!(
         "--filename={} --rw={} --bs={} --randrepeat=0 --norandommap --lat_percentiles=1 \
          --eta=never --output-format=json {engine}",
-        filename,
-        job.rw,
-        job.bs
+        filename, job.rw, job.bs
     );
     if variant.def().batched {
         let _ = write!(a, " {}", batch_args(job.qd));
@@ -1426,7 +1508,11 @@ mod tests {
             boot: Boot::Main,
             ..p.clone()
         };
-        assert_eq!(main.run_count(), 0, "vhost-user runs in the front ends' boot");
+        assert_eq!(
+            main.run_count(),
+            0,
+            "vhost-user runs in the front ends' boot"
+        );
         assert_eq!(p.run_count(), 6);
         assert!(p.has_qsd() && !p.has_kernel_side(), "no fio needed");
         let s = p.script();
@@ -1491,7 +1577,10 @@ mod tests {
         );
         assert!(!vfio.contains("--hipri"), "ublk has no polled I/O");
         assert!(vfio.contains(" --null-io' "), "{vfio}");
-        assert!(vfio.contains("\nours 'fe-ours|randread-4k-qd1|1' "), "{vfio}");
+        assert!(
+            vfio.contains("\nours 'fe-ours|randread-4k-qd1|1' "),
+            "{vfio}"
+        );
         // The kernel nvme driver's best (polled) after the move.
         assert!(nvme.contains(
             "kern 'fe-io_uring-polled-batch|randread-4k-qd32|1' '[13/48] round 1 kernel fe-io_uring-polled-batch randread-4k-qd32' --filename=/dev/nvme0n1 "
