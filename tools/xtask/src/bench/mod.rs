@@ -213,7 +213,11 @@ impl BenchArgs {
             // The front ends' boot: the backports' kernel, which has
             // ublk_drv (Debian's 6.1 has none), whatever the default is.
             kernel: frontend.then_some(Suite::Backports),
-            ship_ublk: plan.has_ublk(),
+            ship_modules: if plan.has_ublk() {
+                vec!["ublk_drv".into()]
+            } else {
+                Vec::new()
+            },
             kernel_args: self.kernel_args.clone(),
             timeout: Duration::from_secs_f64(plan.estimate_seconds() * 2.0 + 180.0),
             output: OutputMode::StreamStderr,
@@ -725,11 +729,11 @@ mod tests {
         assert!(ci.iter().all(|p| p.namespaces() == 1));
         let fe = args(&[]).vm_config(&ci[1], std::path::Path::new("/tmp"));
         assert_eq!(fe.kernel, Some(Suite::Backports));
-        assert!(fe.ship_ublk);
+        assert_eq!(fe.ship_modules, ["ublk_drv"]);
         assert_eq!(fe.host_tools, ["fio", "qemu-storage-daemon"]);
         let main = args(&[]).vm_config(&ci[0], std::path::Path::new("/tmp"));
         assert_eq!(main.kernel, None);
-        assert!(!main.ship_ublk);
+        assert!(main.ship_modules.is_empty());
         assert!(
             args(&[
                 "--jobs",

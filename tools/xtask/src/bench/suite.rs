@@ -932,7 +932,7 @@ impl Plan {
         s.push_str(&SCRIPT_PRELUDE.replace("QSD_BLOCKDEV", QSD_BLOCKDEV));
         // Identify needs the controller on vfio-pci.
         if self.has_ublk() {
-            // Only the 6.12 kernel has ublk_drv (VmConfig::ship_ublk).
+            // Only the 6.12 kernel has ublk_drv (VmConfig::ship_modules).
             s.push_str(LOAD_UBLK);
         }
         let _ = writeln!(s, "to_vfio\nconditions");
@@ -1043,10 +1043,10 @@ impl Plan {
     }
 }
 
-/// Loads ublk_drv and what it needs (the harness's `ship_ublk` puts them
-/// in /lib/modules with their order).
-const LOAD_UBLK: &str = "for m in $(cat /lib/modules/ublk.order); do \
-    insmod /lib/modules/$m.ko || { echo \"@@failed ublk modules: insmod $m\"; exit 1; }; done\n";
+/// Loads ublk_drv and what it needs (the harness's `ship_modules` puts
+/// them in /lib/modules with their order; `modload` loads them).
+const LOAD_UBLK: &str =
+    "modload ublk_drv || { echo \"@@failed ublk modules: modload ublk_drv\"; exit 1; }\n";
 
 /// Helpers of the guest script: switching drivers and running one job.
 const SCRIPT_PRELUDE: &str = r#"
@@ -1475,7 +1475,7 @@ mod tests {
         // The front ends run in their own boot.
         assert_eq!(with_all.run_count(), p.run_count() + (5 + device_jobs) * 3);
         assert!(!s.contains("\nvhost '") && !s.contains("\nqsd_vhost '"));
-        assert!(!s.contains("\nublk '") && !s.contains("insmod"));
+        assert!(!s.contains("\nublk '") && !s.contains("modload"));
         assert_eq!(
             with_all.script().matches(" --owned-buffers\n").count(),
             device_jobs * 3
@@ -1561,7 +1561,7 @@ mod tests {
         assert!(p.has_ublk() && p.has_qsd() && p.has_kernel_side());
         assert!(!p.has_kernel_cache());
         let s = p.script();
-        assert!(s.contains("insmod /lib/modules/$m.ko"), "{s}");
+        assert!(s.contains("\nmodload ublk_drv || "), "{s}");
         let (vfio, nvme) = s.split_once("\nto_nvme\n").expect("a kernel phase");
         // nvme-ublk while the controller is on vfio-pci, fio on its device.
         assert_eq!(s.matches("\nublk '").count(), 3 * 3);
