@@ -2,6 +2,7 @@
 //! configuration space, memory-table updates, and one thread per
 //! virtqueue, each with its own NVMe queue pair.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use nvme_driver::Controller;
@@ -43,6 +44,12 @@ struct Shared {
     /// Spin on the NVMe completion queues instead of sleeping on their
     /// interrupts while requests are in flight.
     poll: bool,
+    /// Hybrid polling window of interrupt-driven queues, in µs
+    /// ([`Worker::set_spin`]).
+    spin_us: AtomicU64,
+    /// Answer reads and writes without the device
+    /// ([`Worker::set_null_io`]).
+    null_io: AtomicBool,
     ctrl: Controller,
 }
 
@@ -197,8 +204,25 @@ impl BlkBackend {
                 workers: (0..queues).map(|_| Mutex::new(None)).collect(),
                 stats: Arc::new(Stats::default()),
                 poll,
+                spin_us: AtomicU64::new(0),
+                null_io: AtomicBool::new(false),
             }),
         })
+    }
+
+    /// Hybrid polling for the interrupt-driven queues made from now on:
+    /// each wait for completions polls for up to `spin` first, and an
+    /// idle virtqueue is looked at for `spin` before its thread sleeps
+    /// until a kick ([`Worker::set_spin`]).
+    pub fn set_spin(&self, spin: std::time::Duration) {
+        let us = u64::try_from(spin.as_micros()).unwrap_or(u64::MAX);
+        self.shared.spin_us.store(us, Ordering::Relaxed);
+    }
+
+    /// For benchmarks: the queues made from now on answer reads and
+    /// writes at once without the device ([`Worker::set_null_io`]).
+    pub fn set_null_io(&self, on: bool) {
+        self.shared.null_io.store(on, Ordering::Relaxed);
     }
 
     /// The counters of all queues.
@@ -288,6 +312,16 @@ impl BlkBackend {
         );
         if self.shared.poll {
             worker.set_idle_poll(IDLE_POLL);
+        }
+        let spin = self.shared.spin_us.load(Ordering::Relaxed);
+        if spin > 0 {
+            worker.set_spin(std::time::Duration::from_micros(spin));
+        }
+        if self.shared.null_io.load(Ordering::Relaxed) {
+            log::warn!(
+                "virtqueue {index}: reads and writes answered without the device (--null-io)"
+            );
+            worker.set_null_io(true);
         }
         Ok(worker)
     }

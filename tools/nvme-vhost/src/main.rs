@@ -66,6 +66,17 @@ struct Cli {
     /// (lowest latency, a core per busy queue).
     #[arg(long)]
     poll: bool,
+    /// Without --poll: each wait for NVMe completions polls for up to US
+    /// microseconds before sleeping on the interrupt, and an idle
+    /// virtqueue is looked at for US after its last request before the
+    /// thread sleeps until a kick (hybrid polling; 0: sleep at once).
+    #[arg(long, value_name = "US", default_value_t = 0, conflicts_with = "poll")]
+    spin_us: u64,
+    /// Benchmark floor: answer every read and write at once with success
+    /// without touching the device or the data (what the vhost-user
+    /// crossing alone costs). Not for real use.
+    #[arg(long, conflicts_with = "cache")]
+    null_io: bool,
     /// Serve through a page cache of SIZE bytes (suffix K, M or G) over
     /// the namespace: reads from the cache, writes buffered and written
     /// back later, FLUSH an fsync of the namespace (the device offers a
@@ -124,6 +135,8 @@ fn run(cli: &Cli) -> Result<(), MainError> {
         }
         None => BlkBackend::new(ctrl, cli.nsid, cli.queues, cli.queue_size, cli.poll)?,
     };
+    backend.set_spin(std::time::Duration::from_micros(cli.spin_us));
+    backend.set_null_io(cli.null_io);
     let socket = match (&cli.vduse, &cli.socket) {
         (Some(name), _) => {
             return Ok(nvme_vhost::vduse::serve(

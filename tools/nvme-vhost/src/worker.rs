@@ -146,6 +146,13 @@ pub struct Worker {
     wait_tick: Duration,
     /// Kicks that woke the thread while it waited for completions.
     kicks: u64,
+    /// With an interrupt-driven queue pair: how long a wait for
+    /// completions polls before it sleeps on the interrupt (zero: it
+    /// sleeps at once).
+    spin: Duration,
+    /// Answer reads and writes at once without the device (a benchmark
+    /// floor of the vhost-user crossing; no data moves).
+    null_io: bool,
     pool: nvme_driver::DmaPool,
     done: Vec<IoCompletion>,
     copy: Vec<u8>,
@@ -179,6 +186,8 @@ impl Worker {
             idle_poll: Duration::ZERO,
             wait_tick: WAIT_TICK,
             kicks: 0,
+            spin: Duration::ZERO,
+            null_io: false,
         }
     }
 
@@ -204,6 +213,27 @@ impl Worker {
     /// again within it is served without a kick and a wake-up).
     pub fn set_idle_poll(&mut self, idle: Duration) {
         self.idle_poll = idle;
+    }
+
+    /// Hybrid polling for an interrupt-driven queue pair: a wait for
+    /// completions polls for up to `spin` before it sleeps on the
+    /// interrupt, and an idle virtqueue is looked at for `spin` after its
+    /// last request before the thread sleeps until a kick (QEMU's
+    /// adaptive `poll-max-ns`, with a fixed window). No effect on a
+    /// polled queue pair beyond [`Worker::set_idle_poll`].
+    pub fn set_spin(&mut self, spin: Duration) {
+        self.spin = spin;
+        if self.idle_poll < spin {
+            self.idle_poll = spin;
+        }
+    }
+
+    /// Answers every read and write at once with success, without the
+    /// device (the data in guest memory is left as it is): the floor of
+    /// the vhost-user crossing, for benchmarks. Other requests are served
+    /// as usual.
+    pub fn set_null_io(&mut self, on: bool) {
+        self.null_io = on;
     }
 
     /// Serves `queue` until it has no more available chains and nothing
@@ -367,7 +397,16 @@ impl Worker {
         returned: &mut Vec<(u16, u32)>,
     ) {
         let mut done = std::mem::take(&mut self.done);
+        let spun = match how {
+            Wait::Sleep | Wait::SleepOrKick(_)
+                if !self.spin.is_zero() && self.qpair.has_interrupt() =>
+            {
+                self.spin_for_completions(&mut done)
+            }
+            _ => Ok(0),
+        };
         let waited = match how {
+            _ if !matches!(spun, Ok(0)) => spun,
             Wait::Poll => self.qpair.poll(&mut done),
             Wait::Sleep => self.qpair.wait(&mut done, self.wait_tick),
             Wait::SleepOrKick(kick) => self
@@ -429,6 +468,19 @@ impl Worker {
         self.done = done;
     }
 
+    /// Polls the NVMe queue for up to the spin window; returns how many
+    /// completions it appended (0: the window passed without one).
+    fn spin_for_completions(&mut self, done: &mut Vec<IoCompletion>) -> nvme_driver::Result<usize> {
+        let start = std::time::Instant::now();
+        loop {
+            let n = self.qpair.poll(done)?;
+            if n > 0 || self.qpair.outstanding() == 0 || start.elapsed() >= self.spin {
+                return Ok(n);
+            }
+            std::hint::spin_loop();
+        }
+    }
+
     /// Starts a parsed request (tag `tag`): its commands go out, or its
     /// answer is known at once (then `outstanding` is 0).
     fn begin<G: GuestMemory + ?Sized>(
@@ -482,6 +534,9 @@ impl Worker {
         f: &mut InFlight,
     ) -> Result<(), String> {
         let nsid = self.nsid;
+        if self.null_io && matches!(action, Action::Read { .. } | Action::Write { .. }) {
+            return Ok(());
+        }
         let reqs = match action {
             Action::Read { slba, blocks, data } | Action::Write { slba, blocks, data } => {
                 let write = matches!(action, Action::Write { .. });
@@ -1079,5 +1134,92 @@ mod tests {
         assert_eq!(status(held), VIRTIO_BLK_S_OK as u8);
         assert_eq!(r.worker.kicks(), 1, "woken by the kick");
         assert_eq!(&r.read(0x60_0000, 9), b"serial-01");
+    }
+
+    #[test]
+    fn null_io_answers_reads_and_writes_without_the_device() {
+        let mut r = rig();
+        r.worker.set_null_io(true);
+        let mem = r.mem.clone();
+        let q = MockSplitQueue::create(&*mem, GuestAddress(0), QSIZE);
+        let mut queue: Queue = q.create_queue().expect("queue");
+        let on_disk = pattern(4, 4096);
+        r.mock.write_disk(NS, 8, &on_disk).expect("disk");
+        r.fill(0x20_0000, &[0xaa; 4096]);
+        r.fill(0x30_0000, &pattern(5, 4096));
+        let read = r.add(&q, VIRTIO_BLK_T_IN, 8, &[(0x20_0000, 4096, true)]);
+        let write = r.add(&q, VIRTIO_BLK_T_OUT, 8, &[(0x30_0000, 4096, false)]);
+        let flush = r.add(&q, VIRTIO_BLK_T_FLUSH, 0, &[]);
+        // Still checked: a read past the end fails.
+        let past = r.add(&q, VIRTIO_BLK_T_IN, BLOCKS, &[(0x40_0000, 512, true)]);
+        let before = r.mock.stats();
+        assert!(r.worker.serve(&mut queue, &r.table).expect("serve"));
+        for s in [read, write, flush] {
+            assert_eq!(r.status(s), VIRTIO_BLK_S_OK as u8);
+        }
+        assert_eq!(r.status(past), VIRTIO_BLK_S_IOERR as u8);
+        let after = r.mock.stats();
+        assert_eq!((after.reads, after.writes), (before.reads, before.writes));
+        assert_eq!(
+            after.flushes,
+            before.flushes + 1,
+            "FLUSH reaches the device"
+        );
+        // No data moved either way.
+        assert_eq!(r.read(0x20_0000, 4096), vec![0xaa; 4096]);
+        assert_eq!(r.mock.read_disk(NS, 8, 8).expect("disk"), on_disk);
+        assert_eq!(
+            r.stats.snapshot(),
+            (0, 0, 1, 0),
+            "neither direct nor bounced"
+        );
+        let lens: Vec<u32> = r.used(&q).into_iter().map(|(_, l)| l).collect();
+        assert!(lens.contains(&4097), "the read reports its bytes: {lens:?}");
+    }
+
+    #[test]
+    fn hybrid_polling_takes_a_completion_without_sleeping_on_the_interrupt() {
+        for spin in [Duration::ZERO, Duration::from_secs(30)] {
+            let mut r = rig_from(
+                nvme_driver::Options {
+                    prefer_huge_pages: false,
+                    ..nvme_driver::Options::default()
+                },
+                true,
+            );
+            r.worker.set_wait_tick(Duration::from_secs(60));
+            r.worker.set_spin(spin);
+            // Only the wait for completions spins here (the idle window
+            // would keep the thread on the empty ring as long).
+            r.worker.set_idle_poll(Duration::ZERO);
+            let mem = r.mem.clone();
+            let q = MockSplitQueue::create(&*mem, GuestAddress(0), QSIZE);
+            let mut queue: Queue = q.create_queue().expect("queue");
+            r.mock.hold_next(nvme_driver::mock::Match::Any, 1);
+            let held = r.add(&q, VIRTIO_BLK_T_IN, 0, &[(0x20_0000, 4096, true)]);
+            let Rig {
+                mock,
+                worker,
+                table,
+                ..
+            } = &mut r;
+            let table = table.clone();
+            std::thread::scope(|s| {
+                let serving = s.spawn(|| worker.serve(&mut queue, &table));
+                std::thread::sleep(Duration::from_millis(300));
+                assert_eq!(mock.release_held(), 1);
+                mock.process().expect("mock");
+                serving.join().expect("the queue thread").expect("served");
+            });
+            assert_eq!(r.status(held), VIRTIO_BLK_S_OK as u8);
+            // Without a window the thread slept and the interrupt woke it;
+            // with one (longer than the command) it polled the completion.
+            let woken = r.worker.qpair.interrupts();
+            if spin.is_zero() {
+                assert_eq!(woken, 1, "slept on the interrupt");
+            } else {
+                assert_eq!(woken, 0, "polled, never slept");
+            }
+        }
     }
 }

@@ -1,6 +1,9 @@
 //! `cargo xtask bench`: the main job. One guest boot runs the suite
 //! ([`suite`]) on the same emulated controller with our driver (vfio-pci)
-//! and with the kernel's nvme driver under fio, in rounds; the host then
+//! and with the kernel's nvme driver under fio, in rounds; a second boot,
+//! on the 6.12 kernel, runs the front ends (nvme-ublk under fio,
+//! nvme-vhost under libblkio's client) against their peers (the kernel
+//! nvme driver under fio, qemu-storage-daemon) in the same way; the host then
 //! prints one table (median ± spread per job and variant, ours against the
 //! best kernel figure), checks the targets, and writes under the output
 //! folder (default target/bench/): `results.json` (conditions, every run,
@@ -20,8 +23,9 @@ use serde_json::json;
 
 use crate::chart;
 use crate::vm_args::IommuArg;
+use qemu_harness::Suite;
 use results::{Cell, Output};
-use suite::{JOBS, Job, NAMESPACE_LBAS, Plan, Timing, Variant};
+use suite::{Boot, JOBS, Job, NAMESPACE_LBAS, Plan, Timing, Variant};
 
 /// What backs the emulated namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -95,6 +99,14 @@ pub(crate) struct BenchArgs {
     /// List the jobs and variants, then exit.
     #[arg(long)]
     list: bool,
+    /// Extra guest kernel command line word, both boots (repeatable;
+    /// e.g. `mitigations=off`).
+    #[arg(long = "kernel-arg", value_name = "WORD")]
+    kernel_args: Vec<String>,
+    /// Leave out the front ends' boot (the 6.12 guest with the ublk and
+    /// vhost-user rows) from the default variants.
+    #[arg(long)]
+    no_frontends: bool,
 }
 
 impl BenchArgs {
@@ -106,7 +118,10 @@ impl BenchArgs {
         }
     }
 
-    fn plan(&self) -> std::result::Result<Plan, String> {
+    /// The plan of each boot that has runs: the main boot (the suite,
+    /// on the harness's default kernel), then the front ends' boot (6.12:
+    /// ublk, vhost-user and their peers).
+    fn plans(&self) -> std::result::Result<Vec<Plan>, String> {
         let jobs = if self.jobs.is_empty() {
             JOBS.to_vec()
         } else {
@@ -115,8 +130,10 @@ impl BenchArgs {
                 .map(|n| Job::by_name(n).ok_or_else(|| format!("no job {n:?} (see --list)")))
                 .collect::<std::result::Result<_, _>>()?
         };
-        let variants = if self.variants.is_empty() {
-            Variant::defaults().collect()
+        let variants: Vec<Variant> = if self.variants.is_empty() {
+            Variant::defaults()
+                .filter(|v| !(self.no_frontends && v.boot() == Boot::Frontend))
+                .collect()
         } else {
             self.variants
                 .iter()
@@ -132,20 +149,85 @@ impl BenchArgs {
         if !valid(self.runtime, 0.1) || !valid(self.warmup, 0.0) {
             return Err("--runtime must be at least 0.1 s and --warmup not negative".into());
         }
-        let plan = Plan {
-            jobs,
-            variants,
-            rounds: self.repeat,
-            timing: Timing {
-                runtime: self.runtime,
-                warmup: self.warmup,
-            },
-            precondition: self.backend == Backend::Image,
-        };
-        if plan.run_count() == 0 {
+        let plans: Vec<Plan> = [Boot::Main, Boot::Frontend]
+            .into_iter()
+            .map(|boot| Plan {
+                jobs: jobs.clone(),
+                variants: variants.clone(),
+                rounds: self.repeat,
+                timing: Timing {
+                    runtime: self.runtime,
+                    warmup: self.warmup,
+                },
+                precondition: self.backend == Backend::Image,
+                boot,
+            })
+            .filter(|p| p.run_count() > 0)
+            .collect();
+        if plans.is_empty() {
             return Err("the chosen jobs and variants make no run".into());
         }
-        Ok(plan)
+        Ok(plans)
+    }
+
+    /// The guest of `plan`'s boot.
+    fn vm_config(&self, plan: &Plan, out_dir: &std::path::Path) -> VmConfig {
+        let namespaces = plan.namespaces();
+        let frontend = plan.boot == Boot::Frontend;
+        VmConfig {
+            disks: vec![
+                match self.backend {
+                    Backend::Image => NsDisk::Temp,
+                    Backend::Null => NsDisk::Null,
+                };
+                namespaces as usize
+            ],
+            namespaces,
+            ns_props: NAMESPACE_LBAS[..namespaces as usize]
+                .iter()
+                .map(|lba| {
+                    vec![
+                        ("logical_block_size".into(), lba.to_string()),
+                        ("physical_block_size".into(), lba.to_string()),
+                    ]
+                })
+                .collect(),
+            iommu_mode: self.iommu.into(),
+            cpu: Some(self.cpu.clone()),
+            disk_size: 2 * suite::RANGE,
+            mem_mib: self.mem,
+            smp: self.smp,
+            tcg_threads: self.tcg_threads(),
+            hugepages: self.hugepages,
+            // The kernel driver's modules are loaded and own the controller at
+            // boot; the script moves it to vfio-pci for our side and back.
+            driver: GuestDriver::Kernel,
+            host_tools: [
+                (plan.has_kernel_side(), "fio"),
+                (plan.has_qsd(), "qemu-storage-daemon"),
+            ]
+            .into_iter()
+            .filter(|(needed, _)| *needed)
+            .map(|(_, tool)| tool.to_string())
+            .collect(),
+            // The front ends' boot: the backports' kernel, which has
+            // ublk_drv (Debian's 6.1 has none), whatever the default is.
+            kernel: frontend.then_some(Suite::Backports),
+            ship_modules: if plan.has_ublk() {
+                vec!["ublk_drv".into()]
+            } else {
+                Vec::new()
+            },
+            kernel_args: self.kernel_args.clone(),
+            timeout: Duration::from_secs_f64(plan.estimate_seconds() * 2.0 + 180.0),
+            output: OutputMode::StreamStderr,
+            console_log: Some(out_dir.join(if frontend {
+                "console-frontend.log"
+            } else {
+                "console.log"
+            })),
+            ..VmConfig::default()
+        }
     }
 }
 
@@ -172,74 +254,56 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let plan = args.plan()?;
+    let plans = args.plans()?;
     let out_dir = if args.out.is_absolute() {
         args.out.clone()
     } else {
         workspace_root().join(&args.out)
     };
     std::fs::create_dir_all(&out_dir)?;
-    let estimate = plan.estimate_seconds();
+    let estimate: f64 = plans.iter().map(Plan::estimate_seconds).sum();
+    let run_count: usize = plans.iter().map(Plan::run_count).sum();
     eprintln!(
-        "bench: {} runs ({} rounds), about {:.0} min in the guest; backend {:?}",
-        plan.run_count(),
-        plan.rounds,
+        "bench: {run_count} runs ({} rounds) in {} boot(s), about {:.0} min in the guests; backend {:?}",
+        args.repeat,
+        plans.len(),
         estimate / 60.0,
         args.backend
     );
-    let namespaces = plan.namespaces();
-    let config = VmConfig {
-        disks: vec![
-            match args.backend {
-                Backend::Image => NsDisk::Temp,
-                Backend::Null => NsDisk::Null,
-            };
-            namespaces as usize
-        ],
-        namespaces,
-        ns_props: NAMESPACE_LBAS[..namespaces as usize]
-            .iter()
-            .map(|lba| {
-                vec![
-                    ("logical_block_size".into(), lba.to_string()),
-                    ("physical_block_size".into(), lba.to_string()),
-                ]
-            })
-            .collect(),
-        iommu_mode: args.iommu.into(),
-        cpu: Some(args.cpu.clone()),
-        disk_size: 2 * suite::RANGE,
-        mem_mib: args.mem,
-        smp: args.smp,
-        tcg_threads: args.tcg_threads(),
-        hugepages: args.hugepages,
-        // The kernel driver's modules are loaded and own the controller at
-        // boot; the script moves it to vfio-pci for our side and back.
-        driver: GuestDriver::Kernel,
-        host_tools: [
-            (plan.has_kernel_side(), "fio"),
-            (plan.has_qsd(), "qemu-storage-daemon"),
-        ]
-        .into_iter()
-        .filter(|(needed, _)| *needed)
-        .map(|(_, tool)| tool.to_string())
-        .collect(),
-        timeout: Duration::from_secs_f64(estimate * 2.0 + 180.0),
-        output: OutputMode::StreamStderr,
-        console_log: Some(out_dir.join("console.log")),
-        ..VmConfig::default()
-    };
     let started = Instant::now();
-    let run = config.run(&["sh".into(), "-c".into(), plan.script()])?;
+    let mut output = Output::default();
+    let mut boots = Vec::new();
+    for plan in &plans {
+        let frontend = plan.boot == Boot::Frontend;
+        if frontend {
+            eprintln!("bench: the front ends' boot (Linux 6.12: ublk, vhost-user and their peers)");
+        }
+        let config = args.vm_config(plan, &out_dir);
+        let run = config.run(&["sh".into(), "-c".into(), plan.script()])?;
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        std::fs::write(
+            out_dir.join(if frontend {
+                "guest-stdout-frontend.txt"
+            } else {
+                "guest-stdout.txt"
+            }),
+            stdout.as_bytes(),
+        )?;
+        output.merge(
+            results::parse(&stdout),
+            if frontend { "frontend_" } else { "" },
+        );
+        boots.push((plan.boot, plan.run_count(), run));
+    }
     let elapsed = started.elapsed();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    std::fs::write(out_dir.join("guest-stdout.txt"), stdout.as_bytes())?;
-    let output = results::parse(&stdout);
-    let cells = results::cells(&output.runs, &plan.jobs);
+    let jobs: Vec<Job> = plans[0].jobs.clone();
+    let cells = results::cells(&output.runs, &jobs);
     let header = header(&args, &output, elapsed);
-    let table = results::table(&cells, &plan.jobs, &header);
+    let mut table = results::table(&cells, &jobs, &header);
+    table.push_str(&results::frontend_table(&cells, &jobs));
     let zero_copy = results::zero_copy_share(&output.vhost_requests);
     let targets = results::targets(&cells, args.backend == Backend::Null, zero_copy);
+    let reported = results::reported(&cells);
 
     println!();
     println!("{table}");
@@ -252,19 +316,31 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
             if t.met { "met" } else { "NOT met" }
         );
     }
-    let conditions = conditions(
+    for r in &reported {
+        println!("reported: {:<58} {:>6.2}x", r.what, r.ratio);
+    }
+    let main_boot = boots.iter().find(|(b, ..)| *b == Boot::Main);
+    let fe_boot = boots.iter().find(|(b, ..)| *b == Boot::Frontend);
+    let mut conditions = conditions(
         &args,
         &output,
         elapsed,
-        namespaces,
-        (&run.qemu_version, &run.kernel_package),
+        plans.iter().map(Plan::namespaces).max().unwrap_or(1),
+        main_boot.or(fe_boot).map_or(("", ""), |(_, _, r)| {
+            (r.qemu_version.as_str(), r.kernel_package.as_str())
+        }),
     );
+    if let Some((_, _, r)) = fe_boot {
+        conditions["frontend_kernel_package"] = json!(r.kernel_package);
+    }
+    conditions["host_load_average"] = json!(std::fs::read_to_string("/proc/loadavg").ok());
     std::fs::write(out_dir.join("table.txt"), &table)?;
     let doc = json!({
         "conditions": conditions,
-        "jobs": plan.jobs,
+        "jobs": jobs,
         "summary": cells,
         "targets": targets,
+        "reported": reported,
         "runs": output.runs,
         "vhost_requests": output.vhost_requests,
         "failures": output.failures,
@@ -283,7 +359,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
     )?;
     std::fs::write(
         out_dir.join("chart.svg"),
-        render_chart(&cells, &plan.jobs, &args, &output),
+        render_chart(&cells, &jobs, &args, &output),
     )?;
     println!(
         "\nbench: {} runs in {:.1} min; results in {}",
@@ -297,31 +373,32 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
         eprintln!("bench: failed run: {f}");
         failed = true;
     }
-    let expected = plan.run_count();
-    if output.runs.len() != expected {
+    if output.runs.len() != run_count {
         eprintln!(
-            "bench: {} of {expected} runs reported results",
+            "bench: {} of {run_count} runs reported results",
             output.runs.len()
         );
         failed = true;
     }
-    match run.exit {
-        GuestExit::Exited(0) => {}
-        other => {
-            eprintln!(
-                "bench: the guest did not finish cleanly ({other:?}); console log: {}",
-                run.console_log.display()
-            );
-            if matches!(&other, GuestExit::NoStatus(why) if why.contains("signal"))
-                && !args.tcg_single
-            {
+    for (_, _, run) in &boots {
+        match &run.exit {
+            GuestExit::Exited(0) => {}
+            other => {
                 eprintln!(
-                    "bench: QEMU itself died: multi-threaded TCG can crash when the guest \
+                    "bench: the guest did not finish cleanly ({other:?}); console log: {}",
+                    run.console_log.display()
+                );
+                if matches!(other, GuestExit::NoStatus(why) if why.contains("signal"))
+                    && !args.tcg_single
+                {
+                    eprintln!(
+                        "bench: QEMU itself died: multi-threaded TCG can crash when the guest \
                      changes its memory map (docs/TESTING.md, \"QEMU's memory-map race\"); \
                      run again, or with --tcg-single for a smoke run"
-                );
+                    );
+                }
+                failed = true;
             }
-            failed = true;
         }
     }
     Ok(if failed {
@@ -351,6 +428,7 @@ fn conditions(
         "accel": args.tcg_threads().accel(),
         "cpu": args.cpu,
         "iommu": args.iommu,
+        "kernel_args": args.kernel_args,
         "namespaces": NAMESPACE_LBAS[..namespaces as usize]
             .iter()
             .enumerate()
@@ -412,10 +490,23 @@ fn header(args: &BenchArgs, output: &Output, elapsed: Duration) -> String {
         (None, Some(pages)) => format!("ours readahead max {pages} pages"),
         (None, None) => "readahead: no cache job".into(),
     };
+    let frontend = output
+        .conditions
+        .get("frontend_kernel")
+        .map_or(String::new(), |k| {
+            format!(
+                "\nfront ends' boot: guest {k}, kernel nvme queues {}; host load average {}",
+                c("frontend_queues"),
+                std::fs::read_to_string("/proc/loadavg")
+                    .ok()
+                    .and_then(|l| l.rsplitn(3, ' ').nth(2).map(str::to_string))
+                    .unwrap_or_else(|| "?".into())
+            )
+        });
     format!(
         "QEMU {} TCG{} -cpu {} ({}), {} vCPUs, {} MiB ({} huge pages), {:?} backend; guest {}, iommu {} ({})\n\
          kernel nvme queues {}; {readahead}\n\
-         {} rounds of {} s (+{} s warm-up); wall {:.1} min",
+         {} rounds of {} s (+{} s warm-up); wall {:.1} min{frontend}",
         host_fact(qemu_harness::host::QEMU, &["--version"])
             .as_deref()
             .and_then(|v| v.split_whitespace().nth(3))
@@ -606,9 +697,22 @@ mod tests {
 
     #[test]
     fn plans_reject_what_cannot_run() {
-        assert!(args(&["--jobs", "nope"]).plan().is_err());
-        assert!(args(&["--variants", "nope"]).plan().is_err());
-        assert!(args(&["--repeat", "0"]).plan().is_err());
+        assert!(args(&["--jobs", "nope"]).plans().is_err());
+        assert!(args(&["--variants", "nope"]).plans().is_err());
+        assert!(args(&["--repeat", "0"]).plans().is_err());
+        // The default: the main boot, then the front ends' (6.12).
+        let boots = |a: &[&str]| -> Vec<Boot> {
+            args(a)
+                .plans()
+                .expect("plans")
+                .iter()
+                .map(|p| p.boot)
+                .collect()
+        };
+        assert_eq!(boots(&[]), [Boot::Main, Boot::Frontend]);
+        assert_eq!(boots(&["--no-frontends"]), [Boot::Main]);
+        assert_eq!(boots(&["--variants", "vhost,qsd-vhost"]), [Boot::Frontend]);
+        assert_eq!(boots(&["--jobs", "cache-randread-4k-warm"]), [Boot::Main]);
         let ci = args(&[
             "--repeat",
             "1",
@@ -619,9 +723,17 @@ mod tests {
             "--jobs",
             "randread-4k-qd1,cache-randread-4k-warm",
         ])
-        .plan()
+        .plans()
         .expect("the CI's subset");
-        assert_eq!(ci.namespaces(), 1);
+        assert_eq!(ci.len(), 2);
+        assert!(ci.iter().all(|p| p.namespaces() == 1));
+        let fe = args(&[]).vm_config(&ci[1], std::path::Path::new("/tmp"));
+        assert_eq!(fe.kernel, Some(Suite::Backports));
+        assert_eq!(fe.ship_modules, ["ublk_drv"]);
+        assert_eq!(fe.host_tools, ["fio", "qemu-storage-daemon"]);
+        let main = args(&[]).vm_config(&ci[0], std::path::Path::new("/tmp"));
+        assert_eq!(main.kernel, None);
+        assert!(main.ship_modules.is_empty());
         assert!(
             args(&[
                 "--jobs",
@@ -629,7 +741,7 @@ mod tests {
                 "--variants",
                 "io_uring"
             ])
-            .plan()
+            .plans()
             .is_err()
         );
     }

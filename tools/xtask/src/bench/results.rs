@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::suite::{Job, Metric, Variant, parse_label};
+use super::suite::{Boot, Job, Metric, Side, Variant, parse_label};
 
 /// Latency summary in µs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -79,6 +79,20 @@ pub(crate) struct Output {
     pub conditions: BTreeMap<String, String>,
     /// nvme-vhost's request counts after each vhost run.
     pub vhost_requests: Vec<VhostRequests>,
+}
+
+impl Output {
+    /// Adds what another boot reported; its conditions get `prefix`.
+    pub(crate) fn merge(&mut self, other: Output, prefix: &str) {
+        self.runs.extend(other.runs);
+        self.ours.extend(other.ours);
+        self.kernel.extend(other.kernel);
+        self.failures.extend(other.failures);
+        self.vhost_requests.extend(other.vhost_requests);
+        for (k, v) in other.conditions {
+            self.conditions.insert(format!("{prefix}{k}"), v);
+        }
+    }
 }
 
 /// What nvme-vhost served in one run (`@@vhost_requests LABEL direct N,
@@ -396,6 +410,13 @@ pub(crate) fn table(cells: &[Cell], jobs: &[Job], header: &str) -> String {
         "job", "metric", "ours", "best kernel", "(variant)"
     );
     for job in jobs {
+        let main_boot = cells
+            .iter()
+            .any(|c| c.job == job.name && c.variant.boot() == Boot::Main);
+        if !main_boot && cells.iter().any(|c| c.variant.boot() == Boot::Frontend) {
+            // A front-end job only: in the front ends' table.
+            continue;
+        }
         let ours = cell(cells, job.name, Variant::OURS).map_or("-".into(), figure);
         let best = best_kernel(cells, job);
         let _ = write!(
@@ -427,6 +448,133 @@ pub(crate) fn table(cells: &[Cell], jobs: &[Job], header: &str) -> String {
         }
     }
     s
+}
+
+/// The best median of `job` among the variants `which` picks (highest,
+/// or lowest for latency).
+fn best_of<'a>(cells: &'a [Cell], job: &str, which: impl Fn(Variant) -> bool) -> Option<&'a Cell> {
+    best_among(cells, &Job::by_name(job)?, which)
+}
+
+/// ublk's rows (either engine setting).
+fn is_ublk(v: Variant) -> bool {
+    v.is_ublk()
+}
+
+/// The kernel nvme driver under fio in the front ends' boot.
+fn is_frontend_kernel(v: Variant) -> bool {
+    v.is_fio_on_nvme() && v.boot() == Boot::Frontend
+}
+
+/// qemu-storage-daemon's rows (either iothread setting).
+fn is_qsd(v: Variant) -> bool {
+    matches!(v.def().side, Side::QsdVhost(_))
+}
+
+/// The front ends' boot in a table: per job, the best ublk figure
+/// against the best of the kernel nvme driver, and each nvme-vhost mode
+/// against the best qemu-storage-daemon figure (empty without front-end
+/// runs).
+pub(crate) fn frontend_table(cells: &[Cell], jobs: &[Job]) -> String {
+    let mut s = String::new();
+    let fe = |c: &&Cell| c.variant.boot() == Boot::Frontend;
+    if !cells.iter().any(|c| fe(&c)) {
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "\nfront ends, same boot (median ±spread; ratio: the first over the second's best):"
+    );
+    let pair = |name: &str, a: Option<&Cell>, b: Option<&Cell>| -> Option<String> {
+        let (a, b) = (a?, b?);
+        (b.median > 0.0).then(|| {
+            format!(
+                "{name} {} {} / {} {} = {:.2}x",
+                a.variant.name(),
+                figure(a),
+                b.variant.name(),
+                figure(b),
+                a.median / b.median
+            )
+        })
+    };
+    for job in jobs {
+        if !cells.iter().filter(fe).any(|c| c.job == job.name) {
+            continue;
+        }
+        let mut parts = Vec::new();
+        parts.extend(pair(
+            "ublk/kernel:",
+            best_of(cells, job.name, is_ublk),
+            best_of(cells, job.name, is_frontend_kernel),
+        ));
+        let qsd = best_of(cells, job.name, is_qsd);
+        for name in [
+            "vhost",
+            "vhost-irq",
+            "vhost-spin",
+            "vhost-null",
+            "vhost-null-poll",
+        ] {
+            let v = Variant::from_name(name).and_then(|v| cell(cells, job.name, v));
+            parts.extend(pair(&format!("{name}/qsd:"), v, qsd));
+        }
+        if let Some(raw) = Variant::from_name("fe-ours").and_then(|v| cell(cells, job.name, v)) {
+            parts.push(format!("raw driver (fe-ours) {}", figure(raw)));
+        }
+        if parts.is_empty() {
+            continue;
+        }
+        let _ = writeln!(s, "  {} ({}):", job.name, job.metric.unit());
+        for p in parts {
+            let _ = writeln!(s, "    {p}");
+        }
+    }
+    s
+}
+
+/// A ratio the issues ask to report, without a goal.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Report {
+    pub what: String,
+    pub ratio: f64,
+}
+
+/// The ratios reported without a goal: ublk's QD1 latency against the
+/// kernel nvme driver's, and where nvme-vhost's QD1 latency stands
+/// between our raw driver and its own no-device floor.
+pub(crate) fn reported(cells: &[Cell]) -> Vec<Report> {
+    let qd1 = "randread-4k-qd1";
+    let named = |n: &str| Variant::from_name(n).and_then(|v| cell(cells, qd1, v));
+    let mut out = Vec::new();
+    let mut ratio = |what: &str, a: Option<&Cell>, b: Option<&Cell>| {
+        if let (Some(a), Some(b)) = (a, b)
+            && b.median > 0.0
+        {
+            out.push(Report {
+                what: what.into(),
+                ratio: a.median / b.median,
+            });
+        }
+    };
+    ratio(
+        "4K randread QD1 mean latency: ublk vs the kernel nvme driver",
+        best_of(cells, qd1, is_ublk),
+        best_of(cells, qd1, is_frontend_kernel),
+    );
+    for name in ["vhost-irq", "vhost", "vhost-spin", "vhost-null", "ublk"] {
+        ratio(
+            &format!("4K randread QD1 mean latency: {name} vs our raw driver (fe-ours)"),
+            named(name),
+            named("fe-ours"),
+        );
+    }
+    ratio(
+        "4K randread QD1 mean latency: raw driver on its interrupt vs polled",
+        named("fe-ours-irq"),
+        named("fe-ours"),
+    );
+    out
 }
 
 /// One of the issue's targets, checked against the cells.
@@ -567,12 +715,30 @@ pub(crate) fn targets(cells: &[Cell], null_backend: bool, zero_copy: Option<f64>
         0.4,
         true,
     );
+    // Issue 12: fio on nvme-ublk's block device against fio on the kernel
+    // nvme driver at its best, same jobs, same (6.12) boot.
+    let fe_best =
+        |job: &str, which: fn(Variant) -> bool| best_of(cells, job, which).map(|c| c.median);
+    check(
+        "4K randread QD32 IOPS: ublk vs the kernel nvme driver (best)",
+        fe_best("randread-4k-qd32", is_ublk),
+        fe_best("randread-4k-qd32", is_frontend_kernel),
+        1.0,
+        false,
+    );
+    check(
+        "128K sequential read MB/s: ublk vs the kernel nvme driver (best)",
+        fe_best("read-128k-qd8", is_ublk),
+        fe_best("read-128k-qd8", is_frontend_kernel),
+        0.9,
+        false,
+    );
     // Issue 11: nvme-vhost against qemu-storage-daemon (io_uring, O_DIRECT,
-    // an iothread, the kernel's nvme driver), the same client in the same
-    // boot; polled (the benchmark setting) and in the default interrupt
-    // mode.
-    let qsd = |job: &str| Variant::from_name("qsd-vhost").and_then(|v| get(job, v));
-    for name in ["vhost", "vhost-irq"] {
+    // an iothread, the kernel's nvme driver) at its best, the same client
+    // in the same boot; polled, in the default interrupt mode, and with
+    // hybrid polling.
+    let qsd = |job: &str| fe_best(job, is_qsd);
+    for name in ["vhost", "vhost-irq", "vhost-spin"] {
         let vhost = |job: &str| Variant::from_name(name).and_then(|v| get(job, v));
         check(
             &format!("4K randread QD32 IOPS: {name} vs qemu-storage-daemon"),
@@ -715,6 +881,64 @@ mod tests {
         assert!(!t.iter().any(|t| t.what.contains("vhost-irq")), "{t:?}");
         assert!(best_kernel(&cells, &Job::by_name("randread-4k-qd32").unwrap()).is_none());
         assert_eq!(zero_copy_share(&[]), None);
+    }
+
+    #[test]
+    fn ublk_rows_are_judged_against_the_kernel_in_their_own_boot() {
+        let run = |variant: &str, job: &'static str, x: f64| Run {
+            variant: Variant::from_name(variant).unwrap(),
+            job,
+            round: 1,
+            figures: Figures {
+                iops: x,
+                mbps: x,
+                latency: Latency {
+                    mean: x,
+                    ..Latency::default()
+                },
+                ..Figures::default()
+            },
+        };
+        let runs = vec![
+            run("ublk-batch", "randread-4k-qd32", 30000.0),
+            run("fe-io_uring-polled", "randread-4k-qd32", 20000.0),
+            run("fe-io_uring-polled-batch", "randread-4k-qd32", 25000.0),
+            // The main boot's kernel rows are not the peer.
+            run("io_uring-polled-batch", "randread-4k-qd32", 90000.0),
+            run("ublk-batch", "read-128k-qd8", 800.0),
+            run("fe-io_uring-polled", "read-128k-qd8", 1000.0),
+            run("ublk", "randread-4k-qd1", 150.0),
+            run("fe-io_uring-polled", "randread-4k-qd1", 100.0),
+            run("fe-ours", "randread-4k-qd1", 40.0),
+            run("vhost-irq", "randread-4k-qd1", 160.0),
+            run("vhost-null", "randread-4k-qd1", 120.0),
+            run("qsd-vhost", "randread-4k-qd1", 200.0),
+            run("qsd-vhost-poll", "randread-4k-qd1", 180.0),
+        ];
+        let cells = cells(&runs, JOBS);
+        let t = targets(&cells, false, None);
+        let find = |what: &str| t.iter().find(|t| t.what.contains(what)).unwrap();
+        let qd32 = find("QD32 IOPS: ublk vs the kernel nvme driver");
+        assert!(qd32.met && qd32.ratio == 1.2, "{t:?}");
+        let seq = find("128K sequential read MB/s: ublk");
+        assert!(!seq.met && seq.ratio == 0.8, "{t:?}");
+        // qemu-storage-daemon at its best (the longer poll window here).
+        let vs_qsd = find("QD1 mean latency: vhost-irq vs qemu-storage-daemon");
+        assert!((vs_qsd.ratio - 160.0 / 180.0).abs() < 1e-9, "{t:?}");
+        let r = reported(&cells);
+        let find = |what: &str| r.iter().find(|r| r.what.contains(what)).unwrap().ratio;
+        assert_eq!(find("QD1 mean latency: ublk vs the kernel"), 1.5);
+        assert_eq!(find("vhost-irq vs our raw driver"), 4.0);
+        assert_eq!(find("vhost-null vs our raw driver"), 3.0);
+        let table = frontend_table(&cells, JOBS);
+        assert!(
+            table.contains(
+                "ublk/kernel: ublk-batch 30.0k ±0% / fe-io_uring-polled-batch 25.0k ±0% = 1.20x"
+            ),
+            "{table}"
+        );
+        assert!(table.contains("raw driver (fe-ours) 40.0"), "{table}");
+        assert_eq!(frontend_table(&cells[..0], JOBS), "");
     }
 
     #[test]

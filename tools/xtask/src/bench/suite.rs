@@ -11,13 +11,17 @@
 //! repeats show the spread.
 //!
 //! The suite is two tables: [`JOBS`] (what is measured) and [`VARIANTS`]
-//! (who measures it, and on which jobs). Adding a job or a variant is one
-//! entry in one of them.
+//! (who measures it, in which boot, and on which jobs). Adding a job or a
+//! variant is one entry in one of them. Each boot ([`Boot`]) has its own
+//! [`Plan`] and script: the main one, and the front ends' (6.12: ublk and
+//! vhost-user, each daemon started for its run, with their peers).
 
 use std::fmt::Write as _;
 
 /// The controller's PCI address in the guest (the harness pins it).
 pub(crate) const DEVICE: &str = "0000:00:03.0";
+/// nvme-ublk's block device in the front-end boot (the script asks for id 0).
+const UBLK_DEVICE: &str = "/dev/ublkb0";
 /// Bytes of the namespace the device jobs use (from LBA 0).
 pub(crate) const RANGE: u64 = 1 << 30;
 /// Bytes the warm-cache job reads at random (cached whole first; fits our
@@ -60,6 +64,20 @@ const ALL_KINDS: &[Kind] = &[
     Kind::CacheWarm,
 ];
 
+/// Which guest boot runs a variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Boot {
+    /// The suite's boot, on the harness's default guest kernel (6.1).
+    Main,
+    /// The front ends' boot (issues 11 and 12): the 6.12 guest kernel,
+    /// which has `ublk_drv` (Debian's 6.1 has none), with the ublk and
+    /// vhost-user rows and their peers (the kernel's nvme driver under
+    /// fio, qemu-storage-daemon, our raw driver) measured in the same
+    /// boot.
+    Frontend,
+}
+
 /// Which side runs a variant, with what options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Side {
@@ -76,13 +94,35 @@ pub(crate) enum Side {
     Vhost(&'static str),
     /// nvme-bench `--vhost-user` against qemu-storage-daemon's
     /// vhost-user-blk export of the namespace's block device under the
-    /// kernel's nvme driver, with its best settings ([`QSD_BLOCKDEV`]).
-    QsdVhost,
+    /// kernel's nvme driver ([`QSD_BLOCKDEV`]), its iothread with these
+    /// extra options.
+    QsdVhost(&'static str),
+    /// fio with these engine options on `/dev/ublkbN`, served by nvme-ublk
+    /// on our driver, started for the run: with a ublk queue per vCPU
+    /// (fio's requests are served on the CPU that submits them), or split
+    /// ([`UblkPlacement::Split`]).
+    Ublk(&'static str, UblkPlacement),
+}
+
+/// Where nvme-ublk's queue threads run against fio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UblkPlacement {
+    /// A ublk queue per vCPU, each thread on its CPU (libublk's affinity):
+    /// fio's requests are served on the CPU that submitted them.
+    PerCpu,
+    /// One ublk queue, its thread moved to CPU 0 after the start, fio on
+    /// CPU 1 (as the vhost-user rows place server and client).
+    Split,
 }
 
 /// qemu-storage-daemon's options besides the block device and the socket:
 /// io_uring, O_DIRECT, the export served by an iothread of its own.
 pub(crate) const QSD_BLOCKDEV: &str = "aio=io_uring,cache.direct=on";
+
+/// fio's io_uring with registered buffers and files.
+const IO_URING: &str = "--ioengine=io_uring --fixedbufs=1 --registerfiles=1";
+/// The same, polled (`--hipri`: the nvme driver's poll queues).
+const IO_URING_POLLED: &str = "--ioengine=io_uring --hipri=1 --fixedbufs=1 --registerfiles=1";
 
 /// One way of running jobs: ours (nvme-bench) or a kernel configuration
 /// under fio.
@@ -91,6 +131,8 @@ pub(crate) struct VariantDef {
     /// Column heading and label in the results.
     pub name: &'static str,
     pub side: Side,
+    /// The boot it runs in.
+    pub boot: Boot,
     /// The job kinds it runs.
     pub kinds: &'static [Kind],
     /// Batched submission and completion (`iodepth_batch_submit`,
@@ -110,18 +152,59 @@ pub(crate) struct VariantDef {
 }
 
 /// The jobs the vhost-user variants run.
-const VHOST_JOBS: &[&str] = &[
-    "randread-4k-qd1",
-    "randread-4k-qd32",
-    "randwrite-4k-qd32",
-    "read-128k-qd8",
-];
+const VHOST_JOBS: &[&str] = &["randread-4k-qd1", "randread-4k-qd32"];
+/// The jobs of the ublk rows and their kernel peer (issue 12's targets:
+/// 4K random reads at QD32, 128K sequential reads; QD1 latency).
+const UBLK_JOBS: &[&str] = &["randread-4k-qd1", "randread-4k-qd32", "read-128k-qd8"];
+/// QD1 only: the latency floors of the front-end boot.
+const QD1_ONLY: &[&str] = &["randread-4k-qd1"];
+
+/// A variant of the main boot on the device jobs.
+const fn main_device(
+    name: &'static str,
+    side: Side,
+    batched: bool,
+    always: bool,
+    by_default: bool,
+) -> VariantDef {
+    VariantDef {
+        name,
+        side,
+        boot: Boot::Main,
+        kinds: DEVICE_KINDS,
+        batched,
+        always,
+        by_default,
+        only: &[],
+    }
+}
+
+/// A variant of the front-end boot on `only`.
+const fn frontend(
+    name: &'static str,
+    side: Side,
+    batched: bool,
+    by_default: bool,
+    only: &'static [&'static str],
+) -> VariantDef {
+    VariantDef {
+        name,
+        side,
+        boot: Boot::Frontend,
+        kinds: DEVICE_KINDS,
+        batched,
+        always: true,
+        by_default,
+        only,
+    }
+}
 
 /// Every variant, in table order; ours first.
 pub(crate) const VARIANTS: &[VariantDef] = &[
     VariantDef {
         name: "ours",
         side: Side::Ours(""),
+        boot: Boot::Main,
         kinds: ALL_KINDS,
         batched: false,
         always: true,
@@ -130,120 +213,58 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
     },
     // The floor loop (nvme-bench --floor): what the device and the guest
     // allow any driver, beside every raw job.
-    VariantDef {
-        name: "floor",
-        side: Side::Ours("--floor"),
-        kinds: DEVICE_KINDS,
-        batched: false,
-        always: true,
-        by_default: true,
-        only: &[],
-    },
+    main_device("floor", Side::Ours("--floor"), false, true, true),
     // The raw 128K read through as many registered buffers as the page
     // cache's budget, handed out round robin: the cold page-cache reads
     // stream through that much memory, the plain raw job through eight
     // buffers (1 MiB), and on null-co QEMU zero-fills every read's buffers.
     VariantDef {
-        name: "ours-footprint",
-        side: Side::Ours(concat!("--buffer-pool ", cache_budget!())),
-        kinds: DEVICE_KINDS,
-        batched: false,
-        always: true,
-        by_default: true,
         only: &["read-128k-qd8"],
+        ..main_device(
+            "ours-footprint",
+            Side::Ours(concat!("--buffer-pool ", cache_budget!())),
+            false,
+            true,
+            true,
+        )
     },
     // The full path with ownership-passing buffers (`IoQPair::submit`
     // with a `DmaBuffer`) instead of registered ones: what a caller that
     // cannot register its buffers gets. Only when `--variants` names it.
-    VariantDef {
-        name: "ours-owned",
-        side: Side::Ours("--owned-buffers"),
-        kinds: DEVICE_KINDS,
-        batched: false,
-        always: true,
-        by_default: false,
-        only: &[],
-    },
-    // Issue 11: the same client (nvme-bench --vhost-user, libblkio) against
-    // our vhost-user-blk target, polling (its benchmark setting) and in
-    // its default interrupt mode, and against qemu-storage-daemon over the
-    // kernel's nvme driver, in the same boot. Only when `--variants` names
-    // them (a daemon is started for each run).
-    VariantDef {
-        name: "vhost",
-        side: Side::Vhost("--poll"),
-        kinds: DEVICE_KINDS,
-        batched: false,
-        always: false,
-        by_default: false,
-        only: VHOST_JOBS,
-    },
-    VariantDef {
-        name: "vhost-irq",
-        side: Side::Vhost(""),
-        kinds: DEVICE_KINDS,
-        batched: false,
-        always: false,
-        by_default: false,
-        only: VHOST_JOBS,
-    },
-    VariantDef {
-        name: "qsd-vhost",
-        side: Side::QsdVhost,
-        kinds: DEVICE_KINDS,
-        batched: false,
-        always: false,
-        by_default: false,
-        only: VHOST_JOBS,
-    },
-    VariantDef {
-        name: "io_uring",
-        side: Side::Kernel("--ioengine=io_uring --fixedbufs=1 --registerfiles=1"),
-        kinds: DEVICE_KINDS,
-        batched: false,
-        always: false,
-        by_default: true,
-        only: &[],
-    },
-    VariantDef {
-        name: "io_uring-batch",
-        side: Side::Kernel("--ioengine=io_uring --fixedbufs=1 --registerfiles=1"),
-        kinds: DEVICE_KINDS,
-        batched: true,
-        always: false,
-        by_default: true,
-        only: &[],
-    },
-    VariantDef {
-        name: "io_uring-polled",
-        side: Side::Kernel("--ioengine=io_uring --hipri=1 --fixedbufs=1 --registerfiles=1"),
-        kinds: DEVICE_KINDS,
-        batched: false,
-        always: true,
-        by_default: true,
-        only: &[],
-    },
-    VariantDef {
-        name: "io_uring-polled-batch",
-        side: Side::Kernel("--ioengine=io_uring --hipri=1 --fixedbufs=1 --registerfiles=1"),
-        kinds: DEVICE_KINDS,
-        batched: true,
-        always: true,
-        by_default: true,
-        only: &[],
-    },
-    VariantDef {
-        name: "libaio",
-        side: Side::Kernel("--ioengine=libaio"),
-        kinds: DEVICE_KINDS,
-        batched: false,
-        always: false,
-        by_default: false,
-        only: &[],
-    },
+    main_device(
+        "ours-owned",
+        Side::Ours("--owned-buffers"),
+        false,
+        true,
+        false,
+    ),
+    main_device("io_uring", Side::Kernel(IO_URING), false, false, true),
+    main_device("io_uring-batch", Side::Kernel(IO_URING), true, false, true),
+    main_device(
+        "io_uring-polled",
+        Side::Kernel(IO_URING_POLLED),
+        false,
+        true,
+        true,
+    ),
+    main_device(
+        "io_uring-polled-batch",
+        Side::Kernel(IO_URING_POLLED),
+        true,
+        true,
+        true,
+    ),
+    main_device(
+        "libaio",
+        Side::Kernel("--ioengine=libaio"),
+        false,
+        false,
+        false,
+    ),
     VariantDef {
         name: "kernel-cache",
         side: Side::Kernel("--ioengine=psync"),
+        boot: Boot::Main,
         kinds: &[Kind::CacheCold, Kind::CacheWarm],
         batched: false,
         always: true,
@@ -253,12 +274,111 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
     VariantDef {
         name: "kernel-cache-mmap",
         side: Side::Kernel("--ioengine=mmap"),
+        boot: Boot::Main,
         kinds: &[Kind::CacheWarm],
         batched: false,
         always: true,
         by_default: true,
         only: &[],
     },
+    // The front-end boot (6.12). Our raw driver at QD1, polled and on its
+    // interrupt: the reference the vhost-user and ublk latencies are read
+    // against.
+    frontend("fe-ours", Side::Ours(""), false, true, QD1_ONLY),
+    frontend(
+        "fe-ours-irq",
+        Side::Ours("--interrupts"),
+        false,
+        false,
+        QD1_ONLY,
+    ),
+    // Issue 12: fio on /dev/ublkb0 (nvme-ublk) against fio on the kernel
+    // nvme driver's /dev/nvme0n1 at its best (poll queues, io_uring
+    // polled, batched or not), same jobs, same boot. ublk itself is
+    // interrupt-driven in the kernel (no polled I/O): io_uring, batched
+    // where the depth allows.
+    frontend(
+        "ublk",
+        Side::Ublk(IO_URING, UblkPlacement::PerCpu),
+        false,
+        true,
+        QD1_ONLY,
+    ),
+    frontend(
+        "ublk-batch",
+        Side::Ublk(IO_URING, UblkPlacement::PerCpu),
+        true,
+        true,
+        UBLK_JOBS,
+    ),
+    frontend(
+        "ublk-split",
+        Side::Ublk(IO_URING, UblkPlacement::Split),
+        false,
+        false,
+        QD1_ONLY,
+    ),
+    frontend(
+        "ublk-split-batch",
+        Side::Ublk(IO_URING, UblkPlacement::Split),
+        true,
+        false,
+        UBLK_JOBS,
+    ),
+    frontend(
+        "fe-io_uring-polled",
+        Side::Kernel(IO_URING_POLLED),
+        false,
+        true,
+        UBLK_JOBS,
+    ),
+    frontend(
+        "fe-io_uring-polled-batch",
+        Side::Kernel(IO_URING_POLLED),
+        true,
+        true,
+        UBLK_JOBS,
+    ),
+    // Issue 11: the same client (nvme-bench --vhost-user, libblkio, polled
+    // queues) against our vhost-user-blk target, polling (`--poll`), in
+    // its default interrupt mode, and with hybrid polling (`--spin-us`),
+    // and against qemu-storage-daemon over the kernel's nvme driver, its
+    // iothread with QEMU's default adaptive polling (up to 32 µs) or a
+    // longer window. A daemon is started for each run.
+    frontend("vhost", Side::Vhost("--poll"), false, true, VHOST_JOBS),
+    frontend("vhost-irq", Side::Vhost(""), false, true, VHOST_JOBS),
+    frontend(
+        "vhost-spin",
+        Side::Vhost("--spin-us 50"),
+        false,
+        false,
+        VHOST_JOBS,
+    ),
+    // The floor of the vhost-user crossing: nvme-vhost answering every
+    // read at once without the device (`--null-io`), in interrupt mode
+    // and polling.
+    frontend(
+        "vhost-null",
+        Side::Vhost("--null-io"),
+        false,
+        true,
+        QD1_ONLY,
+    ),
+    frontend(
+        "vhost-null-poll",
+        Side::Vhost("--null-io --poll"),
+        false,
+        false,
+        QD1_ONLY,
+    ),
+    frontend("qsd-vhost", Side::QsdVhost(""), false, true, VHOST_JOBS),
+    frontend(
+        "qsd-vhost-poll",
+        Side::QsdVhost(",poll-max-ns=200000"),
+        false,
+        false,
+        VHOST_JOBS,
+    ),
 ];
 
 /// A variant: an entry of [`VARIANTS`] (serialized by its name).
@@ -308,19 +428,35 @@ impl Variant {
         Variant::all().find(|v| v.name() == s)
     }
 
-    /// The kernel side (fio), which the table compares ours with.
+    /// The kernel side of the main boot (fio on the nvme driver), which
+    /// the table compares ours with.
     pub(crate) fn is_kernel(self) -> bool {
+        matches!(self.def().side, Side::Kernel(_)) && self.boot() == Boot::Main
+    }
+
+    /// fio on the kernel's nvme driver, in either boot.
+    pub(crate) fn is_fio_on_nvme(self) -> bool {
         matches!(self.def().side, Side::Kernel(_))
+    }
+
+    /// The boot it runs in.
+    pub(crate) fn boot(self) -> Boot {
+        self.def().boot
     }
 
     /// Runs with the controller on the kernel's nvme driver.
     pub(crate) fn on_kernel_driver(self) -> bool {
-        matches!(self.def().side, Side::Kernel(_) | Side::QsdVhost)
+        matches!(self.def().side, Side::Kernel(_) | Side::QsdVhost(_))
     }
 
     /// A vhost-user client run (nvme-bench `--vhost-user`).
     pub(crate) fn is_vhost(self) -> bool {
-        matches!(self.def().side, Side::Vhost(_) | Side::QsdVhost)
+        matches!(self.def().side, Side::Vhost(_) | Side::QsdVhost(_))
+    }
+
+    /// fio on nvme-ublk's block device.
+    pub(crate) fn is_ublk(self) -> bool {
+        matches!(self.def().side, Side::Ublk(..))
     }
 
     /// Whether this variant runs `job`.
@@ -638,8 +774,11 @@ fn fio_args(job: &Job, variant: Variant, t: Timing) -> Option<String> {
     if !variant.runs(job) {
         return None;
     }
-    let Side::Kernel(engine) = variant.def().side else {
-        return None;
+    let (engine, filename) = match variant.def().side {
+        Side::Kernel(engine) => (engine, job.block_device()),
+        // The script's ublk function asks nvme-ublk for device id 0.
+        Side::Ublk(engine, _) => (engine, UBLK_DEVICE.to_string()),
+        _ => return None,
     };
     // fio takes whole units: milliseconds keep fractional seconds.
     let ms = |s: f64| (s * 1000.0).round() as u64;
@@ -651,9 +790,7 @@ fn fio_args(job: &Job, variant: Variant, t: Timing) -> Option<String> {
     let mut a = format!(
         "--filename={} --rw={} --bs={} --randrepeat=0 --norandommap --lat_percentiles=1 \
          --eta=never --output-format=json {engine}",
-        job.block_device(),
-        job.rw,
-        job.bs
+        filename, job.rw, job.bs
     );
     if variant.def().batched {
         let _ = write!(a, " {}", batch_args(job.qd));
@@ -696,6 +833,9 @@ pub(crate) struct Plan {
     /// Write the whole range once before measuring (an image backend:
     /// reads of never-written parts of a sparse file cost less).
     pub precondition: bool,
+    /// The boot this plan is the script of: only the chosen variants of
+    /// that boot run.
+    pub boot: Boot,
 }
 
 impl Plan {
@@ -704,7 +844,11 @@ impl Plan {
         self.jobs.iter().flat_map(move |job| {
             job.variants()
                 .into_iter()
-                .filter(move |v| v.on_kernel_driver() == kernel && self.variants.contains(v))
+                .filter(move |v| {
+                    v.on_kernel_driver() == kernel
+                        && v.boot() == self.boot
+                        && self.variants.contains(v)
+                })
                 .map(move |v| (*job, v))
         })
     }
@@ -714,14 +858,23 @@ impl Plan {
         (self.runs(false).count() + self.runs(true).count()) * self.rounds as usize
     }
 
-    /// Whether any fio variant runs (fio is needed in the guest).
+    /// Whether any fio run (on the nvme driver or on ublk) is planned
+    /// (fio is needed in the guest).
     pub(crate) fn has_kernel_side(&self) -> bool {
-        self.runs(true).any(|(_, v)| v.is_kernel())
+        self.runs(false)
+            .chain(self.runs(true))
+            .any(|(_, v)| v.is_fio_on_nvme() || v.is_ublk())
     }
 
     /// Whether qemu-storage-daemon runs (it is needed in the guest).
     pub(crate) fn has_qsd(&self) -> bool {
-        self.runs(true).any(|(_, v)| v.def().side == Side::QsdVhost)
+        self.runs(true)
+            .any(|(_, v)| matches!(v.def().side, Side::QsdVhost(_)))
+    }
+
+    /// Whether nvme-ublk runs (the ublk modules are loaded first).
+    pub(crate) fn has_ublk(&self) -> bool {
+        self.runs(false).any(|(_, v)| v.is_ublk())
     }
 
     /// Whether the kernel's page cache runs (its readahead is then set to
@@ -730,14 +883,19 @@ impl Plan {
         self.runs(true).any(|(j, _)| j.kind != Kind::Device)
     }
 
-    /// Namespaces the guest needs: up to the highest one a job uses.
+    /// Namespaces the guest needs: up to the highest one a job that runs
+    /// uses.
     pub(crate) fn namespaces(&self) -> u32 {
-        self.jobs.iter().map(Job::nsid).max().unwrap_or(1)
+        self.used_namespaces().last().copied().unwrap_or(1)
     }
 
-    /// Namespaces the jobs read or write, in order.
+    /// Namespaces the jobs that run read or write, in order.
     fn used_namespaces(&self) -> Vec<u32> {
-        let mut ns: Vec<u32> = self.jobs.iter().map(Job::nsid).collect();
+        let mut ns: Vec<u32> = self
+            .runs(false)
+            .chain(self.runs(true))
+            .map(|(j, _)| j.nsid())
+            .collect();
         ns.sort_unstable();
         ns.dedup();
         ns
@@ -748,7 +906,17 @@ impl Plan {
     /// the default suite; 15 s to write each namespace's range).
     pub(crate) fn estimate_seconds(&self) -> f64 {
         let per_run = self.timing.runtime + self.timing.warmup + 0.6;
-        self.run_count() as f64 * per_run + 30.0 + 15.0 * self.used_namespaces().len() as f64
+        // A daemon started for the run: about 2 s more.
+        let daemons = self
+            .runs(false)
+            .chain(self.runs(true))
+            .filter(|(_, v)| v.is_vhost() || v.is_ublk())
+            .count()
+            * self.rounds as usize;
+        self.run_count() as f64 * per_run
+            + 2.0 * daemons as f64
+            + 30.0
+            + 15.0 * self.used_namespaces().len() as f64
     }
 
     /// The guest shell script. Results go to stdout, one JSON document
@@ -763,6 +931,10 @@ impl Plan {
         );
         s.push_str(&SCRIPT_PRELUDE.replace("QSD_BLOCKDEV", QSD_BLOCKDEV));
         // Identify needs the controller on vfio-pci.
+        if self.has_ublk() {
+            // Only the 6.12 kernel has ublk_drv (VmConfig::ship_modules).
+            s.push_str(LOAD_UBLK);
+        }
         let _ = writeln!(s, "to_vfio\nconditions");
         if self.has_kernel_cache() {
             let _ = writeln!(s, "readahead_probe");
@@ -789,6 +961,24 @@ impl Plan {
             for (job, v) in ours {
                 n += 1;
                 let what = format!("[{n}/{total}] round {round} {} {}", v.name(), job.name);
+                if let Side::Ublk(_, placement) = v.def().side {
+                    let Some(mut args) = fio_args(&job, v, self.timing) else {
+                        continue;
+                    };
+                    let queues = match placement {
+                        UblkPlacement::PerCpu => "percpu",
+                        UblkPlacement::Split => {
+                            args.push_str(" --cpus_allowed=1");
+                            "split"
+                        }
+                    };
+                    let _ = writeln!(
+                        s,
+                        "ublk '{}' '{what}' {queues} {args}",
+                        label(v, &job, round)
+                    );
+                    continue;
+                }
                 let args = ours_args(&job, v, self.timing);
                 let _ = match v.def().side {
                     Side::Vhost(daemon) => writeln!(
@@ -806,11 +996,11 @@ impl Plan {
                 let _ = writeln!(s, "to_nvme");
             }
             for (job, v) in kernel {
-                if v.def().side == Side::QsdVhost {
+                if let Side::QsdVhost(iothread) = v.def().side {
                     n += 1;
                     let _ = writeln!(
                         s,
-                        "qsd_vhost '{}' '[{n}/{total}] round {round} {} {}' {} {}",
+                        "qsd_vhost '{}' '[{n}/{total}] round {round} {} {}' {} '{iothread}' {}",
                         label(v, &job, round),
                         v.name(),
                         job.name,
@@ -853,6 +1043,11 @@ impl Plan {
     }
 }
 
+/// Loads ublk_drv and what it needs (the harness's `ship_modules` puts
+/// them in /lib/modules with their order; `modload` loads them).
+const LOAD_UBLK: &str =
+    "modload ublk_drv || { echo \"@@failed ublk modules: modload ublk_drv\"; exit 1; }\n";
+
 /// Helpers of the guest script: switching drivers and running one job.
 const SCRIPT_PRELUDE: &str = r#"
 say() { echo "bench: $*" >&2; }
@@ -867,6 +1062,10 @@ conditions() {
     echo "@@cpu_flags $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -xE 'sse4_2|avx|avx2|avx512f|erms|fsrm|la57' | tr '\n' ' ')"
     echo "@@iommu_domain $(dmesg | grep -m1 'Default domain type' | sed 's/.*type: //; s/ *$//')"
     echo "@@iommu_invalidation $(dmesg | grep -m1 'TLB invalidation policy' | sed 's/.*policy: //; s/ *$//')"
+    for v in meltdown spectre_v2 retbleed; do
+        f=/sys/devices/system/cpu/vulnerabilities/$v
+        [ -r $f ] && echo "@@mitigation_$v $(cat $f)"
+    done
 }
 # Our readahead maximum: a short cold read through our page cache reports
 # the window it used (sized from the device); the kernel's page cache of
@@ -945,12 +1144,13 @@ vhost() {
     echo "@@vhost_requests $label $(grep -o 'requests direct.*' /tmp/vhost.log | tail -1 | sed 's/^requests //')"
 }
 # nvme-bench --vhost-user against qemu-storage-daemon exporting block
-# device $3 (the kernel's nvme driver), started for this run.
+# device $3 (the kernel's nvme driver), its iothread with the options $4
+# (",poll-max-ns=N"), started for this run.
 qsd_vhost() {
-    label=$1; what=$2; bdev=$3; shift 3
+    label=$1; what=$2; bdev=$3; iothread=$4; shift 4
     say "$what"
     rm -f /tmp/qsd.sock
-    taskset 1 qemu-storage-daemon --object iothread,id=io0 \
+    taskset 1 qemu-storage-daemon --object iothread,id=io0$iothread \
         --blockdev driver=host_device,node-name=ns,filename=$bdev,QSD_BLOCKDEV \
         --export type=vhost-user-blk,id=exp,node-name=ns,writable=on,iothread=io0,addr.type=unix,addr.path=/tmp/qsd.sock \
         2> /tmp/qsd.log &
@@ -962,6 +1162,37 @@ qsd_vhost() {
     fi
     bench_json "$label" "$@" --vhost-user /tmp/qsd.sock
     kill $qpid; wait $qpid
+}
+# fio (the arguments after the label, the progress line and the
+# placement) on /dev/ublkb0, served by nvme-ublk started for this run:
+# "percpu", a ublk queue per vCPU; "split", one queue whose threads move
+# to CPU 0 once it serves (fio runs on CPU 1).
+ublk() {
+    label=$1; what=$2; placement=$3; shift 3
+    set -- "$label" "$what" "$@"
+    queues=1
+    [ $placement = percpu ] && queues=$(grep -c ^processor /proc/cpuinfo)
+    rm -f /tmp/ublk.out
+    nvme-ublk $DEV --id 0 --queues $queues --depth 64 > /tmp/ublk.out 2> /tmp/ublk.log &
+    upid=$!
+    i=0
+    until grep -q '^serving ' /tmp/ublk.out 2> /dev/null; do
+        i=$((i + 1))
+        if [ $i -ge 600 ] || ! kill -0 $upid 2> /dev/null; then
+            kill $upid 2> /dev/null; wait $upid
+            say "$what"
+            echo "@@failed $label: nvme-ublk did not start: $(tr '\n' ' ' < /tmp/ublk.log)"
+            return
+        fi
+        sleep 0.05
+    done
+    if [ $placement = split ]; then
+        for t in /proc/$upid/task/*; do taskset -p 1 ${t##*/} > /dev/null || say "taskset failed"; done
+    fi
+    kern "$@"
+    kill -TERM $upid; wait $upid
+    rc=$?
+    [ $rc -eq 0 ] || echo "@@failed $label: nvme-ublk exited with status $rc: $(tail -3 /tmp/ublk.log | tr '\n' ' ')"
 }
 kern() {
     label=$1; what=$2; shift 2
@@ -988,6 +1219,7 @@ mod tests {
                 warmup: 1.0,
             },
             precondition: true,
+            boot: Boot::Main,
         }
     }
 
@@ -1033,12 +1265,21 @@ mod tests {
                 "ours",
                 "floor",
                 "ours-owned",
-                "vhost",
-                "vhost-irq",
-                "qsd-vhost",
                 "io_uring",
                 "io_uring-polled",
-                "libaio"
+                "libaio",
+                "fe-ours",
+                "fe-ours-irq",
+                "ublk",
+                "ublk-split",
+                "fe-io_uring-polled",
+                "vhost",
+                "vhost-irq",
+                "vhost-spin",
+                "vhost-null",
+                "vhost-null-poll",
+                "qsd-vhost",
+                "qsd-vhost-poll"
             ]
         );
         assert_eq!(
@@ -1047,14 +1288,38 @@ mod tests {
                 "ours",
                 "floor",
                 "ours-owned",
-                "vhost",
-                "vhost-irq",
-                "qsd-vhost",
                 "io_uring",
                 "io_uring-batch",
                 "io_uring-polled",
                 "io_uring-polled-batch",
-                "libaio"
+                "libaio",
+                "ublk-batch",
+                "ublk-split-batch",
+                "fe-io_uring-polled",
+                "fe-io_uring-polled-batch",
+                "vhost",
+                "vhost-irq",
+                "vhost-spin",
+                "qsd-vhost",
+                "qsd-vhost-poll"
+            ]
+        );
+        assert_eq!(
+            names("read-128k-qd8"),
+            [
+                "ours",
+                "floor",
+                "ours-footprint",
+                "ours-owned",
+                "io_uring",
+                "io_uring-batch",
+                "io_uring-polled",
+                "io_uring-polled-batch",
+                "libaio",
+                "ublk-batch",
+                "ublk-split-batch",
+                "fe-io_uring-polled",
+                "fe-io_uring-polled-batch"
             ]
         );
         // The extra rows: the kernel's best variants only.
@@ -1181,7 +1446,12 @@ mod tests {
         let p = plan();
         let per_round: usize = JOBS
             .iter()
-            .map(|j| j.variants().iter().filter(|v| v.def().by_default).count())
+            .map(|j| {
+                j.variants()
+                    .iter()
+                    .filter(|v| v.def().by_default && v.boot() == Boot::Main)
+                    .count()
+            })
             .sum();
         // Ours on every job, the floor loop beside every raw one, and the
         // 128K read over the cache's footprint.
@@ -1202,12 +1472,10 @@ mod tests {
             variants: Variant::all().collect(),
             ..plan()
         };
-        // And the vhost-user variants.
-        assert_eq!(
-            with_all.run_count(),
-            p.run_count() + (5 + device_jobs + 3 * VHOST_JOBS.len()) * 3
-        );
+        // The front ends run in their own boot.
+        assert_eq!(with_all.run_count(), p.run_count() + (5 + device_jobs) * 3);
         assert!(!s.contains("\nvhost '") && !s.contains("\nqsd_vhost '"));
+        assert!(!s.contains("\nublk '") && !s.contains("modload"));
         assert_eq!(
             with_all.script().matches(" --owned-buffers\n").count(),
             device_jobs * 3
@@ -1233,8 +1501,18 @@ mod tests {
             variants: vec![v("vhost"), v("vhost-irq"), v("qsd-vhost")],
             rounds: 1,
             precondition: false,
+            boot: Boot::Frontend,
             ..plan()
         };
+        let main = Plan {
+            boot: Boot::Main,
+            ..p.clone()
+        };
+        assert_eq!(
+            main.run_count(),
+            0,
+            "vhost-user runs in the front ends' boot"
+        );
         assert_eq!(p.run_count(), 6);
         assert!(p.has_qsd() && !p.has_kernel_side(), "no fio needed");
         let s = p.script();
@@ -1246,7 +1524,7 @@ mod tests {
         ), "{s}");
         assert!(vfio.contains("\nvhost 'vhost-irq|randread-4k-qd1|1' '[2/6] round 1 vhost-irq randread-4k-qd1' '--nsid 1' -w randread -o 4096 -q 1 "), "{s}");
         assert!(nvme.starts_with(
-            "qsd_vhost 'qsd-vhost|randread-4k-qd1|1' '[5/6] round 1 qsd-vhost randread-4k-qd1' /dev/nvme0n1 -w randread -o 4096 -q 1 "
+            "qsd_vhost 'qsd-vhost|randread-4k-qd1|1' '[5/6] round 1 qsd-vhost randread-4k-qd1' /dev/nvme0n1 '' -w randread -o 4096 -q 1 "
         ), "{s}");
         assert!(!vfio.contains("\nqsd_vhost '") && !nvme.contains("\nvhost '"));
         assert!(
@@ -1265,6 +1543,53 @@ mod tests {
         );
         // Vhost jobs need no --nsid on the client; the daemon takes it.
         assert!(!s.contains("--vhost-user /tmp/vhost.sock --nsid"));
+    }
+
+    #[test]
+    fn the_front_ends_boot_runs_ublk_vhost_and_their_peers() {
+        let p = Plan {
+            boot: Boot::Frontend,
+            ..plan()
+        };
+        // Per round: our raw driver at QD1; ublk at QD1 (unbatched) and
+        // QD32 and 128K (batched); the kernel nvme driver polled on the
+        // three, batched on two; nvme-vhost polled and on interrupts at
+        // QD1 and QD32, its no-device floor at QD1; qemu-storage-daemon
+        // at QD1 and QD32.
+        assert_eq!(p.run_count(), 16 * 3);
+        assert_eq!(p.namespaces(), 1, "every front-end job is on namespace 1");
+        assert!(p.has_ublk() && p.has_qsd() && p.has_kernel_side());
+        assert!(!p.has_kernel_cache());
+        let s = p.script();
+        assert!(s.contains("\nmodload ublk_drv || "), "{s}");
+        let (vfio, nvme) = s.split_once("\nto_nvme\n").expect("a kernel phase");
+        // nvme-ublk while the controller is on vfio-pci, fio on its device.
+        assert_eq!(s.matches("\nublk '").count(), 3 * 3);
+        assert_eq!(vfio.matches("\nublk '").count(), 3, "round 1");
+        assert!(vfio.contains(
+            "\nublk 'ublk-batch|randread-4k-qd32|1' '[6/48] round 1 ublk-batch randread-4k-qd32' \
+             percpu --filename=/dev/ublkb0 --rw=randread --bs=4096"
+        ), "{s}");
+        assert!(s.contains("nvme-ublk $DEV --id 0 --queues"));
+        assert!(
+            vfio.contains("--iodepth_batch_submit=8"),
+            "batched at QD32: {vfio}"
+        );
+        assert!(!vfio.contains("--hipri"), "ublk has no polled I/O");
+        assert!(vfio.contains(" --null-io' "), "{vfio}");
+        assert!(
+            vfio.contains("\nours 'fe-ours|randread-4k-qd1|1' "),
+            "{vfio}"
+        );
+        // The kernel nvme driver's best (polled) after the move.
+        assert!(nvme.contains(
+            "kern 'fe-io_uring-polled-batch|randread-4k-qd32|1' '[13/48] round 1 kernel fe-io_uring-polled-batch randread-4k-qd32' --filename=/dev/nvme0n1 "
+        ), "{nvme}");
+        assert!(nvme.contains("--hipri=1"));
+        // A few minutes more than the main boot.
+        assert!(p.estimate_seconds() < 420.0, "{}", p.estimate_seconds());
+        // Only the front ends' variants run in it.
+        assert!(!s.contains("'floor|") && !s.contains("'io_uring-polled|"));
     }
 
     #[test]
