@@ -55,10 +55,12 @@ pub const OPTIONAL_ROOTS: &[&str] = &[
     "nvmet-tcp",
     "nvme-tcp",
     // vfat (fs/mpage.c) and the character sets its mounts use by default
-    // on Debian (codepage 437, iocharset utf8), and XFS (fs/iomap): the
-    // differential tests against the kernel (tests/tests/oracle.rs).
+    // on Debian (codepage 437, iocharset ascii; utf8 for `-o utf8`), and
+    // XFS (fs/iomap): the differential tests against the kernel
+    // (tests/tests/oracle.rs).
     "vfat",
     "nls_cp437",
+    "nls_ascii",
     "nls_utf8",
     "xfs",
 ];

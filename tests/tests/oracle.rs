@@ -54,7 +54,7 @@ impl Fs {
     /// The kernel modules its mounts need (`VmConfig::ship_modules`).
     fn modules(self) -> &'static [&'static str] {
         match self {
-            Fs::Vfat => &["vfat", "nls_cp437", "nls_utf8"],
+            Fs::Vfat => &["vfat", "nls_cp437", "nls_ascii", "nls_utf8"],
             Fs::Xfs => &["crc32c_generic", "xfs"],
         }
     }
