@@ -192,6 +192,12 @@ impl<D: BlockDevice> Tap<D> {
         &self.inner
     }
 
+    /// The inner device, to send it commands the tap does not see (they
+    /// bypass the log and the presented limits).
+    pub fn inner_mut(&mut self) -> &mut D {
+        &mut self.inner
+    }
+
     /// Fills in the outcomes of the completions appended to `done` from
     /// index `from`.
     fn record(&mut self, done: &[Completion], from: usize) {

@@ -259,6 +259,31 @@ const TOOL_PACKAGES: &[(&str, Package)] = &[
         },
     ),
     (
+        // vfat, for the differential tests against the kernel's mpage.
+        "mkfs.vfat",
+        Package {
+            name: "dosfstools",
+            provides: "/usr/sbin/mkfs.vfat",
+        },
+    ),
+    (
+        // XFS (fs/iomap's buffered I/O), for the same tests.
+        "mkfs.xfs",
+        Package {
+            name: "xfsprogs",
+            provides: "/usr/sbin/mkfs.xfs",
+        },
+    ),
+    (
+        // A file's block map (FIEMAP, or FIBMAP where the file system has
+        // no FIEMAP, as vfat), for the same tests.
+        "filefrag",
+        Package {
+            name: "e2fsprogs",
+            provides: "/usr/sbin/filefrag",
+        },
+    ),
+    (
         "mkfs.ext4",
         Package {
             name: "e2fsprogs",

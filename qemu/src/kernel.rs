@@ -54,6 +54,15 @@ pub const OPTIONAL_ROOTS: &[&str] = &[
     "virtio_blk",
     "nvmet-tcp",
     "nvme-tcp",
+    // vfat (fs/mpage.c) and the character sets its mounts use by default
+    // on Debian (codepage 437, iocharset ascii; utf8 for `-o utf8`), and
+    // XFS (fs/iomap): the differential tests against the kernel
+    // (tests/tests/oracle.rs).
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "nls_utf8",
+    "xfs",
 ];
 
 /// Each kept root's load order, one `root: module...` line per root (an

@@ -240,6 +240,10 @@ pub struct VmConfig {
     /// modprobe. A kernel without one of them fails the run's setup
     /// (ublk_drv, VDUSE and nvmet are in 6.12, not in Debian's 6.1).
     pub ship_modules: Vec<String>,
+    /// QEMU trace events to enable (`-trace NAME`, patterns allowed, e.g.
+    /// `pci_nvme_read`): with Debian's QEMU (the `log` trace backend)
+    /// they go to QEMU's stderr, [`VmRun::qemu_output`].
+    pub trace_events: Vec<String>,
     /// The guest kernel (None: the harness-wide default, see [`versions`]).
     pub kernel: Option<Suite>,
     /// Load the modules of a VDUSE block device with ext4 on it at boot
@@ -278,6 +282,7 @@ impl Default for VmConfig {
             console_log: None,
             output: OutputMode::Capture,
             ship_modules: Vec::new(),
+            trace_events: Vec::new(),
             kernel: None,
             vduse: false,
             qemu: None,
@@ -317,6 +322,8 @@ pub struct VmRun {
     pub kernel_package: String,
     /// QEMU's `--version` line.
     pub qemu_version: String,
+    /// QEMU's own stdout and stderr (its warnings, `-trace` output).
+    pub qemu_log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -449,6 +456,14 @@ impl VmRun {
     /// The guest console log (lossy).
     pub fn console(&self) -> String {
         fs::read(&self.console_log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// QEMU's own output (lossy): its warnings and the events of
+    /// [`VmConfig::trace_events`].
+    pub fn qemu_output(&self) -> String {
+        fs::read(&self.qemu_log)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
     }
@@ -697,6 +712,10 @@ impl VmConfig {
         } else {
             parse_status(&status).unwrap_or_else(|| {
                 let qemu_msg = fs::read_to_string(&qemu_log).unwrap_or_default();
+                // With trace events on, the log is mostly their lines:
+                // QEMU's last words are at its end.
+                let tail: Vec<&str> = qemu_msg.trim().lines().rev().take(20).collect();
+                let qemu_msg = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
                 GuestExit::NoStatus(format!(
                     "QEMU exited ({}) without a status from the guest{}",
                     qemu_status.map(|s| s.to_string()).unwrap_or_default(),
@@ -729,6 +748,7 @@ impl VmConfig {
                 .collect(),
             kernel_package: kernel.package.clone(),
             qemu_version: qemu.version.clone(),
+            qemu_log,
             _dir: dir,
         };
         Ok((run, acted))
@@ -777,6 +797,15 @@ impl VmConfig {
             && (cpu.is_empty() || cpu.starts_with('-') || cpu.contains(char::is_whitespace))
         {
             return Err(Error::Config(format!("bad CPU model {cpu:?}")));
+        }
+        if let Some(bad) = self.trace_events.iter().find(|e| {
+            e.is_empty()
+                || e.starts_with('-')
+                || !e
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_*?".contains(&b))
+        }) {
+            return Err(Error::Config(format!("bad trace event name {bad:?}")));
         }
         if self.smp == 0 || self.mem_mib < 128 {
             return Err(Error::Config("need at least 1 vCPU and 128 MiB".into()));
@@ -993,6 +1022,10 @@ impl VmConfig {
         if self.iommu {
             args.push("-device".into());
             args.push("intel-iommu,intremap=on".into());
+        }
+        for event in &self.trace_events {
+            args.push("-trace".into());
+            args.push(event.clone());
         }
         for s in serials {
             args.push("-serial".into());
@@ -1311,6 +1344,32 @@ mod tests {
             .map(|(_, d)| d)
             .collect();
         assert_eq!(l, ["/q/share", "/usr/share/qemu"]);
+    }
+
+    #[test]
+    fn trace_events_become_trace_options() {
+        let cfg = VmConfig {
+            trace_events: vec!["pci_nvme_read".into(), "pci_nvme_io_*".into()],
+            ..VmConfig::default()
+        };
+        cfg.validate().expect("valid");
+        let (kernel, qemu) = fake_peers(Vec::new());
+        let p = Path::new("/x");
+        let args = cfg.qemu_args(&qemu, &kernel, p, &[None], [p, p, p, p], None);
+        let traces: Vec<&String> = args
+            .iter()
+            .zip(args.iter().skip(1))
+            .filter(|(a, _)| *a == "-trace")
+            .map(|(_, e)| e)
+            .collect();
+        assert_eq!(traces, ["pci_nvme_read", "pci_nvme_io_*"]);
+        for bad in ["", "-D", "a,file=/etc/x", "a b"] {
+            let cfg = VmConfig {
+                trace_events: vec![bad.into()],
+                ..VmConfig::default()
+            };
+            assert!(cfg.validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

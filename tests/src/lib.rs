@@ -11,6 +11,7 @@
 pub mod fscrash;
 pub mod logwrites;
 pub mod model;
+pub mod oracle;
 pub mod powercut;
 pub mod seqwrites;
 pub mod soak;

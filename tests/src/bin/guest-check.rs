@@ -155,6 +155,25 @@ enum Scenario {
     /// `ok` or `FAILED` with the failed check; exits non-zero if any
     /// failed. Needs a transfer limit of at least 1 MiB (mdts=8).
     Conformance,
+    /// Our side of the differential tests against the kernel
+    /// (`vm_tests::oracle`, tests/tests/oracle.rs): runs the steps of
+    /// `plan` through mpage's `File` over an extent mapper holding each
+    /// file's block map (`/tmp/map.<file>`, `filefrag -v` output taken
+    /// while the kernel had the file system mounted), with 512-byte..4 KiB
+    /// blocks as the map says and the kernel's readahead maximum. Before
+    /// each step it reads one block at the step's marker LBA. Reads copy
+    /// what they read to `/tmp/ours.<file>`; writes write
+    /// `/tmp/pat.<file>` over the file and fsync.
+    Oracle {
+        plan: std::path::PathBuf,
+        /// The kernel's `read_ahead_kb` for the namespace.
+        #[arg(long)]
+        ra_kb: u64,
+        /// The kernel's `max_sectors_kb` for the namespace: our commands
+        /// are split there too (an `mpage::Tap` presenting that limit).
+        #[arg(long)]
+        max_kb: u32,
+    },
     /// Shadow doorbells' EventIdx rule under wrap-around: queue pairs of
     /// `--entries` (small, so the ring indices wrap every few commands) kept
     /// full by the full path and by the floor loop, `lives` times in a row
@@ -627,6 +646,11 @@ fn run(cli: Cli) -> Result<()> {
         Scenario::Cache { pages, seed } => cache_roundtrip(&ctrl, pages, seed)?,
         Scenario::CacheErrors => cache_errors(&ctrl)?,
         Scenario::Conformance => conformance(&ctrl)?,
+        Scenario::Oracle {
+            plan,
+            ra_kb,
+            max_kb,
+        } => oracle(&ctrl, &plan, ra_kb, max_kb)?,
         Scenario::Commands { pages } => command_counts(&ctrl, pages)?,
         Scenario::PowerCut {
             ops,
@@ -1149,6 +1173,92 @@ fn shadow_floors(
         }
     }
     Ok(timed)
+}
+
+/// The `oracle` scenario.
+fn oracle(ctrl: &Controller, plan: &std::path::Path, ra_kb: u64, max_kb: u32) -> Result<()> {
+    use mpage::nvme::{DmaFolioMemory, NvmeDevice};
+    use mpage::{BlockDevice, File, Tap};
+    use pagecache::{BlockSize, PageCache};
+    use vm_tests::oracle::{FileMap, Plan, Side, StepKind};
+
+    let read = |p: &str| std::fs::read(p).map_err(|e| format!("{p}: {e}"));
+    let plan = Plan::parse(&String::from_utf8_lossy(&read(
+        &plan.display().to_string(),
+    )?))?;
+    let max = max_kb.checked_mul(1024).ok_or("--max-kb is too large")?;
+    let mut dev = Tap::new(NvmeDevice::new(ctrl, ctrl.io_qpair()?, 1)?).limit_max_transfer(max);
+    let lba = dev.geometry().lba_size;
+    let memory = Arc::new(DmaFolioMemory::new(ctrl.dma_pool().clone()));
+    let ra_pages = ra_kb / 4;
+    for step in &plan.steps {
+        let map_text = read(&format!("/tmp/map.{}", step.file))?;
+        let map = FileMap::parse_filefrag(&String::from_utf8_lossy(&map_text))?;
+        let block = BlockSize::new(usize::try_from(map.block)?)?;
+        let cache = Arc::new(PageCache::new(memory.clone(), 64 << 20)?);
+        let file = File::open(cache, Arc::new(map.mapper(lba)), block, map.size)?;
+        file.set_readahead(ra_pages);
+        // The marker: one block at an LBA no file system touches.
+        let mark = plan.mark_base + step.mark(Side::Ours);
+        let buf = ctrl.dma_pool().alloc(lba as usize)?;
+        dev.inner_mut().execute(IoRequest::read(1, mark, 1, buf))?;
+        let bs = usize::try_from(step.bs)?;
+        match &step.kind {
+            StepKind::Read => {
+                let mut out = Vec::with_capacity(usize::try_from(map.size)?);
+                let mut buf = vec![0u8; bs];
+                loop {
+                    let n = file.read_at(&mut dev, out.len() as u64, &mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    out.extend_from_slice(&buf[..n]);
+                }
+                let path = format!("/tmp/ours.{}", step.file);
+                std::fs::write(&path, &out).map_err(|e| format!("{path}: {e}"))?;
+                println!(
+                    "oracle: step {} read {} bytes of {}",
+                    step.index,
+                    out.len(),
+                    step.file
+                );
+            }
+            StepKind::RandRead(offsets) => {
+                let mut buf = vec![0u8; bs];
+                for &off in offsets {
+                    // Each read through a new open file, as each `dd`.
+                    let f = file.reopen()?;
+                    f.set_readahead(ra_pages);
+                    let n = f.read_at(&mut dev, off * step.bs, &mut buf)?;
+                    println!(
+                        "oracle: step {} read {n} bytes at {}",
+                        step.index,
+                        off * step.bs
+                    );
+                }
+            }
+            StepKind::Write => {
+                let data = read(&format!("/tmp/pat.{}", step.file))?;
+                if data.len() as u64 != map.size {
+                    return Err(format!("/tmp/pat.{} is not the file's size", step.file).into());
+                }
+                for (i, chunk) in data.chunks(bs).enumerate() {
+                    let n = file.write_at(&mut dev, (i * bs) as u64, chunk)?;
+                    if n != chunk.len() {
+                        return Err(format!("short write at {}", i * bs).into());
+                    }
+                }
+                file.fsync(&mut dev)?;
+                println!(
+                    "oracle: step {} wrote {} bytes of {}",
+                    step.index,
+                    data.len(),
+                    step.file
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The `cache` scenario: write through one page cache, fsync, read back
