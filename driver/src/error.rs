@@ -226,6 +226,10 @@ pub enum Error {
     /// A buffer that does not fit the request.
     #[error("{0}")]
     BadBuffer(String),
+    /// A request the driver cannot send as asked (e.g. hints on an
+    /// operation that has no field for them).
+    #[error("{0}")]
+    BadRequest(String),
 }
 
 impl Error {

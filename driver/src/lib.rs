@@ -56,7 +56,7 @@ pub use ns::Namespace;
 pub use nvme_spec;
 pub use pci::{PciAddress, PciFunction};
 pub use qpair::{
-    FixedCompletion, FixedIo, FloorJob, FloorResult, IoCompletion, IoOp, IoQPair, IoRequest,
-    IoSegments, Recovery, RecoveryCause, RecoveryOutcome, Rejected,
+    FixedCompletion, FixedIo, FloorJob, FloorResult, IoCompletion, IoHints, IoOp, IoQPair,
+    IoRequest, IoSegments, Recovery, RecoveryCause, RecoveryOutcome, Rejected,
 };
 pub use queue::PathCounters;

@@ -75,6 +75,11 @@ bitflags::bitflags! {
         const SYNC = 1 << 1;
         /// Background writeback (REQ_BACKGROUND).
         const BACKGROUND = 1 << 2;
+        /// Force Unit Access (REQ_FUA): the write is durable when it
+        /// completes (NVMe FUA bit). The engines never set it (R6:
+        /// writeback durability comes from a Flush, X2); for callers
+        /// that build their own bios.
+        const FUA = 1 << 3;
     }
 }
 

@@ -271,6 +271,8 @@ struct ExtentState {
     next_free: u64,
     end_free: u64,
     calls: usize,
+    /// `(pos, len)` of every `map` call, as asked.
+    requests: Vec<(u64, u64)>,
     fail_at: Option<(u64, MapError)>,
     metadata: Option<Arc<Inode>>,
 }
@@ -278,6 +280,15 @@ struct ExtentState {
 /// A sparse file's extent map over fs blocks of `block` bytes, with a
 /// bump allocator over device blocks `[alloc_start, alloc_end)` (fs-block
 /// units) for allocate-on-write. Device block `p` is LBA `p·block/lba`.
+///
+/// It answers as much as it is asked, like a `get_block` given
+/// `max_blocks` (R9): a read answer (mapped, unwritten or hole) covers at
+/// most the blocks of `[pos, pos+len)`, starting at `pos`'s block, and
+/// carries BOUNDARY only if it reaches the end of the boundary run.
+/// A write answer is the whole extent holding `pos` (iomap's
+/// `map_blocks` is not given a length), allocating at most the asked
+/// part of a hole. Every call is recorded ([`ExtentMapper::requests`]),
+/// so a scenario sees how much the engine asked for.
 #[derive(Debug)]
 pub struct ExtentMapper {
     block: u64,
@@ -296,6 +307,7 @@ impl ExtentMapper {
                 next_free: alloc.start,
                 end_free: alloc.end,
                 calls: 0,
+                requests: Vec::new(),
                 fail_at: None,
                 metadata: None,
             }),
@@ -351,6 +363,12 @@ impl ExtentMapper {
         self.state().calls
     }
 
+    /// The `(pos, len)` in bytes of every `map` call so far, as asked
+    /// (R9's mapping window).
+    pub fn requests(&self) -> Vec<(u64, u64)> {
+        self.state().requests.clone()
+    }
+
     /// The run containing `lblk`, as (start lblk, run).
     fn find(st: &ExtentState, lblk: u64) -> Option<(u64, Run)> {
         st.runs
@@ -366,13 +384,23 @@ impl ExtentMapper {
     }
 
     fn extent_of(&self, start: u64, run: Run, new: bool) -> Extent {
-        let lba = run.pblk * self.block / u64::from(self.lba_size);
+        self.part_of(start, run, new, start..start + run.len)
+    }
+
+    /// The part `blocks` (inside the run) of the run starting at file
+    /// block `start`; BOUNDARY only if the part reaches the run's end.
+    fn part_of(&self, start: u64, run: Run, new: bool, blocks: std::ops::Range<u64>) -> Extent {
+        let pblk = run.pblk + (blocks.start - start);
+        let lba = pblk * self.block / u64::from(self.lba_size);
         let mut flags = ExtentFlags::empty();
         flags.set(ExtentFlags::NEW, new);
-        flags.set(ExtentFlags::BOUNDARY, run.boundary);
+        flags.set(
+            ExtentFlags::BOUNDARY,
+            run.boundary && blocks.end == start + run.len,
+        );
         Extent {
-            offset: start * self.block,
-            len: run.len * self.block,
+            offset: blocks.start * self.block,
+            len: (blocks.end - blocks.start) * self.block,
             kind: if run.unwritten {
                 ExtentKind::Unwritten { lba }
             } else {
@@ -387,8 +415,14 @@ impl BlockMapper for ExtentMapper {
     fn map(&self, pos: u64, len: u64, intent: MapIntent) -> Result<Extent, MapError> {
         let mut st = self.state();
         st.calls += 1;
+        st.requests.push((pos, len));
         let lblk = pos / self.block;
-        let want = len.max(1).div_ceil(self.block).max(1);
+        // The blocks of [pos, pos+len) from pos's block.
+        let want = pos
+            .saturating_add(len.max(1))
+            .div_ceil(self.block)
+            .saturating_sub(lblk)
+            .max(1);
         if let Some((at, _)) = &st.fail_at
             && *at == lblk
             && let Some((_, err)) = st.fail_at.take()
@@ -396,6 +430,10 @@ impl BlockMapper for ExtentMapper {
             return Err(err);
         }
         if let Some((start, run)) = Self::find(&st, lblk) {
+            if intent == MapIntent::Read {
+                let end = (start + run.len).min(lblk.saturating_add(want));
+                return Ok(self.part_of(start, run, false, lblk..end));
+            }
             return Ok(self.extent_of(start, run, false));
         }
         let hole_end = Self::next_start(&st, lblk).unwrap_or(u64::MAX);
@@ -495,8 +533,17 @@ mod tests {
         let e = m.map(4096, 65536, MapIntent::Read).unwrap();
         assert_eq!(
             (e.offset, e.len, e.kind),
-            (0, 8192, ExtentKind::Mapped { lba: 4000 })
+            (4096, 4096, ExtentKind::Mapped { lba: 4008 })
         );
+        let e = m.map(0, 4096, MapIntent::Read).unwrap();
+        assert_eq!(
+            (e.offset, e.len, e.kind),
+            (0, 4096, ExtentKind::Mapped { lba: 4000 }),
+            "no more than asked (R9)"
+        );
+        let e = m.map(100, 4096, MapIntent::Write).unwrap();
+        assert_eq!((e.offset, e.len), (0, 8192), "writes get the whole extent");
+        assert_eq!(m.requests(), vec![(4096, 65536), (0, 4096), (100, 4096)]);
         let h = m.map(8192, 8192, MapIntent::Read).unwrap();
         assert_eq!((h.offset, h.len, h.kind), (8192, 8192, ExtentKind::Hole));
         let w = m.map(8192, 8192, MapIntent::Write).unwrap();
@@ -515,6 +562,19 @@ mod tests {
             m.map(65536, 1 << 20, MapIntent::Write),
             Err(MapError::NoSpace { blocks: 256 })
         );
+    }
+
+    #[test]
+    fn extent_mapper_read_answers_carry_boundary_only_at_the_run_end() {
+        let m = ExtentMapper::new(1024, 512, 0..0);
+        m.insert_boundary(0, 4, 100);
+        let part = m.map(0, 2048, MapIntent::Read).unwrap();
+        assert_eq!((part.offset, part.len), (0, 2048));
+        assert!(!part.flags.contains(ExtentFlags::BOUNDARY));
+        let rest = m.map(2048, 8192, MapIntent::Read).unwrap();
+        assert_eq!((rest.offset, rest.len), (2048, 2048));
+        assert_eq!(rest.kind, ExtentKind::Mapped { lba: 204 });
+        assert!(rest.flags.contains(ExtentFlags::BOUNDARY));
     }
 
     #[test]

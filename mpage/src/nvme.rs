@@ -3,8 +3,10 @@
 //! the driver's DMA pool, so the controller reads into and writes from the
 //! page cache itself (zero copy).
 //!
-//! A bio's segments are pieces of folios; their device addresses become the
-//! request's PRP entries ([`nvme_driver::IoSegments`], whose lists are
+//! A bio's flags become the command's hints ([`hints`]: readahead →
+//! Limited Retry + DSM prefetch, FUA → FUA; R6). A bio's segments are
+//! pieces of folios; their device addresses become the request's PRP
+//! entries ([`nvme_driver::IoSegments`], whose lists are
 //! reused from one request to the next). The bio itself stays here until
 //! its request completes, and it keeps the folios alive.
 //!
@@ -12,10 +14,12 @@
 
 use std::time::Duration;
 
-use nvme_driver::{Controller, DmaBuffer, DmaPool, IoCompletion, IoQPair, IoRequest, IoSegments};
+use nvme_driver::{
+    Controller, DmaBuffer, DmaPool, IoCompletion, IoHints, IoQPair, IoRequest, IoSegments,
+};
 use pagecache::{FolioBacking, FolioMemory, FolioOrder};
 
-use crate::device::{Bio, BioOp, BlockDevice, Completion, DeviceError, Geometry};
+use crate::device::{Bio, BioFlags, BioOp, BlockDevice, Completion, DeviceError, Geometry};
 
 /// One namespace of a controller, through one I/O queue pair (owned: use
 /// one `NvmeDevice` per thread).
@@ -143,9 +147,11 @@ impl BlockDevice for NvmeDevice {
         let req = match op {
             BioOp::Read => {
                 IoRequest::read_segments(self.nsid, lba, blocks, segments(&bio, &mut self.spare))
+                    .with_hints(hints(op, bio.flags()))
             }
             BioOp::Write => {
                 IoRequest::write_segments(self.nsid, lba, blocks, segments(&bio, &mut self.spare))
+                    .with_hints(hints(op, bio.flags()))
             }
             BioOp::Flush => IoRequest::flush(self.nsid),
         };
@@ -189,6 +195,22 @@ impl BlockDevice for NvmeDevice {
     fn in_flight(&self) -> usize {
         self.qpair.outstanding()
     }
+}
+
+/// The NVMe hints a bio's flags become (R6, K6), as Linux's
+/// `nvme_setup_rw` sets them: a readahead read gets Limited Retry and the
+/// DSM access frequency "speculative read (prefetch)"; FUA becomes the
+/// FUA bit. SYNC and BACKGROUND have no field in an NVMe command (they
+/// could choose a queue priority) and are not sent.
+pub fn hints(op: BioOp, flags: BioFlags) -> IoHints {
+    let mut h = IoHints::NONE;
+    if op == BioOp::Read && flags.contains(BioFlags::READAHEAD) {
+        h = IoHints::READAHEAD;
+    }
+    if op != BioOp::Flush && flags.contains(BioFlags::FUA) {
+        h.flags |= IoHints::FUA.flags;
+    }
+    h
 }
 
 /// Maps a driver error to the device error the page cache understands: an

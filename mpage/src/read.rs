@@ -14,7 +14,10 @@
 //!   discontiguous becomes one piece per extent (R16/R19 with the
 //!   coalescing of K2, T4).
 //!
-//! A BOUNDARY extent consumed to its end submits the run (R18). All runs
+//! A BOUNDARY extent consumed to its end at the end of a folio submits
+//! the run; one ending mid-folio is followed by the folio's next extent
+//! and changes nothing (R18, as the kernel's single look at the mapping
+//! after the folio's last block). All runs
 //! are submitted before the call returns (R7). Readahead commands carry
 //! [`BioFlags::READAHEAD`], demand reads do not (R6). Mapping requests
 //! cover the rest of the window, capped at the block holding EOF (R9), and
@@ -139,6 +142,7 @@ impl<'a> ReadCtx<'a> {
     fn read_range(&mut self, io: &ReadIo, range: Range<usize>) -> Result<()> {
         let folio = io.folio().clone();
         let fpos = folio.pos();
+        let folio_end = fpos + folio.size() as u64;
         let bs = folio.block_size().bytes() as u64;
         let eof_block_end = round_up(self.ino.size(), bs);
         let lba_size = self.geometry.lba_size;
@@ -190,7 +194,15 @@ impl<'a> ReadCtx<'a> {
                                 .map_err(Error::cache("read part"))
                         })?;
                         io::submit_all(self.dev, closed)?;
-                        if ext.flags.contains(ExtentFlags::BOUNDARY) && end == ext.end() {
+                        // R18: only the mapping current at the folio's
+                        // end counts (do_mpage_readpage looks at map_bh
+                        // once, after the folio's last block): a BOUNDARY
+                        // extent ending mid-folio is forgotten when the
+                        // next extent maps the rest.
+                        if ext.flags.contains(ExtentFlags::BOUNDARY)
+                            && end == ext.end()
+                            && end == folio_end
+                        {
                             self.submit_open()?;
                         }
                     }

@@ -10,7 +10,9 @@
 //!   forever. A failed write changes nothing on the disk; a failed read
 //!   copies nothing.
 //! * Completion order ([`Order`]): in submission order, reversed per poll,
-//!   or held until [`RecordingDevice::release`].
+//!   or held until [`RecordingDevice::release`] (all) or
+//!   [`RecordingDevice::release_next`] (the oldest n, one command at a
+//!   time).
 //! * Commands execute (data is copied) at submission; completion is what
 //!   is delayed. Clones share the same disk, record and completion queue,
 //!   so a test keeps a clone to inspect what the engine, owning the other,
@@ -178,6 +180,18 @@ impl RecordingDevice {
         let mut q = self.queue();
         let held = std::mem::take(&mut q.held);
         q.ready.extend(held);
+    }
+
+    /// Makes the oldest `n` of this queue's held completions (in
+    /// submission order) available to the next poll, the rest stay held:
+    /// the pieces of one chained ioend complete one at a time. Returns
+    /// how many were released.
+    pub fn release_next(&self, n: usize) -> usize {
+        let mut q = self.queue();
+        let n = n.min(q.held.len());
+        let first: Vec<Completion> = q.held.drain(..n).collect();
+        q.ready.extend(first);
+        n
     }
 
     /// Limits the number of commands in flight (submit returns Busy).

@@ -21,7 +21,7 @@ use bitflags::bitflags;
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::error::RangeError;
+use crate::error::{RangeError, UnknownCode};
 use crate::opcode::NvmOpcode;
 use crate::sqe::Sqe;
 
@@ -44,6 +44,172 @@ bitflags! {
         /// LR, bit 31: Limited Retry.
         const LIMITED_RETRY = 1 << 31;
     }
+}
+
+/// Access Frequency, bits 3:0 of the Read / Write Dataset Management
+/// field (CDW13; NVM Command Set 1.0 Figure "Read – Command Dword 13").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
+pub enum AccessFrequency {
+    /// 0h: no frequency information.
+    #[default]
+    Unspecified = 0,
+    /// 1h: typical number of reads and writes expected.
+    Typical = 1,
+    /// 2h: infrequent writes and infrequent reads.
+    InfrequentWritesInfrequentReads = 2,
+    /// 3h: infrequent writes, frequent reads.
+    InfrequentWritesFrequentReads = 3,
+    /// 4h: frequent writes, infrequent reads.
+    FrequentWritesInfrequentReads = 4,
+    /// 5h: frequent writes and frequent reads.
+    FrequentWritesFrequentReads = 5,
+    /// 6h: one time read (e.g. a scan or a backup).
+    OneTimeRead = 6,
+    /// 7h: speculative read: the command is part of a prefetch (what
+    /// Linux sends for readahead, `NVME_RW_DSM_FREQ_PREFETCH`).
+    Speculative = 7,
+    /// 8h: the range is going to be overwritten soon.
+    WillBeOverwritten = 8,
+}
+
+/// Access Latency, bits 5:4 of the Dataset Management field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
+pub enum AccessLatency {
+    /// 0h: no latency information.
+    #[default]
+    Unspecified = 0,
+    /// 1h: idle, longer latency acceptable.
+    Idle = 1,
+    /// 2h: normal latency.
+    Normal = 2,
+    /// 3h: low latency.
+    Low = 3,
+}
+
+/// The Dataset Management hints of one Read or Write (CDW13 bits 7:0):
+/// access frequency (3:0), access latency (5:4), sequential request (6)
+/// and incompressible (7). Hints only: a controller may ignore them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct DsmHints {
+    /// Bits 3:0.
+    pub frequency: AccessFrequency,
+    /// Bits 5:4.
+    pub latency: AccessLatency,
+    /// Bit 6: part of a sequential read or write.
+    pub sequential: bool,
+    /// Bit 7: the data is not compressible.
+    pub incompressible: bool,
+}
+
+impl DsmHints {
+    /// No hints (CDW13 = 0).
+    pub const NONE: DsmHints = DsmHints {
+        frequency: AccessFrequency::Unspecified,
+        latency: AccessLatency::Unspecified,
+        sequential: false,
+        incompressible: false,
+    };
+
+    /// What Linux's NVMe driver sends for a readahead (REQ_RAHEAD):
+    /// access frequency "speculative read (prefetch)".
+    pub const PREFETCH: DsmHints = DsmHints {
+        frequency: AccessFrequency::Speculative,
+        ..DsmHints::NONE
+    };
+
+    /// The field's 8 bits.
+    #[must_use]
+    pub const fn bits(self) -> u8 {
+        self.frequency as u8
+            | (self.latency as u8) << 4
+            | (self.sequential as u8) << 6
+            | (self.incompressible as u8) << 7
+    }
+
+    /// Decodes the field (CDW13 bits 7:0).
+    ///
+    /// # Errors
+    ///
+    /// A reserved access frequency (9h–Fh).
+    pub fn from_bits(bits: u8) -> Result<DsmHints, UnknownCode> {
+        let frequency = match bits & 0xf {
+            0 => AccessFrequency::Unspecified,
+            1 => AccessFrequency::Typical,
+            2 => AccessFrequency::InfrequentWritesInfrequentReads,
+            3 => AccessFrequency::InfrequentWritesFrequentReads,
+            4 => AccessFrequency::FrequentWritesInfrequentReads,
+            5 => AccessFrequency::FrequentWritesFrequentReads,
+            6 => AccessFrequency::OneTimeRead,
+            7 => AccessFrequency::Speculative,
+            8 => AccessFrequency::WillBeOverwritten,
+            _ => {
+                return Err(UnknownCode {
+                    kind: "DSM access frequency",
+                    value: bits & 0xf,
+                });
+            }
+        };
+        let latency = match (bits >> 4) & 3 {
+            0 => AccessLatency::Unspecified,
+            1 => AccessLatency::Idle,
+            2 => AccessLatency::Normal,
+            _ => AccessLatency::Low,
+        };
+        Ok(DsmHints {
+            frequency,
+            latency,
+            sequential: bits & 1 << 6 != 0,
+            incompressible: bits & 1 << 7 != 0,
+        })
+    }
+}
+
+/// Read with FUA / Limited Retry control bits (CDW12) and Dataset
+/// Management hints (CDW13).
+///
+/// # Errors
+///
+/// `nlb` outside 1..=65536.
+pub fn read_hinted(
+    nsid: u32,
+    slba: u64,
+    nlb: u32,
+    flags: RwFlags,
+    dsm: DsmHints,
+) -> Result<Sqe, RangeError> {
+    let mut s = block_command(NvmOpcode::Read, nsid, slba, nlb, flags.bits())?;
+    s.cdw13 = U32::new(u32::from(dsm.bits()));
+    Ok(s)
+}
+
+/// Write with FUA / Limited Retry control bits (CDW12) and Dataset
+/// Management hints (CDW13).
+///
+/// # Errors
+///
+/// `nlb` outside 1..=65536.
+pub fn write_hinted(
+    nsid: u32,
+    slba: u64,
+    nlb: u32,
+    flags: RwFlags,
+    dsm: DsmHints,
+) -> Result<Sqe, RangeError> {
+    let mut s = block_command(NvmOpcode::Write, nsid, slba, nlb, flags.bits())?;
+    s.cdw13 = U32::new(u32::from(dsm.bits()));
+    Ok(s)
+}
+
+/// The CDW12 control bits (FUA, LR) and the CDW13 Dataset Management
+/// field of a Read or Write SQE, as sent.
+#[must_use]
+pub fn rw_hints_of(sqe: &Sqe) -> (RwFlags, u8) {
+    (
+        RwFlags::from_bits_truncate(sqe.cdw12.get()),
+        (sqe.cdw13.get() & 0xff) as u8,
+    )
 }
 
 /// Write Zeroes CDW12 bit 25: DEAC (deallocate).
@@ -252,6 +418,45 @@ mod tests {
         assert_eq!(s.cdw12.get(), 0x4000_0003);
         let s = read_with(1, 0, 4, RwFlags::FUA | RwFlags::LIMITED_RETRY).expect("valid");
         assert_eq!(s.cdw12.get(), 0xc000_0003);
+    }
+
+    #[test]
+    fn hinted_read_write() {
+        let s = read_hinted(1, 8, 4, RwFlags::LIMITED_RETRY, DsmHints::PREFETCH).expect("valid");
+        assert_eq!(s.opcode, 0x02);
+        assert_eq!(s.cdw12.get(), 0x8000_0003);
+        assert_eq!(s.cdw13.get(), 7);
+        assert_eq!(rw_hints_of(&s), (RwFlags::LIMITED_RETRY, 7));
+        let all = DsmHints {
+            frequency: AccessFrequency::WillBeOverwritten,
+            latency: AccessLatency::Low,
+            sequential: true,
+            incompressible: true,
+        };
+        assert_eq!(all.bits(), 0xf8);
+        let s = write_hinted(1, 0, 1, RwFlags::FUA, all).expect("valid");
+        assert_eq!(
+            (s.opcode, s.cdw12.get(), s.cdw13.get()),
+            (0x01, 0x4000_0000, 0xf8)
+        );
+        assert_eq!(DsmHints::from_bits(0xf8), Ok(all));
+        let seq = DsmHints {
+            latency: AccessLatency::Idle,
+            sequential: true,
+            ..DsmHints::NONE
+        };
+        assert_eq!(seq.bits(), 0x50);
+        assert_eq!(DsmHints::from_bits(0x50), Ok(seq));
+        for bits in 0..=u8::MAX {
+            match DsmHints::from_bits(bits) {
+                Ok(h) => assert_eq!(h.bits(), bits),
+                Err(e) => assert!(e.value >= 9, "{bits:#x}"),
+            }
+        }
+        assert_eq!(
+            read(1, 0, 1).map(|s| rw_hints_of(&s)),
+            Ok((RwFlags::empty(), 0))
+        );
     }
 
     #[test]

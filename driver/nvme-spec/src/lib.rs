@@ -144,7 +144,7 @@ pub use identify::{
     ActiveNamespaceList, AsciiField, IdentifyController, IdentifyNamespace, LbaFormat, Oacs, Oncs,
     PowerStateDescriptor, SglSupport,
 };
-pub use io::{DsmAttributes, DsmRange};
+pub use io::{AccessFrequency, AccessLatency, DsmAttributes, DsmHints, DsmRange, RwFlags};
 pub use log::{
     AsyncEvent, AsyncEventType, CriticalWarning, ErrorLogEntry, FirmwareSlotLog, LogPageId,
     SmartLog,

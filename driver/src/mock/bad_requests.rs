@@ -45,6 +45,10 @@ fn bad_requests_are_refused_at_submit_and_nothing_is_written() {
         ),
         (IoRequest::write(1, 0, 0, buf()), "a transfer of 0 blocks"),
         (
+            IoRequest::flush(1).with_hints(crate::qpair::IoHints::FUA),
+            "Flush cannot carry FUA, Limited Retry or DSM hints (Read and Write only)",
+        ),
+        (
             IoRequest::write(1, 4095, 2, buf()),
             "LBA range 4095+2 is past the end of namespace 1 (4096 blocks)",
         ),

@@ -16,6 +16,8 @@ impl State {
             bytes: 0,
             data: DataPointer::None,
             status: Status::SUCCESS,
+            rw_flags: hints_of(&sqe).0,
+            dsm: hints_of(&sqe).1,
         };
         if is_block_command(sqe.opcode) {
             (record.slba, record.blocks) = block_range(&sqe);

@@ -330,6 +330,8 @@ impl MockController {
             bytes: 0,
             data: DataPointer::None,
             status: cqe.status(),
+            rw_flags: hints_of(&cmd.sqe).0,
+            dsm: hints_of(&cmd.sqe).1,
         };
         s.commands.push(record);
         Ok(RawCqe::Completed(record))

@@ -284,6 +284,20 @@ pub struct CommandRecord {
     pub data: DataPointer,
     /// The status posted.
     pub status: Status,
+    /// CDW12's FUA and Limited Retry bits, as received (Read, Write and
+    /// the other block commands; else empty).
+    pub rw_flags: nvme_spec::RwFlags,
+    /// CDW13 bits 7:0, the Dataset Management hints, as received (Read
+    /// and Write; else 0). Decode with [`nvme_spec::DsmHints::from_bits`].
+    pub dsm: u8,
+}
+
+impl CommandRecord {
+    /// The Dataset Management hints received, decoded (`None` for a
+    /// reserved access frequency).
+    pub fn dsm_hints(&self) -> Option<nvme_spec::DsmHints> {
+        nvme_spec::DsmHints::from_bits(self.dsm).ok()
+    }
 }
 
 /// A command fetched and not yet completed.

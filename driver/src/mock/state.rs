@@ -158,6 +158,18 @@ pub(super) fn block_range(sqe: &Sqe) -> (u64, u64) {
     (slba, u64::from(sqe.cdw12.get() & 0xffff) + 1)
 }
 
+/// The FUA / Limited Retry bits and the DSM hint byte a block command
+/// carries (none for other commands).
+pub(super) fn hints_of(sqe: &Sqe) -> (nvme_spec::RwFlags, u8) {
+    if sqe.opcode == NvmOpcode::Read as u8 || sqe.opcode == NvmOpcode::Write as u8 {
+        nvme_spec::io::rw_hints_of(sqe)
+    } else if is_block_command(sqe.opcode) {
+        (nvme_spec::io::rw_hints_of(sqe).0, 0)
+    } else {
+        (nvme_spec::RwFlags::empty(), 0)
+    }
+}
+
 pub(super) fn is_block_command(opcode: u8) -> bool {
     opcode == NvmOpcode::Read as u8
         || opcode == NvmOpcode::Write as u8
@@ -679,6 +691,8 @@ impl State {
             bytes: 0,
             data: DataPointer::None,
             status,
+            rw_flags: hints_of(&cmd.sqe).0,
+            dsm: hints_of(&cmd.sqe).1,
         });
         self.stats.aborted += 1;
         self.post(cqid, completion(qid, cid, sq_head, status, 0))?;

@@ -47,7 +47,9 @@ mod request;
 
 pub use floor::{FloorJob, FloorResult};
 pub use recovery::{Recovery, RecoveryCause, RecoveryOutcome};
-pub use request::{FixedCompletion, FixedIo, IoCompletion, IoOp, IoRequest, IoSegments, Rejected};
+pub use request::{
+    FixedCompletion, FixedIo, IoCompletion, IoHints, IoOp, IoRequest, IoSegments, Rejected,
+};
 
 /// A submitted request and the progress of its commands.
 #[derive(Debug)]

@@ -199,6 +199,12 @@ impl IoQPair {
     /// Validates a request; returns (LBA size, blocks per command, commands).
     pub(super) fn plan(&mut self, req: &IoRequest) -> Result<(u32, u64, u64)> {
         let (lba, capacity, per_data_cmd) = self.ns_info(req.nsid)?;
+        if !req.hints.is_none() && !matches!(req.op, IoOp::Read | IoOp::Write) {
+            return Err(Error::BadRequest(format!(
+                "{} cannot carry FUA, Limited Retry or DSM hints (Read and Write only)",
+                req.op.name()
+            )));
+        }
         if req.op == IoOp::Flush {
             return Ok((lba, 0, 1));
         }
@@ -641,10 +647,11 @@ fn command(
     let sqe = match req.op {
         IoOp::Read | IoOp::Write => {
             let nlb = blocks as u32;
+            let (flags, dsm) = (req.hints.flags, req.hints.dsm);
             let mut sqe = if req.op == IoOp::Read {
-                nvm::read(req.nsid, slba, nlb)
+                nvm::read_hinted(req.nsid, slba, nlb, flags, dsm)
             } else {
-                nvm::write(req.nsid, slba, nlb)
+                nvm::write_hinted(req.nsid, slba, nlb, flags, dsm)
             }
             .map_err(range)?;
             let start = req.offset + (first * u64::from(lba_size)) as usize;

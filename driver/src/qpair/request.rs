@@ -1,6 +1,8 @@
 //! Requests, completions and rejections: what a caller hands a queue pair
 //! and gets back.
 
+use nvme_spec::{DsmHints, RwFlags};
+
 use crate::error::{Error, Result};
 use crate::memory::DmaBuffer;
 
@@ -91,6 +93,47 @@ impl IoSegments {
     }
 }
 
+/// Per-command hints of a Read or Write, sent in every command of the
+/// request (a split request carries them in each piece): the CDW12
+/// control bits (FUA: the data is on non-volatile media when the command
+/// completes; Limited Retry: fail fast rather than retry hard) and the
+/// CDW13 Dataset Management hints (access frequency and latency,
+/// sequential, incompressible). What Linux's NVMe driver sends for a
+/// readahead is [`IoHints::READAHEAD`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoHints {
+    /// FUA and Limited Retry (CDW12 bits 30 and 31).
+    pub flags: RwFlags,
+    /// Dataset Management hints (CDW13 bits 7:0).
+    pub dsm: DsmHints,
+}
+
+impl IoHints {
+    /// No hints.
+    pub const NONE: IoHints = IoHints {
+        flags: RwFlags::empty(),
+        dsm: DsmHints::NONE,
+    };
+
+    /// A readahead (REQ_RAHEAD in Linux's `nvme_setup_rw`): Limited Retry
+    /// and access frequency "speculative read (prefetch)".
+    pub const READAHEAD: IoHints = IoHints {
+        flags: RwFlags::LIMITED_RETRY,
+        dsm: DsmHints::PREFETCH,
+    };
+
+    /// Force Unit Access (REQ_FUA).
+    pub const FUA: IoHints = IoHints {
+        flags: RwFlags::FUA,
+        dsm: DsmHints::NONE,
+    };
+
+    /// Whether there is no hint at all.
+    pub fn is_none(&self) -> bool {
+        *self == IoHints::NONE
+    }
+}
+
 /// One I/O request. Read and Write carry a DMA buffer (or a list of
 /// segments), which the queue pair owns until the request completes.
 #[derive(Debug)]
@@ -111,6 +154,9 @@ pub struct IoRequest {
     pub segments: Option<IoSegments>,
     /// Caller's value, handed back in the completion.
     pub tag: u64,
+    /// FUA / Limited Retry / Dataset Management hints (Read and Write
+    /// only: a request of another operation with hints is rejected).
+    pub hints: IoHints,
 }
 
 impl IoRequest {
@@ -124,6 +170,7 @@ impl IoRequest {
             offset: 0,
             segments: None,
             tag: 0,
+            hints: IoHints::NONE,
         }
     }
 
@@ -177,6 +224,12 @@ impl IoRequest {
     /// Sets the byte offset of the data in the buffer.
     pub fn with_offset(mut self, offset: usize) -> Self {
         self.offset = offset;
+        self
+    }
+
+    /// Sets the command hints (Read and Write only).
+    pub fn with_hints(mut self, hints: IoHints) -> Self {
+        self.hints = hints;
         self
     }
 

@@ -1,4 +1,4 @@
-//! Read-path scenarios: T1–T10, T18, T19, T28 (readahead, read_folio).
+//! Read-path scenarios: T1–T10 (T8 twice), T18, T19, T28 (readahead, read_folio).
 //!
 //! Rule ids (R.., X.., K.., T..): docs/MPAGE.md.
 
@@ -13,7 +13,8 @@ use crate::{ensure, ensure_eq};
 const R: BioOp = BioOp::Read;
 
 /// T1: one extent of 16 blocks read ahead is one command of 64 KiB with
-/// the readahead hint, one mapping call, 16 uptodate folios.
+/// the readahead hint, one mapping call asking for the whole window (R9:
+/// the mapper answers no more than it is asked), 16 uptodate folios.
 pub fn t01_one_extent_readahead_is_one_command(rig: &mut dyn Rig) -> Outcome {
     let m = extent_mapper(rig, 4096, 0..0);
     m.insert(0, 16, 1000);
@@ -22,6 +23,7 @@ pub fn t01_one_extent_readahead_is_one_command(rig: &mut dyn Rig) -> Outcome {
     let rep = env.ra(0..16)?;
     ensure_eq!(rep.started, 16);
     ensure_eq!(m.calls(), 1, "GB=1");
+    ensure_eq!(m.requests(), vec![(0, 65536)], "16 blocks asked (R9)");
     ensure_eq!(env.io(), vec![(R, 8000, 65536)]);
     let cmd = &env.commands()[0];
     ensure_eq!(cmd.flags, BioFlags::READAHEAD);
@@ -64,6 +66,11 @@ pub fn t02_discontiguous_extents_submit_the_open_run_first(rig: &mut dyn Rig) ->
     let mut env = Env::new(rig, 4096, 64 * KIB as u64, m.clone())?;
     env.ra(0..16)?;
     ensure_eq!(m.calls(), 2);
+    ensure_eq!(
+        m.requests(),
+        vec![(0, 65536), (32768, 32768)],
+        "each call asks for the rest of the window (R9)"
+    );
     ensure_eq!(env.io(), vec![(R, 8000, 32768), (R, 16000, 32768)]);
     Ok(())
 }
@@ -78,6 +85,7 @@ pub fn t03_hole_folio_is_zeroed_and_the_run_skips_it(rig: &mut dyn Rig) -> Outco
     env.fill_disk(4000, 8192, 0x22)?;
     env.ra(0..3)?;
     ensure_eq!(m.calls(), 3, "GB=3");
+    ensure_eq!(m.requests(), vec![(0, 12288), (4096, 8192), (8192, 4096)]);
     ensure_eq!(env.io(), vec![(R, 4000, 8192)]);
     let cmd = &env.commands()[0];
     ensure_eq!(cmd.segments, 2);
@@ -145,6 +153,7 @@ pub fn t07_eof_block_is_read_whole_and_later_blocks_zeroed(rig: &mut dyn Rig) ->
     env.fill_disk(206, 1024, 0xBB)?;
     env.demand(0)?;
     ensure_eq!(m.calls(), 1);
+    ensure_eq!(m.requests(), vec![(0, 3072)], "up to the EOF block (R9)");
     ensure_eq!(env.io(), vec![(R, 200, 3072)]);
     ensure_eq!(
         env.bytes(0, 2500, 572)?,
@@ -188,6 +197,41 @@ pub fn t08_boundary_extent_submits_the_run(rig: &mut dyn Rig) -> Outcome {
     let mut env = Env::new(rig, 4096, 64 * KIB as u64, m)?;
     env.ra(0..16)?;
     ensure_eq!(env.io(), vec![(R, 800, 64 * KIB)], "control: no boundary");
+    Ok(())
+}
+
+/// T8 (R18), bs 1024: a BOUNDARY extent that ends inside a folio and is
+/// followed by a device-contiguous extent changes nothing: the kernel
+/// looks at the mapping once, after the folio's last block, and by then
+/// the next extent has replaced the boundary one. lblk 0–5 → pblk
+/// 100–105 BOUNDARY (ends mid-folio 1), lblk 6–15 → 106–115: one
+/// `R(200, 16K)`. Control: a BOUNDARY extent ending at a folio's end
+/// (lblk 0–7) submits there, `R(200, 8K)` then `R(216, 8K)`.
+pub fn t08_boundary_extent_ending_mid_folio_changes_nothing(rig: &mut dyn Rig) -> Outcome {
+    let m = extent_mapper(rig, 1024, 0..0);
+    m.insert_boundary(0, 6, 100);
+    m.insert(6, 10, 106);
+    let mut env = Env::new(rig, 1024, 16 * KIB as u64, m.clone())?;
+    env.fill_disk(200, 16 * KIB, 0x18)?;
+    env.ra(0..4)?;
+    ensure_eq!(env.io(), vec![(R, 200, 16 * KIB)]);
+    ensure_eq!(m.calls(), 2, "A, then B for lblk 6");
+    for i in 0..4 {
+        ensure!(env.folio(i)?.is_uptodate(), "folio {i}");
+        ensure_eq!(env.bytes(i, 0, 4096)?, vec![0x18; 4096], "folio {i}");
+    }
+    drop(env);
+
+    let m = extent_mapper(rig, 1024, 0..0);
+    m.insert_boundary(0, 8, 100);
+    m.insert(8, 8, 108);
+    let mut env = Env::new(rig, 1024, 16 * KIB as u64, m)?;
+    env.ra(0..4)?;
+    ensure_eq!(
+        env.io(),
+        vec![(R, 200, 8 * KIB), (R, 216, 8 * KIB)],
+        "control: the boundary extent ends at folio 1's end"
+    );
     Ok(())
 }
 
@@ -330,6 +374,7 @@ pub(crate) const SCENARIOS: &[crate::Scenario] = &scenarios![
     t07_eof_block_is_read_whole_and_later_blocks_zeroed: 1024,
     t07_window_request_is_capped_at_eof: 1024,
     t08_boundary_extent_submits_the_run: 4096,
+    t08_boundary_extent_ending_mid_folio_changes_nothing: 1024,
     t09_only_readahead_commands_carry_the_hint: 4096,
     t10_mapping_past_the_namespace_fails_without_io: 4096,
     t18_partially_uptodate_folio_reads_only_missing_blocks: 1024,

@@ -51,6 +51,7 @@ scenario_tests![
     t07_eof_block_is_read_whole_and_later_blocks_zeroed,
     t07_window_request_is_capped_at_eof,
     t08_boundary_extent_submits_the_run,
+    t08_boundary_extent_ending_mid_folio_changes_nothing,
     t09_only_readahead_commands_carry_the_hint,
     t10_mapping_past_the_namespace_fails_without_io,
     t18_partially_uptodate_folio_reads_only_missing_blocks,

@@ -1,7 +1,8 @@
 //! The scenarios that need the recording device's fault injection or its
-//! control of completion order (held, reversed): T11, T16, T18's "locked
-//! until both complete", T21, T23's failed unwritten ioend, T24 with
-//! failed ioends or reordered and held completions. On the
+//! control of completion order (held, reversed, released one command at a
+//! time): T11, T16, T18's "locked until both complete", T21, T23's failed
+//! unwritten ioend, T24 with failed ioends or reordered and held
+//! completions, R55's chained ioend completed piece by piece. On the
 //! emulated NVMe, T11 and T16 run with blkdebug faults in
 //! `tests/tests/cache.rs`.
 //!
@@ -312,4 +313,87 @@ fn t24_folios_stay_under_writeback_until_their_chain_finishes() {
     env.reap().unwrap();
     assert_eq!(m.done().len(), 2);
     assert!((0..6).all(|i| !env.folio(i).unwrap().is_writeback()));
+}
+
+/// R55's set-up: 12 dirty folios over one extent (lblk 0–11 → pblk
+/// 1000–1011) with a 16 KiB transfer limit: one ioend chained into three
+/// commands, every completion held.
+fn r55_env(rig: &mut RecordingRig) -> (Env<'_>, Arc<EndIoRecorder>) {
+    let m = extent_mapper(rig, 4096, 0..0);
+    m.insert(0, 12, 1000);
+    let m = EndIoRecorder::new(m);
+    let env =
+        Env::with_max_transfer(rig, 4096, 48 * KIB as u64, m.clone(), 16 * KIB as u32).unwrap();
+    for i in 0..12 {
+        env.dirty(i, 0, 4096, 0x55).unwrap();
+    }
+    (env, m)
+}
+
+/// Releases the next held command and ends it; returns the folios still
+/// under writeback.
+fn complete_next(env: &mut Env<'_>, dev: &RecordingDevice) -> Vec<u64> {
+    assert_eq!(dev.release_next(1), 1, "a command was held");
+    assert_eq!(mpage::io::reap(&mut env.dev, None).unwrap(), 1);
+    (0..12)
+        .filter(|&i| env.folio(i).unwrap().is_writeback())
+        .collect()
+}
+
+#[test]
+fn r55_folios_stay_under_writeback_until_the_last_piece_of_their_ioend() {
+    let (mut rig, dev) = rig();
+    let (mut env, m) = r55_env(&mut rig);
+    dev.set_order(Order::Held);
+    let rep = writepages(&mut env.dev, &env.ino, 0..u64::MAX, SyncMode::All).unwrap();
+    assert_eq!(rep.ioends, 1);
+    assert_eq!(
+        env.io(),
+        vec![(W, 8000, 16384), (W, 8032, 16384), (W, 8064, 16384)]
+    );
+    let all: Vec<u64> = (0..12).collect();
+    assert_eq!(
+        complete_next(&mut env, &dev),
+        all,
+        "folios 0-3's own command completed, the ioend did not"
+    );
+    assert!(m.done().is_empty());
+    assert_eq!(complete_next(&mut env, &dev), all);
+    assert!(m.done().is_empty());
+    assert_eq!(complete_next(&mut env, &dev), Vec::<u64>::new());
+    assert_eq!(m.done(), vec![(0, 49152, false, 1, Ok(()))]);
+    for i in 0..12 {
+        let f = env.folio(i).unwrap();
+        assert!(
+            f.error().is_none() && !f.is_dirty() && f.is_uptodate(),
+            "folio {i}"
+        );
+    }
+}
+
+#[test]
+fn r55_a_failed_middle_piece_fails_the_whole_ioend_when_the_last_completes() {
+    let (mut rig, dev) = rig();
+    let (mut env, m) = r55_env(&mut rig);
+    dev.set_order(Order::Held);
+    dev.inject(Fault::status(W, 8032..8064, status::WRITE_FAULT));
+    writepages(&mut env.dev, &env.ino, 0..u64::MAX, SyncMode::All).unwrap();
+    let all: Vec<u64> = (0..12).collect();
+    assert_eq!(complete_next(&mut env, &dev), all);
+    assert_eq!(
+        complete_next(&mut env, &dev),
+        all,
+        "the failed piece ends nothing by itself"
+    );
+    assert!((0..12).all(|i| env.folio(i).unwrap().error().is_none()));
+    assert!(m.done().is_empty());
+    assert_eq!(complete_next(&mut env, &dev), Vec::<u64>::new());
+    assert_eq!(m.done(), vec![(0, 49152, false, 1, Err(Errno::NoData))]);
+    for i in 0..12 {
+        assert_eq!(
+            env.folio(i).unwrap().error(),
+            Some(Errno::NoData),
+            "folio {i}: the ioend's status (R55, K9)"
+        );
+    }
 }

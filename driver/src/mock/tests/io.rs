@@ -180,6 +180,60 @@ fn requests_larger_than_mdts_are_split_and_complete_once() {
 }
 
 #[test]
+fn hints_reach_every_command_of_a_split_request() {
+    use crate::qpair::IoHints;
+    use nvme_spec::{AccessFrequency, AccessLatency, DsmHints, RwFlags};
+    let (mock, mut qp) = MockController::with_qpair(config(16, 8 << 10, 1024)).expect("mock");
+    let data = random_bytes(4, 40 * LBA);
+    let seq = DsmHints {
+        frequency: AccessFrequency::OneTimeRead,
+        latency: AccessLatency::Idle,
+        sequential: true,
+        incompressible: false,
+    };
+    let write = IoHints {
+        flags: RwFlags::FUA,
+        dsm: seq,
+    };
+    qp.submit(write_request(&mock, 0, &data, 0).with_hints(write))
+        .expect("write accepted");
+    complete(&mock, &mut qp, 1)[0]
+        .result
+        .as_ref()
+        .expect("write succeeds");
+    qp.submit(read_request(&mock, 0, data.len(), 0).with_hints(IoHints::READAHEAD))
+        .expect("read accepted");
+    complete(&mock, &mut qp, 1)[0]
+        .result
+        .as_ref()
+        .expect("read succeeds");
+    qp.submit(read_request(&mock, 0, LBA, 0))
+        .expect("plain read");
+    complete(&mock, &mut qp, 1);
+    let cmds: Vec<(u8, u64, RwFlags, u8)> = mock
+        .commands()
+        .iter()
+        .map(|c| (c.opcode, c.slba, c.rw_flags, c.dsm))
+        .collect();
+    let (w, r) = (NvmOpcode::Write as u8, NvmOpcode::Read as u8);
+    let ra = (RwFlags::LIMITED_RETRY, 7);
+    assert_eq!(
+        cmds,
+        vec![
+            (w, 0, RwFlags::FUA, 0x56),
+            (w, 16, RwFlags::FUA, 0x56),
+            (w, 32, RwFlags::FUA, 0x56),
+            (r, 0, ra.0, ra.1),
+            (r, 16, ra.0, ra.1),
+            (r, 32, ra.0, ra.1),
+            (r, 0, RwFlags::empty(), 0),
+        ]
+    );
+    assert_eq!(mock.commands()[0].dsm_hints(), Some(seq));
+    no_violations(&mock);
+}
+
+#[test]
 fn tiny_queue_with_many_large_requests_does_not_deadlock() {
     let (mock, mut qp) = MockController::with_qpair(config(4, 8 << 10, 4096)).expect("mock");
     assert_eq!(qp.depth(), 4);
