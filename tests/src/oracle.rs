@@ -36,6 +36,12 @@ pub enum StepKind {
     /// Cold cache; overwrite the whole file (same size, same blocks) with
     /// `/tmp/pat.<file>` in `bs`-byte writes, then fsync.
     Write,
+    /// Cold cache; for each offset (in `bs` units) write those `bs`
+    /// bytes of `/tmp/pat.<file>` there and fsync, then read the 4 KiB
+    /// page holding them: with blocks smaller than a page the read finds
+    /// the page in the cache partly uptodate (iomap's sub-folio state)
+    /// and reads only the rest of it.
+    PartialWrite(Vec<u64>),
 }
 
 /// One step of a [`Plan`].
@@ -82,6 +88,16 @@ impl Step {
                 ),
             ),
             StepKind::Write => ("write", String::new()),
+            StepKind::PartialWrite(offs) => (
+                "partial",
+                format!(
+                    " {}",
+                    offs.iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            ),
         };
         format!("{} {kind} {} {}{extra}", self.index, self.file, self.bs)
     }
@@ -141,6 +157,9 @@ impl Plan {
                 ("write", []) => StepKind::Write,
                 ("randread", [offs]) => {
                     StepKind::RandRead(offs.split(',').map(num).collect::<Result<Vec<_>, _>>()?)
+                }
+                ("partial", [offs]) => {
+                    StepKind::PartialWrite(offs.split(',').map(num).collect::<Result<Vec<_>, _>>()?)
                 }
                 _ => return Err(bad("bad step kind", line)),
             };
@@ -605,6 +624,12 @@ mod tests {
                     file: "tail".into(),
                     bs: 4096,
                     kind: StepKind::Write,
+                },
+                Step {
+                    index: 3,
+                    file: "big".into(),
+                    bs: 1024,
+                    kind: StepKind::PartialWrite(vec![1, 6, 40]),
                 },
             ],
         };

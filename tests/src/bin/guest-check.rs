@@ -1256,6 +1256,35 @@ fn oracle(ctrl: &Controller, plan: &std::path::Path, ra_kb: u64, max_kb: u32) ->
                     step.file
                 );
             }
+            StepKind::PartialWrite(offsets) => {
+                let data = read(&format!("/tmp/pat.{}", step.file))?;
+                let mut page = vec![0u8; 4096];
+                for &off in offsets {
+                    let at = usize::try_from(off * step.bs)?;
+                    let Some(chunk) = data.get(at..at + bs) else {
+                        return Err(format!("offset {at} is past /tmp/pat.{}", step.file).into());
+                    };
+                    // Each `dd` opens the file anew; the cache stays.
+                    let f = file.reopen()?;
+                    f.set_readahead(ra_pages);
+                    if f.write_at(&mut dev, at as u64, chunk)? != bs {
+                        return Err(format!("short write at {at}").into());
+                    }
+                    f.fsync(&mut dev)?;
+                    let f = file.reopen()?;
+                    f.set_readahead(ra_pages);
+                    let start = at / 4096 * 4096;
+                    let n = f.read_at(&mut dev, start as u64, &mut page)?;
+                    let want = data.get(start..start + n).unwrap_or_default();
+                    if page[..n] != *want {
+                        return Err(format!("page at {start} does not read back").into());
+                    }
+                    println!(
+                        "oracle: step {} wrote {bs} bytes at {at}, read {n} at {start}",
+                        step.index
+                    );
+                }
+            }
         }
     }
     Ok(())
