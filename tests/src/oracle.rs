@@ -185,8 +185,11 @@ pub struct FileMap {
     /// The file system block size the map counts in.
     pub block: u64,
     /// (first logical block, first physical block, blocks), by logical
-    /// block.
+    /// block: the written extents.
     pub extents: Vec<(u64, u64, u64)>,
+    /// The same for unwritten (preallocated) extents, which read as
+    /// zeroes like holes. Blocks in neither list are holes.
+    pub unwritten: Vec<(u64, u64, u64)>,
 }
 
 impl FileMap {
@@ -196,6 +199,7 @@ impl FileMap {
     pub fn parse_filefrag(text: &str) -> Result<FileMap, ParseError> {
         let mut size_block = None;
         let mut extents = Vec::new();
+        let mut unwritten = Vec::new();
         for line in text.lines() {
             if let Some(rest) = line.trim().strip_prefix("File size of ") {
                 // "<name> is N (B blocks of S bytes)"
@@ -232,42 +236,48 @@ impl FileMap {
             if l1 < l0 || p1 < p0 || l1 - l0 + 1 != len || p1 - p0 + 1 != len {
                 return Err(bad("inconsistent extent", line));
             }
-            extents.push((l0, p0, len));
+            if fields[4..].iter().any(|f| f.contains("unwritten")) {
+                unwritten.push((l0, p0, len));
+            } else {
+                extents.push((l0, p0, len));
+            }
         }
         let (size, block) = size_block.ok_or_else(|| bad("no size line", text))?;
         if block == 0 || !block.is_power_of_two() {
             return Err(bad("bad block size", text));
         }
-        extents.sort_unstable();
         // Blocks past EOF (XFS's preallocation) are not the file's data.
         let eof_block = size.div_ceil(block);
-        extents.retain(|&(l, _, _)| l < eof_block);
-        for e in &mut extents {
-            e.2 = e.2.min(eof_block - e.0);
+        for list in [&mut extents, &mut unwritten] {
+            list.sort_unstable();
+            list.retain(|&(l, _, _)| l < eof_block);
+            for e in list.iter_mut() {
+                e.2 = e.2.min(eof_block - e.0);
+            }
         }
-        let map = FileMap {
-            size,
-            block,
-            extents,
-        };
-        // Every block up to EOF mapped exactly once (vfat has no holes).
+        // No block mapped twice; what neither list maps is a hole.
+        let mut all: Vec<_> = extents.iter().chain(&unwritten).copied().collect();
+        all.sort_unstable();
         let mut next = 0;
-        for &(l, _, len) in &map.extents {
-            if l != next {
-                return Err(bad("extents overlap or leave a hole", text));
+        for &(l, _, len) in &all {
+            if l < next {
+                return Err(bad("extents overlap", text));
             }
             next = l + len;
         }
-        if next != size.div_ceil(block) {
-            return Err(bad("extents do not cover the file", text));
-        }
-        Ok(map)
+        Ok(FileMap {
+            size,
+            block,
+            extents,
+            unwritten,
+        })
     }
 
     /// The device LBA ranges holding the file's blocks.
     pub fn lba_ranges(&self, lba_size: u64) -> Vec<Range<u64>> {
         self.extents
             .iter()
+            .chain(&self.unwritten)
             .map(|&(_, p, len)| p * self.block / lba_size..(p + len) * self.block / lba_size)
             .collect()
     }
@@ -278,6 +288,9 @@ impl FileMap {
         let m = ExtentMapper::new(self.block as usize, lba_size, 0..0);
         for &(l, p, len) in &self.extents {
             m.insert(l, len, p);
+        }
+        for &(l, p, len) in &self.unwritten {
+            m.insert_unwritten(l, len, p);
         }
         m
     }
@@ -534,12 +547,15 @@ impl FileMap {
     /// The file block at device LBA `lba`, if the file has one there.
     pub fn lblk_at(&self, lba: u64, lba_size: u64) -> Option<u64> {
         let per = self.block / lba_size;
-        self.extents.iter().find_map(|&(l, p, len)| {
-            let first = p * per;
-            (first..first + len * per)
-                .contains(&lba)
-                .then(|| l + (lba - first) / per)
-        })
+        self.extents
+            .iter()
+            .chain(&self.unwritten)
+            .find_map(|&(l, p, len)| {
+                let first = p * per;
+                (first..first + len * per)
+                    .contains(&lba)
+                    .then(|| l + (lba - first) / per)
+            })
     }
 }
 
@@ -641,6 +657,28 @@ mod tests {
     }
 
     #[test]
+    fn parses_holes_and_unwritten_extents() {
+        // XFS's FIEMAP table of a sparse file: a hole at blocks 8-63, an
+        // unwritten extent, preallocation past EOF.
+        let text = "File size of /mnt/sparse is 262144 (256 blocks of 1024 bytes)\n \
+            ext:     logical_offset:        physical_offset: length:   expected: flags:\n   \
+            0:        0..       7:       5000..      5007:      8:            \n   \
+            1:       64..      75:       6000..      6011:     12:       5008:\n   \
+            2:       76..      79:       6012..      6015:      4:             unwritten\n   \
+            3:      200..     299:       7000..      7099:    100:       6016: last,eof\n\
+            /mnt/sparse: 4 extents found\n";
+        let map = FileMap::parse_filefrag(text).expect("parse");
+        assert_eq!(
+            map.extents,
+            vec![(0, 5000, 8), (64, 6000, 12), (200, 7000, 56)]
+        );
+        assert_eq!(map.unwritten, vec![(76, 6012, 4)]);
+        assert_eq!(map.lblk_at(6013 * 2, 512), Some(77));
+        let overlap = text.replace("64..      75", "4..      15");
+        assert!(FileMap::parse_filefrag(&overlap).is_err());
+    }
+
+    #[test]
     fn parses_filefrag_tables() {
         let text = "Filesystem type is: 4d44\n\
             File size of /mnt/fa is 10000 (20 blocks of 512 bytes)\n \
@@ -727,6 +765,7 @@ mod tests {
             size: 10000,
             block: 512,
             extents: vec![(0, 2796, 20)],
+            unwritten: Vec::new(),
         };
         let kernel = cmds("R 2815+1, W 2796+20");
         // Ours reads the page's blocks up to the partial one.

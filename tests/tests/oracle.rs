@@ -108,10 +108,30 @@ fn files_script(fs: Fs) -> String {
     // Ends mid-page and mid-sector; smaller than a page.
     s.push_str("head -c 10000 /dev/urandom > /mnt/tail\n");
     s.push_str("head -c 700 /dev/urandom > /mnt/tiny\n");
+    if fs == Fs::Xfs {
+        // A sparse file (XFS has holes; vfat none): 256 KiB of which
+        // blocks 0-7, 64-79 and 200-203 are written (a sync after each,
+        // so each is allocated alone), 96-111 preallocated (an unwritten
+        // extent), the rest holes, EOF in a hole.
+        s.push_str(
+            "truncate -s 262144 /mnt/sparse\n\
+             head -c 8192 /dev/urandom | dd of=/mnt/sparse bs=1024 seek=0 conv=notrunc 2> /dev/null; sync\n\
+             head -c 16384 /dev/urandom | dd of=/mnt/sparse bs=1024 seek=64 conv=notrunc 2> /dev/null; sync\n\
+             fallocate -o 98304 -l 16384 /mnt/sparse; sync\n\
+             head -c 4096 /dev/urandom | dd of=/mnt/sparse bs=1024 seek=200 conv=notrunc 2> /dev/null; sync\n",
+        );
+    }
     s
 }
 
-const FILES: &[&str] = &["big", "fa", "fb", "tail", "tiny"];
+/// The files each file system gets (the sparse one on XFS only).
+fn files(fs: Fs) -> Vec<&'static str> {
+    let mut v = vec!["big", "fa", "fb", "tail", "tiny"];
+    if fs == Fs::Xfs {
+        v.push("sparse");
+    }
+    v
+}
 
 fn plan(fs: Fs) -> Plan {
     let mut steps = Vec::new();
@@ -123,7 +143,7 @@ fn plan(fs: Fs) -> Plan {
             kind,
         })
     };
-    for f in FILES {
+    for f in files(fs) {
         add(f, 16384, StepKind::Read);
     }
     add("big", 4096, StepKind::RandRead(vec![200, 17, 130]));
@@ -169,7 +189,7 @@ fn script(fs: Fs, plan: &Plan) -> String {
          umount /mnt && mount -t {name} {dev} /mnt\n",
         files = files_script(fs),
         filefrag = fs.filefrag(),
-        names = FILES.join(" "),
+        names = files(fs).join(" "),
     );
     let fences = 2 * plan.steps.len() as u64;
     for step in &plan.steps {
@@ -222,7 +242,7 @@ fn script(fs: Fs, plan: &Plan) -> String {
          umount /mnt\n\
          nvmectl bind 0000:00:03.0 > /dev/null\n\
          guest-check oracle /etc/oracle-plan --ra-kb $(cat /tmp/ra_kb) --max-kb $(cat /tmp/max_kb)\n",
-        names = FILES.join(" "),
+        names = files(fs).join(" "),
         filefrag = fs.filefrag(),
     ));
     // Our reads run after the kernel's writes: a file the kernel
@@ -267,7 +287,11 @@ fn run_both(fs: Fs, suite: Suite) -> Streams {
         smp: 1,
         ship_modules: fs.modules().iter().map(|m| m.to_string()).collect(),
         disk_size: 2 * fs.kib() * 1024,
-        host_tools: vec![format!("mkfs.{}", fs.name()), "filefrag".into()],
+        host_tools: vec![
+            format!("mkfs.{}", fs.name()),
+            "filefrag".into(),
+            "fallocate".into(),
+        ],
         trace_events: vec![
             "pci_nvme_io_cmd".into(),
             "pci_nvme_read".into(),
@@ -318,8 +342,8 @@ fn run_both(fs: Fs, suite: Suite) -> Streams {
             "{name}'s block map changed under the kernel's overwrite"
         );
     }
-    for f in FILES {
-        assert!(maps.contains_key(*f), "no map of {f}: {out}");
+    for f in files(fs) {
+        assert!(maps.contains_key(f), "no map of {f}: {out}");
         if plan
             .steps
             .iter()
@@ -337,6 +361,19 @@ fn run_both(fs: Fs, suite: Suite) -> Streams {
     assert!(maps["fa"].extents.len() >= 4, "{:?}", maps["fa"]);
     assert!(maps["fb"].extents.len() >= 4, "{:?}", maps["fb"]);
     assert_eq!(maps["big"].extents.len(), 1, "{:?}", maps["big"]);
+    for f in files(fs) {
+        let m = &maps[f];
+        let mapped: u64 = m.extents.iter().map(|e| e.2).sum();
+        if f == "sparse" {
+            // Holes and an unwritten extent, which read as zeroes.
+            assert!(m.extents.len() >= 3 && m.unwritten.len() == 1, "{m:?}");
+        } else {
+            assert!(
+                m.unwritten.is_empty() && mapped == m.size.div_ceil(m.block),
+                "{f}: {m:?}"
+            );
+        }
+    }
 
     let trace = parse_trace(&run.qemu_output()).expect("QEMU trace");
     // Steps' markers, then the kernel side's fences.
