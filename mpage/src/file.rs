@@ -418,12 +418,12 @@ impl File {
             return;
         }
         let ino = &self.shared.ino;
-        let plan = self
-            .ra(dev)
-            .state
-            .on_folio_marker(folio.pages(), index, req, size, |from, max| {
-                ino.cache.next_miss(ino.file, from, max).ok().flatten()
-            });
+        let plan =
+            self.ra(dev)
+                .state
+                .on_folio_marker(folio.pages(), index, req, size, |from, max| {
+                    ino.cache.next_miss(ino.file, from, max).ok().flatten()
+                });
         if let Some(p) = plan {
             let order = (folio.order().get() + 2).min(RA_MAX_ORDER);
             self.readahead(dev, p.pages, p.marker, order);

@@ -208,7 +208,7 @@ impl LogPageRequest {
     ///
     /// `num_dwords` outside 1..=2^32, or an offset that is not a multiple
     /// of 4.
-    pub(crate) fn to_sqe(&self) -> Result<Sqe, RangeError> {
+    pub(crate) fn to_sqe(self) -> Result<Sqe, RangeError> {
         RangeError::check("log page dword count", self.num_dwords, 1, 1 << 32)?;
         if !self.offset_bytes.is_multiple_of(4) {
             return Err(RangeError {
