@@ -236,7 +236,7 @@ impl LogPageRequest {
 }
 
 /// Get Log Page (opcode 02h, Base 2.0 §5.16). Transfers `num_dwords * 4`
-/// bytes to the host. See [`LogPageRequest::to_sqe`] for the encoding
+/// bytes to the host. Encoded by `LogPageRequest::to_sqe`
 /// (NUMDL/NUMDU split, LPOL/LPOU).
 ///
 /// # Errors

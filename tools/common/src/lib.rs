@@ -1,6 +1,6 @@
 //! What the tools share:
 //!
-//! - [`bench`]: the document `nvme-bench --json` prints and
+//! - [`bench`](mod@bench): the document `nvme-bench --json` prints and
 //!   `cargo xtask bench` reads ([`bench::Report`]), and the vocabulary of
 //!   a benchmark job ([`bench::Workload`], [`bench::Mode`], ...;
 //!   spdk_nvme_perf's and fio's names, docs/PERFORMANCE.md maps them).
