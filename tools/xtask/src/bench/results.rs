@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 use serde_json::Value;
-use tools_common::bench::Report;
+use tools_common::bench::Report as BenchReport;
 
 use super::suite::{Boot, Job, Metric, Side, Variant, parse_label};
 
@@ -71,7 +71,7 @@ pub(crate) struct Run {
 pub(crate) struct Output {
     pub runs: Vec<Run>,
     /// nvme-bench's JSON documents.
-    pub ours: Vec<Report>,
+    pub ours: Vec<BenchReport>,
     /// fio's JSON documents, as printed.
     pub kernel: Vec<Value>,
     /// Runs that failed, with the reason the guest gave.
@@ -166,7 +166,7 @@ pub(crate) fn parse(stdout: &str) -> Output {
                 out.kernel.push(v);
                 r
             } else {
-                match serde_json::from_value::<Report>(v) {
+                match serde_json::from_value::<BenchReport>(v) {
                     Ok(report) => {
                         let r = from_ours(&report);
                         out.ours.push(report);
@@ -216,7 +216,7 @@ fn finite(v: f64) -> f64 {
 }
 
 /// nvme-bench's `--json` document.
-fn from_ours(v: &Report) -> Result<Run, LineError> {
+fn from_ours(v: &BenchReport) -> Result<Run, LineError> {
     let (variant, job, round) = labelled(&v.label)?;
     let t = &v.total;
     let l = &t.latency;
@@ -802,7 +802,7 @@ mod tests {
 
     /// nvme-bench's document for a run labelled `label`.
     fn ours(label: &str, iops: f64, latency: tools_common::bench::Latency) -> String {
-        let report = Report {
+        let report = BenchReport {
             label: label.into(),
             total: tools_common::bench::Total {
                 ios: 100,
