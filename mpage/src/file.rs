@@ -362,7 +362,10 @@ impl File {
 
     /// The folio covering page `index` with bytes `want` (file offsets)
     /// uptodate (filemap_get_pages). `req` pages are being read from
-    /// `index` on (0: no readahead).
+    /// `index` on (0: no readahead). Three phases: find the folio (a hit
+    /// may start the next readahead window, a miss starts a synchronous
+    /// one or reads the folio alone), wait for the blocks wanted, and if
+    /// its read failed read it again on demand (X4).
     fn get_folio(
         &self,
         dev: &mut dyn BlockDevice,
@@ -371,104 +374,118 @@ impl File {
         want: Range<u64>,
         size: u64,
     ) -> Result<FolioRef> {
-        let ino = &self.shared.ino;
-        let ready = |f: &FolioRef| {
-            let fpos = f.pos();
-            let from = want.start.max(fpos);
-            let to = want.end.min(fpos + f.size() as u64);
-            f.is_range_uptodate((from - fpos) as usize, (to - from) as usize)
-        };
         let deadline = Instant::now() + io::DEFAULT_TIMEOUT;
         loop {
-            let cached = ino
-                .cache
-                .lookup(ino.file, index)
-                .map_err(Error::cache("lookup"))?;
-            let folio = match cached {
+            let folio = match self.lookup(index)? {
                 Some(f) => {
-                    if req > 0 && f.test_clear_readahead() {
-                        // page_cache_async_ra.
-                        let plan = self.ra(dev).state.on_folio_marker(
-                            f.pages(),
-                            index,
-                            req,
-                            size,
-                            |from, max| ino.cache.next_miss(ino.file, from, max).ok().flatten(),
-                        );
-                        if let Some(p) = plan {
-                            // page_cache_ra_order: two orders above the
-                            // marked folio's.
-                            let order = (f.order().get() + 2).min(RA_MAX_ORDER);
-                            self.readahead(dev, p.pages, p.marker, order);
-                        }
+                    if req > 0 {
+                        self.async_readahead(dev, &f, index, req, size);
                     }
                     f
                 }
-                None => {
-                    if req > 0 {
-                        // page_cache_sync_ra.
-                        let plan = self.ra(dev).state.on_miss(index, req, size);
-                        if let Some(p) = plan {
-                            // A synchronous window starts the order ramp
-                            // at 0 (and a failed one is retried per page,
-                            // X4).
-                            self.readahead(dev, p.pages, p.marker, 0);
-                        }
-                    }
-                    let found = ino
-                        .cache
-                        .lookup(ino.file, index)
-                        .map_err(Error::cache("lookup"))?;
-                    match found {
-                        Some(f) => f,
-                        None => {
-                            // No readahead (random read, cache full):
-                            // read just this folio.
-                            match self.grab(dev, index, deadline)? {
-                                Grab::Created(l) => {
-                                    let f = l.folio();
-                                    read_folio(dev, ino, l)?;
-                                    f
-                                }
-                                Grab::Cached(f) => f,
-                            }
-                        }
-                    }
-                }
+                None => self.read_missing(dev, index, req, size, deadline)?,
             };
-            if ready(&folio) {
+            if wait_uptodate(dev, &folio, &want)? {
                 return Ok(folio);
             }
-            // Wait for the blocks wanted, not the whole (large) folio.
-            io::wait_folio_until(dev, &folio, FolioFlags::LOCKED, "reading a folio", || {
-                ready(&folio)
-            })?;
-            if ready(&folio) {
-                return Ok(folio);
+            match self.read_again(dev, &folio, index, &want)? {
+                Reread::Uptodate => return Ok(folio),
+                Reread::Truncated => continue,
             }
-            // Not uptodate and unlocked: its read failed (or it was a
-            // fresh folio of a failed write_begin). Read it on demand
-            // (X4) and take that result.
-            let locked = io::lock_folio(dev, &folio)?;
-            if ready(&locked.folio()) {
-                return Ok(folio);
-            }
-            let still = ino
-                .cache
-                .lookup(ino.file, index)
-                .map_err(Error::cache("lookup"))?
-                .is_some_and(|f| f.same(&folio));
-            if !still {
-                // Truncated away meanwhile: start over.
-                continue;
-            }
-            read_folio(dev, ino, locked)?;
-            io::wait_folio(dev, &folio, FolioFlags::LOCKED, "reading a folio")?;
-            if ready(&folio) {
-                return Ok(folio);
-            }
-            return Err(Error::Io(folio.error().unwrap_or(pagecache::Errno::Io)));
         }
+    }
+
+    /// The cached folio covering page `index`, if any.
+    fn lookup(&self, index: u64) -> Result<Option<FolioRef>> {
+        let ino = &self.shared.ino;
+        ino.cache
+            .lookup(ino.file, index)
+            .map_err(Error::cache("lookup"))
+    }
+
+    /// page_cache_async_ra: a cached `folio` that carries the readahead
+    /// mark starts the next window, in folios two orders above its own
+    /// (page_cache_ra_order).
+    fn async_readahead(
+        &self,
+        dev: &mut dyn BlockDevice,
+        folio: &FolioRef,
+        index: u64,
+        req: u64,
+        size: u64,
+    ) {
+        if !folio.test_clear_readahead() {
+            return;
+        }
+        let ino = &self.shared.ino;
+        let plan =
+            self.ra(dev)
+                .state
+                .on_folio_marker(folio.pages(), index, req, size, |from, max| {
+                    ino.cache.next_miss(ino.file, from, max).ok().flatten()
+                });
+        if let Some(p) = plan {
+            let order = (folio.order().get() + 2).min(RA_MAX_ORDER);
+            self.readahead(dev, p.pages, p.marker, order);
+        }
+    }
+
+    /// A miss on page `index`: page_cache_sync_ra when `req` pages are
+    /// being read, then the folio it brought; without readahead (random
+    /// read, cache full) this folio alone is read.
+    fn read_missing(
+        &self,
+        dev: &mut dyn BlockDevice,
+        index: u64,
+        req: u64,
+        size: u64,
+        deadline: Instant,
+    ) -> Result<FolioRef> {
+        if req > 0 {
+            let plan = self.ra(dev).state.on_miss(index, req, size);
+            if let Some(p) = plan {
+                // A synchronous window starts the order ramp at 0 (and a
+                // failed one is retried per page, X4).
+                self.readahead(dev, p.pages, p.marker, 0);
+            }
+        }
+        if let Some(f) = self.lookup(index)? {
+            return Ok(f);
+        }
+        match self.grab(dev, index, deadline)? {
+            Grab::Created(l) => {
+                let f = l.folio();
+                read_folio(dev, &self.shared.ino, l)?;
+                Ok(f)
+            }
+            Grab::Cached(f) => Ok(f),
+        }
+    }
+
+    /// The on-demand read (X4) of a `folio` that is neither uptodate over
+    /// `want` nor locked: its read failed (or it is a fresh folio of a
+    /// failed write_begin). Only this read's result counts.
+    fn read_again(
+        &self,
+        dev: &mut dyn BlockDevice,
+        folio: &FolioRef,
+        index: u64,
+        want: &Range<u64>,
+    ) -> Result<Reread> {
+        let locked = io::lock_folio(dev, folio)?;
+        if covers(&locked.folio(), want) {
+            return Ok(Reread::Uptodate);
+        }
+        let still = self.lookup(index)?.is_some_and(|f| f.same(folio));
+        if !still {
+            return Ok(Reread::Truncated);
+        }
+        read_folio(dev, &self.shared.ino, locked)?;
+        io::wait_folio(dev, folio, FolioFlags::LOCKED, "reading a folio")?;
+        if covers(folio, want) {
+            return Ok(Reread::Uptodate);
+        }
+        Err(Error::Io(folio.error().unwrap_or(pagecache::Errno::Io)))
     }
 
     /// Best-effort readahead (errors are logged, R6/X4) into folios of up
@@ -737,4 +754,33 @@ impl File {
         let mut handle = self.handle.lock();
         sync::fsync(dev, &self.shared.ino, &mut handle)
     }
+}
+
+/// How [`File::read_again`] ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reread {
+    /// The bytes wanted are uptodate.
+    Uptodate,
+    /// The folio was truncated away meanwhile: look it up again.
+    Truncated,
+}
+
+/// Whether the file bytes `want` that `folio` holds are uptodate.
+fn covers(folio: &FolioRef, want: &Range<u64>) -> bool {
+    let fpos = folio.pos();
+    let from = want.start.max(fpos);
+    let to = want.end.min(fpos + folio.size() as u64);
+    folio.is_range_uptodate((from - fpos) as usize, (to - from) as usize)
+}
+
+/// Waits while `folio` is locked (its read in flight) for the blocks
+/// `want` covers, not the whole (large) folio; whether they are uptodate.
+fn wait_uptodate(dev: &mut dyn BlockDevice, folio: &FolioRef, want: &Range<u64>) -> Result<bool> {
+    if covers(folio, want) {
+        return Ok(true);
+    }
+    io::wait_folio_until(dev, folio, FolioFlags::LOCKED, "reading a folio", || {
+        covers(folio, want)
+    })?;
+    Ok(covers(folio, want))
 }

@@ -22,6 +22,7 @@
 //! breakpoints), `block_set_io_throttle`, `device_del` and so on.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod apt;
 pub mod error;

@@ -7,6 +7,7 @@
 //! or fails the test.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod fscrash;
 pub mod logwrites;

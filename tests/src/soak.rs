@@ -34,17 +34,21 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>
 /// What the soak runs.
 #[derive(Debug, Clone)]
 pub struct Params {
+    /// Threads, each with its own queue pair and region.
     pub threads: u64,
+    /// How long the threads run I/O.
     pub duration: Duration,
     /// Blocks of namespace 1 per thread.
     pub region: u64,
     /// Requests in flight per thread (one stripe each).
     pub qd: u64,
+    /// Largest request in blocks.
     pub max_blocks: u64,
     /// Time between two controller resets (none if zero).
     pub reset_every: Duration,
     /// Blocks every request to which fails (blkdebug on the host).
     pub bad: Vec<u64>,
+    /// Seed of the request sizes and the data patterns.
     pub seed: u64,
     /// Namespace that receives the model at the end.
     pub map_nsid: u32,
@@ -58,8 +62,11 @@ pub fn generation_seed(seed: u64, thread: u64, generation: u32) -> u64 {
 /// What one thread did.
 #[derive(Debug, Default, Clone)]
 pub struct ThreadSummary {
+    /// Reads completed.
     pub reads: u64,
+    /// Writes completed.
     pub writes: u64,
+    /// Bytes moved.
     pub bytes: u64,
     /// Requests that touched a bad block and failed, as they must.
     pub injected_errors: u64,
@@ -395,9 +402,13 @@ pub fn expected_matches(seed: u64, t: u64, generation: u32, b: u64, block: &[u8]
 /// The first block of the map namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapHeader {
+    /// Threads of the run.
     pub threads: u64,
+    /// Blocks of namespace 1 per thread.
     pub region: u64,
+    /// The run's seed.
     pub seed: u64,
+    /// Block size of namespace 1 in bytes.
     pub lba: u64,
 }
 
@@ -483,8 +494,11 @@ fn write_map(ctrl: &Controller, p: &Params, models: &[Vec<u32>]) -> Result<()> {
 /// What the host found.
 #[derive(Debug, Default)]
 pub struct Verified {
+    /// Blocks checked.
     pub blocks: u64,
+    /// Of those, blocks the map says were written.
     pub written: u64,
+    /// Bad blocks (blkdebug) left out of the check.
     pub skipped_bad: u64,
 }
 

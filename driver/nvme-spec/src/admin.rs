@@ -72,7 +72,7 @@ pub fn identify(cns: Cns, nsid: u32, cntid: u16) -> Sqe {
 /// Identify with a Command Set Identifier: CDW11 bits 31:24 CSI (for the
 /// I/O Command Set specific CNS values 05h..07h, 1Ah, 1Bh).
 #[must_use]
-pub fn identify_csi(cns: Cns, nsid: u32, cntid: u16, csi: u8) -> Sqe {
+pub(crate) fn identify_csi(cns: Cns, nsid: u32, cntid: u16, csi: u8) -> Sqe {
     let mut s = sqe(AdminOpcode::Identify).with_nsid(nsid);
     s.cdw10 = U32::new(u32::from(cns as u8) | u32::from(cntid) << 16);
     s.cdw11 = U32::new(u32::from(csi) << 24);
@@ -208,7 +208,7 @@ impl LogPageRequest {
     ///
     /// `num_dwords` outside 1..=2^32, or an offset that is not a multiple
     /// of 4.
-    pub fn to_sqe(&self) -> Result<Sqe, RangeError> {
+    pub(crate) fn to_sqe(self) -> Result<Sqe, RangeError> {
         RangeError::check("log page dword count", self.num_dwords, 1, 1 << 32)?;
         if !self.offset_bytes.is_multiple_of(4) {
             return Err(RangeError {
@@ -236,7 +236,7 @@ impl LogPageRequest {
 }
 
 /// Get Log Page (opcode 02h, Base 2.0 §5.16). Transfers `num_dwords * 4`
-/// bytes to the host. See [`LogPageRequest::to_sqe`] for the encoding
+/// bytes to the host. Encoded by `LogPageRequest::to_sqe`
 /// (NUMDL/NUMDU split, LPOL/LPOU).
 ///
 /// # Errors
@@ -306,214 +306,12 @@ pub fn async_event_request() -> Sqe {
     sqe(AdminOpcode::AsyncEventRequest)
 }
 
-/// Keep Alive (opcode 18h, Base 2.0 §5.18). No parameters.
-#[must_use]
-pub fn keep_alive() -> Sqe {
-    sqe(AdminOpcode::KeepAlive)
-}
-
 /// Doorbell Buffer Config (opcode 7Ch, Base 2.0 §5.11). The driver sets
 /// PRP1 = shadow doorbell buffer and PRP2 = EventIdx buffer (one page
 /// each, page aligned). No command dwords.
 #[must_use]
 pub fn doorbell_buffer_config() -> Sqe {
     sqe(AdminOpcode::DoorbellBufferConfig)
-}
-
-/// Format NVM settings (CDW10 of Format NVM, NVM Command Set 1.0 §4.1.2 /
-/// Base 2.0 §5.14).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct FormatNvm {
-    /// LBA format index 0..=63 (split into LBAFL bits 3:0 and LBAFU bits
-    /// 13:12).
-    pub lbaf: u8,
-    /// MSET bit 4: metadata transferred as part of an extended LBA.
-    pub metadata_extended: bool,
-    /// PI bits 7:5: protection information type (0 = none).
-    pub pi: u8,
-    /// PIL bit 8: protection information in the first bytes of metadata.
-    pub pil_first: bool,
-    /// SES bits 11:9: secure erase setting (0 none, 1 user data erase,
-    /// 2 cryptographic erase).
-    pub ses: u8,
-}
-
-impl FormatNvm {
-    /// Format NVM (opcode 80h) for `nsid` (0xffff_ffff: all namespaces).
-    ///
-    /// # Errors
-    ///
-    /// `lbaf > 63`, `pi > 7` or `ses > 7`.
-    pub fn to_sqe(&self, nsid: u32) -> Result<Sqe, RangeError> {
-        RangeError::check("LBA format index", u64::from(self.lbaf), 0, 63)?;
-        RangeError::check("protection information type", u64::from(self.pi), 0, 7)?;
-        RangeError::check("secure erase setting", u64::from(self.ses), 0, 7)?;
-        let mut s = sqe(AdminOpcode::FormatNvm).with_nsid(nsid);
-        s.cdw10 = U32::new(
-            u32::from(self.lbaf & 0xf)
-                | u32::from(self.metadata_extended) << 4
-                | u32::from(self.pi) << 5
-                | u32::from(self.pil_first) << 8
-                | u32::from(self.ses) << 9
-                | u32::from(self.lbaf >> 4) << 12,
-        );
-        Ok(s)
-    }
-}
-
-/// Firmware Commit action (CDW10 bits 5:3 CA, Base 2.0 Figure "Firmware
-/// Commit – Command Dword 10").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum CommitAction {
-    /// 000b: replace the image in the slot, do not activate.
-    Replace = 0,
-    /// 001b: replace and activate at the next reset.
-    ReplaceAndActivate = 1,
-    /// 010b: activate the existing image in the slot at the next reset.
-    Activate = 2,
-    /// 011b: replace and activate immediately.
-    ReplaceAndActivateNow = 3,
-    /// 110b: replace a boot partition.
-    ReplaceBootPartition = 6,
-    /// 111b: mark a boot partition active.
-    ActivateBootPartition = 7,
-}
-
-/// Firmware Commit (opcode 10h, Base 2.0 §5.12): CDW10 bits 2:0 FS
-/// (firmware slot, 0 = controller chooses), bits 5:3 CA, bit 31 BPID.
-#[must_use]
-pub fn firmware_commit(slot: u8, action: CommitAction, boot_partition: bool) -> Sqe {
-    let mut s = sqe(AdminOpcode::FirmwareCommit);
-    s.cdw10 = U32::new(
-        u32::from(slot & 0x7) | u32::from(action as u8) << 3 | u32::from(boot_partition) << 31,
-    );
-    s
-}
-
-/// Firmware Image Download (opcode 11h, Base 2.0 §5.13): CDW10 NUMD (0's
-/// based dword count of this piece), CDW11 OFST (dword offset into the
-/// image). PRPs point at the piece.
-///
-/// # Errors
-///
-/// `num_dwords` 0.
-pub fn firmware_image_download(num_dwords: u32, offset_dwords: u32) -> Result<Sqe, RangeError> {
-    RangeError::check(
-        "firmware piece dword count",
-        u64::from(num_dwords),
-        1,
-        u64::from(u32::MAX),
-    )?;
-    let mut s = sqe(AdminOpcode::FirmwareImageDownload);
-    s.cdw10 = U32::new(num_dwords - 1);
-    s.cdw11 = U32::new(offset_dwords);
-    Ok(s)
-}
-
-/// Device Self-test (opcode 14h, Base 2.0 §5.8): CDW10 bits 3:0 STC
-/// (1 short, 2 extended, 0xE vendor specific, 0xF abort).
-#[must_use]
-pub fn device_self_test(nsid: u32, stc: u8) -> Sqe {
-    let mut s = sqe(AdminOpcode::DeviceSelfTest).with_nsid(nsid);
-    s.cdw10 = U32::new(u32::from(stc & 0xf));
-    s
-}
-
-/// Namespace Attachment (opcode 15h, Base 2.0 §5.20): CDW10 bits 3:0 SEL
-/// (0 attach, 1 detach). The data buffer holds a controller list.
-#[must_use]
-pub fn namespace_attachment(nsid: u32, detach: bool) -> Sqe {
-    let mut s = sqe(AdminOpcode::NamespaceAttachment).with_nsid(nsid);
-    s.cdw10 = U32::new(u32::from(detach));
-    s
-}
-
-/// Namespace Management (opcode 0Dh, Base 2.0 §5.21): create (`nsid` 0,
-/// CDW10 SEL 0, CDW11 bits 31:24 CSI, data buffer holds the namespace
-/// description) or delete (CDW10 SEL 1).
-#[must_use]
-pub fn namespace_management(nsid: u32, delete: bool, csi: u8) -> Sqe {
-    let mut s = sqe(AdminOpcode::NamespaceManagement).with_nsid(nsid);
-    s.cdw10 = U32::new(u32::from(delete));
-    s.cdw11 = U32::new(u32::from(csi) << 24);
-    s
-}
-
-/// Sanitize action (CDW10 bits 2:0 SANACT, Base 2.0 Figure "Sanitize –
-/// Command Dword 10").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum SanitizeAction {
-    /// 001b: exit failure mode.
-    ExitFailureMode = 1,
-    /// 010b: block erase.
-    BlockErase = 2,
-    /// 011b: overwrite.
-    Overwrite = 3,
-    /// 100b: crypto erase.
-    CryptoErase = 4,
-}
-
-/// Sanitize (opcode 84h, Base 2.0 §5.24): CDW10 bits 2:0 SANACT, bit 3
-/// AUSE (allow unrestricted sanitize exit), bit 9 NDAS (no deallocate after
-/// sanitize); CDW11 OVRPAT (overwrite pattern; overwrite pass count and
-/// invert options are left 0 = one pass, no inversion).
-#[must_use]
-pub fn sanitize(action: SanitizeAction, ause: bool, no_dealloc: bool, pattern: u32) -> Sqe {
-    let mut s = sqe(AdminOpcode::Sanitize);
-    s.cdw10 = U32::new(u32::from(action as u8) | u32::from(ause) << 3 | u32::from(no_dealloc) << 9);
-    s.cdw11 = U32::new(pattern);
-    s
-}
-
-fn security(op: AdminOpcode, nsid: u32, secp: u8, spsp: u16, nssf: u8, len: u32) -> Sqe {
-    let mut s = sqe(op).with_nsid(nsid);
-    s.cdw10 = U32::new(u32::from(nssf) | u32::from(spsp) << 8 | u32::from(secp) << 24);
-    s.cdw11 = U32::new(len);
-    s
-}
-
-/// Security Send (opcode 81h, Base 2.0 §5.26): CDW10 bits 7:0 NSSF, 23:8
-/// SPSP (SPSP1:SPSP0), 31:24 SECP; CDW11 TL (transfer length in bytes).
-#[must_use]
-pub fn security_send(nsid: u32, secp: u8, spsp: u16, nssf: u8, len: u32) -> Sqe {
-    security(AdminOpcode::SecuritySend, nsid, secp, spsp, nssf, len)
-}
-
-/// Security Receive (opcode 82h, Base 2.0 §5.25): same fields as
-/// [`security_send`], CDW11 AL (allocation length in bytes).
-#[must_use]
-pub fn security_receive(nsid: u32, secp: u8, spsp: u16, nssf: u8, len: u32) -> Sqe {
-    security(AdminOpcode::SecurityReceive, nsid, secp, spsp, nssf, len)
-}
-
-/// Get LBA Status (opcode 86h, NVM Command Set 1.0 §4.1 "Get LBA
-/// Status command"): CDW10-11 SLBA, CDW12 MNDW (0's based maximum dwords to return),
-/// CDW13 bits 15:0 RL (range length in blocks), bits 31:24 ATYPE.
-///
-/// # Errors
-///
-/// `max_dwords` 0.
-pub fn get_lba_status(
-    nsid: u32,
-    slba: u64,
-    max_dwords: u32,
-    range_len: u16,
-    atype: u8,
-) -> Result<Sqe, RangeError> {
-    RangeError::check(
-        "LBA status dword count",
-        u64::from(max_dwords),
-        1,
-        u64::from(u32::MAX),
-    )?;
-    let mut s = sqe(AdminOpcode::GetLbaStatus).with_nsid(nsid);
-    s.cdw10 = U32::new(slba as u32);
-    s.cdw11 = U32::new((slba >> 32) as u32);
-    s.cdw12 = U32::new(max_dwords - 1);
-    s.cdw13 = U32::new(u32::from(range_len) | u32::from(atype) << 24);
-    Ok(s)
 }
 
 #[cfg(test)]
@@ -643,56 +441,6 @@ mod tests {
         let s = abort(3, 0x55);
         assert_eq!((s.opcode, s.cdw10.get()), (0x08, 0x0055_0003));
         assert_eq!(async_event_request(), Sqe::new(0x0c));
-        assert_eq!(keep_alive(), Sqe::new(0x18));
         assert_eq!(doorbell_buffer_config(), Sqe::new(0x7c));
-
-        let f = FormatNvm {
-            lbaf: 0x12,
-            metadata_extended: true,
-            pi: 1,
-            pil_first: true,
-            ses: 1,
-        };
-        let s = f.to_sqe(1).expect("valid");
-        assert_eq!(s.opcode, 0x80);
-        assert_eq!(
-            s.cdw10.get(),
-            0x2 | 1 << 4 | 1 << 5 | 1 << 8 | 1 << 9 | 1 << 12
-        );
-        assert!(FormatNvm { lbaf: 64, ..f }.to_sqe(1).is_err());
-        assert!(FormatNvm { pi: 8, ..f }.to_sqe(1).is_err());
-        assert!(FormatNvm { ses: 8, ..f }.to_sqe(1).is_err());
-
-        let s = firmware_commit(2, CommitAction::ReplaceAndActivate, false);
-        assert_eq!((s.opcode, s.cdw10.get()), (0x10, 0x0a));
-        let s = firmware_commit(9, CommitAction::ActivateBootPartition, true);
-        assert_eq!(s.cdw10.get(), 0x8000_0039);
-        let s = firmware_image_download(1024, 2048).expect("valid");
-        assert_eq!((s.opcode, s.cdw10.get(), s.cdw11.get()), (0x11, 1023, 2048));
-        assert!(firmware_image_download(0, 0).is_err());
-        let s = device_self_test(0xffff_ffff, 1);
-        assert_eq!((s.opcode, s.cdw10.get()), (0x14, 1));
-        let s = namespace_attachment(1, true);
-        assert_eq!((s.opcode, s.cdw10.get()), (0x15, 1));
-        let s = namespace_management(0, false, csi::NVM);
-        assert_eq!((s.opcode, s.cdw10.get(), s.cdw11.get()), (0x0d, 0, 0));
-        let s = sanitize(SanitizeAction::BlockErase, true, true, 0xdead_beef);
-        assert_eq!(s.opcode, 0x84);
-        assert_eq!(s.cdw10.get(), 0x20a);
-        assert_eq!(s.cdw11.get(), 0xdead_beef);
-        let s = security_receive(0, 0x01, 0x0001, 0, 512);
-        assert_eq!(
-            (s.opcode, s.cdw10.get(), s.cdw11.get()),
-            (0x82, 0x0100_0100, 512)
-        );
-        let s = security_send(0, 0xea, 0xabcd, 0x12, 16);
-        assert_eq!((s.opcode, s.cdw10.get()), (0x81, 0xeaab_cd12));
-        let s = get_lba_status(1, 0x1_2345_6789, 64, 256, 0x10).expect("valid");
-        assert_eq!(s.opcode, 0x86);
-        assert_eq!(s.cdw10.get(), 0x2345_6789);
-        assert_eq!(s.cdw11.get(), 1);
-        assert_eq!(s.cdw12.get(), 63);
-        assert_eq!(s.cdw13.get(), 0x1000_0100);
-        assert!(get_lba_status(1, 0, 0, 0, 0).is_err());
     }
 }

@@ -118,12 +118,6 @@ impl NumberOfQueues {
     }
 }
 
-/// Volatile Write Cache feature (FID 06h) CDW11: bit 0 WCE.
-#[must_use]
-pub const fn volatile_write_cache_cdw11(enable: bool) -> u32 {
-    enable as u32
-}
-
 /// Interrupt Coalescing feature (FID 08h, Base 2.0 §5.27.1.6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct InterruptCoalescing {
@@ -148,13 +142,6 @@ impl InterruptCoalescing {
             time_100us: (dw0 >> 8) as u8,
         }
     }
-}
-
-/// Interrupt Vector Configuration feature (FID 09h) CDW11: IV bits 15:0,
-/// CD (coalescing disable) bit 16.
-#[must_use]
-pub const fn interrupt_vector_config_cdw11(vector: u16, coalescing_disable: bool) -> u32 {
-    vector as u32 | (coalescing_disable as u32) << 16
 }
 
 /// Arbitration feature (FID 01h, Base 2.0 §5.27.1.1).
@@ -190,14 +177,6 @@ impl Arbitration {
             high_weight: (dw0 >> 24) as u8,
         }
     }
-}
-
-/// Temperature Threshold feature (FID 04h) CDW11: TMPTH bits 15:0
-/// (Kelvin), TMPSEL bits 19:16 (0 composite, 1..=8 sensors), THSEL bits
-/// 21:20 (0 over-, 1 under-temperature).
-#[must_use]
-pub const fn temperature_threshold_cdw11(kelvin: u16, sensor: u8, under: bool) -> u32 {
-    kelvin as u32 | ((sensor & 0xf) as u32) << 16 | (under as u32) << 20
 }
 
 bitflags! {
@@ -304,15 +283,12 @@ mod tests {
 
     #[test]
     fn encoders() {
-        assert_eq!(volatile_write_cache_cdw11(true), 1);
-        assert_eq!(volatile_write_cache_cdw11(false), 0);
         let ic = InterruptCoalescing {
             threshold: 7,
             time_100us: 2,
         };
         assert_eq!(ic.to_cdw11(), 0x0207);
         assert_eq!(InterruptCoalescing::from_dw0(0x0207), ic);
-        assert_eq!(interrupt_vector_config_cdw11(5, true), 0x0001_0005);
         let a = Arbitration {
             burst: 0xff,
             low_weight: 1,
@@ -324,8 +300,6 @@ mod tests {
             Arbitration::from_dw0(0x0302_0107),
             Arbitration { burst: 7, ..a }
         );
-        assert_eq!(temperature_threshold_cdw11(343, 0, false), 343);
-        assert_eq!(temperature_threshold_cdw11(273, 2, true), 0x0012_0111);
         let aec = AsyncEventConfig::SMART_SPARE
             | AsyncEventConfig::SMART_TEMPERATURE
             | AsyncEventConfig::NAMESPACE_ATTRIBUTE;

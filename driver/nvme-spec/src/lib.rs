@@ -31,7 +31,7 @@
 //! | [`sqe`] | the 64-byte submission queue entry and SGL descriptors |
 //! | [`cqe`] | the 16-byte completion queue entry |
 //! | [`status`] | status code types, status codes with their spec names, retry policy |
-//! | [`opcode`] | admin and NVM I/O opcodes, data-transfer direction |
+//! | [`opcode`] | admin and NVM I/O opcodes |
 //! | [`admin`] | builders for admin commands (Identify, queue creation, log pages, features, ...) |
 //! | [`io`] | builders for NVM I/O commands (Read, Write, Flush, Write Zeroes, DSM, ...) |
 //! | [`identify`] | Identify Controller / Namespace / namespace list data structures |
@@ -39,6 +39,15 @@
 //! | [`features`] | feature identifiers and encoders for feature values |
 //! | [`prp`] | PRP entry / PRP list arithmetic |
 //! | [`error`] | the small error types used by fallible conversions and builders |
+//!
+//! # What is here
+//!
+//! What the driver, its mock controller, nvmectl, the tools or the fuzz
+//! targets use, and no more: builders and accessors nothing called were
+//! removed (issue 13), and helpers only this crate calls are `pub(crate)`.
+//! Registers are the exception: each is declared whole (every field of
+//! CAP, CC, CSTS, ...), because the declaration is the register's layout
+//! and the compile-time check that its fields fit and do not overlap.
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -149,7 +158,7 @@ pub use log::{
     AsyncEvent, AsyncEventType, CriticalWarning, ErrorLogEntry, FirmwareSlotLog, LogPageId,
     SmartLog,
 };
-pub use opcode::{AdminOpcode, DataTransfer, NvmOpcode};
+pub use opcode::{AdminOpcode, NvmOpcode};
 pub use prp::{PrpError, PrpGeometry, PrpLayout};
 pub use regs::{
     Aqa, Cap, Cc, Csts, DoorbellKind, NVME_SSR, ShutdownNotification, ShutdownStatus, Vs,

@@ -352,7 +352,7 @@ impl FirmwareSlotLog {
     /// The slot (1..=7) the running firmware was loaded from; `None` for 0
     /// (invalid).
     #[must_use]
-    pub const fn active_slot(&self) -> Option<u8> {
+    pub(crate) const fn active_slot(&self) -> Option<u8> {
         match self.afi & 0x7 {
             0 => None,
             s => Some(s),
@@ -371,7 +371,7 @@ impl FirmwareSlotLog {
     /// Firmware revision in `slot` (1..=7); `None` for an invalid slot
     /// number or an empty slot.
     #[must_use]
-    pub fn slot_revision(&self, slot: u8) -> Option<AsciiField<'_>> {
+    pub(crate) fn slot_revision(&self, slot: u8) -> Option<AsciiField<'_>> {
         let i = usize::from(slot).checked_sub(1)?;
         let f = AsciiField::new(self.frs.get(i)?);
         if f.is_empty() { None } else { Some(f) }

@@ -2,46 +2,6 @@
 //! Admin Commands") and NVM Command Set I/O commands (NVM Command Set 1.0
 //! §3, Figure "Opcodes for NVM Commands").
 
-/// Data transfer direction encoded in bits 1:0 of every opcode (Base 2.0
-/// Figure "Command Dword 0", OPC bits 1:0 "Data Transfer Direction").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DataTransfer {
-    /// 00b: no data transfer.
-    None,
-    /// 01b: host to controller (the command writes to the device).
-    HostToController,
-    /// 10b: controller to host (the command reads from the device).
-    ControllerToHost,
-    /// 11b: bidirectional.
-    Bidirectional,
-}
-
-impl DataTransfer {
-    /// Direction encoded in the low 2 bits of any opcode (including
-    /// vendor-specific ones, which follow the same convention).
-    #[must_use]
-    pub const fn of_opcode(opcode: u8) -> DataTransfer {
-        match opcode & 0b11 {
-            0 => Self::None,
-            1 => Self::HostToController,
-            2 => Self::ControllerToHost,
-            _ => Self::Bidirectional,
-        }
-    }
-
-    /// Whether the host supplies data to the controller.
-    #[must_use]
-    pub const fn to_device(self) -> bool {
-        matches!(self, Self::HostToController | Self::Bidirectional)
-    }
-
-    /// Whether the controller returns data to the host.
-    #[must_use]
-    pub const fn from_device(self) -> bool {
-        matches!(self, Self::ControllerToHost | Self::Bidirectional)
-    }
-}
-
 code_enum! {
     /// Admin command opcodes (Base 2.0 Figure "Opcodes for Admin Commands").
     pub enum AdminOpcode ("admin opcode") {
@@ -78,13 +38,7 @@ code_enum! {
     }
 }
 
-impl AdminOpcode {
-    /// Data transfer direction (bits 1:0 of the opcode).
-    #[must_use]
-    pub const fn data_transfer(self) -> DataTransfer {
-        DataTransfer::of_opcode(self as u8)
-    }
-}
+impl AdminOpcode {}
 
 code_enum! {
     /// NVM command set I/O opcodes (NVM Command Set 1.0 Figure "Opcodes for
@@ -106,13 +60,7 @@ code_enum! {
     }
 }
 
-impl NvmOpcode {
-    /// Data transfer direction (bits 1:0 of the opcode).
-    #[must_use]
-    pub const fn data_transfer(self) -> DataTransfer {
-        DataTransfer::of_opcode(self as u8)
-    }
-}
+impl NvmOpcode {}
 
 #[cfg(test)]
 mod tests {
@@ -162,33 +110,5 @@ mod tests {
         assert_eq!(NvmOpcode::try_from(0x03).unwrap_err().value, 3);
         assert_eq!(NvmOpcode::Read.name(), "Read");
         assert_eq!(NvmOpcode::Copy as u8, 0x19);
-    }
-
-    #[test]
-    fn directions() {
-        use DataTransfer::*;
-        assert_eq!(NvmOpcode::Flush.data_transfer(), None);
-        assert_eq!(NvmOpcode::Write.data_transfer(), HostToController);
-        assert_eq!(NvmOpcode::Read.data_transfer(), ControllerToHost);
-        assert_eq!(NvmOpcode::Compare.data_transfer(), HostToController);
-        assert_eq!(
-            NvmOpcode::DatasetManagement.data_transfer(),
-            HostToController
-        );
-        assert_eq!(
-            NvmOpcode::ReservationReport.data_transfer(),
-            ControllerToHost
-        );
-        assert_eq!(AdminOpcode::Identify.data_transfer(), ControllerToHost);
-        assert_eq!(AdminOpcode::GetLogPage.data_transfer(), ControllerToHost);
-        assert_eq!(AdminOpcode::SetFeatures.data_transfer(), HostToController);
-        assert_eq!(AdminOpcode::CreateIoSq.data_transfer(), HostToController);
-        assert_eq!(AdminOpcode::KeepAlive.data_transfer(), None);
-        assert_eq!(AdminOpcode::FabricsCommands.data_transfer(), Bidirectional);
-        assert_eq!(DataTransfer::of_opcode(0xc3), Bidirectional);
-        assert!(Bidirectional.to_device() && Bidirectional.from_device());
-        assert!(HostToController.to_device() && !HostToController.from_device());
-        assert!(!ControllerToHost.to_device() && ControllerToHost.from_device());
-        assert!(!None.to_device() && !None.from_device());
     }
 }

@@ -98,52 +98,23 @@ impl PrpGeometry {
         }
     }
 
-    /// Geometry for a page size of `1 << shift` bytes (shift 12..=27).
-    ///
-    /// # Errors
-    ///
-    /// [`PrpError::InvalidPageSize`] for other shifts.
-    pub const fn from_shift(shift: u32) -> Result<PrpGeometry, PrpError> {
-        if shift >= 12 && shift <= 27 {
-            Ok(PrpGeometry { shift })
-        } else {
-            Err(PrpError::InvalidPageSize(if shift < usize::BITS {
-                1 << shift
-            } else {
-                0
-            }))
-        }
-    }
-
     /// The page size in bytes.
     #[must_use]
     pub const fn page_size(&self) -> usize {
         1 << self.shift
     }
 
-    /// log2 of the page size.
-    #[must_use]
-    pub const fn page_shift(&self) -> u32 {
-        self.shift
-    }
-
     /// Offset of `iova` within its page.
     #[must_use]
-    pub const fn page_offset(&self, iova: u64) -> usize {
+    pub(crate) const fn page_offset(&self, iova: u64) -> usize {
         (iova & (self.page_size() as u64 - 1)) as usize
-    }
-
-    /// Start address of the page containing `iova`.
-    #[must_use]
-    pub const fn page_base(&self, iova: u64) -> u64 {
-        iova & !(self.page_size() as u64 - 1)
     }
 
     /// Number of memory pages touched by `len` bytes starting at `iova`
     /// (0 for `len == 0`). Computed in 128-bit arithmetic, so it never
     /// overflows.
     #[must_use]
-    pub const fn pages_spanned(&self, iova: u64, len: usize) -> usize {
+    pub(crate) const fn pages_spanned(&self, iova: u64, len: usize) -> usize {
         if len == 0 {
             return 0;
         }
@@ -154,7 +125,7 @@ impl PrpGeometry {
 
     /// PRP entries per list page (`page_size / 8`).
     #[must_use]
-    pub const fn entries_per_list_page(&self) -> usize {
+    pub(crate) const fn entries_per_list_page(&self) -> usize {
         self.page_size() / PRP_ENTRY_SIZE
     }
 
@@ -171,32 +142,6 @@ impl PrpGeometry {
         } else {
             (entries - 1).div_ceil(per - 1)
         }
-    }
-
-    /// Largest number of data entries `n` list pages can carry.
-    #[must_use]
-    pub const fn list_capacity(&self, list_pages: usize) -> usize {
-        if list_pages == 0 {
-            0
-        } else {
-            list_pages
-                .saturating_mul(self.entries_per_list_page() - 1)
-                .saturating_add(1)
-        }
-    }
-
-    /// Largest page-aligned transfer in bytes describable with `n` list
-    /// pages (`n == 0`: PRP1 + PRP2 only, i.e. two pages). A buffer that
-    /// starts at an offset within its first page can move that many bytes
-    /// minus the offset. Saturates at `u64::MAX`.
-    #[must_use]
-    pub const fn max_transfer_for_list_pages(&self, n: usize) -> u64 {
-        let pages = if n == 0 {
-            2u64
-        } else {
-            (self.list_capacity(n) as u64).saturating_add(1)
-        };
-        pages.saturating_mul(self.page_size() as u64)
     }
 
     /// Checks a buffer and returns its page count.
@@ -284,42 +229,6 @@ impl Iterator for PageAddresses {
 
 impl ExactSizeIterator for PageAddresses {}
 
-/// Pages touched by `len` bytes at `iova` with the given page size.
-///
-/// # Errors
-///
-/// [`PrpError::InvalidPageSize`].
-pub const fn pages_spanned(iova: u64, len: usize, page_size: usize) -> Result<usize, PrpError> {
-    match PrpGeometry::new(page_size) {
-        Ok(g) => Ok(g.pages_spanned(iova, len)),
-        Err(e) => Err(e),
-    }
-}
-
-/// PRP layout of `len` bytes at `iova` (see [`PrpGeometry::layout`]).
-///
-/// # Errors
-///
-/// Invalid page size, empty transfer, misaligned or wrapping buffer.
-pub const fn prp_layout(iova: u64, len: usize, page_size: usize) -> Result<PrpLayout, PrpError> {
-    match PrpGeometry::new(page_size) {
-        Ok(g) => g.layout(iova, len),
-        Err(e) => Err(e),
-    }
-}
-
-/// PRP entries per list page (`page_size / 8`).
-///
-/// # Errors
-///
-/// [`PrpError::InvalidPageSize`].
-pub const fn entries_per_list_page(page_size: usize) -> Result<usize, PrpError> {
-    match PrpGeometry::new(page_size) {
-        Ok(g) => Ok(g.entries_per_list_page()),
-        Err(e) => Err(e),
-    }
-}
-
 /// List pages needed for `entries` data entries (see
 /// [`PrpGeometry::list_pages_needed`]).
 ///
@@ -329,19 +238,6 @@ pub const fn entries_per_list_page(page_size: usize) -> Result<usize, PrpError> 
 pub const fn list_pages_needed(entries: usize, page_size: usize) -> Result<usize, PrpError> {
     match PrpGeometry::new(page_size) {
         Ok(g) => Ok(g.list_pages_needed(entries)),
-        Err(e) => Err(e),
-    }
-}
-
-/// Largest page-aligned transfer with `n` list pages (see
-/// [`PrpGeometry::max_transfer_for_list_pages`]).
-///
-/// # Errors
-///
-/// [`PrpError::InvalidPageSize`].
-pub const fn max_transfer_for_list_pages(n: usize, page_size: usize) -> Result<u64, PrpError> {
-    match PrpGeometry::new(page_size) {
-        Ok(g) => Ok(g.max_transfer_for_list_pages(n)),
         Err(e) => Err(e),
     }
 }
@@ -497,21 +393,12 @@ mod tests {
     fn page_size_validation() {
         for ps in [0usize, 1, 512, 2048, 4095, 4097, 6144, 1 << 28, usize::MAX] {
             assert_eq!(PrpGeometry::new(ps), Err(PrpError::InvalidPageSize(ps)));
-            assert!(prp_layout(0, 4096, ps).is_err());
-            assert!(pages_spanned(0, 4096, ps).is_err());
-            assert!(entries_per_list_page(ps).is_err());
             assert!(list_pages_needed(1, ps).is_err());
-            assert!(max_transfer_for_list_pages(1, ps).is_err());
         }
         for shift in 12..=27u32 {
             let g = PrpGeometry::new(1 << shift).expect("valid");
-            assert_eq!(g.page_shift(), shift);
             assert_eq!(g.page_size(), 1 << shift);
-            assert_eq!(PrpGeometry::from_shift(shift), Ok(g));
         }
-        assert!(PrpGeometry::from_shift(11).is_err());
-        assert!(PrpGeometry::from_shift(28).is_err());
-        assert!(PrpGeometry::from_shift(200).is_err());
         assert_eq!(PrpGeometry::new(4096), Ok(G));
         assert!(
             PrpError::InvalidPageSize(3)
@@ -522,7 +409,7 @@ mod tests {
 
     #[test]
     fn spec_examples_4k() {
-        let l = |iova, len| prp_layout(iova, len, 4096).expect("valid");
+        let l = |iova, len| G.layout(iova, len).expect("valid");
         assert_eq!(l(0, 512), PrpLayout::OneEntry);
         assert_eq!(l(0, 4096), PrpLayout::OneEntry);
         assert_eq!(l(3584, 512), PrpLayout::OneEntry);
@@ -601,7 +488,8 @@ mod tests {
     #[test]
     fn list_pages() {
         assert_eq!(G.entries_per_list_page(), 512);
-        assert_eq!(entries_per_list_page(65536), Ok(8192));
+        let g64k = PrpGeometry::new(65536).expect("valid");
+        assert_eq!(g64k.entries_per_list_page(), 8192);
         let cases = [
             (0usize, 0usize),
             (1, 1),
@@ -619,19 +507,41 @@ mod tests {
             assert_eq!(G.list_pages_needed(entries), pages, "{entries} entries");
             assert_eq!(list_pages_needed(entries, 4096), Ok(pages));
         }
-        assert_eq!(G.list_capacity(0), 0);
-        assert_eq!(G.list_capacity(1), 512);
-        assert_eq!(G.list_capacity(2), 1023);
-        assert_eq!(G.list_capacity(3), 1534);
-        assert_eq!(G.max_transfer_for_list_pages(0), 8192);
-        assert_eq!(G.max_transfer_for_list_pages(1), 513 * 4096);
-        assert_eq!(G.max_transfer_for_list_pages(2), 1024 * 4096);
-        assert_eq!(max_transfer_for_list_pages(1, 4096), Ok(513 * 4096));
-        assert_eq!(G.max_transfer_for_list_pages(usize::MAX), u64::MAX);
+        assert_eq!(list_capacity(&G, 0), 0);
+        assert_eq!(list_capacity(&G, 1), 512);
+        assert_eq!(list_capacity(&G, 2), 1023);
+        assert_eq!(list_capacity(&G, 3), 1534);
+        assert_eq!(max_transfer_for_list_pages(&G, 0), 8192);
+        assert_eq!(max_transfer_for_list_pages(&G, 1), 513 * 4096);
+        assert_eq!(max_transfer_for_list_pages(&G, 2), 1024 * 4096);
+        assert_eq!(max_transfer_for_list_pages(&G, usize::MAX), u64::MAX);
         assert_eq!(
             G.list_pages_needed(usize::MAX),
             (usize::MAX - 1).div_ceil(511)
         );
+    }
+
+    /// Oracle: the most data entries `list_pages` list pages carry (the
+    /// first holds a full page of entries, each chained one one less).
+    fn list_capacity(g: &PrpGeometry, list_pages: usize) -> usize {
+        if list_pages == 0 {
+            0
+        } else {
+            list_pages
+                .saturating_mul(g.entries_per_list_page() - 1)
+                .saturating_add(1)
+        }
+    }
+
+    /// Oracle: the largest page-aligned transfer `n` list pages describe
+    /// (`n == 0`: PRP1 + PRP2, two pages), saturating.
+    fn max_transfer_for_list_pages(g: &PrpGeometry, n: usize) -> u64 {
+        let pages = if n == 0 {
+            2u64
+        } else {
+            (list_capacity(g, n) as u64).saturating_add(1)
+        };
+        pages.saturating_mul(g.page_size() as u64)
     }
 
     /// Simulates filling list pages entry by entry, chaining when a page is
@@ -662,9 +572,9 @@ mod tests {
                     pages,
                     "ps {ps} entries {entries}"
                 );
-                assert!(g.list_capacity(pages) >= entries);
+                assert!(list_capacity(&g, pages) >= entries);
                 if pages > 0 {
-                    assert!(g.list_capacity(pages - 1) < entries);
+                    assert!(list_capacity(&g, pages - 1) < entries);
                 }
             }
         }
@@ -709,7 +619,7 @@ mod tests {
                         // Fits into what the computed list pages can carry.
                         if let PrpLayout::List { list_pages, .. } = layout {
                             assert!(
-                                g.max_transfer_for_list_pages(list_pages)
+                                max_transfer_for_list_pages(&g, list_pages)
                                     >= (len + g.page_offset(iova)) as u64
                             );
                         }
@@ -727,7 +637,6 @@ mod tests {
         let it = G.page_addresses(0x1000 + 8, 3 * 4096).expect("valid");
         assert_eq!(it.len(), 4);
         assert_eq!(it.collect::<Vec<_>>(), [0x1008, 0x2000, 0x3000, 0x4000]);
-        assert_eq!(G.page_base(0x1234), 0x1000);
         assert_eq!(G.page_offset(0x1234), 0x234);
     }
 

@@ -62,21 +62,6 @@ layout!(Sqe, 64,
     cdw14 @ 56, cdw15 @ 60,
 );
 
-/// CDW0.FUSE: Fused Operation (bits 9:8 of CDW0, bits 1:0 of
-/// [`Sqe::flags`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Fuse {
-    /// 00b: normal operation.
-    Normal = 0,
-    /// 01b: first command of a fused operation.
-    First = 1,
-    /// 10b: second command of a fused operation.
-    Second = 2,
-    /// 11b: reserved.
-    Reserved = 3,
-}
-
 impl Sqe {
     /// Size of a submission queue entry in bytes (IOSQES = 6).
     pub const SIZE: usize = 64;
@@ -122,7 +107,7 @@ impl Sqe {
 
     /// Builder-style: sets NSID.
     #[must_use]
-    pub const fn with_nsid(mut self, nsid: u32) -> Sqe {
+    pub(crate) const fn with_nsid(mut self, nsid: u32) -> Sqe {
         self.nsid = U32::new(nsid);
         self
     }
@@ -167,38 +152,9 @@ impl Sqe {
     }
 
     /// Sets PSDT (only the low 2 bits of `psdt` are used).
-    pub fn set_psdt(&mut self, psdt: u8) {
+    pub(crate) fn set_psdt(&mut self, psdt: u8) {
         self.flags =
             (self.flags & !Self::PSDT_MASK) | ((psdt << Self::PSDT_SHIFT) & Self::PSDT_MASK);
-    }
-
-    /// FUSE (CDW0 bits 9:8).
-    #[must_use]
-    pub const fn fuse(&self) -> Fuse {
-        match self.flags & Self::FUSE_MASK {
-            0 => Fuse::Normal,
-            1 => Fuse::First,
-            2 => Fuse::Second,
-            _ => Fuse::Reserved,
-        }
-    }
-
-    /// Sets FUSE.
-    pub fn set_fuse(&mut self, fuse: Fuse) {
-        self.flags = (self.flags & !Self::FUSE_MASK) | fuse as u8;
-    }
-
-    /// Command dwords 10..=15 as native integers (index 0 is CDW10).
-    #[must_use]
-    pub const fn cdws(&self) -> [u32; 6] {
-        [
-            self.cdw10.get(),
-            self.cdw11.get(),
-            self.cdw12.get(),
-            self.cdw13.get(),
-            self.cdw14.get(),
-            self.cdw15.get(),
-        ]
     }
 }
 
@@ -270,12 +226,6 @@ impl SglDescriptor {
         Self::new(address, length, sgl_type::DATA_BLOCK, sgl_subtype::ADDRESS)
     }
 
-    /// A Bit Bucket descriptor (`length` bytes of read data are discarded).
-    #[must_use]
-    pub const fn bit_bucket(length: u32) -> SglDescriptor {
-        Self::new(0, length, sgl_type::BIT_BUCKET, sgl_subtype::ADDRESS)
-    }
-
     /// A Segment descriptor pointing at `count` further descriptors.
     #[must_use]
     pub const fn segment(address: u64, count: u32) -> SglDescriptor {
@@ -283,17 +233,6 @@ impl SglDescriptor {
             address,
             count.saturating_mul(16),
             sgl_type::SEGMENT,
-            sgl_subtype::ADDRESS,
-        )
-    }
-
-    /// A Last Segment descriptor pointing at the final `count` descriptors.
-    #[must_use]
-    pub const fn last_segment(address: u64, count: u32) -> SglDescriptor {
-        Self::new(
-            address,
-            count.saturating_mul(16),
-            sgl_type::LAST_SEGMENT,
             sgl_subtype::ADDRESS,
         )
     }
@@ -340,29 +279,24 @@ mod tests {
         assert_eq!(&b[40..44], &[0x0d, 0x0c, 0x0b, 0x0a]);
         assert_eq!(&b[60..64], &[0xf3, 0xf2, 0xf1, 0xf0]);
         assert_eq!(s.cid(), 0xbeef);
-        assert_eq!(s.cdws(), [0x0a0b_0c0d, 0, 0, 0, 0, 0xf0f1_f2f3]);
         let back = Sqe::read_from_bytes(b).expect("64 bytes");
         assert_eq!(back, s);
     }
 
     #[test]
-    fn psdt_and_fuse() {
+    fn psdt_keeps_the_fuse_bits() {
         let mut s = Sqe::new(1);
         assert_eq!(s.psdt(), Sqe::PSDT_PRP);
-        assert_eq!(s.fuse(), Fuse::Normal);
+        assert_eq!(s.flags & 0x3, 0);
         s.set_psdt(Sqe::PSDT_SGL_MPTR_SGL);
         assert_eq!(s.flags, 0x80);
         assert_eq!(s.psdt(), Sqe::PSDT_SGL_MPTR_SGL);
-        s.set_fuse(Fuse::First);
-        assert_eq!(s.flags, 0x81);
-        assert_eq!(s.fuse(), Fuse::First);
-        s.set_fuse(Fuse::Second);
-        assert_eq!(s.fuse(), Fuse::Second);
+        // FUSE (bits 1:0) = 10b, second command of a fused operation.
+        s.flags |= 0x2;
         assert_eq!(s.psdt(), Sqe::PSDT_SGL_MPTR_SGL);
         s.set_psdt(0xff);
         assert_eq!(s.flags, 0xc2);
         s.flags = 0xff;
-        assert_eq!(s.fuse(), Fuse::Reserved);
         s.set_prps(0x1000, 0);
         assert_eq!(s.psdt(), Sqe::PSDT_PRP);
         assert_eq!(s.flags, 0x3f);
@@ -377,10 +311,7 @@ mod tests {
         let b = d.as_bytes();
         assert_eq!(&b[0..8], &0xdead_b000u64.to_le_bytes());
         assert_eq!(&b[8..12], &4096u32.to_le_bytes());
-        assert_eq!(SglDescriptor::last_segment(0x2000, 4).sgl_id, 0x30);
-        assert_eq!(SglDescriptor::last_segment(0x2000, 4).length.get(), 64);
         assert_eq!(SglDescriptor::segment(0x2000, 2).sgl_id, 0x20);
-        assert_eq!(SglDescriptor::bit_bucket(512).sgl_id, 0x10);
         assert_eq!(SglDescriptor::segment(0, u32::MAX).length.get(), u32::MAX);
         assert_eq!(SglDescriptor::new(0, 0, 0xff, 0xff).sgl_id, 0xff);
 

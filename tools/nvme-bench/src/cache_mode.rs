@@ -41,9 +41,9 @@ use nvme_bench::stats::Stats;
 use nvme_bench::workload::{Generator, Spec};
 use nvme_driver::Controller;
 use pagecache::{BlockSize, FolioMemory, PAGE_SIZE, PageCache};
-use serde_json::{Value, json};
 
-use crate::{Args, Job, Result, Tally, ThreadResult, count_error};
+use crate::error::{Error, Result};
+use crate::{Args, Job, Tally, ThreadResult, count_error};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 /// Size of the read_at calls that preload the range.
@@ -54,26 +54,7 @@ const FLUSHER_INTERVAL: Duration = Duration::from_secs(1);
 /// of a phase.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Which files the threads work on (`--files`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub(crate) enum Files {
-    /// One file over the whole range; each thread opens its own
-    /// description of it.
-    Shared,
-    /// One file per thread, over the thread's share of the range.
-    PerThread,
-}
-
-/// What the cache holds when the measured window starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum CacheState {
-    /// Nothing: a fresh cache and file.
-    Cold,
-    /// The whole range, read in before the warm-up.
-    Warm,
-}
+pub(crate) use tools_common::bench::{CacheState, Files};
 
 /// The cache-mode job, checked against the namespace.
 #[derive(Debug, Clone)]
@@ -101,20 +82,20 @@ pub(crate) fn plan(job: &Job) -> Result<Plan> {
 
 fn plan_for(a: &Args, lba_size: u64, blocks: u64) -> Result<Plan> {
     if lba_size == 0 || lba_size > PAGE {
-        return Err(format!(
+        return Err(Error::Usage(format!(
             "cache mode needs an LBA size of at most {PAGE} bytes (this namespace: {lba_size})"
-        ));
+        )));
     }
     let file_size = blocks
         .checked_mul(lba_size)
-        .ok_or("the range is too large")?;
+        .ok_or_else(|| Error::Usage("the range is too large".into()))?;
     let align = a.align.unwrap_or(a.io_size);
     if a.verify && !(a.io_size.is_multiple_of(lba_size) && align.is_multiple_of(lba_size)) {
-        return Err(format!(
+        return Err(Error::Usage(format!(
             "--verify checks whole LBAs: the I/O size ({}) and the alignment ({align}) must be \
              multiples of the {lba_size}-byte LBA size",
             a.io_size
-        ));
+        )));
     }
     // PAGE is a multiple of every LBA size up to a page: thread shares are
     // then page- and LBA-aligned.
@@ -129,11 +110,11 @@ fn plan_for(a: &Args, lba_size: u64, blocks: u64) -> Result<Plan> {
         share(file_size, a.threads, granule)
     };
     if span < a.io_size {
-        return Err(format!(
+        return Err(Error::Usage(format!(
             "a {}-byte call does not fit the {span} bytes each thread works on \
              (range {file_size} bytes, {} threads)",
             a.io_size, a.threads
-        ));
+        )));
     }
     let read_only = a.workload.read_percent(a.mix) == 100;
     let state = match (a.cold, a.warm) {
@@ -143,7 +124,7 @@ fn plan_for(a: &Args, lba_size: u64, blocks: u64) -> Result<Plan> {
         _ => CacheState::Cold,
     };
     if state == CacheState::Warm && file_size > a.cache_size {
-        return Err(format!(
+        return Err(Error::Usage(format!(
             "{}: the range ({file_size} bytes) does not fit the {}-byte page cache; give a \
              smaller --range-size, a larger --cache-size, or --cold",
             if a.warm {
@@ -152,7 +133,7 @@ fn plan_for(a: &Args, lba_size: u64, blocks: u64) -> Result<Plan> {
                 "a warm cache (the default for read workloads)"
             },
             a.cache_size
-        ));
+        )));
     }
     Ok(Plan {
         state,
@@ -274,12 +255,14 @@ impl Traffic {
         }
     }
 
-    fn to_json(self) -> Value {
-        json!({
-            "read_commands": self.reads, "read_bytes": self.read_bytes,
-            "write_commands": self.writes, "write_bytes": self.write_bytes,
-            "flushes": self.flushes,
-        })
+    fn report(self) -> tools_common::bench::Traffic {
+        tools_common::bench::Traffic {
+            read_commands: self.reads,
+            read_bytes: self.read_bytes,
+            write_commands: self.writes,
+            write_bytes: self.write_bytes,
+            flushes: self.flushes,
+        }
     }
 
     fn describe(self) -> String {
@@ -310,10 +293,9 @@ impl CountingDevice {
             ctrl.io_qpair_with_interrupts()
         } else {
             ctrl.io_qpair()
-        }
-        .map_err(|e| e.to_string())?;
+        }?;
         let qid = q.qid();
-        let inner = NvmeDevice::new(ctrl, q, a.nsid).map_err(|e| e.to_string())?;
+        let inner = NvmeDevice::new(ctrl, q, a.nsid)?;
         let lba_size = u64::from(inner.geometry().lba_size);
         Ok((
             CountingDevice {
@@ -384,8 +366,8 @@ impl Worker {
     fn new(ctrl: &Controller, job: &Job, plan: &Plan, t: usize) -> Result<Worker> {
         let a = &job.args;
         let counts = Arc::new(DevCounts::default());
-        let (dev, qid) = CountingDevice::open(ctrl, a, counts.clone())
-            .map_err(|e| format!("thread {t}: {e}"))?;
+        let (dev, qid) =
+            CountingDevice::open(ctrl, a, counts.clone()).map_err(|e| Error::thread(t, e))?;
         // The generator counts in bytes of the file: "blocks" of one byte.
         let span = thread_span(plan, a.threads, t, a.workload.is_random());
         let generator = Generator::new(&Spec {
@@ -398,7 +380,8 @@ impl Worker {
             align_blocks: plan.align,
             seed: a.seed + t as u64,
         })?;
-        let len = usize::try_from(a.io_size).map_err(|_| "the I/O size is too large")?;
+        let len = usize::try_from(a.io_size)
+            .map_err(|_| Error::Usage("the I/O size is too large".into()))?;
         Ok(Worker {
             t,
             qid,
@@ -414,14 +397,12 @@ impl Worker {
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         while self.dev.in_flight() > 0 {
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "thread {}: {} commands still in flight",
-                    self.t,
-                    self.dev.in_flight()
-                ));
+                let n = self.dev.in_flight();
+                let e = Error::Failed(format!("{n} commands still in flight"));
+                return Err(Error::thread(self.t, e));
             }
             mpage::io::reap(&mut self.dev, Some(Duration::from_millis(10)))
-                .map_err(|e| format!("thread {}: {e}", self.t))?;
+                .map_err(|e| Error::thread(self.t, Error::cache("reaping readahead")(e)))?;
         }
         Ok(())
     }
@@ -459,11 +440,10 @@ impl Cached {
         // DMA pool keeps it across the cold start's fresh cache).
         memory
             .reserve(a.cache_size)
-            .map_err(|e| format!("reserving the cache's memory: {e}"))?;
-        let cache = Arc::new(
-            PageCache::new(memory.clone(), a.cache_size).map_err(|e| format!("page cache: {e}"))?,
-        );
-        let lba_size = u32::try_from(job.lba_size).map_err(|_| "LBA size too large")?;
+            .map_err(|e| Error::Failed(format!("reserving the cache's memory: {e}")))?;
+        let cache = Arc::new(PageCache::new(memory.clone(), a.cache_size)?);
+        let lba_size =
+            u32::try_from(job.lba_size).map_err(|_| Error::Usage("LBA size too large".into()))?;
         let n = match plan.files {
             Files::Shared => 1,
             Files::PerThread => a.threads,
@@ -475,7 +455,7 @@ impl Cached {
                 let blocks = plan.per_file / job.lba_size;
                 let mapper = Arc::new(IdentityMapper::new(first, blocks, lba_size));
                 let file = File::open(cache.clone(), mapper, BlockSize::PAGE, plan.per_file)
-                    .map_err(|e| format!("opening the range as a file: {e}"))?;
+                    .map_err(Error::cache("opening the range as a file"))?;
                 if let Some(pages) = a.readahead {
                     // Descriptions opened from it (one per thread) take
                     // this too.
@@ -489,13 +469,13 @@ impl Cached {
         } else {
             let f = Flusher::new(cache.clone());
             for file in &files {
-                f.attach(file).map_err(|e| format!("flusher: {e}"))?;
+                f.attach(file).map_err(Error::cache("flusher"))?;
             }
             let (dev, _) = CountingDevice::open(ctrl, a, flusher_counts.clone())
-                .map_err(|e| format!("flusher: {e}"))?;
+                .map_err(|e| Error::Failed(format!("flusher: {e}")))?;
             Some(
                 f.spawn(Box::new(dev), FLUSHER_INTERVAL)
-                    .map_err(|e| format!("flusher: {e}"))?,
+                    .map_err(Error::cache("flusher"))?,
             )
         };
         Ok(Cached {
@@ -538,14 +518,18 @@ pub(crate) struct ThreadExtra {
 }
 
 impl ThreadExtra {
-    pub(crate) fn to_json(&self) -> Value {
-        let (start, size, async_size) = self.readahead_window;
-        json!({
-            "fsync_seconds": self.fsync.map(|d| d.as_secs_f64()),
-            "device": self.traffic.to_json(),
-            "readahead_window": {"start": start, "pages": size, "async_pages": async_size},
-            "readahead_max_pages": self.readahead_max,
-        })
+    pub(crate) fn report(&self) -> tools_common::bench::ThreadCache {
+        let (start, pages, async_pages) = self.readahead_window;
+        tools_common::bench::ThreadCache {
+            fsync_seconds: self.fsync.map(|d| d.as_secs_f64()),
+            device: self.traffic.report(),
+            readahead_window: tools_common::bench::ReadaheadWindow {
+                start,
+                pages,
+                async_pages,
+            },
+            readahead_max_pages: self.readahead_max,
+        }
     }
 }
 
@@ -581,25 +565,25 @@ impl Summary {
         extras(results).filter_map(|e| e.fsync).max()
     }
 
-    pub(crate) fn to_json(&self, results: &[ThreadResult]) -> Value {
+    pub(crate) fn report(&self, results: &[ThreadResult]) -> tools_common::bench::CacheReport {
         let threads = Self::threads_traffic(results);
-        json!({
-            "state": self.state,
-            "cache_size": self.budget,
-            "file_size": self.file_size,
-            "files": self.files,
-            "bytes_per_file": self.per_file,
-            "readahead_max_pages": self.readahead_max,
-            "flusher": self.flusher,
-            "preload_seconds": self.preload.map(|(d, _)| d.as_secs_f64()),
-            "preload_resident_bytes": self.preload.map(|(_, b)| b),
-            "fsync_max_seconds": Self::fsync_max(results).map(|d| d.as_secs_f64()),
-            "device": threads.add(self.flusher_traffic).to_json(),
-            "device_threads": threads.to_json(),
-            "device_flusher": self.flusher_traffic.to_json(),
-            "used_bytes_end": self.used_end,
-            "dirty_bytes_end": self.dirty_end,
-        })
+        tools_common::bench::CacheReport {
+            state: self.state,
+            cache_size: self.budget,
+            file_size: self.file_size,
+            files: self.files,
+            bytes_per_file: self.per_file,
+            readahead_max_pages: self.readahead_max,
+            flusher: self.flusher,
+            preload_seconds: self.preload.map(|(d, _)| d.as_secs_f64()),
+            preload_resident_bytes: self.preload.map(|(_, b)| b),
+            fsync_max_seconds: Self::fsync_max(results).map(|d| d.as_secs_f64()),
+            device: threads.add(self.flusher_traffic).report(),
+            device_threads: threads.report(),
+            device_flusher: self.flusher_traffic.report(),
+            used_bytes_end: self.used_end,
+            dirty_bytes_end: self.dirty_end,
+        }
     }
 
     pub(crate) fn describe(&self) -> String {
@@ -769,10 +753,10 @@ fn check(job: &Job, plan: &Plan, t: usize, pos: u64, data: &[u8]) -> Result<()> 
     let lba = lba_of(job.first, job.lba_size, file_of(plan, t).1 + pos);
     match pattern::first_mismatch(a.seed, lba, job.lba_size as usize, data) {
         None => Ok(()),
-        Some(bad) => Err(format!(
+        Some(bad) => Err(Error::Failed(format!(
             "verify: LBA {bad} (read_at file offset {pos}, {} bytes) holds wrong data",
             data.len()
-        )),
+        ))),
     }
 }
 
@@ -780,7 +764,7 @@ fn check(job: &Job, plan: &Plan, t: usize, pos: u64, data: &[u8]) -> Result<()> 
 fn preload(w: &mut Worker, ctx: Ctx<'_>, file: &File) -> Result<ThreadResult> {
     let (job, plan) = (ctx.job, ctx.plan);
     let a = &job.args;
-    let desc = file.reopen().map_err(|e| e.to_string())?;
+    let desc = file.reopen().map_err(Error::cache("reopening the file"))?;
     let span = thread_preload_span(plan, a.threads, w.t);
     let mut buf = vec![0u8; PRELOAD_CHUNK.min(span.end - span.start) as usize];
     let mut stats = Stats::new();
@@ -792,12 +776,10 @@ fn preload(w: &mut Worker, ctx: Ctx<'_>, file: &File) -> Result<ThreadResult> {
         let t0 = Instant::now();
         let n = desc
             .read_at(&mut w.dev, pos, chunk)
-            .map_err(|e| format!("thread {}: preload at {pos}: {e}", w.t))?;
+            .map_err(|e| Error::thread(w.t, Error::cache(format!("preload at {pos}"))(e)))?;
         if n != len {
-            return Err(format!(
-                "thread {}: preload at {pos}: read {n} of {len} bytes",
-                w.t
-            ));
+            let e = Error::Failed(format!("preload at {pos}: read {n} of {len} bytes"));
+            return Err(Error::thread(w.t, e));
         }
         stats.record(true, len as u64, t0.elapsed());
         if a.verify {
@@ -822,7 +804,9 @@ fn timed(w: &mut Worker, ctx: Ctx<'_>, file: &File, measured: bool) -> Result<Th
     let (job, plan) = (ctx.job, ctx.plan);
     let a = &job.args;
     let t = w.t;
-    let desc = file.reopen().map_err(|e| format!("thread {t}: {e}"))?;
+    let desc = file
+        .reopen()
+        .map_err(|e| Error::thread(t, Error::cache("reopening the file")(e)))?;
     let run_for = Duration::from_secs_f64(if measured { a.time } else { a.warmup }.max(0.0));
     let count = if measured { a.io_count } else { None };
     let mut tally = Tally::new(ctx.progress.get(t).map(|c| &**c));
@@ -869,8 +853,10 @@ fn timed(w: &mut Worker, ctx: Ctx<'_>, file: &File, measured: bool) -> Result<Th
                 }
                 Ok(())
             }
-            Ok(n) => Err(format!("{what} at {pos}: {n} of {len} bytes")),
-            Err(e) => Err(format!("{what} at {pos}: {e}")),
+            Ok(n) => Err(Error::Failed(format!(
+                "{what} at {pos}: {n} of {len} bytes"
+            ))),
+            Err(e) => Err(Error::Failed(format!("{what} at {pos}: {e}"))),
         };
         match outcome {
             Ok(()) => stats.record(io.read, len as u64, now - t0),
@@ -969,9 +955,9 @@ mod tests {
     fn warm_range_must_fit_the_cache() {
         let blocks = 512 * MIB / 4096;
         let e = plan_for(&args(&["--warm"]), 4096, blocks).expect_err("512M > 256M");
-        assert!(e.contains("--cache-size"), "{e}");
+        assert!(e.to_string().contains("--cache-size"), "{e}");
         let e = plan_for(&args(&["-w", "read"]), 4096, blocks).expect_err("default warm");
-        assert!(e.contains("default"), "{e}");
+        assert!(e.to_string().contains("default"), "{e}");
         assert!(plan_for(&args(&["--warm", "--cache-size", "512M"]), 4096, blocks).is_ok());
         assert!(plan_for(&args(&["-w", "read", "--cold"]), 4096, blocks).is_ok());
     }
@@ -981,19 +967,19 @@ mod tests {
         // Any call size without --verify.
         assert!(plan_for(&args(&["-o", "1000", "--cold"]), 512, 1024).is_ok());
         let e = plan_for(&args(&["-o", "1000", "--verify"]), 512, 1024).expect_err("not LBAs");
-        assert!(e.contains("multiples"), "{e}");
+        assert!(e.to_string().contains("multiples"), "{e}");
         let e = plan_for(
             &args(&["-o", "4096", "--align", "100", "--verify"]),
             512,
             1024,
         )
         .expect_err("alignment not LBAs");
-        assert!(e.contains("alignment"), "{e}");
+        assert!(e.to_string().contains("alignment"), "{e}");
         assert!(plan_for(&args(&["-o", "4096", "--verify"]), 512, 1024).is_ok());
         // Sequential: each of 4 threads gets 128K of a 512K range.
         let e = plan_for(&args(&["-w", "read", "-j", "4", "-o", "256K"]), 512, 1024)
             .expect_err("share too small");
-        assert!(e.contains("131072"), "{e}");
+        assert!(e.to_string().contains("131072"), "{e}");
         assert!(
             plan_for(
                 &args(&["-w", "randread", "-j", "4", "-o", "256K"]),
@@ -1079,7 +1065,7 @@ mod tests {
             1024,
         )
         .expect_err("a file smaller than a call");
-        assert!(e.contains("131072"), "{e}");
+        assert!(e.to_string().contains("131072"), "{e}");
     }
 
     #[test]

@@ -26,21 +26,12 @@ use nvme_driver::{
     Controller, DmaBuffer, FixedCompletion, FixedIo, FloorJob, IoCompletion, IoQPair, IoRequest,
     Options, PathCounters, PciAddress, pci,
 };
-use serde_json::json;
+use tools_common::bench::Mode;
+use tools_common::parse_bytes;
 
 mod cache_mode;
+mod error;
 mod vhost_mode;
-
-/// How the namespace is driven.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-enum Mode {
-    /// The driver's queue pairs directly, `-q` I/Os in flight per thread.
-    Raw,
-    /// Buffered `read_at`/`write_at` through one shared page cache
-    /// (pagecache + mpage), one synchronous call at a time per thread.
-    Cache,
-}
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -198,20 +189,6 @@ struct Args {
     vhost_user: Option<String>,
 }
 
-fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
-    let s = s.trim();
-    let (num, shift) = match s.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&s[..i], 10),
-        Some((i, 'm' | 'M')) => (&s[..i], 20),
-        Some((i, 'g' | 'G')) => (&s[..i], 30),
-        _ => (s, 0),
-    };
-    let n: u64 = num.parse().map_err(|_| format!("not a size: {s}"))?;
-    n.checked_shl(shift)
-        .filter(|v| v >> shift == n && *v > 0)
-        .ok_or_else(|| format!("bad size: {s}"))
-}
-
 fn parse_mask(s: &str) -> std::result::Result<u64, String> {
     let hex = s.trim().trim_start_matches("0x").trim_start_matches("0X");
     match u64::from_str_radix(hex, 16) {
@@ -231,14 +208,15 @@ pub(crate) fn pin_thread(args: &Args, t: usize) -> Result<()> {
     let Some(mask) = args.core_mask else {
         return Ok(());
     };
-    let cpu = mask_cpu(mask, t).ok_or_else(|| format!("thread {t} has no CPU in the mask"))?;
+    let cpu = mask_cpu(mask, t)
+        .ok_or_else(|| Error::Usage(format!("thread {t} has no CPU in the mask")))?;
     let mut set = nix::sched::CpuSet::new();
     set.set(cpu)
         .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set))
-        .map_err(|e| format!("pinning thread {t} to CPU {cpu}: {e}"))
+        .map_err(|e| Error::os(format!("pinning thread {t} to CPU {cpu}"))(e.into()))
 }
 
-type Result<T> = std::result::Result<T, String>;
+use error::{Error, Result};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
@@ -283,7 +261,7 @@ impl Job {
         let align = a
             .align
             .map_or(self.io_blocks, |b| (b / self.lba_size).max(1));
-        Generator::new(&Spec {
+        let spec = Spec {
             workload: a.workload,
             mix: a.mix,
             dist: a.dist,
@@ -292,7 +270,8 @@ impl Job {
             io_blocks: self.io_blocks,
             align_blocks: align,
             seed: a.seed + t as u64,
-        })
+        };
+        Ok(Generator::new(&spec)?)
     }
 }
 
@@ -301,7 +280,9 @@ fn run(mut args: Args) -> Result<u64> {
         args.threads = mask.count_ones() as usize;
     }
     if args.qd == 0 || args.threads == 0 {
-        return Err("queue depth and threads must be at least 1".into());
+        return Err(Error::Usage(
+            "queue depth and threads must be at least 1".into(),
+        ));
     }
     if args.mode == Mode::Raw
         && (args.cold
@@ -310,12 +291,14 @@ fn run(mut args: Args) -> Result<u64> {
             || args.zero_copy
             || args.files != cache_mode::Files::Shared)
     {
-        return Err(
+        return Err(Error::Usage(
             "--cold, --warm, --readahead, --zero-copy and --files need --mode cache".into(),
-        );
+        ));
     }
     if args.floor && (args.mode != Mode::Raw || args.verify || args.interrupts) {
-        return Err("--floor runs in raw mode, without --verify and --interrupts".into());
+        return Err(Error::Usage(
+            "--floor runs in raw mode, without --verify and --interrupts".into(),
+        ));
     }
     if args.floor
         && !matches!(
@@ -323,30 +306,28 @@ fn run(mut args: Args) -> Result<u64> {
             Workload::Randread | Workload::Randwrite | Workload::Read | Workload::Write
         )
     {
-        return Err("--floor runs read, write, randread or randwrite, not a mix".into());
+        return Err(Error::Usage(
+            "--floor runs read, write, randread or randwrite, not a mix".into(),
+        ));
     }
     if args.owned_buffers && (args.mode != Mode::Raw || args.floor) {
-        return Err("--owned-buffers is a raw-mode option of the full path (not --floor)".into());
+        return Err(Error::Usage(
+            "--owned-buffers is a raw-mode option of the full path (not --floor)".into(),
+        ));
     }
     if args.buffer_pool.is_some() && (args.mode != Mode::Raw || args.floor || args.owned_buffers) {
-        return Err(
-            "--buffer-pool is a raw-mode option of the registered-buffer path (not --floor or --owned-buffers)"
-                .into(),
-        );
+        return Err(Error::Usage("--buffer-pool is a raw-mode option of the registered-buffer path (not --floor or --owned-buffers)"
+                .into()));
     }
     if args.floor && args.dist != OffsetDist::Uniform {
-        return Err("--floor draws uniform offsets only".into());
+        return Err(Error::Usage("--floor draws uniform offsets only".into()));
     }
     if let Some(socket) = args.vhost_user.clone() {
         return run_vhost(args, &socket);
     }
     let address = match args.device {
         Some(a) => a,
-        None => {
-            pci::single_vfio_function()
-                .map_err(|e| e.to_string())?
-                .address
-        }
+        None => pci::single_vfio_function()?.address,
     };
     let options = Options {
         io_queue_entries: args.entries,
@@ -354,29 +335,28 @@ fn run(mut args: Args) -> Result<u64> {
         shadow_doorbells: !args.no_shadow,
         ..Options::default()
     };
-    let ctrl = Controller::open(address, options).map_err(|e| e.to_string())?;
-    let ns = ctrl.namespace(args.nsid).map_err(|e| e.to_string())?;
+    let ctrl = Controller::open(address, options)?;
+    let ns = ctrl.namespace(args.nsid)?;
     let lba_size = u64::from(ns.lba_size);
     if args.mode == Mode::Raw && !args.io_size.is_multiple_of(lba_size) {
-        return Err(format!(
+        return Err(Error::Usage(format!(
             "I/O size {} is not a multiple of the {lba_size}-byte LBA size",
             args.io_size
-        ));
+        )));
     }
     let io_blocks = args.io_size / lba_size;
     let end = ns.blocks;
     if args.range_start >= end {
-        return Err(format!(
+        return Err(Error::Usage(format!(
             "--range-start {} is past the end of namespace {} ({end} blocks)",
             args.range_start, args.nsid
-        ));
+        )));
     }
     let blocks = match args.range_size {
         Some(bytes) => bytes / lba_size,
         None => end.saturating_sub(args.range_start),
     };
-    ns.check_range(args.range_start, blocks)
-        .map_err(|e| e.to_string())?;
+    ns.check_range(args.range_start, blocks)?;
     let job = Job {
         args: args.clone(),
         lba_size,
@@ -419,36 +399,36 @@ fn run_vhost(args: Args, socket: &str) -> Result<u64> {
         || args.no_shadow
         || args.nsid != 1
     {
-        return Err(
+        return Err(Error::Usage(
             "--vhost-user runs raw mode's full path: not with --mode cache, --floor, \
              --owned-buffers, --buffer-pool, --sgl, --no-shadow or --nsid"
                 .into(),
-        );
+        ));
     }
     let mut dev = vhost_mode::open(socket, args.threads, args.qd, args.io_size, args.interrupts)?;
     let lba_size = dev.block_size;
     if !args.io_size.is_multiple_of(lba_size) {
-        return Err(format!(
+        return Err(Error::Usage(format!(
             "I/O size {} is not a multiple of the {lba_size}-byte block size",
             args.io_size
-        ));
+        )));
     }
     let end = dev.capacity / lba_size;
     if args.range_start >= end {
-        return Err(format!(
+        return Err(Error::Usage(format!(
             "--range-start {} is past the end of the device ({end} blocks)",
             args.range_start
-        ));
+        )));
     }
     let blocks = match args.range_size {
         Some(bytes) => bytes / lba_size,
         None => end - args.range_start,
     };
     if blocks > end - args.range_start {
-        return Err(format!(
+        return Err(Error::Usage(format!(
             "the range ({blocks} blocks from {}) is past the end of the device ({end} blocks)",
             args.range_start
-        ));
+        )));
     }
     let job = Job {
         args: args.clone(),
@@ -545,7 +525,7 @@ pub(crate) fn collect_threads(
             }
             Err(_) => {
                 stop.store(true, Ordering::Relaxed);
-                failure.get_or_insert_with(|| "a bench thread panicked".to_string());
+                failure.get_or_insert_with(|| Error::Failed("a bench thread panicked".into()));
             }
         }
     }
@@ -630,7 +610,7 @@ fn thread_main(
     } else {
         ctrl.io_qpair()
     }
-    .map_err(|e| format!("thread {t}: {e}"))?;
+    .map_err(|e| Error::thread(t, e))?;
     let (first, blocks) = job.thread_range(t);
     if a.floor {
         return floor_thread(&mut q, job, t, first, blocks, done);
@@ -642,14 +622,13 @@ fn thread_main(
         .map_or(a.qd, |bytes| (bytes / a.io_size.max(1)) as usize)
         .max(a.qd);
     let bufs = (0..buffers)
-        .map(|_| ctrl.dma_pool().alloc(io_bytes).map_err(|e| e.to_string()))
+        .map(|_| ctrl.dma_pool().alloc(io_bytes).map_err(Error::from))
         .collect::<Result<Vec<_>>>()?;
     let registered = !a.owned_buffers;
     let mut ring = BufferRing::new(buffers);
     let mut slots: Vec<Slot> = Vec::with_capacity(a.qd);
     if registered {
-        q.register_buffers(bufs)
-            .map_err(|e| format!("thread {t}: {e}"))?;
+        q.register_buffers(bufs).map_err(|e| Error::thread(t, e))?;
         slots.resize_with(a.qd, || Slot {
             buf: None,
             buffer: 0,
@@ -712,7 +691,7 @@ fn thread_main(
             }
             n
         }
-        .map_err(|e| format!("thread {t}: {e}"))?;
+        .map_err(|e| Error::thread(t, e))?;
         if done_ios.is_empty() {
             empty_polls += 1;
             if empty_polls < EMPTY_POLLS_PER_CLOCK {
@@ -735,18 +714,20 @@ fn thread_main(
                             .buf
                             .as_ref()
                             .or_else(|| q.registered_buffer(slot.buffer))
-                            .ok_or("a read buffer did not come back")?;
-                        buf.read(0, &mut scratch).map_err(|e| e.to_string())?;
+                            .ok_or_else(|| {
+                                Error::Failed("a read buffer did not come back".into())
+                            })?;
+                        buf.read(0, &mut scratch)?;
                         if let Some(bad) = pattern::first_mismatch(
                             a.seed,
                             slot.slba,
                             job.lba_size as usize,
                             &scratch,
                         ) {
-                            return Err(format!(
+                            return Err(Error::Failed(format!(
                                 "verify: LBA {bad} (read at {}+{}) holds wrong data",
                                 slot.slba, job.io_blocks
-                            ));
+                            )));
                         }
                     }
                     if window.measuring {
@@ -802,7 +783,7 @@ fn floor_thread(
             first_lba: first,
             blocks,
             io_blocks: u32::try_from(job.io_blocks)
-                .map_err(|_| format!("{} blocks per I/O", job.io_blocks))?,
+                .map_err(|_| Error::Usage(format!("{} blocks per I/O", job.io_blocks)))?,
             depth: a.qd,
             random: a.workload.is_random(),
             seed: a.seed + t as u64,
@@ -810,7 +791,7 @@ fn floor_thread(
             time: Duration::from_secs_f64(a.time.max(0.0)),
             count: a.io_count,
         })
-        .map_err(|e| format!("thread {t}: {e}"))?;
+        .map_err(|e| Error::thread(t, e))?;
     done.fetch_add(result.ios + result.errors, Ordering::Relaxed);
     if let Some(status) = result.first_error {
         let e = format!(
@@ -818,7 +799,7 @@ fn floor_thread(
             result.errors
         );
         if !a.continue_on_error {
-            return Err(format!("thread {t}: {e}"));
+            return Err(Error::thread(t, Error::Failed(e)));
         }
         log::warn!("thread {t}: {e}");
     }
@@ -844,7 +825,7 @@ fn floor_thread(
 fn count_error(stats: &mut Stats, args: &Args, t: usize, e: impl std::fmt::Display) -> Result<()> {
     stats.errors += 1;
     if !args.continue_on_error {
-        return Err(format!("thread {t}: {e}"));
+        return Err(Error::thread(t, Error::Failed(e.to_string())));
     }
     log::warn!("thread {t}: {e}");
     Ok(())
@@ -947,44 +928,42 @@ fn submit_one(
     slot.slba = io.slba;
     let Some(buf) = slot.buf.take() else {
         // The registered path: the next free buffer.
-        let buffer = ring.take().ok_or("no free registered buffer")?;
+        let buffer = ring
+            .take()
+            .ok_or_else(|| Error::Failed("no free registered buffer".into()))?;
         slot.buffer = buffer;
         if !io.read && a.verify {
             pattern::fill(a.seed, io.slba, job.lba_size as usize, scratch);
             q.registered_buffer(buffer)
-                .ok_or("a registered buffer is missing")?
-                .write(0, scratch)
-                .map_err(|e| e.to_string())?;
+                .ok_or_else(|| Error::Failed("a registered buffer is missing".into()))?
+                .write(0, scratch)?;
         }
         let blocks = u32::try_from(job.io_blocks)
-            .map_err(|_| format!("{} blocks per I/O", job.io_blocks))?;
+            .map_err(|_| Error::Usage(format!("{} blocks per I/O", job.io_blocks)))?;
         let io = if io.read {
             FixedIo::read(a.nsid, io.slba, blocks, buffer)
         } else {
             FixedIo::write(a.nsid, io.slba, blocks, buffer)
         };
-        return q
-            .submit_fixed(io.with_tag(tag as u64))
-            .map_err(|e| e.to_string());
+        return q.submit_fixed(io.with_tag(tag as u64)).map_err(Error::from);
     };
     if !io.read && a.verify {
         pattern::fill(a.seed, io.slba, job.lba_size as usize, scratch);
-        buf.write(0, scratch).map_err(|e| e.to_string())?;
+        buf.write(0, scratch)?;
     }
     let req = if io.read {
         IoRequest::read(a.nsid, io.slba, job.io_blocks, buf)
     } else {
         IoRequest::write(a.nsid, io.slba, job.io_blocks, buf)
     };
-    q.submit(req.with_tag(tag as u64))
-        .map_err(|r| r.to_string())
+    q.submit(req.with_tag(tag as u64)).map_err(Error::from)
 }
 
 /// Writes the pattern over the whole range (sequential, queue depth 32) so
 /// that every later read can be checked.
 fn prefill(ctrl: &Controller, job: &Job) -> Result<()> {
     let a = &job.args;
-    let mut q = ctrl.io_qpair().map_err(|e| e.to_string())?;
+    let mut q = ctrl.io_qpair()?;
     let chunk_blocks = (ctrl.max_transfer() as u64 / job.lba_size).clamp(1, 256);
     let mut lba = job.first;
     let end = job.first + job.blocks;
@@ -996,21 +975,18 @@ fn prefill(ctrl: &Controller, job: &Job) -> Result<()> {
             let n = chunk_blocks.min(end - lba);
             data.resize((n * job.lba_size) as usize, 0);
             pattern::fill(a.seed, lba, job.lba_size as usize, &mut data);
-            let buf = ctrl
-                .dma_pool()
-                .alloc(data.len())
-                .map_err(|e| e.to_string())?;
-            buf.write(0, &data).map_err(|e| e.to_string())?;
-            q.submit(IoRequest::write(a.nsid, lba, n, buf))
-                .map_err(|r| r.to_string())?;
+            let buf = ctrl.dma_pool().alloc(data.len())?;
+            buf.write(0, &data)?;
+            q.submit(IoRequest::write(a.nsid, lba, n, buf))?;
             lba += n;
             in_flight += 1;
         }
         done.clear();
-        q.poll(&mut done).map_err(|e| e.to_string())?;
+        q.poll(&mut done)?;
         for c in done.drain(..) {
             in_flight -= 1;
-            c.result.map_err(|e| format!("prefill: {e}"))?;
+            c.result
+                .map_err(|e| Error::Failed(format!("prefill: {e}")))?;
         }
     }
     Ok(())
@@ -1061,6 +1037,100 @@ fn cpu_time() -> Duration {
     Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND)
 }
 
+/// The `--json` document.
+fn json_report(
+    dev: &DeviceFacts,
+    job: &Job,
+    results: &[ThreadResult],
+    total: &Stats,
+    cache: Option<&cache_mode::Summary>,
+    cpu: Duration,
+    wall: Duration,
+) -> tools_common::bench::Report {
+    let a = &job.args;
+    let threads = results
+        .iter()
+        .enumerate()
+        .map(|(t, r)| tools_common::bench::ThreadReport {
+            thread: t,
+            qid: r.qid,
+            ios: r.stats.ios(),
+            reads: r.stats.reads,
+            writes: r.stats.writes,
+            errors: r.stats.errors,
+            iops: r.stats.iops(),
+            mbps: r.stats.mbps(),
+            seconds: r.stats.elapsed.as_secs_f64(),
+            latency: r.stats.latency(),
+            cache: r.cache.as_ref().map(cache_mode::ThreadExtra::report),
+            path: r
+                .path
+                .as_ref()
+                .map(|(c, scanned)| tools_common::bench::PathReport {
+                    polls: c.polls,
+                    reaping_polls: c.reaping_polls,
+                    cqes: c.cqes,
+                    sqes: c.sqes,
+                    sq_rings: c.sq_rings,
+                    sq_mmio: c.sq_mmio,
+                    cq_rings: c.cq_rings,
+                    cq_mmio: c.cq_mmio,
+                    buffer_scan: *scanned,
+                }),
+        })
+        .collect();
+    tools_common::bench::Report {
+        label: a.label.clone(),
+        mode: a.mode,
+        job: tools_common::bench::JobReport {
+            device: dev.device.clone(),
+            vhost_user: a.vhost_user.is_some(),
+            nsid: a.nsid,
+            workload: a.workload,
+            rwmixread: a.mix,
+            io_size: a.io_size,
+            // Queue depth means nothing in cache mode (one call at a time).
+            queue_depth: (a.mode == Mode::Raw).then_some(a.qd),
+            threads: a.threads,
+            core_mask: a.core_mask.map(|m| format!("{m:#x}")),
+            time: a.time,
+            io_count: a.io_count,
+            warmup: a.warmup,
+            dist: format!("{:?}", a.dist),
+            range_start: job.first,
+            range_blocks: job.blocks,
+            lba_size: job.lba_size,
+            verify: a.verify,
+            zero_copy: a.zero_copy,
+            floor: a.floor,
+            buffers: if a.owned_buffers {
+                tools_common::bench::Buffers::Owned
+            } else {
+                tools_common::bench::Buffers::Registered
+            },
+            buffer_pool: a.buffer_pool,
+            interrupts: a.interrupts,
+            shadow_doorbells: dev.shadow_doorbells,
+            sgl: dev.sgl,
+            max_transfer: dev.max_transfer,
+        },
+        total: tools_common::bench::Total {
+            ios: total.ios(),
+            reads: total.reads,
+            writes: total.writes,
+            errors: total.errors,
+            iops: total.iops(),
+            mbps: total.mbps(),
+            seconds: total.elapsed.as_secs_f64(),
+            latency: total.latency(),
+            cpu_seconds: cpu.as_secs_f64(),
+            wall_seconds: wall.as_secs_f64(),
+        },
+        threads,
+        cache: cache.map(|c| c.report(results)),
+    }
+}
+
 fn report(
     dev: &DeviceFacts,
     job: &Job,
@@ -1074,53 +1144,11 @@ fn report(
     // Queue depth means nothing in cache mode (one call at a time).
     let qd = (a.mode == Mode::Raw).then_some(a.qd);
     if a.json {
-        let lat = |s: &Stats| serde_json::to_value(s.latency()).unwrap_or_default();
-        let threads: Vec<_> = results
-            .iter()
-            .enumerate()
-            .map(|(t, r)| {
-                let mut v = json!({
-                    "thread": t, "qid": r.qid, "ios": r.stats.ios(), "reads": r.stats.reads,
-                    "writes": r.stats.writes, "errors": r.stats.errors, "iops": r.stats.iops(),
-                    "mbps": r.stats.mbps(), "seconds": r.stats.elapsed.as_secs_f64(), "latency": lat(&r.stats),
-                });
-                if let (Some(extra), Some(obj)) = (&r.cache, v.as_object_mut()) {
-                    obj.insert("cache".into(), extra.to_json());
-                }
-                if let (Some((c, scanned)), Some(obj)) = (&r.path, v.as_object_mut()) {
-                    obj.insert("path".into(), json!({
-                        "polls": c.polls, "reaping_polls": c.reaping_polls, "cqes": c.cqes,
-                        "sqes": c.sqes, "sq_rings": c.sq_rings, "sq_mmio": c.sq_mmio,
-                        "cq_rings": c.cq_rings, "cq_mmio": c.cq_mmio, "buffer_scan": scanned,
-                    }));
-                }
-                v
-            })
-            .collect();
-        let mut out = json!({
-            "label": a.label,
-            "mode": a.mode,
-            "job": {
-                "device": dev.device, "vhost_user": a.vhost_user.is_some(), "nsid": a.nsid, "workload": a.workload,
-                "rwmixread": a.mix, "io_size": a.io_size, "queue_depth": qd, "threads": a.threads,
-                "core_mask": a.core_mask.map(|m| format!("{m:#x}")),
-                "time": a.time, "io_count": a.io_count, "warmup": a.warmup, "dist": format!("{:?}", a.dist),
-                "range_start": job.first, "range_blocks": job.blocks, "lba_size": job.lba_size,
-                "verify": a.verify, "zero_copy": a.zero_copy, "floor": a.floor,
-                "buffers": if a.owned_buffers { "owned" } else { "registered" }, "buffer_pool": a.buffer_pool, "interrupts": a.interrupts, "shadow_doorbells": dev.shadow_doorbells,
-                "sgl": dev.sgl, "max_transfer": dev.max_transfer,
-            },
-            "total": {
-                "ios": total.ios(), "reads": total.reads, "writes": total.writes, "errors": total.errors,
-                "iops": total.iops(), "mbps": total.mbps(), "seconds": total.elapsed.as_secs_f64(),
-                "latency": lat(total), "cpu_seconds": cpu.as_secs_f64(), "wall_seconds": wall.as_secs_f64(),
-            },
-            "threads": threads,
-        });
-        if let (Some(c), Some(obj)) = (cache, out.as_object_mut()) {
-            obj.insert("cache".into(), c.to_json(results));
+        let doc = json_report(dev, job, results, total, cache, cpu, wall);
+        match serde_json::to_string(&doc) {
+            Ok(line) => println!("{line}"),
+            Err(e) => log::error!("the report does not serialize: {e}"),
         }
-        println!("{out}");
         return;
     }
     println!(

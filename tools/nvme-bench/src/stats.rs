@@ -4,26 +4,8 @@
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
 
-/// Latency percentiles in microseconds.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
-pub struct Latency {
-    /// Minimum.
-    pub min_us: f64,
-    /// Mean.
-    pub mean_us: f64,
-    /// Median.
-    pub p50_us: f64,
-    /// 90th percentile.
-    pub p90_us: f64,
-    /// 99th percentile.
-    pub p99_us: f64,
-    /// 99.9th percentile.
-    pub p999_us: f64,
-    /// Maximum.
-    pub max_us: f64,
-}
+pub use tools_common::bench::Latency;
 
 /// One thread's (or the total) measurements over the measured window.
 #[derive(Debug, Clone)]

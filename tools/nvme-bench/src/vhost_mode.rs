@@ -23,7 +23,8 @@ use blkio::{Blkio, Blkioq, Completion, MemoryRegion, ReqFlags};
 use nvme_bench::pattern;
 use nvme_bench::stats::Stats;
 
-use crate::{DeviceFacts, Job, Result, RunWindow, Tally, ThreadResult, count_error, pin_thread};
+use crate::error::{Error, Result};
+use crate::{DeviceFacts, Job, RunWindow, Tally, ThreadResult, count_error, pin_thread};
 
 /// How long one wait for a completion may take before the run fails (a
 /// back end that stopped answering).
@@ -55,10 +56,6 @@ pub(crate) struct Device {
     share: usize,
 }
 
-fn e(what: &'static str) -> impl Fn(blkio::Error) -> String {
-    move |err| format!("vhost-user: {what}: {err}")
-}
-
 /// Connects to `socket` and starts `threads` queues (poll queues unless
 /// `interrupts`), with a region of `threads * qd` slots of `io_size`
 /// bytes (and at least what the prefill needs).
@@ -69,69 +66,80 @@ pub(crate) fn open(
     io_size: u64,
     interrupts: bool,
 ) -> Result<Device> {
-    let mut b = Blkio::new("virtio-blk-vhost-user").map_err(e("blkio_new"))?;
-    b.set_str("path", socket).map_err(e("path"))?;
-    b.connect().map_err(e("connect"))?;
-    let capacity = b.get_u64("capacity").map_err(e("capacity"))?;
+    let mut b = Blkio::new("virtio-blk-vhost-user").map_err(Error::blkio("blkio_new"))?;
+    b.set_str("path", socket).map_err(Error::blkio("path"))?;
+    b.connect().map_err(Error::blkio("connect"))?;
+    let capacity = b.get_u64("capacity").map_err(Error::blkio("capacity"))?;
     let block_size = u64::try_from(
         b.get_i32("request-alignment")
-            .map_err(e("request-alignment"))?,
+            .map_err(Error::blkio("request-alignment"))?,
     )
     .ok()
     .filter(|&n| n > 0 && n.is_power_of_two())
-    .ok_or("vhost-user: the device reports no usable block size")?;
-    let max_transfer =
-        u64::try_from(b.get_i32("max-transfer").map_err(e("max-transfer"))?).unwrap_or(0);
-    let flush_needed = b.get_bool("flush-needed").map_err(e("flush-needed"))?;
-    let max_queues = b.get_i32("max-queues").map_err(e("max-queues"))?;
-    let n = i32::try_from(threads).map_err(|_| "too many threads")?;
+    .ok_or_else(|| Error::Usage("vhost-user: the device reports no usable block size".into()))?;
+    let max_transfer = u64::try_from(
+        b.get_i32("max-transfer")
+            .map_err(Error::blkio("max-transfer"))?,
+    )
+    .unwrap_or(0);
+    let flush_needed = b
+        .get_bool("flush-needed")
+        .map_err(Error::blkio("flush-needed"))?;
+    let max_queues = b
+        .get_i32("max-queues")
+        .map_err(Error::blkio("max-queues"))?;
+    let n = i32::try_from(threads).map_err(|_| Error::Usage("too many threads".into()))?;
     if n > max_queues {
-        return Err(format!(
+        return Err(Error::Usage(format!(
             "vhost-user: {threads} threads need {threads} virtqueues; the device offers {max_queues}"
-        ));
+        )));
     }
     let (irq, polled) = if interrupts { (n, 0) } else { (0, n) };
-    b.set_i32("num-queues", irq).map_err(e("num-queues"))?;
+    b.set_i32("num-queues", irq)
+        .map_err(Error::blkio("num-queues"))?;
     b.set_i32("num-poll-queues", polled)
-        .map_err(e("num-poll-queues"))?;
-    let started = b.start().map_err(e("start"))?;
+        .map_err(Error::blkio("num-poll-queues"))?;
+    let started = b.start().map_err(Error::blkio("start"))?;
     let queues = if interrupts {
         started.queues
     } else {
         started.poll_queues
     };
     if queues.len() != threads {
-        return Err(format!(
+        return Err(Error::Usage(format!(
             "vhost-user: {} queues started, {threads} asked for",
             queues.len()
-        ));
+        )));
     }
     let align = usize::try_from(
         b.get_u64("mem-region-alignment")
-            .map_err(e("mem-region-alignment"))?,
+            .map_err(Error::blkio("mem-region-alignment"))?,
     )
-    .map_err(|_| "vhost-user: memory region alignment out of range")?
+    .map_err(|_| Error::Usage("vhost-user: memory region alignment out of range".into()))?
     .max(4096);
     // Page-aligned slots: the requests' buffers are what a page-aligned
     // application's are.
     let slot = usize::try_from(io_size)
-        .map_err(|_| "I/O size out of range")?
+        .map_err(|_| Error::Usage("I/O size out of range".into()))?
         .next_multiple_of(4096);
     let share = qd
         .checked_mul(slot)
-        .ok_or("queue depth times I/O size out of range")?;
+        .ok_or_else(|| Error::Usage("queue depth times I/O size out of range".into()))?;
     let size = share
         .checked_mul(threads)
-        .ok_or("region size out of range")?
+        .ok_or_else(|| Error::Usage("region size out of range".into()))?
         .max(PREFILL_DEPTH * PREFILL_CHUNK as usize)
         .next_multiple_of(align);
-    let region = b.alloc_mem_region(size).map_err(e("alloc_mem_region"))?;
-    b.map_mem_region(&region).map_err(e("map_mem_region"))?;
+    let region = b
+        .alloc_mem_region(size)
+        .map_err(Error::blkio("alloc_mem_region"))?;
+    b.map_mem_region(&region)
+        .map_err(Error::blkio("map_mem_region"))?;
     let file = File::options()
         .read(true)
         .write(true)
         .open(format!("/proc/self/fd/{}", region.fd))
-        .map_err(|err| format!("vhost-user: reopening the region's memfd: {err}"))?;
+        .map_err(Error::os("vhost-user: reopening the region's memfd"))?;
     Ok(Device {
         blkio: b,
         capacity,
@@ -165,10 +173,10 @@ impl Mem<'_> {
     fn check(&self, offset: usize, len: usize) -> Result<u64> {
         match offset.checked_add(len) {
             Some(end) if end <= self.region.len => Ok(self.region.fd_offset as u64 + offset as u64),
-            _ => Err(format!(
+            _ => Err(Error::Failed(format!(
                 "{len} bytes at {offset} outside the {}-byte region",
                 self.region.len
-            )),
+            ))),
         }
     }
 
@@ -176,14 +184,14 @@ impl Mem<'_> {
         let at = self.check(offset, data.len())?;
         self.file
             .write_all_at(data, at)
-            .map_err(|err| format!("filling the region: {err}"))
+            .map_err(Error::os("filling the region"))
     }
 
     fn read(&self, offset: usize, out: &mut [u8]) -> Result<()> {
         let at = self.check(offset, out.len())?;
         self.file
             .read_exact_at(out, at)
-            .map_err(|err| format!("reading the region: {err}"))
+            .map_err(Error::os("reading the region"))
     }
 
     /// The address of `offset` in the region, for a request.
@@ -202,7 +210,7 @@ fn reap(
     let mut timeout = REAP_TIMEOUT;
     let n = q
         .do_io(buf, 1, Some(&mut timeout), None)
-        .map_err(|err| format!("vhost-user: waiting for completions: {err}"))?;
+        .map_err(Error::blkio("waiting for completions"))?;
     for c in buf.iter().take(n) {
         // The blkio crate hands completions back in MaybeUninit slots.
         #[allow(unsafe_code)]
@@ -228,7 +236,10 @@ pub(crate) fn prefill(dev: &mut Device, job: &Job) -> Result<()> {
         region: &dev.region,
         file: &dev.file,
     };
-    let q = dev.queues.first_mut().ok_or("no queue")?;
+    let q = dev
+        .queues
+        .first_mut()
+        .ok_or_else(|| Error::Failed("no queue".into()))?;
     let mut buf: Vec<MaybeUninit<Completion>> =
         (0..PREFILL_DEPTH).map(|_| MaybeUninit::uninit()).collect();
     let mut done = Vec::with_capacity(PREFILL_DEPTH);
@@ -260,7 +271,7 @@ pub(crate) fn prefill(dev: &mut Device, job: &Job) -> Result<()> {
         reap(q, &mut buf, &mut done)?;
         for &(slot, ret) in &done {
             if ret != 0 {
-                return Err(format!("prefill: a write failed with {ret}"));
+                return Err(Error::Failed(format!("prefill: a write failed with {ret}")));
             }
             free.push(slot);
             in_flight -= 1;
@@ -271,7 +282,9 @@ pub(crate) fn prefill(dev: &mut Device, job: &Job) -> Result<()> {
         done.clear();
         reap(q, &mut buf, &mut done)?;
         if let Some(&(_, ret)) = done.iter().find(|(_, ret)| *ret != 0) {
-            return Err(format!("prefill: the flush failed with {ret}"));
+            return Err(Error::Failed(format!(
+                "prefill: the flush failed with {ret}"
+            )));
         }
     }
     Ok(())
@@ -381,19 +394,22 @@ fn thread_main(
         window.advance(now, stop, &mut stats);
         for &(i, ret) in &completions {
             in_flight -= 1;
-            let slot = slots
-                .get_mut(i)
-                .ok_or_else(|| format!("thread {t}: a completion for unknown request {i}"))?;
+            let slot = slots.get_mut(i).ok_or_else(|| {
+                Error::thread(
+                    t,
+                    Error::Failed(format!("a completion for unknown request {i}")),
+                )
+            })?;
             if ret == 0 {
                 if a.verify && slot.read {
                     mem.read(at(i), &mut check)?;
                     if let Some(bad) =
                         pattern::first_mismatch(a.seed, slot.slba, job.lba_size as usize, &check)
                     {
-                        return Err(format!(
+                        return Err(Error::Failed(format!(
                             "verify: LBA {bad} (read at {}+{}) holds wrong data",
                             slot.slba, job.io_blocks
-                        ));
+                        )));
                     }
                 }
                 if window.measuring {

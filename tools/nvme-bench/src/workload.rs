@@ -5,42 +5,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use serde::Serialize;
 
-/// The workloads, named as spdk_nvme_perf's `-w` and fio's `rw=` name them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Workload {
-    /// Sequential reads.
-    Read,
-    /// Sequential writes.
-    Write,
-    /// Uniformly random (or zipf) reads.
-    Randread,
-    /// Random writes.
-    Randwrite,
-    /// Sequential mix of reads and writes (`-M` read percentage).
-    Rw,
-    /// Random mix of reads and writes.
-    Randrw,
-}
-
-impl Workload {
-    /// Whether offsets are random.
-    pub fn is_random(self) -> bool {
-        matches!(
-            self,
-            Workload::Randread | Workload::Randwrite | Workload::Randrw
-        )
-    }
-
-    /// Percentage of reads, given `-M` for the mixed workloads.
-    pub fn read_percent(self, mix: u8) -> u8 {
-        match self {
-            Workload::Read | Workload::Randread => 100,
-            Workload::Write | Workload::Randwrite => 0,
-            Workload::Rw | Workload::Randrw => mix.min(100),
-        }
-    }
-}
+pub use tools_common::bench::Workload;
 
 /// How random offsets are spread.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -94,6 +59,22 @@ pub struct Spec {
     pub seed: u64,
 }
 
+/// Why a [`Spec`] generates no I/O.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    /// Not even one I/O fits the range.
+    #[error("a range of {blocks} blocks cannot hold an I/O of {io_blocks} blocks")]
+    RangeTooSmall {
+        /// Blocks in the range.
+        blocks: u64,
+        /// Blocks per I/O.
+        io_blocks: u64,
+    },
+    /// The zipf exponent is out of the distribution's domain.
+    #[error("zipf: {0}")]
+    Zipf(#[from] rand_distr::ZipfError),
+}
+
 /// Generates a thread's I/Os over its part of the LBA range.
 #[derive(Debug)]
 pub struct Generator {
@@ -112,7 +93,7 @@ pub struct Generator {
 
 impl Generator {
     /// I/Os as `spec` describes. Fails if not even one fits.
-    pub fn new(spec: &Spec) -> Result<Self, String> {
+    pub fn new(spec: &Spec) -> Result<Self, SpecError> {
         let Spec {
             workload,
             mix,
@@ -125,14 +106,12 @@ impl Generator {
         } = *spec;
         let align = align_blocks.max(1);
         if io_blocks == 0 || blocks < io_blocks {
-            return Err(format!(
-                "a range of {blocks} blocks cannot hold an I/O of {io_blocks} blocks"
-            ));
+            return Err(SpecError::RangeTooSmall { blocks, io_blocks });
         }
         let slots = (blocks - io_blocks) / align + 1;
         let zipf = match dist {
             OffsetDist::Zipf(theta) if workload.is_random() => {
-                Some(Zipf::new(slots as f64, theta).map_err(|e| format!("zipf: {e}"))?)
+                Some(Zipf::new(slots as f64, theta)?)
             }
             _ => None,
         };

@@ -8,6 +8,7 @@
 //! - [`queue`]: one ublk queue served from one NVMe queue pair, each
 //!   tag's buffer in DMA memory.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod params;
 pub mod queue;

@@ -54,14 +54,22 @@ pub enum ParamError {
     #[error(
         "namespace {nsid}: {lba_size}-byte logical blocks (ublk takes 512 to 4096, powers of two)"
     )]
-    BlockSize { nsid: u32, lba_size: u32 },
+    BlockSize {
+        /// The namespace.
+        nsid: u32,
+        /// Its logical block size in bytes.
+        lba_size: u32,
+    },
     /// The transfer limit or the buffer is smaller than one block.
     #[error(
         "namespace {nsid}: largest request of {bytes} bytes is less than one {lba_size}-byte block"
     )]
     Transfer {
+        /// The namespace.
         nsid: u32,
+        /// The largest request in bytes.
         bytes: usize,
+        /// Its logical block size in bytes.
         lba_size: u32,
     },
 }

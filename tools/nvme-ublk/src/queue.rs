@@ -24,18 +24,28 @@ use crate::request::{self, Descriptor, Op, Plan};
 pub enum QueueError {
     /// The ublk side (io_uring) failed.
     #[error("ublk queue {qid}: {source}")]
-    Ublk { qid: u16, source: UblkError },
+    Ublk {
+        /// The queue.
+        qid: u16,
+        /// libublk's error.
+        source: UblkError,
+    },
     /// The NVMe side failed as a whole (controller gone or dead).
     #[error("ublk queue {qid}: NVMe queue pair: {source}")]
     Nvme {
+        /// The queue.
         qid: u16,
+        /// The driver's error.
         source: nvme_driver::Error,
     },
     /// A tag's buffer could not be replaced.
     #[error("ublk queue {qid}: tag {tag}: no DMA buffer: {source}")]
     Buffer {
+        /// The queue.
         qid: u16,
+        /// The tag whose buffer is missing.
         tag: u16,
+        /// The DMA pool's error.
         source: nvme_driver::Error,
     },
 }

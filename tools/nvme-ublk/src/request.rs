@@ -74,15 +74,21 @@ pub enum Refused {
     /// A range that is not whole logical blocks.
     #[error("sectors {start}+{count} are not whole {lba_size}-byte blocks")]
     Misaligned {
+        /// First 512-byte sector.
         start: u64,
+        /// Sectors.
         count: u32,
+        /// The namespace's logical block size in bytes.
         lba_size: u32,
     },
     /// A range outside the device.
     #[error("sectors {start}+{count} go past the device's {sectors} sectors")]
     OutOfRange {
+        /// First 512-byte sector.
         start: u64,
+        /// Sectors.
         count: u32,
+        /// The device's size in sectors.
         sectors: u64,
     },
     /// A data transfer of no sectors.
@@ -90,7 +96,12 @@ pub enum Refused {
     Empty(&'static str),
     /// A read or write larger than the tag's buffer.
     #[error("{bytes} bytes do not fit the {buffer}-byte buffer")]
-    TooLarge { bytes: u64, buffer: usize },
+    TooLarge {
+        /// The transfer's bytes.
+        bytes: u64,
+        /// The tag's buffer in bytes.
+        buffer: usize,
+    },
 }
 
 impl Refused {

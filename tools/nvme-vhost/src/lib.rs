@@ -15,6 +15,7 @@
 //! - [`vduse`]: the same device offered to the local kernel's virtio_blk
 //!   driver through VDUSE (its ioctls are the crate's only `unsafe`).
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod backend;
 pub mod cache;

@@ -18,6 +18,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use nvme_driver::{Controller, Options, PciAddress};
+use tools_common::parse_bytes;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
@@ -83,21 +84,6 @@ struct Cli {
     /// write-back cache).
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes, conflicts_with = "vduse")]
     cache: Option<u64>,
-}
-
-/// A size in bytes, with an optional K, M or G suffix (powers of 1024).
-fn parse_bytes(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, shift) = match s.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&s[..i], 10),
-        Some((i, 'm' | 'M')) => (&s[..i], 20),
-        Some((i, 'g' | 'G')) => (&s[..i], 30),
-        _ => (s, 0),
-    };
-    let n: u64 = num.parse().map_err(|_| format!("not a size: {s}"))?;
-    n.checked_shl(shift)
-        .filter(|v| v >> shift == n && *v > 0)
-        .ok_or_else(|| format!("bad size: {s}"))
 }
 
 #[derive(Debug, thiserror::Error)]

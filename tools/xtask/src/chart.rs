@@ -3,6 +3,21 @@
 //!
 //! Any input renders: missing, non-finite and (on a log axis) non-positive
 //! values show as "n/a", short vectors count as missing, empty panels say so.
+//!
+//! Why not a plotting crate (evaluated 2026-12-07, issue 13): plotters
+//! 0.3.7 (crates.io, not in ../shared/docs/crates.md; `default-features =
+//! false, features = ["svg_backend"]`, with its naive font metrics) would
+//! replace the tick arithmetic (`linear_ticks`, `log_ticks`), the escaping
+//! and the four element writers: about 100 of the ~330 lines of drawing
+//! code; the tests of those go with them. Everything that carries the
+//! chart's information stays hand-written on top of it, because plotters
+//! has no grouped bar series: the bar positions inside each group, the
+//! value label above each bar with "n/a" for a missing one, the min-max
+//! error bars, the legend that wraps, the category labels wrapped to their
+//! slot, the panel stacking and `compact`'s SI labels (also used for
+//! ticks). Its SVG backend writes no `<title>` elements, so the hover
+//! tooltip with each bar's exact value would be lost. Not much smaller and
+//! not as good: kept.
 
 use std::fmt::Write;
 

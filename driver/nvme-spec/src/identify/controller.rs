@@ -54,20 +54,7 @@ layout!(PowerStateDescriptor, 32,
     rwl @ 15, idlp @ 16, ips @ 18, actp @ 20, apw_aps @ 22, rsvd23 @ 23,
 );
 
-impl PowerStateDescriptor {
-    /// Maximum power in units of 0.0001 W (converting MP using MXPS).
-    #[must_use]
-    pub const fn max_power_100uw(&self) -> u32 {
-        let mp = self.mp.get() as u32;
-        if self.flags & 1 != 0 { mp } else { mp * 100 }
-    }
-
-    /// NOPS: this is a non-operational power state (no I/O processed).
-    #[must_use]
-    pub const fn non_operational(&self) -> bool {
-        self.flags & 0b10 != 0
-    }
-}
+impl PowerStateDescriptor {}
 
 bitflags! {
     /// OACS: Optional Admin Command Support (Identify Controller bytes
@@ -452,12 +439,6 @@ impl IdentifyController {
         self.vwc & 1 != 0
     }
 
-    /// VWC bits 2:1 = 11b: Flush with NSID 0xffff_ffff is supported.
-    #[must_use]
-    pub const fn flush_broadcast_supported(&self) -> bool {
-        (self.vwc >> 1) & 0b11 == 0b11
-    }
-
     /// SGLS bits 1:0: SGL support for the NVM command set.
     #[must_use]
     pub const fn sgl_support(&self) -> SglSupport {
@@ -493,13 +474,6 @@ impl IdentifyController {
         self.cqes >> 4
     }
 
-    /// Whether the 64-byte SQE / 16-byte CQE of the NVM command set lie
-    /// within the SQES / CQES ranges.
-    #[must_use]
-    pub const fn supports_nvm_entry_sizes(&self) -> bool {
-        self.sqes_min() <= 6 && 6 <= self.sqes_max() && self.cqes_min() <= 4 && 4 <= self.cqes_max()
-    }
-
     /// Total NVM capacity in bytes.
     #[must_use]
     pub const fn tnvmcap(&self) -> u128 {
@@ -510,18 +484,6 @@ impl IdentifyController {
     #[must_use]
     pub const fn unvmcap(&self) -> u128 {
         le128(&self.unvmcap)
-    }
-
-    /// Max endurance group capacity in bytes.
-    #[must_use]
-    pub const fn megcap(&self) -> u128 {
-        le128(&self.megcap)
-    }
-
-    /// Maximum domain namespace attachments.
-    #[must_use]
-    pub const fn maxdna(&self) -> u128 {
-        le128(&self.maxdna)
     }
 
     /// Number of namespaces (NN): the largest valid NSID.
@@ -573,13 +535,6 @@ impl IdentifyController {
     #[must_use]
     pub const fn abort_limit(&self) -> u16 {
         self.acl as u16 + 1
-    }
-
-    /// Maximum number of concurrently outstanding Asynchronous Event
-    /// Requests (AERL + 1).
-    #[must_use]
-    pub const fn async_event_limit(&self) -> u16 {
-        self.aerl as u16 + 1
     }
 
     /// Number of Error Information log entries (ELPE + 1).

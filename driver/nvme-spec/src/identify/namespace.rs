@@ -49,12 +49,6 @@ impl LbaFormat {
     pub const fn metadata_size(&self) -> u16 {
         self.ms.get()
     }
-
-    /// Relative performance, 0 (best) ..= 3 (degraded).
-    #[must_use]
-    pub const fn relative_performance(&self) -> u8 {
-        self.rp & 0b11
-    }
 }
 
 bitflags! {
@@ -213,19 +207,6 @@ impl IdentifyNamespace {
     #[must_use]
     pub const fn features(&self) -> NsFeatures {
         NsFeatures::from_bits_retain(self.nsfeat)
-    }
-
-    /// NSFEAT.THINP.
-    #[must_use]
-    pub const fn thin_provisioned(&self) -> bool {
-        self.nsfeat & 1 != 0
-    }
-
-    /// FLBAS bit 4: metadata is transferred at the end of each block
-    /// (extended LBA) rather than in a separate buffer.
-    #[must_use]
-    pub const fn metadata_extended(&self) -> bool {
-        self.flbas & (1 << 4) != 0
     }
 
     /// Index of the formatted LBA format: FLBAS bits 3:0 | bits 6:5 << 4

@@ -121,13 +121,13 @@ impl BenchArgs {
     /// The plan of each boot that has runs: the main boot (the suite,
     /// on the harness's default kernel), then the front ends' boot (6.12:
     /// ublk, vhost-user and their peers).
-    fn plans(&self) -> std::result::Result<Vec<Plan>, String> {
+    fn plans(&self) -> std::result::Result<Vec<Plan>, PlanError> {
         let jobs = if self.jobs.is_empty() {
             JOBS.to_vec()
         } else {
             self.jobs
                 .iter()
-                .map(|n| Job::by_name(n).ok_or_else(|| format!("no job {n:?} (see --list)")))
+                .map(|n| Job::by_name(n).ok_or_else(|| PlanError::NoJob(n.clone())))
                 .collect::<std::result::Result<_, _>>()?
         };
         let variants: Vec<Variant> = if self.variants.is_empty() {
@@ -137,17 +137,15 @@ impl BenchArgs {
         } else {
             self.variants
                 .iter()
-                .map(|n| {
-                    Variant::from_name(n).ok_or_else(|| format!("no variant {n:?} (see --list)"))
-                })
+                .map(|n| Variant::from_name(n).ok_or_else(|| PlanError::NoVariant(n.clone())))
                 .collect::<std::result::Result<_, _>>()?
         };
         if self.repeat == 0 {
-            return Err("--repeat must be at least 1".into());
+            return Err(PlanError::Rounds);
         }
         let valid = |s: f64, min: f64| s.is_finite() && s >= min;
         if !valid(self.runtime, 0.1) || !valid(self.warmup, 0.0) {
-            return Err("--runtime must be at least 0.1 s and --warmup not negative".into());
+            return Err(PlanError::Timing);
         }
         let plans: Vec<Plan> = [Boot::Main, Boot::Frontend]
             .into_iter()
@@ -165,7 +163,7 @@ impl BenchArgs {
             .filter(|p| p.run_count() > 0)
             .collect();
         if plans.is_empty() {
-            return Err("the chosen jobs and variants make no run".into());
+            return Err(PlanError::NoRun);
         }
         Ok(plans)
     }
@@ -229,6 +227,21 @@ impl BenchArgs {
             ..VmConfig::default()
         }
     }
+}
+
+/// Why `cargo xtask bench`'s flags make no plan.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PlanError {
+    #[error("no job {0:?} (see --list)")]
+    NoJob(String),
+    #[error("no variant {0:?} (see --list)")]
+    NoVariant(String),
+    #[error("--repeat must be at least 1")]
+    Rounds,
+    #[error("--runtime must be at least 0.1 s and --warmup not negative")]
+    Timing,
+    #[error("the chosen jobs and variants make no run")]
+    NoRun,
 }
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -463,7 +476,7 @@ fn ours_readahead(output: &Output) -> Option<u64> {
     output
         .ours
         .iter()
-        .filter_map(|v| v["cache"]["readahead_max_pages"].as_u64())
+        .filter_map(|v| v.cache.as_ref().map(|c| c.readahead_max_pages))
         .chain(probe)
         .max()
 }
@@ -664,10 +677,21 @@ mod tests {
         assert_eq!((a.iommu, a.cpu.as_str()), (IommuArg::Pt, DEFAULT_CPU));
         let strict = args(&["--iommu", "strict", "--cpu", "qemu64"]);
         assert_eq!(strict.iommu, IommuArg::Strict);
-        let guest = "@@kernel 6.1.0\n@@read_ahead_kb 8192\n@@readahead_max_pages 2048\n\
-                     @@iommu_domain Passthrough\n@@queues 2/0/2 default/read/poll queues\n\
-                     {\"label\":\"ours|cache-randread-4k-warm|1\",\"cache\":{\"readahead_max_pages\":32},\"total\":{}}\n";
-        let output = results::parse(guest);
+        let warm = tools_common::bench::Report {
+            label: "ours|cache-randread-4k-warm|1".into(),
+            cache: Some(tools_common::bench::CacheReport {
+                readahead_max_pages: 32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let guest = format!(
+            "@@kernel 6.1.0\n@@read_ahead_kb 8192\n@@readahead_max_pages 2048\n\
+             @@iommu_domain Passthrough\n@@queues 2/0/2 default/read/poll queues\n{}\n",
+            serde_json::to_string(&warm).expect("serializes")
+        );
+        let output = results::parse(&guest);
+        assert_eq!(output.ours.len(), 1, "{:?}", output.failures);
         assert_eq!(ours_readahead(&output), Some(2048));
         let c = conditions(
             &a,

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 use serde_json::Value;
+use tools_common::bench::Report as BenchReport;
 
 use super::suite::{Boot, Job, Metric, Side, Variant, parse_label};
 
@@ -69,8 +70,8 @@ pub(crate) struct Run {
 #[derive(Debug, Default)]
 pub(crate) struct Output {
     pub runs: Vec<Run>,
-    /// nvme-bench's JSON documents, as printed.
-    pub ours: Vec<Value>,
+    /// nvme-bench's JSON documents.
+    pub ours: Vec<BenchReport>,
     /// fio's JSON documents, as printed.
     pub kernel: Vec<Value>,
     /// Runs that failed, with the reason the guest gave.
@@ -165,13 +166,21 @@ pub(crate) fn parse(stdout: &str) -> Output {
                 out.kernel.push(v);
                 r
             } else {
-                let r = from_ours(&v);
-                out.ours.push(v);
-                r
+                match serde_json::from_value::<BenchReport>(v) {
+                    Ok(report) => {
+                        let r = from_ours(&report);
+                        out.ours.push(report);
+                        r
+                    }
+                    Err(source) => Err(LineError::NotAReport {
+                        source,
+                        line: line.to_string(),
+                    }),
+                }
             };
             match parsed {
                 Ok(run) => out.runs.push(run),
-                Err(why) => out.failures.push(why),
+                Err(why) => out.failures.push(why.to_string()),
             }
         }
     }
@@ -182,29 +191,49 @@ fn num(v: &Value) -> f64 {
     v.as_f64().filter(|x| x.is_finite()).unwrap_or(0.0)
 }
 
-fn labelled(label: &str) -> Result<(Variant, Job, u32), String> {
-    parse_label(label).ok_or_else(|| format!("result with an unknown label {label:?}"))
+/// Why a result line gives no [`Run`] (kept in [`Output::failures`] as its
+/// message).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LineError {
+    #[error("result with an unknown label {0:?}")]
+    UnknownLabel(String),
+    #[error("{job}: fio error {code}")]
+    Fio { job: String, code: Value },
+    #[error("not an nvme-bench report ({source}): {line:.200}")]
+    NotAReport {
+        source: serde_json::Error,
+        line: String,
+    },
+}
+
+fn labelled(label: &str) -> Result<(Variant, Job, u32), LineError> {
+    parse_label(label).ok_or_else(|| LineError::UnknownLabel(label.to_string()))
+}
+
+/// A figure that is not a number (nvme-bench's `null`) counts as 0.
+fn finite(v: f64) -> f64 {
+    if v.is_finite() { v } else { 0.0 }
 }
 
 /// nvme-bench's `--json` document.
-fn from_ours(v: &Value) -> Result<Run, String> {
-    let (variant, job, round) = labelled(v["label"].as_str().unwrap_or(""))?;
-    let t = &v["total"];
-    let l = &t["latency"];
+fn from_ours(v: &BenchReport) -> Result<Run, LineError> {
+    let (variant, job, round) = labelled(&v.label)?;
+    let t = &v.total;
+    let l = &t.latency;
     let figures = Figures {
-        iops: num(&t["iops"]),
-        mbps: num(&t["mbps"]),
+        iops: finite(t.iops),
+        mbps: finite(t.mbps),
         latency: Latency {
-            min: num(&l["min_us"]),
-            mean: num(&l["mean_us"]),
-            p50: num(&l["p50_us"]),
-            p90: num(&l["p90_us"]),
-            p99: num(&l["p99_us"]),
-            p999: num(&l["p999_us"]),
-            max: num(&l["max_us"]),
+            min: finite(l.min_us),
+            mean: finite(l.mean_us),
+            p50: finite(l.p50_us),
+            p90: finite(l.p90_us),
+            p99: finite(l.p99_us),
+            p999: finite(l.p999_us),
+            max: finite(l.max_us),
         },
-        cpu_seconds: t["cpu_seconds"].as_f64(),
-        errors: t["errors"].as_u64().unwrap_or(0),
+        cpu_seconds: Some(t.cpu_seconds).filter(|c| !c.is_nan()),
+        errors: t.errors,
     };
     Ok(Run {
         variant,
@@ -215,15 +244,14 @@ fn from_ours(v: &Value) -> Result<Run, String> {
 }
 
 /// fio's JSON document (one job; reads and writes summed).
-fn from_fio(v: &Value) -> Result<Run, String> {
+fn from_fio(v: &Value) -> Result<Run, LineError> {
     let j = &v["jobs"][0];
     let (variant, job, round) = labelled(j["jobname"].as_str().unwrap_or(""))?;
     if j["error"].as_u64().unwrap_or(0) != 0 {
-        return Err(format!(
-            "{}: fio error {}",
-            j["jobname"].as_str().unwrap_or(""),
-            j["error"]
-        ));
+        return Err(LineError::Fio {
+            job: j["jobname"].as_str().unwrap_or("").to_string(),
+            code: j["error"].clone(),
+        });
     }
     let sides = [&j["read"], &j["write"]];
     let ios = |s: &Value| num(&s["total_ios"]);
@@ -772,13 +800,43 @@ mod tests {
     use super::*;
     use crate::bench::suite::JOBS;
 
-    const OURS: &str = r#"{"label":"ours|randread-4k-qd32|1","mode":"raw","total":{"ios":100,"iops":30000.0,"mbps":122.9,"errors":0,"cpu_seconds":2.9,"latency":{"min_us":20.0,"mean_us":1000.0,"p50_us":900.0,"p90_us":1200.0,"p99_us":1500.0,"p999_us":2000.0,"max_us":3000.0}}}"#;
+    /// nvme-bench's document for a run labelled `label`.
+    fn ours(label: &str, iops: f64, latency: tools_common::bench::Latency) -> String {
+        let report = BenchReport {
+            label: label.into(),
+            total: tools_common::bench::Total {
+                ios: 100,
+                iops,
+                mbps: 122.9,
+                cpu_seconds: 2.9,
+                latency,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        serde_json::to_string(&report).expect("serializes")
+    }
+
+    fn ours_qd32() -> String {
+        let latency = tools_common::bench::Latency {
+            min_us: 20.0,
+            mean_us: 1000.0,
+            p50_us: 900.0,
+            p90_us: 1200.0,
+            p99_us: 1500.0,
+            p999_us: 2000.0,
+            max_us: 3000.0,
+        };
+        ours("ours|randread-4k-qd32|1", 30000.0, latency)
+    }
+
     const FIO: &str = r#"{"fio version":"fio-3.33","jobs":[{"jobname":"io_uring-polled|randread-4k-qd32|1","error":0,"job_runtime":3000,"usr_cpu":10.0,"sys_cpu":40.0,"read":{"iops":15000.0,"bw_bytes":61440000,"total_ios":45000,"lat_ns":{"min":10000,"max":900000,"mean":2000000.0,"percentile":{"50.000000":1900000,"90.000000":2500000,"99.000000":3000000,"99.900000":4000000}}},"write":{"iops":0.0,"bw_bytes":0,"total_ios":0,"lat_ns":{"min":0,"max":0,"mean":0.0}}}]}"#;
 
     #[test]
     fn both_sides_parse_into_runs() {
         let text = format!(
-            "@@kernel 6.1.0\n{OURS}\n{FIO}\n@@failed libaio|randread-4k-qd32|1: fio: bad\nnoise\n"
+            "@@kernel 6.1.0\n{}\n{FIO}\n@@failed libaio|randread-4k-qd32|1: fio: bad\nnoise\n",
+            ours_qd32()
         );
         let out = parse(&text);
         assert_eq!(out.failures.len(), 1);
@@ -839,10 +897,12 @@ mod tests {
 
     #[test]
     fn vhost_rows_give_their_targets_and_the_zero_copy_share() {
-        let ours = |label: &str, iops: f64, mean: f64| {
-            format!(
-                r#"{{"label":"{label}","total":{{"iops":{iops},"errors":0,"latency":{{"mean_us":{mean}}}}}}}"#
-            )
+        let ours = |label: &str, iops: f64, mean_us: f64| {
+            let latency = tools_common::bench::Latency {
+                mean_us,
+                ..Default::default()
+            };
+            ours(label, iops, latency)
         };
         let text = [
             ours("vhost|randread-4k-qd32|1", 50000.0, 600.0),

@@ -1,0 +1,10 @@
+//! nvme-bench's `--json` document and the words of its job.
+
+mod report;
+mod vocabulary;
+
+pub use report::{
+    CacheReport, JobReport, Latency, PathReport, ReadaheadWindow, Report, ThreadCache,
+    ThreadReport, Total, Traffic,
+};
+pub use vocabulary::{Buffers, CacheState, Files, Mode, Workload};
