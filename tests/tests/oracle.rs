@@ -435,8 +435,9 @@ enum Outcome {
     /// (deviation D2).
     WriteBeginRead,
     /// The same commands, in another order (observation O1: the 6.12
-    /// kernel's XFS readahead once sent a window's first command after
-    /// the others).
+    /// kernel's block layer dispatched a readahead window's first
+    /// request after the others; its bios were in our order, see
+    /// docs/CONFORMANCE.md).
     Reordered,
 }
 
