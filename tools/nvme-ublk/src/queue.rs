@@ -9,14 +9,14 @@
 //! reference to them.
 //!
 //! The loop reaps NVMe completions and queues their commits in the ublk
-//! ring, then enters the kernel once for the whole batch (which also picks
-//! up the requests handed over meanwhile); it makes no syscall on a turn
-//! with nothing to send or reap. With commands in flight and nothing to
-//! do it polls the NVMe queue for the spin window (`--spin-us`), then
-//! sleeps in `io_uring_enter` on the ublk ring, where a poll on the NVMe
-//! queue's interrupt eventfd and a tick timeout are armed too: a ublk
-//! request, an NVMe completion or the driver's deadline tick wakes it.
-//! With nothing in flight it sleeps until the kernel hands over a tag.
+//! ring, then sends the whole batch in one `io_uring_enter`. With
+//! nothing more to do it sleeps in that same call, on the ublk ring, where
+//! a poll on the NVMe queue's interrupt eventfd and a tick timeout are
+//! armed too: a ublk request, an NVMe completion or the driver's deadline
+//! tick wakes it (with nothing in flight, only a request). With
+//! `--spin-us` it first polls the NVMe queue for that long, entering the
+//! kernel only to send commits; a queue pair without an interrupt is
+//! polled, the kernel entered on every turn to pick up new requests.
 
 use std::time::{Duration, Instant};
 
@@ -183,33 +183,39 @@ impl QueueIo {
                 continue;
             }
             let in_flight = self.qpair.outstanding() > 0;
-            // Peeking at the ring costs no syscall.
-            let (queued, ready) = with_task_io_ring_mut(|r| {
-                let queued = !r.submission().is_empty();
-                (queued, !r.completion().is_empty())
-            });
-            let to_wait = if progressed || queued || ready {
-                // Something to send or to reap: one io_uring_enter, which
-                // also runs the kernel's pending task work (a request
-                // handed over lands in the CQ only then).
-                spin_from = None;
-                0
-            } else if !in_flight {
-                // Idle: sleep until the kernel hands over a request.
+            let hybrid = !self.spin.is_zero() && self.qpair.interrupt_fd().is_some();
+            if hybrid && (progressed || spin_from.is_none()) {
+                spin_from = Some(Instant::now());
+            }
+            let to_wait = if !in_flight {
+                // Idle: send the commits and sleep until the kernel hands
+                // over a request, in one io_uring_enter.
                 spin_from = None;
                 1
-            } else if spin_from.get_or_insert_with(Instant::now).elapsed() < self.spin {
-                // Hybrid polling: the NVMe completion may be close.
-                std::hint::spin_loop();
-                continue;
+            } else if hybrid && spin_from.is_some_and(|t| t.elapsed() < self.spin) {
+                // Hybrid polling: the NVMe completion may be close. The
+                // kernel is entered only to send commits (which also runs
+                // its pending task work: a request handed over lands in
+                // the CQ only then).
+                // Peeking at the ring costs no syscall.
+                let work = with_task_io_ring_mut(|r| {
+                    !r.submission().is_empty() || !r.completion().is_empty()
+                });
+                if !work {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                0
             } else if wake.armed(q, self.qpair.interrupt_fd()) {
-                // Asleep on both the ublk ring and the NVMe interrupt
-                // (and the tick, for the driver's deadlines).
+                // Send the commits and sleep on the ublk ring and the NVMe
+                // interrupt (and the tick, for the driver's deadlines) in
+                // one io_uring_enter; it returns at once if the ring holds
+                // completions already.
                 spin_from = None;
                 1
             } else {
-                // A polled queue pair: spin, entering the kernel only to
-                // pick up new requests.
+                // A polled queue pair: spin, entering the kernel on every
+                // turn to pick up new requests.
                 0
             };
             let r = q.flush_and_wake_io_tasks(
@@ -246,8 +252,7 @@ impl QueueIo {
                     log::warn!("ublk queue {qid}: tag {tag}: command result {res}");
                 }
             }
-            if to_wait == 1
-                && in_flight
+            if (woke || (to_wait == 1 && in_flight))
                 && let Err(source) = self.qpair.after_sleep(woke)
             {
                 self.drain(qid);
