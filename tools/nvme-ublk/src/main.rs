@@ -1,10 +1,10 @@
 //! `nvme-ublk`: a ublk block device target over the userspace NVMe driver.
 //!
-//! `nvme-ublk ADDRESS [--nsid N] [--queues N] [--depth D] [--spin-us US]
-//! [--poll]` opens the controller at ADDRESS (bound to vfio-pci) and
+//! `nvme-ublk ADDRESS [--nsid N] [--queues N] [--depth D] [--interrupts
+//! [--spin-us US]]` opens the controller at ADDRESS (bound to vfio-pci) and
 //! serves namespace N as `/dev/ublkbN` through the kernel's ublk driver
 //! (`ublk_drv`, Linux 6.0 and later), one NVMe queue pair per ublk queue
-//! (sleeping on its MSI-X interrupt unless `--poll`). It prints
+//! (polled, or sleeping on its MSI-X interrupt with `--interrupts`). It prints
 //! `serving /dev/ublkbN` once the device is up, and on SIGTERM or SIGINT
 //! stops it (the device goes away) and exits.
 #![forbid(unsafe_code)]
@@ -55,14 +55,16 @@ struct Cli {
     /// ublk device id (default: the kernel picks the first free one).
     #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
     id: i32,
-    /// Poll the NVMe queues instead of sleeping on their MSI-X
-    /// interrupts while requests are in flight (a thread then spins, and
-    /// enters the kernel on every turn to pick up new requests).
+    /// Sleep on the NVMe queues' MSI-X interrupts while requests are in
+    /// flight instead of polling them (measured slower under TCG: QD1
+    /// about 2x the polled latency; docs/UBLK.md). Without it a queue
+    /// thread polls while its commands are in flight, entering the kernel
+    /// on every turn to pick up new requests, and sleeps when none are.
     #[arg(long)]
-    poll: bool,
-    /// With interrupts: poll an NVMe queue for up to this many
+    interrupts: bool,
+    /// With --interrupts: poll an NVMe queue for up to this many
     /// microseconds after the last event before sleeping on its interrupt.
-    #[arg(long, value_name = "US", default_value_t = 0, conflicts_with = "poll")]
+    #[arg(long, value_name = "US", default_value_t = 0, requires = "interrupts")]
     spin_us: u64,
 }
 
@@ -126,7 +128,7 @@ fn run(cli: &Cli) -> Result<(), MainError> {
     // device behind.
     let mut queues = Vec::with_capacity(cli.queues.into());
     for _ in 0..cli.queues {
-        let qpair = if cli.poll {
+        let qpair = if !cli.interrupts {
             ctrl.io_qpair()?
         } else {
             ctrl.io_qpair_with_interrupts().or_else(|e| {

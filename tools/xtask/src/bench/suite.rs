@@ -326,33 +326,41 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
         false,
         UBLK_JOBS,
     ),
-    // nvme-ublk's wait for NVMe completions, on request: spinning (a
-    // syscall a turn to pick up new requests, as before interrupts) or a
-    // short spin before sleeping on the interrupt.
+    // nvme-ublk's wait for NVMe completions, on request: asleep on the
+    // queue's interrupt, or polling for 500 µs before sleeping on it (the
+    // rows above poll, entering the kernel every turn for new requests).
     frontend(
-        "ublk-poll",
-        Side::Ublk(IO_URING, UblkPlacement::PerCpu, "--poll"),
+        "ublk-irq",
+        Side::Ublk(IO_URING, UblkPlacement::PerCpu, "--interrupts"),
         false,
         false,
         QD1_ONLY,
     ),
     frontend(
-        "ublk-poll-batch",
-        Side::Ublk(IO_URING, UblkPlacement::PerCpu, "--poll"),
+        "ublk-irq-batch",
+        Side::Ublk(IO_URING, UblkPlacement::PerCpu, "--interrupts"),
         true,
         false,
         UBLK_JOBS,
     ),
     frontend(
         "ublk-spin",
-        Side::Ublk(IO_URING, UblkPlacement::PerCpu, "--spin-us 50"),
+        Side::Ublk(
+            IO_URING,
+            UblkPlacement::PerCpu,
+            "--interrupts --spin-us 500",
+        ),
         false,
         false,
         QD1_ONLY,
     ),
     frontend(
         "ublk-spin-batch",
-        Side::Ublk(IO_URING, UblkPlacement::PerCpu, "--spin-us 50"),
+        Side::Ublk(
+            IO_URING,
+            UblkPlacement::PerCpu,
+            "--interrupts --spin-us 500",
+        ),
         true,
         false,
         UBLK_JOBS,
@@ -381,7 +389,7 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
     frontend("vhost-irq", Side::Vhost(""), false, true, VHOST_JOBS),
     frontend(
         "vhost-spin",
-        Side::Vhost("--spin-us 50"),
+        Side::Vhost("--interrupts --spin-us 500"),
         false,
         false,
         VHOST_JOBS,
@@ -1305,7 +1313,7 @@ mod tests {
                 "fe-ours-irq",
                 "ublk",
                 "ublk-split",
-                "ublk-poll",
+                "ublk-irq",
                 "ublk-spin",
                 "fe-io_uring-polled",
                 "vhost",
@@ -1330,7 +1338,7 @@ mod tests {
                 "libaio",
                 "ublk-batch",
                 "ublk-split-batch",
-                "ublk-poll-batch",
+                "ublk-irq-batch",
                 "ublk-spin-batch",
                 "fe-io_uring-polled",
                 "fe-io_uring-polled-batch",
@@ -1355,7 +1363,7 @@ mod tests {
                 "libaio",
                 "ublk-batch",
                 "ublk-split-batch",
-                "ublk-poll-batch",
+                "ublk-irq-batch",
                 "ublk-spin-batch",
                 "fe-io_uring-polled",
                 "fe-io_uring-polled-batch"
