@@ -262,7 +262,9 @@ grep '^load: (groupid' /tmp/load.fio
 grep -c 'Input/output error' /tmp/load.fio | sed 's/^/io errors /'
 {start_b}{verify}{stop_b}",
         start_a = start("a", "--depth 32"),
-        start_b = start("b", "--depth 32"),
+        // The new daemon sleeps on the NVMe interrupt (after a short
+        // spin): that mode serves the verified writes.
+        start_b = start("b", "--depth 32 --interrupts --spin-us 20"),
         verify = fio_verify("again", "$B_DEV", "--bs=4k --iodepth=8", "0", "8M", 21),
         stop_b = stop("b"),
     );

@@ -1,7 +1,7 @@
 //! Blocking helpers over the asynchronous path: wait, execute, and
 //! read/write/flush/... that return when their request is done.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
@@ -59,6 +59,41 @@ impl IoQPair {
             log::warn!("queue {}: removing an fd from its epoll: {e}", self.qid());
         }
         Ok((result?, readable))
+    }
+
+    /// The eventfd the queue's interrupt signals, for a caller that sleeps
+    /// on it in its own event loop (an io_uring poll, say) instead of in
+    /// [`IoQPair::wait`] (open as long as the queue pair is); `None` in
+    /// polled mode. Such a caller sleeps at
+    /// most [`IoQPair::SLEEP_TICK`] at a time while requests are in flight
+    /// and calls [`IoQPair::after_sleep`] after each sleep.
+    pub fn interrupt_fd(&self) -> Option<RawFd> {
+        self.irq.as_ref().map(|irq| irq.fd.as_raw_fd())
+    }
+
+    /// After a caller's own sleep on [`IoQPair::interrupt_fd`]: clears the
+    /// eventfd if `woke` (the interrupt was seen), so that the next sleep
+    /// does not return at once, and does what [`IoQPair::wait`] does while
+    /// it sleeps: scans the deadlines and, once a tick, checks the
+    /// controller's health. What these finish is handed back by the next
+    /// poll.
+    pub fn after_sleep(&mut self, woke: bool) -> Result<()> {
+        if woke && let Some(irq) = &self.irq {
+            // Non-blocking: an interrupt after this read leaves the
+            // eventfd readable, so none is lost.
+            let _ = irq.fd.read();
+            self.interrupts += 1;
+        }
+        let mut done = Vec::new();
+        let result = self.tick(&mut done).and_then(|()| {
+            if self.last_health_check.elapsed() >= INTERRUPT_TICK {
+                self.last_health_check = Instant::now();
+                self.check_health(&mut done)?;
+            }
+            Ok(())
+        });
+        self.stash.append(&mut done);
+        result
     }
 
     /// The loop of [`IoQPair::wait`], around one kind of poll.

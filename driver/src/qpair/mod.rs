@@ -227,6 +227,11 @@ impl IoQPair {
         Ok(self)
     }
 
+    /// The longest a caller sleeping on [`IoQPair::interrupt_fd`] itself
+    /// should sleep while requests are in flight, so that deadlines and
+    /// the controller's health are checked on time.
+    pub const SLEEP_TICK: Duration = INTERRUPT_TICK;
+
     /// Whether the CQ raises interrupts ([`Controller::io_qpair_with_interrupts`]).
     ///
     /// [`Controller::io_qpair_with_interrupts`]: crate::Controller::io_qpair_with_interrupts

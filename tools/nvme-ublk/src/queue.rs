@@ -8,11 +8,20 @@
 //! this process never reads or writes the bytes, and never holds a Rust
 //! reference to them.
 //!
-//! The loop polls the NVMe completion queue while commands are in flight
-//! and only then checks the ublk ring without waiting; with nothing in
-//! flight it sleeps in `io_uring_enter` until the kernel hands over a tag.
+//! The loop reaps NVMe completions and queues their commits in the ublk
+//! ring, then sends the whole batch in one `io_uring_enter`. With
+//! nothing more to do it sleeps in that same call, on the ublk ring, where
+//! a poll on the NVMe queue's interrupt eventfd and a tick timeout are
+//! armed too: a ublk request, an NVMe completion or the driver's deadline
+//! tick wakes it (with nothing in flight, only a request). With
+//! `--spin-us` it first polls the NVMe queue for that long, entering the
+//! kernel only to send commits; a queue pair without an interrupt is
+//! polled, the kernel entered on every turn to pick up new requests.
 
-use libublk::io::UblkQueue;
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, types};
+use libublk::io::{UblkQueue, with_task_io_ring_mut};
 use libublk::{BufDesc, UblkError, UblkIORes, UblkUringData, sys};
 use nvme_driver::{DmaBuffer, DmaPool, IoCompletion, IoQPair, IoRequest};
 
@@ -64,6 +73,8 @@ pub struct QueueIo {
     /// Per tag: what a success completes with (the request's bytes).
     done_bytes: Vec<i32>,
     buf_bytes: usize,
+    /// How long to poll the NVMe queue before sleeping on its interrupt.
+    spin: Duration,
 }
 
 /// Counts of one queue's requests, logged when it stops.
@@ -96,7 +107,17 @@ impl QueueIo {
             addrs,
             done_bytes: vec![0; depth as usize],
             buf_bytes,
+            spin: Duration::ZERO,
         })
+    }
+
+    /// Hybrid polling: with requests in flight and nothing else to do,
+    /// poll the NVMe queue for up to `spin` before sleeping on its
+    /// interrupt (zero: sleep at once). A queue pair without an interrupt
+    /// always polls.
+    pub fn with_spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
+        self
     }
 
     /// Serves queue `q` until the device stops, then waits for the NVMe
@@ -129,30 +150,94 @@ impl QueueIo {
         let mut stats = QueueStats::default();
         let mut arrived: Vec<(u64, i32)> = Vec::with_capacity(depth);
         let mut done: Vec<IoCompletion> = Vec::with_capacity(depth);
+        let mut wake = Wake::new();
         let mut down = false;
+        let mut spin_from: Option<Instant> = None;
         loop {
-            let busy = self.qpair.outstanding() > 0;
-            if !down {
-                // Wait for the kernel only with nothing in flight here.
-                let r = q.flush_and_wake_io_tasks(
-                    |user_data, cqe, _last| arrived.push((user_data, cqe.result())),
-                    usize::from(!busy),
-                );
-                match r {
-                    Ok(_) => {}
-                    Err(UblkError::QueueIsDown) => {
-                        log::info!("ublk queue {qid}: stopping");
-                        down = true;
-                    }
-                    Err(UblkError::IOError(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
+            // The NVMe side first: its completions become commits, queued
+            // in the ublk ring and sent together below.
+            let mut progressed = false;
+            if self.qpair.outstanding() > 0 {
+                match self.qpair.poll(&mut done) {
+                    Ok(n) => progressed = n > 0,
+                    Err(source) => {
                         self.drain(qid);
-                        return Err(ublk(e));
+                        return Err(QueueError::Nvme { qid, source });
                     }
                 }
+                for c in done.drain(..) {
+                    self.finish(q, c, &mut stats)?;
+                }
+            } else if down {
+                return Ok(stats);
             }
+            if down {
+                // No more requests come: wait for those in flight.
+                if let Err(source) = self.qpair.wait(&mut done, IoQPair::SLEEP_TICK) {
+                    self.drain(qid);
+                    return Err(QueueError::Nvme { qid, source });
+                }
+                for c in done.drain(..) {
+                    self.finish(q, c, &mut stats)?;
+                }
+                continue;
+            }
+            let in_flight = self.qpair.outstanding() > 0;
+            let hybrid = !self.spin.is_zero() && self.qpair.interrupt_fd().is_some();
+            if hybrid && (progressed || spin_from.is_none()) {
+                spin_from = Some(Instant::now());
+            }
+            let to_wait = if !in_flight {
+                // Idle: send the commits and sleep until the kernel hands
+                // over a request, in one io_uring_enter.
+                spin_from = None;
+                1
+            } else if hybrid && spin_from.is_some_and(|t| t.elapsed() < self.spin) {
+                // Hybrid polling: the NVMe completion may be close. The
+                // kernel is entered only to send commits (which also runs
+                // its pending task work: a request handed over lands in
+                // the CQ only then).
+                // Peeking at the ring costs no syscall.
+                let work = with_task_io_ring_mut(|r| {
+                    !r.submission().is_empty() || !r.completion().is_empty()
+                });
+                if !work {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                0
+            } else if wake.armed(q, self.qpair.interrupt_fd()) {
+                // Send the commits and sleep on the ublk ring and the NVMe
+                // interrupt (and the tick, for the driver's deadlines) in
+                // one io_uring_enter; it returns at once if the ring holds
+                // completions already.
+                spin_from = None;
+                1
+            } else {
+                // A polled queue pair: spin, entering the kernel on every
+                // turn to pick up new requests.
+                0
+            };
+            let r = q.flush_and_wake_io_tasks(
+                |user_data, cqe, _last| arrived.push((user_data, cqe.result())),
+                to_wait,
+            );
+            match r {
+                Ok(_) => {}
+                Err(UblkError::QueueIsDown) => {
+                    log::info!("ublk queue {qid}: stopping");
+                    down = true;
+                }
+                Err(UblkError::IOError(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.drain(qid);
+                    return Err(ublk(e));
+                }
+            }
+            let mut woke = false;
             for (user_data, res) in arrived.drain(..) {
                 if user_data & UblkUringData::Target as u64 != 0 {
+                    woke |= wake.completed(user_data);
                     continue;
                 }
                 // The tag is the low 16 bits of an io command's user data.
@@ -167,16 +252,11 @@ impl QueueIo {
                     log::warn!("ublk queue {qid}: tag {tag}: command result {res}");
                 }
             }
-            if self.qpair.outstanding() > 0 {
-                if let Err(source) = self.qpair.poll(&mut done) {
-                    self.drain(qid);
-                    return Err(QueueError::Nvme { qid, source });
-                }
-                for c in done.drain(..) {
-                    self.finish(q, c, &mut stats)?;
-                }
-            } else if down {
-                return Ok(stats);
+            if (woke || (to_wait == 1 && in_flight))
+                && let Err(source) = self.qpair.after_sleep(woke)
+            {
+                self.drain(qid);
+                return Err(QueueError::Nvme { qid, source });
             }
         }
     }
@@ -301,6 +381,86 @@ impl QueueIo {
                 log::warn!("ublk queue {qid}: draining: {e}");
                 break;
             }
+        }
+    }
+}
+
+/// User data of the ring's poll on the NVMe queue's interrupt eventfd
+/// (target bit set: libublk leaves such completions to the target).
+const WAKE_IRQ: u64 = UblkUringData::Target as u64 | 1;
+/// User data of the ring's timeout of one driver tick.
+const WAKE_TICK: u64 = UblkUringData::Target as u64 | 2;
+
+/// What wakes the queue's thread from `io_uring_enter` besides a ublk
+/// request while NVMe commands are in flight: a poll on the queue pair's
+/// interrupt eventfd and a timeout of [`IoQPair::SLEEP_TICK`] (so that the
+/// driver scans its deadlines on time), both in the ublk queue's ring.
+/// Each is armed again only after it completed, so a sleep costs no SQE
+/// when they are already there.
+#[derive(Debug)]
+struct Wake {
+    irq: bool,
+    tick: bool,
+    /// Read by the kernel when the timeout SQE is submitted: kept here
+    /// until then (and after).
+    tick_len: Box<types::Timespec>,
+}
+
+impl Wake {
+    fn new() -> Self {
+        let tick = IoQPair::SLEEP_TICK;
+        Wake {
+            irq: false,
+            tick: false,
+            tick_len: Box::new(
+                types::Timespec::new()
+                    .sec(tick.as_secs())
+                    .nsec(tick.subsec_nanos()),
+            ),
+        }
+    }
+
+    /// Queues the poll and the timeout that are not armed yet; false if
+    /// the queue pair has no interrupt (then the thread must not sleep).
+    fn armed(&mut self, q: &UblkQueue, irq_fd: Option<std::os::fd::RawFd>) -> bool {
+        let Some(fd) = irq_fd else {
+            return false;
+        };
+        if !self.irq {
+            let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+                .build()
+                .user_data(WAKE_IRQ);
+            if let Err(e) = q.ublk_submit_sqe_sync(sqe) {
+                log::warn!("ublk queue {}: polling the interrupt: {e}", q.get_qid());
+                return false;
+            }
+            self.irq = true;
+        }
+        if !self.tick {
+            let ts: *const types::Timespec = &*self.tick_len;
+            let sqe = opcode::Timeout::new(ts).build().user_data(WAKE_TICK);
+            if let Err(e) = q.ublk_submit_sqe_sync(sqe) {
+                log::warn!("ublk queue {}: arming the tick: {e}", q.get_qid());
+                return false;
+            }
+            self.tick = true;
+        }
+        true
+    }
+
+    /// Notes a completion of the ring with the target bit; true if it is
+    /// the interrupt's poll (the eventfd is then to be cleared).
+    fn completed(&mut self, user_data: u64) -> bool {
+        match user_data {
+            WAKE_IRQ => {
+                self.irq = false;
+                true
+            }
+            WAKE_TICK => {
+                self.tick = false;
+                false
+            }
+            _ => false,
         }
     }
 }

@@ -101,7 +101,8 @@ pub(crate) enum Side {
     /// on our driver, started for the run: with a ublk queue per vCPU
     /// (fio's requests are served on the CPU that submits them), or split
     /// ([`UblkPlacement::Split`]).
-    Ublk(&'static str, UblkPlacement),
+    /// The last field: nvme-ublk's own extra arguments.
+    Ublk(&'static str, UblkPlacement, &'static str),
 }
 
 /// Where nvme-ublk's queue threads run against fio.
@@ -299,28 +300,67 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
     // where the depth allows.
     frontend(
         "ublk",
-        Side::Ublk(IO_URING, UblkPlacement::PerCpu),
+        Side::Ublk(IO_URING, UblkPlacement::PerCpu, ""),
         false,
         true,
         QD1_ONLY,
     ),
     frontend(
         "ublk-batch",
-        Side::Ublk(IO_URING, UblkPlacement::PerCpu),
+        Side::Ublk(IO_URING, UblkPlacement::PerCpu, ""),
         true,
         true,
         UBLK_JOBS,
     ),
     frontend(
         "ublk-split",
-        Side::Ublk(IO_URING, UblkPlacement::Split),
+        Side::Ublk(IO_URING, UblkPlacement::Split, ""),
         false,
         false,
         QD1_ONLY,
     ),
     frontend(
         "ublk-split-batch",
-        Side::Ublk(IO_URING, UblkPlacement::Split),
+        Side::Ublk(IO_URING, UblkPlacement::Split, ""),
+        true,
+        false,
+        UBLK_JOBS,
+    ),
+    // nvme-ublk's wait for NVMe completions, on request: asleep on the
+    // queue's interrupt, or polling for 500 µs before sleeping on it (the
+    // rows above poll, entering the kernel every turn for new requests).
+    frontend(
+        "ublk-irq",
+        Side::Ublk(IO_URING, UblkPlacement::PerCpu, "--interrupts"),
+        false,
+        false,
+        QD1_ONLY,
+    ),
+    frontend(
+        "ublk-irq-batch",
+        Side::Ublk(IO_URING, UblkPlacement::PerCpu, "--interrupts"),
+        true,
+        false,
+        UBLK_JOBS,
+    ),
+    frontend(
+        "ublk-spin",
+        Side::Ublk(
+            IO_URING,
+            UblkPlacement::PerCpu,
+            "--interrupts --spin-us 500",
+        ),
+        false,
+        false,
+        QD1_ONLY,
+    ),
+    frontend(
+        "ublk-spin-batch",
+        Side::Ublk(
+            IO_URING,
+            UblkPlacement::PerCpu,
+            "--interrupts --spin-us 500",
+        ),
         true,
         false,
         UBLK_JOBS,
@@ -349,7 +389,7 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
     frontend("vhost-irq", Side::Vhost(""), false, true, VHOST_JOBS),
     frontend(
         "vhost-spin",
-        Side::Vhost("--spin-us 50"),
+        Side::Vhost("--interrupts --spin-us 500"),
         false,
         false,
         VHOST_JOBS,
@@ -777,7 +817,7 @@ fn fio_args(job: &Job, variant: Variant, t: Timing) -> Option<String> {
     let (engine, filename) = match variant.def().side {
         Side::Kernel(engine) => (engine, job.block_device()),
         // The script's ublk function asks nvme-ublk for device id 0.
-        Side::Ublk(engine, _) => (engine, UBLK_DEVICE.to_string()),
+        Side::Ublk(engine, ..) => (engine, UBLK_DEVICE.to_string()),
         _ => return None,
     };
     // fio takes whole units: milliseconds keep fractional seconds.
@@ -961,7 +1001,7 @@ impl Plan {
             for (job, v) in ours {
                 n += 1;
                 let what = format!("[{n}/{total}] round {round} {} {}", v.name(), job.name);
-                if let Side::Ublk(_, placement) = v.def().side {
+                if let Side::Ublk(_, placement, daemon) = v.def().side {
                     let Some(mut args) = fio_args(&job, v, self.timing) else {
                         continue;
                     };
@@ -974,7 +1014,7 @@ impl Plan {
                     };
                     let _ = writeln!(
                         s,
-                        "ublk '{}' '{what}' {queues} {args}",
+                        "ublk '{}' '{what}' {queues} '{daemon}' {args}",
                         label(v, &job, round)
                     );
                     continue;
@@ -1164,16 +1204,17 @@ qsd_vhost() {
     kill $qpid; wait $qpid
 }
 # fio (the arguments after the label, the progress line and the
-# placement) on /dev/ublkb0, served by nvme-ublk started for this run:
-# "percpu", a ublk queue per vCPU; "split", one queue whose threads move
-# to CPU 0 once it serves (fio runs on CPU 1).
+# placement, nvme-ublk's extra arguments) on /dev/ublkb0, served by
+# nvme-ublk started for this run: "percpu", a ublk queue per vCPU;
+# "split", one queue whose threads move to CPU 0 once it serves (fio runs
+# on CPU 1).
 ublk() {
-    label=$1; what=$2; placement=$3; shift 3
+    label=$1; what=$2; placement=$3; daemon=$4; shift 4
     set -- "$label" "$what" "$@"
     queues=1
     [ $placement = percpu ] && queues=$(grep -c ^processor /proc/cpuinfo)
     rm -f /tmp/ublk.out
-    nvme-ublk $DEV --id 0 --queues $queues --depth 64 > /tmp/ublk.out 2> /tmp/ublk.log &
+    nvme-ublk $DEV --id 0 --queues $queues --depth 64 $daemon > /tmp/ublk.out 2> /tmp/ublk.log &
     upid=$!
     i=0
     until grep -q '^serving ' /tmp/ublk.out 2> /dev/null; do
@@ -1272,6 +1313,8 @@ mod tests {
                 "fe-ours-irq",
                 "ublk",
                 "ublk-split",
+                "ublk-irq",
+                "ublk-spin",
                 "fe-io_uring-polled",
                 "vhost",
                 "vhost-irq",
@@ -1295,6 +1338,8 @@ mod tests {
                 "libaio",
                 "ublk-batch",
                 "ublk-split-batch",
+                "ublk-irq-batch",
+                "ublk-spin-batch",
                 "fe-io_uring-polled",
                 "fe-io_uring-polled-batch",
                 "vhost",
@@ -1318,6 +1363,8 @@ mod tests {
                 "libaio",
                 "ublk-batch",
                 "ublk-split-batch",
+                "ublk-irq-batch",
+                "ublk-spin-batch",
                 "fe-io_uring-polled",
                 "fe-io_uring-polled-batch"
             ]
@@ -1568,7 +1615,7 @@ mod tests {
         assert_eq!(vfio.matches("\nublk '").count(), 3, "round 1");
         assert!(vfio.contains(
             "\nublk 'ublk-batch|randread-4k-qd32|1' '[6/48] round 1 ublk-batch randread-4k-qd32' \
-             percpu --filename=/dev/ublkb0 --rw=randread --bs=4096"
+             percpu '' --filename=/dev/ublkb0 --rw=randread --bs=4096"
         ), "{s}");
         assert!(s.contains("nvme-ublk $DEV --id 0 --queues"));
         assert!(
