@@ -75,29 +75,16 @@ impl Step {
 
     /// The step as a plan line.
     pub fn line(&self) -> String {
+        // An offset list is one word: " 200,17,130".
+        let list = |offs: &[u64]| {
+            let words: Vec<String> = offs.iter().map(u64::to_string).collect();
+            format!(" {}", words.join(","))
+        };
         let (kind, extra) = match &self.kind {
             StepKind::Read => ("read", String::new()),
-            StepKind::RandRead(offs) => (
-                "randread",
-                format!(
-                    " {}",
-                    offs.iter()
-                        .map(u64::to_string)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                ),
-            ),
+            StepKind::RandRead(offs) => ("randread", list(offs)),
             StepKind::Write => ("write", String::new()),
-            StepKind::PartialWrite(offs) => (
-                "partial",
-                format!(
-                    " {}",
-                    offs.iter()
-                        .map(u64::to_string)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                ),
-            ),
+            StepKind::PartialWrite(offs) => ("partial", list(offs)),
         };
         format!("{} {kind} {} {}{extra}", self.index, self.file, self.bs)
     }
@@ -152,15 +139,12 @@ impl Plan {
                 return Err(bad("bad step", line));
             };
             let num = |w: &str| w.parse::<u64>().map_err(|_| bad("bad number", line));
+            let list = |w: &str| w.split(',').map(num).collect::<Result<Vec<_>, _>>();
             let kind = match (*kind, rest) {
                 ("read", []) => StepKind::Read,
                 ("write", []) => StepKind::Write,
-                ("randread", [offs]) => {
-                    StepKind::RandRead(offs.split(',').map(num).collect::<Result<Vec<_>, _>>()?)
-                }
-                ("partial", [offs]) => {
-                    StepKind::PartialWrite(offs.split(',').map(num).collect::<Result<Vec<_>, _>>()?)
-                }
+                ("randread", [offs]) => StepKind::RandRead(list(offs)?),
+                ("partial", [offs]) => StepKind::PartialWrite(list(offs)?),
                 _ => return Err(bad("bad step kind", line)),
             };
             steps.push(Step {
