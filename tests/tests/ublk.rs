@@ -66,6 +66,27 @@ if [ -e ${up}_DEV ]; then echo '{name} device still there'; else echo '{name} de
     )
 }
 
+/// What [`stop`] printed for daemon `name`: it exited 0 and its device
+/// went away.
+fn assert_stopped(out: &str, name: &str) {
+    assert_eq!(values(out, &format!("{name} daemon rc=")), ["0"], "{out}");
+    assert_eq!(values(out, &format!("{name} device ")), ["gone"], "{out}");
+}
+
+/// The daemon's log: each of its `queues` queues said it was done with
+/// no request failed or refused, and nothing was logged as an error.
+fn assert_served_cleanly(log: &str, queues: usize) {
+    let done: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("done; requests"))
+        .collect();
+    assert_eq!(done.len(), queues, "{log}");
+    for l in done {
+        assert!(l.ends_with("failed 0, refused 0"), "{l}");
+    }
+    assert!(!log.contains(" ERROR "), "{log}");
+}
+
 /// fio writing `size` bytes at `offset` of `$dev` at random with `flags`,
 /// then reading them back and checking each block's crc32c; fails the
 /// script with `code` if fio does.
@@ -208,18 +229,9 @@ echo \"stat $(cat /sys/block/${{U_DEV#/dev/}}/stat)\"
     assert!(s[11] > 0, "discards reached the device: {out}");
     assert!(s[15] > 0, "flushes reached the device: {out}");
 
-    assert_eq!(values(&out, "u daemon rc="), ["0"], "{out}\n{log}");
-    assert_eq!(values(&out, "u device "), ["gone"], "{out}");
+    assert_stopped(&out, "u");
     // Both queues served and none refused or failed a request.
-    let done: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("done; requests"))
-        .collect();
-    assert_eq!(done.len(), 2, "{log}");
-    for l in done {
-        assert!(l.ends_with("failed 0, refused 0"), "{l}");
-    }
-    assert!(!log.contains(" ERROR "), "{log}");
+    assert_served_cleanly(&log, 2);
 
     // The host image: what the guest read back of fio's region, the
     // sequence written through the page cache and fsync'd, and zeroes
@@ -288,8 +300,7 @@ grep -c 'Input/output error' /tmp/load.fio | sed 's/^/io errors /'
     assert_eq!(values(&out, "killed daemon rc="), ["137"], "{out}");
     assert_eq!(values(&out, "b serving ").len(), 1, "{out}");
     assert!(out.contains("again: (groupid=0, jobs=1): err= 0"), "{out}");
-    assert_eq!(values(&out, "b daemon rc="), ["0"], "{out}");
-    assert_eq!(values(&out, "b device "), ["gone"], "{out}");
+    assert_stopped(&out, "b");
 }
 
 /// ext4 on /dev/ublkb0: mke2fs, mount, a tree of files with known
@@ -339,8 +350,7 @@ sed 's/^/sum /' /tmp/sums
     eprintln!("{out}\n{}", run.stderr_text());
     assert_eq!(values(&out, "guest fsck rc="), ["0"], "{out}");
     assert!(out.contains("remount compare ok"), "{out}");
-    assert_eq!(values(&out, "u daemon rc="), ["0"], "{out}");
-    assert_eq!(values(&out, "u device "), ["gone"], "{out}");
+    assert_stopped(&out, "u");
 
     let fsck = host_e2fsck(&image);
     eprintln!("host e2fsck:\n{fsck}");
@@ -614,17 +624,8 @@ dd if=$U_DEV bs=1M count=24 2>/dev/null | cksum | sed 's/^/ublk region /'
 
     assert_eq!(values(&out, "fabric device "), ["gone"], "{out}");
     assert!(out.contains("nvmet torn down"), "{out}");
-    assert_eq!(values(&out, "u daemon rc="), ["0"], "{out}\n{log}");
-    assert_eq!(values(&out, "u device "), ["gone"], "{out}");
-    let done: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("done; requests"))
-        .collect();
-    assert_eq!(done.len(), 2, "{log}");
-    for l in done {
-        assert!(l.ends_with("failed 0, refused 0"), "{l}");
-    }
-    assert!(!log.contains(" ERROR "), "{log}");
+    assert_stopped(&out, "u");
+    assert_served_cleanly(&log, 2);
 
     // The host image: fio's region as read through the fabric and through
     // ublk, and the sequence at 40 MiB where it was written.
@@ -685,8 +686,7 @@ modload crc32c_generic ext4 || exit 4
     );
     assert!(out.contains(&format!("workload: done {STEPS}")), "{out}");
     assert_eq!(values(&out, "guest fsck rc="), ["0"], "{out}");
-    assert_eq!(values(&out, "u daemon rc="), ["0"], "{out}");
-    assert_eq!(values(&out, "u device "), ["gone"], "{out}");
+    assert_stopped(&out, "u");
 
     let log_path = run.write_log(1).expect("namespace 1 is logged");
     let bytes = std::fs::read(log_path).unwrap_or_else(|e| panic!("{}: {e}", log_path.display()));
