@@ -389,7 +389,14 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
     frontend("vhost-irq", Side::Vhost(""), false, true, VHOST_JOBS),
     frontend(
         "vhost-spin",
-        Side::Vhost("--interrupts --spin-us 500"),
+        Side::Vhost("--spin-us 50"),
+        false,
+        false,
+        VHOST_JOBS,
+    ),
+    frontend(
+        "vhost-spin200",
+        Side::Vhost("--spin-us 200"),
         false,
         false,
         VHOST_JOBS,
