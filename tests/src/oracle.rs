@@ -333,6 +333,30 @@ impl FileMap {
         }
         m
     }
+
+    /// An [`ExtentMapper`] with this map, its written blocks from file
+    /// block `first` on unwritten instead: the state an append's blocks
+    /// are in while the kernel writes them back. XFS allocates a delayed
+    /// allocation at writeback as unwritten extents and converts them
+    /// once the data is written (`xfs_bmapi_convert_delalloc`), so the
+    /// old EOF block (written) and the blocks after it go in ioends of
+    /// two types (R54) even where they are contiguous on the device.
+    pub fn mapper_allocated_from(&self, lba_size: u32, first: u64) -> ExtentMapper {
+        let m = ExtentMapper::new(self.block as usize, lba_size, 0..0);
+        for &(l, p, len) in &self.extents {
+            let written = first.saturating_sub(l).min(len);
+            if written > 0 {
+                m.insert(l, written, p);
+            }
+            if written < len {
+                m.insert_unwritten(l + written, len - written, p + written);
+            }
+        }
+        for &(l, p, len) in &self.unwritten {
+            m.insert_unwritten(l, len, p);
+        }
+        m
+    }
 }
 
 /// One command the controller received, from QEMU's trace.
@@ -558,26 +582,58 @@ pub fn join_per_block_fallback(cmds: &[Cmd]) -> Vec<Cmd> {
 /// when its memory has more than `max_segments` physically discontiguous
 /// pieces; order-0 page cache pages are contiguous or not by chance, so a
 /// 512 KiB write of 128 pages goes out whole or as 127 + 1 pages from one
-/// run to the next. Our folios are large and our PRP lists have no such
-/// limit, so we split at the transfer size only. A command of at least
-/// `max_segments` pages followed by a contiguous one of the same kind is
-/// joined with it when the two fit in `max_sectors` 512-byte sectors.
+/// run to the next, and the remainder of one split can join the next
+/// request and shift its split too (`W 128+1016, W 1144+1016, W 2160+16`
+/// for two 512 KiB requests). Our folios are large and our PRP lists have
+/// no such limit, so we split at the transfer size only. A run of
+/// device-contiguous commands of one kind, each but the last of at least
+/// `max_segments` pages (so each ended where the segment limit or the
+/// transfer limit cut it), is joined and cut again at `max_sectors`
+/// 512-byte sectors from its start, as ours is.
 pub fn join_segment_splits(cmds: &[Cmd], max_segments: u64, max_sectors: u64) -> Vec<Cmd> {
+    let same_kind = |a: &Cmd, b: &Cmd| {
+        matches!(
+            (a, b),
+            (Cmd::Read { .. }, Cmd::Read { .. }) | (Cmd::Write { .. }, Cmd::Write { .. })
+        )
+    };
+    let with = |c: &Cmd, lba: u64, nlb: u64| match c {
+        Cmd::Read { .. } => Cmd::Read { lba, nlb },
+        _ => Cmd::Write { lba, nlb },
+    };
+    let cut = |len: u64| len >= max_segments * 8;
     let mut out: Vec<Cmd> = Vec::new();
-    for &c in cmds {
-        let joined = match (out.last_mut(), c) {
-            (Some(Cmd::Read { lba, nlb }), Cmd::Read { lba: l, nlb: n })
-            | (Some(Cmd::Write { lba, nlb }), Cmd::Write { lba: l, nlb: n })
-                if *lba + *nlb == l && *nlb >= max_segments * 8 && *nlb + n <= max_sectors =>
-            {
-                *nlb += n;
-                true
-            }
-            _ => false,
+    let mut i = 0;
+    while i < cmds.len() {
+        let first = cmds[i];
+        let Some(r) = first.range() else {
+            out.push(first);
+            i += 1;
+            continue;
         };
-        if !joined {
-            out.push(c);
+        let (start, mut end, mut open) = (r.start, r.end, cut(r.end - r.start));
+        let mut j = i + 1;
+        while let Some(next) = cmds.get(j) {
+            match next.range() {
+                Some(n) if open && same_kind(&first, next) && n.start == end => {
+                    end = n.end;
+                    open = cut(n.end - n.start);
+                    j += 1;
+                }
+                _ => break,
+            }
         }
+        if j == i + 1 || max_sectors == 0 {
+            out.extend_from_slice(&cmds[i..j]);
+        } else {
+            let mut at = start;
+            while at < end {
+                let n = (end - at).min(max_sectors);
+                out.push(with(&first, at, n));
+                at += n;
+            }
+        }
+        i = j;
     }
     out
 }
@@ -712,9 +768,8 @@ pub fn check_whole_folio_writeback(
         if map.lblk_at(lba + nlb - 1, 512) != Some(first + bytes / map.block - 1) {
             return Err(format!("command {i}: {k} is not one contiguous file range"));
         }
-        let inside = |c: &Cmd| {
-            matches!(*c, Cmd::Write { lba: l, nlb: n } if l >= lba && l + n <= lba + nlb)
-        };
+        let inside =
+            |c: &Cmd| matches!(*c, Cmd::Write { lba: l, nlb: n } if l >= lba && l + n <= lba + nlb);
         let held = ours[j..].iter().take_while(|c| inside(c)).count();
         if held == 0 {
             return Err(format!("command {i}: {k} holds none of our writes"));
@@ -863,6 +918,26 @@ mod tests {
     }
 
     #[test]
+    fn allocated_blocks_map_unwritten() {
+        // 10 old blocks at 1470, 9 appended right after them.
+        let map = FileMap {
+            size: 19000,
+            block: 1024,
+            extents: vec![(0, 1470, 19)],
+            unwritten: Vec::new(),
+        };
+        let m = map.mapper_allocated_from(512, 10);
+        let at = |lblk: u64| {
+            mpage::BlockMapper::map(&m, lblk * 1024, 1024, mpage::MapIntent::Read)
+                .expect("map")
+                .kind
+        };
+        assert_eq!(at(9), mpage::ExtentKind::Mapped { lba: 2958 });
+        assert_eq!(at(10), mpage::ExtentKind::Unwritten { lba: 2960 });
+        assert_eq!(at(18), mpage::ExtentKind::Unwritten { lba: 2976 });
+    }
+
+    #[test]
     fn parses_holes_and_unwritten_extents() {
         // XFS's FIEMAP table of a sparse file: a hole at blocks 8-63, an
         // unwritten extent, preallocation past EOF.
@@ -913,6 +988,9 @@ mod tests {
     fn cmds(text: &str) -> Vec<Cmd> {
         text.split(", ")
             .map(|c| {
+                if c == "F" {
+                    return Cmd::Flush;
+                }
                 let (op, r) = c.split_once(' ').expect("op");
                 let (lba, nlb) = r.split_once('+').expect("range");
                 let (lba, nlb) = (lba.parse().expect("lba"), nlb.parse().expect("nlb"));
@@ -949,11 +1027,18 @@ mod tests {
 
     #[test]
     fn joins_commands_the_segment_limit_split() {
-        // Recorded from the 6.1 kernel (max_segments 127, max_sectors_kb 512).
+        // Recorded from the 6.1 kernel (max_segments 127, max_sectors_kb
+        // 512): vfat, and XFS where the remainder of the first split
+        // joined the second request.
         let k = cmds("W 168+1024, W 1192+1016, W 2208+8");
         assert_eq!(
             listing(&join_segment_splits(&k, 127, 1024)),
             "W 168+1024, W 1192+1024"
+        );
+        let k = cmds("W 128+1016, W 1144+1016, W 2160+16, F");
+        assert_eq!(
+            listing(&join_segment_splits(&k, 127, 1024)),
+            "W 128+1024, W 1152+1024, F"
         );
         // Not past the transfer limit, not below the segment limit, not
         // across a gap or between reads and writes.

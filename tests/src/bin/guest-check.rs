@@ -1201,9 +1201,11 @@ fn oracle(ctrl: &Controller, plan: &std::path::Path, ra_kb: u64, max_kb: u32) ->
         let block = BlockSize::new(usize::try_from(map.block)?)?;
         let cache = Arc::new(PageCache::new(memory.clone(), 64 << 20)?);
         // An append goes through the blocks the kernel allocated for
-        // it (the map after the kernel's steps), from the size before.
+        // it (the map after the kernel's steps), from the size before;
+        // the new blocks unwritten until written, as XFS has them.
         let mapper = match step.kind {
-            StepKind::Append(_) => parse_map(format!("/tmp/after.{}", step.file))?.mapper(lba),
+            StepKind::Append(_) => parse_map(format!("/tmp/after.{}", step.file))?
+                .mapper_allocated_from(lba, map.size.div_ceil(map.block)),
             _ => map.mapper(lba),
         };
         let file = File::open(cache, Arc::new(mapper), block, map.size)?;
