@@ -42,6 +42,31 @@ pub enum StepKind {
     /// the page in the cache partly uptodate (iomap's sub-folio state)
     /// and reads only the rest of it.
     PartialWrite(Vec<u64>),
+    /// Cold cache; the pages of the offsets are read first, so they are
+    /// cached and wholly uptodate: with `prefix` 0 each offset's 4 KiB
+    /// page by a 4 KiB read (a new open file each, as
+    /// [`StepKind::RandRead`]: no readahead window, one page per folio),
+    /// otherwise the file's first `prefix` bytes in 16 KiB reads through
+    /// one open file (readahead windows, whose folios may be large).
+    /// Then `bs` bytes of `/tmp/pat.<file>` are written at each offset (in
+    /// `bs` units, a new open file each, no fsync) and the file is
+    /// fsynced once: the writeback shows which blocks of a dirty folio
+    /// are written, the dirty ones only (Linux 6.6+, ours) or every
+    /// uptodate one (6.1: deviation D4 of docs/CONFORMANCE.md).
+    CachedWrite {
+        /// Bytes read sequentially from offset 0 first, or 0 for one
+        /// 4 KiB read per offset.
+        prefix: u64,
+        /// Where to write, in `bs` units.
+        offsets: Vec<u64>,
+    },
+    /// Cold cache; append this many bytes (`/tmp/app.<file>`) in
+    /// `bs`-byte writes, then fsync. The kernel allocates the new blocks
+    /// (XFS: delayed allocation, at writeback); our side writes the same
+    /// bytes through the block map the kernel left (`/tmp/after.<file>`),
+    /// from the size before: an allocating write compared for its data
+    /// commands, not for where the blocks went.
+    Append(u64),
 }
 
 /// One step of a [`Plan`].
@@ -85,6 +110,10 @@ impl Step {
             StepKind::RandRead(offs) => ("randread", list(offs)),
             StepKind::Write => ("write", String::new()),
             StepKind::PartialWrite(offs) => ("partial", list(offs)),
+            StepKind::CachedWrite { prefix, offsets } => {
+                ("cached", format!(" {prefix}{}", list(offsets)))
+            }
+            StepKind::Append(len) => ("append", format!(" {len}")),
         };
         format!("{} {kind} {} {}{extra}", self.index, self.file, self.bs)
     }
@@ -125,6 +154,14 @@ impl Plan {
         s
     }
 
+    /// The marker our side reads after its last step, before it reads
+    /// back what it appended: past the steps' markers (`0..2n`) and the
+    /// kernel side's fences (`2n..=3n`), so that read-back belongs to no
+    /// step.
+    pub fn end_mark(&self) -> u64 {
+        3 * self.steps.len() as u64 + 1
+    }
+
     /// Reads [`Plan::text`].
     pub fn parse(text: &str) -> Result<Plan, ParseError> {
         let mut mark_base = None;
@@ -145,6 +182,11 @@ impl Plan {
                 ("write", []) => StepKind::Write,
                 ("randread", [offs]) => StepKind::RandRead(list(offs)?),
                 ("partial", [offs]) => StepKind::PartialWrite(list(offs)?),
+                ("cached", [prefix, offs]) => StepKind::CachedWrite {
+                    prefix: num(prefix)?,
+                    offsets: list(offs)?,
+                },
+                ("append", [len]) => StepKind::Append(num(len)?),
                 _ => return Err(bad("bad step kind", line)),
             };
             steps.push(Step {
@@ -257,6 +299,19 @@ impl FileMap {
         })
     }
 
+    /// The device block (in `block` units) holding file block `lblk`,
+    /// and whether it is unwritten; `None` for a hole.
+    pub fn pblk(&self, lblk: u64) -> Option<(u64, bool)> {
+        let find = |list: &[(u64, u64, u64)]| {
+            list.iter()
+                .find(|&&(l, _, len)| (l..l + len).contains(&lblk))
+                .map(|&(l, p, _)| p + (lblk - l))
+        };
+        find(&self.extents)
+            .map(|p| (p, false))
+            .or_else(|| find(&self.unwritten).map(|p| (p, true)))
+    }
+
     /// The device LBA ranges holding the file's blocks.
     pub fn lba_ranges(&self, lba_size: u64) -> Vec<Range<u64>> {
         self.extents
@@ -272,6 +327,30 @@ impl FileMap {
         let m = ExtentMapper::new(self.block as usize, lba_size, 0..0);
         for &(l, p, len) in &self.extents {
             m.insert(l, len, p);
+        }
+        for &(l, p, len) in &self.unwritten {
+            m.insert_unwritten(l, len, p);
+        }
+        m
+    }
+
+    /// An [`ExtentMapper`] with this map, its written blocks from file
+    /// block `first` on unwritten instead: the state an append's blocks
+    /// are in while the kernel writes them back. XFS allocates a delayed
+    /// allocation at writeback as unwritten extents and converts them
+    /// once the data is written (`xfs_bmapi_convert_delalloc`), so the
+    /// old EOF block (written) and the blocks after it go in ioends of
+    /// two types (R54) even where they are contiguous on the device.
+    pub fn mapper_allocated_from(&self, lba_size: u32, first: u64) -> ExtentMapper {
+        let m = ExtentMapper::new(self.block as usize, lba_size, 0..0);
+        for &(l, p, len) in &self.extents {
+            let written = first.saturating_sub(l).min(len);
+            if written > 0 {
+                m.insert(l, written, p);
+            }
+            if written < len {
+                m.insert_unwritten(l + written, len - written, p + written);
+            }
         }
         for &(l, p, len) in &self.unwritten {
             m.insert_unwritten(l, len, p);
@@ -503,26 +582,58 @@ pub fn join_per_block_fallback(cmds: &[Cmd]) -> Vec<Cmd> {
 /// when its memory has more than `max_segments` physically discontiguous
 /// pieces; order-0 page cache pages are contiguous or not by chance, so a
 /// 512 KiB write of 128 pages goes out whole or as 127 + 1 pages from one
-/// run to the next. Our folios are large and our PRP lists have no such
-/// limit, so we split at the transfer size only. A command of at least
-/// `max_segments` pages followed by a contiguous one of the same kind is
-/// joined with it when the two fit in `max_sectors` 512-byte sectors.
+/// run to the next, and the remainder of one split can join the next
+/// request and shift its split too (`W 128+1016, W 1144+1016, W 2160+16`
+/// for two 512 KiB requests). Our folios are large and our PRP lists have
+/// no such limit, so we split at the transfer size only. A run of
+/// device-contiguous commands of one kind, each but the last of at least
+/// `max_segments` pages (so each ended where the segment limit or the
+/// transfer limit cut it), is joined and cut again at `max_sectors`
+/// 512-byte sectors from its start, as ours is.
 pub fn join_segment_splits(cmds: &[Cmd], max_segments: u64, max_sectors: u64) -> Vec<Cmd> {
+    let same_kind = |a: &Cmd, b: &Cmd| {
+        matches!(
+            (a, b),
+            (Cmd::Read { .. }, Cmd::Read { .. }) | (Cmd::Write { .. }, Cmd::Write { .. })
+        )
+    };
+    let with = |c: &Cmd, lba: u64, nlb: u64| match c {
+        Cmd::Read { .. } => Cmd::Read { lba, nlb },
+        _ => Cmd::Write { lba, nlb },
+    };
+    let cut = |len: u64| len >= max_segments * 8;
     let mut out: Vec<Cmd> = Vec::new();
-    for &c in cmds {
-        let joined = match (out.last_mut(), c) {
-            (Some(Cmd::Read { lba, nlb }), Cmd::Read { lba: l, nlb: n })
-            | (Some(Cmd::Write { lba, nlb }), Cmd::Write { lba: l, nlb: n })
-                if *lba + *nlb == l && *nlb >= max_segments * 8 && *nlb + n <= max_sectors =>
-            {
-                *nlb += n;
-                true
-            }
-            _ => false,
+    let mut i = 0;
+    while i < cmds.len() {
+        let first = cmds[i];
+        let Some(r) = first.range() else {
+            out.push(first);
+            i += 1;
+            continue;
         };
-        if !joined {
-            out.push(c);
+        let (start, mut end, mut open) = (r.start, r.end, cut(r.end - r.start));
+        let mut j = i + 1;
+        while let Some(next) = cmds.get(j) {
+            match next.range() {
+                Some(n) if open && same_kind(&first, next) && n.start == end => {
+                    end = n.end;
+                    open = cut(n.end - n.start);
+                    j += 1;
+                }
+                _ => break,
+            }
         }
+        if j == i + 1 || max_sectors == 0 {
+            out.extend_from_slice(&cmds[i..j]);
+        } else {
+            let mut at = start;
+            while at < end {
+                let n = (end - at).min(max_sectors);
+                out.push(with(&first, at, n));
+                at += n;
+            }
+        }
+        i = j;
     }
     out
 }
@@ -590,6 +701,92 @@ pub fn check_write_begin_reads(
     Ok(())
 }
 
+/// The file blocks the writes of `cmds` cover (512-byte LBAs), or the
+/// first write that is not all the file's.
+pub fn written_blocks(
+    cmds: &[Cmd],
+    map: &FileMap,
+) -> Result<std::collections::BTreeSet<u64>, String> {
+    let per = map.block / 512;
+    let mut blocks = std::collections::BTreeSet::new();
+    for c in cmds {
+        if let Cmd::Write { lba, nlb } = *c {
+            if lba % per != 0 || nlb % per != 0 {
+                return Err(format!("{c} is not whole file system blocks"));
+            }
+            for at in (lba..lba + nlb).step_by(per as usize) {
+                let b = map
+                    .lblk_at(at, 512)
+                    .ok_or_else(|| format!("{c} is not the file's"))?;
+                blocks.insert(b);
+            }
+        }
+    }
+    Ok(blocks)
+}
+
+/// Deviation D4 of docs/CONFORMANCE.md: which blocks of a dirty folio
+/// writeback writes. Linux 6.1's iomap has per-block uptodate bits but no
+/// dirty bits (`struct iomap_page`; `iomap_writepage_map` writes every
+/// uptodate block of a dirty folio); 6.6 added per-block dirty bits
+/// (`iomap_folio_state`), and we (R53) write the dirty blocks only. On a
+/// folio that is wholly uptodate the kernel therefore writes the whole
+/// folio. Checks that `kernel` is `ours` with each of our writes
+/// replaced by the whole folio holding it: every command but the writes
+/// equal and in the same place; each kernel write one naturally aligned
+/// power-of-two range of whole pages of the file (a folio), contiguous on
+/// the device, holding one or more of our writes, which follow each other
+/// in the same order; none of ours outside them. Returns the size in
+/// bytes of each of the kernel's writes (its folio's size).
+pub fn check_whole_folio_writeback(
+    kernel: &[Cmd],
+    ours: &[Cmd],
+    map: &FileMap,
+) -> Result<Vec<u64>, String> {
+    let mut sizes = Vec::new();
+    let mut j = 0;
+    for (i, k) in kernel.iter().enumerate() {
+        let Cmd::Write { lba, nlb } = *k else {
+            match ours.get(j) {
+                Some(o) if o == k => {
+                    j += 1;
+                    continue;
+                }
+                o => return Err(format!("command {i}: {o:?} where the kernel sent {k}")),
+            }
+        };
+        let first = map
+            .lblk_at(lba, 512)
+            .ok_or_else(|| format!("command {i}: {k} is not the file's"))?;
+        let bytes = nlb * 512;
+        let pos = first * map.block;
+        if bytes < 4096 || !bytes.is_power_of_two() || !pos.is_multiple_of(bytes) {
+            return Err(format!(
+                "command {i}: {k} (file bytes {pos}+{bytes}) is not a whole aligned folio"
+            ));
+        }
+        if map.lblk_at(lba + nlb - 1, 512) != Some(first + bytes / map.block - 1) {
+            return Err(format!("command {i}: {k} is not one contiguous file range"));
+        }
+        let inside =
+            |c: &Cmd| matches!(*c, Cmd::Write { lba: l, nlb: n } if l >= lba && l + n <= lba + nlb);
+        let held = ours[j..].iter().take_while(|c| inside(c)).count();
+        if held == 0 {
+            return Err(format!("command {i}: {k} holds none of our writes"));
+        }
+        j += held;
+        sizes.push(bytes);
+    }
+    if j != ours.len() {
+        return Err(format!(
+            "ours has {} commands past the kernel's: {}",
+            ours.len() - j,
+            listing(&ours[j..])
+        ));
+    }
+    Ok(sizes)
+}
+
 /// Commands one per line, for failure messages and reports.
 pub fn listing(cmds: &[Cmd]) -> String {
     cmds.iter()
@@ -631,6 +828,30 @@ mod tests {
                     bs: 1024,
                     kind: StepKind::PartialWrite(vec![1, 6, 40]),
                 },
+                Step {
+                    index: 4,
+                    file: "big".into(),
+                    bs: 1024,
+                    kind: StepKind::CachedWrite {
+                        prefix: 0,
+                        offsets: vec![13, 20, 22],
+                    },
+                },
+                Step {
+                    index: 5,
+                    file: "big".into(),
+                    bs: 1024,
+                    kind: StepKind::CachedWrite {
+                        prefix: 262144,
+                        offsets: vec![5],
+                    },
+                },
+                Step {
+                    index: 6,
+                    file: "grow".into(),
+                    bs: 4096,
+                    kind: StepKind::Append(9000),
+                },
             ],
         };
         assert_eq!(Plan::parse(&plan.text()).expect("parse"), plan);
@@ -638,6 +859,82 @@ mod tests {
         assert_eq!(plan.steps[1].mark(Side::Ours), 3);
         assert!(Plan::parse("mark-base 1\n0 frob f 1\n").is_err());
         assert!(Plan::parse("0 read f 1\n").is_err());
+        assert_eq!(plan.steps[4].line(), "4 cached big 1024 0 13,20,22");
+        assert_eq!(plan.steps[6].line(), "6 append grow 4096 9000");
+        assert_eq!(plan.end_mark(), 22);
+        assert!(Plan::parse("mark-base 1\n0 cached f 1 5\n").is_err());
+    }
+
+    #[test]
+    fn whole_folio_writeback_is_ours_widened_to_folios() {
+        // `big` with 1 KiB blocks from LBA 128 (block n at 128 + 2n).
+        let map = FileMap {
+            size: 1 << 20,
+            block: 1024,
+            extents: vec![(0, 64, 1024)],
+            unwritten: Vec::new(),
+        };
+        // Blocks 13 (page 3), 20 and 22 (page 5) dirty in wholly
+        // uptodate pages: 6.1 writes the pages, ours the blocks.
+        let ours = cmds("R 152+8, R 168+8, W 154+2, W 168+2, W 172+2");
+        let kernel = cmds("R 152+8, R 168+8, W 152+8, W 168+8");
+        assert_eq!(
+            check_whole_folio_writeback(&kernel, &ours, &map),
+            Ok(vec![4096, 4096])
+        );
+        assert_eq!(
+            written_blocks(&ours, &map),
+            Ok([13, 20, 22].into_iter().collect())
+        );
+        // Large folios (16 KiB at file offset 0, 64 KiB at 128 KiB);
+        // a 128 KiB one at 96 KiB would not be aligned.
+        let ours = cmds("R 128+64, W 138+2, W 428+2");
+        let kernel = cmds("R 128+64, W 128+32, W 384+128");
+        assert_eq!(
+            check_whole_folio_writeback(&kernel, &ours, &map),
+            Ok(vec![16384, 65536])
+        );
+        let unaligned = cmds("R 128+64, W 128+32, W 320+256");
+        assert!(check_whole_folio_writeback(&unaligned, &ours, &map).is_err());
+        // Identical streams are whole folios only where ours writes them.
+        assert!(check_whole_folio_writeback(&kernel, &kernel, &map).is_ok());
+        // Not aligned, not a power of two, holding none of ours, ours
+        // writing outside, another read, a write too many: refused.
+        let ours = cmds("R 152+8, W 154+2, W 168+2");
+        for bad in [
+            "R 152+8, W 154+8, W 168+8",
+            "R 152+8, W 152+12, W 168+8",
+            "R 152+8, W 152+8, W 176+8",
+            "R 152+8, W 152+8",
+            "R 160+8, W 152+8, W 168+8",
+            "R 152+8, W 152+8, W 168+8, W 200+8",
+        ] {
+            assert!(
+                check_whole_folio_writeback(&cmds(bad), &ours, &map).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(written_blocks(&cmds("W 129+2"), &map).is_err());
+    }
+
+    #[test]
+    fn allocated_blocks_map_unwritten() {
+        // 10 old blocks at 1470, 9 appended right after them.
+        let map = FileMap {
+            size: 19000,
+            block: 1024,
+            extents: vec![(0, 1470, 19)],
+            unwritten: Vec::new(),
+        };
+        let m = map.mapper_allocated_from(512, 10);
+        let at = |lblk: u64| {
+            mpage::BlockMapper::map(&m, lblk * 1024, 1024, mpage::MapIntent::Read)
+                .expect("map")
+                .kind
+        };
+        assert_eq!(at(9), mpage::ExtentKind::Mapped { lba: 2958 });
+        assert_eq!(at(10), mpage::ExtentKind::Unwritten { lba: 2960 });
+        assert_eq!(at(18), mpage::ExtentKind::Unwritten { lba: 2976 });
     }
 
     #[test]
@@ -657,6 +954,9 @@ mod tests {
             vec![(0, 5000, 8), (64, 6000, 12), (200, 7000, 56)]
         );
         assert_eq!(map.unwritten, vec![(76, 6012, 4)]);
+        assert_eq!(map.pblk(65), Some((6001, false)));
+        assert_eq!(map.pblk(77), Some((6013, true)));
+        assert_eq!(map.pblk(8), None);
         assert_eq!(map.lblk_at(6013 * 2, 512), Some(77));
         let overlap = text.replace("64..      75", "4..      15");
         assert!(FileMap::parse_filefrag(&overlap).is_err());
@@ -688,6 +988,9 @@ mod tests {
     fn cmds(text: &str) -> Vec<Cmd> {
         text.split(", ")
             .map(|c| {
+                if c == "F" {
+                    return Cmd::Flush;
+                }
                 let (op, r) = c.split_once(' ').expect("op");
                 let (lba, nlb) = r.split_once('+').expect("range");
                 let (lba, nlb) = (lba.parse().expect("lba"), nlb.parse().expect("nlb"));
@@ -724,11 +1027,18 @@ mod tests {
 
     #[test]
     fn joins_commands_the_segment_limit_split() {
-        // Recorded from the 6.1 kernel (max_segments 127, max_sectors_kb 512).
+        // Recorded from the 6.1 kernel (max_segments 127, max_sectors_kb
+        // 512): vfat, and XFS where the remainder of the first split
+        // joined the second request.
         let k = cmds("W 168+1024, W 1192+1016, W 2208+8");
         assert_eq!(
             listing(&join_segment_splits(&k, 127, 1024)),
             "W 168+1024, W 1192+1024"
+        );
+        let k = cmds("W 128+1016, W 1144+1016, W 2160+16, F");
+        assert_eq!(
+            listing(&join_segment_splits(&k, 127, 1024)),
+            "W 128+1024, W 1152+1024, F"
         );
         // Not past the transfer limit, not below the segment limit, not
         // across a gap or between reads and writes.

@@ -1191,12 +1191,24 @@ fn oracle(ctrl: &Controller, plan: &std::path::Path, ra_kb: u64, max_kb: u32) ->
     let lba = dev.geometry().lba_size;
     let memory = Arc::new(DmaFolioMemory::new(ctrl.dma_pool().clone()));
     let ra_pages = ra_kb / 4;
+    let parse_map = |p: String| -> Result<FileMap> {
+        Ok(FileMap::parse_filefrag(&String::from_utf8_lossy(&read(
+            &p,
+        )?))?)
+    };
     for step in &plan.steps {
-        let map_text = read(&format!("/tmp/map.{}", step.file))?;
-        let map = FileMap::parse_filefrag(&String::from_utf8_lossy(&map_text))?;
+        let map = parse_map(format!("/tmp/map.{}", step.file))?;
         let block = BlockSize::new(usize::try_from(map.block)?)?;
         let cache = Arc::new(PageCache::new(memory.clone(), 64 << 20)?);
-        let file = File::open(cache, Arc::new(map.mapper(lba)), block, map.size)?;
+        // An append goes through the blocks the kernel allocated for
+        // it (the map after the kernel's steps), from the size before;
+        // the new blocks unwritten until written, as XFS has them.
+        let mapper = match step.kind {
+            StepKind::Append(_) => parse_map(format!("/tmp/after.{}", step.file))?
+                .mapper_allocated_from(lba, map.size.div_ceil(map.block)),
+            _ => map.mapper(lba),
+        };
+        let file = File::open(cache, Arc::new(mapper), block, map.size)?;
         file.set_readahead(ra_pages);
         // The marker: one block at an LBA no file system touches.
         let mark = plan.mark_base + step.mark(Side::Ours);
@@ -1285,7 +1297,110 @@ fn oracle(ctrl: &Controller, plan: &std::path::Path, ra_kb: u64, max_kb: u32) ->
                     );
                 }
             }
+            StepKind::CachedWrite { prefix, offsets } => {
+                let data = read(&format!("/tmp/pat.{}", step.file))?;
+                // The file holds the pattern (the kernel's steps wrote
+                // it): what the reads return is checked against it.
+                let check = |at: u64, got: &[u8]| -> Result<()> {
+                    let at = usize::try_from(at)?;
+                    if data.get(at..at + got.len()) != Some(got) {
+                        return Err(format!("the read at {at} does not return the file").into());
+                    }
+                    Ok(())
+                };
+                if *prefix == 0 {
+                    // Each offset's page alone, a new open file each.
+                    let mut page = vec![0u8; 4096];
+                    for &off in offsets {
+                        let start = off * step.bs / 4096 * 4096;
+                        let f = file.reopen()?;
+                        f.set_readahead(ra_pages);
+                        let n = f.read_at(&mut dev, start, &mut page)?;
+                        check(start, &page[..n])?;
+                    }
+                } else {
+                    // The first `prefix` bytes through one open file.
+                    let f = file.reopen()?;
+                    f.set_readahead(ra_pages);
+                    let mut buf = vec![0u8; 16384];
+                    let mut at = 0;
+                    while at < *prefix {
+                        let n = f.read_at(&mut dev, at, &mut buf)?;
+                        if n == 0 {
+                            return Err(format!("EOF at {at} before {prefix}").into());
+                        }
+                        check(at, &buf[..n])?;
+                        at += n as u64;
+                    }
+                }
+                for &off in offsets {
+                    let at = usize::try_from(off * step.bs)?;
+                    let Some(chunk) = data.get(at..at + bs) else {
+                        return Err(format!("offset {at} is past /tmp/pat.{}", step.file).into());
+                    };
+                    let f = file.reopen()?;
+                    if f.write_at(&mut dev, at as u64, chunk)? != bs {
+                        return Err(format!("short write at {at}").into());
+                    }
+                }
+                file.fsync(&mut dev)?;
+                println!(
+                    "oracle: step {} wrote {bs} bytes at {offsets:?} (x{bs}) into cached folios",
+                    step.index
+                );
+            }
+            StepKind::Append(len) => {
+                let data = read(&format!("/tmp/app.{}", step.file))?;
+                if data.len() as u64 != *len {
+                    return Err(format!("/tmp/app.{} is not {len} bytes", step.file).into());
+                }
+                for (i, chunk) in data.chunks(bs).enumerate() {
+                    let at = map.size + (i * bs) as u64;
+                    if file.write_at(&mut dev, at, chunk)? != chunk.len() {
+                        return Err(format!("short write at {at}").into());
+                    }
+                }
+                file.fsync(&mut dev)?;
+                println!(
+                    "oracle: step {} appended {len} bytes to {}",
+                    step.index, step.file
+                );
+            }
         }
+    }
+    // What we appended, read back through a fresh cache after a marker
+    // of its own (the read-back is no step's): the file before and the
+    // bytes appended, as the kernel's file.
+    let appends: Vec<_> = plan
+        .steps
+        .iter()
+        .filter(|s| matches!(s.kind, StepKind::Append(_)))
+        .collect();
+    if !appends.is_empty() {
+        let buf = ctrl.dma_pool().alloc(lba as usize)?;
+        dev.inner_mut()
+            .execute(IoRequest::read(1, plan.mark_base + plan.end_mark(), 1, buf))?;
+    }
+    for step in appends {
+        let after = parse_map(format!("/tmp/after.{}", step.file))?;
+        let block = BlockSize::new(usize::try_from(after.block)?)?;
+        let cache = Arc::new(PageCache::new(memory.clone(), 64 << 20)?);
+        let file = File::open(cache, Arc::new(after.mapper(lba)), block, after.size)?;
+        let mut want = read(&format!("/tmp/orig.{}", step.file))?;
+        want.extend(read(&format!("/tmp/app.{}", step.file))?);
+        let mut got = vec![0u8; want.len() + 1];
+        let mut n = 0;
+        while n < got.len() {
+            let r = file.read_at(&mut dev, n as u64, &mut got[n..])?;
+            if r == 0 {
+                break;
+            }
+            n += r;
+        }
+        if got[..n] != want[..] {
+            return Err(format!("{}: our append does not read back", step.file).into());
+        }
+        println!("oracle: appended bytes match: {}", step.file);
     }
     Ok(())
 }
