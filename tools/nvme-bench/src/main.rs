@@ -1054,14 +1054,7 @@ fn json_report(
         .map(|(t, r)| tools_common::bench::ThreadReport {
             thread: t,
             qid: r.qid,
-            ios: r.stats.ios(),
-            reads: r.stats.reads,
-            writes: r.stats.writes,
-            errors: r.stats.errors,
-            iops: r.stats.iops(),
-            mbps: r.stats.mbps(),
-            seconds: r.stats.elapsed.as_secs_f64(),
-            latency: r.stats.latency(),
+            figures: r.stats.figures(),
             cache: r.cache.as_ref().map(cache_mode::ThreadExtra::report),
             path: r
                 .path
@@ -1115,14 +1108,7 @@ fn json_report(
             max_transfer: dev.max_transfer,
         },
         total: tools_common::bench::Total {
-            ios: total.ios(),
-            reads: total.reads,
-            writes: total.writes,
-            errors: total.errors,
-            iops: total.iops(),
-            mbps: total.mbps(),
-            seconds: total.elapsed.as_secs_f64(),
-            latency: total.latency(),
+            figures: total.figures(),
             cpu_seconds: cpu.as_secs_f64(),
             wall_seconds: wall.as_secs_f64(),
         },
