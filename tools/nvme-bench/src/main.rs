@@ -707,7 +707,7 @@ fn thread_main(
             let i = c.tag as usize;
             let slot = &mut slots[i];
             let latency = now_ns.saturating_sub(slot.started);
-            match &c.result {
+            match c.result {
                 Ok(()) => {
                     if a.verify && slot.read {
                         let buf = slot
@@ -734,7 +734,7 @@ fn thread_main(
                         stats.record_ns(slot.read, a.io_size, latency);
                     }
                 }
-                Err(e) => count_error(&mut stats, a, t, e)?,
+                Err(e) => count_error(&mut stats, a, t, Error::Driver(e))?,
             }
             tally.tick();
             if registered {
@@ -822,10 +822,10 @@ fn floor_thread(
 }
 
 /// Counts a failed I/O; the run stops at it unless `--continue-on-error`.
-fn count_error(stats: &mut Stats, args: &Args, t: usize, e: impl std::fmt::Display) -> Result<()> {
+fn count_error(stats: &mut Stats, args: &Args, t: usize, e: Error) -> Result<()> {
     stats.errors += 1;
     if !args.continue_on_error {
-        return Err(Error::thread(t, Error::Failed(e.to_string())));
+        return Err(Error::thread(t, e));
     }
     log::warn!("thread {t}: {e}");
     Ok(())
@@ -985,8 +985,7 @@ fn prefill(ctrl: &Controller, job: &Job) -> Result<()> {
         q.poll(&mut done)?;
         for c in done.drain(..) {
             in_flight -= 1;
-            c.result
-                .map_err(|e| Error::Failed(format!("prefill: {e}")))?;
+            c.result.map_err(Error::Prefill)?;
         }
     }
     Ok(())
