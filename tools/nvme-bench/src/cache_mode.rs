@@ -438,9 +438,7 @@ impl Cached {
         let a = &job.args;
         // Map the budget's memory now, not on the measured I/O path (the
         // DMA pool keeps it across the cold start's fresh cache).
-        memory
-            .reserve(a.cache_size)
-            .map_err(Error::Reserve)?;
+        memory.reserve(a.cache_size).map_err(Error::Reserve)?;
         let cache = Arc::new(PageCache::new(memory.clone(), a.cache_size)?);
         let lba_size =
             u32::try_from(job.lba_size).map_err(|_| Error::Usage("LBA size too large".into()))?;

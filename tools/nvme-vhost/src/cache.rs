@@ -153,8 +153,7 @@ impl CacheMode {
             .map_err(|source| CacheError::Block { lba_size, source })?;
         let blocks = capacity / u64::from(lba_size);
         let mapper = Arc::new(IdentityMapper::new(0, blocks, lba_size));
-        let file = File::open(cache.clone(), mapper, block, capacity)
-            .map_err(CacheError::File)?;
+        let file = File::open(cache.clone(), mapper, block, capacity).map_err(CacheError::File)?;
         let guest = file.reopen().map_err(CacheError::Reopen)?;
         let flusher = Flusher::new(cache.clone());
         flusher.attach(&file).map_err(CacheError::Flusher)?;
@@ -457,13 +456,17 @@ impl CacheWorker {
                     } else {
                         IoRequest::deallocate(nsid, slba, blocks)
                     };
-                    self.file
-                        .invalidate_around(&mut self.dev, slba * lba, (slba + blocks) * lba, |d| {
+                    self.file.invalidate_around(
+                        &mut self.dev,
+                        slba * lba,
+                        (slba + blocks) * lba,
+                        |d| {
                             d.execute(req).map_err(|source| mpage::Error::Device {
                                 context: "deallocate or write zeroes",
                                 source,
                             })
-                        })?;
+                        },
+                    )?;
                 }
                 Ok(())
             }

@@ -179,12 +179,14 @@ impl VmArgs {
             disks.push(NsDisk::Logged);
         }
         let blkdebug = match &self.blkdebug {
-            Some(p) => Some(std::fs::read_to_string(p).map_err(|source| {
-                VmArgsError::Blkdebug {
-                    path: p.clone(),
-                    source,
-                }
-            })?),
+            Some(p) => {
+                Some(
+                    std::fs::read_to_string(p).map_err(|source| VmArgsError::Blkdebug {
+                        path: p.clone(),
+                        source,
+                    })?,
+                )
+            }
             None => None,
         };
         let config = VmConfig {
@@ -268,9 +270,8 @@ mod tests {
             #[command(flatten)]
             vm: VmArgs,
         }
-        let size = |arg: &str| {
-            Cli::try_parse_from(["x", "--size", arg, "--", "true"]).map(|c| c.vm.size)
-        };
+        let size =
+            |arg: &str| Cli::try_parse_from(["x", "--size", arg, "--", "true"]).map(|c| c.vm.size);
         assert_eq!(size("4096").ok(), Some(4096));
         assert_eq!(size("1G").ok(), Some(1 << 30));
         assert_eq!(size("512m").ok(), Some(512 << 20));

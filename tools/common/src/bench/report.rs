@@ -457,7 +457,10 @@ mod tests {
         }
         let raw: Report = serde_json::from_str(REAL.lines().nth(1).expect("line")).expect("raw");
         assert_eq!(raw.threads[0].qid, 1);
-        assert_eq!(raw.threads[0].path.map(|p| p.cqes), Some(raw.total.figures.ios));
+        assert_eq!(
+            raw.threads[0].path.map(|p| p.cqes),
+            Some(raw.total.figures.ios)
+        );
         let cached: Report =
             serde_json::from_str(REAL.lines().nth(2).expect("line")).expect("cache");
         assert_eq!(cached.mode, Mode::Cache);
@@ -473,7 +476,10 @@ mod tests {
         // CPU time.
         let text = null_out(&null_out(line, "iops", 2), "mean_us", 2);
         let text = null_out(&text, "cpu_seconds", 1);
-        assert_eq!(text.matches(":null").count(), line.matches(":null").count() + 5);
+        assert_eq!(
+            text.matches(":null").count(),
+            line.matches(":null").count() + 5
+        );
         let r: Report = serde_json::from_str(&text).expect("reads");
         for f in [&r.total.figures, &r.threads[0].figures] {
             assert!(f.iops.is_nan() && f.latency.mean_us.is_nan(), "{f:?}");

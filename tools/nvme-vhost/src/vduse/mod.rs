@@ -245,9 +245,7 @@ enum UmemError {
 
 /// An IOTLB entry above the bounce area that is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "IOTLB entry {start:#x}..={last:#x} (offset {offset:#x}, perm {perm}): {why}"
-)]
+#[error("IOTLB entry {start:#x}..={last:#x} (offset {offset:#x}, perm {perm}): {why}")]
 struct BadEntry {
     /// The entry's first IOVA.
     start: u64,
@@ -876,8 +874,8 @@ impl Shared {
         }
         // The kernel counts the pinned pages against RLIMIT_MEMLOCK (on
         // top of what is pinned already), CAP_IPC_LOCK or not.
-        let limit = sys::raise_memlock(u64::MAX)
-            .map_err(|source| UmemError::Memlock { size, source })?;
+        let limit =
+            sys::raise_memlock(u64::MAX).map_err(|source| UmemError::Memlock { size, source })?;
         let uaddr = self.bounce.as_ptr() as u64;
         sys::reg_umem(&self.dev, uaddr, size).map_err(|source| UmemError::Register {
             size,
