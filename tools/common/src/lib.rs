@@ -7,8 +7,8 @@
 //!   nvme-bench serializes the type and xtask deserializes the same one, so
 //!   a field renamed or dropped on one side breaks the build or the parse of
 //!   the other instead of reading as a silent 0.
-//! - [`parse_bytes`]: the size syntax of nvme-bench's and nvme-vhost's
-//!   flags (`4096`, `64k`, `256M`, `1G`).
+//! - [`parse_bytes`]: the size syntax of nvme-bench's, nvme-vhost's and
+//!   `cargo xtask vm`'s flags (`4096`, `64k`, `256M`, `1G`, `1T`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -4,7 +4,7 @@
 /// Why a size did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SizeError {
-    /// Not a number (with an optional K, M or G suffix).
+    /// Not a number (with an optional K, M, G or T suffix).
     #[error("not a size: {0}")]
     NotANumber(String),
     /// Zero, or too large for 64 bits with its suffix.
@@ -13,8 +13,8 @@ pub enum SizeError {
 }
 
 /// Parses a byte count: a decimal number, optionally followed by `k`/`K`
-/// (KiB), `m`/`M` (MiB) or `g`/`G` (GiB). Zero and values past `u64::MAX`
-/// are refused.
+/// (KiB), `m`/`M` (MiB), `g`/`G` (GiB) or `t`/`T` (TiB). Zero and values
+/// past `u64::MAX` are refused.
 ///
 /// ```
 /// assert_eq!(tools_common::parse_bytes("64k"), Ok(64 << 10));
@@ -27,6 +27,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, SizeError> {
         Some((i, 'k' | 'K')) => (&s[..i], 10),
         Some((i, 'm' | 'M')) => (&s[..i], 20),
         Some((i, 'g' | 'G')) => (&s[..i], 30),
+        Some((i, 't' | 'T')) => (&s[..i], 40),
         _ => (s, 0),
     };
     let n: u64 = num
@@ -47,6 +48,11 @@ mod tests {
         assert_eq!(parse_bytes("4k"), Ok(4096));
         assert_eq!(parse_bytes("2M"), Ok(2 << 20));
         assert_eq!(parse_bytes("1g"), Ok(1 << 30));
+        assert_eq!(parse_bytes("2T"), Ok(2 << 40));
+        assert_eq!(
+            parse_bytes("16777216t"),
+            Err(SizeError::OutOfRange("16777216t".into()))
+        );
         assert_eq!(parse_bytes("0"), Err(SizeError::OutOfRange("0".into())));
         assert_eq!(
             parse_bytes("17179869184G"),

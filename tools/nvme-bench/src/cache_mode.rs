@@ -438,9 +438,7 @@ impl Cached {
         let a = &job.args;
         // Map the budget's memory now, not on the measured I/O path (the
         // DMA pool keeps it across the cold start's fresh cache).
-        memory
-            .reserve(a.cache_size)
-            .map_err(|e| Error::Failed(format!("reserving the cache's memory: {e}")))?;
+        memory.reserve(a.cache_size).map_err(Error::Reserve)?;
         let cache = Arc::new(PageCache::new(memory.clone(), a.cache_size)?);
         let lba_size =
             u32::try_from(job.lba_size).map_err(|_| Error::Usage("LBA size too large".into()))?;
@@ -472,7 +470,7 @@ impl Cached {
                 f.attach(file).map_err(Error::cache("flusher"))?;
             }
             let (dev, _) = CountingDevice::open(ctrl, a, flusher_counts.clone())
-                .map_err(|e| Error::Failed(format!("flusher: {e}")))?;
+                .map_err(|e| Error::Flusher(Box::new(e)))?;
             Some(
                 f.spawn(Box::new(dev), FLUSHER_INTERVAL)
                     .map_err(Error::cache("flusher"))?,
@@ -856,7 +854,7 @@ fn timed(w: &mut Worker, ctx: Ctx<'_>, file: &File, measured: bool) -> Result<Th
             Ok(n) => Err(Error::Failed(format!(
                 "{what} at {pos}: {n} of {len} bytes"
             ))),
-            Err(e) => Err(Error::Failed(format!("{what} at {pos}: {e}"))),
+            Err(e) => Err(Error::cache(format!("{what} at {pos}"))(e)),
         };
         match outcome {
             Ok(()) => stats.record(io.read, len as u64, now - t0),
@@ -869,7 +867,7 @@ fn timed(w: &mut Worker, ctx: Ctx<'_>, file: &File, measured: bool) -> Result<Th
     if plan.writes {
         let t0 = Instant::now();
         if let Err(e) = desc.fsync(&mut w.dev) {
-            count_error(&mut stats, a, t, format!("fsync: {e}"))?;
+            count_error(&mut stats, a, t, Error::cache("fsync")(e))?;
         }
         fsync = Some(t0.elapsed());
     }

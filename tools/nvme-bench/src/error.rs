@@ -32,6 +32,16 @@ pub(crate) enum Error {
     /// The page cache could not be set up.
     #[error("page cache: {0}")]
     PageCache(#[from] pagecache::Error),
+    /// The page cache's memory could not be mapped before the run.
+    #[error("reserving the cache's memory: {0}")]
+    Reserve(#[source] pagecache::Error),
+    /// The flusher's queue pair could not be opened (cache mode).
+    #[error("flusher: {0}")]
+    Flusher(#[source] Box<Error>),
+    /// A write of the prefill (the pattern written over the range first, so
+    /// that reads can be checked) failed.
+    #[error("prefill: {0}")]
+    Prefill(#[source] nvme_driver::Error),
     /// A libblkio call failed (`--vhost-user`).
     #[error("vhost-user: {call}: {source}")]
     Blkio {

@@ -707,7 +707,7 @@ fn thread_main(
             let i = c.tag as usize;
             let slot = &mut slots[i];
             let latency = now_ns.saturating_sub(slot.started);
-            match &c.result {
+            match c.result {
                 Ok(()) => {
                     if a.verify && slot.read {
                         let buf = slot
@@ -734,7 +734,7 @@ fn thread_main(
                         stats.record_ns(slot.read, a.io_size, latency);
                     }
                 }
-                Err(e) => count_error(&mut stats, a, t, e)?,
+                Err(e) => count_error(&mut stats, a, t, Error::Driver(e))?,
             }
             tally.tick();
             if registered {
@@ -822,10 +822,10 @@ fn floor_thread(
 }
 
 /// Counts a failed I/O; the run stops at it unless `--continue-on-error`.
-fn count_error(stats: &mut Stats, args: &Args, t: usize, e: impl std::fmt::Display) -> Result<()> {
+fn count_error(stats: &mut Stats, args: &Args, t: usize, e: Error) -> Result<()> {
     stats.errors += 1;
     if !args.continue_on_error {
-        return Err(Error::thread(t, Error::Failed(e.to_string())));
+        return Err(Error::thread(t, e));
     }
     log::warn!("thread {t}: {e}");
     Ok(())
@@ -985,8 +985,7 @@ fn prefill(ctrl: &Controller, job: &Job) -> Result<()> {
         q.poll(&mut done)?;
         for c in done.drain(..) {
             in_flight -= 1;
-            c.result
-                .map_err(|e| Error::Failed(format!("prefill: {e}")))?;
+            c.result.map_err(Error::Prefill)?;
         }
     }
     Ok(())
@@ -1054,14 +1053,7 @@ fn json_report(
         .map(|(t, r)| tools_common::bench::ThreadReport {
             thread: t,
             qid: r.qid,
-            ios: r.stats.ios(),
-            reads: r.stats.reads,
-            writes: r.stats.writes,
-            errors: r.stats.errors,
-            iops: r.stats.iops(),
-            mbps: r.stats.mbps(),
-            seconds: r.stats.elapsed.as_secs_f64(),
-            latency: r.stats.latency(),
+            figures: r.stats.figures(),
             cache: r.cache.as_ref().map(cache_mode::ThreadExtra::report),
             path: r
                 .path
@@ -1115,14 +1107,7 @@ fn json_report(
             max_transfer: dev.max_transfer,
         },
         total: tools_common::bench::Total {
-            ios: total.ios(),
-            reads: total.reads,
-            writes: total.writes,
-            errors: total.errors,
-            iops: total.iops(),
-            mbps: total.mbps(),
-            seconds: total.elapsed.as_secs_f64(),
-            latency: total.latency(),
+            figures: total.figures(),
             cpu_seconds: cpu.as_secs_f64(),
             wall_seconds: wall.as_secs_f64(),
         },

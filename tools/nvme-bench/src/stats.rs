@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-pub use tools_common::bench::Latency;
+pub use tools_common::bench::{IoFigures, Latency};
 
 /// One thread's (or the total) measurements over the measured window.
 #[derive(Debug, Clone)]
@@ -125,6 +125,20 @@ impl Stats {
             max_us: us(h.max()),
         }
     }
+
+    /// The report's figures of these stats.
+    pub fn figures(&self) -> IoFigures {
+        IoFigures {
+            ios: self.ios(),
+            reads: self.reads,
+            writes: self.writes,
+            errors: self.errors,
+            iops: self.iops(),
+            mbps: self.mbps(),
+            seconds: self.elapsed.as_secs_f64(),
+            latency: self.latency(),
+        }
+    }
 }
 
 fn per_second(n: f64, elapsed: Duration) -> f64 {
@@ -162,6 +176,11 @@ mod tests {
         assert!((l.p50_us - 500.0).abs() < 1.0, "{l:?}");
         assert!((l.p99_us - 990.0).abs() < 1.0, "{l:?}");
         assert!((l.max_us - 1000.0).abs() < 1.0, "{l:?}");
+        // The report's figures are these.
+        let f = s.figures();
+        assert_eq!((f.ios, f.reads, f.writes, f.errors), (1000, 500, 500, 0));
+        assert_eq!((f.iops, f.mbps, f.seconds), (s.iops(), s.mbps(), 2.0));
+        assert_eq!(f.latency, l);
         let mut t = Stats::new();
         t.merge(&s);
         t.merge(&s);

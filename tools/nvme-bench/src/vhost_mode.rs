@@ -420,11 +420,11 @@ fn thread_main(
                     &mut stats,
                     a,
                     t,
-                    format!(
+                    Error::Failed(format!(
                         "{} at LBA {} failed with {ret}",
                         if slot.read { "read" } else { "write" },
                         slot.slba
-                    ),
+                    )),
                 )?;
             }
             tally.tick();

@@ -43,7 +43,7 @@ use vmm_sys_util::event::EventNotifier;
 
 use crate::config::DeviceConfig;
 use crate::request::{self, Action, ID_BYTES, Reject};
-use crate::worker::{Served, Stats, WorkerError, answer, write_id};
+use crate::worker::{RequestError, Served, Stats, WorkerError, answer, write_id};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 /// The flusher also looks at the cache this often when nobody wakes it.
@@ -55,12 +55,64 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Why the page-cache mode cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    /// The cache's memory, the file or the flusher.
+    /// The cache's memory could not be mapped.
+    #[error("page cache: reserving {bytes} bytes: {source}")]
+    Reserve {
+        /// The cache's budget.
+        bytes: u64,
+        /// The folio memory's answer.
+        #[source]
+        source: pagecache::Error,
+    },
+    /// The cache could not be made.
     #[error("page cache: {0}")]
-    Cache(String),
-    /// A queue pair for the cache's device.
+    Cache(#[source] pagecache::Error),
+    /// The namespace's LBA size is no cache block size.
+    #[error("page cache: LBA size {lba_size} as a cache block: {source}")]
+    Block {
+        /// The namespace's LBA size.
+        lba_size: u32,
+        /// Why.
+        #[source]
+        source: pagecache::Error,
+    },
+    /// The namespace could not be opened as a file of the cache.
+    #[error("page cache: the namespace as a file: {0}")]
+    File(#[source] mpage::Error),
+    /// A description of the namespace file could not be opened.
+    #[error("page cache: {0}")]
+    Reopen(#[source] mpage::Error),
+    /// The flusher could not be attached or started.
+    #[error("page cache: flusher: {0}")]
+    Flusher(#[source] mpage::Error),
+    /// No queue pair for the cache's device.
     #[error("page cache: queue pair: {0}")]
-    Device(String),
+    QueuePair(#[source] nvme_driver::Error),
+    /// The queue pair could not be made a block device of the cache.
+    #[error("page cache: queue pair: {0}")]
+    Device(#[source] mpage::DeviceError),
+}
+
+/// Why one request failed in page-cache mode: it is answered
+/// VIRTIO_BLK_S_IOERR and the message logged with the request.
+#[derive(Debug, thiserror::Error)]
+enum CachedRequestError {
+    /// The guest's buffers (as in the direct mode).
+    #[error(transparent)]
+    Guest(#[from] RequestError),
+    /// The page cache, or the device under it.
+    #[error(transparent)]
+    File(#[from] mpage::Error),
+    /// The file moved fewer bytes than asked.
+    #[error("short {op}: {done} of {len} bytes")]
+    Short {
+        /// "read" or "write".
+        op: &'static str,
+        /// Bytes moved.
+        done: usize,
+        /// Bytes asked.
+        len: u64,
+    },
 }
 
 /// The page cache over the namespace, shared by the queue threads.
@@ -92,22 +144,19 @@ impl CacheMode {
         // Map the budget's memory now, not on the I/O path.
         memory
             .reserve(budget)
-            .map_err(|e| CacheError::Cache(format!("reserving {budget} bytes: {e}")))?;
-        let cache =
-            Arc::new(PageCache::new(memory, budget).map_err(|e| CacheError::Cache(e.to_string()))?);
+            .map_err(|source| CacheError::Reserve {
+                bytes: budget,
+                source,
+            })?;
+        let cache = Arc::new(PageCache::new(memory, budget).map_err(CacheError::Cache)?);
         let block = BlockSize::new(lba_size as usize)
-            .map_err(|e| CacheError::Cache(format!("LBA size {lba_size} as a cache block: {e}")))?;
+            .map_err(|source| CacheError::Block { lba_size, source })?;
         let blocks = capacity / u64::from(lba_size);
         let mapper = Arc::new(IdentityMapper::new(0, blocks, lba_size));
-        let file = File::open(cache.clone(), mapper, block, capacity)
-            .map_err(|e| CacheError::Cache(format!("the namespace as a file: {e}")))?;
-        let guest = file
-            .reopen()
-            .map_err(|e| CacheError::Cache(e.to_string()))?;
+        let file = File::open(cache.clone(), mapper, block, capacity).map_err(CacheError::File)?;
+        let guest = file.reopen().map_err(CacheError::Reopen)?;
         let flusher = Flusher::new(cache.clone());
-        flusher
-            .attach(&file)
-            .map_err(|e| CacheError::Cache(format!("flusher: {e}")))?;
+        flusher.attach(&file).map_err(CacheError::Flusher)?;
         // Asleep on its queue's interrupt while writeback is in flight,
         // when the controller has vectors.
         let dev = device(
@@ -117,7 +166,7 @@ impl CacheMode {
         )?;
         let flusher = flusher
             .spawn(Box::new(dev), FLUSHER_INTERVAL)
-            .map_err(|e| CacheError::Cache(format!("flusher: {e}")))?;
+            .map_err(CacheError::Flusher)?;
         log::info!(
             "page cache of {budget} bytes over namespace {nsid} ({} pages); flusher running",
             budget / PAGE
@@ -142,10 +191,7 @@ impl CacheMode {
         stats: Arc<Stats>,
     ) -> Result<CacheWorker, CacheError> {
         let dev = device(ctrl, self.nsid, qpair)?;
-        let file = self
-            .file
-            .reopen()
-            .map_err(|e| CacheError::Cache(e.to_string()))?;
+        let file = self.file.reopen().map_err(CacheError::Reopen)?;
         Ok(CacheWorker {
             mode: self.clone(),
             dev,
@@ -212,8 +258,8 @@ fn device(
     nsid: u32,
     qpair: nvme_driver::Result<IoQPair>,
 ) -> Result<NvmeDevice, CacheError> {
-    let qpair = qpair.map_err(|e| CacheError::Device(e.to_string()))?;
-    NvmeDevice::new(ctrl, qpair, nsid).map_err(|e| CacheError::Device(e.to_string()))
+    let qpair = qpair.map_err(CacheError::QueuePair)?;
+    NvmeDevice::new(ctrl, qpair, nsid).map_err(CacheError::Device)
 }
 
 /// One queue thread's server in page-cache mode.
@@ -334,7 +380,11 @@ impl CacheWorker {
         }
     }
 
-    fn try_run(&mut self, mem: &GuestMemoryMmap<()>, action: &Action) -> Result<(), String> {
+    fn try_run(
+        &mut self,
+        mem: &GuestMemoryMmap<()>,
+        action: &Action,
+    ) -> Result<(), CachedRequestError> {
         let lba = u64::from(self.mode.lba_size);
         let nsid = self.mode.nsid;
         match action {
@@ -346,17 +396,21 @@ impl CacheWorker {
                     self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
                 }
                 self.copy.resize(len as usize, 0);
-                let n = self
-                    .file
-                    .read_at(&mut self.dev, pos, &mut self.copy)
-                    .map_err(|e| e.to_string())?;
+                let n = self.file.read_at(&mut self.dev, pos, &mut self.copy)?;
                 if n as u64 != len {
-                    return Err(format!("short read: {n} of {len} bytes"));
+                    return Err(CachedRequestError::Short {
+                        op: "read",
+                        done: n,
+                        len,
+                    });
                 }
                 let mut at = 0;
                 for &(addr, l) in data {
                     mem.write_slice(&self.copy[at..at + l as usize], addr)
-                        .map_err(|e| format!("writing guest data at {:#x}: {e}", addr.0))?;
+                        .map_err(|source| RequestError::WriteGuest {
+                            addr: addr.0,
+                            source,
+                        })?;
                     at += l as usize;
                 }
                 Ok(())
@@ -367,15 +421,19 @@ impl CacheWorker {
                 let mut at = 0;
                 for &(addr, l) in data {
                     mem.read_slice(&mut self.copy[at..at + l as usize], addr)
-                        .map_err(|e| format!("reading guest data at {:#x}: {e}", addr.0))?;
+                        .map_err(|source| RequestError::ReadGuest {
+                            addr: addr.0,
+                            source,
+                        })?;
                     at += l as usize;
                 }
-                let n = self
-                    .file
-                    .write_at(&mut self.dev, pos, &self.copy)
-                    .map_err(|e| e.to_string())?;
+                let n = self.file.write_at(&mut self.dev, pos, &self.copy)?;
                 if n as u64 != len {
-                    return Err(format!("short write: {n} of {len} bytes"));
+                    return Err(CachedRequestError::Short {
+                        op: "write",
+                        done: n,
+                        len,
+                    });
                 }
                 self.stats.cache_writes.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -386,10 +444,10 @@ impl CacheWorker {
                     .guest
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .fsync(&mut self.dev)
-                    .map_err(|e| e.to_string())
+                    .fsync(&mut self.dev)?;
+                Ok(())
             }
-            Action::GetId { data } => write_id(mem, &self.id, data),
+            Action::GetId { data } => Ok(write_id(mem, &self.id, data)?),
             Action::Discard(ranges) | Action::WriteZeroes(ranges) => {
                 let zeroes = matches!(action, Action::WriteZeroes(_));
                 for &(slba, blocks) in ranges {
@@ -398,14 +456,17 @@ impl CacheWorker {
                     } else {
                         IoRequest::deallocate(nsid, slba, blocks)
                     };
-                    self.file
-                        .invalidate_around(&mut self.dev, slba * lba, (slba + blocks) * lba, |d| {
+                    self.file.invalidate_around(
+                        &mut self.dev,
+                        slba * lba,
+                        (slba + blocks) * lba,
+                        |d| {
                             d.execute(req).map_err(|source| mpage::Error::Device {
                                 context: "deallocate or write zeroes",
                                 source,
                             })
-                        })
-                        .map_err(|e| e.to_string())?;
+                        },
+                    )?;
                 }
                 Ok(())
             }

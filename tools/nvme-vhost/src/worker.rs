@@ -76,6 +76,62 @@ pub enum WorkerError {
     Memory(#[from] vm_memory::GuestMemoryError),
 }
 
+/// Why one request failed: it is answered VIRTIO_BLK_S_IOERR, the message
+/// is logged with its descriptor, and serving goes on.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RequestError {
+    /// A data piece outside the guest's memory.
+    #[error("data at {addr:#x}+{len:#x} is not in the guest memory")]
+    OutsideMemory {
+        /// The piece's guest address.
+        addr: u64,
+        /// Its length.
+        len: u32,
+    },
+    /// No DMA memory for a bounce buffer.
+    #[error("bounce buffer of {bytes} bytes: {source}")]
+    Bounce {
+        /// The buffer's size.
+        bytes: usize,
+        /// The pool's answer.
+        #[source]
+        source: nvme_driver::Error,
+    },
+    /// Copying into or out of a bounce buffer.
+    #[error(transparent)]
+    Dma(nvme_driver::Error),
+    /// The queue pair refused an NVMe command (it comes back with it).
+    #[error(transparent)]
+    Submit(Box<nvme_driver::Rejected>),
+    /// GET_ID's answer could not be written into the guest's buffer.
+    #[error("GET_ID answer at {addr:#x}: {source}")]
+    GetId {
+        /// The buffer's guest address.
+        addr: u64,
+        /// Why.
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
+    /// A write's data could not be read from the guest's buffer.
+    #[error("reading guest data at {addr:#x}: {source}")]
+    ReadGuest {
+        /// The buffer's guest address.
+        addr: u64,
+        /// Why.
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
+    /// A read's data could not be written into the guest's buffer.
+    #[error("writing guest data at {addr:#x}: {source}")]
+    WriteGuest {
+        /// The buffer's guest address.
+        addr: u64,
+        /// Why.
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
+}
+
 /// How the front end learns that chains are back on the used ring: the
 /// call eventfd (vhost-user) or an injected interrupt (VDUSE).
 pub trait Notify {
@@ -532,7 +588,7 @@ impl Worker {
         action: &Action,
         tag: u64,
         f: &mut InFlight,
-    ) -> Result<(), String> {
+    ) -> Result<(), RequestError> {
         let nsid = self.nsid;
         if self.null_io && matches!(action, Action::Read { .. } | Action::Write { .. }) {
             return Ok(());
@@ -559,7 +615,7 @@ impl Worker {
         for req in reqs {
             self.qpair
                 .submit(req.with_tag(tag))
-                .map_err(|rejected| rejected.to_string())?;
+                .map_err(RequestError::Submit)?;
             f.outstanding += 1;
         }
         Ok(())
@@ -578,7 +634,7 @@ impl Worker {
         blocks: u64,
         data: &[(GuestAddress, u32)],
         f: &mut InFlight,
-    ) -> Result<IoRequest, String> {
+    ) -> Result<IoRequest, RequestError> {
         let nsid = self.nsid;
         let mut pieces = Vec::with_capacity(data.len());
         // False when some piece is in memory the device cannot reach
@@ -587,10 +643,7 @@ impl Worker {
         for &(addr, len) in data {
             if !table.translate(addr, len, &mut pieces) {
                 if !mem.check_range(addr, len as usize, vm_memory::Permissions::ReadWrite) {
-                    return Err(format!(
-                        "data at {:#x}+{len:#x} is not in the guest memory",
-                        addr.0
-                    ));
+                    return Err(RequestError::OutsideMemory { addr: addr.0, len });
                 }
                 reachable = false;
             }
@@ -609,7 +662,10 @@ impl Worker {
         let buf = self
             .pool
             .alloc_uninit(total)
-            .map_err(|e| format!("bounce buffer of {total} bytes: {e}"))?;
+            .map_err(|source| RequestError::Bounce {
+                bytes: total,
+                source,
+            })?;
         if write {
             copy_in(&mut self.copy, &buf, mem, data)?;
             Ok(IoRequest::write(nsid, slba, blocks, buf))
@@ -656,12 +712,15 @@ pub(crate) fn write_id<G: GuestMemory + ?Sized>(
     mem: &G,
     id: &[u8; ID_BYTES],
     data: &[(GuestAddress, u32)],
-) -> Result<(), String> {
+) -> Result<(), RequestError> {
     let mut left = &id[..];
     for &(addr, len) in data {
         let n = left.len().min(len as usize);
         mem.write_slice(&left[..n], addr)
-            .map_err(|e| format!("GET_ID answer at {:#x}: {e}", addr.0))?;
+            .map_err(|source| RequestError::GetId {
+                addr: addr.0,
+                source,
+            })?;
         left = &left[n..];
     }
     Ok(())
@@ -673,13 +732,16 @@ fn copy_in<G: GuestMemory + ?Sized>(
     buf: &DmaBuffer,
     mem: &G,
     data: &[(GuestAddress, u32)],
-) -> Result<(), String> {
+) -> Result<(), RequestError> {
     let mut at = 0;
     for &(addr, len) in data {
         scratch.resize(len as usize, 0);
         mem.read_slice(scratch, addr)
-            .map_err(|e| format!("reading guest data at {:#x}: {e}", addr.0))?;
-        buf.write(at, scratch).map_err(|e| e.to_string())?;
+            .map_err(|source| RequestError::ReadGuest {
+                addr: addr.0,
+                source,
+            })?;
+        buf.write(at, scratch).map_err(RequestError::Dma)?;
         at += len as usize;
     }
     Ok(())
@@ -691,13 +753,16 @@ fn copy_out<G: GuestMemory + ?Sized>(
     buf: &DmaBuffer,
     mem: &G,
     data: &[(GuestAddress, u32)],
-) -> Result<(), String> {
+) -> Result<(), RequestError> {
     let mut at = 0;
     for &(addr, len) in data {
         scratch.resize(len as usize, 0);
-        buf.read(at, scratch).map_err(|e| e.to_string())?;
+        buf.read(at, scratch).map_err(RequestError::Dma)?;
         mem.write_slice(scratch, addr)
-            .map_err(|e| format!("writing guest data at {:#x}: {e}", addr.0))?;
+            .map_err(|source| RequestError::WriteGuest {
+                addr: addr.0,
+                source,
+            })?;
         at += len as usize;
     }
     Ok(())

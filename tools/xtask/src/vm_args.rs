@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use qemu_harness::{GuestDriver, IommuMode, NsDisk, Suite, VmConfig, workspace_root};
+use tools_common::parse_bytes;
 
 /// `--iommu`: how the guest kernel uses the emulated IOMMU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Serialize)]
@@ -63,8 +64,8 @@ pub(crate) struct VmArgs {
     /// missing); repeat for namespaces 2, 3... Default: a fresh temporary image.
     #[arg(long, value_name = "PATH")]
     disk: Vec<PathBuf>,
-    /// Size of created images and null devices (bytes, or with K/M/G suffix).
-    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    /// Size of created images and null devices (bytes, or with K/M/G/T suffix).
+    #[arg(long, default_value = "1G", value_parser = parse_bytes)]
     size: u64,
     /// Extra nvme device property, e.g. mdts=3 or logical_block_size=4096 (repeatable).
     #[arg(long = "nvme", value_name = "K=V", value_parser = parse_kv)]
@@ -137,16 +138,35 @@ pub(crate) struct VmArgs {
     cmd: Vec<String>,
 }
 
+/// Why `cargo xtask vm`'s options make no guest.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum VmArgsError {
+    #[error("no command given (cargo xtask vm [OPTIONS] -- CMD [ARGS...])")]
+    NoCommand,
+    #[error("--null and --disk exclude each other")]
+    NullAndDisk,
+    #[error("--write-log logs a fresh namespace 1: not with --null, --disk or --blkdebug")]
+    WriteLog,
+    #[error("reading {}: {source}", .path.display())]
+    Blkdebug {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 impl VmArgs {
     /// The guest configuration, the command and where to copy the write log.
-    pub(crate) fn into_config(self) -> Result<(VmConfig, Vec<String>, Option<PathBuf>), String> {
+    pub(crate) fn into_config(
+        self,
+    ) -> Result<(VmConfig, Vec<String>, Option<PathBuf>), VmArgsError> {
         if self.cmd.is_empty() {
-            return Err("no command given (cargo xtask vm [OPTIONS] -- CMD [ARGS...])".into());
+            return Err(VmArgsError::NoCommand);
         }
         let namespaces = self.namespaces.max(self.disk.len() as u32);
         let mut disks = if self.null {
             if !self.disk.is_empty() {
-                return Err("--null and --disk exclude each other".into());
+                return Err(VmArgsError::NullAndDisk);
             }
             vec![NsDisk::Null; namespaces as usize]
         } else {
@@ -154,17 +174,19 @@ impl VmArgs {
         };
         if self.write_log.is_some() {
             if self.null || !disks.is_empty() || self.blkdebug.is_some() {
-                return Err(
-                    "--write-log logs a fresh namespace 1: not with --null, --disk or --blkdebug"
-                        .into(),
-                );
+                return Err(VmArgsError::WriteLog);
             }
             disks.push(NsDisk::Logged);
         }
         let blkdebug = match &self.blkdebug {
-            Some(p) => Some(
-                std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?,
-            ),
+            Some(p) => {
+                Some(
+                    std::fs::read_to_string(p).map_err(|source| VmArgsError::Blkdebug {
+                        path: p.clone(),
+                        source,
+                    })?,
+                )
+            }
             None => None,
         };
         let config = VmConfig {
@@ -205,27 +227,14 @@ impl VmArgs {
     }
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, shift) = match s.char_indices().last() {
-        Some((i, 'K' | 'k')) => (&s[..i], 10),
-        Some((i, 'M' | 'm')) => (&s[..i], 20),
-        Some((i, 'G' | 'g')) => (&s[..i], 30),
-        Some((i, 'T' | 't')) => (&s[..i], 40),
-        _ => (s, 0),
-    };
-    let n: u64 = num.parse().map_err(|_| format!("not a size: {s}"))?;
-    n.checked_shl(shift)
-        .filter(|v| v >> shift == n)
-        .ok_or_else(|| format!("size too large: {s}"))
-}
-
+/// `--mem`: MiB, or bytes with a suffix ([`parse_bytes`]).
 fn parse_mem(s: &str) -> Result<u32, String> {
     let bytes = if s.chars().all(|c| c.is_ascii_digit()) {
-        parse_size(&format!("{s}M"))?
+        parse_bytes(&format!("{s}M"))
     } else {
-        parse_size(s)?
-    };
+        parse_bytes(s)
+    }
+    .map_err(|e| e.to_string())?;
     u32::try_from(bytes >> 20).map_err(|_| format!("memory too large: {s}"))
 }
 
@@ -250,15 +259,35 @@ fn parse_copy(s: &str) -> Result<(PathBuf, String), String> {
 mod tests {
     use super::*;
 
+    /// `--size` and `--mem` take `tools_common::parse_bytes`'s syntax, T
+    /// (TiB) included as before; zero, which made no working guest, is
+    /// refused now.
     #[test]
     fn sizes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("1G"), Ok(1 << 30));
-        assert_eq!(parse_size("512M"), Ok(512 << 20));
-        assert!(parse_size("x").is_err());
-        assert!(parse_size("99999999999T").is_err());
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            vm: VmArgs,
+        }
+        let size =
+            |arg: &str| Cli::try_parse_from(["x", "--size", arg, "--", "true"]).map(|c| c.vm.size);
+        assert_eq!(size("4096").ok(), Some(4096));
+        assert_eq!(size("1G").ok(), Some(1 << 30));
+        assert_eq!(size("512m").ok(), Some(512 << 20));
+        assert_eq!(size("2T").ok(), Some(2 << 40));
+        assert_eq!(size(" 64k ").ok(), Some(64 << 10));
+        for bad in ["x", "99999999999T", "0", "-1", "1P"] {
+            assert!(size(bad).is_err(), "{bad}");
+        }
+        let default = Cli::try_parse_from(["x", "--", "true"]).expect("parse");
+        assert_eq!(default.vm.size, 1 << 30);
+        assert_eq!(default.vm.mem, 1024);
         assert_eq!(parse_mem("2048"), Ok(2048));
         assert_eq!(parse_mem("2G"), Ok(2048));
+        assert_eq!(parse_mem("1t"), Ok(1 << 20));
+        assert_eq!(parse_mem("0"), Err("bad size: 0M".to_string()));
+        assert!(parse_mem("8192T").is_err(), "more MiB than a u32");
     }
 
     #[test]

@@ -4,7 +4,7 @@ mod report;
 mod vocabulary;
 
 pub use report::{
-    CacheReport, JobReport, Latency, PathReport, ReadaheadWindow, Report, ThreadCache,
+    CacheReport, IoFigures, JobReport, Latency, PathReport, ReadaheadWindow, Report, ThreadCache,
     ThreadReport, Total, Traffic,
 };
 pub use vocabulary::{Buffers, CacheState, Files, Mode, Workload};

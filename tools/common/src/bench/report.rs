@@ -115,9 +115,11 @@ pub struct Latency {
     pub max_us: f64,
 }
 
-/// The run's figures over every thread.
+/// What a thread, or the run as a whole, measured: the fields [`Total`]
+/// and [`ThreadReport`] share, flattened into each (the JSON has no
+/// `figures` object).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Total {
+pub struct IoFigures {
     /// I/Os completed (reads + writes).
     pub ios: u64,
     /// Reads completed.
@@ -135,8 +137,16 @@ pub struct Total {
     /// The measured window.
     #[serde(deserialize_with = "nan_if_null")]
     pub seconds: f64,
-    /// Latency of every I/O.
+    /// Latency of the I/Os.
     pub latency: Latency,
+}
+
+/// The run's figures over every thread.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Total {
+    /// Every thread's I/Os together.
+    #[serde(flatten)]
+    pub figures: IoFigures,
     /// CPU time of the process (user + system) over the run.
     #[serde(deserialize_with = "nan_if_null")]
     pub cpu_seconds: f64,
@@ -152,25 +162,9 @@ pub struct ThreadReport {
     pub thread: usize,
     /// Its queue pair's id (virtqueue index under `--vhost-user`).
     pub qid: u16,
-    /// I/Os completed (reads + writes).
-    pub ios: u64,
-    /// Reads completed.
-    pub reads: u64,
-    /// Writes completed.
-    pub writes: u64,
-    /// Failed I/Os.
-    pub errors: u64,
-    /// I/Os per second.
-    #[serde(deserialize_with = "nan_if_null")]
-    pub iops: f64,
-    /// 10^6 bytes per second.
-    #[serde(deserialize_with = "nan_if_null")]
-    pub mbps: f64,
-    /// The thread's measured window.
-    #[serde(deserialize_with = "nan_if_null")]
-    pub seconds: f64,
-    /// Latency of the thread's I/Os.
-    pub latency: Latency,
+    /// The thread's I/Os over its measured window.
+    #[serde(flatten)]
+    pub figures: IoFigures,
     /// Cache mode: the thread's side of the cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<ThreadCache>,
@@ -325,28 +319,32 @@ mod tests {
                 max_transfer: 512 << 10,
             },
             total: Total {
-                ios: 10,
-                reads: 10,
-                writes: 0,
-                errors: 0,
-                iops: 1.0,
-                mbps: 0.004,
-                seconds: 10.0,
-                latency: latency(12.5),
+                figures: IoFigures {
+                    ios: 10,
+                    reads: 10,
+                    writes: 0,
+                    errors: 0,
+                    iops: 1.0,
+                    mbps: 0.004,
+                    seconds: 10.0,
+                    latency: latency(12.5),
+                },
                 cpu_seconds: 1.5,
                 wall_seconds: 11.0,
             },
             threads: vec![ThreadReport {
                 thread: 0,
                 qid: 1,
-                ios: 10,
-                reads: 10,
-                writes: 0,
-                errors: 0,
-                iops: 1.0,
-                mbps: 0.004,
-                seconds: 10.0,
-                latency: latency(f64::NAN),
+                figures: IoFigures {
+                    ios: 10,
+                    reads: 10,
+                    writes: 0,
+                    errors: 0,
+                    iops: 1.0,
+                    mbps: 0.004,
+                    seconds: 10.0,
+                    latency: latency(f64::NAN),
+                },
                 cache: Some(ThreadCache {
                     fsync_seconds: None,
                     device: Traffic::default(),
@@ -403,10 +401,93 @@ mod tests {
             serde_json::Value::Null
         );
         let back: Report = serde_json::from_str(&text).expect("reads back");
-        assert!(back.threads[0].latency.mean_us.is_nan());
+        assert!(back.threads[0].figures.latency.mean_us.is_nan());
         assert_eq!(serde_json::to_string(&back).expect("serializes"), text);
         assert_eq!(back.total, r.total);
         assert_eq!(back.cache, r.cache);
+    }
+
+    /// Three lines nvme-bench printed in a `cargo xtask bench` smoke run:
+    /// `--vhost-user`, raw mode with its path counters, cache mode.
+    const REAL: &str = include_str!("testdata/nvme-bench.jsonl");
+
+    /// `text` with the values of the first `n` fields named `key` made
+    /// `null` (how serde_json writes NaN).
+    fn null_out(text: &str, key: &str, n: usize) -> String {
+        let tag = format!("\"{key}\":");
+        let mut out = String::new();
+        let mut rest = text;
+        for _ in 0..n {
+            let at = rest.find(&tag).expect("the field") + tag.len();
+            let end = at + rest[at..].find([',', '}']).expect("the value's end");
+            out.push_str(&rest[..at]);
+            out.push_str("null");
+            rest = &rest[end..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    #[test]
+    fn real_reports_read_and_write_back_byte_for_byte() {
+        assert_eq!(REAL.lines().count(), 3);
+        for line in REAL.lines() {
+            let r: Report = serde_json::from_str(line).expect(line);
+            // The same keys, in the same order, with the same values.
+            assert_eq!(serde_json::to_string(&r).expect("serializes"), line);
+            // The shared figures are read from the flattened fields.
+            let v: serde_json::Value = serde_json::from_str(line).expect("JSON");
+            for (figures, json) in std::iter::once((&r.total.figures, &v["total"])).chain(
+                r.threads
+                    .iter()
+                    .zip(v["threads"].as_array().expect("threads"))
+                    .map(|(t, j)| (&t.figures, j)),
+            ) {
+                assert!(figures.ios > 0, "{line}");
+                assert_eq!(json["ios"].as_u64(), Some(figures.ios));
+                assert_eq!(json["reads"].as_u64(), Some(figures.reads));
+                assert_eq!(json["iops"].as_f64(), Some(figures.iops));
+                assert_eq!(json["seconds"].as_f64(), Some(figures.seconds));
+                assert_eq!(
+                    json["latency"]["p999_us"].as_f64(),
+                    Some(figures.latency.p999_us)
+                );
+                assert!(json.get("figures").is_none(), "flattened: {json}");
+            }
+        }
+        let raw: Report = serde_json::from_str(REAL.lines().nth(1).expect("line")).expect("raw");
+        assert_eq!(raw.threads[0].qid, 1);
+        assert_eq!(
+            raw.threads[0].path.map(|p| p.cqes),
+            Some(raw.total.figures.ios)
+        );
+        let cached: Report =
+            serde_json::from_str(REAL.lines().nth(2).expect("line")).expect("cache");
+        assert_eq!(cached.mode, Mode::Cache);
+        assert!(cached.threads[0].cache.is_some() && cached.cache.is_some());
+    }
+
+    /// A non-finite figure is written as `null` and reads back as NaN in
+    /// the flattened fields too, and in the fields beside them.
+    #[test]
+    fn null_figures_read_as_nan_through_the_flattened_struct() {
+        let line = REAL.lines().nth(1).expect("the raw-mode line");
+        // The total's and the thread's iops and mean latency, the total's
+        // CPU time.
+        let text = null_out(&null_out(line, "iops", 2), "mean_us", 2);
+        let text = null_out(&text, "cpu_seconds", 1);
+        assert_eq!(
+            text.matches(":null").count(),
+            line.matches(":null").count() + 5
+        );
+        let r: Report = serde_json::from_str(&text).expect("reads");
+        for f in [&r.total.figures, &r.threads[0].figures] {
+            assert!(f.iops.is_nan() && f.latency.mean_us.is_nan(), "{f:?}");
+            assert!(f.mbps.is_finite() && f.latency.p50_us.is_finite());
+        }
+        assert!(r.total.cpu_seconds.is_nan());
+        assert!(r.total.wall_seconds.is_finite());
+        assert_eq!(serde_json::to_string(&r).expect("serializes"), text);
     }
 
     #[test]

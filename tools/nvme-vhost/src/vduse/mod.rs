@@ -39,16 +39,17 @@ use virtio_bindings::virtio_config::{
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
+use vm_memory::mmap::MmapRegionError;
 use vm_memory::{
     FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    GuestRegionMmap, MmapRegion,
+    GuestRegionCollectionError, GuestRegionMmap, MmapRegion,
 };
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::backend::BlkBackend;
 use crate::memtable::MemTable;
-use crate::worker::{Notify, Worker};
+use crate::worker::{Notify, Worker, WorkerError};
 
 /// Alignment of the rings' areas (the page).
 const VQ_ALIGN: u32 = 4096;
@@ -75,6 +76,187 @@ pub enum VduseError {
         /// The system's answer.
         source: io::Error,
     },
+    /// The memory for the bounce area could not be allocated.
+    #[error("allocating {size} bytes of bounce memory: {source}")]
+    BounceMemory {
+        /// The bounce area's size.
+        size: u64,
+        /// Why.
+        source: MmapRegionError,
+    },
+    /// A virtqueue could not be made.
+    #[error("virtqueue {index}: {source}")]
+    Queue {
+        /// The virtqueue.
+        index: u32,
+        /// Why.
+        source: virtio_queue::Error,
+    },
+    /// A virtqueue value the driver gave was refused.
+    #[error("virtqueue {index} from the driver: {what}: {source}")]
+    DriverQueue {
+        /// The virtqueue.
+        index: u32,
+        /// Which value (`size 256`, `driver area 0x...`).
+        what: String,
+        /// Why.
+        source: virtio_queue::Error,
+    },
+}
+
+/// Why a kick could not be served (logged; the queue thread serves the
+/// next kick).
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    /// The ring addresses the driver gave are not in its IOTLB memory.
+    #[error("the rings are not inside the driver's IOTLB memory")]
+    Rings,
+    /// The worker stopped serving the virtqueue.
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    /// The used ring's notification state could not be read.
+    #[error(transparent)]
+    Queue(virtio_queue::Error),
+    /// The driver could not be signalled.
+    #[error("VDUSE_VQ_INJECT_IRQ: {0}")]
+    Irq(#[source] io::Error),
+    /// Where the bounce area is could not be asked.
+    #[error("VDUSE_IOTLB_GET_INFO: {0}")]
+    IotlbInfo(#[source] io::Error),
+    /// The IOTLB has no bounce area yet.
+    #[error("no bounce area in the IOTLB yet")]
+    NoBounceArea,
+    /// The IOTLB's first region is not the bounce area of the device.
+    #[error(
+        "the IOTLB's first region is {start:#x}..={last:#x}, not a bounce area of {size:#x} bytes"
+    )]
+    FirstRegion {
+        /// The region's first IOVA.
+        start: u64,
+        /// Its last IOVA.
+        last: u64,
+        /// The bounce area's size.
+        size: u64,
+    },
+    /// The kernel's bounce pages could not be asked for.
+    #[error("VDUSE_IOTLB_GET_FD at 0: {0}")]
+    BounceFd(#[source] io::Error),
+    /// The IOTLB has no entry for the bounce area.
+    #[error("no bounce area in the IOTLB")]
+    NoBounceEntry,
+    /// The IOTLB's bounce entry is not the whole area, read-write.
+    #[error(
+        "IOTLB bounce entry {start:#x}..={last:#x} perm {perm}: expected 0..={:#x} read-write",
+        .size - 1
+    )]
+    BounceEntry {
+        /// The entry's first IOVA.
+        start: u64,
+        /// Its last IOVA.
+        last: u64,
+        /// Its permission.
+        perm: u8,
+        /// The bounce area's size.
+        size: u64,
+    },
+    /// The kernel's bounce pages could not be mapped.
+    #[error("mapping the kernel's bounce pages: {0}")]
+    MapBounce(#[source] MmapRegionError),
+    /// The kernel's bounce pages do not fit the address space.
+    #[error("bounce region overflows")]
+    BounceOverflows,
+    /// An IOTLB entry above the bounce area could not be asked for.
+    #[error("VDUSE_IOTLB_GET_FD at {at:#x}: {source}")]
+    CoherentFd {
+        /// Where the search started.
+        at: u64,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// An IOTLB entry the kernel gave is not acceptable.
+    #[error(transparent)]
+    Entry(#[from] BadEntry),
+    /// An IOTLB entry could not be mapped.
+    #[error("IOTLB entry {start:#x}..={last:#x} (offset {offset:#x}): mmap: {source}")]
+    MapEntry {
+        /// The entry's first IOVA.
+        start: u64,
+        /// Its last IOVA.
+        last: u64,
+        /// Its offset in the file the kernel gave.
+        offset: u64,
+        /// Why.
+        #[source]
+        source: MmapRegionError,
+    },
+    /// An IOTLB entry does not fit the address space.
+    #[error("IOTLB entry {start:#x}..={last:#x} (offset {offset:#x}): overflows")]
+    EntryOverflows {
+        /// The entry's first IOVA.
+        start: u64,
+        /// Its last IOVA.
+        last: u64,
+        /// Its offset in the file the kernel gave.
+        offset: u64,
+    },
+    /// More IOTLB entries than any driver makes.
+    #[error("more than {MAX_IOTLB_ENTRIES} IOTLB entries")]
+    TooManyEntries,
+    /// The IOTLB's regions make no guest memory (they overlap).
+    #[error("the driver's IOTLB regions: {0}")]
+    Regions(#[source] GuestRegionCollectionError),
+    /// The bounce memory could not be mapped for the NVMe device.
+    #[error("mapping the bounce memory for the device: {0}")]
+    MapTable(#[source] nvme_driver::Error),
+}
+
+/// Why this process's memory could not be registered as the bounce pages
+/// (the kernel's own are used then).
+#[derive(Debug, thiserror::Error)]
+enum UmemError {
+    /// The kernel does not offer it for this area.
+    #[error("the bounce area does not take user memory")]
+    NotOffered,
+    /// The pinned pages would not be allowed.
+    #[error("raising RLIMIT_MEMLOCK for {size} bytes of bounce memory: {source}")]
+    Memlock {
+        /// The bounce area's size.
+        size: u64,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel refused the memory.
+    #[error(
+        "VDUSE_IOTLB_REG_UMEM of {size} bytes: {source} (RLIMIT_MEMLOCK is {limit} bytes; \
+         it must cover the bounce area)"
+    )]
+    Register {
+        /// The bounce area's size.
+        size: u64,
+        /// RLIMIT_MEMLOCK after raising it.
+        limit: u64,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// An IOTLB entry above the bounce area that is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("IOTLB entry {start:#x}..={last:#x} (offset {offset:#x}, perm {perm}): {why}")]
+struct BadEntry {
+    /// The entry's first IOVA.
+    start: u64,
+    /// Its last IOVA.
+    last: u64,
+    /// Its offset in the file the kernel gave.
+    offset: u64,
+    /// Its permission.
+    perm: u8,
+    /// What is wrong.
+    why: &'static str,
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> VduseError {
@@ -330,10 +512,8 @@ impl Device {
         for index in 0..u32::from(config.queues) {
             let info = sys::vq_info(&self.shared.dev, index)
                 .map_err(io_err(format!("VDUSE_VQ_GET_INFO {index}")))?;
-            let mut queue = Queue::new(config.queue_size).map_err(|e| VduseError::Io {
-                what: format!("virtqueue {index}"),
-                source: io::Error::other(e.to_string()),
-            })?;
+            let mut queue = Queue::new(config.queue_size)
+                .map_err(|source| VduseError::Queue { index, source })?;
             if info.ready == 0 {
                 log::info!("virtqueue {index}: not ready");
                 // Keeps the indices in step with the queue numbers.
@@ -348,20 +528,27 @@ impl Device {
                 what: format!("virtqueue {index} from the driver"),
                 source: io::Error::new(io::ErrorKind::InvalidData, why),
             };
+            let refused = |what: String| {
+                move |source| VduseError::DriverQueue {
+                    index,
+                    what,
+                    source,
+                }
+            };
             let num = u16::try_from(info.num)
                 .map_err(|_| bad(format!("size {} is too big", info.num)))?;
             queue
                 .try_set_size(num)
-                .map_err(|e| bad(format!("size {num}: {e}")))?;
+                .map_err(refused(format!("size {num}")))?;
             queue
                 .try_set_desc_table_address(GuestAddress(info.desc_addr))
-                .map_err(|e| bad(format!("descriptor table {:#x}: {e}", info.desc_addr)))?;
+                .map_err(refused(format!("descriptor table {:#x}", info.desc_addr)))?;
             queue
                 .try_set_avail_ring_address(GuestAddress(info.driver_addr))
-                .map_err(|e| bad(format!("driver area {:#x}: {e}", info.driver_addr)))?;
+                .map_err(refused(format!("driver area {:#x}", info.driver_addr)))?;
             queue
                 .try_set_used_ring_address(GuestAddress(info.device_addr))
-                .map_err(|e| bad(format!("device area {:#x}: {e}", info.device_addr)))?;
+                .map_err(refused(format!("device area {:#x}", info.device_addr)))?;
             queue.set_event_idx(event_idx);
             queue.set_next_avail(info.state[0]);
             queue.set_next_used(info.state[0]);
@@ -492,10 +679,8 @@ fn bounce_area(name: &str) -> Result<GuestRegionMmap<()>, VduseError> {
             source: io::Error::new(io::ErrorKind::InvalidData, format!("bounce size {size}")),
         });
     }
-    let region = MmapRegion::<()>::new(size as usize).map_err(|e| VduseError::Io {
-        what: format!("allocating {size} bytes of bounce memory"),
-        source: io::Error::other(e.to_string()),
-    })?;
+    let region = MmapRegion::<()>::new(size as usize)
+        .map_err(|source| VduseError::BounceMemory { size, source })?;
     GuestRegionMmap::new(region, GuestAddress(0)).ok_or_else(|| VduseError::Io {
         what: "bounce memory".into(),
         source: io::Error::other("region overflows"),
@@ -572,7 +757,7 @@ impl Shared {
         index: u32,
         worker: &mut Worker,
         queue: &Mutex<Queue>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ServeError> {
         let mut table = self.table()?;
         let mut q = lock(queue);
         let irq = Irq {
@@ -580,7 +765,7 @@ impl Shared {
             index,
         };
         if !q.is_valid(&*table.memory()) {
-            return Err("the rings are not inside the driver's IOTLB memory".into());
+            return Err(ServeError::Rings);
         }
         let mut unsignalled = false;
         loop {
@@ -591,9 +776,7 @@ impl Shared {
                     .as_ref()
                     .is_some_and(|t| Arc::ptr_eq(t, &table))
             };
-            let served = worker
-                .serve_with(&mut q, &table, Some(&irq), None, &current)
-                .map_err(|e| e.to_string())?;
+            let served = worker.serve_with(&mut q, &table, Some(&irq), None, &current)?;
             unsignalled |= served.unsignalled;
             if !served.again {
                 break;
@@ -602,16 +785,15 @@ impl Shared {
         }
         if unsignalled
             && q.needs_notification(&*table.memory())
-                .map_err(|e| e.to_string())?
+                .map_err(ServeError::Queue)?
         {
-            irq.notify()
-                .map_err(|e| format!("VDUSE_VQ_INJECT_IRQ: {e}"))?;
+            irq.notify().map_err(ServeError::Irq)?;
         }
         Ok(())
     }
 
     /// The memory table, built from the IOTLB if there is none.
-    fn table(&self) -> Result<Arc<MemTable>, String> {
+    fn table(&self) -> Result<Arc<MemTable>, ServeError> {
         if let Some(t) = self
             .table
             .read()
@@ -631,8 +813,7 @@ impl Shared {
         };
         let mut regions = vec![bounce];
         regions.extend(self.coherent_regions()?);
-        let mem = GuestMemoryMmap::from_arc_regions(regions)
-            .map_err(|e| format!("the driver's IOTLB regions: {e}"))?;
+        let mem = GuestMemoryMmap::from_arc_regions(regions).map_err(ServeError::Regions)?;
         let mem = Arc::new(mem);
         self.probe_ring_pinning(&mem);
         // Only the bounce area holds data: it alone is mapped for the
@@ -641,7 +822,7 @@ impl Shared {
             MemTable::build_with(self.backend.dma_pool(), mem, &MemTable::default(), &|gpa| {
                 mode == BounceMode::Registered && gpa == GuestAddress(0)
             })
-            .map_err(|e| format!("mapping the bounce memory for the device: {e}"))?;
+            .map_err(ServeError::MapTable)?;
         log::info!("memory table: {} IOTLB regions", table.len());
         let table = Arc::new(table);
         *slot = Some(table.clone());
@@ -653,20 +834,21 @@ impl Shared {
     /// device file is closed), unless that fails or was not wanted. The
     /// bounce area exists in the IOTLB from the driver's first DMA
     /// mapping, so before the first request's kick.
-    fn bounce_mode(&self) -> Result<BounceMode, String> {
+    fn bounce_mode(&self) -> Result<BounceMode, ServeError> {
         let mut mode = lock(&self.bounce_mode);
         if let Some(m) = *mode {
             return Ok(m);
         }
         let size = self.bounce.len();
         let info = sys::iotlb_info(&self.dev, 0, 0)
-            .map_err(|e| format!("VDUSE_IOTLB_GET_INFO: {e}"))?
-            .ok_or("no bounce area in the IOTLB yet")?;
+            .map_err(ServeError::IotlbInfo)?
+            .ok_or(ServeError::NoBounceArea)?;
         if info.start != 0 || info.last != size - 1 {
-            return Err(format!(
-                "the IOTLB's first region is {:#x}..={:#x}, not a bounce area of {size:#x} bytes",
-                info.start, info.last
-            ));
+            return Err(ServeError::FirstRegion {
+                start: info.start,
+                last: info.last,
+                size,
+            });
         }
         self.probe_bounce_pinning(size);
         let m = match self.register_bounce(size, info.capability) {
@@ -686,38 +868,35 @@ impl Shared {
     }
 
     /// VDUSE_IOTLB_REG_UMEM of the bounce memory.
-    fn register_bounce(&self, size: u64, capability: u64) -> Result<(), String> {
+    fn register_bounce(&self, size: u64, capability: u64) -> Result<(), UmemError> {
         if capability & sys::IOVA_CAP_UMEM == 0 {
-            return Err("the bounce area does not take user memory".into());
+            return Err(UmemError::NotOffered);
         }
         // The kernel counts the pinned pages against RLIMIT_MEMLOCK (on
         // top of what is pinned already), CAP_IPC_LOCK or not.
-        let limit = sys::raise_memlock(u64::MAX).map_err(|e| {
-            format!("raising RLIMIT_MEMLOCK for {size} bytes of bounce memory: {e}")
-        })?;
+        let limit =
+            sys::raise_memlock(u64::MAX).map_err(|source| UmemError::Memlock { size, source })?;
         let uaddr = self.bounce.as_ptr() as u64;
-        sys::reg_umem(&self.dev, uaddr, size).map_err(|e| {
-            format!(
-                "VDUSE_IOTLB_REG_UMEM of {size} bytes: {e} (RLIMIT_MEMLOCK is {limit} bytes; \
-                 it must cover the bounce area)"
-            )
+        sys::reg_umem(&self.dev, uaddr, size).map_err(|source| UmemError::Register {
+            size,
+            limit,
+            source,
         })
     }
 
     /// The kernel's bounce pages, mapped from the IOTLB file.
-    fn kernel_bounce(&self) -> Result<Arc<GuestRegionMmap<()>>, String> {
+    fn kernel_bounce(&self) -> Result<Arc<GuestRegionMmap<()>>, ServeError> {
         let size = self.bounce.len();
         let (entry, file) = sys::iotlb_get_fd(&self.dev, 0, 0)
-            .map_err(|e| format!("VDUSE_IOTLB_GET_FD at 0: {e}"))?
-            .ok_or("no bounce area in the IOTLB")?;
+            .map_err(ServeError::BounceFd)?
+            .ok_or(ServeError::NoBounceEntry)?;
         if entry.start != 0 || entry.last != size - 1 || entry.perm != sys::ACCESS_RW {
-            return Err(format!(
-                "IOTLB bounce entry {:#x}..={:#x} perm {}: expected 0..={:#x} read-write",
-                entry.start,
-                entry.last,
-                entry.perm,
-                size - 1
-            ));
+            return Err(ServeError::BounceEntry {
+                start: entry.start,
+                last: entry.last,
+                perm: entry.perm,
+                size,
+            });
         }
         let region = MmapRegion::<()>::build(
             Some(FileOffset::new(file, entry.offset)),
@@ -725,10 +904,10 @@ impl Shared {
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_SHARED,
         )
-        .map_err(|e| format!("mapping the kernel's bounce pages: {e}"))?;
+        .map_err(ServeError::MapBounce)?;
         GuestRegionMmap::new(region, GuestAddress(0))
             .map(Arc::new)
-            .ok_or_else(|| "bounce region overflows".into())
+            .ok_or(ServeError::BounceOverflows)
     }
 
     /// Evidence for the docs: whether the controller's IOMMU can pin the
@@ -773,38 +952,43 @@ impl Shared {
 
     /// The IOTLB's regions above the bounce area (the rings), each mapped
     /// from the file VDUSE gives for it.
-    fn coherent_regions(&self) -> Result<Vec<Arc<GuestRegionMmap<()>>>, String> {
+    fn coherent_regions(&self) -> Result<Vec<Arc<GuestRegionMmap<()>>>, ServeError> {
         let mut out = Vec::new();
         let mut at = self.bounce.len();
         while out.len() < MAX_IOTLB_ENTRIES {
             let Some((entry, file)) = sys::iotlb_get_fd(&self.dev, at, u64::MAX)
-                .map_err(|e| format!("VDUSE_IOTLB_GET_FD at {at:#x}: {e}"))?
+                .map_err(|source| ServeError::CoherentFd { at, source })?
             else {
                 return Ok(out);
             };
             let (len, prot) = check_coherent_entry(&entry, at)?;
-            let bad = |why: &str| {
-                format!(
-                    "IOTLB entry {:#x}..={:#x} (offset {:#x}): {why}",
-                    entry.start, entry.last, entry.offset
-                )
-            };
+            let (start, last, offset) = (entry.start, entry.last, entry.offset);
             let region = MmapRegion::<()>::build(
                 Some(FileOffset::new(file, entry.offset)),
                 len as usize,
                 prot,
                 libc::MAP_SHARED,
             )
-            .map_err(|e| bad(&format!("mmap: {e}")))?;
-            let region = GuestRegionMmap::new(region, GuestAddress(entry.start))
-                .ok_or_else(|| bad("overflows"))?;
+            .map_err(|source| ServeError::MapEntry {
+                start,
+                last,
+                offset,
+                source,
+            })?;
+            let region = GuestRegionMmap::new(region, GuestAddress(entry.start)).ok_or(
+                ServeError::EntryOverflows {
+                    start,
+                    last,
+                    offset,
+                },
+            )?;
             out.push(Arc::new(region));
             match entry.last.checked_add(1) {
                 Some(next) => at = next,
                 None => return Ok(out),
             }
         }
-        Err(format!("more than {MAX_IOTLB_ENTRIES} IOTLB entries"))
+        Err(ServeError::TooManyEntries)
     }
 }
 
@@ -813,12 +997,13 @@ impl Shared {
 /// empty, at most [`MAX_COHERENT_ENTRY`] bytes, page-aligned (address and
 /// file offset), with a known permission. Returns its length and the
 /// mmap protection.
-fn check_coherent_entry(entry: &sys::IotlbEntry, at: u64) -> Result<(u64, i32), String> {
-    let bad = |why: &str| {
-        format!(
-            "IOTLB entry {:#x}..={:#x} (offset {:#x}, perm {}): {why}",
-            entry.start, entry.last, entry.offset, entry.perm
-        )
+fn check_coherent_entry(entry: &sys::IotlbEntry, at: u64) -> Result<(u64, i32), BadEntry> {
+    let bad = |why: &'static str| BadEntry {
+        start: entry.start,
+        last: entry.last,
+        offset: entry.offset,
+        perm: entry.perm,
+        why,
     };
     if entry.start < at || entry.last < entry.start {
         return Err(bad("not after the previous one"));

@@ -218,7 +218,7 @@ fn finite(v: f64) -> f64 {
 /// nvme-bench's `--json` document.
 fn from_ours(v: &BenchReport) -> Result<Run, LineError> {
     let (variant, job, round) = labelled(&v.label)?;
-    let t = &v.total;
+    let t = &v.total.figures;
     let l = &t.latency;
     let figures = Figures {
         iops: finite(t.iops),
@@ -232,7 +232,7 @@ fn from_ours(v: &BenchReport) -> Result<Run, LineError> {
             p999: finite(l.p999_us),
             max: finite(l.max_us),
         },
-        cpu_seconds: Some(t.cpu_seconds).filter(|c| !c.is_nan()),
+        cpu_seconds: Some(v.total.cpu_seconds).filter(|c| !c.is_nan()),
         errors: t.errors,
     };
     Ok(Run {
@@ -805,11 +805,14 @@ mod tests {
         let report = BenchReport {
             label: label.into(),
             total: tools_common::bench::Total {
-                ios: 100,
-                iops,
-                mbps: 122.9,
+                figures: tools_common::bench::IoFigures {
+                    ios: 100,
+                    iops,
+                    mbps: 122.9,
+                    latency,
+                    ..Default::default()
+                },
                 cpu_seconds: 2.9,
-                latency,
                 ..Default::default()
             },
             ..Default::default()
