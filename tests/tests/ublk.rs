@@ -273,10 +273,7 @@ dd if=$U_DEV bs=4096 skip=16384 count={fua_count} iflag=direct 2>/dev/null | cks
     assert_stopped(&out, "u");
     // Both queues served and none refused or failed a request.
     assert_served_cleanly(&log, 2);
-    assert!(
-        fua_requests(&log) >= FUA_BLOCKS as u64,
-        "FUA writes: {log}"
-    );
+    assert!(fua_requests(&log) >= FUA_BLOCKS as u64, "FUA writes: {log}");
 
     // The host image: what the guest read back of fio's region, the
     // sequence written through the page cache and fsync'd, and zeroes

@@ -78,11 +78,7 @@ impl Plan {
     /// The NVMe request for namespace `nsid`. A read or write takes the
     /// tag's buffer from `buf` (called only for them); `None` if it has
     /// none.
-    pub fn request(
-        &self,
-        nsid: u32,
-        buf: impl FnOnce() -> Option<DmaBuffer>,
-    ) -> Option<IoRequest> {
+    pub fn request(&self, nsid: u32, buf: impl FnOnce() -> Option<DmaBuffer>) -> Option<IoRequest> {
         let Plan {
             op, slba, blocks, ..
         } = *self;

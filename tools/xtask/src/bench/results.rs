@@ -1027,7 +1027,10 @@ mod tests {
             find("QD32 IOPS: ublk-null (no device) vs the kernel nvme driver"),
             2.4
         );
-        assert_eq!(find("128K sequential read MB/s: ublk vs its no-device"), 0.4);
+        assert_eq!(
+            find("128K sequential read MB/s: ublk vs its no-device"),
+            0.4
+        );
         assert_eq!(find("QD1 mean latency: ublk vs its no-device"), 1.25);
         let table = frontend_table(&cells, JOBS);
         assert!(
@@ -1044,7 +1047,9 @@ mod tests {
             "{table}"
         );
         assert!(
-            table.contains("ublk/ublk-null: ublk-batch 30.0k ±0% / ublk-null-batch 60.0k ±0% = 0.50x"),
+            table.contains(
+                "ublk/ublk-null: ublk-batch 30.0k ±0% / ublk-null-batch 60.0k ±0% = 0.50x"
+            ),
             "{table}"
         );
         assert_eq!(frontend_table(&cells[..0], JOBS), "");
