@@ -1351,6 +1351,7 @@ mod tests {
                 "vhost",
                 "vhost-irq",
                 "vhost-spin",
+                "vhost-spin200",
                 "vhost-null",
                 "vhost-null-poll",
                 "qsd-vhost",
@@ -1378,6 +1379,7 @@ mod tests {
                 "vhost",
                 "vhost-irq",
                 "vhost-spin",
+                "vhost-spin200",
                 "qsd-vhost",
                 "qsd-vhost-poll"
             ]
