@@ -1,12 +1,12 @@
 //! `nvme-ublk`: a ublk block device target over the userspace NVMe driver.
 //!
 //! `nvme-ublk ADDRESS [--nsid N] [--queues N] [--depth D] [--interrupts
-//! [--spin-us US]]` opens the controller at ADDRESS (bound to vfio-pci) and
-//! serves namespace N as `/dev/ublkbN` through the kernel's ublk driver
-//! (`ublk_drv`, Linux 6.0 and later), one NVMe queue pair per ublk queue
-//! (polled, or sleeping on its MSI-X interrupt with `--interrupts`). It prints
-//! `serving /dev/ublkbN` once the device is up, and on SIGTERM or SIGINT
-//! stops it (the device goes away) and exits.
+//! [--spin-us US]] [--null-io] [--no-fua]` opens the controller at ADDRESS
+//! (bound to vfio-pci) and serves namespace N as `/dev/ublkbN` through the
+//! kernel's ublk driver (`ublk_drv`, Linux 6.0 and later), one NVMe queue
+//! pair per ublk queue (polled, or sleeping on its MSI-X interrupt with
+//! `--interrupts`). It prints `serving /dev/ublkbN` once the device is up,
+//! and on SIGTERM or SIGINT stops it (the device goes away) and exits.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -66,6 +66,18 @@ struct Cli {
     /// microseconds after the last event before sleeping on its interrupt.
     #[arg(long, value_name = "US", default_value_t = 0, requires = "interrupts")]
     spin_us: u64,
+    /// Benchmark floor: complete every request at once with success and
+    /// send no NVMe command (reads return whatever the tag's buffer held;
+    /// writes are dropped). What the ublk crossing alone costs; the
+    /// controller is still opened, for the device's geometry. Not for
+    /// real use.
+    #[arg(long)]
+    null_io: bool,
+    /// Do not offer FUA to the kernel (it then sends a write and a flush
+    /// for a FUA write): for a device that does not honour NVMe's FUA
+    /// bit, such as QEMU's emulated NVMe controller.
+    #[arg(long)]
+    no_fua: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,19 +122,23 @@ fn run(cli: &Cli) -> Result<(), MainError> {
     };
     let ctrl = Controller::open(cli.address, options)?;
     let ns = ctrl.namespace(cli.nsid)?.clone();
-    let geometry = Geometry::new(ctrl.identify(), &ns, ctrl.max_transfer());
+    let geometry = Geometry {
+        fua: !cli.no_fua,
+        ..Geometry::new(ctrl.identify(), &ns, ctrl.max_transfer())
+    };
     let buf_bytes = geometry.max_io_bytes(cli.max_io_kib as usize * 1024)?;
     let params = geometry.ublk_params(buf_bytes)?;
     log::info!(
         "namespace {}: {} blocks of {} bytes; requests up to {} KiB; \
-         discard {}, write zeroes {}, volatile cache {}",
+         discard {}, write zeroes {}, volatile cache {}, FUA {}",
         ns.nsid,
         ns.blocks,
         ns.lba_size,
         buf_bytes / 1024,
         geometry.deallocate,
         geometry.write_zeroes,
-        geometry.volatile_cache
+        geometry.volatile_cache,
+        geometry.volatile_cache && geometry.fua
     );
     // Queue pairs and tag buffers first: a failure here leaves no ublk
     // device behind.
@@ -138,10 +154,14 @@ fn run(cli: &Cli) -> Result<(), MainError> {
         };
         queues.push(Some(
             QueueIo::new(qpair, ctrl.dma_pool(), cli.depth, buf_bytes)?
-                .with_spin(Duration::from_micros(cli.spin_us)),
+                .with_spin(Duration::from_micros(cli.spin_us))
+                .with_null_io(cli.null_io),
         ));
     }
     let queues = Arc::new(Mutex::new(queues));
+    if cli.null_io {
+        log::warn!("--null-io: requests complete at once without the device; data is not kept");
+    }
 
     let ublk = UblkCtrlBuilder::default()
         .name("nvme-ublk")
@@ -180,8 +200,9 @@ fn run(cli: &Cli) -> Result<(), MainError> {
         };
         match io.serve(&q, &geometry) {
             Ok(s) => log::info!(
-                "ublk queue {qid}: done; requests ok {}, failed {}, refused {}",
+                "ublk queue {qid}: done; requests ok {} ({} with FUA), failed {}, refused {}",
                 s.ok,
+                s.fua,
                 s.failed,
                 s.refused
             ),

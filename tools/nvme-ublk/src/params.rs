@@ -11,7 +11,11 @@
 //!   request (a Deallocate carries one range here); write zeroes when it
 //!   has Write Zeroes, up to what one command carries (2^16 blocks);
 //! - a volatile write cache when Identify Controller says so (VWC), so
-//!   the kernel sends flushes.
+//!   the kernel sends flushes, and with it FUA (every NVMe Read and Write
+//!   carries the FUA bit), so the kernel sends a FUA write instead of a
+//!   write and a flush (without a volatile cache the kernel sends
+//!   neither: every write is durable when it completes); `--no-fua`
+//!   leaves FUA out.
 
 use libublk::sys;
 use nvme_driver::Namespace;
@@ -45,6 +49,10 @@ pub struct Geometry {
     pub write_zeroes: bool,
     /// A volatile write cache is present.
     pub volatile_cache: bool,
+    /// Offer FUA beside the volatile cache (NVMe's Read and Write always
+    /// carry the bit; off for a device known not to honour it, e.g.
+    /// QEMU's emulated NVMe: `--no-fua`).
+    pub fua: bool,
 }
 
 /// Why the namespace cannot be served.
@@ -94,6 +102,7 @@ impl Geometry {
             deallocate: oncs.contains(Oncs::DSM),
             write_zeroes: oncs.contains(Oncs::WRITE_ZEROES),
             volatile_cache: id.vwc_present(),
+            fua: true,
         }
     }
 
@@ -160,6 +169,11 @@ impl Geometry {
         let mut attrs = 0;
         if self.volatile_cache {
             attrs |= sys::UBLK_ATTR_VOLATILE_CACHE;
+            // FUA is mandatory in NVMe's Read and Write; the kernel takes
+            // it only beside a volatile cache.
+            if self.fua {
+                attrs |= sys::UBLK_ATTR_FUA;
+            }
         }
         let mut params = sys::ublk_params {
             types: sys::UBLK_PARAM_TYPE_BASIC,
@@ -219,6 +233,7 @@ mod tests {
             deallocate: true,
             write_zeroes: true,
             volatile_cache: true,
+            fua: true,
         }
     }
 
@@ -232,12 +247,17 @@ mod tests {
         // MDTS (512 KiB) is below the 1 MiB buffer.
         assert_eq!(p.basic.max_sectors, 1024);
         assert_eq!(
-            p.basic.attrs & sys::UBLK_ATTR_VOLATILE_CACHE,
-            sys::UBLK_ATTR_VOLATILE_CACHE
+            p.basic.attrs,
+            sys::UBLK_ATTR_VOLATILE_CACHE | sys::UBLK_ATTR_FUA
         );
         // The buffer is below MDTS.
         let p = g.ublk_params(128 << 10).expect("params");
         assert_eq!(p.basic.max_sectors, 256);
+        // --no-fua: the cache alone (the kernel sends write + flush).
+        let p = Geometry { fua: false, ..g }
+            .ublk_params(1 << 20)
+            .expect("params");
+        assert_eq!(p.basic.attrs, sys::UBLK_ATTR_VOLATILE_CACHE);
     }
 
     #[test]
@@ -276,6 +296,7 @@ mod tests {
             ..geometry()
         };
         let p = g.ublk_params(1 << 20).expect("params");
+        // No cache: neither flushes nor FUA (every write is durable).
         assert_eq!(p.basic.attrs, 0);
         assert_eq!(p.types & sys::UBLK_PARAM_TYPE_DISCARD, 0);
         let g = Geometry {

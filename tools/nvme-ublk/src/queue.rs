@@ -23,10 +23,11 @@ use std::time::{Duration, Instant};
 use io_uring::{opcode, types};
 use libublk::io::{UblkQueue, with_task_io_ring_mut};
 use libublk::{BufDesc, UblkError, UblkIORes, UblkUringData, sys};
-use nvme_driver::{DmaBuffer, DmaPool, IoCompletion, IoQPair, IoRequest};
+use nvme_driver::nvme_spec::RwFlags;
+use nvme_driver::{DmaBuffer, DmaPool, IoCompletion, IoQPair};
 
 use crate::params::Geometry;
-use crate::request::{self, Descriptor, Op, Plan};
+use crate::request::{self, Descriptor};
 
 /// Why a queue stopped serving.
 #[derive(Debug, thiserror::Error)]
@@ -72,9 +73,13 @@ pub struct QueueIo {
     addrs: Vec<usize>,
     /// Per tag: what a success completes with (the request's bytes).
     done_bytes: Vec<i32>,
+    /// Per tag: the request is a read or write with FUA (counted).
+    fua: Vec<bool>,
     buf_bytes: usize,
     /// How long to poll the NVMe queue before sleeping on its interrupt.
     spin: Duration,
+    /// Benchmark floor: complete every request at once, no NVMe command.
+    null_io: bool,
 }
 
 /// Counts of one queue's requests, logged when it stops.
@@ -86,6 +91,8 @@ pub struct QueueStats {
     pub failed: u64,
     /// Requests refused by validation.
     pub refused: u64,
+    /// Of those completed successfully: reads and writes with FUA.
+    pub fua: u64,
 }
 
 impl QueueIo {
@@ -106,9 +113,21 @@ impl QueueIo {
             bufs: bufs.into_iter().map(Some).collect(),
             addrs,
             done_bytes: vec![0; depth as usize],
+            fua: vec![false; depth as usize],
             buf_bytes,
             spin: Duration::ZERO,
+            null_io: false,
         })
+    }
+
+    /// The no-device floor (`--null-io`): every request that passes the
+    /// checks completes at once with success (a read or write with its
+    /// byte count, the data untouched: a read returns whatever the tag's
+    /// buffer held), and no NVMe command is sent. What the ublk crossing
+    /// alone costs a client; not for real use.
+    pub fn with_null_io(mut self, on: bool) -> Self {
+        self.null_io = on;
+        self
     }
 
     /// Hybrid polling: with requests in flight and nothing else to do,
@@ -274,27 +293,18 @@ impl QueueIo {
                 return;
             }
         };
-        let Plan {
-            op, slba, blocks, ..
-        } = plan;
-        let nsid = g.nsid;
-        let req = match op {
-            Op::Read | Op::Write => {
-                let Some(buf) = self.bufs[t].take() else {
-                    // Never: a tag's buffer is back before it is fetched.
-                    log::error!("ublk queue {}: tag {tag}: buffer in use", q.get_qid());
-                    self.complete(q, tag, -libc::EIO);
-                    return;
-                };
-                if op == Op::Read {
-                    IoRequest::read(nsid, slba, blocks, buf)
-                } else {
-                    IoRequest::write(nsid, slba, blocks, buf)
-                }
-            }
-            Op::Flush => IoRequest::flush(nsid),
-            Op::Deallocate => IoRequest::deallocate(nsid, slba, blocks),
-            Op::WriteZeroes => IoRequest::write_zeroes(nsid, slba, blocks),
+        self.fua[t] = plan.hints.flags.contains(RwFlags::FUA);
+        if self.null_io {
+            stats.ok += 1;
+            stats.fua += u64::from(self.fua[t]);
+            self.complete(q, tag, plan.done_bytes);
+            return;
+        }
+        let Some(req) = plan.request(g.nsid, || self.bufs[t].take()) else {
+            // Never: a tag's buffer is back before it is fetched.
+            log::error!("ublk queue {}: tag {tag}: buffer in use", q.get_qid());
+            self.complete(q, tag, -libc::EIO);
+            return;
         };
         self.done_bytes[t] = plan.done_bytes;
         if let Err(rejected) = self.qpair.submit(req.with_tag(u64::from(tag))) {
@@ -344,6 +354,7 @@ impl QueueIo {
         let res = match c.result {
             Ok(()) => {
                 stats.ok += 1;
+                stats.fua += u64::from(self.fua[t]);
                 self.done_bytes[t]
             }
             Err(e) => {

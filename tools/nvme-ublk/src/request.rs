@@ -6,9 +6,13 @@
 //! it is used before [`plan`] has checked it: the operation is one this
 //! target serves, the range is whole logical blocks inside the namespace,
 //! and a read or write fits the tag's buffer and the device's transfer
-//! limit.
+//! limit. The request's flags become the NVMe command's control bits as
+//! Linux's `nvme_setup_rw` sets them: FUA the FUA bit, FAILFAST_DEV
+//! Limited Retry (reads and writes only: the driver refuses hints on
+//! other commands).
 
 use libublk::sys;
+use nvme_driver::{DmaBuffer, IoHints, IoRequest, nvme_spec::RwFlags};
 
 use crate::params::{Geometry, SECTOR};
 
@@ -60,6 +64,44 @@ pub struct Plan {
     /// What a success completes to the kernel: the bytes moved for a
     /// read or write, 0 otherwise.
     pub done_bytes: i32,
+    /// The command's control bits (read and write only): FUA from
+    /// `UBLK_IO_F_FUA`, Limited Retry from `UBLK_IO_F_FAILFAST_DEV`.
+    pub hints: IoHints,
+}
+
+impl Plan {
+    /// Whether the request moves data through the tag's buffer.
+    pub fn moves_data(&self) -> bool {
+        matches!(self.op, Op::Read | Op::Write)
+    }
+
+    /// The NVMe request for namespace `nsid`. A read or write takes the
+    /// tag's buffer from `buf` (called only for them); `None` if it has
+    /// none.
+    pub fn request(&self, nsid: u32, buf: impl FnOnce() -> Option<DmaBuffer>) -> Option<IoRequest> {
+        let Plan {
+            op, slba, blocks, ..
+        } = *self;
+        Some(match op {
+            Op::Read => IoRequest::read(nsid, slba, blocks, buf()?).with_hints(self.hints),
+            Op::Write => IoRequest::write(nsid, slba, blocks, buf()?).with_hints(self.hints),
+            Op::Flush => IoRequest::flush(nsid),
+            Op::Deallocate => IoRequest::deallocate(nsid, slba, blocks),
+            Op::WriteZeroes => IoRequest::write_zeroes(nsid, slba, blocks),
+        })
+    }
+}
+
+/// The control bits of a read or write with ublk flags `op_flags`.
+fn hints(op_flags: u32) -> IoHints {
+    let mut h = IoHints::NONE;
+    if op_flags & sys::UBLK_IO_F_FUA != 0 {
+        h.flags |= RwFlags::FUA;
+    }
+    if op_flags & sys::UBLK_IO_F_FAILFAST_DEV != 0 {
+        h.flags |= RwFlags::LIMITED_RETRY;
+    }
+    h
 }
 
 /// Why a request was refused (it completes with the error's errno).
@@ -129,6 +171,7 @@ pub fn plan(d: Descriptor, g: &Geometry, buffer: usize) -> Result<Plan, Refused>
                 slba: 0,
                 blocks: 0,
                 done_bytes: 0,
+                hints: IoHints::NONE,
             });
         }
         x if u32::from(x) == sys::UBLK_IO_OP_DISCARD => {
@@ -175,7 +218,9 @@ pub fn plan(d: Descriptor, g: &Geometry, buffer: usize) -> Result<Plan, Refused>
     }
     let bytes = u64::from(d.nr_sectors) * SECTOR;
     let mut done_bytes = 0;
+    let mut rw_hints = IoHints::NONE;
     if matches!(op, Op::Read | Op::Write) {
+        rw_hints = hints(d.op_flags);
         // A buffer never exceeds i32::MAX bytes (ublk's limit is far
         // below), so a size that fits it fits the completion.
         if bytes > buffer as u64 || bytes > i32::MAX as u64 {
@@ -188,6 +233,7 @@ pub fn plan(d: Descriptor, g: &Geometry, buffer: usize) -> Result<Plan, Refused>
         slba: d.start_sector / spb,
         blocks: u64::from(d.nr_sectors) / spb,
         done_bytes,
+        hints: rw_hints,
     })
 }
 
@@ -205,6 +251,7 @@ mod tests {
             deallocate: true,
             write_zeroes: false,
             volatile_cache: true,
+            fua: true,
         }
     }
 
@@ -224,10 +271,12 @@ mod tests {
             (p.op, p.slba, p.blocks, p.done_bytes),
             (Op::Read, 2, 1, 4096)
         );
+        assert!(p.hints.is_none());
         // Flags in the upper bits (FUA) leave the operation alone.
         let fua = sys::UBLK_IO_OP_WRITE | sys::UBLK_IO_F_FUA;
         let p = plan(desc(fua, 0, 16), &g, 8192).expect("plan");
         assert_eq!((p.op, p.slba, p.blocks), (Op::Write, 0, 2));
+        assert_eq!(p.hints, IoHints::FUA);
         // The last block of the device.
         let p = plan(desc(sys::UBLK_IO_OP_WRITE, 8 * 1023, 8), &g, 4096).expect("plan");
         assert_eq!(p.slba, 1023);
@@ -235,6 +284,116 @@ mod tests {
         assert_eq!(p.op, Op::Flush);
         let p = plan(desc(sys::UBLK_IO_OP_DISCARD, 0, 8 * 1024), &g, 4096).expect("plan");
         assert_eq!((p.op, p.blocks, p.done_bytes), (Op::Deallocate, 1024, 0));
+    }
+
+    #[test]
+    fn flags_become_control_bits_of_reads_and_writes_only() {
+        let g = geometry(512);
+        let flags = |op: u32| plan(desc(op, 0, 8), &g, 4096).expect("plan").hints.flags;
+        let (rd, wr) = (sys::UBLK_IO_OP_READ, sys::UBLK_IO_OP_WRITE);
+        assert_eq!(flags(wr | sys::UBLK_IO_F_FUA), RwFlags::FUA);
+        // A FUA read (the kernel nvme driver sends the bit for reads too).
+        assert_eq!(flags(rd | sys::UBLK_IO_F_FUA), RwFlags::FUA);
+        assert_eq!(
+            flags(wr | sys::UBLK_IO_F_FUA | sys::UBLK_IO_F_FAILFAST_DEV),
+            RwFlags::FUA | RwFlags::LIMITED_RETRY
+        );
+        assert_eq!(
+            flags(rd | sys::UBLK_IO_F_FAILFAST_DEV),
+            RwFlags::LIMITED_RETRY
+        );
+        // Flags with no NVMe counterpart are dropped.
+        let other = sys::UBLK_IO_F_FAILFAST_TRANSPORT
+            | sys::UBLK_IO_F_FAILFAST_DRIVER
+            | sys::UBLK_IO_F_META
+            | sys::UBLK_IO_F_NOUNMAP;
+        assert_eq!(flags(wr | other), RwFlags::empty());
+        // Other operations never carry hints (the driver refuses them).
+        let g = Geometry {
+            write_zeroes: true,
+            ..g
+        };
+        for op in [
+            sys::UBLK_IO_OP_FLUSH,
+            sys::UBLK_IO_OP_DISCARD,
+            sys::UBLK_IO_OP_WRITE_ZEROES,
+        ] {
+            let p = plan(desc(op | sys::UBLK_IO_F_FUA, 0, 8), &g, 4096).expect("plan");
+            assert!(p.hints.is_none(), "{p:?}");
+        }
+    }
+
+    /// The mapped requests on a mock controller: a FUA write reaches the
+    /// device with CDW12's FUA bit, a plain one without, and a flush
+    /// whose descriptor carried FUA is accepted without it.
+    #[test]
+    fn fua_reaches_the_nvme_command() {
+        use nvme_driver::mock::{MockConfig, MockController};
+        use nvme_driver::nvme_spec::NvmOpcode;
+
+        let (mock, mut qp) =
+            MockController::with_qpair(MockConfig::new(&[(1, 512, 1024)])).expect("mock");
+        let g = geometry(512);
+        let (rd, wr, fua) = (
+            sys::UBLK_IO_OP_READ,
+            sys::UBLK_IO_OP_WRITE,
+            sys::UBLK_IO_F_FUA,
+        );
+        let descs = [
+            desc(wr | fua, 8, 8),
+            desc(wr, 16, 8),
+            desc(rd | fua, 8, 8),
+            desc(sys::UBLK_IO_OP_FLUSH | fua, 0, 0),
+            desc(wr | sys::UBLK_IO_F_FAILFAST_DEV, 24, 8),
+        ];
+        for (tag, d) in descs.into_iter().enumerate() {
+            let p = plan(d, &g, 4096).expect("plan");
+            let mut taken = false;
+            let req = p
+                .request(g.nsid, || {
+                    taken = true;
+                    mock.pool().alloc(4096).ok()
+                })
+                .expect("a request");
+            assert_eq!(taken, p.moves_data(), "{p:?}");
+            qp.submit(req.with_tag(tag as u64)).expect("accepted");
+            let mut done = Vec::new();
+            while done.is_empty() {
+                mock.process().expect("process");
+                qp.poll(&mut done).expect("poll");
+            }
+            assert!(done[0].result.is_ok(), "{d:?}: {:?}", done[0].result);
+        }
+        let cmds: Vec<(u8, u64, RwFlags)> = mock
+            .commands()
+            .iter()
+            .map(|c| (c.opcode, c.slba, c.rw_flags))
+            .collect();
+        let (w, r, f) = (
+            NvmOpcode::Write as u8,
+            NvmOpcode::Read as u8,
+            NvmOpcode::Flush as u8,
+        );
+        assert_eq!(
+            cmds,
+            [
+                (w, 8, RwFlags::FUA),
+                (w, 16, RwFlags::empty()),
+                (r, 8, RwFlags::FUA),
+                (f, 0, RwFlags::empty()),
+                (w, 24, RwFlags::LIMITED_RETRY),
+            ]
+        );
+        assert!(mock.violations().is_empty(), "{:?}", mock.violations());
+    }
+
+    #[test]
+    fn a_data_request_without_a_buffer_is_none() {
+        let g = geometry(512);
+        let p = plan(desc(sys::UBLK_IO_OP_READ, 0, 8), &g, 4096).expect("plan");
+        assert!(p.request(1, || None).is_none());
+        let p = plan(desc(sys::UBLK_IO_OP_FLUSH, 0, 0), &g, 4096).expect("plan");
+        assert!(p.request(1, || panic!("a flush takes no buffer")).is_some());
     }
 
     #[test]

@@ -484,9 +484,14 @@ fn best_of<'a>(cells: &'a [Cell], job: &str, which: impl Fn(Variant) -> bool) ->
     best_among(cells, &Job::by_name(job)?, which)
 }
 
-/// ublk's rows (either engine setting).
+/// ublk's rows (any placement and wait mode), not its no-device floor.
 fn is_ublk(v: Variant) -> bool {
-    v.is_ublk()
+    v.is_ublk() && !v.is_ublk_null()
+}
+
+/// nvme-ublk's no-device floor (`--null-io`), batched or not.
+fn is_ublk_null(v: Variant) -> bool {
+    v.is_ublk_null()
 }
 
 /// The kernel nvme driver under fio in the front ends' boot.
@@ -531,11 +536,14 @@ pub(crate) fn frontend_table(cells: &[Cell], jobs: &[Job]) -> String {
             continue;
         }
         let mut parts = Vec::new();
-        parts.extend(pair(
-            "ublk/kernel:",
-            best_of(cells, job.name, is_ublk),
-            best_of(cells, job.name, is_frontend_kernel),
-        ));
+        let ublk = best_of(cells, job.name, is_ublk);
+        let ublk_null = best_of(cells, job.name, is_ublk_null);
+        let fe_kernel = best_of(cells, job.name, is_frontend_kernel);
+        parts.extend(pair("ublk/kernel:", ublk, fe_kernel));
+        // The floor: what the ublk crossing allows at best, against the
+        // kernel and against the real rows.
+        parts.extend(pair("ublk-null/kernel:", ublk_null, fe_kernel));
+        parts.extend(pair("ublk/ublk-null:", ublk, ublk_null));
         let qsd = best_of(cells, job.name, is_qsd);
         for name in [
             "vhost",
@@ -602,6 +610,24 @@ pub(crate) fn reported(cells: &[Cell]) -> Vec<Report> {
         named("fe-ours-irq"),
         named("fe-ours"),
     );
+    // nvme-ublk's no-device floor against the kernel nvme driver, per
+    // ublk job: where the ublk crossing alone stands against the targets.
+    for (job, what) in [
+        ("randread-4k-qd1", "4K randread QD1 mean latency"),
+        ("randread-4k-qd32", "4K randread QD32 IOPS"),
+        ("read-128k-qd8", "128K sequential read MB/s"),
+    ] {
+        ratio(
+            &format!("{what}: ublk-null (no device) vs the kernel nvme driver (best)"),
+            best_of(cells, job, is_ublk_null),
+            best_of(cells, job, is_frontend_kernel),
+        );
+        ratio(
+            &format!("{what}: ublk vs its no-device floor (ublk-null)"),
+            best_of(cells, job, is_ublk),
+            best_of(cells, job, is_ublk_null),
+        );
+    }
     out
 }
 
@@ -971,6 +997,10 @@ mod tests {
             run("ublk-batch", "read-128k-qd8", 800.0),
             run("fe-io_uring-polled", "read-128k-qd8", 1000.0),
             run("ublk", "randread-4k-qd1", 150.0),
+            // The floor is no ublk row for the targets, however fast.
+            run("ublk-null-batch", "randread-4k-qd32", 60000.0),
+            run("ublk-null-batch", "read-128k-qd8", 2000.0),
+            run("ublk-null", "randread-4k-qd1", 120.0),
             run("fe-io_uring-polled", "randread-4k-qd1", 100.0),
             run("fe-ours", "randread-4k-qd1", 40.0),
             run("vhost-irq", "randread-4k-qd1", 160.0),
@@ -993,6 +1023,15 @@ mod tests {
         assert_eq!(find("QD1 mean latency: ublk vs the kernel"), 1.5);
         assert_eq!(find("vhost-irq vs our raw driver"), 4.0);
         assert_eq!(find("vhost-null vs our raw driver"), 3.0);
+        assert_eq!(
+            find("QD32 IOPS: ublk-null (no device) vs the kernel nvme driver"),
+            2.4
+        );
+        assert_eq!(
+            find("128K sequential read MB/s: ublk vs its no-device"),
+            0.4
+        );
+        assert_eq!(find("QD1 mean latency: ublk vs its no-device"), 1.25);
         let table = frontend_table(&cells, JOBS);
         assert!(
             table.contains(
@@ -1001,6 +1040,18 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("raw driver (fe-ours) 40.0"), "{table}");
+        assert!(
+            table.contains(
+                "ublk-null/kernel: ublk-null-batch 60.0k ±0% / fe-io_uring-polled-batch 25.0k ±0% = 2.40x"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "ublk/ublk-null: ublk-batch 30.0k ±0% / ublk-null-batch 60.0k ±0% = 0.50x"
+            ),
+            "{table}"
+        );
         assert_eq!(frontend_table(&cells[..0], JOBS), "");
     }
 

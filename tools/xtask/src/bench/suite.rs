@@ -326,6 +326,24 @@ pub(crate) const VARIANTS: &[VariantDef] = &[
         false,
         UBLK_JOBS,
     ),
+    // The floor of the ublk crossing: nvme-ublk completing every request
+    // at once without the device (`--null-io`), same jobs, same fio: what
+    // fio -> ublk_drv -> the daemon's thread -> commit -> completion costs
+    // with no NVMe command (the kernel's copies included).
+    frontend(
+        "ublk-null",
+        Side::Ublk(IO_URING, UblkPlacement::PerCpu, "--null-io"),
+        false,
+        true,
+        QD1_ONLY,
+    ),
+    frontend(
+        "ublk-null-batch",
+        Side::Ublk(IO_URING, UblkPlacement::PerCpu, "--null-io"),
+        true,
+        true,
+        UBLK_JOBS,
+    ),
     // nvme-ublk's wait for NVMe completions, on request: asleep on the
     // queue's interrupt, or polling for 500 µs before sleeping on it (the
     // rows above poll, entering the kernel every turn for new requests).
@@ -504,6 +522,12 @@ impl Variant {
     /// fio on nvme-ublk's block device.
     pub(crate) fn is_ublk(self) -> bool {
         matches!(self.def().side, Side::Ublk(..))
+    }
+
+    /// nvme-ublk's no-device floor (`--null-io`): not a ublk row to judge
+    /// the targets by.
+    pub(crate) fn is_ublk_null(self) -> bool {
+        matches!(self.def().side, Side::Ublk(_, _, daemon) if daemon.contains("--null-io"))
     }
 
     /// Whether this variant runs `job`.
@@ -1320,12 +1344,14 @@ mod tests {
                 "fe-ours-irq",
                 "ublk",
                 "ublk-split",
+                "ublk-null",
                 "ublk-irq",
                 "ublk-spin",
                 "fe-io_uring-polled",
                 "vhost",
                 "vhost-irq",
                 "vhost-spin",
+                "vhost-spin200",
                 "vhost-null",
                 "vhost-null-poll",
                 "qsd-vhost",
@@ -1345,6 +1371,7 @@ mod tests {
                 "libaio",
                 "ublk-batch",
                 "ublk-split-batch",
+                "ublk-null-batch",
                 "ublk-irq-batch",
                 "ublk-spin-batch",
                 "fe-io_uring-polled",
@@ -1352,6 +1379,7 @@ mod tests {
                 "vhost",
                 "vhost-irq",
                 "vhost-spin",
+                "vhost-spin200",
                 "qsd-vhost",
                 "qsd-vhost-poll"
             ]
@@ -1370,6 +1398,7 @@ mod tests {
                 "libaio",
                 "ublk-batch",
                 "ublk-split-batch",
+                "ublk-null-batch",
                 "ublk-irq-batch",
                 "ublk-spin-batch",
                 "fe-io_uring-polled",
@@ -1605,12 +1634,12 @@ mod tests {
             boot: Boot::Frontend,
             ..plan()
         };
-        // Per round: our raw driver at QD1; ublk at QD1 (unbatched) and
-        // QD32 and 128K (batched); the kernel nvme driver polled on the
-        // three, batched on two; nvme-vhost polled and on interrupts at
-        // QD1 and QD32, its no-device floor at QD1; qemu-storage-daemon
-        // at QD1 and QD32.
-        assert_eq!(p.run_count(), 16 * 3);
+        // Per round: our raw driver at QD1; ublk and its no-device floor
+        // at QD1 (unbatched) and QD32 and 128K (batched); the kernel nvme
+        // driver polled on the three, batched on two; nvme-vhost polled
+        // and on interrupts at QD1 and QD32, its no-device floor at QD1;
+        // qemu-storage-daemon at QD1 and QD32.
+        assert_eq!(p.run_count(), 19 * 3);
         assert_eq!(p.namespaces(), 1, "every front-end job is on namespace 1");
         assert!(p.has_ublk() && p.has_qsd() && p.has_kernel_side());
         assert!(!p.has_kernel_cache());
@@ -1618,11 +1647,16 @@ mod tests {
         assert!(s.contains("\nmodload ublk_drv || "), "{s}");
         let (vfio, nvme) = s.split_once("\nto_nvme\n").expect("a kernel phase");
         // nvme-ublk while the controller is on vfio-pci, fio on its device.
-        assert_eq!(s.matches("\nublk '").count(), 3 * 3);
-        assert_eq!(vfio.matches("\nublk '").count(), 3, "round 1");
+        assert_eq!(s.matches("\nublk '").count(), 6 * 3);
+        assert_eq!(vfio.matches("\nublk '").count(), 6, "round 1");
         assert!(vfio.contains(
-            "\nublk 'ublk-batch|randread-4k-qd32|1' '[6/48] round 1 ublk-batch randread-4k-qd32' \
+            "\nublk 'ublk-batch|randread-4k-qd32|1' '[7/57] round 1 ublk-batch randread-4k-qd32' \
              percpu '' --filename=/dev/ublkb0 --rw=randread --bs=4096"
+        ), "{s}");
+        // The floor: the same fio job, nvme-ublk with --null-io.
+        assert!(vfio.contains(
+            "\nublk 'ublk-null-batch|randread-4k-qd32|1' '[8/57] round 1 ublk-null-batch randread-4k-qd32' \
+             percpu '--null-io' --filename=/dev/ublkb0 --rw=randread --bs=4096"
         ), "{s}");
         assert!(s.contains("nvme-ublk $DEV --id 0 --queues"));
         assert!(
@@ -1637,7 +1671,7 @@ mod tests {
         );
         // The kernel nvme driver's best (polled) after the move.
         assert!(nvme.contains(
-            "kern 'fe-io_uring-polled-batch|randread-4k-qd32|1' '[13/48] round 1 kernel fe-io_uring-polled-batch randread-4k-qd32' --filename=/dev/nvme0n1 "
+            "kern 'fe-io_uring-polled-batch|randread-4k-qd32|1' '[16/57] round 1 kernel fe-io_uring-polled-batch randread-4k-qd32' --filename=/dev/nvme0n1 "
         ), "{nvme}");
         assert!(nvme.contains("--hipri=1"));
         // A few minutes more than the main boot.
