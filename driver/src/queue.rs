@@ -226,7 +226,7 @@ impl QueuePair {
     /// Writes a doorbell: through the shadow page (and MMIO only when the
     /// event index says the controller is not looking), or MMIO. None: not
     /// written (the gate is closed); otherwise whether MMIO was written.
-    #[inline]
+    #[inline(always)]
     fn write_doorbell(
         &self,
         mmio: usize,
