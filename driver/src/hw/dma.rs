@@ -654,7 +654,7 @@ impl<const SIZE: usize> DmaRing<SIZE> {
     pub(crate) fn read_u16<const FIELD: usize>(&self, index: u16) -> Result<u16> {
         const {
             assert!(
-                FIELD + 2 <= SIZE && FIELD % 2 == 0,
+                FIELD + 2 <= SIZE && FIELD.is_multiple_of(2),
                 "a u16 field inside the entry"
             )
         };
@@ -672,7 +672,7 @@ impl<const SIZE: usize> DmaRing<SIZE> {
     pub(crate) fn read_u64<const FIELD: usize>(&self, index: u16) -> Result<u64> {
         const {
             assert!(
-                FIELD + 8 <= SIZE && FIELD % 8 == 0,
+                FIELD + 8 <= SIZE && FIELD.is_multiple_of(8),
                 "a u64 field inside the entry"
             )
         };
