@@ -938,7 +938,7 @@ fn submit_one(
     slot.read = io.read;
     slot.slba = io.slba;
     let Some(buf) = slot.buf.take() else {
-        // The registered path: the next free buffer.
+        // The registered path: the slot's own buffer, or the next free one.
         let buffer = ring
             .take(tag)
             .ok_or_else(|| Error::Failed("no free registered buffer".into()))?;
