@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::hw::dma::{DmaMapper, DmaRegion, HUGE_PAGE, PAGE};
+use crate::hw::dma::{DmaMapper, DmaRegion, DmaRing, HUGE_PAGE, PAGE};
 
 /// Bytes in one pool chunk.
 pub const CHUNK: usize = HUGE_PAGE;
@@ -291,14 +291,6 @@ impl DmaBuffer {
         self.region.write_bytes(at, data)
     }
 
-    /// [`DmaBuffer::write`] of a fixed-size block (e.g. an SQE): the copy
-    /// is a few moves, inlined, instead of a call to `memcpy`.
-    #[inline(always)]
-    pub(crate) fn write_array<const N: usize>(&self, offset: usize, data: &[u8; N]) -> Result<()> {
-        let at = self.check(offset, N)?;
-        self.region.write_array(at, data)
-    }
-
     /// Copies out `out.len()` bytes from `offset`.
     #[inline]
     pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<()> {
@@ -340,18 +332,20 @@ impl DmaBuffer {
         std::mem::forget(self.region.clone());
     }
 
+    /// The buffer as a ring of `entries` entries of `SIZE` bytes from its
+    /// start (a queue's SQ or CQ), checked once here.
+    pub(crate) fn ring<const SIZE: usize>(&self, entries: usize) -> Result<DmaRing<SIZE>> {
+        if entries.checked_mul(SIZE).is_none_or(|b| b > self.len) {
+            return Err(outside_buffer(0, entries.saturating_mul(SIZE), self.len));
+        }
+        DmaRing::new(self.region.clone(), self.offset, entries)
+    }
+
     /// Stores a little-endian u64 at `offset` (8-byte aligned).
     #[inline]
     pub(crate) fn write_u64(&self, offset: usize, value: u64) -> Result<()> {
         let at = self.check(offset, 8)?;
         self.region.write_u64(at, value)
-    }
-
-    /// Volatile load of a little-endian u64 at `offset` (8-byte aligned).
-    #[inline]
-    pub(crate) fn read_u64(&self, offset: usize) -> Result<u64> {
-        let at = self.check(offset, 8)?;
-        self.region.read_u64(at)
     }
 
     /// Volatile load of a little-endian u32 at `offset` (4-byte aligned).
@@ -366,13 +360,6 @@ impl DmaBuffer {
     pub(crate) fn write_u32(&self, offset: usize, value: u32) -> Result<()> {
         let at = self.check(offset, 4)?;
         self.region.write_u32(at, value)
-    }
-
-    /// Volatile load of a little-endian u16 at `offset`.
-    #[inline]
-    pub(crate) fn read_u16(&self, offset: usize) -> Result<u16> {
-        let at = self.check(offset, 2)?;
-        self.region.read_u16(at)
     }
 }
 

@@ -92,7 +92,7 @@ impl Namespace {
 /// `capacity` blocks (and are not zero).
 pub(crate) fn check_range(nsid: u32, capacity: u64, slba: u64, blocks: u64) -> Result<()> {
     if blocks == 0 {
-        return Err(Error::BadBuffer("a transfer of 0 blocks".into()));
+        return Err(no_blocks());
     }
     if slba.checked_add(blocks).is_none_or(|end| end > capacity) {
         return Err(Error::LbaOutOfRange {
@@ -103,4 +103,11 @@ pub(crate) fn check_range(nsid: u32, capacity: u64, slba: u64, blocks: u64) -> R
         });
     }
     Ok(())
+}
+
+/// Built out of line: the check is on every request's path.
+#[cold]
+#[inline(never)]
+fn no_blocks() -> Error {
+    Error::BadBuffer("a transfer of 0 blocks".into())
 }

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
 
 use nvme_spec::{Cqe, DoorbellKind, Sqe, doorbell_offset};
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::FromBytes;
 
 use crate::device::Bar;
 use crate::error::{Error, Result};
+use crate::hw::dma::DmaRing;
 use crate::memory::{DmaBuffer, DmaPool};
 use crate::quiesce::Quiesce;
 
@@ -79,6 +80,9 @@ pub(crate) struct QueuePair {
     entries: u16,
     sq: DmaBuffer,
     cq: DmaBuffer,
+    /// The same memory as rings of entries, checked once (see [`DmaRing`]).
+    sq_ring: DmaRing<SQE_SIZE>,
+    cq_ring: DmaRing<CQE_SIZE>,
     sq_tail: u16,
     /// Tail value last written to the doorbell.
     sq_tail_rung: u16,
@@ -147,6 +151,8 @@ impl QueuePair {
         Ok(QueuePair {
             qid,
             entries,
+            sq_ring: sq.ring(entries.into())?,
+            cq_ring: cq.ring(entries.into())?,
             sq,
             cq,
             sq_tail: 0,
@@ -220,7 +226,7 @@ impl QueuePair {
     /// Writes a doorbell: through the shadow page (and MMIO only when the
     /// event index says the controller is not looking), or MMIO. None: not
     /// written (the gate is closed); otherwise whether MMIO was written.
-    #[inline]
+    #[inline(always)]
     fn write_doorbell(
         &self,
         mmio: usize,
@@ -323,7 +329,7 @@ impl QueuePair {
     pub(crate) fn post_reserved(&mut self, cid: u16, mut sqe: Sqe) -> Result<()> {
         sqe.set_cid(cid);
         let bytes: &[u8; SQE_SIZE] = zerocopy::transmute_ref!(&sqe);
-        if let Err(e) = self.sq.write_array(self.sq_tail as usize * SQE_SIZE, bytes) {
+        if let Err(e) = self.sq_ring.write_entry(self.sq_tail, bytes) {
             self.free_cids.push(cid);
             return Err(e);
         }
@@ -369,13 +375,13 @@ impl QueuePair {
     }
 
     /// If the device has posted the entry at the CQ head (its phase
-    /// flipped): the entry's offset in the CQ, with the head moved past it
+    /// flipped): the entry's index in the CQ, with the head moved past it
     /// and an acquire fence so the rest of it is read after the phase.
     /// Also the entry's status word (phase in bit 0).
     #[inline(always)]
-    fn take_head(&mut self) -> Result<Option<(usize, u16)>> {
-        let slot = self.cq_head as usize * CQE_SIZE;
-        let status = self.cq.read_u16(slot + CQE_STATUS)?;
+    fn take_head(&mut self) -> Result<Option<(u16, u16)>> {
+        let slot = self.cq_head;
+        let status = self.cq_ring.read_u16::<CQE_STATUS>(slot)?;
         if (status & 1 == 1) != self.phase {
             return Ok(None);
         }
@@ -394,8 +400,7 @@ impl QueuePair {
         let Some((slot, _)) = self.take_head()? else {
             return Ok(None);
         };
-        let mut raw = [0u8; CQE_SIZE];
-        self.cq.read(slot, &mut raw)?;
+        let raw = self.cq_ring.read_entry(slot)?;
         let cqe = Cqe::read_from_bytes(&raw)
             .map_err(|_| Error::BadDevice("completion entry of the wrong size".into()))?;
         self.check_and_retire(cqe.cid(), cqe.sq_head())?;
@@ -412,7 +417,7 @@ impl QueuePair {
             return Ok(None);
         };
         // DW2 (SQ head, SQ id) and DW3 (CID, status).
-        let high = self.cq.read_u64(slot + 8)?;
+        let high = self.cq_ring.read_u64::<8>(slot)?;
         let (sq_head, cid) = (high as u16, (high >> 32) as u16);
         self.check_and_retire(cid, sq_head)?;
         Ok(Some((cid, status)))
@@ -441,8 +446,8 @@ impl QueuePair {
     /// has fetched it and every entry before it).
     #[inline]
     pub(crate) fn push_untracked(&mut self, sqe: &Sqe) -> Result<()> {
-        self.sq
-            .write(self.sq_tail as usize * SQE_SIZE, sqe.as_bytes())?;
+        let bytes: &[u8; SQE_SIZE] = zerocopy::transmute_ref!(sqe);
+        self.sq_ring.write_entry(self.sq_tail, bytes)?;
         self.sq_tail = self.next(self.sq_tail);
         Ok(())
     }
@@ -455,7 +460,7 @@ impl QueuePair {
         let Some((slot, status)) = self.take_head()? else {
             return Ok(None);
         };
-        let cid = self.cq.read_u16(slot + CQE_CID)?;
+        let cid = self.cq_ring.read_u16::<CQE_CID>(slot)?;
         Ok(Some((cid, status)))
     }
 

@@ -82,7 +82,10 @@ impl Drop for Removal {
     }
 }
 
-/// The error of every request after a removal.
+/// The error of every request after a removal (built out of line: the
+/// submit paths check for a removal on every request).
+#[cold]
+#[inline(never)]
 pub(crate) fn removed_error(shared: &Shared) -> Error {
     Error::DeviceRemoved {
         bdf: shared.address().to_string(),

@@ -439,24 +439,6 @@ impl DmaRegion {
         Ok(unsafe { self.ptr.as_ptr().add(offset) })
     }
 
-    /// Volatile 16-bit load (little-endian), e.g. a CQE status word.
-    #[inline]
-    pub(crate) fn read_u16(&self, offset: usize) -> Result<u16> {
-        let p = self.at(offset, 2, 2)?;
-        // SAFETY: in bounds and aligned (checked); volatile because the
-        // device may be writing this word.
-        Ok(u16::from_le(unsafe { p.cast::<u16>().read_volatile() }))
-    }
-
-    /// Volatile 64-bit load (little-endian), e.g. the second half of a CQE.
-    #[inline]
-    pub(crate) fn read_u64(&self, offset: usize) -> Result<u64> {
-        let p = self.at(offset, 8, 8)?;
-        // SAFETY: in bounds and aligned (checked); volatile because the
-        // device may be writing these bytes.
-        Ok(u64::from_le(unsafe { p.cast::<u64>().read_volatile() }))
-    }
-
     /// Volatile 64-bit store (little-endian), e.g. a PRP list entry.
     #[inline]
     pub(crate) fn write_u64(&self, offset: usize, value: u64) -> Result<()> {
@@ -473,17 +455,6 @@ impl DmaRegion {
         // SAFETY: the destination range is inside the mapping (checked) and
         // cannot overlap `data`, which is ordinary Rust memory.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
-        Ok(())
-    }
-
-    /// [`DmaRegion::write_bytes`] of a fixed-size block (e.g. an SQE):
-    /// inlined moves instead of a call to `memcpy`.
-    #[inline(always)]
-    pub(crate) fn write_array<const N: usize>(&self, offset: usize, data: &[u8; N]) -> Result<()> {
-        let p = self.at(offset, N, 1)?;
-        // SAFETY: the destination range is inside the mapping (checked) and
-        // cannot overlap `data`, which is ordinary Rust memory.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, N) };
         Ok(())
     }
 
@@ -591,6 +562,135 @@ pub(super) fn anon_mmap(len: usize, huge: bool) -> Result<(NonNull<u8>, usize)> 
     let ptr = NonNull::new(ptr.cast::<u8>())
         .ok_or_else(|| Error::BadBuffer("mmap returned null".into()))?;
     Ok((ptr, len))
+}
+
+/// A queue's ring: `entries` entries of `SIZE` bytes in a DMA region,
+/// whose bounds and alignment are checked once, when the ring is made. An
+/// access then names an entry by index (one comparison with `entries`)
+/// and a field inside it by a constant offset (checked at compile time),
+/// instead of the two range checks (buffer, then region) of each
+/// [`crate::memory::DmaBuffer`] access: the rings are touched for every
+/// command and every completion.
+#[derive(Debug)]
+pub(crate) struct DmaRing<const SIZE: usize> {
+    /// Entry 0.
+    base: NonNull<u8>,
+    entries: usize,
+    /// Keeps the mapping `base` points into alive.
+    _region: Arc<DmaRegion>,
+}
+
+// SAFETY: as for `DmaRegion`, which this holds alive: owned memory reached
+// only through raw pointers with explicit copies.
+unsafe impl<const SIZE: usize> Send for DmaRing<SIZE> {}
+// SAFETY: as for `DmaRegion`: shared use only copies bytes in and out; each
+// entry has one writer (the queue pair owning the ring, or the device).
+unsafe impl<const SIZE: usize> Sync for DmaRing<SIZE> {}
+
+impl<const SIZE: usize> DmaRing<SIZE> {
+    /// The ring of `entries` entries from byte `offset` of `region`.
+    pub(crate) fn new(region: Arc<DmaRegion>, offset: usize, entries: usize) -> Result<Self> {
+        let bytes = entries.checked_mul(SIZE);
+        if SIZE == 0
+            || !SIZE.is_multiple_of(8)
+            || !offset.is_multiple_of(8)
+            || bytes
+                .and_then(|b| b.checked_add(offset))
+                .is_none_or(|end| end > region.len)
+        {
+            return Err(outside_region(
+                offset,
+                bytes.unwrap_or(usize::MAX),
+                region.len,
+            ));
+        }
+        // SAFETY: offset + entries * SIZE <= len keeps the pointer (and
+        // every entry) inside the mapping; the mapping is page-aligned, so
+        // entry 0 and (SIZE a multiple of 8) every entry are 8-aligned.
+        let base = unsafe { region.ptr.add(offset) };
+        Ok(DmaRing {
+            base,
+            entries,
+            _region: region,
+        })
+    }
+
+    /// The address of entry `index`.
+    #[inline(always)]
+    fn entry(&self, index: u16) -> Result<*mut u8> {
+        let index = usize::from(index);
+        if index >= self.entries {
+            return Err(outside_ring(index, self.entries));
+        }
+        // SAFETY: index < entries keeps the entry inside the ring, which
+        // `new` checked lies inside the mapping.
+        Ok(unsafe { self.base.as_ptr().add(index * SIZE) })
+    }
+
+    /// Copies `data` into entry `index` (inlined moves, no `memcpy` call).
+    #[inline(always)]
+    pub(crate) fn write_entry(&self, index: u16, data: &[u8; SIZE]) -> Result<()> {
+        let p = self.entry(index)?;
+        // SAFETY: the entry is inside the mapping (checked) and cannot
+        // overlap `data`, which is ordinary Rust memory.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, SIZE) };
+        Ok(())
+    }
+
+    /// Copies entry `index` out.
+    #[inline(always)]
+    pub(crate) fn read_entry(&self, index: u16) -> Result<[u8; SIZE]> {
+        let p = self.entry(index)?;
+        let mut out = [0u8; SIZE];
+        // SAFETY: the entry is inside the mapping (checked) and cannot
+        // overlap `out`.
+        unsafe { std::ptr::copy_nonoverlapping(p, out.as_mut_ptr(), SIZE) };
+        Ok(out)
+    }
+
+    /// Volatile little-endian load of the u16 at byte `FIELD` of entry
+    /// `index` (the device may be writing it).
+    #[inline(always)]
+    pub(crate) fn read_u16<const FIELD: usize>(&self, index: u16) -> Result<u16> {
+        const {
+            assert!(
+                FIELD + 2 <= SIZE && FIELD.is_multiple_of(2),
+                "a u16 field inside the entry"
+            )
+        };
+        let p = self.entry(index)?;
+        // SAFETY: inside the entry (FIELD + 2 <= SIZE, checked at compile
+        // time) and aligned (every entry is 8-aligned, FIELD even).
+        Ok(u16::from_le(unsafe {
+            p.add(FIELD).cast::<u16>().read_volatile()
+        }))
+    }
+
+    /// Volatile little-endian load of the u64 at byte `FIELD` of entry
+    /// `index`.
+    #[inline(always)]
+    pub(crate) fn read_u64<const FIELD: usize>(&self, index: u16) -> Result<u64> {
+        const {
+            assert!(
+                FIELD + 8 <= SIZE && FIELD.is_multiple_of(8),
+                "a u64 field inside the entry"
+            )
+        };
+        let p = self.entry(index)?;
+        // SAFETY: inside the entry (checked at compile time) and aligned
+        // (every entry is 8-aligned, FIELD a multiple of 8).
+        Ok(u64::from_le(unsafe {
+            p.add(FIELD).cast::<u64>().read_volatile()
+        }))
+    }
+}
+
+/// The error of a ring index past its entries (a driver bug: the queue
+/// keeps its head and tail inside the ring).
+#[cold]
+#[inline(never)]
+fn outside_ring(index: usize, entries: usize) -> Error {
+    Error::BadBuffer(format!("ring entry {index} of a {entries}-entry ring"))
 }
 
 /// The error of an access outside a region (kept out of line: the

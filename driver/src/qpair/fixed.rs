@@ -21,6 +21,10 @@ use nvme_spec::io as nvm;
 #[derive(Debug)]
 pub(super) struct Registered {
     pub(super) buf: DmaBuffer,
+    /// The buffer's device address and length, kept beside it so that a
+    /// request does not reach them through the buffer's region.
+    iova: u64,
+    len: u64,
     /// A command on it was given up on: the device may still write it, so
     /// it takes no requests and is not handed back until a controller
     /// reset ends that DMA.
@@ -43,6 +47,8 @@ impl IoQPair {
         self.fixed_bufs = buffers
             .into_iter()
             .map(|buf| Registered {
+                iova: buf.iova(),
+                len: buf.len() as u64,
                 buf,
                 quarantined: false,
             })
@@ -95,20 +101,14 @@ impl IoQPair {
         }
         let (lba_size, capacity, per_data_cmd) = self.ns_info(io.nsid)?;
         if !matches!(io.op, IoOp::Read | IoOp::Write) {
-            return Err(Error::Unsupported(format!(
-                "{} on a registered buffer (only Read and Write carry one)",
-                io.op.name()
-            )));
+            return Err(not_read_or_write(io.op));
         }
         crate::ns::check_range(io.nsid, capacity, io.slba, u64::from(io.blocks))?;
         let len = u64::from(io.blocks) * u64::from(lba_size);
         let iova = self.fixed_iova(&io, len)?;
         let per_cmd = per_data_cmd.min(MAX_NLB);
         if per_cmd == 0 {
-            return Err(Error::Unsupported(format!(
-                "LBA size {lba_size} exceeds the transfer limit {}",
-                self.shared.max_transfer
-            )));
+            return Err(lba_exceeds_transfer(lba_size, self.shared.max_transfer));
         }
         let blocks = u64::from(io.blocks);
         // The fast path: one command, nothing waiting before it.
@@ -144,7 +144,6 @@ impl IoQPair {
             }
             // On failure the queue takes the CID back itself.
             self.q.post_reserved(cid, sqe)?;
-            let slot = &mut self.slots[cid as usize];
             slot.fixed = Some(io);
             // Stamped by the next deadline scan: no clock read per command.
             slot.since = None;
@@ -174,21 +173,12 @@ impl IoQPair {
             return Err(no_such_buffer(io.buffer, self.fixed_bufs.len()));
         };
         if r.quarantined {
-            return Err(Error::BadBuffer(format!(
-                "registered buffer {} is out of use: a command on it was given up on \
-                 and the device may still write it (until a controller reset)",
-                io.buffer
-            )));
+            return Err(quarantined(io.buffer));
         }
-        let have = r.buf.len() as u64;
-        if len + u64::from(io.offset) > have || !io.offset.is_multiple_of(4) {
-            return Err(Error::BadBuffer(format!(
-                "{} bytes at offset {} do not fit registered buffer {} ({have} bytes, \
-                 the offset a multiple of 4)",
-                len, io.offset, io.buffer
-            )));
+        if len + u64::from(io.offset) > r.len || !io.offset.is_multiple_of(4) {
+            return Err(does_not_fit(io, len, r.len));
         }
-        Ok(r.buf.iova() + u64::from(io.offset))
+        Ok(r.iova + u64::from(io.offset))
     }
 
     /// `io` as an ordinary request on its buffer's memory (one segment),
@@ -255,7 +245,47 @@ impl IoQPair {
     }
 }
 
+// The refusals of `submit_fixed`, built out of line (cold): the checks
+// stay on the path, their messages do not.
+
 #[cold]
+#[inline(never)]
+fn not_read_or_write(op: IoOp) -> Error {
+    Error::Unsupported(format!(
+        "{} on a registered buffer (only Read and Write carry one)",
+        op.name()
+    ))
+}
+
+#[cold]
+#[inline(never)]
+fn lba_exceeds_transfer(lba_size: u32, max_transfer: usize) -> Error {
+    Error::Unsupported(format!(
+        "LBA size {lba_size} exceeds the transfer limit {max_transfer}"
+    ))
+}
+
+#[cold]
+#[inline(never)]
+fn quarantined(index: u32) -> Error {
+    Error::BadBuffer(format!(
+        "registered buffer {index} is out of use: a command on it was given up on \
+         and the device may still write it (until a controller reset)"
+    ))
+}
+
+#[cold]
+#[inline(never)]
+fn does_not_fit(io: &FixedIo, len: u64, have: u64) -> Error {
+    Error::BadBuffer(format!(
+        "{len} bytes at offset {} do not fit registered buffer {} ({have} bytes, \
+         the offset a multiple of 4)",
+        io.offset, io.buffer
+    ))
+}
+
+#[cold]
+#[inline(never)]
 fn no_such_buffer(index: u32, registered: usize) -> Error {
     Error::BadBuffer(format!(
         "registered buffer {index} does not exist ({registered} are registered)"

@@ -379,6 +379,11 @@ impl IoQPair {
         }
     }
 
+    // Inlined into `poll` and `poll_fixed`, which are then one call (at QD1
+    // every I/O pays for a poll's calls). `reap` stays a call of its own:
+    // inlined as well, its loop spilled more registers per completion than
+    // the call costs per poll (callgrind: +20 instructions per I/O at QD32).
+    #[inline(always)]
     pub(super) fn poll_inner(&mut self, out: &mut Vec<IoCompletion>) -> Result<()> {
         if !self.stash.is_empty() {
             out.append(&mut self.stash);

@@ -563,36 +563,47 @@ struct Slot {
     slba: u64,
 }
 
-/// Registered buffers handed to I/Os, never one to two I/Os at once: a
-/// FIFO of the free ones, so that with more buffers than slots (the
-/// footprint jobs) every buffer is used in turn. Taking and giving back
-/// are O(1) whatever order I/Os complete in: QEMU completes a batch of
-/// commands in no fixed order (in reverse, on null-co), and a scan for the
-/// next free buffer from a round-robin cursor walked most of the ring per
-/// I/O at depth (about 100 steps per I/O at QD128).
+/// Registered buffers handed to I/Os, never one to two I/Os at once. With
+/// as many buffers as slots (the default), slot `i` always uses buffer
+/// `i`, as the floor loop does: nothing to look up per I/O. With more (the
+/// footprint jobs, `--buffer-pool`), a FIFO of the free ones, so that
+/// every buffer is used in turn. Taking and giving back are O(1) whatever
+/// order I/Os complete in: QEMU completes a batch of commands in no fixed
+/// order (in reverse, on null-co), and a scan for the next free buffer
+/// from a round-robin cursor walked most of the ring per I/O at depth
+/// (about 100 steps per I/O at QD128).
 struct BufferRing {
-    free: VecDeque<u32>,
-    /// Buffers looked at by `take` (for the path counters): one per take.
+    /// The free buffers, oldest first; None: one buffer per slot.
+    free: Option<VecDeque<u32>>,
+    /// Buffers looked at by `take` (for the path counters): one per take
+    /// from the FIFO, none with a buffer per slot.
     scanned: u64,
 }
 
 impl BufferRing {
-    fn new(n: usize) -> Self {
+    fn new(buffers: usize, slots: usize) -> Self {
         BufferRing {
-            free: (0..n as u32).collect(),
+            free: (buffers > slots).then(|| (0..buffers as u32).collect()),
             scanned: 0,
         }
     }
 
-    /// The free buffer given back longest ago (there are at least as many
-    /// as slots).
-    fn take(&mut self) -> Option<u32> {
-        self.scanned += 1;
-        self.free.pop_front()
+    /// A free buffer for slot `slot`'s next I/O: its own, or the one given
+    /// back longest ago (there are at least as many buffers as slots).
+    fn take(&mut self, slot: usize) -> Option<u32> {
+        match &mut self.free {
+            None => u32::try_from(slot).ok(),
+            Some(free) => {
+                self.scanned += 1;
+                free.pop_front()
+            }
+        }
     }
 
     fn release(&mut self, i: u32) {
-        self.free.push_back(i);
+        if let Some(free) = &mut self.free {
+            free.push_back(i);
+        }
     }
 }
 
@@ -625,7 +636,7 @@ fn thread_main(
         .map(|_| ctrl.dma_pool().alloc(io_bytes).map_err(Error::from))
         .collect::<Result<Vec<_>>>()?;
     let registered = !a.owned_buffers;
-    let mut ring = BufferRing::new(buffers);
+    let mut ring = BufferRing::new(buffers, a.qd);
     let mut slots: Vec<Slot> = Vec::with_capacity(a.qd);
     if registered {
         q.register_buffers(bufs).map_err(|e| Error::thread(t, e))?;
@@ -927,9 +938,9 @@ fn submit_one(
     slot.read = io.read;
     slot.slba = io.slba;
     let Some(buf) = slot.buf.take() else {
-        // The registered path: the next free buffer.
+        // The registered path: the slot's own buffer, or the next free one.
         let buffer = ring
-            .take()
+            .take(tag)
             .ok_or_else(|| Error::Failed("no free registered buffer".into()))?;
         slot.buffer = buffer;
         if !io.read && a.verify {
@@ -1212,14 +1223,14 @@ mod tests {
     fn buffer_ring_hands_out_each_buffer_once_and_uses_all_in_turn() {
         // Four slots over six buffers, completing in reverse order (as
         // QEMU completes a batch on null-co).
-        let mut ring = BufferRing::new(6);
-        let mut held: Vec<u32> = (0..4).map(|_| ring.take().expect("free")).collect();
+        let mut ring = BufferRing::new(6, 4);
+        let mut held: Vec<u32> = (0..4).map(|s| ring.take(s).expect("free")).collect();
         assert_eq!(held, [0, 1, 2, 3]);
         let mut used = std::collections::BTreeSet::new();
         for _ in 0..5 {
             for slot in (0..held.len()).rev() {
                 ring.release(held[slot]);
-                let b = ring.take().expect("free");
+                let b = ring.take(slot).expect("free");
                 assert!(!held.contains(&b), "buffer {b} handed to two I/Os");
                 held[slot] = b;
                 used.insert(b);
@@ -1228,5 +1239,19 @@ mod tests {
         assert_eq!(used.len(), 6, "every buffer is used in turn: {used:?}");
         // One look per take, whatever the order.
         assert_eq!(ring.scanned, 4 + 5 * 4);
+    }
+
+    #[test]
+    fn with_a_buffer_per_slot_each_slot_keeps_its_own() {
+        let mut ring = BufferRing::new(4, 4);
+        for round in 0..3 {
+            for slot in (0..4).rev() {
+                if round > 0 {
+                    ring.release(slot as u32);
+                }
+                assert_eq!(ring.take(slot), Some(slot as u32));
+            }
+        }
+        assert_eq!(ring.scanned, 0, "nothing looked up");
     }
 }

@@ -193,7 +193,8 @@ pub struct PathReport {
     pub cq_rings: u64,
     /// Of those, MMIO writes.
     pub cq_mmio: u64,
-    /// Registered buffers looked at to find a free one.
+    /// Registered buffers looked at to find a free one (0 with one
+    /// buffer per slot, the default; one per I/O with `--buffer-pool`).
     pub buffer_scan: u64,
 }
 
