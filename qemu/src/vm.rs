@@ -1027,6 +1027,16 @@ impl VmConfig {
             args.push("-trace".into());
             args.push(event.clone());
         }
+        // Thread names ("CPU 0/TCG", "worker", ...) for host-side
+        // tools (top -H, /proc/PID/task/*/comm).
+        args.push("-name".into());
+        args.push("nvme-vm,debug-threads=on".into());
+        if !self.trace_events.is_empty() {
+            // Each event with its thread id and host time (QEMU's log
+            // backend adds them only when messages carry timestamps).
+            args.push("-msg".into());
+            args.push("timestamp=on".into());
+        }
         for s in serials {
             args.push("-serial".into());
             args.push(format!("file:{}", s.display()));
@@ -1363,6 +1373,7 @@ mod tests {
             .map(|(_, e)| e)
             .collect();
         assert_eq!(traces, ["pci_nvme_read", "pci_nvme_io_*"]);
+        assert!(args.windows(2).any(|w| w == ["-msg", "timestamp=on"]));
         for bad in ["", "-D", "a,file=/etc/x", "a b"] {
             let cfg = VmConfig {
                 trace_events: vec![bad.into()],

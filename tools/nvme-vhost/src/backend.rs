@@ -50,6 +50,8 @@ struct Shared {
     /// Answer reads and writes without the device
     /// ([`Worker::set_null_io`]).
     null_io: AtomicBool,
+    /// ([`Worker::set_timings`]).
+    timings: AtomicBool,
     ctrl: Controller,
 }
 
@@ -206,6 +208,7 @@ impl BlkBackend {
                 poll,
                 spin_us: AtomicU64::new(0),
                 null_io: AtomicBool::new(false),
+                timings: AtomicBool::new(false),
             }),
         })
     }
@@ -223,6 +226,12 @@ impl BlkBackend {
     /// writes at once without the device ([`Worker::set_null_io`]).
     pub fn set_null_io(&self, on: bool) {
         self.shared.null_io.store(on, Ordering::Relaxed);
+    }
+
+    /// Workers made from now on time each step of their requests into
+    /// [`Stats::phases`] ([`Worker::set_timings`]).
+    pub fn set_timings(&self, on: bool) {
+        self.shared.timings.store(on, Ordering::Relaxed);
     }
 
     /// The counters of all queues.
@@ -323,6 +332,7 @@ impl BlkBackend {
             );
             worker.set_null_io(true);
         }
+        worker.set_timings(self.shared.timings.load(Ordering::Relaxed));
         Ok(worker)
     }
 

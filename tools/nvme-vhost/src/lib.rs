@@ -11,6 +11,8 @@
 //!   when the scatter list makes legal PRPs, bounced otherwise;
 //! - [`cache`]: the page-cache mode (`--cache`): requests through the
 //!   page cache over the namespace, FLUSH an fsync;
+//! - [`phases`]: where a request's time goes inside the daemon
+//!   (`--timings`);
 //! - [`backend`]: the rust-vmm `VhostUserBackend` tying them together;
 //! - [`vduse`]: the same device offered to the local kernel's virtio_blk
 //!   driver through VDUSE (its ioctls are the crate's only `unsafe`).
@@ -21,6 +23,7 @@ pub mod backend;
 pub mod cache;
 pub mod config;
 pub mod memtable;
+pub mod phases;
 pub mod request;
 pub mod vduse;
 pub mod worker;

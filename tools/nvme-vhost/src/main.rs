@@ -78,6 +78,12 @@ struct Cli {
     /// crossing alone costs). Not for real use.
     #[arg(long, conflicts_with = "cache")]
     null_io: bool,
+    /// Time each step of every request (taken, parsed, submitted,
+    /// completion seen, used ring, call, next kick) and log the mean of
+    /// each step when the front end leaves (a benchmark's breakdown:
+    /// a clock read per step).
+    #[arg(long, conflicts_with = "cache")]
+    timings: bool,
     /// Serve through a page cache of SIZE bytes (suffix K, M or G) over
     /// the namespace: reads from the cache, writes buffered and written
     /// back later, FLUSH an fsync of the namespace (the device offers a
@@ -123,6 +129,7 @@ fn run(cli: &Cli) -> Result<(), MainError> {
     };
     backend.set_spin(std::time::Duration::from_micros(cli.spin_us));
     backend.set_null_io(cli.null_io);
+    backend.set_timings(cli.timings);
     let socket = match (&cli.vduse, &cli.socket) {
         (Some(name), _) => {
             return Ok(nvme_vhost::vduse::serve(
@@ -168,6 +175,12 @@ fn run(cli: &Cli) -> Result<(), MainError> {
                 Err(e) => e.to_string(),
             }
         );
+        if cli.timings {
+            log::info!(
+                "phases (mean us, requests): {}",
+                backend.stats().phases.summary()
+            );
+        }
         if backend.cache().is_some() {
             let (hits, misses, writes, flushes) = backend.stats().cache_snapshot();
             log::info!(

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nvme_driver::{DmaBuffer, IoCompletion, IoQPair, IoRequest, IoSegments};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
@@ -16,6 +16,7 @@ use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::config::DeviceConfig;
 use crate::memtable::MemTable;
+use crate::phases::{Phase, Phases};
 use crate::request::{self, Action, ID_BYTES, Parsed, Reject};
 
 /// How long one wait for completions sleeps at most before looking again.
@@ -41,6 +42,8 @@ pub struct Stats {
     pub cache_writes: AtomicU64,
     /// Page-cache mode: FLUSH requests (fsyncs of the namespace file).
     pub cache_flushes: AtomicU64,
+    /// Where requests' time went (filled only with [`Worker::set_timings`]).
+    pub phases: Phases,
 }
 
 impl Stats {
@@ -180,6 +183,8 @@ struct InFlight {
     written: u32,
     /// For a bounced read: where the buffer's bytes go in guest memory.
     bounce_to: Vec<(GuestAddress, u32)>,
+    /// With timings: when its commands were submitted.
+    submitted: Option<Instant>,
 }
 
 /// One queue thread's state: its queue pair and what it reuses.
@@ -209,6 +214,12 @@ pub struct Worker {
     /// Answer reads and writes at once without the device (a benchmark
     /// floor of the vhost-user crossing; no data moves).
     null_io: bool,
+    /// Read the clock at each step of a request ([`Stats::phases`]).
+    timings: bool,
+    /// With timings: when the last chain went back to the used ring.
+    last_returned: Option<Instant>,
+    /// With timings: when the last wait for completions returned.
+    reaped_at: Option<Instant>,
     pool: nvme_driver::DmaPool,
     done: Vec<IoCompletion>,
     copy: Vec<u8>,
@@ -244,7 +255,21 @@ impl Worker {
             kicks: 0,
             spin: Duration::ZERO,
             null_io: false,
+            timings: false,
+            last_returned: None,
+            reaped_at: None,
         }
+    }
+
+    /// Reads the clock at each step of every request and sums the steps
+    /// into [`Stats::phases`] (a benchmark's breakdown; off by default).
+    pub fn set_timings(&mut self, on: bool) {
+        self.timings = on;
+    }
+
+    /// The clock, when timings are on.
+    fn clock(&self) -> Option<Instant> {
+        self.timings.then(Instant::now)
     }
 
     /// NVMe commands of this queue still in flight on the device
@@ -353,12 +378,15 @@ impl Worker {
         let mut unsignalled = false;
         // When the thread last had something to do.
         let mut idle_since = std::time::Instant::now();
+        // With timings: the batch's start, until its first chain is taken.
+        let mut entered = self.clock();
         loop {
             if waiting > 0 {
                 idle_since = std::time::Instant::now();
             }
             let taking = current();
             if taking {
+                let take_at = self.clock();
                 queue.disable_notification(mem)?;
                 let parsed: Vec<Parsed> = queue
                     .iter(guard.clone())?
@@ -367,12 +395,29 @@ impl Worker {
                 if !parsed.is_empty() {
                     idle_since = std::time::Instant::now();
                 }
+                let parsed_at = self.clock();
+                if let (Some(take), Some(at)) = (take_at, parsed_at)
+                    && !parsed.is_empty()
+                {
+                    let phases = &self.stats.phases;
+                    if let (Some(start), Some(last)) = (entered.take(), self.last_returned) {
+                        phases.add_between(Phase::Away, last, start);
+                    }
+                    for _ in &parsed {
+                        phases.add_between(Phase::Parse, take, at);
+                    }
+                    self.reaped_at = parsed_at;
+                }
                 for p in parsed {
                     let tag = free.pop().unwrap_or_else(|| {
                         flights.push(None);
                         flights.len() - 1
                     });
-                    let f = self.begin(mem, table, p, tag as u64);
+                    let mut f = self.begin(mem, table, p, tag as u64);
+                    if let (Some(at), Some(sent)) = (parsed_at, f.submitted) {
+                        self.stats.phases.add_between(Phase::Submit, at, sent);
+                    }
+                    f.submitted = f.submitted.filter(|_| f.outstanding > 0);
                     if f.outstanding == 0 {
                         returned.push(self.finish(mem, &f));
                         free.push(tag);
@@ -405,9 +450,17 @@ impl Worker {
                     &mut returned,
                 );
             }
+            let n_returned = returned.len();
             for (head, len) in returned.drain(..) {
                 queue.add_used(mem, head, len)?;
                 unsignalled = true;
+            }
+            let used_at = if n_returned > 0 { self.clock() } else { None };
+            if let (Some(seen), Some(at)) = (self.reaped_at, used_at) {
+                for _ in 0..n_returned {
+                    self.stats.phases.add_between(Phase::Used, seen, at);
+                }
+                self.last_returned = used_at;
             }
             if unsignalled
                 && let Some(call) = call
@@ -417,6 +470,12 @@ impl Worker {
                     log::warn!("queue {}: signalling the guest: {e}", self.qpair.qid());
                 }
                 unsignalled = false;
+                if let (Some(at), Some(now)) = (used_at, self.clock()) {
+                    for _ in 0..n_returned {
+                        self.stats.phases.add_between(Phase::Call, at, now);
+                    }
+                    self.last_returned = Some(now);
+                }
             }
             if waiting == 0 && taking && idle_since.elapsed() < self.idle_poll {
                 // Polled: look at the ring again without sleeping.
@@ -480,6 +539,7 @@ impl Worker {
                     n
                 }),
         };
+        self.reaped_at = self.clock();
         if let Err(e) = waited {
             // The queue pair failed as a whole (controller gone or dead):
             // every request still waiting fails.
@@ -516,6 +576,9 @@ impl Worker {
             if f.outstanding == 0
                 && let Some(f) = flights[tag].take()
             {
+                if let (Some(sent), Some(seen)) = (f.submitted, self.reaped_at) {
+                    self.stats.phases.add_between(Phase::Device, sent, seen);
+                }
                 *waiting -= 1;
                 returned.push(self.finish(mem, &f));
                 free.push(tag);
@@ -553,6 +616,7 @@ impl Worker {
             code: VIRTIO_BLK_S_OK,
             written: 0,
             bounce_to: Vec::new(),
+            submitted: None,
         };
         match p.action {
             Ok(action) => {
@@ -561,6 +625,7 @@ impl Worker {
                     log::warn!("request at descriptor {}: {e}", p.head);
                     f.code = VIRTIO_BLK_S_IOERR;
                 }
+                f.submitted = self.clock();
             }
             Err(Reject::Unsupported(m)) => {
                 log::debug!("request at descriptor {}: unsupported: {m}", p.head);

@@ -116,10 +116,16 @@ fn main() -> ExitCode {
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 fn vm(args: vm_args::VmArgs) -> Result<ExitCode> {
+    let qemu_log = args.qemu_log.clone();
     let (mut config, cmd, write_log) = args.into_config()?;
     config.output = OutputMode::Inherit;
     let console = config.console_log.clone();
     let run = config.run(&cmd)?;
+    if let Some(to) = &qemu_log {
+        std::fs::write(to, run.qemu_output())
+            .map_err(|e| format!("writing QEMU's output to {}: {e}", to.display()))?;
+        eprintln!("xtask vm: QEMU's output: {}", to.display());
+    }
     if let (Some(to), Some(log)) = (&write_log, run.write_log(1)) {
         std::fs::copy(log, to)
             .map_err(|e| format!("copying the write log to {}: {e}", to.display()))?;

@@ -133,6 +133,15 @@ pub(crate) struct VmArgs {
     /// Where to write the guest console log.
     #[arg(long, value_name = "PATH")]
     console_log: Option<PathBuf>,
+    /// A QEMU trace event (or pattern, e.g. `pci_nvme_*`) to enable
+    /// (QEMU's `-trace`; repeatable). The events go to QEMU's own output:
+    /// see --qemu-log.
+    #[arg(long = "trace", value_name = "EVENT")]
+    trace_events: Vec<String>,
+    /// Copy QEMU's own output (its warnings and the --trace events, each
+    /// with its thread id and host time) to PATH after the run.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) qemu_log: Option<PathBuf>,
     /// The command to run in the guest.
     #[arg(last = true, required = true, value_name = "CMD")]
     cmd: Vec<String>,
@@ -217,6 +226,7 @@ impl VmArgs {
             host_tools: self.host_tools,
             blkdebug,
             kernel_args: self.kernel_args,
+            trace_events: self.trace_events,
             console_log: Some(
                 self.console_log
                     .unwrap_or_else(|| workspace_root().join("target/vm/console.log")),
