@@ -826,6 +826,25 @@ mod tests {
     use super::*;
     use crate::bench::suite::JOBS;
 
+    /// A one-round run of `variant` on `job` whose IOPS, MB/s and mean
+    /// latency are all `x`.
+    fn run(variant: &str, job: &'static str, x: f64) -> Run {
+        Run {
+            variant: Variant::from_name(variant).unwrap(),
+            job,
+            round: 1,
+            figures: Figures {
+                iops: x,
+                mbps: x,
+                latency: Latency {
+                    mean: x,
+                    ..Latency::default()
+                },
+                ..Figures::default()
+            },
+        }
+    }
+
     /// nvme-bench's document for a run labelled `label`.
     fn ours(label: &str, iops: f64, latency: tools_common::bench::Latency) -> String {
         let report = BenchReport {
@@ -974,20 +993,6 @@ mod tests {
 
     #[test]
     fn ublk_rows_are_judged_against_the_kernel_in_their_own_boot() {
-        let run = |variant: &str, job: &'static str, x: f64| Run {
-            variant: Variant::from_name(variant).unwrap(),
-            job,
-            round: 1,
-            figures: Figures {
-                iops: x,
-                mbps: x,
-                latency: Latency {
-                    mean: x,
-                    ..Latency::default()
-                },
-                ..Figures::default()
-            },
-        };
         let runs = vec![
             run("ublk-batch", "randread-4k-qd32", 30000.0),
             run("fe-io_uring-polled", "randread-4k-qd32", 20000.0),
@@ -1067,19 +1072,6 @@ mod tests {
 
     #[test]
     fn the_best_kernel_figure_is_the_best_of_every_variant() {
-        let run = |variant: &str, job: &'static str, x: f64| Run {
-            variant: Variant::from_name(variant).unwrap(),
-            job,
-            round: 1,
-            figures: Figures {
-                iops: x,
-                latency: Latency {
-                    mean: x,
-                    ..Latency::default()
-                },
-                ..Figures::default()
-            },
-        };
         let runs = vec![
             run("ours", "randread-4k-qd32", 60000.0),
             run("io_uring", "randread-4k-qd32", 15000.0),
