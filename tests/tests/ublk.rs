@@ -425,6 +425,25 @@ sed 's/^/sum /' /tmp/sums
     }
 }
 
+/// The fabric tests' guest: ublk's, with fio and cksum, the NVMe/TCP
+/// target and initiator modules shipped, and a 96 MiB namespace on `image`.
+fn fabric_vm(image: &Path) -> VmConfig {
+    let mut config = ublk_vm(&["fio", "cksum"]);
+    config
+        .ship_modules
+        .extend(["nvmet-tcp".into(), "nvme-tcp".into()]);
+    config.disk_size = 96 << 20;
+    config.disks = vec![NsDisk::File(image.to_path_buf())];
+    config
+}
+
+/// Script lines after [`LOAD_UBLK`] for the fabric tests: the NVMe/TCP
+/// modules loaded, configfs mounted, loopback up (exits 4, 40, 41).
+const FABRIC_SETUP: &str = "modload nvmet-tcp nvme-tcp || exit 4
+mount -t configfs none /sys/kernel/config || exit 40
+ip link set lo up || exit 41
+";
+
 /// The subsystem NQN the guest's nvmet exports `/dev/ublkb0` under.
 const NQN: &str = "nqn.2026-12.io.nvme-ublk:fabric";
 
@@ -574,18 +593,10 @@ fn ublk_reads(out: &str, name: &str) -> [u64; 3] {
 fn nvmet_tcp_exports_the_ublk_device_and_fio_verifies_through_the_fabric() {
     let dir = tempfile::tempdir().expect("temp dir");
     let image = dir.path().join("ns1.img");
-    let mut config = ublk_vm(&["fio", "cksum"]);
-    config
-        .ship_modules
-        .extend(["nvmet-tcp".into(), "nvme-tcp".into()]);
-    config.disk_size = 96 << 20;
-    config.disks = vec![NsDisk::File(image.clone())];
+    let config = fabric_vm(&image);
     const SEQ: u32 = 200_000;
     let script = format!(
-        "{LOAD_UBLK}modload nvmet-tcp nvme-tcp || exit 4
-mount -t configfs none /sys/kernel/config || exit 40
-ip link set lo up || exit 41
-{start}\
+        "{LOAD_UBLK}{FABRIC_SETUP}{start}\
 {export}echo \"sizes $(blockdev --getsize64 $F_DEV) $(blockdev --getsize64 $U_DEV)\"
 echo \"fabric cache $(cat /sys/block/${{F_DEV#/dev/}}/queue/write_cache)\"
 {qd1}{qd32}\
@@ -750,18 +761,10 @@ const ACK_BASE: usize = 8192;
 fn a_daemon_killed_under_an_nvmet_export_fails_the_fabric_io_and_a_new_one_serves_again() {
     let dir = tempfile::tempdir().expect("temp dir");
     let image = dir.path().join("ns1.img");
-    let mut config = ublk_vm(&["fio", "cksum"]);
-    config
-        .ship_modules
-        .extend(["nvmet-tcp".into(), "nvme-tcp".into()]);
-    config.disk_size = 96 << 20;
-    config.disks = vec![NsDisk::File(image.clone())];
+    let config = fabric_vm(&image);
     const MAX_ACKS: usize = 4096;
     let script = format!(
-        "{LOAD_UBLK}modload nvmet-tcp nvme-tcp || exit 4
-mount -t configfs none /sys/kernel/config || exit 40
-ip link set lo up || exit 41
-{start_a}{export_a}\
+        "{LOAD_UBLK}{FABRIC_SETUP}{start_a}{export_a}\
 rm -f /tmp/acked; touch /tmp/acked
 (
   i=0

@@ -111,6 +111,26 @@ pub fn run_all(rig: &mut dyn Rig, mut report: impl FnMut(&Scenario, &Outcome)) -
     (passed, failed)
 }
 
+/// For tests: runs every scenario for `rig`'s block size and panics,
+/// naming each failure and its outcome, unless all of them pass.
+pub fn assert_all_pass(rig: &mut dyn Rig) {
+    let lba_size = rig.lba_size();
+    let mut failures = Vec::new();
+    let (passed, failed) = run_all(rig, |s, outcome| {
+        if let Err(e) = outcome {
+            failures.push(format!("{}: {e}", s.name));
+        }
+    });
+    assert_eq!(
+        failed,
+        0,
+        "at {lba_size}-byte LBAs:\n{}",
+        failures.join("\n")
+    );
+    let expected = all().filter(|s| s.runs_on(lba_size)).count();
+    assert_eq!(passed, expected);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use mpage::nvme::{DmaFolioMemory, NvmeDevice};
 use mpage::{Bio, BioFlags, BioOp, BlockDevice, Segment};
+use mpage_conformance::assert_all_pass;
 use mpage_conformance::nvme::NvmeRig;
 use mpage_conformance::read::t09_only_readahead_commands_carry_the_hint;
-use mpage_conformance::run_all;
 use mpage_conformance::writeback::t12_dirty_folios_become_one_plain_write_and_fsync_flushes_after;
 use nvme_driver::mock::{CommandRecord, MockConfig, MockController};
 use nvme_driver::nvme_spec::{AccessFrequency, DsmHints, NvmOpcode, RwFlags};
@@ -112,15 +112,7 @@ fn every_scenario_passes_on_the_mock_and_only_readahead_reads_carry_hints() {
     for lba in [512u32, 4096] {
         let (mock, ctrl) = mock(lba);
         let mut rig = NvmeRig::open(&ctrl, NS).expect("rig");
-        let mut failures = Vec::new();
-        let (passed, failed) = run_all(&mut rig, |s, outcome| {
-            if let Err(e) = outcome {
-                failures.push(format!("{}: {e}", s.name));
-            }
-        });
-        assert_eq!(failed, 0, "at {lba}-byte LBAs:\n{}", failures.join("\n"));
-        let expected = mpage_conformance::all().filter(|s| s.runs_on(lba)).count();
-        assert_eq!(passed, expected);
+        assert_all_pass(&mut rig);
         assert_eq!(mock.violations(), Vec::<String>::new());
         let reads = of(&mock, NvmOpcode::Read);
         for c in &reads {

@@ -3,7 +3,7 @@
 //! LBAs and, where its block size allows, at 4096-byte LBAs; and the
 //! whole list in sequence on one namespace, as the guest runs it.
 
-use mpage_conformance::{RecordingRig, find, run_all};
+use mpage_conformance::{RecordingRig, assert_all_pass, find};
 
 /// The namespace size of the VM tests (`vm_tests::vm()`).
 const DISK: u64 = 64 << 20;
@@ -92,14 +92,6 @@ scenario_tests![
 fn all_scenarios_in_sequence_on_one_namespace() {
     for lba in [512, 4096] {
         let mut rig = RecordingRig::new(lba, DISK).unwrap();
-        let mut failures = Vec::new();
-        let (passed, failed) = run_all(&mut rig, |s, outcome| {
-            if let Err(e) = outcome {
-                failures.push(format!("{}: {e}", s.name));
-            }
-        });
-        assert_eq!(failed, 0, "at {lba}-byte LBAs:\n{}", failures.join("\n"));
-        let expected = mpage_conformance::all().filter(|s| s.runs_on(lba)).count();
-        assert_eq!(passed, expected);
+        assert_all_pass(&mut rig);
     }
 }
