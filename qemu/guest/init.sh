@@ -53,6 +53,17 @@ esac
 
 [ -n "$HUGEPAGES" ] && echo "$HUGEPAGES" > /proc/sys/vm/nr_hugepages
 
+# Near the host's timeout, leave the stacks of a hung guest on the console:
+# blocked (D state) tasks, then every CPU's backtrace.
+if [ -n "$WATCHDOG" ]; then
+    (
+        sleep "$WATCHDOG"
+        echo "vm-init: watchdog after ${WATCHDOG}s: blocked tasks and CPUs follow" > /dev/ttyS0
+        echo w > /proc/sysrq-trigger
+        echo l > /proc/sysrq-trigger
+    ) < /dev/null > /dev/null 2>&1 &
+fi
+
 mkdir -p /root && cd /root
 sh /etc/vm-cmd < /dev/null > /dev/ttyS1 2> /dev/ttyS2
 echo "EXIT $?" > /dev/ttyS3

@@ -24,6 +24,34 @@ pub const NVME_BDF: &str = "0000:00:03.0";
 pub const NVME_BDF_ROOT_PORT: &str = "0000:01:00.0";
 /// What the guest's init prints on the console first.
 const INIT_MARKER: &str = "vm-init: started";
+/// What the guest's init prints on the console before its watchdog dumps
+/// blocked tasks and CPU backtraces (guest/init.sh).
+const WATCHDOG_MARKER: &str = "vm-init: watchdog after";
+/// Console lines that start a kernel's report of trouble.
+const KERNEL_TROUBLE: [&str; 6] = [
+    "rcu: INFO",
+    "BUG:",
+    "WARNING:",
+    "INFO: task",
+    "Oops",
+    "watchdog: ",
+];
+
+/// The index of the first line of `console` that starts a kernel's report
+/// of trouble.
+fn first_trouble(console: &[&str]) -> Option<usize> {
+    console
+        .iter()
+        .position(|l| KERNEL_TROUBLE.iter().any(|m| l.contains(m)))
+}
+
+/// When the guest's watchdog dumps its blocked tasks and CPUs (seconds
+/// after init starts): a minute before the host gives up on a run, or
+/// halfway through a short one, so a hung guest leaves stacks behind.
+fn watchdog_secs(timeout: Duration) -> u64 {
+    let secs = timeout.as_secs();
+    secs.saturating_sub(60).max(secs / 2)
+}
 /// The default serial number the harness gives the controller.
 pub const DEFAULT_SERIAL: &str = "NVMEVFIO0001";
 
@@ -479,17 +507,44 @@ impl VmRun {
         self.write_logs.get(nsid.checked_sub(1)?)?.as_deref()
     }
 
-    /// A one-paragraph description for test failure messages.
+    /// The guest kernel's first report of trouble on the console (an oops,
+    /// a BUG, a WARNING, an RCU stall, a hung task, a lockup) and the lines
+    /// after it, if there is one.
+    pub fn kernel_trouble(&self) -> Option<String> {
+        let console = self.console();
+        let lines: Vec<&str> = console.lines().collect();
+        first_trouble(&lines).map(|i| lines[i..lines.len().min(i + 40)].join("\n"))
+    }
+
+    /// A one-paragraph description for test failure messages: the exit,
+    /// the command's output, and from the console the first sign of kernel
+    /// trouble, the watchdog's dump of blocked tasks and CPUs (when the run
+    /// came near its timeout) and the tail.
     pub fn describe(&self) -> String {
         let console = self.console();
-        let tail: Vec<&str> = console.lines().rev().take(15).collect();
-        format!(
-            "guest exit: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}\n--- console (tail) ---\n{}",
+        let lines: Vec<&str> = console.lines().collect();
+        let from = |start: Option<usize>, count: usize| -> Option<String> {
+            start.map(|i| lines[i..lines.len().min(i + count)].join("\n"))
+        };
+        let trouble = from(first_trouble(&lines), 60);
+        let dump = from(lines.iter().position(|l| l.contains(WATCHDOG_MARKER)), 250);
+        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+        let mut text = format!(
+            "guest exit: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}\n",
             self.exit,
             self.stdout_text(),
             self.stderr_text(),
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        )
+        );
+        if let Some(trouble) = trouble {
+            text.push_str(&format!(
+                "--- console (first kernel trouble) ---\n{trouble}\n"
+            ));
+        }
+        if let Some(dump) = dump {
+            text.push_str(&format!("--- console (watchdog dump) ---\n{dump}\n"));
+        }
+        text.push_str(&format!("--- console (tail) ---\n{tail}"));
+        text
     }
 }
 
@@ -873,13 +928,14 @@ impl VmConfig {
             GuestDriver::Kernel => "kernel",
         };
         let conf = format!(
-            "MODULES=\"{}\"\nBIND={bind}\nHUGEPAGES={}\n",
+            "MODULES=\"{}\"\nBIND={bind}\nHUGEPAGES={}\nWATCHDOG={}\n",
             modules.join(" "),
             if self.hugepages > 0 {
                 self.hugepages.to_string()
             } else {
                 String::new()
-            }
+            },
+            watchdog_secs(self.timeout)
         );
         a.file("etc/vm.conf", 0o644, conf.as_bytes())?;
         // root, and an unprivileged user for tests that run without root.
@@ -1224,6 +1280,56 @@ mod tests {
             version: "QEMU emulator version 10.0.2".into(),
         };
         (kernel, qemu)
+    }
+
+    #[test]
+    fn the_watchdog_fires_a_minute_early_or_halfway() {
+        assert_eq!(watchdog_secs(Duration::from_secs(600)), 540);
+        assert_eq!(watchdog_secs(Duration::from_secs(120)), 60);
+        assert_eq!(watchdog_secs(Duration::from_secs(30)), 15);
+    }
+
+    #[test]
+    fn a_hung_guest_is_described_with_its_first_trouble_and_the_dump() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let console_log = dir.path().join("console.log");
+        let mut console: Vec<String> = (0..100).map(|i| format!("boot line {i}")).collect();
+        console.push("[  87.3] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:".into());
+        console.push("[  87.3] rcu: \tTasks blocked on level-0 rcu_node: P234/1:b..l".into());
+        console.extend((0..100).map(|i| format!("quiet line {i}")));
+        console.push("vm-init: watchdog after 540s: blocked tasks and CPUs follow".into());
+        console.push("[ 540.1] sysrq: Show Blocked State".into());
+        console.push("[ 540.1] task:fio state:D".into());
+        fs::write(&console_log, console.join("\n")).expect("console");
+        let run = VmRun {
+            exit: GuestExit::TimedOut(Duration::from_secs(600)),
+            stdout: b"acked 249\n".to_vec(),
+            stderr: Vec::new(),
+            console_log,
+            disks: Vec::new(),
+            write_logs: Vec::new(),
+            kernel_package: "k".into(),
+            qemu_version: "q".into(),
+            qemu_log: dir.path().join("qemu.log"),
+            _dir: tempfile::tempdir().expect("temp dir"),
+        };
+        let text = run.describe();
+        let trouble = text
+            .split("--- console (first kernel trouble) ---\n")
+            .nth(1)
+            .expect("a trouble section");
+        assert!(trouble.starts_with("[  87.3] rcu: INFO"), "{text}");
+        assert!(trouble.contains("P234/1:b..l"), "{text}");
+        let dump = text
+            .split("--- console (watchdog dump) ---\n")
+            .nth(1)
+            .expect("a dump section");
+        assert!(dump.starts_with("vm-init: watchdog after 540s"), "{text}");
+        assert!(dump.contains("task:fio state:D"), "{text}");
+        assert!(!text.contains("boot line 50"), "{text}");
+        let trouble = run.kernel_trouble().expect("trouble");
+        assert!(trouble.starts_with("[  87.3] rcu: INFO"), "{trouble}");
+        assert!(text.contains("acked 249"), "{text}");
     }
 
     #[test]

@@ -21,7 +21,9 @@ pub use nvme_bench::pattern;
 use std::path::Path;
 use std::time::Duration;
 
-pub use qemu_harness::{GuestDriver, GuestExit, IommuMode, NsDisk, TcgThreads, VmConfig, VmRun};
+pub use qemu_harness::{
+    GuestDriver, GuestExit, GuestStream, IommuMode, NsDisk, TcgThreads, VmConfig, VmRun,
+};
 
 /// Guest settings for tests: a small disk, a generous time limit (TCG on
 /// two shared cores), and the two vCPUs run by one host thread: with a
