@@ -516,9 +516,27 @@ fn header(args: &BenchArgs, output: &Output, elapsed: Duration) -> String {
                     .unwrap_or_else(|| "?".into())
             )
         });
+    // The raw path's boot reports its guest, CPU flags and queues; a run of
+    // the front ends' boot alone has none of them.
+    let raw_boot = match output.conditions.get("kernel") {
+        Some(kernel) => format!(
+            " ({}), {} vCPUs, {} MiB ({} huge pages), {:?} backend; guest {kernel}, iommu {} ({iommu})\n\
+             kernel nvme queues {}; {readahead}",
+            c("cpu_flags").trim(),
+            args.smp,
+            args.mem,
+            args.hugepages,
+            args.backend,
+            args.iommu.name(),
+            c("queues"),
+        ),
+        None => format!(
+            ", {} vCPUs, {} MiB ({} huge pages), {:?} backend; the raw path's boot did not run",
+            args.smp, args.mem, args.hugepages, args.backend,
+        ),
+    };
     format!(
-        "QEMU {} TCG{} -cpu {} ({}), {} vCPUs, {} MiB ({} huge pages), {:?} backend; guest {}, iommu {} ({})\n\
-         kernel nvme queues {}; {readahead}\n\
+        "QEMU {} TCG{} -cpu {}{raw_boot}\n\
          {} rounds of {} s (+{} s warm-up); wall {:.1} min{frontend}",
         host_fact(qemu_harness::host::QEMU, &["--version"])
             .as_deref()
@@ -530,15 +548,6 @@ fn header(args: &BenchArgs, output: &Output, elapsed: Duration) -> String {
             ""
         },
         args.cpu,
-        c("cpu_flags").trim(),
-        args.smp,
-        args.mem,
-        args.hugepages,
-        args.backend,
-        c("kernel"),
-        args.iommu.name(),
-        iommu,
-        c("queues"),
         args.repeat,
         args.runtime,
         args.warmup,
@@ -717,6 +726,20 @@ mod tests {
         ] {
             assert!(h.contains(part), "{part} missing in {h}");
         }
+        // The front ends' boot alone: no raw-boot facts, no question marks.
+        let fe_only = results::parse(
+            "@@frontend_kernel 6.12.95+deb12-amd64\n@@frontend_queues 2/0/2 default/read/poll queues\n",
+        );
+        let h = header(&strict, &fe_only, Duration::from_secs(60));
+        assert!(h.contains("the raw path's boot did not run"), "{h}");
+        assert!(
+            h.contains("front ends' boot: guest 6.12.95+deb12-amd64, kernel nvme queues 2/0/2"),
+            "{h}"
+        );
+        assert!(
+            !h.contains("guest ?") && !h.contains("(?)") && !h.contains("queues ?"),
+            "{h}"
+        );
     }
 
     #[test]
