@@ -199,7 +199,9 @@ impl IoQPair {
     /// Validates a request; returns (LBA size, blocks per command, commands).
     pub(super) fn plan(&mut self, req: &IoRequest) -> Result<(u32, u64, u64)> {
         let (lba, capacity, per_data_cmd) = self.ns_info(req.nsid)?;
-        if !req.hints.is_none() && !matches!(req.op, IoOp::Read | IoOp::Write) {
+        // The operation first: a Read or Write (nearly every request) then
+        // skips comparing its hints.
+        if !matches!(req.op, IoOp::Read | IoOp::Write) && !req.hints.is_none() {
             return Err(Error::BadRequest(format!(
                 "{} cannot carry FUA, Limited Retry or DSM hints (Read and Write only)",
                 req.op.name()
