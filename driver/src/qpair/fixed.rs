@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use super::path::set_data;
-use super::{FixedCompletion, FixedIo, IoOp, IoQPair, IoRequest, MAX_NLB, Parent};
+use super::{FixedCompletion, FixedIo, IoOp, IoQPair, IoRequest, Parent};
 use crate::error::{Error, Result};
 use crate::memory::DmaBuffer;
 use nvme_spec::io as nvm;
@@ -99,19 +99,16 @@ impl IoQPair {
         if self.shared.removal.requested() {
             return Err(crate::removal::removed_error(&self.shared));
         }
-        let (lba_size, capacity, per_data_cmd) = self.ns_info(io.nsid)?;
+        let (lba_size, capacity, per_cmd) = self.ns_info(io.nsid)?;
         if !matches!(io.op, IoOp::Read | IoOp::Write) {
             return Err(not_read_or_write(io.op));
         }
         crate::ns::check_range(io.nsid, capacity, io.slba, u64::from(io.blocks))?;
         let len = u64::from(io.blocks) * u64::from(lba_size);
         let iova = self.fixed_iova(&io, len)?;
-        let per_cmd = per_data_cmd.min(MAX_NLB);
-        if per_cmd == 0 {
-            return Err(lba_exceeds_transfer(lba_size, self.shared.max_transfer));
-        }
         let blocks = u64::from(io.blocks);
-        // The fast path: one command, nothing waiting before it.
+        // The fast path: one command, nothing waiting before it (`blocks`
+        // is at least 1, so `per_cmd` is too).
         if blocks <= per_cmd
             && self.pending.is_empty()
             && self.retry.is_empty()
@@ -126,7 +123,7 @@ impl IoQPair {
                 Ok(sqe) => sqe,
                 Err(e) => {
                     self.q.unreserve(cid);
-                    return Err(Error::BadBuffer(e.to_string()));
+                    return Err(bad_block_count(e));
                 }
             };
             let slot = &mut self.slots[cid as usize];
@@ -149,6 +146,9 @@ impl IoQPair {
             slot.since = None;
             self.singles += 1;
             return Ok(());
+        }
+        if per_cmd == 0 {
+            return Err(lba_exceeds_transfer(lba_size, self.shared.max_transfer));
         }
         let req = self.fixed_request(&io);
         self.submit_parent(Parent {
@@ -255,6 +255,12 @@ fn not_read_or_write(op: IoOp) -> Error {
         "{} on a registered buffer (only Read and Write carry one)",
         op.name()
     ))
+}
+
+#[cold]
+#[inline(never)]
+fn bad_block_count(e: nvme_spec::RangeError) -> Error {
+    Error::BadBuffer(e.to_string())
 }
 
 #[cold]

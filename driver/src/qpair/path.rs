@@ -180,16 +180,17 @@ impl IoQPair {
         Some(parent.req)
     }
 
-    /// The namespace `nsid`'s (LBA size, blocks, blocks per data command),
-    /// remembered from the last request (namespaces do not change while
-    /// the controller is open).
+    /// The namespace `nsid`'s (LBA size, blocks, blocks per data command:
+    /// what the transfer limit allows, at most [`MAX_NLB`], 0 if not even
+    /// one block), remembered from the last request (namespaces do not
+    /// change while the controller is open).
     #[inline]
     pub(super) fn ns_info(&mut self, nsid: u32) -> Result<(u32, u64, u64)> {
         match self.last_ns {
             Some((last, lba, capacity, per)) if last == nsid => Ok((lba, capacity, per)),
             _ => {
                 let ns = self.shared.namespace(nsid)?;
-                let per = (self.shared.max_transfer / ns.lba_size as usize) as u64;
+                let per = ((self.shared.max_transfer / ns.lba_size as usize) as u64).min(MAX_NLB);
                 self.last_ns = Some((nsid, ns.lba_size, ns.blocks, per));
                 Ok((ns.lba_size, ns.blocks, per))
             }
@@ -246,7 +247,7 @@ impl IoQPair {
                         req.offset
                     )));
                 }
-                per.min(MAX_NLB)
+                per
             }
             IoOp::WriteZeroes => MAX_NLB,
             IoOp::Deallocate => u64::from(u32::MAX),
