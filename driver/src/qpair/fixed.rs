@@ -25,6 +25,10 @@ pub(super) struct Registered {
     /// request does not reach them through the buffer's region.
     iova: u64,
     len: u64,
+    /// What a request may use of it: `len`, or 0 while quarantined (one
+    /// comparison then refuses both a request too large and one on a
+    /// quarantined buffer; the refusal tells which).
+    usable: u64,
     /// A command on it was given up on: the device may still write it, so
     /// it takes no requests and is not handed back until a controller
     /// reset ends that DMA.
@@ -49,6 +53,7 @@ impl IoQPair {
             .map(|buf| Registered {
                 iova: buf.iova(),
                 len: buf.len() as u64,
+                usable: buf.len() as u64,
                 buf,
                 quarantined: false,
             })
@@ -172,11 +177,12 @@ impl IoQPair {
         let Some(r) = self.fixed_bufs.get(io.buffer as usize) else {
             return Err(no_such_buffer(io.buffer, self.fixed_bufs.len()));
         };
-        if r.quarantined {
-            return Err(quarantined(io.buffer));
-        }
-        if len + u64::from(io.offset) > r.len || !io.offset.is_multiple_of(4) {
-            return Err(does_not_fit(io, len, r.len));
+        if len + u64::from(io.offset) > r.usable || !io.offset.is_multiple_of(4) {
+            return Err(if r.quarantined {
+                quarantined(io.buffer)
+            } else {
+                does_not_fit(io, len, r.len)
+            });
         }
         Ok(r.iova + u64::from(io.offset))
     }
@@ -203,6 +209,7 @@ impl IoQPair {
     pub(super) fn quarantine_fixed(&mut self, index: u32) {
         if let Some(r) = self.fixed_bufs.get_mut(index as usize) {
             r.quarantined = true;
+            r.usable = 0;
         }
     }
 
@@ -210,6 +217,7 @@ impl IoQPair {
     pub(super) fn release_fixed_quarantine(&mut self) {
         for r in &mut self.fixed_bufs {
             r.quarantined = false;
+            r.usable = r.len;
         }
     }
 

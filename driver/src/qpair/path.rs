@@ -452,8 +452,9 @@ impl IoQPair {
         if let Some(slot) = self.slots.get_mut(cid) {
             if success {
                 // The fast paths' ends: straight back to the caller.
+                // `since` stays: it is read only while a command is in
+                // flight, and every submission clears it.
                 if let Some(io) = slot.fixed.take() {
-                    slot.since = None;
                     self.singles -= 1;
                     self.fixed_done.push(FixedCompletion {
                         tag: io.tag,
@@ -462,7 +463,6 @@ impl IoQPair {
                     return;
                 }
                 if let Some(req) = slot.single.take() {
-                    slot.since = None;
                     self.singles -= 1;
                     out.push(req.into_completion(Ok(())));
                     return;
