@@ -554,6 +554,62 @@ mod tests {
     }
 
     #[test]
+    fn a_quarantined_fixed_buffer_takes_requests_again_after_a_reset() {
+        let options = Options {
+            admin_queue_entries: 8,
+            io_queue_entries: 8,
+            prefer_huge_pages: false,
+            io_timeout: Duration::from_millis(50),
+            admin_timeout: Duration::from_secs(2),
+            reset_on_timeout: false,
+            ..Options::default()
+        };
+        let config = MockConfig {
+            namespaces: vec![MockNamespace {
+                nsid: NS,
+                lba_size: LBA as u32,
+                blocks: 1024,
+            }],
+            max_transfer: 128 << 10,
+            options,
+            ..MockConfig::default()
+        };
+        let (mock, ctrl) = MockController::new(config).expect("mock");
+        let mut qp = ctrl.io_qpair().expect("queue pair");
+        mock.set_abort_policy(AbortPolicy::Refuse);
+        register(&mock, &mut qp, &[LBA]);
+        mock.hold_next(Match::Any, 1);
+        qp.submit_fixed(FixedIo::read(NS, 0, 1, 0).with_tag(1))
+            .expect("accepted");
+        let done = complete(&mock, &mut qp, 1);
+        assert!(
+            matches!(done[0].result, Err(Error::CommandTimeout { .. })),
+            "{:?}",
+            done[0].result
+        );
+        let refused = qp.submit_fixed(FixedIo::read(NS, 0, 1, 0));
+        assert!(
+            matches!(&refused, Err(Error::BadBuffer(m)) if m.contains("out of use")),
+            "{refused:?}"
+        );
+        // The reset ends the device's DMA: the buffer is usable again, for
+        // as much as it holds and no more.
+        ctrl.reset().expect("reset");
+        qp.poll_fixed(&mut Vec::new())
+            .expect("poll after the reset");
+        let too_big = qp.submit_fixed(FixedIo::read(NS, 0, 2, 0));
+        assert!(
+            matches!(&too_big, Err(Error::BadBuffer(m)) if m.contains("do not fit")),
+            "{too_big:?}"
+        );
+        qp.submit_fixed(FixedIo::read(NS, 0, 1, 0).with_tag(2))
+            .expect("accepted after the reset");
+        let done = complete(&mock, &mut qp, 1);
+        assert_eq!(done[0].tag, 2);
+        done[0].result.as_ref().expect("read succeeds");
+    }
+
+    #[test]
     fn buffers_cannot_be_unregistered_under_a_request() {
         let (mock, mut qp) = mock(128 << 10, |_| {});
         register(&mock, &mut qp, &[LBA]);
