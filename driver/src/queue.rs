@@ -13,7 +13,7 @@ use zerocopy::FromBytes;
 
 use crate::device::Bar;
 use crate::error::{Error, Result};
-use crate::hw::dma::DmaRing;
+use crate::hw::dma::{DmaRing, RingEntry};
 use crate::memory::{DmaBuffer, DmaPool};
 use crate::quiesce::Quiesce;
 
@@ -375,29 +375,35 @@ impl QueuePair {
     }
 
     /// If the device has posted the entry at the CQ head (its phase
-    /// flipped): the entry's index in the CQ, with the head moved past it
+    /// flipped): the entry (its index checked once, for the reads of the
+    /// rest of it) and its index in the CQ, with the head moved past it
     /// and an acquire fence so the rest of it is read after the phase.
     /// Also the entry's status word (phase in bit 0).
     #[inline(always)]
-    fn take_head(&mut self) -> Result<Option<(u16, u16)>> {
+    fn take_head(&mut self) -> Result<Option<(RingEntry<'_, CQE_SIZE>, u16, u16)>> {
         let slot = self.cq_head;
-        let status = self.cq_ring.read_u16::<CQE_STATUS>(slot)?;
+        let entry = self.cq_ring.at(slot)?;
+        let status = entry.read_u16::<CQE_STATUS>();
         if (status & 1 == 1) != self.phase {
             return Ok(None);
         }
         // Read the rest of the entry only after seeing the phase flip.
         fence(Ordering::Acquire);
-        self.cq_head = self.next(self.cq_head);
+        self.cq_head = if slot + 1 == self.entries {
+            0
+        } else {
+            slot + 1
+        };
         if self.cq_head == 0 {
             self.phase = !self.phase;
         }
-        Ok(Some((slot, status)))
+        Ok(Some((entry, slot, status)))
     }
 
     /// Takes the next completion if the device has posted one. The CQ head
     /// doorbell is not written: call [`QueuePair::ring_cq`] after a reap.
     pub(crate) fn pop(&mut self) -> Result<Option<Cqe>> {
-        let Some((slot, _)) = self.take_head()? else {
+        let Some((_, slot, _)) = self.take_head()? else {
             return Ok(None);
         };
         let raw = self.cq_ring.read_entry(slot)?;
@@ -413,11 +419,11 @@ impl QueuePair {
     /// with the same checks.
     #[inline(always)]
     pub(crate) fn pop_io(&mut self) -> Result<Option<(u16, u16)>> {
-        let Some((slot, status)) = self.take_head()? else {
+        let Some((entry, _, status)) = self.take_head()? else {
             return Ok(None);
         };
         // DW2 (SQ head, SQ id) and DW3 (CID, status).
-        let high = self.cq_ring.read_u64::<8>(slot)?;
+        let high = entry.read_u64::<8>();
         let (sq_head, cid) = (high as u16, (high >> 32) as u16);
         self.check_and_retire(cid, sq_head)?;
         Ok(Some((cid, status)))
@@ -457,10 +463,10 @@ impl QueuePair {
     /// [`QueuePair::push_untracked`]); the caller checks the CID.
     #[inline]
     pub(crate) fn pop_untracked(&mut self) -> Result<Option<(u16, u16)>> {
-        let Some((slot, status)) = self.take_head()? else {
+        let Some((entry, _, status)) = self.take_head()? else {
             return Ok(None);
         };
-        let cid = self.cq_ring.read_u16::<CQE_CID>(slot)?;
+        let cid = entry.read_u16::<CQE_CID>();
         Ok(Some((cid, status)))
     }
 

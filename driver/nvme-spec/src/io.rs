@@ -172,6 +172,7 @@ impl DsmHints {
 /// # Errors
 ///
 /// `nlb` outside 1..=65536.
+#[inline(always)]
 pub fn read_hinted(
     nsid: u32,
     slba: u64,
@@ -190,6 +191,7 @@ pub fn read_hinted(
 /// # Errors
 ///
 /// `nlb` outside 1..=65536.
+#[inline(always)]
 pub fn write_hinted(
     nsid: u32,
     slba: u64,
@@ -252,6 +254,7 @@ pub fn read(nsid: u32, slba: u64, nlb: u32) -> Result<Sqe, RangeError> {
 /// # Errors
 ///
 /// `nlb` outside 1..=65536.
+#[inline]
 pub fn read_with(nsid: u32, slba: u64, nlb: u32, flags: RwFlags) -> Result<Sqe, RangeError> {
     block_command(NvmOpcode::Read, nsid, slba, nlb, flags.bits())
 }
@@ -271,6 +274,7 @@ pub fn write(nsid: u32, slba: u64, nlb: u32) -> Result<Sqe, RangeError> {
 /// # Errors
 ///
 /// `nlb` outside 1..=65536.
+#[inline]
 pub fn write_with(nsid: u32, slba: u64, nlb: u32, flags: RwFlags) -> Result<Sqe, RangeError> {
     block_command(NvmOpcode::Write, nsid, slba, nlb, flags.bits())
 }

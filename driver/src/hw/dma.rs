@@ -566,8 +566,9 @@ pub(super) fn anon_mmap(len: usize, huge: bool) -> Result<(NonNull<u8>, usize)> 
 
 /// A queue's ring: `entries` entries of `SIZE` bytes in a DMA region,
 /// whose bounds and alignment are checked once, when the ring is made. An
-/// access then names an entry by index (one comparison with `entries`)
-/// and a field inside it by a constant offset (checked at compile time),
+/// access then names an entry by index (one comparison with `entries`,
+/// once for all the fields read through a [`RingEntry`]) and a field
+/// inside it by a constant offset (checked at compile time),
 /// instead of the two range checks (buffer, then region) of each
 /// [`crate::memory::DmaBuffer`] access: the rings are touched for every
 /// command and every completion.
@@ -627,6 +628,16 @@ impl<const SIZE: usize> DmaRing<SIZE> {
         Ok(unsafe { self.base.as_ptr().add(index * SIZE) })
     }
 
+    /// Entry `index`, for several reads of its fields with one check of
+    /// the index (a completion's phase, then the rest of it).
+    #[inline(always)]
+    pub(crate) fn at(&self, index: u16) -> Result<RingEntry<'_, SIZE>> {
+        Ok(RingEntry {
+            p: self.entry(index)?,
+            _ring: std::marker::PhantomData,
+        })
+    }
+
     /// Copies `data` into entry `index` (inlined moves, no `memcpy` call).
     #[inline(always)]
     pub(crate) fn write_entry(&self, index: u16, data: &[u8; SIZE]) -> Result<()> {
@@ -647,41 +658,49 @@ impl<const SIZE: usize> DmaRing<SIZE> {
         unsafe { std::ptr::copy_nonoverlapping(p, out.as_mut_ptr(), SIZE) };
         Ok(out)
     }
+}
 
-    /// Volatile little-endian load of the u16 at byte `FIELD` of entry
-    /// `index` (the device may be writing it).
+/// One entry of a [`DmaRing`], its index checked ([`DmaRing::at`]): its
+/// fields are read at compile-time-checked offsets with no further check.
+/// It borrows the ring, which keeps the mapping alive.
+#[derive(Debug)]
+pub(crate) struct RingEntry<'a, const SIZE: usize> {
+    /// The entry's first byte, inside the ring (checked when made).
+    p: *mut u8,
+    _ring: std::marker::PhantomData<&'a DmaRing<SIZE>>,
+}
+
+impl<const SIZE: usize> RingEntry<'_, SIZE> {
+    /// Volatile little-endian load of the u16 at byte `FIELD` (the device
+    /// may be writing it).
     #[inline(always)]
-    pub(crate) fn read_u16<const FIELD: usize>(&self, index: u16) -> Result<u16> {
+    pub(crate) fn read_u16<const FIELD: usize>(&self) -> u16 {
         const {
             assert!(
                 FIELD + 2 <= SIZE && FIELD.is_multiple_of(2),
                 "a u16 field inside the entry"
             )
         };
-        let p = self.entry(index)?;
-        // SAFETY: inside the entry (FIELD + 2 <= SIZE, checked at compile
-        // time) and aligned (every entry is 8-aligned, FIELD even).
-        Ok(u16::from_le(unsafe {
-            p.add(FIELD).cast::<u16>().read_volatile()
-        }))
+        // SAFETY: `p` is an entry inside the ring's mapping (`DmaRing::at`
+        // checked the index; the borrow keeps the mapping alive); the field
+        // is inside the entry (FIELD + 2 <= SIZE, checked at compile time)
+        // and aligned (every entry is 8-aligned, FIELD even).
+        u16::from_le(unsafe { self.p.add(FIELD).cast::<u16>().read_volatile() })
     }
 
-    /// Volatile little-endian load of the u64 at byte `FIELD` of entry
-    /// `index`.
+    /// Volatile little-endian load of the u64 at byte `FIELD`.
     #[inline(always)]
-    pub(crate) fn read_u64<const FIELD: usize>(&self, index: u16) -> Result<u64> {
+    pub(crate) fn read_u64<const FIELD: usize>(&self) -> u64 {
         const {
             assert!(
                 FIELD + 8 <= SIZE && FIELD.is_multiple_of(8),
                 "a u64 field inside the entry"
             )
         };
-        let p = self.entry(index)?;
-        // SAFETY: inside the entry (checked at compile time) and aligned
-        // (every entry is 8-aligned, FIELD a multiple of 8).
-        Ok(u64::from_le(unsafe {
-            p.add(FIELD).cast::<u64>().read_volatile()
-        }))
+        // SAFETY: as in `read_u16`: inside the entry (checked at compile
+        // time) and aligned (every entry is 8-aligned, FIELD a multiple
+        // of 8).
+        u64::from_le(unsafe { self.p.add(FIELD).cast::<u64>().read_volatile() })
     }
 }
 

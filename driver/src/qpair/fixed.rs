@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use super::path::set_data;
-use super::{FixedCompletion, FixedIo, IoOp, IoQPair, IoRequest, MAX_NLB, Parent};
+use super::{FixedCompletion, FixedIo, IoOp, IoQPair, IoRequest, Parent};
 use crate::error::{Error, Result};
 use crate::memory::DmaBuffer;
 use nvme_spec::io as nvm;
@@ -25,6 +25,10 @@ pub(super) struct Registered {
     /// request does not reach them through the buffer's region.
     iova: u64,
     len: u64,
+    /// What a request may use of it: `len`, or 0 while quarantined (one
+    /// comparison then refuses both a request too large and one on a
+    /// quarantined buffer; the refusal tells which).
+    usable: u64,
     /// A command on it was given up on: the device may still write it, so
     /// it takes no requests and is not handed back until a controller
     /// reset ends that DMA.
@@ -49,6 +53,7 @@ impl IoQPair {
             .map(|buf| Registered {
                 iova: buf.iova(),
                 len: buf.len() as u64,
+                usable: buf.len() as u64,
                 buf,
                 quarantined: false,
             })
@@ -99,19 +104,16 @@ impl IoQPair {
         if self.shared.removal.requested() {
             return Err(crate::removal::removed_error(&self.shared));
         }
-        let (lba_size, capacity, per_data_cmd) = self.ns_info(io.nsid)?;
+        let (lba_size, capacity, per_cmd) = self.ns_info(io.nsid)?;
         if !matches!(io.op, IoOp::Read | IoOp::Write) {
             return Err(not_read_or_write(io.op));
         }
         crate::ns::check_range(io.nsid, capacity, io.slba, u64::from(io.blocks))?;
         let len = u64::from(io.blocks) * u64::from(lba_size);
         let iova = self.fixed_iova(&io, len)?;
-        let per_cmd = per_data_cmd.min(MAX_NLB);
-        if per_cmd == 0 {
-            return Err(lba_exceeds_transfer(lba_size, self.shared.max_transfer));
-        }
         let blocks = u64::from(io.blocks);
-        // The fast path: one command, nothing waiting before it.
+        // The fast path: one command, nothing waiting before it (`blocks`
+        // is at least 1, so `per_cmd` is too).
         if blocks <= per_cmd
             && self.pending.is_empty()
             && self.retry.is_empty()
@@ -126,7 +128,7 @@ impl IoQPair {
                 Ok(sqe) => sqe,
                 Err(e) => {
                     self.q.unreserve(cid);
-                    return Err(Error::BadBuffer(e.to_string()));
+                    return Err(bad_block_count(e));
                 }
             };
             let slot = &mut self.slots[cid as usize];
@@ -150,6 +152,9 @@ impl IoQPair {
             self.singles += 1;
             return Ok(());
         }
+        if per_cmd == 0 {
+            return Err(lba_exceeds_transfer(lba_size, self.shared.max_transfer));
+        }
         let req = self.fixed_request(&io);
         self.submit_parent(Parent {
             req,
@@ -172,11 +177,12 @@ impl IoQPair {
         let Some(r) = self.fixed_bufs.get(io.buffer as usize) else {
             return Err(no_such_buffer(io.buffer, self.fixed_bufs.len()));
         };
-        if r.quarantined {
-            return Err(quarantined(io.buffer));
-        }
-        if len + u64::from(io.offset) > r.len || !io.offset.is_multiple_of(4) {
-            return Err(does_not_fit(io, len, r.len));
+        if len + u64::from(io.offset) > r.usable || !io.offset.is_multiple_of(4) {
+            return Err(if r.quarantined {
+                quarantined(io.buffer)
+            } else {
+                does_not_fit(io, len, r.len)
+            });
         }
         Ok(r.iova + u64::from(io.offset))
     }
@@ -203,6 +209,7 @@ impl IoQPair {
     pub(super) fn quarantine_fixed(&mut self, index: u32) {
         if let Some(r) = self.fixed_bufs.get_mut(index as usize) {
             r.quarantined = true;
+            r.usable = 0;
         }
     }
 
@@ -210,6 +217,7 @@ impl IoQPair {
     pub(super) fn release_fixed_quarantine(&mut self) {
         for r in &mut self.fixed_bufs {
             r.quarantined = false;
+            r.usable = r.len;
         }
     }
 
@@ -255,6 +263,12 @@ fn not_read_or_write(op: IoOp) -> Error {
         "{} on a registered buffer (only Read and Write carry one)",
         op.name()
     ))
+}
+
+#[cold]
+#[inline(never)]
+fn bad_block_count(e: nvme_spec::RangeError) -> Error {
+    Error::BadBuffer(e.to_string())
 }
 
 #[cold]
@@ -537,6 +551,62 @@ mod tests {
             .as_ref()
             .expect("read succeeds");
         assert_eq!(qp.unregister_buffers().expect("unregister").len(), 1);
+    }
+
+    #[test]
+    fn a_quarantined_fixed_buffer_takes_requests_again_after_a_reset() {
+        let options = Options {
+            admin_queue_entries: 8,
+            io_queue_entries: 8,
+            prefer_huge_pages: false,
+            io_timeout: Duration::from_millis(50),
+            admin_timeout: Duration::from_secs(2),
+            reset_on_timeout: false,
+            ..Options::default()
+        };
+        let config = MockConfig {
+            namespaces: vec![MockNamespace {
+                nsid: NS,
+                lba_size: LBA as u32,
+                blocks: 1024,
+            }],
+            max_transfer: 128 << 10,
+            options,
+            ..MockConfig::default()
+        };
+        let (mock, ctrl) = MockController::new(config).expect("mock");
+        let mut qp = ctrl.io_qpair().expect("queue pair");
+        mock.set_abort_policy(AbortPolicy::Refuse);
+        register(&mock, &mut qp, &[LBA]);
+        mock.hold_next(Match::Any, 1);
+        qp.submit_fixed(FixedIo::read(NS, 0, 1, 0).with_tag(1))
+            .expect("accepted");
+        let done = complete(&mock, &mut qp, 1);
+        assert!(
+            matches!(done[0].result, Err(Error::CommandTimeout { .. })),
+            "{:?}",
+            done[0].result
+        );
+        let refused = qp.submit_fixed(FixedIo::read(NS, 0, 1, 0));
+        assert!(
+            matches!(&refused, Err(Error::BadBuffer(m)) if m.contains("out of use")),
+            "{refused:?}"
+        );
+        // The reset ends the device's DMA: the buffer is usable again, for
+        // as much as it holds and no more.
+        ctrl.reset().expect("reset");
+        qp.poll_fixed(&mut Vec::new())
+            .expect("poll after the reset");
+        let too_big = qp.submit_fixed(FixedIo::read(NS, 0, 2, 0));
+        assert!(
+            matches!(&too_big, Err(Error::BadBuffer(m)) if m.contains("do not fit")),
+            "{too_big:?}"
+        );
+        qp.submit_fixed(FixedIo::read(NS, 0, 1, 0).with_tag(2))
+            .expect("accepted after the reset");
+        let done = complete(&mock, &mut qp, 1);
+        assert_eq!(done[0].tag, 2);
+        done[0].result.as_ref().expect("read succeeds");
     }
 
     #[test]

@@ -144,7 +144,8 @@ pub struct IoQPair {
     /// Reused by [`IoQPair::poll_fixed`] for the other kind's completions.
     spill: Vec<IoCompletion>,
     /// The last request's namespace: (nsid, LBA size, blocks, blocks per
-    /// data command).
+    /// data command, at most [`MAX_NLB`]; 0 when one block exceeds the
+    /// transfer limit).
     last_ns: Option<(u32, u32, u64, u64)>,
     free_parents: Vec<u32>,
     /// Requests with commands still to issue, oldest first.

@@ -180,16 +180,17 @@ impl IoQPair {
         Some(parent.req)
     }
 
-    /// The namespace `nsid`'s (LBA size, blocks, blocks per data command),
-    /// remembered from the last request (namespaces do not change while
-    /// the controller is open).
+    /// The namespace `nsid`'s (LBA size, blocks, blocks per data command:
+    /// what the transfer limit allows, at most [`MAX_NLB`], 0 if not even
+    /// one block), remembered from the last request (namespaces do not
+    /// change while the controller is open).
     #[inline]
     pub(super) fn ns_info(&mut self, nsid: u32) -> Result<(u32, u64, u64)> {
         match self.last_ns {
             Some((last, lba, capacity, per)) if last == nsid => Ok((lba, capacity, per)),
             _ => {
                 let ns = self.shared.namespace(nsid)?;
-                let per = (self.shared.max_transfer / ns.lba_size as usize) as u64;
+                let per = ((self.shared.max_transfer / ns.lba_size as usize) as u64).min(MAX_NLB);
                 self.last_ns = Some((nsid, ns.lba_size, ns.blocks, per));
                 Ok((ns.lba_size, ns.blocks, per))
             }
@@ -199,7 +200,9 @@ impl IoQPair {
     /// Validates a request; returns (LBA size, blocks per command, commands).
     pub(super) fn plan(&mut self, req: &IoRequest) -> Result<(u32, u64, u64)> {
         let (lba, capacity, per_data_cmd) = self.ns_info(req.nsid)?;
-        if !req.hints.is_none() && !matches!(req.op, IoOp::Read | IoOp::Write) {
+        // The operation first: a Read or Write (nearly every request) then
+        // skips comparing its hints.
+        if !matches!(req.op, IoOp::Read | IoOp::Write) && !req.hints.is_none() {
             return Err(Error::BadRequest(format!(
                 "{} cannot carry FUA, Limited Retry or DSM hints (Read and Write only)",
                 req.op.name()
@@ -244,7 +247,7 @@ impl IoQPair {
                         req.offset
                     )));
                 }
-                per.min(MAX_NLB)
+                per
             }
             IoOp::WriteZeroes => MAX_NLB,
             IoOp::Deallocate => u64::from(u32::MAX),
@@ -449,8 +452,9 @@ impl IoQPair {
         if let Some(slot) = self.slots.get_mut(cid) {
             if success {
                 // The fast paths' ends: straight back to the caller.
+                // `since` stays: it is read only while a command is in
+                // flight, and every submission clears it.
                 if let Some(io) = slot.fixed.take() {
-                    slot.since = None;
                     self.singles -= 1;
                     self.fixed_done.push(FixedCompletion {
                         tag: io.tag,
@@ -459,7 +463,6 @@ impl IoQPair {
                     return;
                 }
                 if let Some(req) = slot.single.take() {
-                    slot.since = None;
                     self.singles -= 1;
                     out.push(req.into_completion(Ok(())));
                     return;

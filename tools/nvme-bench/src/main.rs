@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use nvme_bench::pattern;
-use nvme_bench::stats::Stats;
+use nvme_bench::stats::{LatencyRuns, Stats};
 use nvme_bench::workload::{Generator, OffsetDist, Spec, Workload, parse_distribution};
 use nvme_driver::{
     Controller, DmaBuffer, FixedCompletion, FixedIo, FloorJob, IoCompletion, IoQPair, IoRequest,
@@ -657,6 +657,7 @@ fn thread_main(
         }));
     }
     let mut stats = Stats::new();
+    let mut runs = LatencyRuns::new(a.io_size);
     let mut scratch = vec![0u8; io_bytes];
     let mut completions: Vec<IoCompletion> = Vec::with_capacity(a.qd);
     let mut done_ios: Vec<FixedCompletion> = Vec::with_capacity(a.qd);
@@ -742,7 +743,7 @@ fn thread_main(
                         }
                     }
                     if window.measuring {
-                        stats.record_ns(slot.read, a.io_size, latency);
+                        runs.push(&mut stats, slot.read, latency);
                     }
                 }
                 Err(e) => count_error(&mut stats, a, t, Error::Driver(e))?,
@@ -765,6 +766,8 @@ fn thread_main(
                 in_flight += 1;
             }
         }
+        // Before the next poll's `window.advance` reads (or replaces) them.
+        runs.flush(&mut stats);
     }
     tally.flush();
     stats.elapsed = Instant::now().saturating_duration_since(window.measure_start);

@@ -1,7 +1,7 @@
 //! What a bench thread does next: which operation, at which LBA.
 
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use serde::Serialize;
 
@@ -139,7 +139,13 @@ impl Generator {
             let rank = (z.sample(&mut self.rng) as u64).clamp(1, self.slots) - 1;
             rank.wrapping_mul(0x9e37_79b9_7f4a_7c15) % self.slots
         } else {
-            self.rng.random_range(0..self.slots)
+            // The high half of a 64-bit draw times the slot count (as the
+            // floor loop does): uniform to within slots / 2^64, far below
+            // anything a run can show, in one multiplication, where
+            // `random_range`'s exact sampling cost 8 instructions more per
+            // I/O (callgrind: 57 against 49 for a `next_io`), which count
+            // against the driver.
+            ((u128::from(self.rng.next_u64()) * u128::from(self.slots)) >> 64) as u64
         };
         let read = match self.read_percent {
             100 => true,
