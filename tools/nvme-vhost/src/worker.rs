@@ -167,7 +167,7 @@ enum Wait<'a> {
     /// On the NVMe queue (its interrupt, or spinning) for up to the tick.
     Sleep,
     /// On the NVMe queue's interrupt and the virtqueue's kick at once.
-    SleepOrKick(&'a EventConsumer),
+    SleepOrKick(&'a Arc<EventConsumer>),
 }
 
 /// What one request waits for.
@@ -207,6 +207,10 @@ pub struct Worker {
     wait_tick: Duration,
     /// Kicks that woke the thread while it waited for completions.
     kicks: u64,
+    /// The kick eventfd registered in the queue pair's epoll set
+    /// ([`IoQPair::watch_readable`]), kept open while it is: registered
+    /// once per kick eventfd, not per wait.
+    watched: Option<Arc<EventConsumer>>,
     /// With an interrupt-driven queue pair: how long a wait for
     /// completions polls before it sleeps on the interrupt (zero: it
     /// sleeps at once).
@@ -253,6 +257,7 @@ impl Worker {
             idle_poll: Duration::ZERO,
             wait_tick: WAIT_TICK,
             kicks: 0,
+            watched: None,
             spin: Duration::ZERO,
             null_io: false,
             timings: false,
@@ -341,7 +346,7 @@ impl Worker {
         queue: &mut Queue,
         table: &Arc<MemTable>,
         call: Option<&dyn Notify>,
-        kick: Option<&EventConsumer>,
+        kick: Option<&Arc<EventConsumer>>,
         current: &dyn Fn() -> bool,
     ) -> Result<Served, WorkerError> {
         let result = self.serve_continuously(queue, table, call, kick, current);
@@ -365,7 +370,7 @@ impl Worker {
         queue: &mut Queue,
         table: &MemTable,
         call: Option<&dyn Notify>,
-        kick: Option<&EventConsumer>,
+        kick: Option<&Arc<EventConsumer>>,
         current: &dyn Fn() -> bool,
     ) -> Result<Served, WorkerError> {
         let guard = table.memory();
@@ -524,20 +529,24 @@ impl Worker {
             _ if !matches!(spun, Ok(0)) => spun,
             Wait::Poll => self.qpair.poll(&mut done),
             Wait::Sleep => self.qpair.wait(&mut done, self.wait_tick),
-            Wait::SleepOrKick(kick) => self
-                .qpair
-                .wait_or_readable(&mut done, self.wait_tick, kick)
-                .map(|(n, kicked)| {
-                    if kicked {
-                        // Readable, so this does not block; the vhost
-                        // thread that also watches it is this one.
-                        if let Err(e) = kick.consume() {
-                            log::warn!("queue {}: reading the kick: {e}", self.qpair.qid());
+            Wait::SleepOrKick(kick) if !self.watch(kick) => {
+                self.qpair.wait(&mut done, self.wait_tick)
+            }
+            Wait::SleepOrKick(kick) => {
+                self.qpair
+                    .wait_or_watched(&mut done, self.wait_tick)
+                    .map(|(n, kicked)| {
+                        if kicked {
+                            // Readable, so this does not block; the vhost
+                            // thread that also watches it is this one.
+                            if let Err(e) = kick.consume() {
+                                log::warn!("queue {}: reading the kick: {e}", self.qpair.qid());
+                            }
+                            self.kicks += 1;
                         }
-                        self.kicks += 1;
-                    }
-                    n
-                }),
+                        n
+                    })
+            }
         };
         self.reaped_at = self.clock();
         if let Err(e) = waited {
@@ -585,6 +594,32 @@ impl Worker {
             }
         }
         self.done = done;
+    }
+
+    /// Registers `kick` in the queue pair's epoll set unless it is the
+    /// one registered already (the front end set a new kick eventfd, or a
+    /// new front end came: the previous one is taken out first, while
+    /// this worker still holds it open). False when it could not be
+    /// registered (the wait then sleeps on the NVMe queue alone, looking
+    /// at the ring after each completion or tick).
+    fn watch(&mut self, kick: &Arc<EventConsumer>) -> bool {
+        if self.watched.as_ref().is_some_and(|w| Arc::ptr_eq(w, kick)) {
+            return true;
+        }
+        let result = self.qpair.watch_readable(&**kick);
+        // Dropped only now: the previous fd was open while it was taken
+        // out of the epoll set.
+        self.watched = None;
+        match result {
+            Ok(()) => {
+                self.watched = Some(kick.clone());
+                true
+            }
+            Err(e) => {
+                log::warn!("queue {}: watching the kick: {e}", self.qpair.qid());
+                false
+            }
+        }
     }
 
     /// Polls the NVMe queue for up to the spin window; returns how many
@@ -1221,6 +1256,7 @@ mod tests {
             vmm_sys_util::event::EventFlag::NONBLOCK,
         )
         .expect("kick eventfd");
+        let kick = Arc::new(kick);
         let Rig {
             mock,
             worker,
