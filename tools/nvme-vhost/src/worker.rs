@@ -1302,6 +1302,107 @@ mod tests {
         assert_eq!(&r.read(0x60_0000, 9), b"serial-01");
     }
 
+    /// The kick eventfd stays in the NVMe queue's epoll set across waits
+    /// (one-shot, re-armed after each kick it delivers: two kicks in one
+    /// batch both wake the thread), and when the front end gives a new
+    /// one, the new one is watched and the old one no longer is: a kick
+    /// on the old fd leaves the chain waiting (a wait tick of a minute),
+    /// the new fd's kick serves it.
+    #[test]
+    fn the_kick_stays_watched_across_waits_and_a_replaced_one_is_not() {
+        use std::os::fd::AsRawFd;
+        let mut r = rig_from(
+            nvme_driver::Options {
+                prefer_huge_pages: false,
+                ..nvme_driver::Options::default()
+            },
+            true,
+        );
+        r.worker.set_wait_tick(Duration::from_secs(60));
+        let mem = r.mem.clone();
+        let q = MockSplitQueue::create(&*mem, GuestAddress(0), QSIZE);
+        let mut queue: Queue = q.create_queue().expect("queue");
+        let eventfd = || {
+            let (k, n) = vmm_sys_util::event::new_event_consumer_and_notifier(
+                vmm_sys_util::event::EventFlag::NONBLOCK,
+            )
+            .expect("kick eventfd");
+            (Arc::new(k), n)
+        };
+        let (kick1, kicker1) = eventfd();
+        let (kick2, kicker2) = eventfd();
+        let status = |at: u64| -> u8 { mem.read_obj(GuestAddress(at)).expect("status") };
+        let served_within = |at: u64, limit: Duration| {
+            let deadline = std::time::Instant::now() + limit;
+            while status(at) != VIRTIO_BLK_S_OK as u8 {
+                if std::time::Instant::now() >= deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            true
+        };
+        // A held read, then two chains kicked one at a time while it is
+        // out: on kick 1 twice, then on kick 1 (replaced) and kick 2.
+        for (kick, kickers) in [
+            (&kick1, vec![&kicker1, &kicker1]),
+            (&kick2, vec![&kicker1, &kicker2]),
+        ] {
+            r.mock.hold_next(nvme_driver::mock::Match::Any, 1);
+            let held = r.add(&q, VIRTIO_BLK_T_IN, 0, &[(0x20_0000, 4096, true)]);
+            let Rig {
+                mock,
+                worker,
+                table,
+                next_desc,
+                next_req,
+                ..
+            } = &mut r;
+            let table = table.clone();
+            std::thread::scope(|s| {
+                let serving =
+                    s.spawn(|| worker.serve_with(&mut queue, &table, None, Some(kick), &|| true));
+                // Let the thread take the held read and fall asleep.
+                std::thread::sleep(Duration::from_secs(1));
+                for kicker in kickers {
+                    let id = add_chain(
+                        &mem,
+                        &q,
+                        next_desc,
+                        next_req,
+                        VIRTIO_BLK_T_GET_ID,
+                        0,
+                        &[(0x60_0000, 20, true)],
+                    );
+                    kicker.notify().expect("kick");
+                    if std::ptr::eq(kicker, &kicker1) && Arc::ptr_eq(kick, &kick2) {
+                        // The replaced fd: no longer watched.
+                        assert!(
+                            !served_within(id, Duration::from_millis(500)),
+                            "a kick on the replaced eventfd woke the thread"
+                        );
+                        continue;
+                    }
+                    assert!(
+                        served_within(id, Duration::from_secs(20)),
+                        "the kicked chain was not served while a command was in flight"
+                    );
+                }
+                assert_eq!(status(held), 0xff, "the held read is still out");
+                assert_eq!(mock.release_held(), 1);
+                mock.process().expect("mock");
+                serving.join().expect("the queue thread").expect("served");
+            });
+            assert_eq!(status(held), VIRTIO_BLK_S_OK as u8);
+        }
+        assert_eq!(r.worker.kicks(), 3, "woken by kick 1 twice, then by kick 2");
+        assert_eq!(
+            r.worker.qpair.watched_fd(),
+            Some(kick2.as_raw_fd()),
+            "the new kick is the one watched"
+        );
+    }
+
     #[test]
     fn null_io_answers_reads_and_writes_without_the_device() {
         let mut r = rig();
