@@ -672,7 +672,9 @@ fn run(cli: &Cli) -> Result<(), String> {
         ));
     }
     drop(old_kick);
-    println!("new eventfds: kick served, the new call eventfd signalled {signals} times, the old one not");
+    println!(
+        "new eventfds: kick served, the new call eventfd signalled {signals} times, the old one not"
+    );
     println!(
         "vhost-front: {hostile} hostile chains failed alone, GET_ID answered, the good \
          data read back and the hostile writes' target still zero"

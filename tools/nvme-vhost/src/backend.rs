@@ -1,6 +1,8 @@
 //! The vhost-user back end (rust-vmm's `vhost-user-backend`): features,
 //! configuration space, memory-table updates, and one thread per
-//! virtqueue, each with its own NVMe queue pair.
+//! virtqueue, each with its own NVMe queue pair. Its vrings are
+//! [`crate::vring::Vring`]s, which keep copies of the kick and call
+//! eventfds for the queue thread from one kick to the next.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};

@@ -3,6 +3,18 @@
 //! the scatter list makes legal PRPs, and through a bounce buffer from the
 //! DMA pool when it does not. Each request's status byte is written and
 //! its chain returned once all its commands are back.
+//!
+//! System calls per request in interrupt mode: the thread sleeps on its
+//! NVMe queue's MSI-X eventfd and the virtqueue's kick at once in the
+//! queue pair's epoll set, where the kick eventfd is registered once
+//! ([`IoQPair::watch_readable`], one-shot, re-armed only after it woke a
+//! wait) and kept open by this worker while it is; a different kick
+//! eventfd (replaced by the front end, or a new front end's) is compared
+//! by pointer and registered in its place. The copies of the kick and
+//! call eventfds come from [`crate::vring`], made when the front end sets
+//! them, so a QD1 request costs the vhost-user thread's `epoll_wait` and
+//! kick read, the sleeping `epoll_wait`, the MSI-X eventfd read and the
+//! call eventfd write.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -349,6 +361,11 @@ impl Worker {
         kick: Option<&Arc<EventConsumer>>,
         current: &dyn Fn() -> bool,
     ) -> Result<Served, WorkerError> {
+        if kick.is_none() && self.watched.take().is_some() {
+            // The vring has no kick eventfd any more (stopped): let go of
+            // the copy registered for it.
+            self.qpair.unwatch_readable();
+        }
         let result = self.serve_continuously(queue, table, call, kick, current);
         if self.qpair.given_up_in_flight() > 0 {
             if !self.pinned.iter().any(|t| Arc::ptr_eq(t, table)) {
