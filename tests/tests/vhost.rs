@@ -669,7 +669,10 @@ cat /tmp/vhost.log >&2
 /// it (IOERR, or nothing where no status byte may be written; UNSUPP for
 /// the unknown type), GET_ID answers the controller's serial and the
 /// namespace, the daemon goes on serving, and the image holds the good
-/// blocks and zeroes where the bad writes pointed.
+/// blocks and zeroes where the bad writes pointed. Last, the front end
+/// replaces the virtqueue's kick and call eventfds and reads again: the
+/// daemon's queue thread, which keeps copies of both across kicks, must
+/// serve the new kick and signal the new call eventfd, not the old one.
 #[test]
 fn nvme_vhost_fails_hostile_chains_alone_and_answers_get_id() {
     const SECTOR: u64 = 2048;
@@ -709,9 +712,16 @@ fn nvme_vhost_fails_hostile_chains_alone_and_answers_get_id() {
         .lines()
         .find(|l| l.contains("front end gone ("))
         .unwrap_or_else(|| panic!("{log}"));
-    // Two writes and three reads moved data, straight into guest memory;
+    // The front end replaced its kick and call eventfds and read once
+    // more: served on the new kick, signalled on the new call eventfd
+    // (the queue thread's copies followed), never on the old one.
+    assert!(
+        out.contains("new eventfds: kick served, the new call eventfd signalled"),
+        "{out}"
+    );
+    // Two writes and four reads moved data, straight into guest memory;
     // 17 chains failed, one was unsupported (GET_ID moves no data).
-    assert_eq!(summary_count(summary, "direct"), 5, "{summary}");
+    assert_eq!(summary_count(summary, "direct"), 6, "{summary}");
     assert_eq!(summary_count(summary, "bounced"), 0, "{summary}");
     assert_eq!(summary_count(summary, "failed"), 17, "{summary}");
     assert_eq!(summary_count(summary, "unsupported"), 1, "{summary}");

@@ -10,9 +10,13 @@ use super::{INTERRUPT_TICK, IoCompletion, IoQPair, IoRequest};
 use crate::error::{Error, Result};
 use crate::memory::DmaBuffer;
 
-/// Epoll token of the extra fd of [`IoQPair::wait_or_readable`] (the
-/// interrupt eventfd is registered with 0).
+/// Epoll token of the fd of [`IoQPair::watch_readable`] (the interrupt
+/// eventfd is registered with 0).
 const EXTRA_FD_TOKEN: u64 = 1;
+
+/// How the fd of [`IoQPair::watch_readable`] is registered: readable,
+/// one event per arming.
+const WATCHED_EVENTS: EventSet = EventSet::IN.union(EventSet::ONE_SHOT);
 
 impl IoQPair {
     /// Polls; if nothing finished, waits up to `timeout` for something to
@@ -23,42 +27,90 @@ impl IoQPair {
         self.wait_with(timeout, |q| q.poll(out))
     }
 
-    /// [`IoQPair::wait`] that also returns as soon as `fd` is readable:
-    /// in interrupt mode one thread sleeps on its completions and on
-    /// another event at once (a virtqueue's kick eventfd, say). Returns
-    /// the requests appended to `out` and whether `fd` was seen readable
-    /// (it is not read: the caller consumes the event). In polled mode
-    /// `fd` is not watched (the caller spins anyway) and the flag is
-    /// always false.
-    pub fn wait_or_readable(
-        &mut self,
-        out: &mut Vec<IoCompletion>,
-        timeout: Duration,
-        fd: &impl AsRawFd,
-    ) -> Result<(usize, bool)> {
-        let Some(irq) = &self.irq else {
-            return Ok((self.wait(out, timeout)?, false));
+    /// Registers `fd` in the queue's epoll set for good, so that
+    /// [`IoQPair::wait_or_watched`] also returns as soon as it is readable
+    /// (a virtqueue's kick eventfd, say) with no system call per wait:
+    /// one thread sleeps on its completions and on another event at once.
+    /// Replaces the fd watched before, if any. The caller keeps `fd` open
+    /// until it watches another one, calls [`IoQPair::unwatch_readable`],
+    /// or drops the queue pair (a number closed and reused meanwhile is
+    /// not the file that was registered). Does nothing in polled mode.
+    ///
+    /// The registration is one-shot: an event seen by a plain
+    /// [`IoQPair::wait`] disarms it without waking that wait again, and
+    /// the next [`IoQPair::wait_or_watched`] re-arms it (one `epoll_ctl`,
+    /// only after an event was seen).
+    pub fn watch_readable(&mut self, fd: &impl AsRawFd) -> Result<()> {
+        self.unwatch_readable();
+        let qid = self.qid();
+        let Some(irq) = &mut self.irq else {
+            return Ok(());
         };
         let raw = fd.as_raw_fd();
-        // Watched for this call only: the fd may be closed and its number
-        // reused before the next one, and a plain wait must not see it.
         irq.epoll
             .ctl(
                 ControlOperation::Add,
                 raw,
-                EpollEvent::new(EventSet::IN, EXTRA_FD_TOKEN),
+                EpollEvent::new(WATCHED_EVENTS, EXTRA_FD_TOKEN),
             )
             .map_err(|e| Error::os("adding an fd to the queue's epoll", e))?;
-        let mut readable = false;
-        let result = self.wait_inner(timeout, &mut readable, |q| q.poll(out));
-        if let Some(irq) = &self.irq
+        log::debug!("queue {qid}: watching fd {raw}");
+        irq.watched = Some(raw);
+        irq.armed = true;
+        Ok(())
+    }
+
+    /// Takes the fd of [`IoQPair::watch_readable`] out of the queue's
+    /// epoll set (before the caller closes it).
+    pub fn unwatch_readable(&mut self) {
+        let qid = self.qid();
+        let Some(irq) = &mut self.irq else {
+            return;
+        };
+        if let Some(raw) = irq.watched.take()
             && let Err(e) = irq
                 .epoll
                 .ctl(ControlOperation::Delete, raw, EpollEvent::default())
         {
-            log::warn!("queue {}: removing an fd from its epoll: {e}", self.qid());
+            log::warn!("queue {qid}: removing fd {raw} from its epoll: {e}");
         }
-        Ok((result?, readable))
+        irq.armed = false;
+    }
+
+    /// The fd [`IoQPair::watch_readable`] registered, if any.
+    pub fn watched_fd(&self) -> Option<RawFd> {
+        self.irq.as_ref().and_then(|irq| irq.watched)
+    }
+
+    /// [`IoQPair::wait`] that also returns as soon as the fd of
+    /// [`IoQPair::watch_readable`] is readable. Returns the requests
+    /// appended to `out` and whether the fd was seen readable (it is not
+    /// read: the caller consumes the event). In polled mode, or with
+    /// nothing watched, the flag is always false (a polled caller spins
+    /// anyway).
+    pub fn wait_or_watched(
+        &mut self,
+        out: &mut Vec<IoCompletion>,
+        timeout: Duration,
+    ) -> Result<(usize, bool)> {
+        let qid = self.qid();
+        if let Some(irq) = &mut self.irq
+            && let Some(raw) = irq.watched
+            && !irq.armed
+        {
+            irq.epoll
+                .ctl(
+                    ControlOperation::Modify,
+                    raw,
+                    EpollEvent::new(WATCHED_EVENTS, EXTRA_FD_TOKEN),
+                )
+                .map_err(|e| Error::os("re-arming a watched fd", e))?;
+            log::trace!("queue {qid}: fd {raw} re-armed");
+            irq.armed = true;
+        }
+        let mut readable = false;
+        let n = self.wait_inner(timeout, Some(&mut readable), |q| q.poll(out))?;
+        Ok((n, readable))
     }
 
     /// The eventfd the queue's interrupt signals, for a caller that sleeps
@@ -102,29 +154,29 @@ impl IoQPair {
         timeout: Duration,
         poll: impl FnMut(&mut Self) -> Result<usize>,
     ) -> Result<usize> {
-        let mut readable = false;
-        self.wait_inner(timeout, &mut readable, poll)
+        self.wait_inner(timeout, None, poll)
     }
 
-    /// The loop of [`IoQPair::wait`]; returns early, setting `readable`,
-    /// when the extra fd of [`IoQPair::wait_or_readable`] wakes it.
+    /// The loop of [`IoQPair::wait`]; with `readable`, returns early,
+    /// setting it, when the fd of [`IoQPair::watch_readable`] wakes it
+    /// (without, such a wake-up only disarms the fd).
     fn wait_inner(
         &mut self,
         timeout: Duration,
-        readable: &mut bool,
+        mut readable: Option<&mut bool>,
         mut poll: impl FnMut(&mut Self) -> Result<usize>,
     ) -> Result<usize> {
         let start = Instant::now();
         loop {
             let n = poll(self)?;
-            if n > 0 || self.outstanding() == 0 || *readable {
+            if n > 0 || self.outstanding() == 0 || readable.as_deref() == Some(&true) {
                 return Ok(n);
             }
             let elapsed = start.elapsed();
             if elapsed >= timeout {
                 return Ok(0);
             }
-            let Some(irq) = &self.irq else {
+            let Some(irq) = &mut self.irq else {
                 std::hint::spin_loop();
                 continue;
             };
@@ -139,7 +191,11 @@ impl IoQPair {
             let mut interrupted = false;
             for e in &events[..woke] {
                 if e.data() == EXTRA_FD_TOKEN {
-                    *readable = true;
+                    // One-shot: disarmed until the next wait_or_watched.
+                    irq.armed = false;
+                    if let Some(r) = readable.as_deref_mut() {
+                        *r = true;
+                    }
                 } else {
                     interrupted = true;
                 }

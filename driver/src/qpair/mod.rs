@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -92,12 +92,19 @@ struct Child {
 struct Interrupt {
     fd: Arc<EventFd>,
     epoll: Epoll,
+    /// The caller's fd registered in `epoll` for good
+    /// ([`IoQPair::watch_readable`]), if any.
+    watched: Option<RawFd>,
+    /// Whether `watched` is armed (one-shot: an event disarms it until
+    /// the next [`IoQPair::wait_or_watched`] re-arms it).
+    armed: bool,
 }
 
 impl std::fmt::Debug for Interrupt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Interrupt")
             .field("eventfd", &self.fd.as_raw_fd())
+            .field("watched", &self.watched)
             .finish()
     }
 }
@@ -224,7 +231,12 @@ impl IoQPair {
                 EpollEvent::new(EventSet::IN, 0),
             )
             .map_err(|e| Error::os("adding an eventfd to epoll", e))?;
-        self.irq = Some(Interrupt { fd, epoll });
+        self.irq = Some(Interrupt {
+            fd,
+            epoll,
+            watched: None,
+            armed: false,
+        });
         Ok(self)
     }
 

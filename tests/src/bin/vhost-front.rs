@@ -13,9 +13,12 @@
 //! the good ones, and a GET_ID; then good reads of all of it. Each chain
 //! must come back on the used ring with the status (and used length) the
 //! rules give it, the bad ones alone, and the reads must find the good
-//! data and zeroes where the bad writes pointed. Prints one line per
-//! chain, `get-id: ID`, and a summary; exits non-zero at the first
-//! surprise.
+//! data and zeroes where the bad writes pointed. Then it replaces the
+//! virtqueue's kick and call eventfds (SET_VRING_CALL, SET_VRING_KICK,
+//! SET_VRING_ENABLE) and reads once more: the kick on the new fd must be
+//! served and the new call eventfd signalled, the old one not. Prints one
+//! line per chain, `get-id: ID`, and a summary; exits non-zero at the
+//! first surprise.
 #![deny(unsafe_code)]
 #![allow(clippy::print_stdout)]
 
@@ -373,7 +376,7 @@ fn run(cli: &Cli) -> Result<(), String> {
     let q = MockSplitQueue::create(&mem, GuestAddress(0), QSIZE);
     let kick = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| format!("kick: {e}"))?;
     let call = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| format!("call: {e}"))?;
-    let (fe, capacity, blk_size) = connect(cli, &mem, &file, &q, &kick, &call)?;
+    let (mut fe, capacity, blk_size) = connect(cli, &mem, &file, &q, &kick, &call)?;
     println!("connected: capacity {capacity} sectors, block {blk_size}");
     let blk = u64::from(blk_size);
     if blk == 0 || blk > 4096 || !4096u64.is_multiple_of(blk) || cli.sector + 528 > capacity {
@@ -618,6 +621,60 @@ fn run(cli: &Cli) -> Result<(), String> {
             ));
         }
     }
+
+    // Batch 4: the front end replaces the kick and call eventfds
+    // (SET_VRING_CALL, SET_VRING_KICK, then SET_VRING_ENABLE, which makes
+    // the back end watch the new kick) and asks to be signalled for the
+    // next chain (the used-event index). The daemon must serve the kick
+    // on the new fd and signal the new call eventfd, never the old one.
+    let kick2 = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| format!("kick: {e}"))?;
+    let call2 = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| format!("call: {e}"))?;
+    fe.set_vring_call(0, &call2)
+        .map_err(|e| format!("set_vring_call: {e}"))?;
+    fe.set_vring_kick(0, &kick2)
+        .map_err(|e| format!("set_vring_kick: {e}"))?;
+    fe.set_vring_enable(0, true)
+        .map_err(|e| format!("set_vring_enable: {e}"))?;
+    // What the old call eventfd counted so far (nothing, or signals for
+    // the batches before).
+    let _ = call.read();
+    let old_kick = std::mem::replace(&mut f.kick, kick2);
+    f.put(
+        f.q.avail_addr().0 + 4 + 2 * u64::from(QSIZE),
+        &f.used.to_le_bytes(),
+    )?;
+    let mut b = Batch::new();
+    let k = next(&f, VIRTIO_BLK_T_IN, s)?;
+    f.put(data(k), &[0xa5; 4096])?;
+    b.linked(
+        "read after new eventfds",
+        &[(hdr(k), 16, 0), (data(k), 4096, W), (status(k), 1, W)],
+        ok(k, 4096),
+    );
+    f.run(&b)?;
+    if f.get(data(k), 4096)? != good[0] {
+        return Err("read after new eventfds: not the good write".into());
+    }
+    // The signal follows the used ring's update: give it a moment.
+    let start = Instant::now();
+    let signals = loop {
+        match call2.read() {
+            Ok(n) => break n,
+            Err(_) if start.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(format!("the new call eventfd was not signalled: {e}")),
+        }
+    };
+    if let Ok(n) = call.read() {
+        return Err(format!(
+            "the replaced call eventfd was signalled {n} times after SET_VRING_CALL"
+        ));
+    }
+    drop(old_kick);
+    println!(
+        "new eventfds: kick served, the new call eventfd signalled {signals} times, the old one not"
+    );
     println!(
         "vhost-front: {hostile} hostile chains failed alone, GET_ID answered, the good \
          data read back and the hostile writes' target still zero"

@@ -1,13 +1,15 @@
 //! The vhost-user back end (rust-vmm's `vhost-user-backend`): features,
 //! configuration space, memory-table updates, and one thread per
-//! virtqueue, each with its own NVMe queue pair.
+//! virtqueue, each with its own NVMe queue pair. Its vrings are
+//! [`crate::vring::Vring`]s, which keep copies of the kick and call
+//! eventfds for the queue thread from one kick to the next.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use nvme_driver::Controller;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -18,6 +20,7 @@ use crate::cache::{CacheError, CacheMode, CacheWorker};
 use crate::config::DeviceConfig;
 use crate::memtable::MemTable;
 use crate::request::ID_BYTES;
+use crate::vring::Vring;
 use crate::worker::{Notify, Stats, Worker};
 
 type Memory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
@@ -382,7 +385,7 @@ fn io_error(msg: String) -> std::io::Error {
 
 impl VhostUserBackend for BlkBackend {
     type Bitmap = ();
-    type Vring = VringRwLock<Memory>;
+    type Vring = Vring<Memory>;
 
     fn num_queues(&self) -> usize {
         usize::from(self.shared.config.queues)
@@ -505,20 +508,14 @@ impl VhostUserBackend for BlkBackend {
         let Some(server) = slot.as_mut() else {
             return Err(io_error("worker vanished".into()));
         };
-        let mut state = vring.get_mut();
         // The queue thread signals the guest itself while it keeps
-        // commands in flight (a copy of the call eventfd: the queue is
-        // borrowed from the same state).
-        let call = match state.get_call() {
-            Some(c) => Some(c.try_clone()?),
-            None => None,
-        };
-        // And sleeps on the kick while it waits for completions (a copy
-        // of the same eventfd, for the same reason).
-        let kick = match state.get_kick() {
-            Some(k) => Some(k.try_clone()?),
-            None => None,
-        };
+        // commands in flight, and sleeps on the kick while it waits for
+        // completions: through the copies of the eventfds the vring keeps
+        // (the queue is borrowed from the same state), made once when the
+        // front end set them, not at every kick (see `crate::vring`).
+        let call = vring.call_slot();
+        let kick = vring.kick();
+        let mut state = vring.get_mut();
         let mut returned = false;
         loop {
             let table = self.table();
@@ -527,14 +524,14 @@ impl VhostUserBackend for BlkBackend {
                 Server::Direct(worker) => worker.serve_with(
                     state.get_queue_mut(),
                     &table,
-                    call.as_ref().map(|c| c as &dyn Notify),
+                    Some(&call as &dyn Notify),
                     kick.as_ref(),
                     &current,
                 ),
                 Server::Cached(worker) => worker.serve(
                     state.get_queue_mut(),
                     &table.memory(),
-                    call.as_ref(),
+                    Some(&call),
                     &current,
                 ),
             }

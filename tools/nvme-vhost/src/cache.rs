@@ -39,11 +39,10 @@ use pagecache::{BlockSize, FolioMemory, PAGE_SIZE, PageCache};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
-use vmm_sys_util::event::EventNotifier;
 
 use crate::config::DeviceConfig;
 use crate::request::{self, Action, ID_BYTES, Reject};
-use crate::worker::{RequestError, Served, Stats, WorkerError, answer, write_id};
+use crate::worker::{Notify, RequestError, Served, Stats, WorkerError, answer, write_id};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 /// The flusher also looks at the cache this often when nobody wakes it.
@@ -289,7 +288,7 @@ impl CacheWorker {
         &mut self,
         queue: &mut Queue,
         mem: &Arc<GuestMemoryMmap<()>>,
-        call: Option<&EventNotifier>,
+        call: Option<&dyn Notify>,
         current: &dyn Fn() -> bool,
     ) -> Result<Served, WorkerError> {
         let result = self.serve_chains(queue, mem, call, current);
@@ -301,7 +300,7 @@ impl CacheWorker {
         &mut self,
         queue: &mut Queue,
         mem: &Arc<GuestMemoryMmap<()>>,
-        call: Option<&EventNotifier>,
+        call: Option<&dyn Notify>,
         current: &dyn Fn() -> bool,
     ) -> Result<Served, WorkerError> {
         let m = &**mem;

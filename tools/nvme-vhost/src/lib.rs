@@ -13,6 +13,8 @@
 //!   page cache over the namespace, FLUSH an fsync;
 //! - [`phases`]: where a request's time goes inside the daemon
 //!   (`--timings`);
+//! - [`vring`]: a virtqueue's vhost-user state with copies of its kick
+//!   and call eventfds kept across kicks;
 //! - [`backend`]: the rust-vmm `VhostUserBackend` tying them together;
 //! - [`vduse`]: the same device offered to the local kernel's virtio_blk
 //!   driver through VDUSE (its ioctls are the crate's only `unsafe`).
@@ -26,4 +28,5 @@ pub mod memtable;
 pub mod phases;
 pub mod request;
 pub mod vduse;
+pub mod vring;
 pub mod worker;

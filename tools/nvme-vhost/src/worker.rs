@@ -3,6 +3,18 @@
 //! the scatter list makes legal PRPs, and through a bounce buffer from the
 //! DMA pool when it does not. Each request's status byte is written and
 //! its chain returned once all its commands are back.
+//!
+//! System calls per request in interrupt mode: the thread sleeps on its
+//! NVMe queue's MSI-X eventfd and the virtqueue's kick at once in the
+//! queue pair's epoll set, where the kick eventfd is registered once
+//! ([`IoQPair::watch_readable`], one-shot, re-armed only after it woke a
+//! wait) and kept open by this worker while it is; a different kick
+//! eventfd (replaced by the front end, or a new front end's) is compared
+//! by pointer and registered in its place. The copies of the kick and
+//! call eventfds come from [`crate::vring`], made when the front end sets
+//! them, so a QD1 request costs the vhost-user thread's `epoll_wait` and
+//! kick read, the sleeping `epoll_wait`, the MSI-X eventfd read and the
+//! call eventfd write.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -167,7 +179,7 @@ enum Wait<'a> {
     /// On the NVMe queue (its interrupt, or spinning) for up to the tick.
     Sleep,
     /// On the NVMe queue's interrupt and the virtqueue's kick at once.
-    SleepOrKick(&'a EventConsumer),
+    SleepOrKick(&'a Arc<EventConsumer>),
 }
 
 /// What one request waits for.
@@ -207,6 +219,10 @@ pub struct Worker {
     wait_tick: Duration,
     /// Kicks that woke the thread while it waited for completions.
     kicks: u64,
+    /// The kick eventfd registered in the queue pair's epoll set
+    /// ([`IoQPair::watch_readable`]), kept open while it is: registered
+    /// once per kick eventfd, not per wait.
+    watched: Option<Arc<EventConsumer>>,
     /// With an interrupt-driven queue pair: how long a wait for
     /// completions polls before it sleeps on the interrupt (zero: it
     /// sleeps at once).
@@ -253,6 +269,7 @@ impl Worker {
             idle_poll: Duration::ZERO,
             wait_tick: WAIT_TICK,
             kicks: 0,
+            watched: None,
             spin: Duration::ZERO,
             null_io: false,
             timings: false,
@@ -341,9 +358,14 @@ impl Worker {
         queue: &mut Queue,
         table: &Arc<MemTable>,
         call: Option<&dyn Notify>,
-        kick: Option<&EventConsumer>,
+        kick: Option<&Arc<EventConsumer>>,
         current: &dyn Fn() -> bool,
     ) -> Result<Served, WorkerError> {
+        if kick.is_none() && self.watched.take().is_some() {
+            // The vring has no kick eventfd any more (stopped): let go of
+            // the copy registered for it.
+            self.qpair.unwatch_readable();
+        }
         let result = self.serve_continuously(queue, table, call, kick, current);
         if self.qpair.given_up_in_flight() > 0 {
             if !self.pinned.iter().any(|t| Arc::ptr_eq(t, table)) {
@@ -365,7 +387,7 @@ impl Worker {
         queue: &mut Queue,
         table: &MemTable,
         call: Option<&dyn Notify>,
-        kick: Option<&EventConsumer>,
+        kick: Option<&Arc<EventConsumer>>,
         current: &dyn Fn() -> bool,
     ) -> Result<Served, WorkerError> {
         let guard = table.memory();
@@ -524,20 +546,24 @@ impl Worker {
             _ if !matches!(spun, Ok(0)) => spun,
             Wait::Poll => self.qpair.poll(&mut done),
             Wait::Sleep => self.qpair.wait(&mut done, self.wait_tick),
-            Wait::SleepOrKick(kick) => self
-                .qpair
-                .wait_or_readable(&mut done, self.wait_tick, kick)
-                .map(|(n, kicked)| {
-                    if kicked {
-                        // Readable, so this does not block; the vhost
-                        // thread that also watches it is this one.
-                        if let Err(e) = kick.consume() {
-                            log::warn!("queue {}: reading the kick: {e}", self.qpair.qid());
+            Wait::SleepOrKick(kick) if !self.watch(kick) => {
+                self.qpair.wait(&mut done, self.wait_tick)
+            }
+            Wait::SleepOrKick(kick) => {
+                self.qpair
+                    .wait_or_watched(&mut done, self.wait_tick)
+                    .map(|(n, kicked)| {
+                        if kicked {
+                            // Readable, so this does not block; the vhost
+                            // thread that also watches it is this one.
+                            if let Err(e) = kick.consume() {
+                                log::warn!("queue {}: reading the kick: {e}", self.qpair.qid());
+                            }
+                            self.kicks += 1;
                         }
-                        self.kicks += 1;
-                    }
-                    n
-                }),
+                        n
+                    })
+            }
         };
         self.reaped_at = self.clock();
         if let Err(e) = waited {
@@ -585,6 +611,32 @@ impl Worker {
             }
         }
         self.done = done;
+    }
+
+    /// Registers `kick` in the queue pair's epoll set unless it is the
+    /// one registered already (the front end set a new kick eventfd, or a
+    /// new front end came: the previous one is taken out first, while
+    /// this worker still holds it open). False when it could not be
+    /// registered (the wait then sleeps on the NVMe queue alone, looking
+    /// at the ring after each completion or tick).
+    fn watch(&mut self, kick: &Arc<EventConsumer>) -> bool {
+        if self.watched.as_ref().is_some_and(|w| Arc::ptr_eq(w, kick)) {
+            return true;
+        }
+        let result = self.qpair.watch_readable(&**kick);
+        // Dropped only now: the previous fd was open while it was taken
+        // out of the epoll set.
+        self.watched = None;
+        match result {
+            Ok(()) => {
+                self.watched = Some(kick.clone());
+                true
+            }
+            Err(e) => {
+                log::warn!("queue {}: watching the kick: {e}", self.qpair.qid());
+                false
+            }
+        }
     }
 
     /// Polls the NVMe queue for up to the spin window; returns how many
@@ -1221,6 +1273,7 @@ mod tests {
             vmm_sys_util::event::EventFlag::NONBLOCK,
         )
         .expect("kick eventfd");
+        let kick = Arc::new(kick);
         let Rig {
             mock,
             worker,
@@ -1264,6 +1317,107 @@ mod tests {
         assert_eq!(status(held), VIRTIO_BLK_S_OK as u8);
         assert_eq!(r.worker.kicks(), 1, "woken by the kick");
         assert_eq!(&r.read(0x60_0000, 9), b"serial-01");
+    }
+
+    /// The kick eventfd stays in the NVMe queue's epoll set across waits
+    /// (one-shot, re-armed after each kick it delivers: two kicks in one
+    /// batch both wake the thread), and when the front end gives a new
+    /// one, the new one is watched and the old one no longer is: a kick
+    /// on the old fd leaves the chain waiting (a wait tick of a minute),
+    /// the new fd's kick serves it.
+    #[test]
+    fn the_kick_stays_watched_across_waits_and_a_replaced_one_is_not() {
+        use std::os::fd::AsRawFd;
+        let mut r = rig_from(
+            nvme_driver::Options {
+                prefer_huge_pages: false,
+                ..nvme_driver::Options::default()
+            },
+            true,
+        );
+        r.worker.set_wait_tick(Duration::from_secs(60));
+        let mem = r.mem.clone();
+        let q = MockSplitQueue::create(&*mem, GuestAddress(0), QSIZE);
+        let mut queue: Queue = q.create_queue().expect("queue");
+        let eventfd = || {
+            let (k, n) = vmm_sys_util::event::new_event_consumer_and_notifier(
+                vmm_sys_util::event::EventFlag::NONBLOCK,
+            )
+            .expect("kick eventfd");
+            (Arc::new(k), n)
+        };
+        let (kick1, kicker1) = eventfd();
+        let (kick2, kicker2) = eventfd();
+        let status = |at: u64| -> u8 { mem.read_obj(GuestAddress(at)).expect("status") };
+        let served_within = |at: u64, limit: Duration| {
+            let deadline = std::time::Instant::now() + limit;
+            while status(at) != VIRTIO_BLK_S_OK as u8 {
+                if std::time::Instant::now() >= deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            true
+        };
+        // A held read, then two chains kicked one at a time while it is
+        // out: on kick 1 twice, then on kick 1 (replaced) and kick 2.
+        for (kick, kickers) in [
+            (&kick1, vec![&kicker1, &kicker1]),
+            (&kick2, vec![&kicker1, &kicker2]),
+        ] {
+            r.mock.hold_next(nvme_driver::mock::Match::Any, 1);
+            let held = r.add(&q, VIRTIO_BLK_T_IN, 0, &[(0x20_0000, 4096, true)]);
+            let Rig {
+                mock,
+                worker,
+                table,
+                next_desc,
+                next_req,
+                ..
+            } = &mut r;
+            let table = table.clone();
+            std::thread::scope(|s| {
+                let serving =
+                    s.spawn(|| worker.serve_with(&mut queue, &table, None, Some(kick), &|| true));
+                // Let the thread take the held read and fall asleep.
+                std::thread::sleep(Duration::from_secs(1));
+                for kicker in kickers {
+                    let id = add_chain(
+                        &mem,
+                        &q,
+                        next_desc,
+                        next_req,
+                        VIRTIO_BLK_T_GET_ID,
+                        0,
+                        &[(0x60_0000, 20, true)],
+                    );
+                    kicker.notify().expect("kick");
+                    if std::ptr::eq(kicker, &kicker1) && Arc::ptr_eq(kick, &kick2) {
+                        // The replaced fd: no longer watched.
+                        assert!(
+                            !served_within(id, Duration::from_millis(500)),
+                            "a kick on the replaced eventfd woke the thread"
+                        );
+                        continue;
+                    }
+                    assert!(
+                        served_within(id, Duration::from_secs(20)),
+                        "the kicked chain was not served while a command was in flight"
+                    );
+                }
+                assert_eq!(status(held), 0xff, "the held read is still out");
+                assert_eq!(mock.release_held(), 1);
+                mock.process().expect("mock");
+                serving.join().expect("the queue thread").expect("served");
+            });
+            assert_eq!(status(held), VIRTIO_BLK_S_OK as u8);
+        }
+        assert_eq!(r.worker.kicks(), 3, "woken by kick 1 twice, then by kick 2");
+        assert_eq!(
+            r.worker.qpair.watched_fd(),
+            Some(kick2.as_raw_fd()),
+            "the new kick is the one watched"
+        );
     }
 
     #[test]

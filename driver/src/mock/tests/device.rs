@@ -116,6 +116,58 @@ fn msix_goes_through_the_device_boundary() {
     no_violations(&mock);
 }
 
+/// The fd of `watch_readable` stays registered across waits: a write to
+/// it wakes `wait_or_watched` (and is left for the caller to read), a
+/// plain `wait` that meets it does not return early for it (one-shot: it
+/// only disarms), the next `wait_or_watched` re-arms it and reports the
+/// fd still readable at once, and after `unwatch_readable` a write to it
+/// wakes nothing.
+#[test]
+fn a_watched_fd_wakes_wait_or_watched_and_not_a_plain_wait() {
+    let cfg = config(16, 64 << 10, 1024).msix_vectors(4);
+    let (mock, ctrl) = MockController::new(cfg).expect("mock");
+    let mut qp = ctrl.io_qpair_with_interrupts().expect("interrupts");
+    let fd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+    qp.watch_readable(&fd).expect("watch");
+    assert_eq!(qp.watched_fd(), Some(std::os::fd::AsRawFd::as_raw_fd(&fd)));
+    // One write in flight, not processed by the mock: only the fd can
+    // end a wait early.
+    let patterns = submit_writes(&mock, &mut qp, 1);
+    let mut out = Vec::new();
+    let short = Duration::from_millis(300);
+    let (n, readable) = qp.wait_or_watched(&mut out, short).expect("wait");
+    assert_eq!((n, readable), (0, false), "nothing readable yet");
+    fd.write(1).expect("write");
+    let start = std::time::Instant::now();
+    let (n, readable) = qp
+        .wait_or_watched(&mut out, Duration::from_secs(10))
+        .expect("wait");
+    assert_eq!((n, readable), (0, true));
+    assert!(start.elapsed() < Duration::from_secs(5), "woken by the fd");
+    // Not read: a plain wait sees the event once, disarms it, and sleeps
+    // its whole timeout instead of spinning on it.
+    let start = std::time::Instant::now();
+    assert_eq!(qp.wait(&mut out, short).expect("wait"), 0);
+    assert!(start.elapsed() >= short, "a plain wait returned early");
+    // Re-armed: still readable, reported at once.
+    let (_, readable) = qp
+        .wait_or_watched(&mut out, Duration::from_secs(10))
+        .expect("wait");
+    assert!(readable, "re-armed");
+    assert_eq!(fd.read().expect("read"), 1, "left for the caller");
+    qp.unwatch_readable();
+    assert_eq!(qp.watched_fd(), None);
+    fd.write(1).expect("write");
+    let (_, readable) = qp.wait_or_watched(&mut out, short).expect("wait");
+    assert!(!readable, "unwatched");
+    mock.process().expect("process");
+    while out.is_empty() {
+        qp.wait(&mut out, Duration::from_secs(10)).expect("wait");
+    }
+    all_written(&mock, &out, &patterns);
+    no_violations(&mock);
+}
+
 #[test]
 fn asynchronous_events_reach_the_controller() {
     let (mock, ctrl) = MockController::new(config(16, 64 << 10, 1024)).expect("mock");
