@@ -319,6 +319,11 @@ mod tests {
     const LBA: usize = 512;
 
     fn mock(max_transfer: usize, tweak: impl FnOnce(&mut Options)) -> (MockController, IoQPair) {
+        MockController::with_qpair(config(max_transfer, tweak)).expect("mock")
+    }
+
+    /// One namespace of 1024 blocks, small queues, `tweak`ed options.
+    fn config(max_transfer: usize, tweak: impl FnOnce(&mut Options)) -> MockConfig {
         let mut options = Options {
             admin_queue_entries: 8,
             io_queue_entries: 8,
@@ -326,7 +331,7 @@ mod tests {
             ..Options::default()
         };
         tweak(&mut options);
-        let config = MockConfig {
+        MockConfig {
             namespaces: vec![MockNamespace {
                 nsid: NS,
                 lba_size: LBA as u32,
@@ -335,8 +340,7 @@ mod tests {
             max_transfer,
             options,
             ..MockConfig::default()
-        };
-        MockController::with_qpair(config).expect("mock")
+        }
     }
 
     fn bytes(seed: u8, len: usize) -> Vec<u8> {
@@ -555,25 +559,11 @@ mod tests {
 
     #[test]
     fn a_quarantined_fixed_buffer_takes_requests_again_after_a_reset() {
-        let options = Options {
-            admin_queue_entries: 8,
-            io_queue_entries: 8,
-            prefer_huge_pages: false,
-            io_timeout: Duration::from_millis(50),
-            admin_timeout: Duration::from_secs(2),
-            reset_on_timeout: false,
-            ..Options::default()
-        };
-        let config = MockConfig {
-            namespaces: vec![MockNamespace {
-                nsid: NS,
-                lba_size: LBA as u32,
-                blocks: 1024,
-            }],
-            max_transfer: 128 << 10,
-            options,
-            ..MockConfig::default()
-        };
+        let config = config(128 << 10, |o| {
+            o.io_timeout = Duration::from_millis(50);
+            o.admin_timeout = Duration::from_secs(2);
+            o.reset_on_timeout = false;
+        });
         let (mock, ctrl) = MockController::new(config).expect("mock");
         let mut qp = ctrl.io_qpair().expect("queue pair");
         mock.set_abort_policy(AbortPolicy::Refuse);
